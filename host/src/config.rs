@@ -1,0 +1,504 @@
+//! Node configuration: the `cairn.toml` file and the settings it resolves to.
+//!
+//! Owns parsing and validation of the TOML file and the resolution of
+//! per-entity-type settings (defaults, then the override whose key equals the
+//! type name, else the first regex key, in lexicographic order, that matches the
+//! whole name). Every key is optional; the defaults are the programmatic
+//! defaults of [`EntitySettings::default`] and [`NodeConfig::default`]. Unknown
+//! keys and bad values are errors that name the key. This module never touches
+//! the disk beyond reading the file it is given.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("invalid config value for `{key}`: {reason}")]
+    Value {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What a full mailbox does with a new command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Refuse the new command (the sender gets `MailboxFull`).
+    DropNew,
+    /// Drop the oldest queued command (its sender gets `MailboxFull`) and queue the new one.
+    DropOldest,
+    /// The sender waits until there is room.
+    Backpressure,
+}
+
+/// Mailbox settings of an entity type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxSettings {
+    /// Queued commands per entity, at least 1.
+    pub capacity: usize,
+    /// What happens when the mailbox is full.
+    pub overflow: Overflow,
+}
+
+/// Supervision and guest limits of an entity type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupervisionSettings {
+    /// Restarts allowed within `window` before the entity is stopped.
+    pub max_restarts: u32,
+    /// The window over which restarts are counted.
+    pub window: Duration,
+    /// Deadline of one guest call.
+    pub call_timeout: Duration,
+    /// Linear memory cap of one guest instance, in bytes.
+    pub memory_limit: usize,
+}
+
+/// Snapshot policy of an entity type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    /// Take a snapshot whenever the sequence number crosses a multiple of this; 0 disables.
+    pub every: u64,
+    /// Snapshots kept per entity (at least 1).
+    pub keep: usize,
+}
+
+/// Passivation policy of an entity type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassivationSettings {
+    /// Unload an entity after this long without a command; `None` never unloads.
+    pub idle_after: Option<Duration>,
+}
+
+/// Fully resolved settings of one entity type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntitySettings {
+    /// Mailbox.
+    pub mailbox: MailboxSettings,
+    /// Supervision and guest limits.
+    pub supervision: SupervisionSettings,
+    /// Snapshots.
+    pub snapshot: SnapshotSettings,
+    /// Passivation.
+    pub passivation: PassivationSettings,
+}
+
+impl Default for EntitySettings {
+    fn default() -> Self {
+        EntitySettings {
+            mailbox: MailboxSettings {
+                capacity: 1024,
+                overflow: Overflow::Backpressure,
+            },
+            supervision: SupervisionSettings {
+                max_restarts: 5,
+                window: Duration::from_secs(60),
+                call_timeout: Duration::from_secs(1),
+                memory_limit: 64 << 20,
+            },
+            snapshot: SnapshotSettings {
+                every: 100,
+                keep: 2,
+            },
+            passivation: PassivationSettings {
+                idle_after: Some(Duration::from_secs(120)),
+            },
+        }
+    }
+}
+
+/// Node-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Directory of the journal, snapshots and other node state.
+    pub data_dir: PathBuf,
+    /// Most appends committed in one journal transaction.
+    pub journal_max_batch: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("cairn-data"),
+            journal_max_batch: 4096,
+        }
+    }
+}
+
+/// A per-entity-type override: every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntityOverride {
+    mailbox_capacity: Option<usize>,
+    overflow: Option<Overflow>,
+    max_restarts: Option<u32>,
+    window: Option<Duration>,
+    call_timeout: Option<Duration>,
+    memory_limit: Option<usize>,
+    snapshot_every: Option<u64>,
+    snapshot_keep: Option<usize>,
+    idle_after: Option<Option<Duration>>,
+}
+
+impl EntityOverride {
+    fn apply(&self, s: &mut EntitySettings) {
+        if let Some(v) = self.mailbox_capacity {
+            s.mailbox.capacity = v;
+        }
+        if let Some(v) = self.overflow {
+            s.mailbox.overflow = v;
+        }
+        if let Some(v) = self.max_restarts {
+            s.supervision.max_restarts = v;
+        }
+        if let Some(v) = self.window {
+            s.supervision.window = v;
+        }
+        if let Some(v) = self.call_timeout {
+            s.supervision.call_timeout = v;
+        }
+        if let Some(v) = self.memory_limit {
+            s.supervision.memory_limit = v;
+        }
+        if let Some(v) = self.snapshot_every {
+            s.snapshot.every = v;
+        }
+        if let Some(v) = self.snapshot_keep {
+            s.snapshot.keep = v;
+        }
+        if let Some(v) = self.idle_after {
+            s.passivation.idle_after = v;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Matcher {
+    Exact(String),
+    Pattern(Regex),
+}
+
+/// The whole configuration of a node.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Node-wide settings.
+    pub node: NodeConfig,
+    /// Settings of every entity type without an override.
+    pub defaults: EntitySettings,
+    overrides: Vec<(Matcher, EntityOverride)>,
+}
+
+impl Config {
+    /// Reads and validates a `cairn.toml` file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates the text of a `cairn.toml` file.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config = Config::default();
+        if let Some(node) = file.node {
+            if let Some(dir) = node.data_dir {
+                config.node.data_dir = dir;
+            }
+            if let Some(b) = node.journal_max_batch {
+                if b == 0 {
+                    return Err(value_err("node.journal_max_batch", "must be at least 1"));
+                }
+                config.node.journal_max_batch = b;
+            }
+        }
+        if let Some(defaults) = file.defaults {
+            defaults.to_override("defaults")?.apply(&mut config.defaults);
+        }
+        for (key, section) in file.entities.unwrap_or_default() {
+            let prefix = format!("entities.\"{key}\"");
+            let ov = section.to_override(&prefix)?;
+            let matcher = if is_plain_name(&key) {
+                Matcher::Exact(key)
+            } else {
+                let re = Regex::new(&format!("^(?:{key})$"))
+                    .map_err(|e| value_err(&prefix, &format!("not a valid regex: {e}")))?;
+                Matcher::Pattern(re)
+            };
+            config.overrides.push((matcher, ov));
+        }
+        Ok(config)
+    }
+
+    /// Settings for an entity type: defaults, then the matching override.
+    pub fn settings_for(&self, entity_type: &str) -> EntitySettings {
+        let mut s = self.defaults.clone();
+        let exact = self
+            .overrides
+            .iter()
+            .find(|(m, _)| matches!(m, Matcher::Exact(n) if n == entity_type));
+        let chosen = exact.or_else(|| {
+            self.overrides
+                .iter()
+                .find(|(m, _)| matches!(m, Matcher::Pattern(re) if re.is_match(entity_type)))
+        });
+        if let Some((_, ov)) = chosen {
+            ov.apply(&mut s);
+        }
+        s
+    }
+
+    /// Adds an override for one entity type (programmatic equivalent of an
+    /// `[entities."name"]` section), replacing settings wholesale.
+    pub fn set_entity(&mut self, entity_type: &str, settings: EntitySettings) {
+        let ov = EntityOverride {
+            mailbox_capacity: Some(settings.mailbox.capacity),
+            overflow: Some(settings.mailbox.overflow),
+            max_restarts: Some(settings.supervision.max_restarts),
+            window: Some(settings.supervision.window),
+            call_timeout: Some(settings.supervision.call_timeout),
+            memory_limit: Some(settings.supervision.memory_limit),
+            snapshot_every: Some(settings.snapshot.every),
+            snapshot_keep: Some(settings.snapshot.keep),
+            idle_after: Some(settings.passivation.idle_after),
+        };
+        self.overrides
+            .retain(|(m, _)| !matches!(m, Matcher::Exact(n) if n == entity_type));
+        self.overrides
+            .insert(0, (Matcher::Exact(entity_type.to_owned()), ov));
+    }
+}
+
+/// Entity type names are letters, digits, `-`, `_` and `.`; anything else in an
+/// `[entities]` key makes it a regex.
+fn is_plain_name(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn value_err(key: &str, reason: &str) -> ConfigError {
+    ConfigError::Value {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+// ---- the file's shape -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node: Option<FileNode>,
+    defaults: Option<FileEntity>,
+    entities: Option<BTreeMap<String, FileEntity>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNode {
+    data_dir: Option<PathBuf>,
+    journal_max_batch: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntity {
+    mailbox: Option<FileMailbox>,
+    supervision: Option<FileSupervision>,
+    snapshot: Option<FileSnapshot>,
+    passivation: Option<FilePassivation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMailbox {
+    capacity: Option<usize>,
+    overflow: Option<Overflow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSupervision {
+    max_restarts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    call_timeout: Option<Duration>,
+    memory_limit_mib: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSnapshot {
+    every: Option<u64>,
+    keep: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePassivation {
+    /// A duration such as "2m", or "never".
+    idle_after: Option<String>,
+}
+
+impl FileEntity {
+    fn to_override(&self, prefix: &str) -> Result<EntityOverride, ConfigError> {
+        let mut ov = EntityOverride::default();
+        if let Some(m) = &self.mailbox {
+            if m.capacity == Some(0) {
+                return Err(value_err(
+                    &format!("{prefix}.mailbox.capacity"),
+                    "must be at least 1",
+                ));
+            }
+            ov.mailbox_capacity = m.capacity;
+            ov.overflow = m.overflow;
+        }
+        if let Some(s) = &self.supervision {
+            ov.max_restarts = s.max_restarts;
+            ov.window = s.window;
+            if s.call_timeout == Some(Duration::ZERO) {
+                return Err(value_err(
+                    &format!("{prefix}.supervision.call_timeout"),
+                    "must be more than zero",
+                ));
+            }
+            ov.call_timeout = s.call_timeout;
+            if let Some(mib) = s.memory_limit_mib {
+                if mib == 0 || mib > 4096 {
+                    return Err(value_err(
+                        &format!("{prefix}.supervision.memory_limit_mib"),
+                        "must be between 1 and 4096",
+                    ));
+                }
+                ov.memory_limit = Some(mib << 20);
+            }
+        }
+        if let Some(s) = &self.snapshot {
+            if s.keep == Some(0) {
+                return Err(value_err(
+                    &format!("{prefix}.snapshot.keep"),
+                    "must be at least 1",
+                ));
+            }
+            ov.snapshot_every = s.every;
+            ov.snapshot_keep = s.keep;
+        }
+        if let Some(p) = &self.passivation
+            && let Some(text) = &p.idle_after
+        {
+            ov.idle_after = Some(if text == "never" {
+                None
+            } else {
+                let d = humantime::parse_duration(text).map_err(|e| {
+                    value_err(
+                        &format!("{prefix}.passivation.idle_after"),
+                        &format!("{e} (expected a duration such as \"2m\", or \"never\")"),
+                    )
+                })?;
+                Some(d)
+            });
+        }
+        Ok(ov)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.settings_for("anything"), EntitySettings::default());
+        assert_eq!(c.node, NodeConfig::default());
+    }
+
+    #[test]
+    fn full_file_and_overrides() {
+        let c = Config::parse(
+            r#"
+            [node]
+            data_dir = "/tmp/x"
+            [defaults.mailbox]
+            capacity = 10
+            overflow = "drop_oldest"
+            [defaults.supervision]
+            max_restarts = 2
+            window = "30s"
+            call_timeout = "250ms"
+            memory_limit_mib = 16
+            [defaults.snapshot]
+            every = 5
+            keep = 3
+            [defaults.passivation]
+            idle_after = "never"
+            [entities."bank-account".snapshot]
+            every = 7
+            [entities."cart-.*".mailbox]
+            overflow = "drop_new"
+            [entities."b.*".mailbox]
+            capacity = 99
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.node.data_dir, PathBuf::from("/tmp/x"));
+        let d = c.settings_for("other");
+        assert_eq!(d.mailbox.capacity, 10);
+        assert_eq!(d.mailbox.overflow, Overflow::DropOldest);
+        assert_eq!(d.supervision.window, Duration::from_secs(30));
+        assert_eq!(d.supervision.call_timeout, Duration::from_millis(250));
+        assert_eq!(d.supervision.memory_limit, 16 << 20);
+        assert_eq!(d.passivation.idle_after, None);
+        // exact beats the regex "b.*"
+        let b = c.settings_for("bank-account");
+        assert_eq!(b.snapshot.every, 7);
+        assert_eq!(b.snapshot.keep, 3);
+        assert_eq!(b.mailbox.capacity, 10);
+        let cart = c.settings_for("cart-eu");
+        assert_eq!(cart.mailbox.overflow, Overflow::DropNew);
+        assert_eq!(c.settings_for("bob").mailbox.capacity, 99);
+        // the regex must match the whole name
+        assert_eq!(c.settings_for("xcart-eu").mailbox.overflow, Overflow::DropOldest);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::parse("[node]\ndata_dri = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("data_dri"), "{e}");
+        let e = Config::parse("[defaults.mailbox]\noverflow = \"explode\"").unwrap_err();
+        assert!(e.to_string().contains("explode"), "{e}");
+        let e = Config::parse("[defaults.mailbox]\ncapacity = 0").unwrap_err();
+        assert!(e.to_string().contains("defaults.mailbox.capacity"), "{e}");
+        let e = Config::parse("[defaults.passivation]\nidle_after = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("idle_after"), "{e}");
+        let e = Config::parse("[entities.\"(\".snapshot]\nevery = 1").unwrap_err();
+        assert!(e.to_string().contains("regex"), "{e}");
+        let e = Config::parse("this is not toml").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)));
+        let e = Config::parse("[defaults.snapshot]\nevery = -1").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+    }
+}

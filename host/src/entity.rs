@@ -1,0 +1,559 @@
+//! The per-entity actor: mailbox, recovery, the command loop, snapshots,
+//! supervision.
+//!
+//! An entity is an [`EntityCell`] in its type's sharded map. An idle entity has
+//! no task: only its cell (mailbox, state bytes, sequence number). The first
+//! command queued into an idle mailbox spawns a drain task that recovers the
+//! entity if needed, then processes commands one at a time in arrival order
+//! (persist, then reply) and exits when the mailbox is empty. So commands for
+//! one entity are serial while different entities run concurrently, and
+//! commands that arrive during recovery simply wait in the mailbox.
+//!
+//! Supervision: a guest fault fails only that command, drops the entity's
+//! in-memory state (the next command recovers it from the journal) and counts
+//! a restart; too many restarts within the window stop the entity. A failed
+//! persist does the same. This module never panics on guest output.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cairn_store::{EntityKey, EventRecord, Snapshot, TimerRecord, Write};
+use tokio::sync::{Notify, oneshot};
+
+use crate::behavior::{Behavior, CommandContext, CommandError, Effect};
+use crate::config::Overflow;
+use crate::node::{AskError, EntityType, LifecycleEvent, NodeInner, Reply};
+
+/// Events read per recovery chunk (one guest `fold` call per chunk).
+const RECOVERY_CHUNK: usize = 4096;
+
+/// A message in an entity's mailbox.
+pub(crate) enum Envelope {
+    /// A command from `ask`, `tell`, another entity or a timer.
+    Command {
+        command: Vec<u8>,
+        expected_seq: Option<u64>,
+        reply: Option<oneshot::Sender<Result<Reply, AskError>>>,
+        timer_id: Option<u64>,
+    },
+    /// Read the current state and sequence number, in mailbox order.
+    Peek {
+        reply: oneshot::Sender<Result<(Vec<u8>, u64), AskError>>,
+    },
+}
+
+impl Envelope {
+    fn fail(self, err: AskError) {
+        match self {
+            Envelope::Command { reply, .. } => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(err));
+                }
+            }
+            Envelope::Peek { reply } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Recovered state of a live entity.
+pub(crate) struct Loaded {
+    state: Vec<u8>,
+    seq: u64,
+    /// The behavior generation this state was built with.
+    generation: u64,
+}
+
+/// One entity of a type.
+pub(crate) struct EntityCell {
+    pub(crate) id: Arc<str>,
+    inner: Mutex<CellInner>,
+    /// Wakes senders waiting for room (backpressure).
+    space: Notify,
+}
+
+#[derive(Default)]
+pub(crate) struct CellInner {
+    queue: VecDeque<Envelope>,
+    /// A drain task is running; it owns `loaded` meanwhile.
+    running: bool,
+    /// Removed from the map by passivation; senders must look up again.
+    removed: bool,
+    /// Stopped by supervision, with the reason.
+    stopped: Option<String>,
+    loaded: Option<Loaded>,
+    last_active: Option<Instant>,
+    restarts: Vec<Instant>,
+}
+
+impl EntityCell {
+    pub(crate) fn new(id: Arc<str>) -> Arc<EntityCell> {
+        Arc::new(EntityCell {
+            id,
+            inner: Mutex::new(CellInner::default()),
+            space: Notify::new(),
+        })
+    }
+
+    /// Locks the cell. The lock is never held across an await or a guest call,
+    /// so poisoning can only come from a bug in this module; recover the data.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, CellInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What happened when a sender tried to queue an envelope.
+pub(crate) enum Enqueue {
+    /// Queued.
+    Done,
+    /// The cell was passivated meanwhile; look it up again.
+    Retry(Envelope),
+    /// The mailbox is full and the strategy is backpressure: wait, then retry.
+    Wait(Envelope),
+}
+
+/// Queues `env` in `cell` according to the mailbox strategy, spawning the
+/// drain task when the entity was idle.
+pub(crate) fn enqueue(
+    node: &Arc<NodeInner>,
+    ty: &Arc<EntityType>,
+    cell: &Arc<EntityCell>,
+    env: Envelope,
+) -> Result<Enqueue, AskError> {
+    let mut inner = cell.lock();
+    if inner.removed {
+        return Ok(Enqueue::Retry(env));
+    }
+    if let Some(reason) = &inner.stopped {
+        let err = AskError::EntityStopped(reason.clone());
+        drop(inner);
+        node.emit(LifecycleEvent::DeadLetter {
+            entity_type: ty.name.clone(),
+            entity_id: cell.id.to_string(),
+            reason: err.to_string(),
+        });
+        return Err(err);
+    }
+    let mb = &ty.settings.mailbox;
+    if inner.queue.len() >= mb.capacity {
+        match mb.overflow {
+            Overflow::DropNew => {
+                drop(inner);
+                node.dead_letter(ty, &cell.id, "mailbox full, new command dropped");
+                return Err(AskError::MailboxFull);
+            }
+            Overflow::DropOldest => {
+                if let Some(old) = inner.queue.pop_front() {
+                    old.fail(AskError::MailboxFull);
+                }
+                node.dead_letter(ty, &cell.id, "mailbox full, oldest command dropped");
+            }
+            Overflow::Backpressure => return Ok(Enqueue::Wait(env)),
+        }
+    }
+    inner.queue.push_back(env);
+    if !inner.running {
+        inner.running = true;
+        drop(inner);
+        tokio::spawn(drain(node.clone(), ty.clone(), cell.clone()));
+    }
+    Ok(Enqueue::Done)
+}
+
+/// Waits until the cell's mailbox may have room.
+pub(crate) async fn wait_for_space(cell: &EntityCell) {
+    cell.space.notified().await;
+}
+
+/// Removes `cell` from its map if it is idle for longer than `idle`. Called by
+/// the passivation sweeper with the shard locked.
+pub(crate) fn try_passivate(cell: &EntityCell, idle: Duration, now: Instant) -> bool {
+    let mut inner = cell.lock();
+    let idle_long = inner
+        .last_active
+        .is_some_and(|t| now.saturating_duration_since(t) >= idle);
+    if !inner.running && inner.queue.is_empty() && inner.stopped.is_none() && idle_long {
+        inner.removed = true;
+        inner.loaded = None;
+        true
+    } else {
+        false
+    }
+}
+
+/// Is the cell busy (a drain task running or commands queued)?
+pub(crate) fn is_busy(cell: &EntityCell) -> bool {
+    let inner = cell.lock();
+    inner.running || !inner.queue.is_empty()
+}
+
+/// Clears a stop so the entity can run again; returns whether it was stopped.
+pub(crate) fn resume(cell: &EntityCell) -> bool {
+    let mut inner = cell.lock();
+    inner.restarts.clear();
+    inner.stopped.take().is_some()
+}
+
+/// The drain task: recover if needed, then process the mailbox until empty.
+async fn drain(node: Arc<NodeInner>, ty: Arc<EntityType>, cell: Arc<EntityCell>) {
+    let mut loaded = cell.lock().loaded.take();
+    loop {
+        let generation = ty.generation();
+        if loaded.as_ref().is_none_or(|l| l.generation != generation) {
+            let carried = loaded
+                .take()
+                .filter(|l| ty.schema_unchanged_since(l.generation));
+            match carried {
+                Some(mut l) => {
+                    l.generation = generation;
+                    loaded = Some(l);
+                }
+                None => match recover(&node, &ty, &cell.id, generation).await {
+                    Ok(l) => loaded = Some(l),
+                    Err(reason) => {
+                        stop(&node, &ty, &cell, format!("recovery failed: {reason}"));
+                        return;
+                    }
+                },
+            }
+        }
+        let env = {
+            let mut inner = cell.lock();
+            match inner.queue.pop_front() {
+                Some(env) => env,
+                None => {
+                    inner.running = false;
+                    inner.loaded = loaded;
+                    inner.last_active = Some(Instant::now());
+                    return;
+                }
+            }
+        };
+        cell.space.notify_one();
+        let Some(live) = loaded.as_mut() else {
+            continue;
+        };
+        if let Err(reason) = process(&node, &ty, &cell, live, env).await {
+            // Supervision: drop the in-memory state; the next command recovers.
+            loaded = None;
+            if restart_limit_reached(&ty, &cell) {
+                stop(
+                    &node,
+                    &ty,
+                    &cell,
+                    format!(
+                        "more than {} restarts within {:?}; last failure: {reason}",
+                        ty.settings.supervision.max_restarts, ty.settings.supervision.window
+                    ),
+                );
+                return;
+            }
+            node.emit(LifecycleEvent::Restarted {
+                entity_type: ty.name.clone(),
+                entity_id: cell.id.to_string(),
+                reason,
+            });
+        }
+    }
+}
+
+fn restart_limit_reached(ty: &EntityType, cell: &EntityCell) -> bool {
+    let now = Instant::now();
+    let sup = &ty.settings.supervision;
+    let mut inner = cell.lock();
+    inner
+        .restarts
+        .retain(|t| now.saturating_duration_since(*t) < sup.window);
+    inner.restarts.push(now);
+    inner.restarts.len() > sup.max_restarts as usize
+}
+
+/// Stops the entity: fails every queued envelope and refuses new ones.
+fn stop(node: &NodeInner, ty: &EntityType, cell: &EntityCell, reason: String) {
+    let queued: Vec<Envelope> = {
+        let mut inner = cell.lock();
+        inner.stopped = Some(reason.clone());
+        inner.running = false;
+        inner.loaded = None;
+        inner.last_active = Some(Instant::now());
+        inner.queue.drain(..).collect()
+    };
+    cell.space.notify_waiters();
+    for env in queued {
+        env.fail(AskError::EntityStopped(reason.clone()));
+    }
+    tracing::warn!(entity_type = %ty.name, entity_id = %cell.id, %reason, "entity stopped");
+    node.emit(LifecycleEvent::Stopped {
+        entity_type: ty.name.clone(),
+        entity_id: cell.id.to_string(),
+        reason,
+    });
+}
+
+/// Rebuilds an entity from its newest usable snapshot plus the later events.
+async fn recover(
+    node: &NodeInner,
+    ty: &EntityType,
+    id: &str,
+    generation: u64,
+) -> Result<Loaded, String> {
+    let behavior = ty.behavior();
+    let schema = behavior.descriptor().state_schema;
+    let key = EntityKey::new(ty.name.clone(), id);
+    let snapshot = node
+        .snapshots
+        .load(&key, u64::MAX, schema)
+        .await
+        .map_err(|e| format!("cannot read snapshot: {e}"))?;
+    let (mut state, mut seq, snapshot_seq) = match snapshot {
+        Some(s) => (s.state, s.seq, Some(s.seq)),
+        None => (
+            behavior
+                .initial_state()
+                .map_err(|e| format!("initial state: {e}"))?,
+            0,
+            None,
+        ),
+    };
+    let mut replayed = 0u64;
+    let mut next = node.journal.read_packed(&key, seq + 1, RECOVERY_CHUNK);
+    loop {
+        let chunk = next.await.map_err(|e| format!("cannot read journal: {e}"))?;
+        if chunk.count == 0 {
+            break;
+        }
+        if chunk.last_seq != seq + chunk.count as u64 {
+            return Err(format!(
+                "journal gap: expected events #{}..=#{}, the last read is #{}",
+                seq + 1,
+                seq + chunk.count as u64,
+                chunk.last_seq
+            ));
+        }
+        let full = chunk.count == RECOVERY_CHUNK;
+        // Read the next chunk while this one is folded.
+        next = if full {
+            let journal = node.journal.clone();
+            let key = key.clone();
+            let from = chunk.last_seq + 1;
+            let handle = tokio::spawn(async move {
+                journal.read_packed(&key, from, RECOVERY_CHUNK).await
+            });
+            Box::pin(async move {
+                handle
+                    .await
+                    .unwrap_or_else(|e| Err(cairn_store::JournalError::Closed(e.to_string())))
+            })
+        } else {
+            Box::pin(async {
+                Ok(cairn_store::PackedEvents {
+                    count: 0,
+                    last_seq: 0,
+                    packed: Vec::new(),
+                })
+            })
+        };
+        state = match behavior.fold(&state, &chunk.packed) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "event #{} cannot be applied: {}",
+                    seq + 1 + u64::from(e.index),
+                    e.message
+                ));
+            }
+            Err(fault) => return Err(format!("guest failed during replay: {fault}")),
+        };
+        seq = chunk.last_seq;
+        replayed += chunk.count as u64;
+        if !full {
+            break;
+        }
+    }
+    node.emit(LifecycleEvent::Started {
+        entity_type: ty.name.clone(),
+        entity_id: id.to_owned(),
+        snapshot_seq,
+        replayed,
+        seq,
+    });
+    Ok(Loaded {
+        state,
+        seq,
+        generation,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Processes one envelope. `Err(reason)` means the entity must restart.
+async fn process(
+    node: &Arc<NodeInner>,
+    ty: &Arc<EntityType>,
+    cell: &EntityCell,
+    live: &mut Loaded,
+    env: Envelope,
+) -> Result<(), String> {
+    let (command, expected_seq, reply, timer_id) = match env {
+        Envelope::Peek { reply } => {
+            let _ = reply.send(Ok((live.state.clone(), live.seq)));
+            return Ok(());
+        }
+        Envelope::Command {
+            command,
+            expected_seq,
+            reply,
+            timer_id,
+        } => (command, expected_seq, reply, timer_id),
+    };
+    let answer = |r: Result<Reply, AskError>| {
+        if let Some(tx) = reply {
+            let _ = tx.send(r);
+        }
+    };
+    if let Some(expected) = expected_seq
+        && expected != live.seq
+    {
+        answer(Err(AskError::Conflict {
+            expected,
+            actual: live.seq,
+        }));
+        return Ok(());
+    }
+    let behavior: Arc<dyn Behavior> = ty.behavior();
+    let timestamp_ms = now_ms();
+    let ctx = CommandContext {
+        entity_id: cell.id.to_string(),
+        next_seq: live.seq + 1,
+        timestamp_ms,
+    };
+    let key = || EntityKey::new(ty.name.clone(), cell.id.as_ref());
+    let decision = match behavior.decide(&ctx, &live.state, &command) {
+        Ok(Ok(d)) => d,
+        Ok(Err(err)) => {
+            let restart = matches!(err, CommandError::BadState(_));
+            if let CommandError::Malformed(reason) = &err {
+                node.emit(LifecycleEvent::Unhandled {
+                    entity_type: ty.name.clone(),
+                    entity_id: cell.id.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            // A refused timer command is done with: forget the timer.
+            if let Some(id) = timer_id {
+                let write = Write {
+                    key: key(),
+                    remove_timers: vec![id],
+                    ..Write::default()
+                };
+                if let Err(e) = node.journal.append(write).await {
+                    tracing::warn!(error = %e, "cannot remove a fired timer");
+                }
+            }
+            let reason = err.to_string();
+            answer(Err(match err {
+                CommandError::Rejected(r) => AskError::Rejected(r),
+                CommandError::Malformed(r) => AskError::MalformedCommand(r),
+                CommandError::BadState(r) => AskError::Guest(format!("behavior cannot decode its state: {r}")),
+            }));
+            return if restart { Err(reason) } else { Ok(()) };
+        }
+        Err(fault) => {
+            let reason = fault.to_string();
+            answer(Err(AskError::Guest(format!(
+                "{reason}; the entity was restarted from its journal"
+            ))));
+            return Err(reason);
+        }
+    };
+
+    let version = behavior.descriptor().version.clone();
+    let first = live.seq + 1;
+    let events: Vec<EventRecord> = decision
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| EventRecord {
+            seq: first + i as u64,
+            timestamp_ms,
+            version: version.clone(),
+            payload,
+        })
+        .collect();
+    let mut timers = Vec::new();
+    let mut sends = Vec::new();
+    for effect in decision.effects {
+        match effect {
+            Effect::Schedule { delay_ms, command } => timers.push(TimerRecord {
+                timer_id: node.next_timer_id(),
+                fire_at_ms: timestamp_ms.saturating_add(delay_ms),
+                command,
+            }),
+            Effect::Send {
+                entity_type,
+                entity_id,
+                command,
+            } => sends.push((entity_type, entity_id, command)),
+        }
+    }
+    let n = events.len() as u64;
+    if n > 0 && decision.state.is_none() {
+        let reason = "behavior returned events without a new state".to_owned();
+        answer(Err(AskError::Guest(reason.clone())));
+        return Err(reason);
+    }
+    if n > 0 || !timers.is_empty() || timer_id.is_some() {
+        let write = Write {
+            key: key(),
+            events,
+            add_timers: timers.clone(),
+            remove_timers: timer_id.into_iter().collect(),
+        };
+        if let Err(e) = node.journal.append(write).await {
+            let reason = format!("persist failed: {e}");
+            answer(Err(AskError::Journal(reason.clone())));
+            return Err(reason);
+        }
+    }
+    let old_seq = live.seq;
+    if let Some(state) = decision.state
+        && n > 0
+    {
+        live.state = state;
+    }
+    live.seq += n;
+    answer(Ok(Reply {
+        reply: decision.reply,
+        seq: live.seq,
+    }));
+    for timer in timers {
+        node.schedule_timer(&ty.name, &cell.id, timer);
+    }
+    for (t, id, command) in sends {
+        node.send_effect(t, id, command);
+    }
+    let every = ty.settings.snapshot.every;
+    if every > 0 && n > 0 && old_seq / every != live.seq / every {
+        let snap = Snapshot {
+            seq: live.seq,
+            schema: behavior.descriptor().state_schema,
+            timestamp_ms,
+            state: live.state.clone(),
+        };
+        if let Err(e) = node
+            .snapshots
+            .save(&key(), snap, ty.settings.snapshot.keep)
+            .await
+        {
+            tracing::warn!(entity_type = %ty.name, entity_id = %cell.id, error = %e, "snapshot failed");
+        }
+    }
+    Ok(())
+}

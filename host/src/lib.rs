@@ -1,0 +1,29 @@
+//! Cairn host: runs event-sourced entity behaviors compiled to WebAssembly
+//! components, with a durable journal, snapshots, recovery and supervision.
+//!
+//! Layout:
+//! - [`node`]: the in-process API (`register`, `ask`, `tell`, reads, lifecycle).
+//! - [`entity`] (private): the per-entity actor: mailbox, recovery, command loop,
+//!   snapshots, supervision.
+//! - [`runtime`]: the wasmtime engine, component checks, instance pools, limits.
+//! - [`behavior`]: the byte-level behavior trait shared by wasm and native behaviors.
+//! - [`config`]: `cairn.toml`.
+//! - Storage (journal, snapshots, timers) is the `cairn-store` crate.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use cairn_host::{config::Config, node::{AskOptions, Node}};
+//! let node = Node::open(Config::default())?;
+//! node.register_file("bank-account", "bank_account.wasm".as_ref()).await?;
+//! let r = node
+//!     .ask_json("bank-account", "acct-1", r#"{"Deposit":{"amount":100}}"#, AskOptions::default())
+//!     .await?;
+//! assert_eq!(r.reply.as_deref(), Some("\"ok\""));
+//! # Ok(()) }
+//! ```
+
+pub mod behavior;
+pub mod config;
+mod entity;
+pub mod node;
+pub mod runtime;

@@ -1,0 +1,834 @@
+//! The in-process API of a node: register behaviors, `ask` and `tell`
+//! entities, read their journal and state, follow lifecycle events.
+//!
+//! Owns the registry of entity types (each with its behavior, resolved
+//! settings and sharded map of live entities), the lifecycle event stream,
+//! durable timers and the passivation sweeper. The per-entity logic lives in
+//! [`crate::entity`]; storage behind the [`Journal`] and [`SnapshotStore`]
+//! traits. A [`Node`] must be created inside a tokio runtime.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cairn_store::{
+    EntityKey, EventRecord, Journal, JournalError, SnapshotStore, SqliteOptions, SqliteStore,
+    TimerRecord,
+};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::behavior::{Behavior, Descriptor, GuestFault};
+use crate::config::{Config, EntitySettings};
+use crate::entity::{self, EntityCell, Enqueue, Envelope};
+use crate::runtime::{GuestLimits, LoadError, WasmEngine};
+
+/// Number of lock shards of each entity type's map.
+const SHARDS: usize = 64;
+/// Longest entity id accepted, in bytes.
+pub const MAX_ENTITY_ID_LEN: usize = 256;
+
+/// The answer to an accepted command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The encoded reply, if the behavior gave one.
+    pub reply: Option<Vec<u8>>,
+    /// The entity's sequence number after the command.
+    pub seq: u64,
+}
+
+/// Why a command got no reply from its behavior.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    /// No behavior is registered for the entity type.
+    #[error("unknown entity type `{0}`")]
+    UnknownEntityType(String),
+    /// The entity id is empty or too long.
+    #[error("invalid entity id: {0}")]
+    InvalidEntityId(String),
+    /// No reply within the timeout (the command may still run).
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The mailbox was full and the overflow strategy dropped the command.
+    #[error("mailbox full: command dropped")]
+    MailboxFull,
+    /// The entity was stopped by supervision.
+    #[error("entity stopped: {0}")]
+    EntityStopped(String),
+    /// The expected sequence number did not match (optimistic concurrency).
+    #[error("conflict: expected sequence number {expected}, entity is at {actual}")]
+    Conflict {
+        /// What the caller expected.
+        expected: u64,
+        /// Where the entity is.
+        actual: u64,
+    },
+    /// The behavior rejected the command.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The behavior could not decode the command.
+    #[error("malformed command: {0}")]
+    MalformedCommand(String),
+    /// The guest failed (trap, deadline, memory); the entity was restarted.
+    #[error("guest failure: {0}")]
+    Guest(String),
+    /// The journal could not persist the events; nothing was stored.
+    #[error("journal: {0}")]
+    Journal(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// Something that happened to an entity or a type, for observers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// An entity was recovered and is live.
+    Started {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// Sequence number of the snapshot recovery started from.
+        snapshot_seq: Option<u64>,
+        /// Events replayed after the snapshot.
+        replayed: u64,
+        /// Sequence number after recovery.
+        seq: u64,
+    },
+    /// An idle entity was unloaded.
+    Passivated {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+    },
+    /// An entity was stopped by supervision.
+    Stopped {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// An entity failed and will recover from its journal.
+    Restarted {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// The failure.
+        reason: String,
+    },
+    /// A message could not be delivered.
+    DeadLetter {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The behavior could not decode a command.
+    Unhandled {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// The decode error.
+        reason: String,
+    },
+    /// A behavior was registered for a type.
+    Deployed {
+        /// Entity type.
+        entity_type: String,
+        /// The behavior's version string.
+        version: String,
+    },
+}
+
+/// Options of one `ask`.
+#[derive(Clone, Copy, Debug)]
+pub struct AskOptions {
+    /// How long to wait for the reply.
+    pub timeout: Duration,
+    /// Only run the command if the entity is at this sequence number.
+    pub expected_seq: Option<u64>,
+}
+
+impl Default for AskOptions {
+    fn default() -> Self {
+        AskOptions {
+            timeout: Duration::from_secs(5),
+            expected_seq: None,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The storage could not be opened.
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] JournalError),
+    /// The wasm engine could not be created.
+    #[error(transparent)]
+    Engine(#[from] LoadError),
+}
+
+/// Why a behavior could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The component was refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The entity type name is not valid.
+    #[error("invalid entity type name `{0}`: use letters, digits, '-' and '_' (at most 128)")]
+    InvalidName(String),
+    /// The journal could not list pending timers.
+    #[error("cannot load pending timers: {0}")]
+    Timers(JournalError),
+}
+
+/// Why reading an entity failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No behavior is registered for the type.
+    #[error("unknown entity type `{0}`")]
+    UnknownEntityType(String),
+    /// The journal failed.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The behavior could not render the bytes.
+    #[error("cannot render as JSON: {0}")]
+    Codec(String),
+    /// The guest failed while rendering.
+    #[error("guest failure: {0}")]
+    Guest(#[from] GuestFault),
+    /// The entity could not be asked.
+    #[error(transparent)]
+    Ask(#[from] AskError),
+}
+
+struct BehaviorSlot {
+    behavior: Arc<dyn Behavior>,
+    generation: u64,
+    /// Generation at which the state schema last changed.
+    schema_since: u64,
+}
+
+/// A registered entity type: its behavior, settings and live entities.
+pub(crate) struct EntityType {
+    pub(crate) name: String,
+    pub(crate) settings: EntitySettings,
+    slot: RwLock<BehaviorSlot>,
+    shards: Box<[Mutex<HashMap<Arc<str>, Arc<EntityCell>>>]>,
+    hasher: RandomState,
+}
+
+impl EntityType {
+    pub(crate) fn behavior(&self) -> Arc<dyn Behavior> {
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .behavior
+            .clone()
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
+    /// Can state built at `generation` be kept under the current behavior?
+    pub(crate) fn schema_unchanged_since(&self, generation: u64) -> bool {
+        generation >= self.slot.read().unwrap_or_else(|p| p.into_inner()).schema_since
+    }
+
+    fn shard(&self, id: &str) -> &Mutex<HashMap<Arc<str>, Arc<EntityCell>>> {
+        let i = self.hasher.hash_one(id) as usize % self.shards.len();
+        &self.shards[i]
+    }
+
+    fn cell(&self, id: &str) -> Arc<EntityCell> {
+        let mut shard = self.shard(id).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = shard.get(id) {
+            return c.clone();
+        }
+        let id: Arc<str> = Arc::from(id);
+        let cell = EntityCell::new(id.clone());
+        shard.insert(id, cell.clone());
+        cell
+    }
+
+    fn existing_cell(&self, id: &str) -> Option<Arc<EntityCell>> {
+        self.shard(id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// Shared state of a node.
+pub(crate) struct NodeInner {
+    config: Config,
+    engine: Arc<WasmEngine>,
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) snapshots: Arc<dyn SnapshotStore>,
+    types: RwLock<HashMap<String, Arc<EntityType>>>,
+    lifecycle: broadcast::Sender<LifecycleEvent>,
+    timers: Mutex<HashSet<u64>>,
+    next_timer: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+impl NodeInner {
+    pub(crate) fn emit(&self, event: LifecycleEvent) {
+        let _ = self.lifecycle.send(event);
+    }
+
+    pub(crate) fn dead_letter(&self, ty: &EntityType, id: &str, reason: &str) {
+        self.emit(LifecycleEvent::DeadLetter {
+            entity_type: ty.name.clone(),
+            entity_id: id.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    pub(crate) fn next_timer_id(&self) -> u64 {
+        self.next_timer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn entity_type(&self, name: &str) -> Option<Arc<EntityType>> {
+        self.types
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Queues an envelope for an entity, creating its cell if needed.
+    async fn send(self: &Arc<Self>, ty: &Arc<EntityType>, id: &str, mut env: Envelope) -> Result<(), AskError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(AskError::ShuttingDown);
+        }
+        if id.is_empty() || id.len() > MAX_ENTITY_ID_LEN {
+            return Err(AskError::InvalidEntityId(format!(
+                "must be 1 to {MAX_ENTITY_ID_LEN} bytes, got {}",
+                id.len()
+            )));
+        }
+        loop {
+            let cell = ty.cell(id);
+            match entity::enqueue(self, ty, &cell, env)? {
+                Enqueue::Done => return Ok(()),
+                Enqueue::Retry(e) => env = e,
+                Enqueue::Wait(e) => {
+                    env = e;
+                    entity::wait_for_space(&cell).await;
+                }
+            }
+        }
+    }
+
+    /// Runs a `send` effect (at most once, after the sender's events are durable).
+    pub(crate) fn send_effect(self: &Arc<Self>, entity_type: String, id: String, command: Vec<u8>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let Some(ty) = node.entity_type(&entity_type) else {
+                node.emit(LifecycleEvent::DeadLetter {
+                    entity_type: entity_type.clone(),
+                    entity_id: id,
+                    reason: format!("unknown entity type `{entity_type}`"),
+                });
+                return;
+            };
+            let env = Envelope::Command {
+                command,
+                expected_seq: None,
+                reply: None,
+                timer_id: None,
+            };
+            if let Err(e) = node.send(&ty, &id, env).await {
+                node.dead_letter(&ty, &id, &e.to_string());
+            }
+        });
+    }
+
+    /// Arms a durable timer: at `fire_at_ms` its command goes to the entity,
+    /// which deletes the timer with the command's own write.
+    pub(crate) fn schedule_timer(self: &Arc<Self>, entity_type: &str, id: &str, timer: TimerRecord) {
+        {
+            let mut armed = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            if !armed.insert(timer.timer_id) {
+                return;
+            }
+        }
+        let node = self.clone();
+        let entity_type = entity_type.to_owned();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let now = now_ms();
+            if timer.fire_at_ms > now {
+                tokio::time::sleep(Duration::from_millis(timer.fire_at_ms - now)).await;
+            }
+            if let Some(ty) = node.entity_type(&entity_type) {
+                let env = Envelope::Command {
+                    command: timer.command,
+                    expected_seq: None,
+                    reply: None,
+                    timer_id: Some(timer.timer_id),
+                };
+                if let Err(e) = node.send(&ty, &id, env).await {
+                    node.dead_letter(&ty, &id, &format!("timer not delivered: {e}"));
+                }
+            }
+            node.timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&timer.timer_id);
+        });
+    }
+
+    /// Unloads entities idle for longer than their type's `idle_after`.
+    fn sweep(&self, now: Instant) {
+        let types: Vec<Arc<EntityType>> = self
+            .types
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for ty in types {
+            let Some(idle) = ty.settings.passivation.idle_after else {
+                continue;
+            };
+            for shard in ty.shards.iter() {
+                let mut passivated = Vec::new();
+                {
+                    let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+                    map.retain(|id, cell| {
+                        if entity::try_passivate(cell, idle, now) {
+                            passivated.push(id.to_string());
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+                for id in passivated {
+                    self.emit(LifecycleEvent::Passivated {
+                        entity_type: ty.name.clone(),
+                        entity_id: id,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A Cairn node running in this process. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl Node {
+    /// Opens the embedded SQLite storage in `config.node.data_dir` and starts a node.
+    pub fn open(config: Config) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.node.data_dir)
+            .map_err(|e| NodeError::Storage(JournalError::Io(e.to_string())))?;
+        let options = SqliteOptions {
+            max_batch: config.node.journal_max_batch,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&config.node.data_dir, options)?;
+        Node::with_stores(config, store.clone(), store)
+    }
+
+    /// Starts a node on the given storage.
+    pub fn with_stores(
+        config: Config,
+        journal: Arc<dyn Journal>,
+        snapshots: Arc<dyn SnapshotStore>,
+    ) -> Result<Node, NodeError> {
+        let engine = WasmEngine::new()?;
+        let (lifecycle, _) = broadcast::channel(4096);
+        let seed = now_ms().saturating_mul(1_000_000);
+        let inner = Arc::new(NodeInner {
+            config,
+            engine,
+            journal,
+            snapshots,
+            types: RwLock::new(HashMap::new()),
+            lifecycle,
+            timers: Mutex::new(HashSet::new()),
+            next_timer: AtomicU64::new(seed),
+            shutting_down: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { break };
+                if node.shutting_down.load(Ordering::Relaxed) {
+                    break;
+                }
+                node.sweep(Instant::now());
+            }
+        });
+        Ok(Node { inner })
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The node's journal.
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.inner.journal
+    }
+
+    /// The node's snapshot store.
+    pub fn snapshots(&self) -> &Arc<dyn SnapshotStore> {
+        &self.inner.snapshots
+    }
+
+    /// Compiles, checks and registers a component for an entity type. A type
+    /// registered again switches to the new behavior for every later command.
+    pub async fn register_component(
+        &self,
+        entity_type: &str,
+        wasm: Vec<u8>,
+    ) -> Result<Descriptor, RegisterError> {
+        check_type_name(entity_type)?;
+        let settings = self.inner.config.settings_for(entity_type);
+        let limits = GuestLimits {
+            call_timeout: settings.supervision.call_timeout,
+            memory_limit: settings.supervision.memory_limit,
+            ..GuestLimits::default()
+        };
+        let engine = self.inner.engine.clone();
+        let behavior = tokio::task::spawn_blocking(move || engine.load(&wasm, limits))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))??;
+        self.register(entity_type, Arc::new(behavior)).await
+    }
+
+    /// Reads a component file and registers it.
+    pub async fn register_file(
+        &self,
+        entity_type: &str,
+        path: &Path,
+    ) -> Result<Descriptor, RegisterError> {
+        let wasm = std::fs::read(path).map_err(|source| RegisterError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.register_component(entity_type, wasm).await
+    }
+
+    /// Registers any [`Behavior`] (for example a native one) for an entity type.
+    pub async fn register(
+        &self,
+        entity_type: &str,
+        behavior: Arc<dyn Behavior>,
+    ) -> Result<Descriptor, RegisterError> {
+        check_type_name(entity_type)?;
+        let descriptor = behavior.descriptor().clone();
+        let is_new = {
+            let mut types = self.inner.types.write().unwrap_or_else(|p| p.into_inner());
+            match types.get(entity_type) {
+                Some(ty) => {
+                    let mut slot = ty.slot.write().unwrap_or_else(|p| p.into_inner());
+                    let schema_changed =
+                        slot.behavior.descriptor().state_schema != descriptor.state_schema;
+                    slot.generation += 1;
+                    if schema_changed {
+                        slot.schema_since = slot.generation;
+                    }
+                    slot.behavior = behavior;
+                    false
+                }
+                None => {
+                    let settings = self.inner.config.settings_for(entity_type);
+                    types.insert(
+                        entity_type.to_owned(),
+                        Arc::new(EntityType {
+                            name: entity_type.to_owned(),
+                            settings,
+                            slot: RwLock::new(BehaviorSlot {
+                                behavior,
+                                generation: 0,
+                                schema_since: 0,
+                            }),
+                            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                            hasher: RandomState::new(),
+                        }),
+                    );
+                    true
+                }
+            }
+        };
+        if is_new {
+            let timers = self
+                .inner
+                .journal
+                .pending_timers()
+                .await
+                .map_err(RegisterError::Timers)?;
+            for (key, timer) in timers {
+                if key.entity_type == entity_type {
+                    self.inner.schedule_timer(entity_type, &key.entity_id, timer);
+                }
+            }
+        }
+        tracing::info!(entity_type, version = %descriptor.version, "behavior registered");
+        self.inner.emit(LifecycleEvent::Deployed {
+            entity_type: entity_type.to_owned(),
+            version: descriptor.version.clone(),
+        });
+        Ok(descriptor)
+    }
+
+    /// The descriptor of the behavior registered for a type.
+    pub fn descriptor(&self, entity_type: &str) -> Option<Descriptor> {
+        self.inner
+            .entity_type(entity_type)
+            .map(|t| t.behavior().descriptor().clone())
+    }
+
+    fn ty(&self, entity_type: &str) -> Result<Arc<EntityType>, AskError> {
+        self.inner
+            .entity_type(entity_type)
+            .ok_or_else(|| AskError::UnknownEntityType(entity_type.to_owned()))
+    }
+
+    /// Sends a command and waits for its reply: the reply leaves only after
+    /// the command's events are durable.
+    pub async fn ask(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+        options: AskOptions,
+    ) -> Result<Reply, AskError> {
+        let ty = self.ty(entity_type)?;
+        let (tx, rx) = oneshot::channel();
+        let env = Envelope::Command {
+            command,
+            expected_seq: options.expected_seq,
+            reply: Some(tx),
+            timer_id: None,
+        };
+        let work = async {
+            self.inner.send(&ty, entity_id, env).await?;
+            rx.await.map_err(|_| AskError::ShuttingDown)?
+        };
+        tokio::time::timeout(options.timeout, work)
+            .await
+            .map_err(|_| AskError::Timeout(options.timeout))?
+    }
+
+    /// Queues a command without waiting for it to run. Fails only if it
+    /// cannot be queued (unknown type, full mailbox with `drop_new`, stopped entity).
+    pub async fn tell(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+    ) -> Result<(), AskError> {
+        let ty = self.ty(entity_type)?;
+        let env = Envelope::Command {
+            command,
+            expected_seq: None,
+            reply: None,
+            timer_id: None,
+        };
+        self.inner.send(&ty, entity_id, env).await
+    }
+
+    /// `ask` with a JSON command and a JSON reply, through the behavior's codecs.
+    pub async fn ask_json(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        json: &str,
+        options: AskOptions,
+    ) -> Result<JsonReply, ReadError> {
+        let ty = self.ty(entity_type)?;
+        let behavior = ty.behavior();
+        let command = behavior
+            .command_from_json(json)?
+            .map_err(|e| AskError::MalformedCommand(e))?;
+        let reply = self.ask(entity_type, entity_id, command, options).await?;
+        let json = match &reply.reply {
+            Some(bytes) => Some(behavior.reply_to_json(bytes)?.map_err(ReadError::Codec)?),
+            None => None,
+        };
+        Ok(JsonReply {
+            reply: json,
+            seq: reply.seq,
+        })
+    }
+
+    /// Encodes a JSON command with the type's behavior.
+    pub fn command_from_json(&self, entity_type: &str, json: &str) -> Result<Vec<u8>, ReadError> {
+        let ty = self.ty(entity_type)?;
+        Ok(ty
+            .behavior()
+            .command_from_json(json)?
+            .map_err(AskError::MalformedCommand)?)
+    }
+
+    /// Renders an event of a type as JSON.
+    pub fn event_to_json(&self, entity_type: &str, event: &[u8]) -> Result<String, ReadError> {
+        let ty = self.ty(entity_type)?;
+        ty.behavior().event_to_json(event)?.map_err(ReadError::Codec)
+    }
+
+    /// Renders reply bytes of a type as JSON.
+    pub fn reply_to_json(&self, entity_type: &str, reply: &[u8]) -> Result<String, ReadError> {
+        let ty = self.ty(entity_type)?;
+        ty.behavior().reply_to_json(reply)?.map_err(ReadError::Codec)
+    }
+
+    /// Renders state bytes of a type (e.g. a snapshot's) as JSON.
+    pub fn state_to_json(&self, entity_type: &str, state: &[u8]) -> Result<String, ReadError> {
+        let ty = self.ty(entity_type)?;
+        ty.behavior().state_to_json(state)?.map_err(ReadError::Codec)
+    }
+
+    /// Events of an entity with `from <= seq <= to`, at most `limit`.
+    pub async fn events(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, ReadError> {
+        let key = EntityKey::new(entity_type, entity_id);
+        Ok(self.inner.journal.read(&key, from, to, limit).await?)
+    }
+
+    /// The current state bytes and sequence number of an entity, read in
+    /// mailbox order (after every command queued before it).
+    pub async fn state(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<(Vec<u8>, u64), AskError> {
+        let ty = self.ty(entity_type)?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .send(&ty, entity_id, Envelope::Peek { reply: tx })
+            .await?;
+        rx.await.map_err(|_| AskError::ShuttingDown)?
+    }
+
+    /// The current state of an entity as JSON, with its sequence number.
+    pub async fn state_json(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<(String, u64), ReadError> {
+        let (state, seq) = self.state(entity_type, entity_id).await?;
+        let ty = self.ty(entity_type)?;
+        let json = ty.behavior().state_to_json(&state)?.map_err(ReadError::Codec)?;
+        Ok((json, seq))
+    }
+
+    /// Follows lifecycle events from now on.
+    pub fn lifecycle(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.inner.lifecycle.subscribe()
+    }
+
+    /// Number of entities in memory (live or recovering) of a type.
+    pub fn live_entities(&self, entity_type: &str) -> usize {
+        self.inner.entity_type(entity_type).map_or(0, |t| {
+            t.shards
+                .iter()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+                .sum()
+        })
+    }
+
+    /// Lets an entity stopped by supervision run again.
+    pub fn resume(&self, entity_type: &str, entity_id: &str) -> bool {
+        self.inner
+            .entity_type(entity_type)
+            .and_then(|t| t.existing_cell(entity_id))
+            .is_some_and(|c| entity::resume(&c))
+    }
+
+    /// Stops accepting commands and waits (up to `grace`) until every queued
+    /// command has been processed. Every acknowledged event is already durable.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + grace;
+        loop {
+            let busy = {
+                let types = self.inner.types.read().unwrap_or_else(|p| p.into_inner());
+                types.values().any(|t| {
+                    t.shards.iter().any(|s| {
+                        s.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .values()
+                            .any(|c| entity::is_busy(c))
+                    })
+                })
+            };
+            if !busy || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A reply rendered as JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonReply {
+    /// The reply as JSON, if the behavior gave one.
+    pub reply: Option<String>,
+    /// The entity's sequence number after the command.
+    pub seq: u64,
+}
+
+fn check_type_name(name: &str) -> Result<(), RegisterError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegisterError::InvalidName(name.to_owned()))
+    }
+}

@@ -1,0 +1,454 @@
+//! The WebAssembly side of the host: engine, component loading and checking,
+//! instance pools and guest limits.
+//!
+//! Owns the one wasmtime [`Engine`] of a node (with its epoch ticker), the
+//! [`Linker`] with a locked-down WASI (no preopened directories, no environment,
+//! no network, no stdin; clocks that show the command's timestamp and seeded
+//! randomness, so guests are deterministic), and [`WasmBehavior`]: a compiled
+//! component plus a pool of ready instances that any entity can borrow for one
+//! call. Behaviors are pure functions over bytes, so an instance holds no
+//! entity's state and can serve every entity of its type; that keeps the
+//! number of live instances near the number of cores instead of the number of
+//! entities. An instance that traps is dropped, never reused. This module
+//! never touches the journal and never panics on what a guest does.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime_wasi::p2::add_to_linker_sync;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::behavior::{
+    Behavior, CommandContext, CommandError, Decision, Descriptor, Effect, FoldError, GuestFault,
+};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "entity",
+        path: "../wit",
+    });
+}
+
+use bindings::cairn::entity::types as wtypes;
+use bindings::exports::cairn::entity::behavior as wit;
+
+/// How often the epoch ticker advances; guest deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// WASI interfaces a behavior may import (without their `@version`). A std
+/// Rust guest for `wasm32-wasip2` imports these even when it uses none; the
+/// host satisfies them with a locked-down context. Anything else is refused.
+pub const ALLOWED_IMPORTS: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+];
+
+/// The interface every behavior must export.
+pub const BEHAVIOR_EXPORT: &str = "cairn:entity/behavior@0.1.0";
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid WebAssembly component (or could not be compiled).
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component imports something Cairn does not provide.
+    #[error("component imports `{0}`, which Cairn does not provide to behaviors")]
+    ForbiddenImport(String),
+    /// The component does not export the entity world.
+    #[error(
+        "component does not export `{BEHAVIOR_EXPORT}` (is it built with the Cairn guest SDK for this WIT version?): {0}"
+    )]
+    WrongWorld(String),
+    /// `describe` or `initial-state` failed.
+    #[error("component failed during describe: {0}")]
+    Describe(GuestFault),
+    /// The engine could not be set up.
+    #[error("wasm engine error: {0}")]
+    Engine(String),
+}
+
+/// Limits applied to every instance of a behavior.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Deadline of one call.
+    pub call_timeout: Duration,
+    /// Linear memory cap in bytes.
+    pub memory_limit: usize,
+    /// Idle instances kept per behavior.
+    pub pool_size: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            call_timeout: Duration::from_secs(1),
+            memory_limit: 64 << 20,
+            pool_size: 8,
+        }
+    }
+}
+
+/// One wasmtime engine per node, with its epoch ticker and linker.
+pub struct WasmEngine {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    stop: Arc<AtomicBool>,
+}
+
+impl WasmEngine {
+    /// Creates the engine and starts the epoch ticker thread.
+    pub fn new() -> Result<Arc<WasmEngine>, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("cairn-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(Arc::new(WasmEngine {
+            engine,
+            linker,
+            stop,
+        }))
+    }
+
+    /// Compiles and checks a component, then asks it to describe itself.
+    pub fn load(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        limits: GuestLimits,
+    ) -> Result<WasmBehavior, LoadError> {
+        if !wasmparser_is_component(bytes) {
+            return Err(LoadError::Compile(
+                "the file is not a WebAssembly component (wrong magic or version; core modules are not accepted)".into(),
+            ));
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            let base = name.split('@').next().unwrap_or(name);
+            if !ALLOWED_IMPORTS.contains(&base) {
+                return Err(LoadError::ForbiddenImport(name.to_owned()));
+            }
+        }
+        if !ty.exports(&self.engine).any(|(n, _)| n == BEHAVIOR_EXPORT) {
+            let found: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+            return Err(LoadError::WrongWorld(format!("it exports {found:?}")));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = bindings::EntityPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let mut behavior = WasmBehavior {
+            engine: self.clone(),
+            pre,
+            pool: Mutex::new(Vec::new()),
+            limits,
+            descriptor: Descriptor {
+                name: String::new(),
+                version: String::new(),
+                state_schema: 0,
+            },
+        };
+        let d = behavior
+            .with_instance(0, |b, store| b.call_describe(store))
+            .map_err(LoadError::Describe)?;
+        behavior.descriptor = Descriptor {
+            name: d.name,
+            version: d.version,
+            state_schema: d.state_schema,
+        };
+        Ok(behavior)
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Checks the component preamble: `\0asm` then version 0x0d and layer 1.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// Per-store data: the locked-down WASI context and the memory limiter.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and remembers that it refused, so the trap that
+/// follows can be reported as "memory limit" rather than a bare trap.
+struct Limiter {
+    memory_limit: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The guest's wall clock: the timestamp of the command being decided.
+struct CommandClock(Arc<AtomicU64>);
+
+impl HostWallClock for CommandClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl HostMonotonicClock for CommandClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).saturating_mul(1_000_000)
+    }
+}
+
+/// A ready instance with its store.
+struct Slot {
+    store: Store<GuestState>,
+    entity: bindings::Entity,
+    clock: Arc<AtomicU64>,
+}
+
+/// A compiled behavior component with a pool of instances.
+pub struct WasmBehavior {
+    engine: Arc<WasmEngine>,
+    pre: bindings::EntityPre<GuestState>,
+    pool: Mutex<Vec<Slot>>,
+    limits: GuestLimits,
+    descriptor: Descriptor,
+}
+
+impl WasmBehavior {
+    fn new_slot(&self) -> Result<Slot, GuestFault> {
+        let clock = Arc::new(AtomicU64::new(0));
+        let wasi = WasiCtxBuilder::new()
+            .wall_clock(CommandClock(clock.clone()))
+            .monotonic_clock(CommandClock(clock.clone()))
+            .secure_random(rand::rngs::StdRng::seed_from_u64(0x0c41_2e00))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(0x0c41_2e01))
+            .insecure_random_seed(0x0c41_2e02)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut store = Store::new(
+            &self.engine.engine,
+            GuestState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: Limiter {
+                    memory_limit: self.limits.memory_limit,
+                    refused: false,
+                },
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let entity = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| GuestFault::Instantiate(format!("{e:#}")))?;
+        Ok(Slot {
+            store,
+            entity,
+            clock,
+        })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        (self.limits.call_timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
+    }
+
+    /// Runs `f` on a pooled instance; a trap drops the instance.
+    fn with_instance<T>(
+        &self,
+        timestamp_ms: u64,
+        f: impl FnOnce(&wit::Guest, &mut Store<GuestState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestFault> {
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let mut slot = match pooled {
+            Some(s) => s,
+            None => self.new_slot()?,
+        };
+        slot.clock.store(timestamp_ms, Ordering::Relaxed);
+        slot.store.set_epoch_deadline(self.deadline_ticks());
+        let result = f(slot.entity.cairn_entity_behavior(), &mut slot.store);
+        match result {
+            Ok(v) => {
+                if let Ok(mut p) = self.pool.lock()
+                    && p.len() < self.limits.pool_size
+                {
+                    p.push(slot);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(self.classify(&slot, e)),
+        }
+    }
+
+    fn classify(&self, slot: &Slot, e: wasmtime::Error) -> GuestFault {
+        if slot.store.data().limiter.refused {
+            return GuestFault::MemoryLimit(self.limits.memory_limit);
+        }
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => GuestFault::Deadline(self.limits.call_timeout),
+            Some(wasmtime::Trap::UnreachableCodeReached) => GuestFault::Trap(
+                "unreachable code reached (a panic or abort in the guest)".into(),
+            ),
+            _ => GuestFault::Trap(format!("{e:#}")),
+        }
+    }
+}
+
+impl Behavior for WasmBehavior {
+    fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    fn initial_state(&self) -> Result<Vec<u8>, GuestFault> {
+        self.with_instance(0, |b, s| b.call_initial_state(s))
+    }
+
+    fn decide(
+        &self,
+        ctx: &CommandContext,
+        state: &[u8],
+        command: &[u8],
+    ) -> Result<Result<Decision, CommandError>, GuestFault> {
+        let wctx = wit::Context {
+            entity_id: ctx.entity_id.clone(),
+            next_seq: ctx.next_seq,
+            timestamp_ms: ctx.timestamp_ms,
+        };
+        let out = self.with_instance(ctx.timestamp_ms, |b, s| b.call_decide(s, &wctx, state, command))?;
+        Ok(match out {
+            Ok(d) => Ok(Decision {
+                events: d.events,
+                reply: d.reply,
+                effects: d
+                    .effects
+                    .into_iter()
+                    .map(|e| match e {
+                        wtypes::Effect::Send(s) => Effect::Send {
+                            entity_type: s.entity_type,
+                            entity_id: s.entity_id,
+                            command: s.command,
+                        },
+                        wtypes::Effect::Schedule(s) => Effect::Schedule {
+                            delay_ms: s.delay_ms,
+                            command: s.command,
+                        },
+                    })
+                    .collect(),
+                state: d.state,
+            }),
+            Err(wit::CommandError::Rejected(r)) => Err(CommandError::Rejected(r)),
+            Err(wit::CommandError::Malformed(r)) => Err(CommandError::Malformed(r)),
+            Err(wit::CommandError::BadState(r)) => Err(CommandError::BadState(r)),
+        })
+    }
+
+    fn fold(&self, state: &[u8], packed: &[u8]) -> Result<Result<Vec<u8>, FoldError>, GuestFault> {
+        let out = self.with_instance(0, |b, s| b.call_fold(s, state, packed))?;
+        Ok(out.map_err(|e| FoldError {
+            index: e.index,
+            message: e.message,
+        }))
+    }
+
+    fn command_from_json(&self, json: &str) -> Result<Result<Vec<u8>, String>, GuestFault> {
+        self.with_instance(0, |b, s| b.call_command_from_json(s, json))
+    }
+
+    fn event_to_json(&self, event: &[u8]) -> Result<Result<String, String>, GuestFault> {
+        self.with_instance(0, |b, s| b.call_event_to_json(s, event))
+    }
+
+    fn state_to_json(&self, state: &[u8]) -> Result<Result<String, String>, GuestFault> {
+        self.with_instance(0, |b, s| b.call_state_to_json(s, state))
+    }
+
+    fn reply_to_json(&self, reply: &[u8]) -> Result<Result<String, String>, GuestFault> {
+        self.with_instance(0, |b, s| b.call_reply_to_json(s, reply))
+    }
+}

@@ -1,0 +1,315 @@
+//! The single-node benchmark: bank-account deposits through `ask` on the
+//! durable SQLite journal (throughput and latency percentiles), the same logic
+//! as native Rust over the same journal, recovery speed of one entity with a
+//! long history (with and without a snapshot), and host memory per live idle
+//! entity.
+//!
+//! Run: `cargo run --release -p cairn-tests --bin cairn-bench [-- --quick]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cairn_host::config::Config;
+use cairn_host::node::{AskOptions, LifecycleEvent, Node};
+use cairn_store::{EntityKey, EventRecord, Snapshot, Write};
+use cairn_tests::native::Native;
+
+struct Args {
+    entities: usize,
+    callers: usize,
+    commands: usize,
+    history: u64,
+    idle_entities: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        entities: 10_000,
+        callers: 256,
+        commands: 1_000_000,
+        history: 1_000_000,
+        idle_entities: 100_000,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let val = argv.get(i + 1).and_then(|v| v.parse::<usize>().ok());
+        match (argv[i].as_str(), val) {
+            ("--quick", _) => {
+                a.commands = 100_000;
+                a.history = 100_000;
+                a.idle_entities = 20_000;
+                i += 1;
+                continue;
+            }
+            ("--entities", Some(v)) => a.entities = v,
+            ("--callers", Some(v)) => a.callers = v,
+            ("--commands", Some(v)) => a.commands = v,
+            ("--history", Some(v)) => a.history = v as u64,
+            ("--idle-entities", Some(v)) => a.idle_entities = v,
+            (other, _) => {
+                eprintln!("unknown or incomplete argument `{other}`; see the source header");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn config(dir: &std::path::Path, toml: &str) -> Result<Config> {
+    let mut c = Config::parse(toml)?;
+    c.node.data_dir = dir.to_path_buf();
+    Ok(c)
+}
+
+async fn bank_node(dir: &std::path::Path, toml: &str, wasm: &[u8], native: bool) -> Result<Node> {
+    let node = Node::open(config(dir, toml)?)?;
+    if native {
+        node.register("bank-account", Arc::new(Native::<bank_account::BankAccount>::default()))
+            .await?;
+    } else {
+        node.register_component("bank-account", wasm.to_vec()).await?;
+    }
+    Ok(node)
+}
+
+/// Runs `commands` deposits from `callers` concurrent tasks over `entities`.
+async fn throughput(label: &str, node: &Node, a: &Args) -> Result<f64> {
+    let deposit = node.command_from_json("bank-account", r#"{"Deposit":{"amount":1}}"#)?;
+    let per_caller = a.commands / a.callers;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..a.callers {
+        let node = node.clone();
+        let deposit = deposit.clone();
+        let entities = a.entities;
+        let callers = a.callers;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_caller);
+            let mut failures = 0usize;
+            let mut e = c;
+            for _ in 0..per_caller {
+                let id = format!("acct-{}", e % entities);
+                e += callers;
+                let t = Instant::now();
+                match node.ask("bank-account", &id, deposit.clone(), AskOptions::default()).await {
+                    Ok(_) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(_) => failures += 1,
+                }
+            }
+            (lat, failures)
+        }));
+    }
+    let mut lat = Vec::with_capacity(a.commands);
+    let mut failures = 0;
+    for t in tasks {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        failures += f;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let rate = lat.len() as f64 / secs;
+    println!(
+        "{label:<28} {:>10.0} commands/s   p50 {:>6} µs   p99 {:>6} µs   p99.9 {:>6} µs   ({} commands, {} failed, {:.1} s)",
+        rate,
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        lat.len(),
+        failures,
+        secs
+    );
+    Ok(rate)
+}
+
+/// Writes `n` Deposited(1) events for one entity straight into the journal.
+async fn write_history(node: &Node, id: &str, n: u64) -> Result<()> {
+    let payload = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 1 })?;
+    let key = EntityKey::new("bank-account", id);
+    let mut seq = 1;
+    let mut pending = Vec::new();
+    while seq <= n {
+        let end = (seq + 999).min(n);
+        let events = (seq..=end)
+            .map(|s| EventRecord {
+                seq: s,
+                timestamp_ms: 0,
+                version: "1.0.0".into(),
+                payload: payload.clone(),
+            })
+            .collect();
+        pending.push(node.journal().append(Write {
+            key: key.clone(),
+            events,
+            ..Write::default()
+        }));
+        if pending.len() == 64 {
+            for p in pending.drain(..) {
+                p.await?;
+            }
+        }
+        seq = end + 1;
+    }
+    for p in pending {
+        p.await?;
+    }
+    Ok(())
+}
+
+async fn recovery(label: &str, node: &Node, id: &str) -> Result<()> {
+    let mut lc = node.lifecycle();
+    let get = node.command_from_json("bank-account", r#""GetBalance""#)?;
+    let t = Instant::now();
+    let opts = AskOptions {
+        timeout: Duration::from_secs(600),
+        expected_seq: None,
+    };
+    node.ask("bank-account", id, get, opts).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let (snap, replayed) = loop {
+        if let LifecycleEvent::Started {
+            entity_id,
+            snapshot_seq,
+            replayed,
+            ..
+        } = lc.recv().await?
+            && entity_id == id
+        {
+            break (snapshot_seq, replayed);
+        }
+    };
+    println!(
+        "{label:<28} {:>10.0} events/s   replayed {replayed} events after snapshot {:?} in {:.1} ms",
+        replayed as f64 / secs,
+        snap,
+        secs * 1e3
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = parse_args();
+    let wasm = cairn_tests::example_bytes("bank-account").context("building bank-account")?;
+    println!(
+        "Cairn single-node benchmark: {} cores, {} entities, {} callers, {} commands",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        a.entities,
+        a.callers,
+        a.commands
+    );
+    let root = tempfile_dir()?;
+
+    println!("\n== Durable deposits through ask (SQLite WAL, fsync per group commit)");
+    let mut rates = Vec::new();
+    for native in [false, true] {
+        let dir = root.join(if native { "native" } else { "wasm" });
+        let node = bank_node(&dir, "[node]\n[defaults.passivation]\nidle_after = \"never\"\n", &wasm, native).await?;
+        let label = if native { "native Rust behavior" } else { "wasm component" };
+        rates.push(throughput(label, &node, &a).await?);
+        node.shutdown(Duration::from_secs(10)).await;
+    }
+    println!("wasm / native throughput ratio: {:.2}", rates[0] / rates[1]);
+
+    println!("\n== Recovery of one entity with {} events", a.history);
+    for native in [false, true] {
+        let dir = root.join(if native { "rec-native" } else { "rec-wasm" });
+        let toml = "[defaults.snapshot]\nevery = 0\n";
+        {
+            let node = bank_node(&dir, toml, &wasm, native).await?;
+            write_history(&node, "long", a.history).await?;
+            write_history(&node, "long-snap", a.history).await?;
+            // A snapshot 1,000 events before the end, as the snapshot policy would leave.
+            let state = cairn_guest::codec::encode(&bank_account::State {
+                balance: (a.history - 1000) as i64,
+                transactions: a.history - 1000,
+            })?;
+            let schema = node.descriptor("bank-account").map_or(1, |d| d.state_schema);
+            node.snapshots()
+                .save(
+                    &EntityKey::new("bank-account", "long-snap"),
+                    Snapshot {
+                        seq: a.history - 1000,
+                        schema,
+                        timestamp_ms: 0,
+                        state,
+                    },
+                    1,
+                )
+                .await?;
+            node.shutdown(Duration::from_secs(10)).await;
+        }
+        let node = bank_node(&dir, toml, &wasm, native).await?;
+        let kind = if native { "native" } else { "wasm" };
+        recovery(&format!("recovery, no snapshot ({kind})"), &node, "long").await?;
+        recovery(&format!("recovery, snapshot ({kind})"), &node, "long-snap").await?;
+        node.shutdown(Duration::from_secs(10)).await;
+    }
+
+    println!("\n== Memory per live idle entity ({} entities)", a.idle_entities);
+    {
+        let dir = root.join("idle");
+        let node = bank_node(&dir, "[defaults.passivation]\nidle_after = \"never\"\n", &wasm, false).await?;
+        let get = node.command_from_json("bank-account", r#""GetBalance""#)?;
+        // Warm up pools and allocator with a first batch, then measure.
+        for i in 0..1000 {
+            node.ask("bank-account", &format!("warm-{i}"), get.clone(), AskOptions::default()).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = rss_bytes();
+        let mut tasks = Vec::new();
+        for c in 0..64 {
+            let node = node.clone();
+            let get = get.clone();
+            let n = a.idle_entities;
+            tasks.push(tokio::spawn(async move {
+                let mut i = c;
+                while i < n {
+                    let _ = node.ask("bank-account", &format!("idle-{i:08}"), get.clone(), AskOptions::default()).await;
+                    i += 64;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = rss_bytes();
+        let live = node.live_entities("bank-account");
+        let state_len = cairn_guest::codec::encode(&bank_account::State::default())?.len();
+        let per = (after.saturating_sub(before)) as f64 / a.idle_entities as f64;
+        println!(
+            "{live} live entities: {:.0} bytes of RSS per entity, of which the state is {state_len} bytes (id `idle-00000000`: 13 bytes)",
+            per
+        );
+        node.shutdown(Duration::from_secs(10)).await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = cairn_tests::workspace_root()
+        .join("target")
+        .join(format!("cairn-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

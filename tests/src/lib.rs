@@ -1,0 +1,130 @@
+//! Support for Cairn's black-box tests, walk-through and benchmark: builds the
+//! example behaviors in `examples/` to real WebAssembly components.
+//!
+//! The components are built once per workspace with the same toolchain, into
+//! a target directory of their own (`target/wasm`), so building them never
+//! waits on the lock of the main target directory. If the `wasm32-wasip2`
+//! target is missing (a fresh machine), it is added with `rustup`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail};
+
+pub mod native;
+
+/// The example crates built to components.
+pub const EXAMPLES: &[&str] = &["bank-account", "shopping-cart", "counter", "faulty"];
+
+/// The wasm target behaviors are built for.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// The workspace root (the directory holding `Cargo.toml` and `examples/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn ensure_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(workspace_root())
+        .output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET) => {
+            Ok(())
+        }
+        Ok(_) => {
+            let status = Command::new("rustup")
+                .args(["target", "add", WASM_TARGET])
+                .current_dir(workspace_root())
+                .status()
+                .context("running rustup target add")?;
+            if !status.success() {
+                bail!("`rustup target add {WASM_TARGET}` failed");
+            }
+            Ok(())
+        }
+        // No rustup: assume the toolchain has the target; cargo will say if not.
+        Err(_) => Ok(()),
+    }
+}
+
+fn build_all() -> Result<PathBuf> {
+    ensure_target()?;
+    let root = workspace_root();
+    let target_dir = root.join("target").join("wasm");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--profile", "wasm", "--target", WASM_TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for e in EXAMPLES {
+        cmd.args(["-p", e]);
+    }
+    // Do not inherit flags meant for the host build.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().context("running cargo to build the example components")?;
+    if !status.success() {
+        bail!("building the example components failed (see the cargo output above)");
+    }
+    Ok(target_dir.join(WASM_TARGET).join("wasm"))
+}
+
+/// Builds (once per process) every example and returns the path of the named
+/// example's component, e.g. `example_wasm("bank-account")`.
+pub fn example_wasm(name: &str) -> Result<PathBuf> {
+    static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| build_all().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    if !path.exists() {
+        bail!("{} was not produced by the build", path.display());
+    }
+    Ok(path)
+}
+
+/// Reads the named example's component bytes.
+pub fn example_bytes(name: &str) -> Result<Vec<u8>> {
+    let path = example_wasm(name)?;
+    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Starts a node on `dir` with the given `cairn.toml` text and registers the
+/// named examples, each under its own name, or under another name with
+/// `"type=example"` (e.g. `"faulty-bp=faulty"`).
+pub async fn start_node(dir: &Path, toml: &str, types: &[&str]) -> Result<cairn_host::node::Node> {
+    let mut config = cairn_host::config::Config::parse(toml)?;
+    config.node.data_dir = dir.to_path_buf();
+    let node = cairn_host::node::Node::open(config)?;
+    for spec in types {
+        let (ty, example) = spec.split_once('=').unwrap_or((spec, spec));
+        node.register_component(ty, example_bytes(example)?).await?;
+    }
+    Ok(node)
+}
+
+/// Waits for the first lifecycle event matching `pred`, up to `timeout`.
+pub async fn wait_for(
+    rx: &mut tokio::sync::broadcast::Receiver<cairn_host::node::LifecycleEvent>,
+    timeout: std::time::Duration,
+    mut pred: impl FnMut(&cairn_host::node::LifecycleEvent) -> bool,
+) -> Result<cairn_host::node::LifecycleEvent> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .context("timed out waiting for a lifecycle event")??;
+        if pred(&ev) {
+            return Ok(ev);
+        }
+    }
+}
