@@ -1,1 +1,216 @@
-//! cairn-store (stub).
+//! Durable storage for Cairn: the event journal, snapshots and pending timers.
+//!
+//! Owns the [`Journal`] and [`SnapshotStore`] traits, the records they store,
+//! and two backends: [`SqliteStore`] (embedded SQLite in WAL mode, group
+//! commit, fsync before any acknowledgement; the default) and [`MemoryStore`]
+//! (no durability; for tests). Bytes are opaque here: this crate never
+//! decodes an event or a state, and never panics on what it reads from disk.
+
+use std::future::Future;
+use std::pin::Pin;
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// A boxed, sendable future (the traits are object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Identifies one entity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey {
+    /// The entity type, e.g. `bank-account`.
+    pub entity_type: String,
+    /// The entity id within its type.
+    pub entity_id: String,
+}
+
+impl EntityKey {
+    /// Builds a key.
+    pub fn new(entity_type: impl Into<String>, entity_id: impl Into<String>) -> Self {
+        EntityKey {
+            entity_type: entity_type.into(),
+            entity_id: entity_id.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.entity_type, self.entity_id)
+    }
+}
+
+/// One stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Sequence number within the entity: from 1, contiguous.
+    pub seq: u64,
+    /// When the host accepted the command, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Version of the behavior that produced the event.
+    pub version: String,
+    /// The encoded event, stored unchanged.
+    pub payload: Vec<u8>,
+}
+
+/// A pending timer: deliver `command` to the entity at `fire_at_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimerRecord {
+    /// Unique id of the timer.
+    pub timer_id: u64,
+    /// When to fire, ms since the Unix epoch.
+    pub fire_at_ms: u64,
+    /// The encoded command.
+    pub command: Vec<u8>,
+}
+
+/// One entity's atomic write: all of it becomes durable, or none of it.
+#[derive(Clone, Debug, Default)]
+pub struct Write {
+    /// The entity.
+    pub key: EntityKey,
+    /// Events to append, with contiguous sequence numbers.
+    pub events: Vec<EventRecord>,
+    /// Timers to add.
+    pub add_timers: Vec<TimerRecord>,
+    /// Ids of this entity's timers to delete.
+    pub remove_timers: Vec<u64>,
+}
+
+/// A stored state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sequence number of the last event folded into `state`.
+    pub seq: u64,
+    /// State-schema version of the behavior that wrote it.
+    pub schema: u32,
+    /// When it was taken, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The encoded state.
+    pub state: Vec<u8>,
+}
+
+/// Event payloads packed for a behavior's `fold`: for each event a
+/// little-endian u32 length, then its bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackedEvents {
+    /// Number of events.
+    pub count: usize,
+    /// Sequence number of the last event (0 when `count` is 0).
+    pub last_seq: u64,
+    /// The packed payloads.
+    pub packed: Vec<u8>,
+}
+
+impl PackedEvents {
+    /// Appends one payload.
+    pub fn push(&mut self, seq: u64, payload: &[u8]) -> Result<(), JournalError> {
+        let len = u32::try_from(payload.len())
+            .map_err(|_| JournalError::Corrupt(format!("event #{seq} is larger than 4 GiB")))?;
+        self.packed.extend_from_slice(&len.to_le_bytes());
+        self.packed.extend_from_slice(payload);
+        self.count += 1;
+        self.last_seq = seq;
+        Ok(())
+    }
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// An event with this sequence number already exists; nothing of the write was stored.
+    #[error("sequence conflict: {key} already has event #{seq}")]
+    Conflict {
+        /// The entity.
+        key: EntityKey,
+        /// The first conflicting sequence number.
+        seq: u64,
+    },
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A file could not be created or read.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The store is closed (its writer has stopped).
+    #[error("storage is closed: {0}")]
+    Closed(String),
+    /// Data on disk cannot be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer, unknown format.
+    #[error("unsupported storage format {found} (this build reads up to {supported})")]
+    UnsupportedFormat {
+        /// Format found on disk.
+        found: i64,
+        /// Newest format this build reads.
+        supported: i64,
+    },
+    /// An argument is out of range (e.g. a sequence number above i64::MAX).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for JournalError {
+    fn from(e: rusqlite::Error) -> Self {
+        JournalError::Database(e.to_string())
+    }
+}
+
+/// The event journal (and the timers written with events).
+pub trait Journal: Send + Sync + 'static {
+    /// Durably appends one entity's write; resolves after it is fsync'd.
+    /// Fails with [`JournalError::Conflict`] (storing nothing) if an event's
+    /// sequence number already exists.
+    fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>>;
+    /// Events with `from <= seq <= to`, ascending, at most `limit`.
+    fn read(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<EventRecord>, JournalError>>;
+    /// Payloads of events with `seq >= from`, ascending, at most `limit`, packed.
+    fn read_packed(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<PackedEvents, JournalError>>;
+    /// Highest sequence number of the entity; 0 if it has no events.
+    fn highest_seq(&self, key: &EntityKey) -> BoxFuture<'static, Result<u64, JournalError>>;
+    /// Every pending timer.
+    fn pending_timers(&self) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>>;
+    /// Ids of entities of a type that have events, ascending, at most `limit`.
+    fn entity_ids(
+        &self,
+        entity_type: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, JournalError>>;
+}
+
+/// Snapshots of entity state.
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Stores a snapshot (the same `(key, seq)` overwrites), then keeps only
+    /// the newest `keep` snapshots of the entity (`keep` 0 counts as 1).
+    fn save(
+        &self,
+        key: &EntityKey,
+        snapshot: Snapshot,
+        keep: usize,
+    ) -> BoxFuture<'static, Result<(), JournalError>>;
+    /// The newest snapshot with `seq <= max_seq` and state schema `schema`.
+    fn load(
+        &self,
+        key: &EntityKey,
+        max_seq: u64,
+        schema: u32,
+    ) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,472 @@
+//! The embedded SQLite backend: one database file in WAL mode with
+//! `synchronous=FULL`, so a committed transaction is on disk.
+//!
+//! Owns the single writer thread and its group commit: every queued append
+//! and snapshot is written in one transaction, committed (fsync), and only
+//! then acknowledged. When a batch fails (say one write conflicts), it is
+//! rolled back and each write is retried in its own transaction, so only the
+//! offending write fails. Reads run on a small pool of reader connections in
+//! `spawn_blocking` (WAL lets them run beside the writer); a read that starts
+//! after an append resolved sees it. Reads need a tokio runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    BoxFuture, EntityKey, EventRecord, Journal, JournalError, PackedEvents, Snapshot,
+    SnapshotStore, TimerRecord, Write,
+};
+
+/// Storage format written by this build (`PRAGMA user_version`).
+const FORMAT: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    entity_type TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (entity_type, entity_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    entity_type TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    schema INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (entity_type, entity_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS timers (
+    entity_type TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    timer_id INTEGER NOT NULL,
+    fire_at_ms INTEGER NOT NULL,
+    command BLOB NOT NULL,
+    PRIMARY KEY (entity_type, entity_id, timer_id)
+);
+";
+
+/// Tuning of the SQLite backend.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+    /// Writes queued for the writer before senders wait.
+    pub queue_capacity: usize,
+    /// Reader connections kept open.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            max_batch: 4096,
+            queue_capacity: 65536,
+            readers: 4,
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), JournalError>>;
+
+enum Op {
+    Append(Write),
+    Snapshot(EntityKey, Snapshot, usize),
+}
+
+/// The SQLite journal and snapshot store (`DIR/journal.db`).
+pub struct SqliteStore {
+    path: PathBuf,
+    tx: Option<mpsc::Sender<(Op, Ack)>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    max_readers: usize,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, JournalError> {
+    i64::try_from(v).map_err(|_| JournalError::Invalid(format!("{what} {v} is above i64::MAX")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, JournalError> {
+    u64::try_from(v).map_err(|_| JournalError::Corrupt(format!("negative {what} {v} on disk")))
+}
+
+fn open_conn(path: &Path) -> Result<Connection, JournalError> {
+    let conn = Connection::open(path).map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/journal.db` and starts the writer thread.
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<Arc<SqliteStore>, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(format!("{}: {e}", dir.display())))?;
+        let path = dir.join("journal.db");
+        let conn = open_conn(&path)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| JournalError::Database(format!("{}: {e}", path.display())))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(JournalError::Database(format!("cannot switch {} to WAL mode", path.display())));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=4000; PRAGMA cache_size=-65536;",
+        )?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > FORMAT {
+            return Err(JournalError::UnsupportedFormat { found, supported: FORMAT });
+        }
+        conn.execute_batch(SCHEMA)?;
+        if found < FORMAT {
+            conn.execute_batch(&format!("PRAGMA user_version={FORMAT}"))?;
+        }
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let max_batch = options.max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("cairn-journal".into())
+            .spawn(move || writer_loop(conn, rx, max_batch))
+            .map_err(|e| JournalError::Io(e.to_string()))?;
+        Ok(Arc::new(SqliteStore {
+            path,
+            tx: Some(tx),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            max_readers: options.readers.max(1),
+            writer: Some(writer),
+        }))
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'static, Result<(), JournalError>> {
+        let (ack, done) = oneshot::channel();
+        let Some(tx) = &self.tx else {
+            return Box::pin(async { Err(JournalError::Closed("store closed".into())) });
+        };
+        // Queue now when there is room, so writes keep the caller's order.
+        let pending = match tx.try_send((op, ack)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(item)) => Some((tx.clone(), item)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Box::pin(async { Err(JournalError::Closed("journal writer stopped".into())) });
+            }
+        };
+        Box::pin(async move {
+            if let Some((tx, item)) = pending {
+                tx.send(item)
+                    .await
+                    .map_err(|_| JournalError::Closed("journal writer stopped".into()))?;
+            }
+            done.await
+                .map_err(|_| JournalError::Closed("journal writer stopped".into()))?
+        })
+    }
+
+    /// Runs `f` on a reader connection in a blocking thread.
+    fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, JournalError>> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        let max = self.max_readers;
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let pooled = readers.lock().ok().and_then(|mut p| p.pop());
+                let conn = match pooled {
+                    Some(c) => c,
+                    None => open_conn(&path)?,
+                };
+                let out = f(&conn);
+                if let Ok(mut p) = readers.lock()
+                    && p.len() < max
+                {
+                    p.push(conn);
+                }
+                out
+            })
+            .await
+            .map_err(|e| JournalError::Closed(format!("reader task failed: {e}")))?
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and stop.
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<(Op, Ack)>, max_batch: usize) {
+    let mut batch: Vec<(Op, Ack)> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        match commit(&mut conn, batch.iter().map(|(op, _)| op)) {
+            Ok(()) => {
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // Find the offender: every write in its own transaction.
+                for (op, ack) in batch.drain(..) {
+                    let _ = ack.send(commit(&mut conn, std::iter::once(&op)));
+                }
+            }
+            Err(e) => {
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn commit<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> Result<(), JournalError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for op in ops {
+        match op {
+            Op::Append(w) => append(&tx, w)?,
+            Op::Snapshot(key, snap, keep) => save_snapshot(&tx, key, snap, *keep)?,
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn append(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), JournalError> {
+    let k = &w.key;
+    if !w.events.is_empty() {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO events (entity_type, entity_id, seq, timestamp_ms, version, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for e in &w.events {
+            let r = ins.execute(params![
+                k.entity_type,
+                k.entity_id,
+                to_i64(e.seq, "seq")?,
+                to_i64(e.timestamp_ms, "timestamp")?,
+                e.version,
+                e.payload
+            ]);
+            match r {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == ErrorCode::ConstraintViolation => {
+                    return Err(JournalError::Conflict { key: k.clone(), seq: e.seq });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if !w.add_timers.is_empty() {
+        let mut ins = tx.prepare_cached(
+            "INSERT OR REPLACE INTO timers (entity_type, entity_id, timer_id, fire_at_ms, command) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for t in &w.add_timers {
+            ins.execute(params![
+                k.entity_type,
+                k.entity_id,
+                t.timer_id as i64,
+                to_i64(t.fire_at_ms, "fire time")?,
+                t.command
+            ])?;
+        }
+    }
+    if !w.remove_timers.is_empty() {
+        let mut del = tx.prepare_cached(
+            "DELETE FROM timers WHERE entity_type = ?1 AND entity_id = ?2 AND timer_id = ?3",
+        )?;
+        for id in &w.remove_timers {
+            del.execute(params![k.entity_type, k.entity_id, *id as i64])?;
+        }
+    }
+    Ok(())
+}
+
+fn save_snapshot(
+    tx: &rusqlite::Transaction<'_>,
+    k: &EntityKey,
+    s: &Snapshot,
+    keep: usize,
+) -> Result<(), JournalError> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO snapshots (entity_type, entity_id, seq, schema, timestamp_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        k.entity_type,
+        k.entity_id,
+        to_i64(s.seq, "seq")?,
+        s.schema,
+        to_i64(s.timestamp_ms, "timestamp")?,
+        s.state
+    ])?;
+    tx.prepare_cached(
+        "DELETE FROM snapshots WHERE entity_type = ?1 AND entity_id = ?2 AND seq NOT IN \
+         (SELECT seq FROM snapshots WHERE entity_type = ?1 AND entity_id = ?2 ORDER BY seq DESC LIMIT ?3)",
+    )?
+    .execute(params![k.entity_type, k.entity_id, keep.max(1) as i64])?;
+    Ok(())
+}
+
+/// Clamps a u64 bound into SQLite's i64 range.
+fn bound(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn limit(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Journal for SqliteStore {
+    fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.submit(Op::Append(write))
+    }
+
+    fn read(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Vec<EventRecord>, JournalError>> {
+        let key = key.clone();
+        if from > to || max == 0 {
+            return Box::pin(async { Ok(Vec::new()) });
+        }
+        self.with_reader(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, timestamp_ms, version, payload FROM events \
+                 WHERE entity_type = ?1 AND entity_id = ?2 AND seq >= ?3 AND seq <= ?4 ORDER BY seq LIMIT ?5",
+            )?;
+            let mut rows = st.query(params![key.entity_type, key.entity_id, bound(from), bound(to), limit(max)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(EventRecord {
+                    seq: to_u64(r.get(0)?, "seq")?,
+                    timestamp_ms: to_u64(r.get(1)?, "timestamp")?,
+                    version: r.get(2)?,
+                    payload: r.get(3)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn read_packed(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'static, Result<PackedEvents, JournalError>> {
+        let key = key.clone();
+        if max == 0 {
+            return Box::pin(async { Ok(PackedEvents::default()) });
+        }
+        self.with_reader(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, payload FROM events WHERE entity_type = ?1 AND entity_id = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let mut rows = st.query(params![key.entity_type, key.entity_id, bound(from), limit(max)])?;
+            let mut out = PackedEvents::default();
+            while let Some(r) = rows.next()? {
+                let seq = to_u64(r.get(0)?, "seq")?;
+                let payload = r.get_ref(1)?.as_blob().map_err(|e| JournalError::Corrupt(e.to_string()))?;
+                out.push(seq, payload)?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn highest_seq(&self, key: &EntityKey) -> BoxFuture<'static, Result<u64, JournalError>> {
+        let key = key.clone();
+        self.with_reader(move |c| {
+            let v: Option<i64> = c
+                .prepare_cached("SELECT MAX(seq) FROM events WHERE entity_type = ?1 AND entity_id = ?2")?
+                .query_row(params![key.entity_type, key.entity_id], |r| r.get(0))?;
+            to_u64(v.unwrap_or(0), "seq")
+        })
+    }
+
+    fn pending_timers(&self) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
+        self.with_reader(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT entity_type, entity_id, timer_id, fire_at_ms, command FROM timers ORDER BY fire_at_ms",
+            )?;
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push((
+                    EntityKey::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    TimerRecord {
+                        timer_id: r.get::<_, i64>(2)? as u64,
+                        fire_at_ms: to_u64(r.get(3)?, "fire time")?,
+                        command: r.get(4)?,
+                    },
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    fn entity_ids(&self, entity_type: &str, max: usize) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
+        let t = entity_type.to_owned();
+        self.with_reader(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT entity_id FROM events WHERE entity_type = ?1 ORDER BY entity_id LIMIT ?2",
+            )?;
+            let ids = st
+                .query_map(params![t, limit(max)], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+    }
+}
+
+impl SnapshotStore for SqliteStore {
+    fn save(&self, key: &EntityKey, snapshot: Snapshot, keep: usize) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.submit(Op::Snapshot(key.clone(), snapshot, keep))
+    }
+
+    fn load(&self, key: &EntityKey, max_seq: u64, schema: u32) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>> {
+        let key = key.clone();
+        self.with_reader(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT seq, timestamp_ms, state FROM snapshots \
+                     WHERE entity_type = ?1 AND entity_id = ?2 AND seq <= ?3 AND schema = ?4 ORDER BY seq DESC LIMIT 1",
+                )?
+                .query_row(params![key.entity_type, key.entity_id, bound(max_seq), schema], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+                })
+                .optional()?;
+            row.map(|(seq, ts, state)| {
+                Ok(Snapshot {
+                    seq: to_u64(seq, "seq")?,
+                    schema,
+                    timestamp_ms: to_u64(ts, "timestamp")?,
+                    state,
+                })
+            })
+            .transpose()
+        })
+    }
+}
