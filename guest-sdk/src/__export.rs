@@ -1,0 +1,58 @@
+//! Conversions between the bridge's plain types and the generated WIT types,
+//! used by the code [`crate::export_entity!`] expands to.
+
+use crate::bindings::exports::cairn::entity::behavior as b;
+use crate::{Context, Effect, Entity, bridge};
+
+/// `describe` in WIT types.
+pub fn describe<E: Entity>() -> b::Descriptor {
+    let d = bridge::describe::<E>();
+    b::Descriptor {
+        name: d.name,
+        version: d.version,
+        state_schema: d.state_schema,
+    }
+}
+
+/// `decide` in WIT types.
+pub fn decide<E: Entity>(ctx: b::Context, state: &[u8], command: &[u8]) -> Result<b::Decision, b::CommandError> {
+    let ctx = Context {
+        entity_id: ctx.entity_id,
+        next_seq: ctx.next_seq,
+        timestamp_ms: ctx.timestamp_ms,
+    };
+    match bridge::decide::<E>(&ctx, state, command) {
+        Ok(d) => Ok(b::Decision {
+            events: d.events,
+            reply: d.reply,
+            effects: d
+                .effects
+                .into_iter()
+                .map(|e| match e {
+                    Effect::Send {
+                        entity_type,
+                        entity_id,
+                        command,
+                    } => b::Effect::Send(b::Send {
+                        entity_type,
+                        entity_id,
+                        command,
+                    }),
+                    Effect::Schedule { delay_ms, command } => b::Effect::Schedule(b::Schedule { delay_ms, command }),
+                })
+                .collect(),
+            state: d.state,
+        }),
+        Err(bridge::CommandError::Rejected(r)) => Err(b::CommandError::Rejected(r)),
+        Err(bridge::CommandError::Malformed(r)) => Err(b::CommandError::Malformed(r)),
+        Err(bridge::CommandError::BadState(r)) => Err(b::CommandError::BadState(r)),
+    }
+}
+
+/// `fold` in WIT types.
+pub fn fold<E: Entity>(state: &[u8], events: &[u8]) -> Result<Vec<u8>, b::FoldError> {
+    bridge::fold::<E>(state, events).map_err(|e| b::FoldError {
+        index: e.index,
+        message: e.message,
+    })
+}
