@@ -1,6 +1,7 @@
 //! Conversions between the bridge's plain types and the generated WIT types,
 //! used by the code [`crate::export_entity!`] expands to.
 
+use crate::bindings::cairn::entity::types as t;
 use crate::bindings::exports::cairn::entity::behavior as b;
 use crate::{Context, Effect, Entity, bridge};
 
@@ -33,12 +34,12 @@ pub fn decide<E: Entity>(ctx: b::Context, state: &[u8], command: &[u8]) -> Resul
                         entity_type,
                         entity_id,
                         command,
-                    } => b::Effect::Send(b::Send {
+                    } => t::Effect::Send(t::Send {
                         entity_type,
                         entity_id,
                         command,
                     }),
-                    Effect::Schedule { delay_ms, command } => b::Effect::Schedule(b::Schedule { delay_ms, command }),
+                    Effect::Schedule { delay_ms, command } => t::Effect::Schedule(t::Schedule { delay_ms, command }),
                 })
                 .collect(),
             state: d.state,

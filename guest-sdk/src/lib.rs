@@ -38,6 +38,8 @@
 //! cairn_guest::export_entity!(Counter);
 //! ```
 
+extern crate self as cairn_guest;
+
 pub mod bridge;
 pub mod codec;
 mod decision;
@@ -109,7 +111,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__cairn_export_world",
         default_bindings_module: "cairn_guest::bindings",
-        runtime_path: "cairn_guest::__wit_bindgen",
+        runtime_path: "cairn_guest::__wit_bindgen::rt",
     });
 }
 
