@@ -43,6 +43,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Rust guest for `wasm32-wasip2` imports these even when it uses none; the
 /// host satisfies them with a locked-down context. Anything else is refused.
 pub const ALLOWED_IMPORTS: &[&str] = &[
+    // Types-only interface of the entity world (no functions).
+    "cairn:entity/types",
     "wasi:cli/environment",
     "wasi:cli/exit",
     "wasi:cli/stdin",
@@ -64,6 +66,9 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
 ];
+
+/// The types-only interface behaviors import (it defines no functions).
+const TYPES_IMPORT: &str = "cairn:entity/types@0.1.0";
 
 /// The interface every behavior must export.
 pub const BEHAVIOR_EXPORT: &str = "cairn:entity/behavior@0.1.0";
@@ -127,6 +132,9 @@ impl WasmEngine {
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        linker
+            .instance(TYPES_IMPORT)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let ticker_stop = stop.clone();
