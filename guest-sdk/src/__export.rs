@@ -5,6 +5,13 @@ use crate::bindings::cairn::entity::types as t;
 use crate::bindings::exports::cairn::entity::behavior as b;
 use crate::{Context, Effect, Entity, bridge};
 
+/// Replaces the default panic hook, which prints to stderr: behaviors have no
+/// I/O, and a panic must end as a plain trap (the host reports it).
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+}
+
 /// `describe` in WIT types.
 pub fn describe<E: Entity>() -> b::Descriptor {
     let d = bridge::describe::<E>();
@@ -16,7 +23,12 @@ pub fn describe<E: Entity>() -> b::Descriptor {
 }
 
 /// `decide` in WIT types.
-pub fn decide<E: Entity>(ctx: b::Context, state: &[u8], command: &[u8]) -> Result<b::Decision, b::CommandError> {
+pub fn decide<E: Entity>(
+    ctx: b::Context,
+    state: &[u8],
+    command: &[u8],
+) -> Result<b::Decision, b::CommandError> {
+    quiet_panics();
     let ctx = Context {
         entity_id: ctx.entity_id,
         next_seq: ctx.next_seq,
@@ -39,7 +51,9 @@ pub fn decide<E: Entity>(ctx: b::Context, state: &[u8], command: &[u8]) -> Resul
                         entity_id,
                         command,
                     }),
-                    Effect::Schedule { delay_ms, command } => t::Effect::Schedule(t::Schedule { delay_ms, command }),
+                    Effect::Schedule { delay_ms, command } => {
+                        t::Effect::Schedule(t::Schedule { delay_ms, command })
+                    }
                 })
                 .collect(),
             state: d.state,
@@ -52,6 +66,7 @@ pub fn decide<E: Entity>(ctx: b::Context, state: &[u8], command: &[u8]) -> Resul
 
 /// `fold` in WIT types.
 pub fn fold<E: Entity>(state: &[u8], events: &[u8]) -> Result<Vec<u8>, b::FoldError> {
+    quiet_panics();
     bridge::fold::<E>(state, events).map_err(|e| b::FoldError {
         index: e.index,
         message: e.message,

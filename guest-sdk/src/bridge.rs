@@ -68,9 +68,15 @@ pub fn initial_state<E: Entity>() -> Vec<u8> {
 
 /// Decodes `command` and `state`, runs `on_command`, folds the new events
 /// into the state and encodes everything.
-pub fn decide<E: Entity>(ctx: &Context, state: &[u8], command: &[u8]) -> Result<RawDecision, CommandError> {
-    let command: E::Command = codec::decode(command).map_err(|e| CommandError::Malformed(e.to_string()))?;
-    let mut state: E::State = codec::decode(state).map_err(|e| CommandError::BadState(e.to_string()))?;
+pub fn decide<E: Entity>(
+    ctx: &Context,
+    state: &[u8],
+    command: &[u8],
+) -> Result<RawDecision, CommandError> {
+    let command: E::Command =
+        codec::decode(command).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    let mut state: E::State =
+        codec::decode(state).map_err(|e| CommandError::BadState(e.to_string()))?;
     let d = E::on_command(ctx, &state, command);
     if let Some(reason) = d.rejection {
         return Err(CommandError::Rejected(reason));
@@ -80,13 +86,19 @@ pub fn decide<E: Entity>(ctx: &Context, state: &[u8], command: &[u8]) -> Result<
     }
     let mut events = Vec::with_capacity(d.events.len());
     for ev in &d.events {
-        events.push(codec::encode(ev).map_err(|e| CommandError::BadState(format!("cannot encode event: {e}")))?);
+        events.push(
+            codec::encode(ev)
+                .map_err(|e| CommandError::BadState(format!("cannot encode event: {e}")))?,
+        );
         E::on_event(&mut state, ev);
     }
     let state = if events.is_empty() {
         None
     } else {
-        Some(codec::encode(&state).map_err(|e| CommandError::BadState(format!("cannot encode state: {e}")))?)
+        Some(
+            codec::encode(&state)
+                .map_err(|e| CommandError::BadState(format!("cannot encode state: {e}")))?,
+        )
     };
     let reply = d
         .reply
@@ -147,11 +159,15 @@ pub fn fold<E: Entity>(state: &[u8], packed: &[u8]) -> Result<Vec<u8>, FoldError
 
 /// JSON command → encoded command.
 pub fn command_from_json<E: Entity>(json: &str) -> Result<Vec<u8>, String> {
-    let cmd: E::Command = serde_json::from_str(json).map_err(|e| format!("not a valid {} command: {e}", E::NAME))?;
+    let cmd: E::Command =
+        serde_json::from_str(json).map_err(|e| format!("not a valid {} command: {e}", E::NAME))?;
     codec::encode(&cmd).map_err(|e| e.to_string())
 }
 
-fn to_json<T: serde::Serialize + serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<String, String> {
+fn to_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<String, String> {
     let v: T = codec::decode(bytes).map_err(|e| format!("cannot decode the {what}: {e}"))?;
     serde_json::to_string(&v).map_err(|e| e.to_string())
 }

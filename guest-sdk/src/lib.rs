@@ -169,7 +169,7 @@ macro_rules! export_entity {
                     $crate::bridge::reply_to_json::<$entity>(&reply)
                 }
             }
-            $crate::bindings::__cairn_export_world!(__CairnExport with_types_in $crate::bindings);
+    $crate::bindings::__cairn_export_world!(__CairnExport with_types_in $crate::bindings);
         };
     };
 }

@@ -68,7 +68,8 @@ impl<E: Entity> TestKit<E> {
             .map(|e| codec::encode(&e).expect("event encodes"))
             .collect();
         let state = codec::encode(&self.state).expect("state encodes");
-        let folded = bridge::fold::<E>(&state, &bridge::pack_events(&encoded)).expect("events apply");
+        let folded =
+            bridge::fold::<E>(&state, &bridge::pack_events(&encoded)).expect("events apply");
         self.state = codec::decode(&folded).expect("state decodes");
         self.seq += encoded.len() as u64;
         self
@@ -88,7 +89,11 @@ impl<E: Entity> TestKit<E> {
         let cmd = codec::encode(&command).expect("command encodes");
         match bridge::decide::<E>(&ctx, &state, &cmd) {
             Ok(d) => {
-                let events: Vec<E::Event> = d.events.iter().map(|e| codec::decode(e).expect("event decodes")).collect();
+                let events: Vec<E::Event> = d
+                    .events
+                    .iter()
+                    .map(|e| codec::decode(e).expect("event decodes"))
+                    .collect();
                 if let Some(s) = &d.state {
                     self.state = codec::decode(s).expect("state decodes");
                 }
@@ -165,9 +170,13 @@ mod tests {
         fn on_command(_: &Context, s: &u64, c: Command) -> Decision<Self> {
             match c {
                 Command::Add(0) => Decision::reject("nothing to add"),
-                Command::Add(n) => Decision::persist([Event::Added { n, note: None }]).then_reply(s + n),
+                Command::Add(n) => {
+                    Decision::persist([Event::Added { n, note: None }]).then_reply(s + n)
+                }
                 Command::Reset => Decision::persist([Event::Reset]),
-                Command::Later(n) => Decision::none().schedule(std::time::Duration::from_secs(1), Command::Add(n)),
+                Command::Later(n) => {
+                    Decision::none().schedule(std::time::Duration::from_secs(1), Command::Add(n))
+                }
             }
         }
         fn on_event(s: &mut u64, e: &Event) {
@@ -184,7 +193,8 @@ mod tests {
         let new: Event = codec::decode(&old).unwrap();
         assert_eq!(new, Event::Added { n: 5, note: None });
         let state = codec::encode(&0u64).unwrap();
-        let folded = bridge::fold::<Sum>(&state, &bridge::pack_events(&[old.clone(), old])).unwrap();
+        let folded =
+            bridge::fold::<Sum>(&state, &bridge::pack_events(&[old.clone(), old])).unwrap();
         assert_eq!(codec::decode::<u64>(&folded).unwrap(), 10);
     }
 
@@ -207,18 +217,34 @@ mod tests {
     #[test]
     fn decide_handles_bad_bytes() {
         let state = codec::encode(&0u64).unwrap();
-        let ctx = Context { entity_id: "x".into(), next_seq: 1, timestamp_ms: 0 };
-        assert!(matches!(bridge::decide::<Sum>(&ctx, &state, &[0xc1]), Err(bridge::CommandError::Malformed(_))));
+        let ctx = Context {
+            entity_id: "x".into(),
+            next_seq: 1,
+            timestamp_ms: 0,
+        };
+        assert!(matches!(
+            bridge::decide::<Sum>(&ctx, &state, &[0xc1]),
+            Err(bridge::CommandError::Malformed(_))
+        ));
         let cmd = codec::encode(&Command::Add(1)).unwrap();
-        assert!(matches!(bridge::decide::<Sum>(&ctx, &[0xc1], &cmd), Err(bridge::CommandError::BadState(_))));
+        assert!(matches!(
+            bridge::decide::<Sum>(&ctx, &[0xc1], &cmd),
+            Err(bridge::CommandError::BadState(_))
+        ));
         assert!(bridge::command_from_json::<Sum>("{nope").is_err());
-        assert_eq!(bridge::event_to_json::<Sum>(&codec::encode(&Event::Reset).unwrap()).unwrap(), "\"Reset\"");
+        assert_eq!(
+            bridge::event_to_json::<Sum>(&codec::encode(&Event::Reset).unwrap()).unwrap(),
+            "\"Reset\""
+        );
     }
 
     #[test]
     fn testkit_given_when_then() {
         let mut t = TestKit::<Sum>::new("s");
-        t.given([Event::Added { n: 2, note: None }, Event::Added { n: 3, note: None }]);
+        t.given([
+            Event::Added { n: 2, note: None },
+            Event::Added { n: 3, note: None },
+        ]);
         assert_eq!(*t.state(), 5);
         let out = t.when(Command::Add(4));
         assert_eq!(out.events(), &[Event::Added { n: 4, note: None }]);

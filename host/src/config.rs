@@ -233,7 +233,9 @@ impl Config {
             }
         }
         if let Some(defaults) = file.defaults {
-            defaults.to_override("defaults")?.apply(&mut config.defaults);
+            defaults
+                .to_override("defaults")?
+                .apply(&mut config.defaults);
         }
         for (key, section) in file.entities.unwrap_or_default() {
             let prefix = format!("entities.\"{key}\"");
@@ -481,7 +483,10 @@ mod tests {
         assert_eq!(cart.mailbox.overflow, Overflow::DropNew);
         assert_eq!(c.settings_for("bob").mailbox.capacity, 99);
         // the regex must match the whole name
-        assert_eq!(c.settings_for("xcart-eu").mailbox.overflow, Overflow::DropOldest);
+        assert_eq!(
+            c.settings_for("xcart-eu").mailbox.overflow,
+            Overflow::DropOldest
+        );
     }
 
     #[test]

@@ -320,7 +320,9 @@ async fn recover(
     let mut replayed = 0u64;
     let mut next = node.journal.read_packed(&key, seq + 1, RECOVERY_CHUNK);
     loop {
-        let chunk = next.await.map_err(|e| format!("cannot read journal: {e}"))?;
+        let chunk = next
+            .await
+            .map_err(|e| format!("cannot read journal: {e}"))?;
         if chunk.count == 0 {
             break;
         }
@@ -338,9 +340,8 @@ async fn recover(
             let journal = node.journal.clone();
             let key = key.clone();
             let from = chunk.last_seq + 1;
-            let handle = tokio::spawn(async move {
-                journal.read_packed(&key, from, RECOVERY_CHUNK).await
-            });
+            let handle =
+                tokio::spawn(async move { journal.read_packed(&key, from, RECOVERY_CHUNK).await });
             Box::pin(async move {
                 handle
                     .await
@@ -461,7 +462,9 @@ async fn process(
             answer(Err(match err {
                 CommandError::Rejected(r) => AskError::Rejected(r),
                 CommandError::Malformed(r) => AskError::MalformedCommand(r),
-                CommandError::BadState(r) => AskError::Guest(format!("behavior cannot decode its state: {r}")),
+                CommandError::BadState(r) => {
+                    AskError::Guest(format!("behavior cannot decode its state: {r}"))
+                }
             }));
             return if restart { Err(reason) } else { Ok(()) };
         }

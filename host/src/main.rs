@@ -21,7 +21,9 @@ the walk-through runs with `cargo run --release -p cairn-tests --bin cairn-demo`
 fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("check-config") => {
-            let path = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: cairn check-config FILE"))?;
+            let path = args
+                .get(1)
+                .ok_or_else(|| anyhow::anyhow!("usage: cairn check-config FILE"))?;
             let config = Config::load(Path::new(path))?;
             println!("{path}: valid");
             println!("data_dir = {}", config.node.data_dir.display());
@@ -29,12 +31,18 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         Some("describe") => {
-            let path = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: cairn describe FILE.wasm"))?;
-            let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?;
+            let path = args
+                .get(1)
+                .ok_or_else(|| anyhow::anyhow!("usage: cairn describe FILE.wasm"))?;
+            let bytes =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?;
             let engine = WasmEngine::new()?;
             let behavior = engine.load(&bytes, GuestLimits::default())?;
             let d = cairn_host::behavior::Behavior::descriptor(&behavior);
-            println!("name: {}\nversion: {}\nstate schema: {}", d.name, d.version, d.state_schema);
+            println!(
+                "name: {}\nversion: {}\nstate schema: {}",
+                d.name, d.version, d.state_schema
+            );
             Ok(())
         }
         None | Some("help" | "--help" | "-h") => {

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::behavior::{Behavior, Descriptor, GuestFault};
 use crate::config::{Config, EntitySettings};
-use crate::entity::{self, EntityCell, Enqueue, Envelope};
+use crate::entity::{self, Enqueue, EntityCell, Envelope};
 use crate::runtime::{GuestLimits, LoadError, WasmEngine};
 
 /// Number of lock shards of each entity type's map.
@@ -255,7 +255,12 @@ impl EntityType {
 
     /// Can state built at `generation` be kept under the current behavior?
     pub(crate) fn schema_unchanged_since(&self, generation: u64) -> bool {
-        generation >= self.slot.read().unwrap_or_else(|p| p.into_inner()).schema_since
+        generation
+            >= self
+                .slot
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .schema_since
     }
 
     fn shard(&self, id: &str) -> &Mutex<HashMap<Arc<str>, Arc<EntityCell>>> {
@@ -322,7 +327,12 @@ impl NodeInner {
     }
 
     /// Queues an envelope for an entity, creating its cell if needed.
-    async fn send(self: &Arc<Self>, ty: &Arc<EntityType>, id: &str, mut env: Envelope) -> Result<(), AskError> {
+    async fn send(
+        self: &Arc<Self>,
+        ty: &Arc<EntityType>,
+        id: &str,
+        mut env: Envelope,
+    ) -> Result<(), AskError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(AskError::ShuttingDown);
         }
@@ -371,7 +381,12 @@ impl NodeInner {
 
     /// Arms a durable timer: at `fire_at_ms` its command goes to the entity,
     /// which deletes the timer with the command's own write.
-    pub(crate) fn schedule_timer(self: &Arc<Self>, entity_type: &str, id: &str, timer: TimerRecord) {
+    pub(crate) fn schedule_timer(
+        self: &Arc<Self>,
+        entity_type: &str,
+        id: &str,
+        timer: TimerRecord,
+    ) {
         {
             let mut armed = self.timers.lock().unwrap_or_else(|p| p.into_inner());
             if !armed.insert(timer.timer_id) {
@@ -603,7 +618,8 @@ impl Node {
                 .map_err(RegisterError::Timers)?;
             for (key, timer) in timers {
                 if key.entity_type == entity_type {
-                    self.inner.schedule_timer(entity_type, &key.entity_id, timer);
+                    self.inner
+                        .schedule_timer(entity_type, &key.entity_id, timer);
                 }
             }
         }
@@ -708,19 +724,25 @@ impl Node {
     /// Renders an event of a type as JSON.
     pub fn event_to_json(&self, entity_type: &str, event: &[u8]) -> Result<String, ReadError> {
         let ty = self.ty(entity_type)?;
-        ty.behavior().event_to_json(event)?.map_err(ReadError::Codec)
+        ty.behavior()
+            .event_to_json(event)?
+            .map_err(ReadError::Codec)
     }
 
     /// Renders reply bytes of a type as JSON.
     pub fn reply_to_json(&self, entity_type: &str, reply: &[u8]) -> Result<String, ReadError> {
         let ty = self.ty(entity_type)?;
-        ty.behavior().reply_to_json(reply)?.map_err(ReadError::Codec)
+        ty.behavior()
+            .reply_to_json(reply)?
+            .map_err(ReadError::Codec)
     }
 
     /// Renders state bytes of a type (e.g. a snapshot's) as JSON.
     pub fn state_to_json(&self, entity_type: &str, state: &[u8]) -> Result<String, ReadError> {
         let ty = self.ty(entity_type)?;
-        ty.behavior().state_to_json(state)?.map_err(ReadError::Codec)
+        ty.behavior()
+            .state_to_json(state)?
+            .map_err(ReadError::Codec)
     }
 
     /// Events of an entity with `from <= seq <= to`, at most `limit`.
@@ -759,7 +781,10 @@ impl Node {
     ) -> Result<(String, u64), ReadError> {
         let (state, seq) = self.state(entity_type, entity_id).await?;
         let ty = self.ty(entity_type)?;
-        let json = ty.behavior().state_to_json(&state)?.map_err(ReadError::Codec)?;
+        let json = ty
+            .behavior()
+            .state_to_json(&state)?
+            .map_err(ReadError::Codec)?;
         Ok((json, seq))
     }
 

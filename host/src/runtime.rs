@@ -20,7 +20,9 @@ use rand::SeedableRng;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::add_to_linker_sync;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 use crate::behavior::{
     Behavior, CommandContext, CommandError, Decision, Descriptor, Effect, FoldError, GuestFault,
@@ -178,14 +180,18 @@ impl WasmEngine {
             }
         }
         if !ty.exports(&self.engine).any(|(n, _)| n == BEHAVIOR_EXPORT) {
-            let found: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+            let found: Vec<String> = ty
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_owned())
+                .collect();
             return Err(LoadError::WrongWorld(format!("it exports {found:?}")));
         }
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = bindings::EntityPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            bindings::EntityPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let mut behavior = WasmBehavior {
             engine: self.clone(),
             pre,
@@ -360,7 +366,24 @@ impl WasmBehavior {
         };
         slot.clock.store(timestamp_ms, Ordering::Relaxed);
         slot.store.set_epoch_deadline(self.deadline_ticks());
-        let result = f(slot.entity.cairn_entity_behavior(), &mut slot.store);
+        // wasmtime-wasi's synchronous blocking I/O (stdout/stderr writes,
+        // sleeps, stdin) calls `Handle::block_on`, which panics on a tokio
+        // worker. Such a panic unwinds out of the guest call: it fails this
+        // call only, and the instance is dropped.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(slot.entity.cairn_entity_behavior(), &mut slot.store)
+        }));
+        let result = match result {
+            Ok(r) => r,
+            Err(_) if slot.store.data().limiter.refused => {
+                return Err(GuestFault::MemoryLimit(self.limits.memory_limit));
+            }
+            Err(_) => {
+                return Err(GuestFault::Trap(
+                    "the guest attempted blocking I/O (printing, sleeping or reading stdin), which behaviors may not do".into(),
+                ));
+            }
+        };
         match result {
             Ok(v) => {
                 if let Ok(mut p) = self.pool.lock()
@@ -380,9 +403,9 @@ impl WasmBehavior {
         }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => GuestFault::Deadline(self.limits.call_timeout),
-            Some(wasmtime::Trap::UnreachableCodeReached) => GuestFault::Trap(
-                "unreachable code reached (a panic or abort in the guest)".into(),
-            ),
+            Some(wasmtime::Trap::UnreachableCodeReached) => {
+                GuestFault::Trap("unreachable code reached (a panic or abort in the guest)".into())
+            }
             _ => GuestFault::Trap(format!("{e:#}")),
         }
     }
@@ -408,7 +431,9 @@ impl Behavior for WasmBehavior {
             next_seq: ctx.next_seq,
             timestamp_ms: ctx.timestamp_ms,
         };
-        let out = self.with_instance(ctx.timestamp_ms, |b, s| b.call_decide(s, &wctx, state, command))?;
+        let out = self.with_instance(ctx.timestamp_ms, |b, s| {
+            b.call_decide(s, &wctx, state, command)
+        })?;
         Ok(match out {
             Ok(d) => Ok(Decision {
                 events: d.events,

@@ -34,7 +34,11 @@ fn ensure_target() -> Result<()> {
         .current_dir(workspace_root())
         .output();
     match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET) => {
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET) =>
+        {
             Ok(())
         }
         Ok(_) => {
@@ -67,10 +71,17 @@ fn build_all() -> Result<PathBuf> {
         cmd.args(["-p", e]);
     }
     // Do not inherit flags meant for the host build.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().context("running cargo to build the example components")?;
+    let status = cmd
+        .status()
+        .context("running cargo to build the example components")?;
     if !status.success() {
         bail!("building the example components failed (see the cargo output above)");
     }

@@ -52,7 +52,10 @@ async fn sigkill_under_load_loses_no_acknowledged_event() -> Result<()> {
     }
     child.kill().context("SIGKILL")?; // std's kill sends SIGKILL on Unix
     let status = child.wait()?;
-    assert!(!status.success(), "the load process was killed, not finished");
+    assert!(
+        !status.success(),
+        "the load process was killed, not finished"
+    );
     reader.join().ok();
     // Acknowledgements printed before the kill are still in the pipe.
     for line in rx.try_iter() {
@@ -74,10 +77,21 @@ async fn sigkill_under_load_loses_no_acknowledged_event() -> Result<()> {
         let highest = store.highest_seq(&key).await?;
         let events = store.read(&key, 1, u64::MAX, usize::MAX).await?;
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=highest).collect::<Vec<_>>(), "{id}: contiguous from 1");
-        assert_eq!(highest % 3, 0, "{id}: a partial batch is visible (highest #{highest})");
+        assert_eq!(
+            seqs,
+            (1..=highest).collect::<Vec<_>>(),
+            "{id}: contiguous from 1"
+        );
+        assert_eq!(
+            highest % 3,
+            0,
+            "{id}: a partial batch is visible (highest #{highest})"
+        );
         let acked_seq = acked.get(&id).copied().unwrap_or(0);
-        assert!(highest >= acked_seq, "{id}: acknowledged #{acked_seq}, journal has #{highest}");
+        assert!(
+            highest >= acked_seq,
+            "{id}: acknowledged #{acked_seq}, journal has #{highest}"
+        );
         total += highest;
     }
     println!("{count} acknowledged commands, {total} events in the journal after SIGKILL");

@@ -47,9 +47,17 @@ async fn faults_stay_in_their_command() -> Result<()> {
             let mut mine = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let r = node
-                    .ask_json("bank-account", &id, r#"{"Deposit":{"amount":1}}"#, AskOptions::default())
+                    .ask_json(
+                        "bank-account",
+                        &id,
+                        r#"{"Deposit":{"amount":1}}"#,
+                        AskOptions::default(),
+                    )
                     .await;
-                assert_eq!(r.expect("a bystander must keep answering").reply.as_deref(), Some("\"ok\""));
+                assert_eq!(
+                    r.expect("a bystander must keep answering").reply.as_deref(),
+                    Some("\"ok\"")
+                );
                 mine += 1;
                 answered.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -61,14 +69,25 @@ async fn faults_stay_in_their_command() -> Result<()> {
 
     assert_eq!(ask(&node, "f-1", r#""Ok""#).await?, "\"ok\"");
     let panic = guest_error(ask(&node, "f-1", r#""Panic""#).await);
-    assert!(panic.contains("panic") || panic.contains("unreachable"), "{panic}");
-    wait_for(&mut lc, Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Restarted { entity_id, .. } if entity_id == "f-1")).await?;
+    assert!(
+        panic.contains("panic") || panic.contains("unreachable"),
+        "{panic}"
+    );
+    wait_for(
+        &mut lc,
+        Duration::from_secs(5),
+        |e| matches!(e, LifecycleEvent::Restarted { entity_id, .. } if entity_id == "f-1"),
+    )
+    .await?;
     assert_eq!(ask(&node, "f-1", r#""Ok""#).await?, "\"ok\"");
 
     let before = answered.load(Ordering::Relaxed);
     let looped = guest_error(ask(&node, "f-1", r#""Loop""#).await);
     assert!(looped.contains("deadline"), "{looped}");
-    assert!(answered.load(Ordering::Relaxed) > before, "bystanders answered while a guest looped");
+    assert!(
+        answered.load(Ordering::Relaxed) > before,
+        "bystanders answered while a guest looped"
+    );
     assert_eq!(ask(&node, "f-1", r#""Ok""#).await?, "\"ok\"");
 
     let oom = guest_error(ask(&node, "f-1", r#""Alloc""#).await);
@@ -78,14 +97,23 @@ async fn faults_stay_in_their_command() -> Result<()> {
     // Nothing was lost: three Done events, contiguous.
     assert_eq!(ask(&node, "f-1", r#""Count""#).await?, "4");
     let events = node.events("faulty", "f-1", 1, u64::MAX, 100).await?;
-    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 
     stop.store(true, Ordering::Relaxed);
     for b in bystanders {
         let (id, mine) = b.await?;
         assert!(mine > 0, "{id} never answered");
-        let highest = node.journal().highest_seq(&cairn_store::EntityKey::new("bank-account", &id)).await?;
-        assert_eq!(highest, mine, "{id}: every acknowledged deposit is in the journal");
+        let highest = node
+            .journal()
+            .highest_seq(&cairn_store::EntityKey::new("bank-account", &id))
+            .await?;
+        assert_eq!(
+            highest, mine,
+            "{id}: every acknowledged deposit is in the journal"
+        );
     }
     Ok(())
 }
@@ -99,9 +127,17 @@ async fn restart_limit_stops_an_entity_that_keeps_failing() -> Result<()> {
     for _ in 0..3 {
         guest_error(ask(&node, "f-2", r#""Panic""#).await);
     }
-    wait_for(&mut lc, Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Stopped { entity_id, .. } if entity_id == "f-2")).await?;
+    wait_for(
+        &mut lc,
+        Duration::from_secs(5),
+        |e| matches!(e, LifecycleEvent::Stopped { entity_id, .. } if entity_id == "f-2"),
+    )
+    .await?;
     let r = ask(&node, "f-2", r#""Ok""#).await;
-    assert!(matches!(r, Err(ReadError::Ask(AskError::EntityStopped(_)))), "{r:?}");
+    assert!(
+        matches!(r, Err(ReadError::Ask(AskError::EntityStopped(_)))),
+        "{r:?}"
+    );
     // Other entities of the type are untouched.
     assert_eq!(ask(&node, "f-3", r#""Ok""#).await?, "\"ok\"");
     // An operator can let it run again.

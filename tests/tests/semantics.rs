@@ -24,7 +24,11 @@ capacity = 1
 overflow = "backpressure"
 "#;
 
-fn ask_ok(node: &Node, ty: &str, id: &str) -> tokio::task::JoinHandle<Result<Option<String>, ReadError>> {
+fn ask_ok(
+    node: &Node,
+    ty: &str,
+    id: &str,
+) -> tokio::task::JoinHandle<Result<Option<String>, ReadError>> {
     let (node, ty, id) = (node.clone(), ty.to_owned(), id.to_owned());
     tokio::spawn(async move {
         node.ask_json(&ty, &id, r#""Ok""#, AskOptions::default())
@@ -55,10 +59,18 @@ async fn mailbox_overflow_strategies() -> Result<()> {
 
     // drop_new: the third queued command is refused at once.
     occupy(&node, "faulty-new").await?;
-    let (a, b) = (ask_ok(&node, "faulty-new", "e"), ask_ok(&node, "faulty-new", "e"));
+    let (a, b) = (
+        ask_ok(&node, "faulty-new", "e"),
+        ask_ok(&node, "faulty-new", "e"),
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let c = node.ask_json("faulty-new", "e", r#""Ok""#, AskOptions::default()).await;
-    assert!(matches!(c, Err(ReadError::Ask(AskError::MailboxFull))), "{c:?}");
+    let c = node
+        .ask_json("faulty-new", "e", r#""Ok""#, AskOptions::default())
+        .await;
+    assert!(
+        matches!(c, Err(ReadError::Ask(AskError::MailboxFull))),
+        "{c:?}"
+    );
     assert_eq!(a.await??.as_deref(), Some("\"ok\""));
     assert_eq!(b.await??.as_deref(), Some("\"ok\""));
     wait_for(&mut lc, Duration::from_secs(2), |e| matches!(e, LifecycleEvent::DeadLetter { entity_type, .. } if entity_type == "faulty-new")).await?;
@@ -71,7 +83,10 @@ async fn mailbox_overflow_strategies() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(30)).await;
     let c = ask_ok(&node, "faulty-old", "e");
     let ra = a.await?;
-    assert!(matches!(ra, Err(ReadError::Ask(AskError::MailboxFull))), "{ra:?}");
+    assert!(
+        matches!(ra, Err(ReadError::Ask(AskError::MailboxFull))),
+        "{ra:?}"
+    );
     assert_eq!(b.await??.as_deref(), Some("\"ok\""));
     assert_eq!(c.await??.as_deref(), Some("\"ok\""));
 
@@ -85,7 +100,9 @@ async fn mailbox_overflow_strategies() -> Result<()> {
     for h in [a, b, c] {
         assert_eq!(h.await??.as_deref(), Some("\"ok\""));
     }
-    let count = node.ask_json("faulty-bp", "e", r#""Count""#, AskOptions::default()).await?;
+    let count = node
+        .ask_json("faulty-bp", "e", r#""Count""#, AskOptions::default())
+        .await?;
     assert_eq!(count.reply.as_deref(), Some("3"));
     Ok(())
 }
@@ -97,14 +114,30 @@ async fn passivation_then_reactivation_keeps_state() -> Result<()> {
     let node = start_node(dir.path(), toml, &["bank-account"]).await?;
     let mut lc = node.lifecycle();
     let opts = AskOptions::default();
-    node.ask_json("bank-account", "p", r#"{"Deposit":{"amount":42}}"#, opts).await?;
+    node.ask_json("bank-account", "p", r#"{"Deposit":{"amount":42}}"#, opts)
+        .await?;
     assert_eq!(node.live_entities("bank-account"), 1);
-    wait_for(&mut lc, Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Passivated { entity_id, .. } if entity_id == "p")).await?;
+    wait_for(
+        &mut lc,
+        Duration::from_secs(5),
+        |e| matches!(e, LifecycleEvent::Passivated { entity_id, .. } if entity_id == "p"),
+    )
+    .await?;
     assert_eq!(node.live_entities("bank-account"), 0);
-    let r = node.ask_json("bank-account", "p", r#""GetBalance""#, opts).await?;
+    let r = node
+        .ask_json("bank-account", "p", r#""GetBalance""#, opts)
+        .await?;
     assert_eq!(r.reply.as_deref(), Some("42"));
-    let ev = wait_for(&mut lc, Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Started { entity_id, .. } if entity_id == "p")).await?;
-    assert!(matches!(ev, LifecycleEvent::Started { replayed: 1, .. }), "{ev:?}");
+    let ev = wait_for(
+        &mut lc,
+        Duration::from_secs(5),
+        |e| matches!(e, LifecycleEvent::Started { entity_id, .. } if entity_id == "p"),
+    )
+    .await?;
+    assert!(
+        matches!(ev, LifecycleEvent::Started { replayed: 1, .. }),
+        "{ev:?}"
+    );
     Ok(())
 }
 
@@ -113,14 +146,30 @@ async fn optimistic_concurrency_conflict() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path(), "", &["bank-account"]).await?;
     let deposit = node.command_from_json("bank-account", r#"{"Deposit":{"amount":5}}"#)?;
-    let at = |seq| AskOptions { expected_seq: Some(seq), ..AskOptions::default() };
-    let r = node.ask("bank-account", "o", deposit.clone(), at(0)).await?;
+    let at = |seq| AskOptions {
+        expected_seq: Some(seq),
+        ..AskOptions::default()
+    };
+    let r = node
+        .ask("bank-account", "o", deposit.clone(), at(0))
+        .await?;
     assert_eq!(r.seq, 1);
     let r = node.ask("bank-account", "o", deposit.clone(), at(0)).await;
-    assert_eq!(r, Err(AskError::Conflict { expected: 0, actual: 1 }));
+    assert_eq!(
+        r,
+        Err(AskError::Conflict {
+            expected: 0,
+            actual: 1
+        })
+    );
     let r = node.ask("bank-account", "o", deposit, at(1)).await?;
     assert_eq!(r.seq, 2);
-    assert_eq!(node.events("bank-account", "o", 1, u64::MAX, 10).await?.len(), 2);
+    assert_eq!(
+        node.events("bank-account", "o", 1, u64::MAX, 10)
+            .await?
+            .len(),
+        2
+    );
     Ok(())
 }
 
@@ -129,27 +178,45 @@ async fn timer_fires_after_restart() -> Result<()> {
     let dir = tempfile::tempdir()?;
     {
         let node = start_node(dir.path(), "", &["counter"]).await?;
-        node.ask_json("counter", "t", r#"{"IncrementLater":{"by":5,"delay_ms":1500}}"#, AskOptions::default())
-            .await?;
+        node.ask_json(
+            "counter",
+            "t",
+            r#"{"IncrementLater":{"by":5,"delay_ms":1500}}"#,
+            AskOptions::default(),
+        )
+        .await?;
         let pending = node.journal().pending_timers().await?;
         assert_eq!(pending.len(), 1, "the timer is journaled");
         node.shutdown(Duration::from_secs(1)).await;
+        assert!(
+            node.events("counter", "t", 1, u64::MAX, 10)
+                .await?
+                .is_empty(),
+            "the first node stopped before the timer fired"
+        );
     }
     // A fresh node: the timer was never delivered by the first one.
     let node = start_node(dir.path(), "", &["counter"]).await?;
     let get = |node: Node| async move {
-        node.ask_json("counter", "t", r#""Get""#, AskOptions::default()).await.map(|r| r.reply)
+        node.ask_json("counter", "t", r#""Get""#, AskOptions::default())
+            .await
+            .map(|r| r.reply)
     };
-    assert_eq!(get(node.clone()).await?.as_deref(), Some("0"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if get(node.clone()).await?.as_deref() == Some("5") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the timer never fired after the restart");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timer never fired after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(node.journal().pending_timers().await?.is_empty(), "a fired timer is removed");
+    assert!(
+        node.journal().pending_timers().await?.is_empty(),
+        "a fired timer is removed"
+    );
     Ok(())
 }
 
@@ -157,15 +224,25 @@ async fn timer_fires_after_restart() -> Result<()> {
 async fn effects_send_to_another_entity() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path(), "", &["counter"]).await?;
-    node.ask_json("counter", "a", r#"{"Forward":{"entity_id":"b","by":7}}"#, AskOptions::default())
-        .await?;
+    node.ask_json(
+        "counter",
+        "a",
+        r#"{"Forward":{"entity_id":"b","by":7}}"#,
+        AskOptions::default(),
+    )
+    .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let r = node.ask_json("counter", "b", r#""Get""#, AskOptions::default()).await?;
+        let r = node
+            .ask_json("counter", "b", r#""Get""#, AskOptions::default())
+            .await?;
         if r.reply.as_deref() == Some("7") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the sent command never arrived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sent command never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -177,34 +254,98 @@ async fn snapshots_of_another_schema_are_ignored() -> Result<()> {
     let key = EntityKey::new("bank-account", "s");
     let schema;
     {
-        let node = start_node(dir.path(), "[defaults.snapshot]\nevery = 0\n", &["bank-account"]).await?;
+        let node = start_node(
+            dir.path(),
+            "[defaults.snapshot]\nevery = 0\n",
+            &["bank-account"],
+        )
+        .await?;
         for _ in 0..3 {
-            node.ask_json("bank-account", "s", r#"{"Deposit":{"amount":10}}"#, AskOptions::default()).await?;
+            node.ask_json(
+                "bank-account",
+                "s",
+                r#"{"Deposit":{"amount":10}}"#,
+                AskOptions::default(),
+            )
+            .await?;
         }
         schema = node.descriptor("bank-account").unwrap().state_schema;
         // Garbage under another schema at the newest position: must be ignored.
-        let garbage = Snapshot { seq: 3, schema: schema + 1, timestamp_ms: 1, state: vec![0xde, 0xad] };
+        let garbage = Snapshot {
+            seq: 3,
+            schema: schema + 1,
+            timestamp_ms: 1,
+            state: vec![0xde, 0xad],
+        };
         node.snapshots().save(&key, garbage, 5).await?;
         node.shutdown(Duration::from_secs(1)).await;
     }
     {
         let node = start_node(dir.path(), "", &["bank-account"]).await?;
         let mut lc = node.lifecycle();
-        let r = node.ask_json("bank-account", "s", r#""GetBalance""#, AskOptions::default()).await?;
+        let r = node
+            .ask_json(
+                "bank-account",
+                "s",
+                r#""GetBalance""#,
+                AskOptions::default(),
+            )
+            .await?;
         assert_eq!(r.reply.as_deref(), Some("30"));
-        let ev = wait_for(&mut lc, Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Started { .. })).await?;
-        assert!(matches!(ev, LifecycleEvent::Started { snapshot_seq: None, replayed: 3, .. }), "{ev:?}");
+        let ev = wait_for(&mut lc, Duration::from_secs(5), |e| {
+            matches!(e, LifecycleEvent::Started { .. })
+        })
+        .await?;
+        assert!(
+            matches!(
+                ev,
+                LifecycleEvent::Started {
+                    snapshot_seq: None,
+                    replayed: 3,
+                    ..
+                }
+            ),
+            "{ev:?}"
+        );
         // A matching snapshot at #2 is used: its state, then only event #3.
-        let state = cairn_guest::codec::encode(&bank_account::State { balance: 1000, transactions: 2 })?;
-        let good = Snapshot { seq: 2, schema, timestamp_ms: 1, state };
+        let state = cairn_guest::codec::encode(&bank_account::State {
+            balance: 1000,
+            transactions: 2,
+        })?;
+        let good = Snapshot {
+            seq: 2,
+            schema,
+            timestamp_ms: 1,
+            state,
+        };
         node.snapshots().save(&key, good, 5).await?;
         node.shutdown(Duration::from_secs(1)).await;
     }
     let node = start_node(dir.path(), "", &["bank-account"]).await?;
     let mut lc = node.lifecycle();
-    let r = node.ask_json("bank-account", "s", r#""GetBalance""#, AskOptions::default()).await?;
+    let r = node
+        .ask_json(
+            "bank-account",
+            "s",
+            r#""GetBalance""#,
+            AskOptions::default(),
+        )
+        .await?;
     assert_eq!(r.reply.as_deref(), Some("1010"));
-    let ev = wait_for(&mut lc, Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Started { .. })).await?;
-    assert!(matches!(ev, LifecycleEvent::Started { snapshot_seq: Some(2), replayed: 1, .. }), "{ev:?}");
+    let ev = wait_for(&mut lc, Duration::from_secs(5), |e| {
+        matches!(e, LifecycleEvent::Started { .. })
+    })
+    .await?;
+    assert!(
+        matches!(
+            ev,
+            LifecycleEvent::Started {
+                snapshot_seq: Some(2),
+                replayed: 1,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
     Ok(())
 }

@@ -72,11 +72,11 @@ impl Entity for BankAccount {
             Command::Deposit { amount } | Command::Withdraw { amount } if amount <= 0 => {
                 Decision::reject(format!("amount must be positive, got {amount}"))
             }
-            Command::Deposit { amount } => {
-                Decision::persist([Event::Deposited { amount }]).then_reply(Reply::Text("ok".into()))
-            }
+            Command::Deposit { amount } => Decision::persist([Event::Deposited { amount }])
+                .then_reply(Reply::Text("ok".into())),
             Command::Withdraw { amount } if amount <= state.balance => {
-                Decision::persist([Event::Withdrawn { amount }]).then_reply(Reply::Text("ok".into()))
+                Decision::persist([Event::Withdrawn { amount }])
+                    .then_reply(Reply::Text("ok".into()))
             }
             Command::Withdraw { .. } => Decision::reply(Reply::Text(format!(
                 "insufficient funds (balance: {})",
@@ -117,8 +117,17 @@ mod tests {
         let w = t.when(Command::Withdraw { amount: 999 });
         assert!(w.events().is_empty());
         assert_eq!(w.reply(), text("insufficient funds (balance: 120)"));
-        assert_eq!(t.when(Command::GetBalance).reply(), Some(&Reply::Balance(120)));
-        assert_eq!(t.state(), &State { balance: 120, transactions: 3 });
+        assert_eq!(
+            t.when(Command::GetBalance).reply(),
+            Some(&Reply::Balance(120))
+        );
+        assert_eq!(
+            t.state(),
+            &State {
+                balance: 120,
+                transactions: 3
+            }
+        );
     }
 
     #[test]
@@ -129,7 +138,10 @@ mod tests {
             Event::Deposited { amount: 50 },
             Event::Withdrawn { amount: 30 },
         ]);
-        assert_eq!(t.when(Command::GetBalance).reply(), Some(&Reply::Balance(120)));
+        assert_eq!(
+            t.when(Command::GetBalance).reply(),
+            Some(&Reply::Balance(120))
+        );
     }
 
     #[test]
@@ -147,8 +159,12 @@ mod tests {
         assert_eq!(bridge::reply_to_json::<BankAccount>(&ok).unwrap(), "\"ok\"");
         let bal = codec::encode(&Reply::Balance(120)).unwrap();
         assert_eq!(bridge::reply_to_json::<BankAccount>(&bal).unwrap(), "120");
-        let cmd = bridge::command_from_json::<BankAccount>(r#"{"Deposit":{"amount":100}}"#).unwrap();
-        assert_eq!(codec::decode::<Command>(&cmd).unwrap(), Command::Deposit { amount: 100 });
+        let cmd =
+            bridge::command_from_json::<BankAccount>(r#"{"Deposit":{"amount":100}}"#).unwrap();
+        assert_eq!(
+            codec::decode::<Command>(&cmd).unwrap(),
+            Command::Deposit { amount: 100 }
+        );
         assert!(bridge::command_from_json::<BankAccount>(r#""GetBalance""#).is_ok());
     }
 }

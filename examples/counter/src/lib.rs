@@ -62,11 +62,12 @@ impl Entity for Counter {
 
     fn on_command(_ctx: &Context, state: &i64, command: Command) -> Decision<Self> {
         match command {
-            Command::Increment { by } => Decision::persist([Event::Incremented { by }]).then_reply(state + by),
-            Command::Get => Decision::reply(*state),
-            Command::IncrementLater { by, delay_ms } => {
-                Decision::reply(*state).schedule(Duration::from_millis(delay_ms), Command::Increment { by })
+            Command::Increment { by } => {
+                Decision::persist([Event::Incremented { by }]).then_reply(state + by)
             }
+            Command::Get => Decision::reply(*state),
+            Command::IncrementLater { by, delay_ms } => Decision::reply(*state)
+                .schedule(Duration::from_millis(delay_ms), Command::Increment { by }),
             Command::Forward { entity_id, by } => {
                 Decision::reply(*state).send("counter", &entity_id, &Command::Increment { by })
             }
@@ -74,7 +75,8 @@ impl Entity for Counter {
                 Decision::reject("count must be between 1 and 1000")
             }
             Command::Batch { count } => {
-                Decision::persist((0..count).map(|_| Event::Incremented { by: 1 })).then_reply(state + i64::from(count))
+                Decision::persist((0..count).map(|_| Event::Incremented { by: 1 }))
+                    .then_reply(state + i64::from(count))
             }
         }
     }
@@ -99,14 +101,25 @@ mod tests {
         assert_eq!(t.when(Command::Increment { by: 2 }).reply(), Some(&2));
         assert_eq!(t.when(Command::Batch { count: 3 }).events().len(), 3);
         assert_eq!(*t.state(), 5);
-        let later = t.when(Command::IncrementLater { by: 5, delay_ms: 100 });
+        let later = t.when(Command::IncrementLater {
+            by: 5,
+            delay_ms: 100,
+        });
         assert!(later.events().is_empty());
         assert_eq!(
             later.effects(),
-            &[Effect::Schedule { delay_ms: 100, command: codec::encode(&Command::Increment { by: 5 }).unwrap() }]
+            &[Effect::Schedule {
+                delay_ms: 100,
+                command: codec::encode(&Command::Increment { by: 5 }).unwrap()
+            }]
         );
-        let fwd = t.when(Command::Forward { entity_id: "d".into(), by: 7 });
-        assert!(matches!(&fwd.effects()[0], Effect::Send { entity_type, entity_id, .. } if entity_type == "counter" && entity_id == "d"));
+        let fwd = t.when(Command::Forward {
+            entity_id: "d".into(),
+            by: 7,
+        });
+        assert!(
+            matches!(&fwd.effects()[0], Effect::Send { entity_type, entity_id, .. } if entity_type == "counter" && entity_id == "d")
+        );
         assert!(t.when(Command::Batch { count: 0 }).rejection().is_some());
     }
 }

@@ -109,7 +109,9 @@ impl Entity for ShoppingCart {
         match (state, command) {
             (State::CheckedOut { .. }, Command::GetTotal) => Decision::reply(Reply::Total(0)),
             (State::CheckedOut { .. }, _) => Decision::reject("the cart is checked out"),
-            (_, Command::AddItem { item }) => Decision::persist([Event::ItemAdded { item }]).then_reply(Reply::Ok),
+            (_, Command::AddItem { item }) => {
+                Decision::persist([Event::ItemAdded { item }]).then_reply(Reply::Ok)
+            }
             (State::Empty, Command::RemoveItem { .. }) => Decision::reject("the cart is empty"),
             (State::Active { items }, Command::RemoveItem { name }) => {
                 if items.contains_key(&name) {
@@ -127,7 +129,9 @@ impl Entity for ShoppingCart {
                 })
             }
             (State::Empty, Command::GetTotal) => Decision::reply(Reply::Total(0)),
-            (State::Active { items }, Command::GetTotal) => Decision::reply(Reply::Total(total(items))),
+            (State::Active { items }, Command::GetTotal) => {
+                Decision::reply(Reply::Total(total(items)))
+            }
         }
     }
 
@@ -168,20 +172,41 @@ mod tests {
     use cairn_guest::testkit::TestKit;
 
     fn item(name: &str, price_cents: u64) -> Item {
-        Item { name: name.into(), price_cents }
+        Item {
+            name: name.into(),
+            price_cents,
+        }
     }
 
     #[test]
     fn empty_active_checked_out() {
         let mut t = TestKit::<ShoppingCart>::new("cart");
-        assert!(t.when(Command::Checkout).rejection().is_some(), "empty cart cannot check out");
-        t.when(Command::AddItem { item: item("keyboard", 7500) });
-        t.when(Command::AddItem { item: item("mouse", 2500) });
-        assert_eq!(t.when(Command::GetTotal).reply(), Some(&Reply::Total(10000)));
+        assert!(
+            t.when(Command::Checkout).rejection().is_some(),
+            "empty cart cannot check out"
+        );
+        t.when(Command::AddItem {
+            item: item("keyboard", 7500),
+        });
+        t.when(Command::AddItem {
+            item: item("mouse", 2500),
+        });
+        assert_eq!(
+            t.when(Command::GetTotal).reply(),
+            Some(&Reply::Total(10000))
+        );
         let r = t.when(Command::Checkout);
-        assert_eq!(r.reply(), Some(&Reply::Receipt { items: 2, total_cents: 10000 }));
+        assert_eq!(
+            r.reply(),
+            Some(&Reply::Receipt {
+                items: 2,
+                total_cents: 10000
+            })
+        );
         assert_eq!(r.events(), &[Event::CheckedOut { total_cents: 10000 }]);
-        let late = t.when(Command::AddItem { item: item("monitor", 30000) });
+        let late = t.when(Command::AddItem {
+            item: item("monitor", 30000),
+        });
         assert_eq!(late.rejection(), Some("the cart is checked out"));
         assert_eq!(t.state(), &State::CheckedOut { total_cents: 10000 });
     }
@@ -189,8 +214,14 @@ mod tests {
     #[test]
     fn removing_the_last_item_empties_the_cart() {
         let mut t = TestKit::<ShoppingCart>::new("cart");
-        t.given([Event::ItemAdded { item: item("pen", 100) }]);
-        assert!(t.when(Command::RemoveItem { name: "ink".into() }).rejection().is_some());
+        t.given([Event::ItemAdded {
+            item: item("pen", 100),
+        }]);
+        assert!(
+            t.when(Command::RemoveItem { name: "ink".into() })
+                .rejection()
+                .is_some()
+        );
         t.when(Command::RemoveItem { name: "pen".into() });
         assert_eq!(t.state(), &State::Empty);
     }

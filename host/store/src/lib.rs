@@ -184,7 +184,9 @@ pub trait Journal: Send + Sync + 'static {
     /// Highest sequence number of the entity; 0 if it has no events.
     fn highest_seq(&self, key: &EntityKey) -> BoxFuture<'static, Result<u64, JournalError>>;
     /// Every pending timer.
-    fn pending_timers(&self) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>>;
+    fn pending_timers(
+        &self,
+    ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>>;
     /// Ids of entities of a type that have events, ascending, at most `limit`.
     fn entity_ids(
         &self,

@@ -40,8 +40,15 @@ fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
 impl Journal for MemoryStore {
     fn append(&self, w: Write) -> BoxFuture<'static, Result<(), JournalError>> {
         let mut d = self.lock();
-        if let Some(e) = w.events.iter().find(|e| d.events.contains_key(&(w.key.clone(), e.seq))) {
-            return ready(Err(JournalError::Conflict { key: w.key.clone(), seq: e.seq }));
+        if let Some(e) = w
+            .events
+            .iter()
+            .find(|e| d.events.contains_key(&(w.key.clone(), e.seq)))
+        {
+            return ready(Err(JournalError::Conflict {
+                key: w.key.clone(),
+                seq: e.seq,
+            }));
         }
         for e in w.events {
             d.events.insert((w.key.clone(), e.seq), e);
@@ -55,7 +62,13 @@ impl Journal for MemoryStore {
         ready(Ok(()))
     }
 
-    fn read(&self, key: &EntityKey, from: u64, to: u64, limit: usize) -> BoxFuture<'static, Result<Vec<EventRecord>, JournalError>> {
+    fn read(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<EventRecord>, JournalError>> {
         if from > to || limit == 0 {
             return ready(Ok(Vec::new()));
         }
@@ -69,10 +82,19 @@ impl Journal for MemoryStore {
         ready(Ok(out))
     }
 
-    fn read_packed(&self, key: &EntityKey, from: u64, limit: usize) -> BoxFuture<'static, Result<PackedEvents, JournalError>> {
+    fn read_packed(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<PackedEvents, JournalError>> {
         let d = self.lock();
         let mut out = PackedEvents::default();
-        for (_, e) in d.events.range((key.clone(), from)..=(key.clone(), u64::MAX)).take(limit) {
+        for (_, e) in d
+            .events
+            .range((key.clone(), from)..=(key.clone(), u64::MAX))
+            .take(limit)
+        {
             if let Err(err) = out.push(e.seq, &e.payload) {
                 return ready(Err(err));
             }
@@ -90,14 +112,24 @@ impl Journal for MemoryStore {
         ready(Ok(h))
     }
 
-    fn pending_timers(&self) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
+    fn pending_timers(
+        &self,
+    ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
         let d = self.lock();
-        let mut v: Vec<_> = d.timers.iter().map(|((k, _), t)| (k.clone(), t.clone())).collect();
+        let mut v: Vec<_> = d
+            .timers
+            .iter()
+            .map(|((k, _), t)| (k.clone(), t.clone()))
+            .collect();
         v.sort_by_key(|(_, t)| t.fire_at_ms);
         ready(Ok(v))
     }
 
-    fn entity_ids(&self, entity_type: &str, limit: usize) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
+    fn entity_ids(
+        &self,
+        entity_type: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
         let d = self.lock();
         let mut ids: Vec<String> = d
             .events
@@ -112,7 +144,12 @@ impl Journal for MemoryStore {
 }
 
 impl SnapshotStore for MemoryStore {
-    fn save(&self, key: &EntityKey, snapshot: Snapshot, keep: usize) -> BoxFuture<'static, Result<(), JournalError>> {
+    fn save(
+        &self,
+        key: &EntityKey,
+        snapshot: Snapshot,
+        keep: usize,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
         let mut d = self.lock();
         d.snapshots.insert((key.clone(), snapshot.seq), snapshot);
         let seqs: Vec<u64> = d
@@ -127,7 +164,12 @@ impl SnapshotStore for MemoryStore {
         ready(Ok(()))
     }
 
-    fn load(&self, key: &EntityKey, max_seq: u64, schema: u32) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>> {
+    fn load(
+        &self,
+        key: &EntityKey,
+        max_seq: u64,
+        schema: u32,
+    ) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>> {
         let d = self.lock();
         let s = d
             .snapshots

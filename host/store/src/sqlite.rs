@@ -99,7 +99,8 @@ fn to_u64(v: i64, what: &str) -> Result<u64, JournalError> {
 }
 
 fn open_conn(path: &Path) -> Result<Connection, JournalError> {
-    let conn = Connection::open(path).map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
+    let conn =
+        Connection::open(path).map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     Ok(conn)
 }
@@ -107,21 +108,28 @@ fn open_conn(path: &Path) -> Result<Connection, JournalError> {
 impl SqliteStore {
     /// Opens (creating if needed) `dir/journal.db` and starts the writer thread.
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<Arc<SqliteStore>, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| JournalError::Io(format!("{}: {e}", dir.display())))?;
         let path = dir.join("journal.db");
         let conn = open_conn(&path)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(|e| JournalError::Database(format!("{}: {e}", path.display())))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(JournalError::Database(format!("cannot switch {} to WAL mode", path.display())));
+            return Err(JournalError::Database(format!(
+                "cannot switch {} to WAL mode",
+                path.display()
+            )));
         }
         conn.execute_batch(
             "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=4000; PRAGMA cache_size=-65536;",
         )?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if found > FORMAT {
-            return Err(JournalError::UnsupportedFormat { found, supported: FORMAT });
+            return Err(JournalError::UnsupportedFormat {
+                found,
+                supported: FORMAT,
+            });
         }
         conn.execute_batch(SCHEMA)?;
         if found < FORMAT {
@@ -157,7 +165,9 @@ impl SqliteStore {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(item)) => Some((tx.clone(), item)),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Box::pin(async { Err(JournalError::Closed("journal writer stopped".into())) });
+                return Box::pin(async {
+                    Err(JournalError::Closed("journal writer stopped".into()))
+                });
             }
         };
         Box::pin(async move {
@@ -241,7 +251,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<(Op, Ack)>, max_batc
     }
 }
 
-fn commit<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> Result<(), JournalError> {
+fn commit<'a>(
+    conn: &mut Connection,
+    ops: impl Iterator<Item = &'a Op>,
+) -> Result<(), JournalError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for op in ops {
         match op {
@@ -270,8 +283,13 @@ fn append(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), JournalError>
             ]);
             match r {
                 Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == ErrorCode::ConstraintViolation => {
-                    return Err(JournalError::Conflict { key: k.clone(), seq: e.seq });
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == ErrorCode::ConstraintViolation =>
+                {
+                    return Err(JournalError::Conflict {
+                        key: k.clone(),
+                        seq: e.seq,
+                    });
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -400,13 +418,17 @@ impl Journal for SqliteStore {
         let key = key.clone();
         self.with_reader(move |c| {
             let v: Option<i64> = c
-                .prepare_cached("SELECT MAX(seq) FROM events WHERE entity_type = ?1 AND entity_id = ?2")?
+                .prepare_cached(
+                    "SELECT MAX(seq) FROM events WHERE entity_type = ?1 AND entity_id = ?2",
+                )?
                 .query_row(params![key.entity_type, key.entity_id], |r| r.get(0))?;
             to_u64(v.unwrap_or(0), "seq")
         })
     }
 
-    fn pending_timers(&self) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
+    fn pending_timers(
+        &self,
+    ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
         self.with_reader(|c| {
             let mut st = c.prepare_cached(
                 "SELECT entity_type, entity_id, timer_id, fire_at_ms, command FROM timers ORDER BY fire_at_ms",
@@ -427,7 +449,11 @@ impl Journal for SqliteStore {
         })
     }
 
-    fn entity_ids(&self, entity_type: &str, max: usize) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
+    fn entity_ids(
+        &self,
+        entity_type: &str,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
         let t = entity_type.to_owned();
         self.with_reader(move |c| {
             let mut st = c.prepare_cached(
@@ -442,11 +468,21 @@ impl Journal for SqliteStore {
 }
 
 impl SnapshotStore for SqliteStore {
-    fn save(&self, key: &EntityKey, snapshot: Snapshot, keep: usize) -> BoxFuture<'static, Result<(), JournalError>> {
+    fn save(
+        &self,
+        key: &EntityKey,
+        snapshot: Snapshot,
+        keep: usize,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
         self.submit(Op::Snapshot(key.clone(), snapshot, keep))
     }
 
-    fn load(&self, key: &EntityKey, max_seq: u64, schema: u32) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>> {
+    fn load(
+        &self,
+        key: &EntityKey,
+        max_seq: u64,
+        schema: u32,
+    ) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>> {
         let key = key.clone();
         self.with_reader(move |c| {
             let row = c

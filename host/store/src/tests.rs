@@ -6,11 +6,20 @@ use std::sync::Arc;
 use crate::*;
 
 fn ev(seq: u64, payload: &[u8]) -> EventRecord {
-    EventRecord { seq, timestamp_ms: 1000 + seq, version: "1.0.0".into(), payload: payload.to_vec() }
+    EventRecord {
+        seq,
+        timestamp_ms: 1000 + seq,
+        version: "1.0.0".into(),
+        payload: payload.to_vec(),
+    }
 }
 
 fn write(key: &EntityKey, seqs: std::ops::RangeInclusive<u64>) -> Write {
-    Write { key: key.clone(), events: seqs.map(|s| ev(s, &s.to_le_bytes())).collect(), ..Write::default() }
+    Write {
+        key: key.clone(),
+        events: seqs.map(|s| ev(s, &s.to_le_bytes())).collect(),
+        ..Write::default()
+    }
 }
 
 fn seqs(v: &[EventRecord]) -> Vec<u64> {
@@ -22,22 +31,56 @@ async fn journal_semantics(j: Arc<dyn Journal>) {
     assert_eq!(j.highest_seq(&k).await.unwrap(), 0, "never written");
     j.append(write(&k, 1..=10)).await.unwrap();
     assert_eq!(j.highest_seq(&k).await.unwrap(), 10);
-    assert_eq!(seqs(&j.read(&k, 1, u64::MAX, 100).await.unwrap()), (1..=10).collect::<Vec<_>>());
-    assert_eq!(seqs(&j.read(&k, 4, u64::MAX, 100).await.unwrap()), (4..=10).collect::<Vec<_>>(), "lower bound");
-    assert_eq!(seqs(&j.read(&k, 0, 3, 100).await.unwrap()), vec![1, 2, 3], "upper bound");
-    assert_eq!(seqs(&j.read(&k, 3, 5, 100).await.unwrap()), vec![3, 4, 5], "both");
-    assert_eq!(seqs(&j.read(&k, 2, 9, 3).await.unwrap()), vec![2, 3, 4], "limit");
+    assert_eq!(
+        seqs(&j.read(&k, 1, u64::MAX, 100).await.unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&j.read(&k, 4, u64::MAX, 100).await.unwrap()),
+        (4..=10).collect::<Vec<_>>(),
+        "lower bound"
+    );
+    assert_eq!(
+        seqs(&j.read(&k, 0, 3, 100).await.unwrap()),
+        vec![1, 2, 3],
+        "upper bound"
+    );
+    assert_eq!(
+        seqs(&j.read(&k, 3, 5, 100).await.unwrap()),
+        vec![3, 4, 5],
+        "both"
+    );
+    assert_eq!(
+        seqs(&j.read(&k, 2, 9, 3).await.unwrap()),
+        vec![2, 3, 4],
+        "limit"
+    );
     assert!(j.read(&k, 1, 10, 0).await.unwrap().is_empty(), "limit 0");
-    assert!(j.read(&k, 6, 5, 10).await.unwrap().is_empty(), "lower above upper");
-    assert!(j.read(&EntityKey::new("t", "other"), 1, 10, 10).await.unwrap().is_empty());
+    assert!(
+        j.read(&k, 6, 5, 10).await.unwrap().is_empty(),
+        "lower above upper"
+    );
+    assert!(
+        j.read(&EntityKey::new("t", "other"), 1, 10, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let e = j.read(&k, 7, 7, 1).await.unwrap().remove(0);
     assert_eq!(e, ev(7, &7u64.to_le_bytes()), "record round-trips");
 
     // All or nothing: #11..#13 where #12... no: #10 conflicts, so #11 must not appear.
     let bad = write(&k, 10..=11);
     let err = j.append(bad).await.unwrap_err();
-    assert!(matches!(err, JournalError::Conflict { seq: 10, .. }), "{err}");
-    assert_eq!(j.highest_seq(&k).await.unwrap(), 10, "nothing of a failed write is visible");
+    assert!(
+        matches!(err, JournalError::Conflict { seq: 10, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        j.highest_seq(&k).await.unwrap(),
+        10,
+        "nothing of a failed write is visible"
+    );
 
     // Payloads round-trip unchanged, including empty, zero bytes and 1 MiB.
     let k2 = EntityKey::new("t", "payloads");
@@ -45,12 +88,19 @@ async fn journal_semantics(j: Arc<dyn Journal>) {
     let payloads = [vec![], vec![0u8; 3], vec![0xff, 0, 0x80], big];
     let w = Write {
         key: k2.clone(),
-        events: payloads.iter().enumerate().map(|(i, p)| ev(i as u64 + 1, p)).collect(),
+        events: payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ev(i as u64 + 1, p))
+            .collect(),
         ..Write::default()
     };
     j.append(w).await.unwrap();
     let back = j.read(&k2, 1, 100, 100).await.unwrap();
-    assert_eq!(back.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), payloads.to_vec());
+    assert_eq!(
+        back.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        payloads.to_vec()
+    );
 
     // Packed reads.
     let p = j.read_packed(&k, 8, 100).await.unwrap();
@@ -67,42 +117,90 @@ async fn journal_semantics(j: Arc<dyn Journal>) {
     assert_eq!((p.count, p.packed.len()), (0, 0));
 
     // Timers travel with writes.
-    let t = TimerRecord { timer_id: 42, fire_at_ms: 5, command: vec![1, 2] };
-    j.append(Write { key: k.clone(), add_timers: vec![t.clone()], ..Write::default() }).await.unwrap();
+    let t = TimerRecord {
+        timer_id: 42,
+        fire_at_ms: 5,
+        command: vec![1, 2],
+    };
+    j.append(Write {
+        key: k.clone(),
+        add_timers: vec![t.clone()],
+        ..Write::default()
+    })
+    .await
+    .unwrap();
     assert_eq!(j.pending_timers().await.unwrap(), vec![(k.clone(), t)]);
-    j.append(Write { key: k.clone(), events: vec![ev(11, b"x")], remove_timers: vec![42], ..Write::default() })
-        .await
-        .unwrap();
+    j.append(Write {
+        key: k.clone(),
+        events: vec![ev(11, b"x")],
+        remove_timers: vec![42],
+        ..Write::default()
+    })
+    .await
+    .unwrap();
     assert!(j.pending_timers().await.unwrap().is_empty());
     assert_eq!(j.highest_seq(&k).await.unwrap(), 11);
 
-    assert_eq!(j.entity_ids("t", 10).await.unwrap(), vec!["a".to_string(), "payloads".to_string()]);
+    assert_eq!(
+        j.entity_ids("t", 10).await.unwrap(),
+        vec!["a".to_string(), "payloads".to_string()]
+    );
     assert_eq!(j.entity_ids("t", 1).await.unwrap(), vec!["a".to_string()]);
     assert!(j.entity_ids("none", 10).await.unwrap().is_empty());
 }
 
 async fn snapshot_semantics(s: Arc<dyn SnapshotStore>) {
     let k = EntityKey::new("t", "s");
-    let snap = |seq: u64, schema: u32, b: u8| Snapshot { seq, schema, timestamp_ms: seq, state: vec![b] };
+    let snap = |seq: u64, schema: u32, b: u8| Snapshot {
+        seq,
+        schema,
+        timestamp_ms: seq,
+        state: vec![b],
+    };
     assert_eq!(s.load(&k, u64::MAX, 1).await.unwrap(), None);
     for seq in [5, 10, 15] {
         s.save(&k, snap(seq, 1, seq as u8), 10).await.unwrap();
     }
-    assert_eq!(s.load(&k, u64::MAX, 1).await.unwrap(), Some(snap(15, 1, 15)), "newest by default");
-    assert_eq!(s.load(&k, 12, 1).await.unwrap(), Some(snap(10, 1, 10)), "newest under a bound");
+    assert_eq!(
+        s.load(&k, u64::MAX, 1).await.unwrap(),
+        Some(snap(15, 1, 15)),
+        "newest by default"
+    );
+    assert_eq!(
+        s.load(&k, 12, 1).await.unwrap(),
+        Some(snap(10, 1, 10)),
+        "newest under a bound"
+    );
     assert_eq!(s.load(&k, 4, 1).await.unwrap(), None);
     s.save(&k, snap(15, 1, 99), 10).await.unwrap();
-    assert_eq!(s.load(&k, u64::MAX, 1).await.unwrap(), Some(snap(15, 1, 99)), "same-sequence overwrite");
+    assert_eq!(
+        s.load(&k, u64::MAX, 1).await.unwrap(),
+        Some(snap(15, 1, 99)),
+        "same-sequence overwrite"
+    );
     // Another schema is ignored.
     s.save(&k, snap(20, 2, 20), 10).await.unwrap();
-    assert_eq!(s.load(&k, u64::MAX, 1).await.unwrap(), Some(snap(15, 1, 99)));
-    assert_eq!(s.load(&k, u64::MAX, 2).await.unwrap(), Some(snap(20, 2, 20)));
+    assert_eq!(
+        s.load(&k, u64::MAX, 1).await.unwrap(),
+        Some(snap(15, 1, 99))
+    );
+    assert_eq!(
+        s.load(&k, u64::MAX, 2).await.unwrap(),
+        Some(snap(20, 2, 20))
+    );
     assert_eq!(s.load(&k, u64::MAX, 3).await.unwrap(), None);
     // Retention keeps the newest K.
     s.save(&k, snap(25, 1, 25), 2).await.unwrap();
-    assert_eq!(s.load(&k, 19, 1).await.unwrap(), None, "older ones were dropped");
+    assert_eq!(
+        s.load(&k, 19, 1).await.unwrap(),
+        None,
+        "older ones were dropped"
+    );
     assert_eq!(s.load(&k, 24, 2).await.unwrap(), Some(snap(20, 2, 20)));
-    assert_eq!(s.load(&k, u64::MAX, 1).await.unwrap(), Some(snap(25, 1, 25)));
+    assert_eq!(
+        s.load(&k, u64::MAX, 1).await.unwrap(),
+        Some(snap(25, 1, 25))
+    );
 }
 
 #[tokio::test]
@@ -134,11 +232,25 @@ async fn sqlite_survives_reopen() {
     {
         let s = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
         s.append(write(&k, 1..=3)).await.unwrap();
-        s.save(&k, Snapshot { seq: 2, schema: 1, timestamp_ms: 0, state: vec![7] }, 1).await.unwrap();
+        s.save(
+            &k,
+            Snapshot {
+                seq: 2,
+                schema: 1,
+                timestamp_ms: 0,
+                state: vec![7],
+            },
+            1,
+        )
+        .await
+        .unwrap();
     }
     let s = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
     assert_eq!(s.highest_seq(&k).await.unwrap(), 3);
-    assert_eq!(s.load(&k, u64::MAX, 1).await.unwrap().map(|s| s.state), Some(vec![7]));
+    assert_eq!(
+        s.load(&k, u64::MAX, 1).await.unwrap().map(|s| s.state),
+        Some(vec![7])
+    );
 }
 
 /// Many writes queued at once land in shared group-commit batches; one of
@@ -159,10 +271,22 @@ async fn sqlite_conflict_fails_only_its_write_in_a_batch() {
     let results: Vec<_> = futures_join(futs).await;
     let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(matches!(failed[0], Err(JournalError::Conflict { seq: 1, .. })));
-    assert_eq!(s.highest_seq(&dup).await.unwrap(), 1, "the conflicting write stored nothing");
+    assert!(matches!(
+        failed[0],
+        Err(JournalError::Conflict { seq: 1, .. })
+    ));
+    assert_eq!(
+        s.highest_seq(&dup).await.unwrap(),
+        1,
+        "the conflicting write stored nothing"
+    );
     for i in 0..500 {
-        assert_eq!(s.highest_seq(&EntityKey::new("t", format!("e{i}"))).await.unwrap(), 2);
+        assert_eq!(
+            s.highest_seq(&EntityKey::new("t", format!("e{i}")))
+                .await
+                .unwrap(),
+            2
+        );
     }
 }
 
@@ -179,7 +303,9 @@ async fn futures_join<T>(futs: Vec<BoxFuture<'static, T>>) -> Vec<T> {
 async fn sqlite_refuses_garbage_and_newer_formats() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("journal.db"), vec![0x42u8; 8192]).unwrap();
-    let e = SqliteStore::open(dir.path(), SqliteOptions::default()).err().expect("garbage refused");
+    let e = SqliteStore::open(dir.path(), SqliteOptions::default())
+        .err()
+        .expect("garbage refused");
     assert!(matches!(e, JournalError::Database(_)), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -187,6 +313,11 @@ async fn sqlite_refuses_garbage_and_newer_formats() {
         let c = rusqlite::Connection::open(dir.path().join("journal.db")).unwrap();
         c.execute_batch("PRAGMA user_version = 99").unwrap();
     }
-    let e = SqliteStore::open(dir.path(), SqliteOptions::default()).err().expect("newer format refused");
-    assert!(matches!(e, JournalError::UnsupportedFormat { found: 99, .. }), "{e}");
+    let e = SqliteStore::open(dir.path(), SqliteOptions::default())
+        .err()
+        .expect("newer format refused");
+    assert!(
+        matches!(e, JournalError::UnsupportedFormat { found: 99, .. }),
+        "{e}"
+    );
 }

@@ -61,7 +61,11 @@ fn parse_args() -> Args {
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -82,10 +86,14 @@ fn config(dir: &std::path::Path, toml: &str) -> Result<Config> {
 async fn bank_node(dir: &std::path::Path, toml: &str, wasm: &[u8], native: bool) -> Result<Node> {
     let node = Node::open(config(dir, toml)?)?;
     if native {
-        node.register("bank-account", Arc::new(Native::<bank_account::BankAccount>::default()))
-            .await?;
+        node.register(
+            "bank-account",
+            Arc::new(Native::<bank_account::BankAccount>::default()),
+        )
+        .await?;
     } else {
-        node.register_component("bank-account", wasm.to_vec()).await?;
+        node.register_component("bank-account", wasm.to_vec())
+            .await?;
     }
     Ok(node)
 }
@@ -109,7 +117,10 @@ async fn throughput(label: &str, node: &Node, a: &Args) -> Result<f64> {
                 let id = format!("acct-{}", e % entities);
                 e += callers;
                 let t = Instant::now();
-                match node.ask("bank-account", &id, deposit.clone(), AskOptions::default()).await {
+                match node
+                    .ask("bank-account", &id, deposit.clone(), AskOptions::default())
+                    .await
+                {
                     Ok(_) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
                     Err(_) => failures += 1,
                 }
@@ -222,8 +233,18 @@ async fn main() -> Result<()> {
     let mut rates = Vec::new();
     for native in [false, true] {
         let dir = root.join(if native { "native" } else { "wasm" });
-        let node = bank_node(&dir, "[node]\n[defaults.passivation]\nidle_after = \"never\"\n", &wasm, native).await?;
-        let label = if native { "native Rust behavior" } else { "wasm component" };
+        let node = bank_node(
+            &dir,
+            "[node]\n[defaults.passivation]\nidle_after = \"never\"\n",
+            &wasm,
+            native,
+        )
+        .await?;
+        let label = if native {
+            "native Rust behavior"
+        } else {
+            "wasm component"
+        };
         rates.push(throughput(label, &node, &a).await?);
         node.shutdown(Duration::from_secs(10)).await;
     }
@@ -242,7 +263,9 @@ async fn main() -> Result<()> {
                 balance: (a.history - 1000) as i64,
                 transactions: a.history - 1000,
             })?;
-            let schema = node.descriptor("bank-account").map_or(1, |d| d.state_schema);
+            let schema = node
+                .descriptor("bank-account")
+                .map_or(1, |d| d.state_schema);
             node.snapshots()
                 .save(
                     &EntityKey::new("bank-account", "long-snap"),
@@ -264,14 +287,29 @@ async fn main() -> Result<()> {
         node.shutdown(Duration::from_secs(10)).await;
     }
 
-    println!("\n== Memory per live idle entity ({} entities)", a.idle_entities);
+    println!(
+        "\n== Memory per live idle entity ({} entities)",
+        a.idle_entities
+    );
     {
         let dir = root.join("idle");
-        let node = bank_node(&dir, "[defaults.passivation]\nidle_after = \"never\"\n", &wasm, false).await?;
+        let node = bank_node(
+            &dir,
+            "[defaults.passivation]\nidle_after = \"never\"\n",
+            &wasm,
+            false,
+        )
+        .await?;
         let get = node.command_from_json("bank-account", r#""GetBalance""#)?;
         // Warm up pools and allocator with a first batch, then measure.
         for i in 0..1000 {
-            node.ask("bank-account", &format!("warm-{i}"), get.clone(), AskOptions::default()).await?;
+            node.ask(
+                "bank-account",
+                &format!("warm-{i}"),
+                get.clone(),
+                AskOptions::default(),
+            )
+            .await?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = rss_bytes();
@@ -283,7 +321,14 @@ async fn main() -> Result<()> {
             tasks.push(tokio::spawn(async move {
                 let mut i = c;
                 while i < n {
-                    let _ = node.ask("bank-account", &format!("idle-{i:08}"), get.clone(), AskOptions::default()).await;
+                    let _ = node
+                        .ask(
+                            "bank-account",
+                            &format!("idle-{i:08}"),
+                            get.clone(),
+                            AskOptions::default(),
+                        )
+                        .await;
                     i += 64;
                 }
             }));

@@ -25,7 +25,8 @@ async fn main() -> Result<()> {
     let mut config = Config::default();
     config.node.data_dir = PathBuf::from(dir);
     let node = Node::open(config)?;
-    node.register_file("counter", std::path::Path::new(wasm)).await?;
+    node.register_file("counter", std::path::Path::new(wasm))
+        .await?;
     let command = node.command_from_json("counter", r#"{"Batch":{"count":3}}"#)?;
     println!("READY");
     let mut tasks = Vec::new();
@@ -37,7 +38,10 @@ async fn main() -> Result<()> {
             loop {
                 let id = format!("c-{}", i % entities);
                 i += workers;
-                if let Ok(r) = node.ask("counter", &id, command.clone(), AskOptions::default()).await {
+                if let Ok(r) = node
+                    .ask("counter", &id, command.clone(), AskOptions::default())
+                    .await
+                {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "ACK {id} {}", r.seq);
                     let _ = out.flush();

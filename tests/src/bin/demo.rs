@@ -54,19 +54,28 @@ async fn started(
 async fn main() -> Result<()> {
     println!("Building the bank-account component from examples/ ...");
     let wasm = cairn_tests::example_bytes(TYPE)?;
-    let dir = cairn_tests::workspace_root().join("target").join("cairn-demo");
+    let dir = cairn_tests::workspace_root()
+        .join("target")
+        .join("cairn-demo");
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::parse("[entities.\"bank-account\".snapshot]\nevery = 5\n")?;
     config.node.data_dir = dir.clone();
-    println!("Data directory: {} (SQLite journal, WAL, fsync per batch)\n", dir.display());
+    println!(
+        "Data directory: {} (SQLite journal, WAL, fsync per batch)\n",
+        dir.display()
+    );
 
     println!("── Phase 1: transactions ──");
     {
         let node = open(&config, &wasm).await?;
         for amount in [100, 50] {
             println!("  Depositing {amount}");
-            node.tell(TYPE, "acct-1", node.command_from_json(TYPE, &format!("{{\"Deposit\":{{\"amount\":{amount}}}}}"))?)
-                .await?;
+            node.tell(
+                TYPE,
+                "acct-1",
+                node.command_from_json(TYPE, &format!("{{\"Deposit\":{{\"amount\":{amount}}}}}"))?,
+            )
+            .await?;
         }
         println!("  Withdrawing 30");
         let r = ask(&node, "acct-1", r#"{"Withdraw":{"amount":30}}"#).await?;
