@@ -7,7 +7,7 @@
 //!   snapshots, supervision.
 //! - [`runtime`]: the wasmtime engine, component checks, instance pools, limits.
 //! - [`behavior`]: the byte-level behavior trait shared by wasm and native behaviors.
-//! - [`config`]: `cairn.toml`.
+//! - [`config`]: the `cairn.toml` file.
 //! - Storage (journal, snapshots, timers) is the `cairn-store` crate.
 //!
 //! ```no_run

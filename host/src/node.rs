@@ -228,12 +228,15 @@ struct BehaviorSlot {
     schema_since: u64,
 }
 
+/// One lock shard of a type's live entities.
+type Shard = Mutex<HashMap<Arc<str>, Arc<EntityCell>>>;
+
 /// A registered entity type: its behavior, settings and live entities.
 pub(crate) struct EntityType {
     pub(crate) name: String,
     pub(crate) settings: EntitySettings,
     slot: RwLock<BehaviorSlot>,
-    shards: Box<[Mutex<HashMap<Arc<str>, Arc<EntityCell>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 
@@ -263,7 +266,7 @@ impl EntityType {
                 .schema_since
     }
 
-    fn shard(&self, id: &str) -> &Mutex<HashMap<Arc<str>, Arc<EntityCell>>> {
+    fn shard(&self, id: &str) -> &Shard {
         let i = self.hasher.hash_one(id) as usize % self.shards.len();
         &self.shards[i]
     }
@@ -700,7 +703,7 @@ impl Node {
         let behavior = ty.behavior();
         let command = behavior
             .command_from_json(json)?
-            .map_err(|e| AskError::MalformedCommand(e))?;
+            .map_err(AskError::MalformedCommand)?;
         let reply = self.ask(entity_type, entity_id, command, options).await?;
         let json = match &reply.reply {
             Some(bytes) => Some(behavior.reply_to_json(bytes)?.map_err(ReadError::Codec)?),

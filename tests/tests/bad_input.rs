@@ -66,10 +66,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> Result<()> {
     let r = node
         .register_component("junk", b"\0asm\x0d\0\x01\0".to_vec())
         .await;
-    let msg = format!(
-        "{}",
-        r.as_ref().err().expect("an empty component is refused")
-    );
+    let msg = format!("{}", r.as_ref().expect_err("an empty component is refused"));
     assert!(
         matches!(r, Err(RegisterError::Load(LoadError::WrongWorld(_)))),
         "{msg}"

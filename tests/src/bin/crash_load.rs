@@ -14,6 +14,12 @@ use anyhow::{Context, Result};
 use cairn_host::config::Config;
 use cairn_host::node::{AskOptions, Node};
 
+async fn futures_never(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -49,8 +55,7 @@ async fn main() -> Result<()> {
             }
         }));
     }
-    for t in tasks {
-        t.await?;
-    }
+    // The workers never finish: this process runs until it is killed.
+    futures_never(tasks).await;
     Ok(())
 }
