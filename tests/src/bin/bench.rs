@@ -250,6 +250,36 @@ async fn main() -> Result<()> {
     }
     println!("wasm / native throughput ratio: {:.2}", rates[0] / rates[1]);
 
+    println!("\n== The same through an in-memory journal (no disk: the runtime's own ceiling)");
+    for native in [false, true] {
+        let mem = cairn_store::MemoryStore::new();
+        let node = Node::with_stores(
+            config(
+                &root.join("mem"),
+                "[defaults.passivation]\nidle_after = \"never\"\n",
+            )?,
+            mem.clone(),
+            mem,
+        )?;
+        if native {
+            node.register(
+                "bank-account",
+                Arc::new(Native::<bank_account::BankAccount>::default()),
+            )
+            .await?;
+        } else {
+            node.register_component("bank-account", wasm.clone())
+                .await?;
+        }
+        let label = if native {
+            "native, memory journal"
+        } else {
+            "wasm, memory journal"
+        };
+        throughput(label, &node, &a).await?;
+        node.shutdown(Duration::from_secs(10)).await;
+    }
+
     println!("\n== Recovery of one entity with {} events", a.history);
     for native in [false, true] {
         let dir = root.join(if native { "rec-native" } else { "rec-wasm" });
