@@ -6,7 +6,9 @@ use crate::bindings::exports::cairn::entity::behavior as b;
 use crate::{Context, Effect, Entity, bridge};
 
 /// Replaces the default panic hook, which prints to stderr: behaviors have no
-/// I/O, and a panic must end as a plain trap (the host reports it).
+/// I/O, and a panic must end as a plain trap (the host reports it). Called at
+/// the start of every export, so it is in place whichever export runs first
+/// on a fresh instance.
 fn quiet_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
@@ -14,12 +16,43 @@ fn quiet_panics() {
 
 /// `describe` in WIT types.
 pub fn describe<E: Entity>() -> b::Descriptor {
+    quiet_panics();
     let d = bridge::describe::<E>();
     b::Descriptor {
         name: d.name,
         version: d.version,
         state_schema: d.state_schema,
     }
+}
+
+/// `initial-state` (runs the user's `initial_state`).
+pub fn initial_state<E: Entity>() -> Vec<u8> {
+    quiet_panics();
+    bridge::initial_state::<E>()
+}
+
+/// `command-from-json`.
+pub fn command_from_json<E: Entity>(json: &str) -> Result<Vec<u8>, String> {
+    quiet_panics();
+    bridge::command_from_json::<E>(json)
+}
+
+/// `event-to-json`.
+pub fn event_to_json<E: Entity>(event: &[u8]) -> Result<String, String> {
+    quiet_panics();
+    bridge::event_to_json::<E>(event)
+}
+
+/// `state-to-json`.
+pub fn state_to_json<E: Entity>(state: &[u8]) -> Result<String, String> {
+    quiet_panics();
+    bridge::state_to_json::<E>(state)
+}
+
+/// `reply-to-json`.
+pub fn reply_to_json<E: Entity>(reply: &[u8]) -> Result<String, String> {
+    quiet_panics();
+    bridge::reply_to_json::<E>(reply)
 }
 
 /// `decide` in WIT types.

@@ -26,3 +26,120 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     rmp_serde::from_slice(bytes).map_err(|e| CodecError(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Schema evolution through the default codec: what the crate docs promise.
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{decode, encode};
+
+    mod v1 {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        pub enum Event {
+            Deposited { amount: i64 },
+            Closed,
+        }
+    }
+
+    /// v2 renamed `Closed` and reshaped `Deposited` (amount → cents).
+    mod v2 {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        #[serde(from = "EventCompat")]
+        pub enum Event {
+            Deposited { cents: i64, memo: Option<String> },
+            Shut,
+        }
+
+        /// Every shape an event ever had; `From` upcasts it.
+        #[derive(Deserialize)]
+        enum EventCompat {
+            Deposited {
+                #[serde(default)]
+                amount: Option<i64>,
+                #[serde(default)]
+                cents: Option<i64>,
+                #[serde(default)]
+                memo: Option<String>,
+            },
+            #[serde(alias = "Closed")]
+            Shut,
+        }
+
+        impl From<EventCompat> for Event {
+            fn from(e: EventCompat) -> Self {
+                match e {
+                    EventCompat::Deposited {
+                        amount,
+                        cents,
+                        memo,
+                    } => Event::Deposited {
+                        cents: cents.or(amount.map(|a| a * 100)).unwrap_or(0),
+                        memo,
+                    },
+                    EventCompat::Shut => Event::Shut,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn renames_and_reshapes_upcast() {
+        let old = encode(&v1::Event::Deposited { amount: 3 }).unwrap();
+        assert_eq!(
+            decode::<v2::Event>(&old).unwrap(),
+            v2::Event::Deposited {
+                cents: 300,
+                memo: None
+            }
+        );
+        let old = encode(&v1::Event::Closed).unwrap();
+        assert_eq!(decode::<v2::Event>(&old).unwrap(), v2::Event::Shut);
+        let new = v2::Event::Deposited {
+            cents: 5,
+            memo: Some("x".into()),
+        };
+        assert_eq!(decode::<v2::Event>(&encode(&new).unwrap()).unwrap(), new);
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Narrow {
+        a: u32,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Wide {
+        a: u32,
+        b: String,
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_so_rollback_reads_newer_events() {
+        let bytes = encode(&Wide {
+            a: 1,
+            b: "new".into(),
+        })
+        .unwrap();
+        assert_eq!(decode::<Narrow>(&bytes).unwrap(), Narrow { a: 1 });
+    }
+
+    #[test]
+    fn bad_bytes_are_errors() {
+        assert!(decode::<Wide>(&[]).is_err());
+        assert!(decode::<Wide>(&[0xc1]).is_err());
+        assert!(decode::<Wide>(&[0x82, 0xa1]).is_err(), "truncated map");
+        let full = encode(&Wide {
+            a: 1,
+            b: "abc".into(),
+        })
+        .unwrap();
+        for n in 0..full.len() {
+            assert!(decode::<Wide>(&full[..n]).is_err(), "prefix of {n} bytes");
+        }
+    }
+}

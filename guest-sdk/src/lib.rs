@@ -37,6 +37,32 @@
 //! }
 //! cairn_guest::export_entity!(Counter);
 //! ```
+//!
+//! # Schema evolution
+//!
+//! Events are stored forever, so every version of a behavior must decode the
+//! events of all earlier versions. The default [`codec`] (MessagePack with
+//! field names) makes the common changes safe:
+//!
+//! - a new field marked `#[serde(default)]` decodes as its default in old events;
+//! - a new enum variant leaves old events untouched;
+//! - an unknown field is ignored (so a rolled-back version still reads newer events
+//!   that only added fields);
+//! - a renamed field or variant keeps the old name with `#[serde(alias = "old")]`;
+//! - a real reshape goes through an upcaster: decode the old shape with
+//!   `#[serde(from = "EventCompat")]` (an enum accepting old and new forms) and
+//!   convert it to the current type in `From`.
+//!
+//! Bump [`Entity::STATE_SCHEMA`] whenever `State` changes shape: the host then
+//! ignores old snapshots and rebuilds the state from events.
+//!
+//! # What a behavior must not do
+//!
+//! Behaviors are pure. They get no filesystem, network, environment or clock of
+//! their own (use [`Context::timestamp_ms`]), and must not print: stdout and
+//! stderr are not theirs, and the Cairn host fails a command that writes to
+//! them. A panic fails the command (the SDK silences the panic message so it
+//! does not reach stderr) and the host restarts the entity from its journal.
 
 extern crate self as cairn_guest;
 
@@ -90,7 +116,8 @@ pub trait Entity: 'static {
     }
 
     /// Decides what a command does: persist events, reply, send or schedule
-    /// commands, or reject it. Must not have side effects of its own.
+    /// commands, or reject it. Must not have side effects of its own (no I/O,
+    /// no printing); read the time from [`Context::timestamp_ms`].
     fn on_command(ctx: &Context, state: &Self::State, command: Self::Command) -> Decision<Self>;
 
     /// Applies one event. Pure: used both live and during recovery.
@@ -133,7 +160,7 @@ macro_rules! export_entity {
                     $crate::__export::describe::<$entity>()
                 }
                 fn initial_state() -> ::std::vec::Vec<u8> {
-                    $crate::bridge::initial_state::<$entity>()
+                    $crate::__export::initial_state::<$entity>()
                 }
                 fn decide(
                     ctx: __b::Context,
@@ -151,22 +178,22 @@ macro_rules! export_entity {
                 fn command_from_json(
                     json: ::std::string::String,
                 ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
-                    $crate::bridge::command_from_json::<$entity>(&json)
+                    $crate::__export::command_from_json::<$entity>(&json)
                 }
                 fn event_to_json(
                     event: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
-                    $crate::bridge::event_to_json::<$entity>(&event)
+                    $crate::__export::event_to_json::<$entity>(&event)
                 }
                 fn state_to_json(
                     state: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
-                    $crate::bridge::state_to_json::<$entity>(&state)
+                    $crate::__export::state_to_json::<$entity>(&state)
                 }
                 fn reply_to_json(
                     reply: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
-                    $crate::bridge::reply_to_json::<$entity>(&reply)
+                    $crate::__export::reply_to_json::<$entity>(&reply)
                 }
             }
     $crate::bindings::__cairn_export_world!(__CairnExport with_types_in $crate::bindings);

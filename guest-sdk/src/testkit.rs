@@ -7,6 +7,7 @@
 //! t.given([Event::Deposited { amount: 100 }]);
 //! let out = t.when(Command::Withdraw { amount: 30 });
 //! assert_eq!(out.events(), &[Event::Withdrawn { amount: 30 }]);
+//! assert_eq!(t.journal().len(), 2);
 //! ```
 
 use crate::{Context, Effect, Entity, bridge, codec};
@@ -16,6 +17,8 @@ pub struct TestKit<E: Entity> {
     entity_id: String,
     state: E::State,
     seq: u64,
+    /// Every event given or persisted so far, encoded (the journal).
+    journal: Vec<Vec<u8>>,
     /// Timestamp given to the next command.
     pub now_ms: u64,
 }
@@ -54,6 +57,7 @@ impl<E: Entity> TestKit<E> {
             entity_id: entity_id.to_owned(),
             state: E::initial_state(),
             seq: 0,
+            journal: Vec::new(),
             now_ms: 1_700_000_000_000,
         }
     }
@@ -72,6 +76,7 @@ impl<E: Entity> TestKit<E> {
             bridge::fold::<E>(&state, &bridge::pack_events(&encoded)).expect("events apply");
         self.state = codec::decode(&folded).expect("state decodes");
         self.seq += encoded.len() as u64;
+        self.journal.extend(encoded);
         self
     }
 
@@ -98,6 +103,7 @@ impl<E: Entity> TestKit<E> {
                     self.state = codec::decode(s).expect("state decodes");
                 }
                 self.seq += events.len() as u64;
+                self.journal.extend(d.events);
                 Outcome {
                     events,
                     reply: d.reply.map(|r| codec::decode(&r).expect("reply decodes")),
@@ -123,6 +129,24 @@ impl<E: Entity> TestKit<E> {
     /// The sequence number of the last applied event.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Every event given or persisted so far, in order: what the host's
+    /// journal would hold (event `i` has sequence number `i + 1`).
+    ///
+    /// # Panics
+    /// If a stored event no longer decodes (it was encoded by this kit, so
+    /// that would be a codec bug).
+    pub fn journal(&self) -> Vec<E::Event> {
+        self.journal
+            .iter()
+            .map(|e| codec::decode(e).expect("journaled event decodes"))
+            .collect()
+    }
+
+    /// The journal as the host stores it: one encoded event per entry.
+    pub fn journal_bytes(&self) -> &[Vec<u8>] {
+        &self.journal
     }
 }
 

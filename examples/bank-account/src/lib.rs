@@ -102,25 +102,42 @@ mod tests {
     use super::*;
     use cairn_guest::testkit::TestKit;
 
-    fn text(s: &str) -> Option<&'static Reply> {
-        Some(Box::leak(Box::new(Reply::Text(s.into()))))
+    fn text(s: &str) -> Reply {
+        Reply::Text(s.into())
     }
 
+    /// Phase 1 of the guide, with its printed numbers.
     #[test]
     fn the_guide_phase_one() {
         let mut t = TestKit::<BankAccount>::new("acct-1");
-        assert_eq!(t.when(Command::Deposit { amount: 100 }).reply(), text("ok"));
-        assert_eq!(t.when(Command::Deposit { amount: 50 }).reply(), text("ok"));
+        assert_eq!(
+            t.when(Command::Deposit { amount: 100 }).reply(),
+            Some(&text("ok"))
+        );
+        assert_eq!(
+            t.when(Command::Deposit { amount: 50 }).reply(),
+            Some(&text("ok"))
+        );
         let w = t.when(Command::Withdraw { amount: 30 });
         assert_eq!(w.events(), &[Event::Withdrawn { amount: 30 }]);
-        assert_eq!(w.reply(), text("ok"));
+        assert_eq!(w.reply(), Some(&text("ok")));
         let w = t.when(Command::Withdraw { amount: 999 });
         assert!(w.events().is_empty());
-        assert_eq!(w.reply(), text("insufficient funds (balance: 120)"));
+        assert_eq!(w.reply(), Some(&text("insufficient funds (balance: 120)")));
         assert_eq!(
             t.when(Command::GetBalance).reply(),
             Some(&Reply::Balance(120))
         );
+        // "Journal has 3 events".
+        assert_eq!(
+            t.journal(),
+            [
+                Event::Deposited { amount: 100 },
+                Event::Deposited { amount: 50 },
+                Event::Withdrawn { amount: 30 },
+            ]
+        );
+        assert_eq!(t.seq(), 3);
         assert_eq!(
             t.state(),
             &State {
@@ -130,6 +147,32 @@ mod tests {
         );
     }
 
+    /// Phase 3 of the guide: seven deposits of 10; the state after five
+    /// (where the guide's snapshot is taken) is balance 50, 5 transactions.
+    #[test]
+    fn the_guide_phase_three() {
+        let mut t = TestKit::<BankAccount>::new("acct-2");
+        for _ in 0..5 {
+            t.when(Command::Deposit { amount: 10 });
+        }
+        assert_eq!(
+            t.state(),
+            &State {
+                balance: 50,
+                transactions: 5
+            }
+        );
+        for _ in 0..2 {
+            t.when(Command::Deposit { amount: 10 });
+        }
+        assert_eq!(
+            t.when(Command::GetBalance).reply(),
+            Some(&Reply::Balance(70))
+        );
+        assert_eq!(t.journal().len(), 7);
+    }
+
+    /// Phase 2 of the guide: a fresh entity replays the journal.
     #[test]
     fn recovery_from_events() {
         let mut t = TestKit::<BankAccount>::new("acct-1");
@@ -150,21 +193,51 @@ mod tests {
         let out = t.when(Command::Deposit { amount: -5 });
         assert!(out.rejection().is_some_and(|r| r.contains("positive")));
         assert!(out.events().is_empty());
+        assert!(
+            t.when(Command::Withdraw { amount: 0 })
+                .rejection()
+                .is_some()
+        );
+        assert!(t.journal().is_empty());
     }
 
     #[test]
     fn replies_render_as_the_guide_prints_them() {
         use cairn_guest::{bridge, codec};
-        let ok = codec::encode(&Reply::Text("ok".into())).unwrap();
-        assert_eq!(bridge::reply_to_json::<BankAccount>(&ok).unwrap(), "\"ok\"");
-        let bal = codec::encode(&Reply::Balance(120)).unwrap();
-        assert_eq!(bridge::reply_to_json::<BankAccount>(&bal).unwrap(), "120");
+        for (reply, json) in [
+            (text("ok"), r#""ok""#),
+            (
+                text("insufficient funds (balance: 120)"),
+                r#""insufficient funds (balance: 120)""#,
+            ),
+            (Reply::Balance(120), "120"),
+            (Reply::Balance(-7), "-7"),
+        ] {
+            let bytes = codec::encode(&reply).unwrap();
+            assert_eq!(codec::decode::<Reply>(&bytes).unwrap(), reply, "msgpack");
+            assert_eq!(bridge::reply_to_json::<BankAccount>(&bytes).unwrap(), json);
+        }
         let cmd =
             bridge::command_from_json::<BankAccount>(r#"{"Deposit":{"amount":100}}"#).unwrap();
         assert_eq!(
             codec::decode::<Command>(&cmd).unwrap(),
             Command::Deposit { amount: 100 }
         );
-        assert!(bridge::command_from_json::<BankAccount>(r#""GetBalance""#).is_ok());
+        let cmd = bridge::command_from_json::<BankAccount>(r#""GetBalance""#).unwrap();
+        assert_eq!(codec::decode::<Command>(&cmd).unwrap(), Command::GetBalance);
+        let ev = codec::encode(&Event::Withdrawn { amount: 30 }).unwrap();
+        assert_eq!(
+            bridge::event_to_json::<BankAccount>(&ev).unwrap(),
+            r#"{"Withdrawn":{"amount":30}}"#
+        );
+        let st = codec::encode(&State {
+            balance: 120,
+            transactions: 3,
+        })
+        .unwrap();
+        assert_eq!(
+            bridge::state_to_json::<BankAccount>(&st).unwrap(),
+            r#"{"balance":120,"transactions":3}"#
+        );
     }
 }

@@ -86,8 +86,8 @@ pub enum Reply {
     Total(u64),
     /// Checkout receipt.
     Receipt {
-        /// Number of items.
-        items: usize,
+        /// The items bought, by name.
+        items: Vec<Item>,
         /// Total in cents.
         total_cents: u64,
     },
@@ -123,10 +123,15 @@ impl Entity for ShoppingCart {
             (State::Empty, Command::Checkout) => Decision::reject("cannot check out an empty cart"),
             (State::Active { items }, Command::Checkout) => {
                 let total_cents = total(items);
-                Decision::persist([Event::CheckedOut { total_cents }]).then_reply(Reply::Receipt {
-                    items: items.len(),
-                    total_cents,
-                })
+                let items = items
+                    .iter()
+                    .map(|(name, &price_cents)| Item {
+                        name: name.clone(),
+                        price_cents,
+                    })
+                    .collect();
+                Decision::persist([Event::CheckedOut { total_cents }])
+                    .then_reply(Reply::Receipt { items, total_cents })
             }
             (State::Empty, Command::GetTotal) => Decision::reply(Reply::Total(0)),
             (State::Active { items }, Command::GetTotal) => {
@@ -138,9 +143,12 @@ impl Entity for ShoppingCart {
     fn on_event(state: &mut State, event: &Event) {
         match event {
             Event::ItemAdded { item } => match state {
-                State::Active { items } => {
-                    items.insert(item.name.clone(), item.price_cents);
-                }
+                State::Active { items } => match items.get_mut(&item.name) {
+                    Some(price) => *price = item.price_cents,
+                    None => {
+                        items.insert(item.name.clone(), item.price_cents);
+                    }
+                },
                 _ => {
                     *state = State::Active {
                         items: BTreeMap::from([(item.name.clone(), item.price_cents)]),
@@ -199,7 +207,7 @@ mod tests {
         assert_eq!(
             r.reply(),
             Some(&Reply::Receipt {
-                items: 2,
+                items: vec![item("keyboard", 7500), item("mouse", 2500)],
                 total_cents: 10000
             })
         );
@@ -208,7 +216,30 @@ mod tests {
             item: item("monitor", 30000),
         });
         assert_eq!(late.rejection(), Some("the cart is checked out"));
+        assert!(t.when(Command::Checkout).rejection().is_some());
+        assert_eq!(t.when(Command::GetTotal).reply(), Some(&Reply::Total(0)));
         assert_eq!(t.state(), &State::CheckedOut { total_cents: 10000 });
+        assert_eq!(t.journal().len(), 3);
+    }
+
+    #[test]
+    fn json_tooling() {
+        use cairn_guest::{bridge, codec};
+        let cmd = bridge::command_from_json::<ShoppingCart>(
+            r#"{"AddItem":{"item":{"name":"pen","price_cents":100}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            codec::decode::<Command>(&cmd).unwrap(),
+            Command::AddItem {
+                item: item("pen", 100)
+            }
+        );
+        let st = codec::encode(&State::CheckedOut { total_cents: 5 }).unwrap();
+        assert_eq!(
+            bridge::state_to_json::<ShoppingCart>(&st).unwrap(),
+            r#"{"CheckedOut":{"total_cents":5}}"#
+        );
     }
 
     #[test]

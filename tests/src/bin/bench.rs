@@ -16,6 +16,8 @@ use cairn_store::{EntityKey, EventRecord, Snapshot, Write};
 use cairn_tests::native::Native;
 
 struct Args {
+    phase: Option<String>,
+    passthrough: Vec<String>,
     entities: usize,
     callers: usize,
     commands: usize,
@@ -25,6 +27,8 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut a = Args {
+        phase: None,
+        passthrough: Vec::new(),
         entities: 10_000,
         callers: 256,
         commands: 1_000_000,
@@ -34,6 +38,17 @@ fn parse_args() -> Args {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
+        if argv[i] == "--phase" {
+            a.phase = argv.get(i + 1).cloned();
+            i += 2;
+            continue;
+        }
+        a.passthrough.push(argv[i].clone());
+        if let Some(v) = argv.get(i + 1)
+            && !v.starts_with("--")
+        {
+            a.passthrough.push(v.clone());
+        }
         let val = argv.get(i + 1).and_then(|v| v.parse::<usize>().ok());
         match (argv[i].as_str(), val) {
             ("--quick", _) => {
@@ -216,19 +231,55 @@ async fn recovery(label: &str, node: &Node, id: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let a = parse_args();
-    let wasm = cairn_tests::example_bytes("bank-account").context("building bank-account")?;
-    println!(
-        "Cairn single-node benchmark: {} cores, {} entities, {} callers, {} commands",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        a.entities,
-        a.callers,
-        a.commands
-    );
-    let root = tempfile_dir()?;
+/// Phases, each run in a child process of its own so that one phase's memory
+/// (the allocator keeps freed pages) does not distort another's figures.
+const PHASES: &[&str] = &["durable", "memory-journal", "recovery", "idle-memory"];
 
+fn main() -> Result<()> {
+    let a = parse_args();
+    let Some(phase) = a.phase.clone() else {
+        // Build the component once, then run every phase in a fresh process.
+        cairn_tests::example_bytes("bank-account").context("building bank-account")?;
+        println!(
+            "Cairn single-node benchmark: {} cores, {} entities, {} callers, {} commands",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            a.entities,
+            a.callers,
+            a.commands
+        );
+        let exe = std::env::current_exe()?;
+        for p in PHASES {
+            let status = std::process::Command::new(&exe)
+                .args(&a.passthrough)
+                .args(["--phase", p])
+                .status()?;
+            anyhow::ensure!(status.success(), "phase {p} failed");
+        }
+        return Ok(());
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_phase(&phase, &a))
+}
+
+async fn run_phase(phase: &str, a: &Args) -> Result<()> {
+    let wasm = cairn_tests::example_bytes("bank-account").context("building bank-account")?;
+    let root = tempfile_dir()?;
+    let result = match phase {
+        "durable" => durable(a, &root, &wasm).await,
+        "memory-journal" => memory_journal(a, &root, &wasm).await,
+        "recovery" => recovery_phase(a, &root, &wasm).await,
+        "idle-memory" => idle_memory(a, &root, &wasm).await,
+        other => Err(anyhow::anyhow!(
+            "unknown phase `{other}`; phases: {PHASES:?}"
+        )),
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+async fn durable(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
     println!("\n== Durable deposits through ask (SQLite WAL, fsync per group commit)");
     let mut rates = Vec::new();
     for native in [false, true] {
@@ -236,7 +287,7 @@ async fn main() -> Result<()> {
         let node = bank_node(
             &dir,
             "[node]\n[defaults.passivation]\nidle_after = \"never\"\n",
-            &wasm,
+            wasm,
             native,
         )
         .await?;
@@ -245,11 +296,15 @@ async fn main() -> Result<()> {
         } else {
             "wasm component"
         };
-        rates.push(throughput(label, &node, &a).await?);
+        rates.push(throughput(label, &node, a).await?);
         node.shutdown(Duration::from_secs(10)).await;
     }
     println!("wasm / native throughput ratio: {:.2}", rates[0] / rates[1]);
 
+    Ok(())
+}
+
+async fn memory_journal(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
     println!("\n== The same through an in-memory journal (no disk: the runtime's own ceiling)");
     for native in [false, true] {
         let mem = cairn_store::MemoryStore::new();
@@ -268,7 +323,7 @@ async fn main() -> Result<()> {
             )
             .await?;
         } else {
-            node.register_component("bank-account", wasm.clone())
+            node.register_component("bank-account", wasm.to_vec())
                 .await?;
         }
         let label = if native {
@@ -276,16 +331,20 @@ async fn main() -> Result<()> {
         } else {
             "wasm, memory journal"
         };
-        throughput(label, &node, &a).await?;
+        throughput(label, &node, a).await?;
         node.shutdown(Duration::from_secs(10)).await;
     }
 
+    Ok(())
+}
+
+async fn recovery_phase(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
     println!("\n== Recovery of one entity with {} events", a.history);
     for native in [false, true] {
         let dir = root.join(if native { "rec-native" } else { "rec-wasm" });
         let toml = "[defaults.snapshot]\nevery = 0\n";
         {
-            let node = bank_node(&dir, toml, &wasm, native).await?;
+            let node = bank_node(&dir, toml, wasm, native).await?;
             write_history(&node, "long", a.history).await?;
             write_history(&node, "long-snap", a.history).await?;
             // A snapshot 1,000 events before the end, as the snapshot policy would leave.
@@ -310,13 +369,17 @@ async fn main() -> Result<()> {
                 .await?;
             node.shutdown(Duration::from_secs(10)).await;
         }
-        let node = bank_node(&dir, toml, &wasm, native).await?;
+        let node = bank_node(&dir, toml, wasm, native).await?;
         let kind = if native { "native" } else { "wasm" };
         recovery(&format!("recovery, no snapshot ({kind})"), &node, "long").await?;
         recovery(&format!("recovery, snapshot ({kind})"), &node, "long-snap").await?;
         node.shutdown(Duration::from_secs(10)).await;
     }
 
+    Ok(())
+}
+
+async fn idle_memory(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
     println!(
         "\n== Memory per live idle entity ({} entities)",
         a.idle_entities
@@ -326,7 +389,7 @@ async fn main() -> Result<()> {
         let node = bank_node(
             &dir,
             "[defaults.passivation]\nidle_after = \"never\"\n",
-            &wasm,
+            wasm,
             false,
         )
         .await?;
@@ -377,7 +440,6 @@ async fn main() -> Result<()> {
         );
         node.shutdown(Duration::from_secs(10)).await;
     }
-    let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
 
