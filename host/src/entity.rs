@@ -28,6 +28,9 @@ use crate::node::{AskError, EntityType, LifecycleEvent, NodeInner, Reply};
 /// Events read per recovery chunk (one guest `fold` call per chunk).
 const RECOVERY_CHUNK: usize = 4096;
 
+/// Longest timer delay a behavior may ask for (ten years); longer ones are clamped.
+const MAX_TIMER_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
 /// A message in an entity's mailbox.
 pub(crate) enum Envelope {
     /// A command from `ask`, `tell`, another entity or a timer.
@@ -496,7 +499,7 @@ async fn process(
         match effect {
             Effect::Schedule { delay_ms, command } => timers.push(TimerRecord {
                 timer_id: node.next_timer_id(),
-                fire_at_ms: timestamp_ms.saturating_add(delay_ms),
+                fire_at_ms: timestamp_ms.saturating_add(delay_ms.min(MAX_TIMER_DELAY_MS)),
                 command,
             }),
             Effect::Send {
