@@ -126,11 +126,24 @@ impl Default for EntitySettings {
     }
 }
 
+/// Which storage backend holds the journal and snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalBackend {
+    /// SQLite in WAL mode (`journal.db`), inspectable with `sqlite3`.
+    #[default]
+    Sqlite,
+    /// An append-only checksummed log (`events.log`) with an index in memory.
+    Log,
+}
+
 /// Node-wide settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
     /// Directory of the journal, snapshots and other node state.
     pub data_dir: PathBuf,
+    /// Storage backend.
+    pub journal: JournalBackend,
     /// Most appends committed in one journal transaction.
     pub journal_max_batch: usize,
 }
@@ -139,6 +152,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             data_dir: PathBuf::from("cairn-data"),
+            journal: JournalBackend::Sqlite,
             journal_max_batch: 4096,
         }
     }
@@ -224,6 +238,9 @@ impl Config {
         if let Some(node) = file.node {
             if let Some(dir) = node.data_dir {
                 config.node.data_dir = dir;
+            }
+            if let Some(j) = node.journal {
+                config.node.journal = j;
             }
             if let Some(b) = node.journal_max_batch {
                 if b == 0 {
@@ -321,6 +338,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileNode {
     data_dir: Option<PathBuf>,
+    journal: Option<JournalBackend>,
     journal_max_batch: Option<usize>,
 }
 
@@ -444,6 +462,7 @@ mod tests {
             r#"
             [node]
             data_dir = "/tmp/x"
+            journal = "log"
             [defaults.mailbox]
             capacity = 10
             overflow = "drop_oldest"
@@ -467,6 +486,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.node.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.node.journal, JournalBackend::Log);
         let d = c.settings_for("other");
         assert_eq!(d.mailbox.capacity, 10);
         assert_eq!(d.mailbox.overflow, Overflow::DropOldest);

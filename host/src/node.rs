@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cairn_store::{
-    EntityKey, EventRecord, Journal, JournalError, SnapshotStore, SqliteOptions, SqliteStore,
-    TimerRecord,
+    EntityKey, EventRecord, Journal, JournalError, LogStore, SnapshotStore, SqliteOptions,
+    SqliteStore, TimerRecord,
 };
 use tokio::sync::{broadcast, oneshot};
 
 use crate::behavior::{Behavior, Descriptor, GuestFault};
-use crate::config::{Config, EntitySettings};
+use crate::config::{Config, EntitySettings, JournalBackend};
 use crate::entity::{self, Enqueue, EntityCell, Envelope};
 use crate::runtime::{GuestLimits, LoadError, WasmEngine};
 
@@ -473,16 +473,25 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the embedded SQLite storage in `config.node.data_dir` and starts a node.
+    /// Opens the storage chosen by `config.node.journal` (SQLite by default) in
+    /// `config.node.data_dir` and starts a node.
     pub fn open(config: Config) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.node.data_dir)
             .map_err(|e| NodeError::Storage(JournalError::Io(e.to_string())))?;
-        let options = SqliteOptions {
-            max_batch: config.node.journal_max_batch,
-            ..SqliteOptions::default()
-        };
-        let store = SqliteStore::open(&config.node.data_dir, options)?;
-        Node::with_stores(config, store.clone(), store)
+        match config.node.journal {
+            JournalBackend::Sqlite => {
+                let options = SqliteOptions {
+                    max_batch: config.node.journal_max_batch,
+                    ..SqliteOptions::default()
+                };
+                let store = SqliteStore::open(&config.node.data_dir, options)?;
+                Node::with_stores(config, store.clone(), store)
+            }
+            JournalBackend::Log => {
+                let store = LogStore::open(&config.node.data_dir, config.node.journal_max_batch)?;
+                Node::with_stores(config, store.clone(), store)
+            }
+        }
     }
 
     /// Starts a node on the given storage.

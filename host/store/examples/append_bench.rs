@@ -1,11 +1,14 @@
 //! Appends/s of the SQLite journal alone: N concurrent tasks each appending
 //! one-event writes to their own entities, acknowledged after fsync.
 //!
-//! Run: `cargo run --release -p cairn-store --example append_bench [TASKS] [TOTAL]`
+//! Run: `cargo run --release -p cairn-store --example append_bench [TASKS] [TOTAL] [log]`
+//! (`log` measures the append-only log backend instead of SQLite).
 
 use std::time::Instant;
 
-use cairn_store::{EntityKey, EventRecord, Journal, SqliteOptions, SqliteStore, Write};
+use std::sync::Arc;
+
+use cairn_store::{EntityKey, EventRecord, Journal, LogStore, SqliteOptions, SqliteStore, Write};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,7 +19,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tasks = args.first().copied().unwrap_or(256);
     let total = args.get(1).copied().unwrap_or(200_000);
     let dir = std::env::temp_dir().join(format!("cairn-append-bench-{}", std::process::id()));
-    let store = SqliteStore::open(&dir, SqliteOptions::default())?;
+    let use_log = std::env::args().any(|a| a == "log");
+    let (store, sqlite): (Arc<dyn Journal>, Option<Arc<SqliteStore>>) = if use_log {
+        (LogStore::open(&dir, 4096)?, None)
+    } else {
+        let s = SqliteStore::open(&dir, SqliteOptions::default())?;
+        (s.clone(), Some(s))
+    };
     let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -44,17 +53,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{tasks} tasks: {:.0} durable appends/s ({total} in {secs:.2} s)",
+        "{}, {tasks} tasks: {:.0} durable appends/s ({total} in {secs:.2} s)",
+        if use_log { "log" } else { "sqlite" },
         total as f64 / secs
     );
-    let st = store.stats();
-    println!(
-        "{} commits, {:.1} writes per commit, {:.0} µs per commit (insert + fsync), writer busy {:.0}%",
-        st.commits,
-        st.writes as f64 / st.commits.max(1) as f64,
-        st.busy_us as f64 / st.commits.max(1) as f64,
-        st.busy_us as f64 / 1e6 / secs * 100.0
-    );
+    if let Some(sqlite) = sqlite {
+        let st = sqlite.stats();
+        println!(
+            "{} commits, {:.1} writes per commit, {:.0} µs per commit (insert + fsync), writer busy {:.0}%",
+            st.commits,
+            st.writes as f64 / st.commits.max(1) as f64,
+            st.busy_us as f64 / st.commits.max(1) as f64,
+            st.busy_us as f64 / 1e6 / secs * 100.0
+        );
+    }
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -1,17 +1,20 @@
 //! Durable storage for Cairn: the event journal, snapshots and pending timers.
 //!
 //! Owns the [`Journal`] and [`SnapshotStore`] traits, the records they store,
-//! and two backends: [`SqliteStore`] (embedded SQLite in WAL mode, group
-//! commit, fsync before any acknowledgement; the default) and [`MemoryStore`]
-//! (no durability; for tests). Bytes are opaque here: this crate never
+//! and three backends: [`SqliteStore`] (embedded SQLite in WAL mode, group
+//! commit, fsync before any acknowledgement; the default), [`LogStore`] (an
+//! append-only checksummed log with an index in memory: faster with many
+//! entities writing at once) and [`MemoryStore`] (no durability; for tests). Bytes are opaque here: this crate never
 //! decodes an event or a state, and never panics on what it reads from disk.
 
 use std::future::Future;
 use std::pin::Pin;
 
+mod log;
 mod memory;
 mod sqlite;
 
+pub use log::LogStore;
 pub use memory::MemoryStore;
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
 

@@ -233,7 +233,13 @@ async fn recovery(label: &str, node: &Node, id: &str) -> Result<()> {
 
 /// Phases, each run in a child process of its own so that one phase's memory
 /// (the allocator keeps freed pages) does not distort another's figures.
-const PHASES: &[&str] = &["durable", "memory-journal", "recovery", "idle-memory"];
+const PHASES: &[&str] = &[
+    "durable",
+    "durable-log",
+    "memory-journal",
+    "recovery",
+    "idle-memory",
+];
 
 fn main() -> Result<()> {
     let a = parse_args();
@@ -268,6 +274,7 @@ async fn run_phase(phase: &str, a: &Args) -> Result<()> {
     let root = tempfile_dir()?;
     let result = match phase {
         "durable" => durable(a, &root, &wasm).await,
+        "durable-log" => durable_log(a, &root, &wasm).await,
         "memory-journal" => memory_journal(a, &root, &wasm).await,
         "recovery" => recovery_phase(a, &root, &wasm).await,
         "idle-memory" => idle_memory(a, &root, &wasm).await,
@@ -280,17 +287,28 @@ async fn run_phase(phase: &str, a: &Args) -> Result<()> {
 }
 
 async fn durable(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
-    println!("\n== Durable deposits through ask (SQLite WAL, fsync per group commit)");
+    durable_on(a, root, wasm, "sqlite", "SQLite WAL").await
+}
+
+async fn durable_log(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
+    durable_on(a, root, wasm, "log", "append-only log").await
+}
+
+async fn durable_on(
+    a: &Args,
+    root: &std::path::Path,
+    wasm: &[u8],
+    backend: &str,
+    title: &str,
+) -> Result<()> {
+    println!("\n== Durable deposits through ask ({title} journal, fsync per group commit)");
+    let toml = format!(
+        "[node]\njournal = \"{backend}\"\n[defaults.passivation]\nidle_after = \"never\"\n"
+    );
     let mut rates = Vec::new();
     for native in [false, true] {
         let dir = root.join(if native { "native" } else { "wasm" });
-        let node = bank_node(
-            &dir,
-            "[node]\n[defaults.passivation]\nidle_after = \"never\"\n",
-            wasm,
-            native,
-        )
-        .await?;
+        let node = bank_node(&dir, &toml, wasm, native).await?;
         let label = if native {
             "native Rust behavior"
         } else {

@@ -1,0 +1,802 @@
+//! The append-only log backend: one file of checksummed records, written by
+//! one thread with group commit (one `write` and one `fdatasync` per batch),
+//! and an index in memory.
+//!
+//! Why: with many entities writing at once, a B-tree clustered by entity
+//! (SQLite) dirties about one page per event, and every dirty page is written
+//! and synced; this log writes each event once, sequentially, so the cost of
+//! a commit does not grow with the number of entities (docs/BENCHMARKS.md).
+//!
+//! Format (`DIR/events.log`): an 8-byte magic and a u32 format version, then
+//! records `[u32 body length][u32 CRC-32 of body][body]`, all little-endian.
+//! A record is one whole [`Write`] or one snapshot, so a write is atomic. On
+//! open the file is scanned to rebuild the index; a torn tail (a record cut
+//! short or failing its checksum at the very end of the file) is cut off, as
+//! it was never acknowledged. A bad record followed by good ones is
+//! corruption and refuses the open. Snapshot retention trims the index only;
+//! the bytes stay in the file (compaction is future work).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write as _};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    BoxFuture, EntityKey, EventRecord, Journal, JournalError, PackedEvents, Snapshot,
+    SnapshotStore, TimerRecord, Write,
+};
+
+const MAGIC: &[u8; 8] = b"CAIRNLOG";
+const FORMAT: u32 = 1;
+const HEADER: u64 = 12;
+const KIND_WRITE: u8 = 1;
+const KIND_SNAPSHOT: u8 = 2;
+/// Largest record accepted (a corrupt length must not make us allocate GiBs).
+const MAX_RECORD: u32 = 256 << 20;
+
+/// Where an event lives in the file.
+#[derive(Clone, Copy)]
+struct EvLoc {
+    seq: u64,
+    /// Offset of the event's encoding (seq, ts, version, payload).
+    off: u64,
+    len: u32,
+}
+
+#[derive(Clone, Copy)]
+struct SnapLoc {
+    seq: u64,
+    schema: u32,
+    off: u64,
+    len: u32,
+}
+
+#[derive(Default)]
+struct EntityIdx {
+    events: Vec<EvLoc>,
+    snapshots: Vec<SnapLoc>,
+}
+
+#[derive(Default)]
+struct Index {
+    entities: HashMap<EntityKey, EntityIdx>,
+    timers: HashMap<(EntityKey, u64), TimerRecord>,
+}
+
+impl Index {
+    fn has_seq(&self, key: &EntityKey, seq: u64) -> bool {
+        self.entities
+            .get(key)
+            .is_some_and(|e| e.events.binary_search_by_key(&seq, |l| l.seq).is_ok())
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), JournalError>>;
+
+enum Op {
+    Append(Write),
+    Snapshot(EntityKey, Snapshot, usize),
+}
+
+/// The append-only log journal and snapshot store (`DIR/events.log`).
+pub struct LogStore {
+    path: PathBuf,
+    file: Arc<File>,
+    index: Arc<RwLock<Index>>,
+    tx: Option<mpsc::Sender<(Op, Ack)>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+// ---- encoding ---------------------------------------------------------------
+
+struct Enc<'a>(&'a mut Vec<u8>);
+
+impl Enc<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) -> Result<(), JournalError> {
+        let len = u32::try_from(b.len())
+            .map_err(|_| JournalError::Invalid("a value is larger than 4 GiB".into()))?;
+        self.u32(len);
+        self.0.extend_from_slice(b);
+        Ok(())
+    }
+}
+
+struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], JournalError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(|| JournalError::Corrupt("record ends early".into()))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, JournalError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, JournalError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, JournalError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], JournalError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, JournalError> {
+        String::from_utf8(self.bytes()?.to_vec())
+            .map_err(|_| JournalError::Corrupt("a name is not UTF-8".into()))
+    }
+}
+
+fn encode_event(enc: &mut Enc<'_>, e: &EventRecord) -> Result<(), JournalError> {
+    enc.u64(e.seq);
+    enc.u64(e.timestamp_ms);
+    enc.bytes(e.version.as_bytes())?;
+    enc.bytes(&e.payload)
+}
+
+fn decode_event(buf: &[u8]) -> Result<EventRecord, JournalError> {
+    let mut d = Dec { buf, pos: 0 };
+    Ok(EventRecord {
+        seq: d.u64()?,
+        timestamp_ms: d.u64()?,
+        version: d.string()?,
+        payload: d.bytes()?.to_vec(),
+    })
+}
+
+/// Appends one framed record for `op` to `buf`; returns where its parts land
+/// (relative to the start of `buf`).
+fn encode_op(buf: &mut Vec<u8>, op: &Op) -> Result<Vec<(u64, u32)>, JournalError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; 8]); // length + crc, filled below
+    let mut parts = Vec::new();
+    let mut enc = Enc(buf);
+    match op {
+        Op::Append(w) => {
+            enc.u8(KIND_WRITE);
+            enc.bytes(w.key.entity_type.as_bytes())?;
+            enc.bytes(w.key.entity_id.as_bytes())?;
+            enc.u32(w.events.len() as u32);
+            for e in &w.events {
+                let at = enc.0.len();
+                encode_event(&mut enc, e)?;
+                parts.push((at as u64, (enc.0.len() - at) as u32));
+            }
+            enc.u32(w.add_timers.len() as u32);
+            for t in &w.add_timers {
+                enc.u64(t.timer_id);
+                enc.u64(t.fire_at_ms);
+                enc.bytes(&t.command)?;
+            }
+            enc.u32(w.remove_timers.len() as u32);
+            for id in &w.remove_timers {
+                enc.u64(*id);
+            }
+        }
+        Op::Snapshot(key, s, keep) => {
+            enc.u8(KIND_SNAPSHOT);
+            enc.bytes(key.entity_type.as_bytes())?;
+            enc.bytes(key.entity_id.as_bytes())?;
+            enc.u32(*keep as u32);
+            let at = enc.0.len();
+            enc.u64(s.seq);
+            enc.u32(s.schema);
+            enc.u64(s.timestamp_ms);
+            enc.bytes(&s.state)?;
+            parts.push((at as u64, (enc.0.len() - at) as u32));
+        }
+    }
+    let body_len = buf.len() - start - 8;
+    let body_len = u32::try_from(body_len)
+        .ok()
+        .filter(|l| *l <= MAX_RECORD)
+        .ok_or_else(|| JournalError::Invalid("a write is larger than 256 MiB".into()))?;
+    let crc = crc32(&buf[start + 8..]);
+    buf[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(parts)
+}
+
+/// CRC-32 (IEEE), table-driven.
+fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *slot = c;
+        }
+        t
+    });
+    let mut c = !0u32;
+    for b in data {
+        c = table[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// Applies one decoded record (at file offset `base` of its body) to the index.
+fn apply_record(index: &mut Index, body: &[u8], base: u64) -> Result<(), JournalError> {
+    let mut d = Dec { buf: body, pos: 0 };
+    let kind = d.u8()?;
+    let key = EntityKey::new(d.string()?, d.string()?);
+    match kind {
+        KIND_WRITE => {
+            let n = d.u32()?;
+            let mut locs = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let at = d.pos;
+                let seq = d.u64()?;
+                d.u64()?;
+                d.bytes()?;
+                d.bytes()?;
+                locs.push(EvLoc {
+                    seq,
+                    off: base + at as u64,
+                    len: (d.pos - at) as u32,
+                });
+            }
+            let mut adds = Vec::new();
+            for _ in 0..d.u32()? {
+                adds.push(TimerRecord {
+                    timer_id: d.u64()?,
+                    fire_at_ms: d.u64()?,
+                    command: d.bytes()?.to_vec(),
+                });
+            }
+            let mut removes = Vec::new();
+            for _ in 0..d.u32()? {
+                removes.push(d.u64()?);
+            }
+            apply_write(index, &key, locs, adds, &removes);
+        }
+        KIND_SNAPSHOT => {
+            let keep = d.u32()? as usize;
+            let at = d.pos;
+            let seq = d.u64()?;
+            let schema = d.u32()?;
+            d.u64()?;
+            d.bytes()?;
+            let loc = SnapLoc {
+                seq,
+                schema,
+                off: base + at as u64,
+                len: (d.pos - at) as u32,
+            };
+            apply_snapshot(index, key, loc, keep);
+        }
+        k => return Err(JournalError::Corrupt(format!("unknown record kind {k}"))),
+    }
+    Ok(())
+}
+
+fn apply_write(
+    index: &mut Index,
+    key: &EntityKey,
+    locs: Vec<EvLoc>,
+    adds: Vec<TimerRecord>,
+    removes: &[u64],
+) {
+    if !locs.is_empty() {
+        let e = index.entities.entry(key.clone()).or_default();
+        for l in locs {
+            // Appends are almost always in order; keep the vector sorted regardless.
+            match e.events.last() {
+                Some(last) if last.seq > l.seq => {
+                    let at = e.events.partition_point(|x| x.seq < l.seq);
+                    e.events.insert(at, l);
+                }
+                _ => e.events.push(l),
+            }
+        }
+    }
+    for t in adds {
+        index.timers.insert((key.clone(), t.timer_id), t);
+    }
+    for id in removes {
+        index.timers.remove(&(key.clone(), *id));
+    }
+}
+
+fn apply_snapshot(index: &mut Index, key: EntityKey, loc: SnapLoc, keep: usize) {
+    let e = index.entities.entry(key).or_default();
+    e.snapshots.retain(|s| s.seq != loc.seq);
+    let at = e.snapshots.partition_point(|s| s.seq < loc.seq);
+    e.snapshots.insert(at, loc);
+    let excess = e.snapshots.len().saturating_sub(keep.max(1));
+    e.snapshots.drain(..excess);
+}
+
+// ---- open, write, read --------------------------------------------------------
+
+fn io(path: &Path, e: std::io::Error) -> JournalError {
+    JournalError::Io(format!("{}: {e}", path.display()))
+}
+
+/// Scans the file, rebuilding the index; returns the length of the good prefix.
+fn recover(path: &Path, file: &File, index: &mut Index) -> Result<u64, JournalError> {
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER as usize];
+    if len < HEADER {
+        return Ok(0);
+    }
+    r.read_exact(&mut header).map_err(|e| io(path, e))?;
+    if &header[..8] != MAGIC {
+        return Err(JournalError::Corrupt(format!(
+            "{} is not a Cairn event log",
+            path.display()
+        )));
+    }
+    let format = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if format != FORMAT {
+        return Err(JournalError::UnsupportedFormat {
+            found: i64::from(format),
+            supported: i64::from(FORMAT),
+        });
+    }
+    let mut pos = HEADER;
+    let mut body = Vec::new();
+    loop {
+        let mut frame = [0u8; 8];
+        if pos + 8 > len {
+            break;
+        }
+        r.read_exact(&mut frame).map_err(|e| io(path, e))?;
+        let blen = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let end = pos + 8 + u64::from(blen);
+        if blen > MAX_RECORD || end > len {
+            break; // cut short: a torn tail
+        }
+        body.resize(blen as usize, 0);
+        r.read_exact(&mut body).map_err(|e| io(path, e))?;
+        if crc32(&body) != crc {
+            if end < len {
+                return Err(JournalError::Corrupt(format!(
+                    "{}: record at byte {pos} fails its checksum and is followed by more data",
+                    path.display()
+                )));
+            }
+            break; // a torn last record
+        }
+        apply_record(index, &body, pos + 8)?;
+        pos = end;
+    }
+    if pos < len {
+        tracing::warn!(path = %path.display(), dropped = len - pos, "event log: cut off a torn tail (never acknowledged)");
+    }
+    Ok(pos)
+}
+
+impl LogStore {
+    /// Opens (creating if needed) `dir/events.log`, rebuilds the index and
+    /// starts the writer thread.
+    pub fn open(dir: &Path, max_batch: usize) -> Result<Arc<LogStore>, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let path = dir.join("events.log");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let mut index = Index::default();
+        let mut end = recover(&path, &file, &mut index)?;
+        if end == 0 {
+            file.set_len(0).map_err(|e| io(&path, e))?;
+            let mut h = Vec::with_capacity(HEADER as usize);
+            h.extend_from_slice(MAGIC);
+            h.extend_from_slice(&FORMAT.to_le_bytes());
+            file.write_all_at(&h, 0).map_err(|e| io(&path, e))?;
+            end = HEADER;
+        }
+        file.set_len(end).map_err(|e| io(&path, e))?;
+        file.sync_all().map_err(|e| io(&path, e))?;
+        if let Some(parent) = path.parent()
+            && let Ok(d) = File::open(parent)
+        {
+            let _ = d.sync_all();
+        }
+        let _ = file.flush();
+        let file = Arc::new(file);
+        let index = Arc::new(RwLock::new(index));
+        let (tx, rx) = mpsc::channel(65536);
+        let (wfile, windex, wpath) = (file.clone(), index.clone(), path.clone());
+        let writer = std::thread::Builder::new()
+            .name("cairn-log".into())
+            .spawn(move || writer_loop(&wpath, &wfile, &windex, rx, end, max_batch.max(1)))
+            .map_err(|e| JournalError::Io(e.to_string()))?;
+        Ok(Arc::new(LogStore {
+            path,
+            file,
+            index,
+            tx: Some(tx),
+            writer: Some(writer),
+        }))
+    }
+
+    /// Path of the log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'static, Result<(), JournalError>> {
+        let (ack, done) = oneshot::channel();
+        let Some(tx) = &self.tx else {
+            return Box::pin(async { Err(JournalError::Closed("store closed".into())) });
+        };
+        let pending = match tx.try_send((op, ack)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(item)) => Some((tx.clone(), item)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Box::pin(async { Err(JournalError::Closed("log writer stopped".into())) });
+            }
+        };
+        Box::pin(async move {
+            if let Some((tx, item)) = pending {
+                tx.send(item)
+                    .await
+                    .map_err(|_| JournalError::Closed("log writer stopped".into()))?;
+            }
+            done.await
+                .map_err(|_| JournalError::Closed("log writer stopped".into()))?
+        })
+    }
+
+    fn read_locs(
+        &self,
+        locs: Vec<(u64, u32)>,
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, JournalError>> {
+        let file = self.file.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                // Events of an entity are often adjacent in the file: read runs in one call.
+                let mut out = Vec::with_capacity(locs.len());
+                let mut i = 0;
+                while i < locs.len() {
+                    let start = locs[i].0;
+                    let mut j = i;
+                    let mut end = start + u64::from(locs[i].1);
+                    while j + 1 < locs.len()
+                        && locs[j + 1].0 >= end
+                        && locs[j + 1].0 - end < 256
+                        && end - start < (4 << 20)
+                    {
+                        j += 1;
+                        end = locs[j].0 + u64::from(locs[j].1);
+                    }
+                    let mut buf = vec![0u8; (end - start) as usize];
+                    file.read_exact_at(&mut buf, start)
+                        .map_err(|e| io(&path, e))?;
+                    for loc in &locs[i..=j] {
+                        let a = (loc.0 - start) as usize;
+                        out.push(buf[a..a + loc.1 as usize].to_vec());
+                    }
+                    i = j + 1;
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| JournalError::Closed(format!("reader task failed: {e}")))?
+        })
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn writer_loop(
+    path: &Path,
+    file: &File,
+    index: &RwLock<Index>,
+    mut rx: mpsc::Receiver<(Op, Ack)>,
+    mut end: u64,
+    max_batch: usize,
+) {
+    let mut batch: Vec<(Op, Ack)> = Vec::with_capacity(max_batch);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        // (result, parts) per op; accepted ops are encoded into `buf`.
+        let mut results: Vec<Result<Vec<(u64, u32)>, JournalError>> =
+            Vec::with_capacity(batch.len());
+        {
+            let idx = index.read().unwrap_or_else(|p| p.into_inner());
+            let mut pending: HashMap<&EntityKey, Vec<u64>> = HashMap::new();
+            for (op, _) in &batch {
+                let r = match op {
+                    Op::Append(w) => {
+                        let conflict = w.events.iter().find(|e| {
+                            idx.has_seq(&w.key, e.seq)
+                                || pending.get(&w.key).is_some_and(|p| p.contains(&e.seq))
+                        });
+                        match conflict {
+                            Some(e) => Err(JournalError::Conflict {
+                                key: w.key.clone(),
+                                seq: e.seq,
+                            }),
+                            None => {
+                                let at = buf.len();
+                                let r = encode_op(&mut buf, op);
+                                if r.is_err() {
+                                    buf.truncate(at);
+                                } else {
+                                    pending
+                                        .entry(&w.key)
+                                        .or_default()
+                                        .extend(w.events.iter().map(|e| e.seq));
+                                }
+                                r.map(|parts| {
+                                    parts.into_iter().map(|(o, l)| (end + o, l)).collect()
+                                })
+                            }
+                        }
+                    }
+                    Op::Snapshot(..) => {
+                        let at = buf.len();
+                        let r = encode_op(&mut buf, op);
+                        if r.is_err() {
+                            buf.truncate(at);
+                        }
+                        r.map(|parts| parts.into_iter().map(|(o, l)| (end + o, l)).collect())
+                    }
+                };
+                results.push(r);
+            }
+        }
+        let written = if buf.is_empty() {
+            Ok(())
+        } else {
+            file.write_all_at(&buf, end).and_then(|()| file.sync_data())
+        };
+        if let Err(e) = written {
+            // Nothing of this batch is acknowledged; cut the file back.
+            let _ = file.set_len(end);
+            let err = io(path, e);
+            for (_, ack) in batch.drain(..) {
+                let _ = ack.send(Err(err.clone()));
+            }
+            continue;
+        }
+        end += buf.len() as u64;
+        {
+            let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
+            for ((op, _), r) in batch.iter().zip(&results) {
+                let Ok(parts) = r else { continue };
+                match op {
+                    Op::Append(w) => {
+                        let locs = w
+                            .events
+                            .iter()
+                            .zip(parts)
+                            .map(|(e, (off, len))| EvLoc {
+                                seq: e.seq,
+                                off: *off,
+                                len: *len,
+                            })
+                            .collect();
+                        apply_write(
+                            &mut idx,
+                            &w.key,
+                            locs,
+                            w.add_timers.clone(),
+                            &w.remove_timers,
+                        );
+                    }
+                    Op::Snapshot(key, s, keep) => {
+                        if let Some((off, len)) = parts.first() {
+                            let loc = SnapLoc {
+                                seq: s.seq,
+                                schema: s.schema,
+                                off: *off,
+                                len: *len,
+                            };
+                            apply_snapshot(&mut idx, key.clone(), loc, *keep);
+                        }
+                    }
+                }
+            }
+        }
+        for ((_, ack), r) in batch.drain(..).zip(results) {
+            let _ = ack.send(r.map(|_| ()));
+        }
+    }
+}
+
+impl Journal for LogStore {
+    fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.submit(Op::Append(write))
+    }
+
+    fn read(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<EventRecord>, JournalError>> {
+        if from > to || limit == 0 {
+            return Box::pin(async { Ok(Vec::new()) });
+        }
+        let locs: Vec<(u64, u32)> = {
+            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            idx.entities.get(key).map_or_else(Vec::new, |e| {
+                let start = e.events.partition_point(|l| l.seq < from);
+                e.events[start..]
+                    .iter()
+                    .take_while(|l| l.seq <= to)
+                    .take(limit)
+                    .map(|l| (l.off, l.len))
+                    .collect()
+            })
+        };
+        let fut = self.read_locs(locs);
+        Box::pin(async move { fut.await?.iter().map(|b| decode_event(b)).collect() })
+    }
+
+    fn read_packed(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<PackedEvents, JournalError>> {
+        let locs: Vec<(u64, u32)> = {
+            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            idx.entities.get(key).map_or_else(Vec::new, |e| {
+                let start = e.events.partition_point(|l| l.seq < from);
+                e.events[start..]
+                    .iter()
+                    .take(limit)
+                    .map(|l| (l.off, l.len))
+                    .collect()
+            })
+        };
+        let fut = self.read_locs(locs);
+        Box::pin(async move {
+            let mut out = PackedEvents::default();
+            for b in fut.await? {
+                let mut d = Dec { buf: &b, pos: 0 };
+                let seq = d.u64()?;
+                d.u64()?;
+                d.bytes()?;
+                out.push(seq, d.bytes()?)?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn highest_seq(&self, key: &EntityKey) -> BoxFuture<'static, Result<u64, JournalError>> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let h = idx
+            .entities
+            .get(key)
+            .and_then(|e| e.events.last())
+            .map_or(0, |l| l.seq);
+        Box::pin(std::future::ready(Ok(h)))
+    }
+
+    fn pending_timers(
+        &self,
+    ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = idx
+            .timers
+            .iter()
+            .map(|((k, _), t)| (k.clone(), t.clone()))
+            .collect();
+        v.sort_by_key(|(_, t)| t.fire_at_ms);
+        Box::pin(std::future::ready(Ok(v)))
+    }
+
+    fn entity_ids(
+        &self,
+        entity_type: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = idx
+            .entities
+            .iter()
+            .filter(|(k, e)| k.entity_type == entity_type && !e.events.is_empty())
+            .map(|(k, _)| k.entity_id.clone())
+            .collect();
+        ids.sort();
+        ids.truncate(limit);
+        Box::pin(std::future::ready(Ok(ids)))
+    }
+}
+
+impl SnapshotStore for LogStore {
+    fn save(
+        &self,
+        key: &EntityKey,
+        snapshot: Snapshot,
+        keep: usize,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.submit(Op::Snapshot(key.clone(), snapshot, keep))
+    }
+
+    fn load(
+        &self,
+        key: &EntityKey,
+        max_seq: u64,
+        schema: u32,
+    ) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>> {
+        let loc = {
+            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            idx.entities.get(key).and_then(|e| {
+                e.snapshots
+                    .iter()
+                    .rev()
+                    .find(|s| s.seq <= max_seq && s.schema == schema)
+                    .copied()
+            })
+        };
+        let Some(loc) = loc else {
+            return Box::pin(async { Ok(None) });
+        };
+        let fut = self.read_locs(vec![(loc.off, loc.len)]);
+        Box::pin(async move {
+            let bufs = fut.await?;
+            let b = bufs
+                .first()
+                .ok_or_else(|| JournalError::Corrupt("snapshot missing".into()))?;
+            let mut d = Dec { buf: b, pos: 0 };
+            Ok(Some(Snapshot {
+                seq: d.u64()?,
+                schema: d.u32()?,
+                timestamp_ms: d.u64()?,
+                state: d.bytes()?.to_vec(),
+            }))
+        })
+    }
+}
