@@ -9,6 +9,7 @@
 //! the disk beyond reading the file it is given.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -146,7 +147,33 @@ pub struct NodeConfig {
     pub journal: JournalBackend,
     /// Most appends committed in one journal transaction.
     pub journal_max_batch: usize,
+    /// The node's name (in logs and the client handshake).
+    pub name: String,
+    /// UDP address the QUIC endpoint listens on.
+    pub listen: SocketAddr,
+    /// Most client connections at once; more are refused.
+    pub max_connections: usize,
+    /// Most requests being served at once; more are answered "busy".
+    pub max_in_flight: usize,
+    /// Certificates; `None` means the development setup generated in
+    /// `<data_dir>/tls` on first start.
+    pub tls: Option<TlsFiles>,
 }
+
+/// Certificate files of a node (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA that signs node and client certificates; clients must present
+    /// a certificate it signed.
+    pub ca: PathBuf,
+    /// The node's certificate.
+    pub cert: PathBuf,
+    /// The node's private key.
+    pub key: PathBuf,
+}
+
+/// Default UDP address of a node.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -154,6 +181,11 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("cairn-data"),
             journal: JournalBackend::Sqlite,
             journal_max_batch: 4096,
+            name: "node-1".into(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            max_connections: 1024,
+            max_in_flight: 4096,
+            tls: None,
         }
     }
 }
@@ -248,6 +280,39 @@ impl Config {
                 }
                 config.node.journal_max_batch = b;
             }
+            if let Some(n) = node.name {
+                if n.is_empty() {
+                    return Err(value_err("node.name", "must not be empty"));
+                }
+                config.node.name = n;
+            }
+            if let Some(l) = node.listen {
+                config.node.listen = l.parse().map_err(|_| {
+                    value_err(
+                        "node.listen",
+                        &format!("`{l}` is not an address like 127.0.0.1:7400"),
+                    )
+                })?;
+            }
+            if let Some(m) = node.max_connections {
+                if m == 0 {
+                    return Err(value_err("node.max_connections", "must be at least 1"));
+                }
+                config.node.max_connections = m;
+            }
+            if let Some(m) = node.max_in_flight {
+                if m == 0 {
+                    return Err(value_err("node.max_in_flight", "must be at least 1"));
+                }
+                config.node.max_in_flight = m;
+            }
+            if let Some(t) = node.tls {
+                config.node.tls = Some(TlsFiles {
+                    ca: t.ca,
+                    cert: t.cert,
+                    key: t.key,
+                });
+            }
         }
         if let Some(defaults) = file.defaults {
             defaults
@@ -337,9 +402,22 @@ struct FileConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileNode {
+    name: Option<String>,
     data_dir: Option<PathBuf>,
     journal: Option<JournalBackend>,
     journal_max_batch: Option<usize>,
+    listen: Option<String>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    tls: Option<FileTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]

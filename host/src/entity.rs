@@ -527,6 +527,9 @@ async fn process(
             answer(Err(AskError::Journal(reason.clone())));
             return Err(reason);
         }
+        if n > 0 {
+            node.appended.notify_waiters();
+        }
     }
     let old_seq = live.seq;
     if let Some(state) = decision.state

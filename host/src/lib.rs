@@ -8,6 +8,10 @@
 //! - [`runtime`]: the wasmtime engine, component checks, instance pools, limits.
 //! - [`behavior`]: the byte-level behavior trait shared by wasm and native behaviors.
 //! - [`config`]: the `cairn.toml` file.
+//! - [`registry`]: deployed components by content, and the deploy history.
+//! - [`api`]: the client protocol (requests, responses, framing).
+//! - [`server`]: serves a node over QUIC; [`client`]: the Rust client.
+//! - [`tls`]: certificates and the TLS configurations (mutual TLS, always on).
 //! - Storage (journal, snapshots, timers) is the `cairn-store` crate.
 //!
 //! ```no_run
@@ -22,8 +26,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod behavior;
+pub mod client;
 pub mod config;
 mod entity;
 pub mod node;
+pub mod registry;
 pub mod runtime;
+pub mod server;
+pub mod tls;

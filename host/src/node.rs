@@ -18,11 +18,12 @@ use cairn_store::{
     EntityKey, EventRecord, Journal, JournalError, LogStore, SnapshotStore, SqliteOptions,
     SqliteStore, TimerRecord,
 };
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::behavior::{Behavior, Descriptor, GuestFault};
 use crate::config::{Config, EntitySettings, JournalBackend};
 use crate::entity::{self, Enqueue, EntityCell, Envelope};
+use crate::registry::{Deployment, Registry, RegistryError};
 use crate::runtime::{GuestLimits, LoadError, WasmEngine};
 
 /// Number of lock shards of each entity type's map.
@@ -177,6 +178,41 @@ pub enum NodeError {
     /// The wasm engine could not be created.
     #[error(transparent)]
     Engine(#[from] LoadError),
+    /// The component registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Why a deploy failed; the type's active behavior stays.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The component or type name was refused.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// The registry could not store it.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// A state computed by replaying an entity's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoricState {
+    /// The encoded state.
+    pub state: Vec<u8>,
+    /// The sequence number it is at.
+    pub seq: u64,
+    /// Events replayed to compute it.
+    pub replayed: u64,
+}
+
+/// Which past state of an entity to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PastState {
+    /// Right after the event with this sequence number (or the last one, if
+    /// the entity has fewer events).
+    Seq(u64),
+    /// After every event stored at or before this time (ms since the Unix epoch).
+    Time(u64),
 }
 
 /// Why a behavior could not be registered.
@@ -302,6 +338,9 @@ pub(crate) struct NodeInner {
     timers: Mutex<HashSet<u64>>,
     next_timer: AtomicU64,
     shutting_down: AtomicBool,
+    /// Woken after every append that stored events.
+    pub(crate) appended: Notify,
+    registry: Registry,
 }
 
 impl NodeInner {
@@ -501,6 +540,7 @@ impl Node {
         snapshots: Arc<dyn SnapshotStore>,
     ) -> Result<Node, NodeError> {
         let engine = WasmEngine::new()?;
+        let registry = Registry::open(&config.node.data_dir)?;
         let (lifecycle, _) = broadcast::channel(4096);
         let seed = now_ms().saturating_mul(1_000_000);
         let inner = Arc::new(NodeInner {
@@ -513,6 +553,8 @@ impl Node {
             timers: Mutex::new(HashSet::new()),
             next_timer: AtomicU64::new(seed),
             shutting_down: AtomicBool::new(false),
+            appended: Notify::new(),
+            registry,
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -641,6 +683,140 @@ impl Node {
             version: descriptor.version.clone(),
         });
         Ok(descriptor)
+    }
+
+    /// Deploys a component to an entity type: compiles and checks it, stores
+    /// it in the node's registry (by content; it survives restarts) and makes
+    /// it the type's behavior for every later command. Bytes identical to the
+    /// active deploy change nothing.
+    pub async fn deploy(
+        &self,
+        entity_type: &str,
+        wasm: Vec<u8>,
+    ) -> Result<Deployment, DeployError> {
+        check_type_name(entity_type)?;
+        if let Some(active) = self.inner.registry.active(entity_type)
+            && self.inner.entity_type(entity_type).is_some()
+            && active.hash == crate::registry::sha256_hex(&wasm)
+        {
+            return Ok(active);
+        }
+        let behavior = self.load(entity_type, wasm.clone()).await?;
+        let descriptor = behavior.descriptor().clone();
+        let deployment = self
+            .inner
+            .registry
+            .record(entity_type, &wasm, &descriptor, now_ms())?;
+        self.register(entity_type, behavior).await?;
+        Ok(deployment)
+    }
+
+    /// Registers the active deploy of every type in the node's registry (what
+    /// a restarted node served before). Returns them.
+    pub async fn restore_deployments(&self) -> Result<Vec<Deployment>, DeployError> {
+        let all = self.inner.registry.all_active();
+        for d in &all {
+            let wasm = self.inner.registry.component(&d.hash)?;
+            let behavior = self.load(&d.entity_type, wasm).await?;
+            self.register(&d.entity_type, behavior).await?;
+        }
+        Ok(all)
+    }
+
+    /// The active deploy of every type deployed through [`Node::deploy`].
+    pub fn deployments(&self) -> Vec<Deployment> {
+        self.inner.registry.all_active()
+    }
+
+    /// Every deploy of a type, oldest first.
+    pub fn deploy_history(&self, entity_type: &str) -> Vec<Deployment> {
+        self.inner.registry.history(entity_type)
+    }
+
+    async fn load(
+        &self,
+        entity_type: &str,
+        wasm: Vec<u8>,
+    ) -> Result<Arc<dyn Behavior>, RegisterError> {
+        let settings = self.inner.config.settings_for(entity_type);
+        let limits = GuestLimits {
+            call_timeout: settings.supervision.call_timeout,
+            memory_limit: settings.supervision.memory_limit,
+            ..GuestLimits::default()
+        };
+        let engine = self.inner.engine.clone();
+        let behavior = tokio::task::spawn_blocking(move || engine.load(&wasm, limits))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))??;
+        Ok(Arc::new(behavior))
+    }
+
+    /// Computes a past state of an entity by replaying its journal through the
+    /// type's behavior (from the newest usable snapshot for [`PastState::Seq`]).
+    pub async fn state_at(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        at: PastState,
+    ) -> Result<HistoricState, ReadError> {
+        let ty = self.ty(entity_type)?;
+        let behavior = ty.behavior();
+        let key = EntityKey::new(entity_type, entity_id);
+        let (mut state, mut seq) = match at {
+            PastState::Seq(n) => {
+                let schema = behavior.descriptor().state_schema;
+                match self.inner.snapshots.load(&key, n, schema).await? {
+                    Some(s) => (s.state, s.seq),
+                    None => (behavior.initial_state()?, 0),
+                }
+            }
+            PastState::Time(_) => (behavior.initial_state()?, 0),
+        };
+        let upto = match at {
+            PastState::Seq(n) => n,
+            PastState::Time(_) => u64::MAX,
+        };
+        let mut replayed = 0u64;
+        const CHUNK: usize = 4096;
+        while seq < upto {
+            let events = self.inner.journal.read(&key, seq + 1, upto, CHUNK).await?;
+            let mut packed = cairn_store::PackedEvents::default();
+            let mut done = events.len() < CHUNK;
+            for e in &events {
+                if let PastState::Time(t) = at
+                    && e.timestamp_ms > t
+                {
+                    done = true;
+                    break;
+                }
+                packed.push(e.seq, &e.payload)?;
+            }
+            if packed.count > 0 {
+                state = behavior.fold(&state, &packed.packed)?.map_err(|e| {
+                    ReadError::Codec(format!(
+                        "event #{}: {}",
+                        seq + 1 + u64::from(e.index),
+                        e.message
+                    ))
+                })?;
+                seq = packed.last_seq;
+                replayed += packed.count as u64;
+            }
+            if done {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(HistoricState {
+            state,
+            seq,
+            replayed,
+        })
+    }
+
+    /// Waits until some entity stores events, or `max` passes.
+    pub async fn appended(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.inner.appended.notified()).await;
     }
 
     /// The descriptor of the behavior registered for a type.

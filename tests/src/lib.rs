@@ -139,3 +139,158 @@ pub async fn wait_for(
         }
     }
 }
+
+/// The `cairn` binary built by this workspace (next to the test executable,
+/// or `CAIRN_BIN`). `cargo test --workspace` builds it: the `cairn-host`
+/// package has integration tests, so cargo builds its binary first.
+pub fn cairn_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("CAIRN_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("cairn{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build -p cairn-host --bin cairn` (same profile as the tests) or set CAIRN_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A `cairn node` process on a data directory, listening on a free
+/// loopback port. Killed when dropped.
+pub struct NodeProc {
+    /// The process.
+    pub child: std::process::Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its data directory.
+    pub dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn free_udp_port() -> Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
+impl NodeProc {
+    /// Starts `cairn node --data-dir DIR --listen 127.0.0.1:PORT EXTRA...`;
+    /// its log goes to `DIR/node.log`.
+    pub fn start(dir: &Path, extra: &[&str]) -> Result<NodeProc> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(dir, addr, &extra)?;
+        Ok(NodeProc {
+            child,
+            addr,
+            dir: dir.to_owned(),
+            extra,
+        })
+    }
+
+    fn spawn(
+        dir: &Path,
+        addr: std::net::SocketAddr,
+        extra: &[String],
+    ) -> Result<std::process::Child> {
+        std::fs::create_dir_all(dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))?;
+        Command::new(cairn_bin()?)
+            .arg("node")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting cairn node")
+    }
+
+    /// Starts the node again on the same directory and address.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, self.addr, &self.extra)?;
+        Ok(())
+    }
+
+    /// The directory of its development certificates.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// Connects a client, retrying while the node starts (up to 60 s).
+    pub async fn client(&self) -> Result<cairn_host::client::Client> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let files = cairn_host::tls::ClientFiles::in_dir(&self.certs());
+            let r = if files.ca.exists() {
+                cairn_host::client::Client::connect(self.addr, &files, "localhost")
+                    .await
+                    .map_err(anyhow::Error::from)
+            } else {
+                Err(anyhow::anyhow!("no certificates yet"))
+            };
+            match r {
+                Ok(c) => return Ok(c),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    let log =
+                        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+                    bail!("node did not come up: {e:#}\nnode log:\n{log}");
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Runs a `cairn` client command against this node; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(cairn_bin()?)
+            .args(args)
+            .arg("--node")
+            .arg(self.addr.to_string())
+            .arg("--certs")
+            .arg(self.certs())
+            .output()
+            .context("running cairn")?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Sends SIGKILL and waits for the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

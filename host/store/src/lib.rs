@@ -190,12 +190,32 @@ pub trait Journal: Send + Sync + 'static {
     fn pending_timers(
         &self,
     ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>>;
+    /// Events of `entity_type` committed at or after cursor `from`, in commit
+    /// order, at most about `limit` (a backend may return a few more to
+    /// finish one write), and the cursor to resume from. The cursor is
+    /// opaque; 0 is the beginning; resuming from `next` never skips nor
+    /// repeats an event.
+    fn read_feed(
+        &self,
+        entity_type: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<FeedPage, JournalError>>;
     /// Ids of entities of a type that have events, ascending, at most `limit`.
     fn entity_ids(
         &self,
         entity_type: &str,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>>;
+}
+
+/// A page of a type's event feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedPage {
+    /// Events in commit order, each with its entity.
+    pub events: Vec<(EntityKey, EventRecord)>,
+    /// The cursor to resume from.
+    pub next: u64,
 }
 
 /// Snapshots of entity state.

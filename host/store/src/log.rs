@@ -21,12 +21,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    BoxFuture, EntityKey, EventRecord, Journal, JournalError, PackedEvents, Snapshot,
+    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, Snapshot,
     SnapshotStore, TimerRecord, Write,
 };
 
@@ -87,6 +88,8 @@ pub struct LogStore {
     path: PathBuf,
     file: Arc<File>,
     index: Arc<RwLock<Index>>,
+    /// End of the fsync'd, indexed part of the file: readers stop there.
+    committed: Arc<AtomicU64>,
     tx: Option<mpsc::Sender<(Op, Ack)>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -436,15 +439,28 @@ impl LogStore {
         let file = Arc::new(file);
         let index = Arc::new(RwLock::new(index));
         let (tx, rx) = mpsc::channel(65536);
-        let (wfile, windex, wpath) = (file.clone(), index.clone(), path.clone());
+        let committed = Arc::new(AtomicU64::new(end));
+        let (wfile, windex, wpath, wcommitted) =
+            (file.clone(), index.clone(), path.clone(), committed.clone());
         let writer = std::thread::Builder::new()
             .name("cairn-log".into())
-            .spawn(move || writer_loop(&wpath, &wfile, &windex, rx, end, max_batch.max(1)))
+            .spawn(move || {
+                writer_loop(
+                    &wpath,
+                    &wfile,
+                    &windex,
+                    &wcommitted,
+                    rx,
+                    end,
+                    max_batch.max(1),
+                )
+            })
             .map_err(|e| JournalError::Io(e.to_string()))?;
         Ok(Arc::new(LogStore {
             path,
             file,
             index,
+            committed,
             tx: Some(tx),
             writer: Some(writer),
         }))
@@ -531,6 +547,7 @@ fn writer_loop(
     path: &Path,
     file: &File,
     index: &RwLock<Index>,
+    committed: &AtomicU64,
     mut rx: mpsc::Receiver<(Op, Ack)>,
     mut end: u64,
     max_batch: usize,
@@ -646,13 +663,127 @@ fn writer_loop(
                 }
             }
         }
+        committed.store(end, Ordering::Release);
         for ((_, ack), r) in batch.drain(..).zip(results) {
             let _ = ack.send(r.map(|_| ()));
         }
     }
 }
 
+/// Appends the events of `entity_type` in one record body to `out`.
+fn feed_events(
+    body: &[u8],
+    entity_type: &str,
+    out: &mut Vec<(EntityKey, EventRecord)>,
+) -> Result<(), JournalError> {
+    let mut d = Dec { buf: body, pos: 0 };
+    if d.u8()? != KIND_WRITE {
+        return Ok(());
+    }
+    let ty = d.bytes()?;
+    if ty != entity_type.as_bytes() {
+        return Ok(());
+    }
+    let id = d.string()?;
+    let n = d.u32()?;
+    for _ in 0..n {
+        let at = d.pos;
+        d.u64()?;
+        d.u64()?;
+        d.bytes()?;
+        d.bytes()?;
+        let e = decode_event(&body[at..d.pos])?;
+        out.push((EntityKey::new(entity_type, id.clone()), e));
+    }
+    Ok(())
+}
+
+/// Reads the feed of a type from file offset `from` (0: the first record) up
+/// to the committed end `end`.
+fn feed_page(
+    file: &File,
+    path: &Path,
+    entity_type: &str,
+    from: u64,
+    end: u64,
+    limit: usize,
+) -> Result<FeedPage, JournalError> {
+    let start = if from == 0 { HEADER } else { from };
+    if start < HEADER || start > end {
+        return Err(JournalError::Invalid(format!(
+            "feed cursor {from} is outside the log (0, or {HEADER} to {end})"
+        )));
+    }
+    let not_a_boundary = |at: u64| {
+        JournalError::Invalid(format!(
+            "feed cursor {at} is not the start of a record of {}",
+            path.display()
+        ))
+    };
+    let mut page = FeedPage {
+        events: Vec::new(),
+        next: start,
+    };
+    let mut pos = start;
+    let mut buf = Vec::new();
+    while pos < end && page.events.len() < limit {
+        let want = (end - pos).min(4 << 20) as usize;
+        buf.resize(want, 0);
+        file.read_exact_at(&mut buf, pos).map_err(|e| io(path, e))?;
+        let mut at = 0usize;
+        while at + 8 <= buf.len() && page.events.len() < limit {
+            let blen = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+            let crc = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
+            if blen > MAX_RECORD {
+                return Err(not_a_boundary(pos + at as u64));
+            }
+            let rec_end = at + 8 + blen as usize;
+            if rec_end > buf.len() {
+                if at == 0 {
+                    // One record larger than the chunk: read it whole.
+                    if pos + rec_end as u64 > end {
+                        return Err(not_a_boundary(pos));
+                    }
+                    buf.resize(rec_end, 0);
+                    file.read_exact_at(&mut buf, pos).map_err(|e| io(path, e))?;
+                    continue;
+                }
+                break;
+            }
+            let body = &buf[at + 8..rec_end];
+            if crc32(body) != crc {
+                return Err(not_a_boundary(pos + at as u64));
+            }
+            feed_events(body, entity_type, &mut page.events)?;
+            at = rec_end;
+            page.next = pos + at as u64;
+        }
+        if at == 0 {
+            break;
+        }
+        pos += at as u64;
+    }
+    Ok(page)
+}
+
 impl Journal for LogStore {
+    fn read_feed(
+        &self,
+        entity_type: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<FeedPage, JournalError>> {
+        let file = self.file.clone();
+        let path = self.path.clone();
+        let end = self.committed.load(Ordering::Acquire);
+        let ty = entity_type.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || feed_page(&file, &path, &ty, from, end, limit))
+                .await
+                .map_err(|e| JournalError::Closed(format!("reader task failed: {e}")))?
+        })
+    }
+
     fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>> {
         self.submit(Op::Append(write))
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
-    BoxFuture, EntityKey, EventRecord, Journal, JournalError, PackedEvents, Snapshot,
+    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, Snapshot,
     SnapshotStore, TimerRecord, Write,
 };
 
@@ -14,6 +14,8 @@ struct Data {
     events: BTreeMap<(EntityKey, u64), EventRecord>,
     snapshots: BTreeMap<(EntityKey, u64), Snapshot>,
     timers: BTreeMap<(EntityKey, u64), TimerRecord>,
+    /// Every stored event in commit order; a feed cursor indexes it.
+    feed: Vec<(EntityKey, u64)>,
 }
 
 /// Journal and snapshots in memory.
@@ -51,6 +53,7 @@ impl Journal for MemoryStore {
             }));
         }
         for e in w.events {
+            d.feed.push((w.key.clone(), e.seq));
             d.events.insert((w.key.clone(), e.seq), e);
         }
         for t in w.add_timers {
@@ -123,6 +126,34 @@ impl Journal for MemoryStore {
             .collect();
         v.sort_by_key(|(_, t)| t.fire_at_ms);
         ready(Ok(v))
+    }
+
+    fn read_feed(
+        &self,
+        entity_type: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<FeedPage, JournalError>> {
+        let d = self.lock();
+        let start = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(d.feed.len());
+        let mut page = FeedPage {
+            events: Vec::new(),
+            next: from.max(start as u64),
+        };
+        for (i, (key, seq)) in d.feed.iter().enumerate().skip(start) {
+            if page.events.len() >= limit {
+                break;
+            }
+            page.next = i as u64 + 1;
+            if key.entity_type == entity_type
+                && let Some(e) = d.events.get(&(key.clone(), *seq))
+            {
+                page.events.push((key.clone(), e.clone()));
+            }
+        }
+        ready(Ok(page))
     }
 
     fn entity_ids(

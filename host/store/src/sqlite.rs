@@ -18,7 +18,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    BoxFuture, EntityKey, EventRecord, Journal, JournalError, PackedEvents, Snapshot,
+    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, Snapshot,
     SnapshotStore, TimerRecord, Write,
 };
 
@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS snapshots (
     state BLOB NOT NULL,
     PRIMARY KEY (entity_type, entity_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed (
+    pos INTEGER PRIMARY KEY,
+    entity_type TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feed_by_type ON feed (entity_type, pos);
 CREATE TABLE IF NOT EXISTS timers (
     entity_type TEXT NOT NULL,
     entity_id TEXT NOT NULL,
@@ -394,6 +401,11 @@ fn append(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), JournalError>
                 Err(e) => return Err(e.into()),
             }
         }
+        let mut feed = tx
+            .prepare_cached("INSERT INTO feed (entity_type, entity_id, seq) VALUES (?1, ?2, ?3)")?;
+        for e in &w.events {
+            feed.execute(params![k.entity_type, k.entity_id, to_i64(e.seq, "seq")?])?;
+        }
     }
     if !w.add_timers.is_empty() {
         let mut ins = tx.prepare_cached(
@@ -546,6 +558,41 @@ impl Journal for SqliteStore {
                 ));
             }
             Ok(out)
+        })
+    }
+
+    fn read_feed(
+        &self,
+        entity_type: &str,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'static, Result<FeedPage, JournalError>> {
+        let ty = entity_type.to_owned();
+        self.with_reader(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT f.pos, f.entity_id, e.seq, e.timestamp_ms, e.version, e.payload FROM feed f \
+                 JOIN events e ON e.entity_type = f.entity_type AND e.entity_id = f.entity_id AND e.seq = f.seq \
+                 WHERE f.entity_type = ?1 AND f.pos >= ?2 ORDER BY f.pos LIMIT ?3",
+            )?;
+            let mut rows = st.query(params![ty, bound(from), limit(max)])?;
+            let mut page = FeedPage {
+                events: Vec::new(),
+                next: from,
+            };
+            while let Some(r) = rows.next()? {
+                let pos = to_u64(r.get(0)?, "pos")?;
+                page.events.push((
+                    EntityKey::new(ty.clone(), r.get::<_, String>(1)?),
+                    EventRecord {
+                        seq: to_u64(r.get(2)?, "seq")?,
+                        timestamp_ms: to_u64(r.get(3)?, "timestamp")?,
+                        version: r.get(4)?,
+                        payload: r.get(5)?,
+                    },
+                ));
+                page.next = pos + 1;
+            }
+            Ok(page)
         })
     }
 

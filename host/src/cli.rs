@@ -1,0 +1,893 @@
+//! The `cairn` command line: run a node, talk to one, manage certificates,
+//! benchmark. Argument parsing (clap), human and `--json` output, progress
+//! indicators, exit codes. Everything it does goes through the library: the
+//! node, the server and the client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cairn_host::api::{Payload, Response, StateAt};
+use cairn_host::client::{Client, ClientError};
+use cairn_host::config::{Config, JournalBackend};
+use cairn_host::node::Node;
+use cairn_host::runtime::{GuestLimits, WasmEngine};
+use cairn_host::server::{Server, ServerLimits};
+use cairn_host::tls::{self, ClientFiles};
+
+const AFTER_HELP: &str = "\
+A first session (two terminals):
+  cairn node                                   # SQLite journal in ./cairn-data, 127.0.0.1:7400
+  cairn deploy bank-account bank_account.wasm
+  cairn ask bank-account acct-1 '{\"Deposit\":{\"amount\":100}}'
+  cairn events bank-account acct-1
+  cairn state bank-account acct-1 --at-seq 1
+  cairn tail bank-account
+
+Client commands find the node at 127.0.0.1:7400 and its development
+certificates in ./cairn-data/tls; --node and --certs (or CAIRN_NODE and
+CAIRN_CERTS) point elsewhere.";
+
+/// cairn: event-sourced entities as WebAssembly components.
+#[derive(Parser)]
+#[command(name = "cairn", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: the journal, the entities and the QUIC API.
+    Node(NodeArgs),
+    /// Deploy a behavior component to an entity type.
+    Deploy {
+        /// Entity type, e.g. bank-account.
+        entity_type: String,
+        /// The component (.wasm) built with the guest SDK.
+        file: PathBuf,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Send a command and print the reply (after its events are durable).
+    Ask {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// The command as JSON, e.g. '{"Deposit":{"amount":100}}'.
+        command: String,
+        /// Only run the command if the entity is at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+        /// How long to wait for the reply, e.g. 5s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Queue a command without waiting for it to run.
+    Tell {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// The command as JSON.
+        command: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print an entity's events: sequence, time, behavior version, event.
+    Events {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// Lowest sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Highest sequence number.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Most events to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print an entity's state: now, after an event, or at a time.
+    State {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// The state right after event N (replayed through the behavior).
+        #[arg(long, conflicts_with = "at")]
+        at_seq: Option<u64>,
+        /// The state at a time: RFC 3339 (2026-11-22T10:00:00Z) or ms since the epoch.
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// List entity types with their deployed versions.
+    Types {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Follow lifecycle events, or with TYPE every new event of that type.
+    Tail {
+        /// Entity type whose events to follow; lifecycle events if absent.
+        entity_type: Option<String>,
+        /// Start from this cursor (0: from the first event of the type);
+        /// default: only new events.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Manage certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Drive a running node with bank-account deposits and print throughput and latency.
+    Bench(BenchArgs),
+    /// Validate a cairn.toml and print the resolved settings.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Compile and check a behavior component; print what it declares.
+    Describe {
+        /// The component.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA, a node certificate and a client certificate in DIR.
+    Init {
+        /// Where to write them.
+        #[arg(long, default_value = "cairn-certs")]
+        dir: PathBuf,
+        /// Extra DNS names or IP addresses for the node certificate
+        /// (localhost and 127.0.0.1 are always included).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ConnArgs {
+    /// The node's address.
+    #[arg(
+        long,
+        env = "CAIRN_NODE",
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
+    node: SocketAddr,
+    /// Directory with ca.pem, client.pem and client.key.
+    #[arg(
+        long,
+        env = "CAIRN_CERTS",
+        default_value = "cairn-data/tls",
+        global = true
+    )]
+    certs: PathBuf,
+    /// Name to check in the node's certificate.
+    #[arg(long, default_value = tls::DEFAULT_SERVER_NAME, global = true)]
+    server_name: String,
+    /// Print JSON (one object per line) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum JournalArg {
+    Sqlite,
+    Log,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Configuration file (cairn.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (journal, components, development certificates).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// UDP address to listen on.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Journal backend.
+    #[arg(long, value_enum)]
+    journal: Option<JournalArg>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Entity type to drive (deploy bank-account first).
+    #[arg(long, default_value = "bank-account")]
+    entity_type: String,
+    /// Number of entities.
+    #[arg(long, default_value_t = 10_000)]
+    entities: usize,
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 64)]
+    streams: usize,
+    /// Total commands.
+    #[arg(long, default_value_t = 200_000)]
+    commands: usize,
+    /// The command, as JSON.
+    #[arg(long, default_value = r#"{"Deposit":{"amount":1}}"#)]
+    command: String,
+    /// Where to measure fsync latency (a directory on the node's disk).
+    #[arg(long, default_value = ".")]
+    fsync_dir: PathBuf,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// Runs the command line.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!("{}: valid", file.display());
+            println!("data_dir = {}", config.node.data_dir.display());
+            println!("listen = {}", config.node.listen);
+            println!("journal = {:?}", config.node.journal);
+            println!("defaults = {:#?}", config.defaults);
+            Ok(())
+        }
+        Command::Describe { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let engine = WasmEngine::new()?;
+            let behavior = engine.load(&bytes, GuestLimits::default())?;
+            let d = cairn_host::behavior::Behavior::descriptor(&behavior);
+            println!(
+                "name: {}\nversion: {}\nstate schema: {}",
+                d.name, d.version, d.state_schema
+            );
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::Init { dir, names },
+        } => {
+            tls::init(&dir, &names)?;
+            println!("created in {}:", dir.display());
+            println!("  ca.pem ca.key        the CA (keep ca.key secret)");
+            println!("  node.pem node.key    the node: [node.tls] ca/cert/key in cairn.toml");
+            println!(
+                "  client.pem client.key  a client: cairn --certs {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        command => runtime()?.block_on(async_main(command)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn async_main(command: Command) -> Result<()> {
+    match command {
+        Command::Node(args) => run_node(args).await,
+        Command::Deploy {
+            entity_type,
+            file,
+            conn,
+        } => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let client = connect(&conn).await?;
+            let spinner = spinner(&format!(
+                "deploying {} ({} KiB): compiling and checking",
+                file.display(),
+                wasm.len() / 1024
+            ));
+            let t = client.deploy(&entity_type, wasm).await;
+            spinner.finish_and_clear();
+            let t = t?;
+            if conn.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "entity_type": t.entity_type, "deploy": t.deploy, "behavior": t.behavior,
+                        "version": t.version, "state_schema": t.state_schema, "hash": t.hash,
+                    })
+                );
+            } else {
+                println!(
+                    "deployed {} #{}: {} {} (state schema {}), sha256 {}",
+                    t.entity_type,
+                    t.deploy,
+                    t.behavior,
+                    t.version,
+                    t.state_schema,
+                    &t.hash[..16]
+                );
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Ask {
+            entity_type,
+            entity_id,
+            command,
+            expect_seq,
+            timeout,
+            conn,
+        } => {
+            let client = connect(&conn).await?;
+            let r = client
+                .ask(
+                    &entity_type,
+                    &entity_id,
+                    Payload::Json(command),
+                    expect_seq,
+                    timeout,
+                )
+                .await?;
+            let reply = match r.reply {
+                Some(Payload::Json(j)) => j,
+                Some(Payload::Bytes(_)) => bail!("the node answered bytes to a JSON command"),
+                None => "null".into(),
+            };
+            if conn.json {
+                println!("{{\"reply\":{reply},\"seq\":{}}}", r.seq);
+            } else {
+                println!("{reply}");
+                eprintln!("(seq {})", r.seq);
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Tell {
+            entity_type,
+            entity_id,
+            command,
+            conn,
+        } => {
+            let client = connect(&conn).await?;
+            client
+                .tell(&entity_type, &entity_id, Payload::Json(command))
+                .await?;
+            if conn.json {
+                println!("{{\"queued\":true}}");
+            } else {
+                println!("queued");
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Events {
+            entity_type,
+            entity_id,
+            from,
+            to,
+            limit,
+            conn,
+        } => {
+            let client = connect(&conn).await?;
+            let events = client
+                .events(
+                    &entity_type,
+                    &entity_id,
+                    from,
+                    to.unwrap_or(u64::MAX),
+                    limit,
+                )
+                .await?;
+            for e in &events {
+                print_event(e, conn.json, false);
+            }
+            if events.is_empty() && !conn.json {
+                eprintln!("no events");
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::State {
+            entity_type,
+            entity_id,
+            at_seq,
+            at,
+            conn,
+        } => {
+            let at = match (at_seq, at) {
+                (Some(n), _) => StateAt::Seq(n),
+                (None, Some(t)) => StateAt::Time(parse_time(&t)?),
+                (None, None) => StateAt::Now,
+            };
+            let client = connect(&conn).await?;
+            let spinner = (!matches!(at, StateAt::Now)).then(|| spinner("replaying history"));
+            let s = client.state(&entity_type, &entity_id, at).await;
+            if let Some(sp) = spinner {
+                sp.finish_and_clear();
+            }
+            let s = s?;
+            if conn.json {
+                println!(
+                    "{{\"state\":{},\"seq\":{},\"replayed\":{}}}",
+                    s.json, s.seq, s.replayed
+                );
+            } else {
+                println!("{}", s.json);
+                if matches!(at, StateAt::Now) {
+                    eprintln!("(seq {})", s.seq);
+                } else {
+                    eprintln!("(seq {}, {} events replayed)", s.seq, s.replayed);
+                }
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Types { conn } => {
+            let client = connect(&conn).await?;
+            let types = client.types().await?;
+            for t in &types {
+                if conn.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "entity_type": t.entity_type, "deploy": t.deploy, "behavior": t.behavior,
+                            "version": t.version, "state_schema": t.state_schema, "hash": t.hash,
+                            "deployed_ms": t.deployed_ms, "live_entities": t.live_entities,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{:<24} #{:<3} {} {}  schema {}  sha256 {}  deployed {}  live {}",
+                        t.entity_type,
+                        t.deploy,
+                        t.behavior,
+                        t.version,
+                        t.state_schema,
+                        &t.hash[..16],
+                        fmt_time(t.deployed_ms),
+                        t.live_entities
+                    );
+                }
+            }
+            if types.is_empty() && !conn.json {
+                eprintln!("no entity types deployed");
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Tail {
+            entity_type,
+            from,
+            count,
+            conn,
+        } => tail(entity_type, from, count, &conn).await,
+        Command::Bench(args) => bench(args).await,
+        Command::CheckConfig { .. } | Command::Describe { .. } | Command::Certs { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
+    }
+}
+
+async fn connect(conn: &ConnArgs) -> Result<Client> {
+    let files = ClientFiles::in_dir(&conn.certs);
+    if !files.ca.exists() {
+        bail!(
+            "no certificates in {}: start a node (it creates its development certificates in <data_dir>/tls) or pass --certs DIR",
+            conn.certs.display()
+        );
+    }
+    Client::connect(conn.node, &files, &conn.server_name)
+        .await
+        .map_err(|e| match e {
+            ClientError::Connect { .. } => {
+                anyhow!("{e}\n(is `cairn node` running at {}?)", conn.node)
+            }
+            e => e.into(),
+        })
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_message(msg.to_owned());
+    pb.enable_steady_tick(Duration::from_millis(100));
+    pb
+}
+
+fn fmt_time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn parse_time(s: &str) -> Result<u64> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+        anyhow!(
+            "`{s}` is not a time: use RFC 3339 (2026-11-22T10:00:00Z) or ms since the epoch ({e})"
+        )
+    })?;
+    Ok(t.duration_since(UNIX_EPOCH)?.as_millis() as u64)
+}
+
+fn print_event(e: &cairn_host::api::EventView, json: bool, with_id: bool) {
+    let body = e
+        .json
+        .clone()
+        .unwrap_or_else(|| format!("\"<{} bytes the behavior cannot render>\"", e.bytes.len()));
+    if json {
+        println!(
+            "{{\"entity_type\":{},\"entity_id\":{},\"seq\":{},\"timestamp_ms\":{},\"version\":{},\"event\":{body}}}",
+            serde_json::Value::from(e.entity_type.as_str()),
+            serde_json::Value::from(e.entity_id.as_str()),
+            e.seq,
+            e.timestamp_ms,
+            serde_json::Value::from(e.version.as_str()),
+        );
+    } else if with_id {
+        println!(
+            "{}  #{:<5} {}  v{}  {body}",
+            e.entity_id,
+            e.seq,
+            fmt_time(e.timestamp_ms),
+            e.version
+        );
+    } else {
+        println!(
+            "#{:<5} {}  v{}  {body}",
+            e.seq,
+            fmt_time(e.timestamp_ms),
+            e.version
+        );
+    }
+}
+
+async fn tail(
+    entity_type: Option<String>,
+    from: Option<u64>,
+    count: Option<u64>,
+    conn: &ConnArgs,
+) -> Result<()> {
+    let client = connect(conn).await?;
+    let mut seen = 0u64;
+    let limit = count.unwrap_or(u64::MAX);
+    match entity_type {
+        None => {
+            let mut follow = client.follow_lifecycle().await?;
+            while seen < limit {
+                let Some(r) = follow.next().await else { break };
+                match r? {
+                    Response::Lifecycle {
+                        kind,
+                        entity_type,
+                        entity_id,
+                        detail,
+                    } => {
+                        if conn.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({
+                                    "kind": kind, "entity_type": entity_type,
+                                    "entity_id": entity_id, "detail": detail,
+                                })
+                            );
+                        } else {
+                            println!(
+                                "{} {kind:<12} {entity_type}{} {detail}",
+                                fmt_time(now_ms()),
+                                entity_id.map(|i| format!("/{i}")).unwrap_or_default()
+                            );
+                        }
+                        seen += 1;
+                    }
+                    Response::Lagged(n) => eprintln!("(missed {n} lifecycle events)"),
+                    other => bail!("unexpected response {other:?}"),
+                }
+            }
+        }
+        Some(ty) => {
+            let cursor = match from {
+                Some(c) => c,
+                None => {
+                    // Only new events: skip to the end of the feed first.
+                    let mut f = client.follow_events(&ty, 0).await?;
+                    let mut end = 0;
+                    loop {
+                        let next = tokio::time::timeout(Duration::from_millis(300), f.next()).await;
+                        match next {
+                            Ok(Some(Ok(Response::Feed { next, .. }))) => end = next,
+                            Ok(Some(Err(e))) => return Err(e.into()),
+                            _ => break,
+                        }
+                    }
+                    f.stop();
+                    end
+                }
+            };
+            let mut follow = client.follow_events(&ty, cursor).await?;
+            'outer: while seen < limit {
+                let Some(r) = follow.next().await else { break };
+                match r? {
+                    Response::Feed { events, next } => {
+                        for e in &events {
+                            print_event(e, conn.json, true);
+                            seen += 1;
+                            if seen >= limit {
+                                break 'outer;
+                            }
+                        }
+                        if !conn.json {
+                            eprintln!("(cursor {next})");
+                        }
+                    }
+                    other => bail!("unexpected response {other:?}"),
+                }
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn run_node(args: NodeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.node.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        config.node.listen = l;
+    }
+    if let Some(j) = args.journal {
+        config.node.journal = match j {
+            JournalArg::Sqlite => JournalBackend::Sqlite,
+            JournalArg::Log => JournalBackend::Log,
+        };
+    }
+    init_logging(args.log_format);
+    let data_dir = config.node.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let files = match &config.node.tls {
+        Some(f) => f.clone(),
+        None => {
+            let dir = data_dir.join("tls");
+            if tls::ensure_dev(&dir)? {
+                tracing::info!(dir = %dir.display(), "created development certificates");
+            }
+            tls::node_files(&dir)
+        }
+    };
+    let node = Node::open(config.clone())?;
+    let restored = node.restore_deployments().await?;
+    for d in &restored {
+        tracing::info!(entity_type = %d.entity_type, deploy = d.deploy, version = %d.version, "restored deployment");
+    }
+    let limits = ServerLimits {
+        max_connections: config.node.max_connections,
+        max_in_flight: config.node.max_in_flight,
+        ..ServerLimits::default()
+    };
+    let server = Server::start(
+        node.clone(),
+        &files,
+        config.node.listen,
+        limits,
+        config.node.name.clone(),
+    )?;
+    tracing::info!(
+        node = %config.node.name,
+        listen = %server.local_addr(),
+        data_dir = %data_dir.display(),
+        journal = ?config.node.journal,
+        "node ready"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections, draining mailboxes");
+    server.close().await;
+    node.shutdown(Duration::from_secs(10)).await;
+    drop(node);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn fsync_latency(dir: &Path) -> Result<(Duration, Duration)> {
+    use std::io::Write;
+    let path = dir.join(format!(".cairn-fsync-probe-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut lat = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        f.write_all(&[0u8; 64])?;
+        f.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    lat.sort();
+    Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100]))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn bench(a: BenchArgs) -> Result<()> {
+    let (fsync_p50, fsync_p99) = fsync_latency(&a.fsync_dir)?;
+    let client = connect(&a.conn).await?;
+    let command = client.encode_command(&a.entity_type, &a.command).await?;
+
+    // One sequential client: latency against the disk's fsync latency.
+    let mut seq = Vec::with_capacity(2000);
+    for i in 0..2000 {
+        let id = format!("bench-seq-{}", i % 100);
+        let t = Instant::now();
+        client
+            .ask(
+                &a.entity_type,
+                &id,
+                Payload::Bytes(command.clone()),
+                None,
+                None,
+            )
+            .await?;
+        seq.push(t.elapsed());
+    }
+    seq.sort();
+
+    let pb = ProgressBar::new(a.commands as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} commands  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let per_stream = a.commands / a.streams.max(1);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..a.streams {
+        let client = client.clone();
+        let command = command.clone();
+        let ty = a.entity_type.clone();
+        let pb = pb.clone();
+        let entities = a.entities.max(1);
+        let streams = a.streams;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_stream);
+            let mut failed = 0u64;
+            let mut e = s;
+            for _ in 0..per_stream {
+                let id = format!("bench-{}", e % entities);
+                e += streams;
+                let t = Instant::now();
+                match client
+                    .ask(&ty, &id, Payload::Bytes(command.clone()), None, None)
+                    .await
+                {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => failed += 1,
+                }
+                if lat.len() % 256 == 0 {
+                    pb.inc(256);
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut lat = Vec::with_capacity(a.commands);
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        failed += f;
+    }
+    let elapsed = start.elapsed();
+    pb.finish_and_clear();
+    lat.sort();
+    let us = |d: Duration| d.as_micros();
+    println!(
+        "cairn bench: {} commands over {} streams on {} entities of {}, node {}",
+        lat.len() + failed as usize,
+        a.streams,
+        a.entities,
+        a.entity_type,
+        a.conn.node
+    );
+    println!(
+        "throughput   {:.0} commands/s ({} failed, {:.1} s)",
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        failed,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "latency      p50 {} µs   p99 {} µs   p99.9 {} µs",
+        us(percentile(&lat, 0.5)),
+        us(percentile(&lat, 0.99)),
+        us(percentile(&lat, 0.999))
+    );
+    println!(
+        "sequential   p50 {} µs   p99 {} µs   (one client, one command at a time)",
+        us(percentile(&seq, 0.5)),
+        us(percentile(&seq, 0.99))
+    );
+    println!(
+        "fsync        p50 {} µs   p99 {} µs   (64-byte append + fdatasync in {}); sequential p50 - fsync p50 = {} µs",
+        us(fsync_p50),
+        us(fsync_p99),
+        a.fsync_dir.display(),
+        us(percentile(&seq, 0.5)) as i128 - us(fsync_p50) as i128
+    );
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! The Rust client of a Cairn node: one QUIC connection (mutual TLS), the
+//! operations of [`crate::api`] as typed methods, and follow streams.
+//!
+//! Requests reuse idle streams (a request/response on a reused stream costs
+//! about half of one on a new stream); any number of requests may run
+//! concurrently on one [`Client`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::api::{
+    self, ApiError, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request, Response,
+    StateAt, TypeInfo,
+};
+use crate::tls::{self, ClientFiles, TlsError};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client's certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The node could not be reached or refused the connection.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The node's address.
+        addr: SocketAddr,
+        /// Why.
+        message: String,
+    },
+    /// The connection was lost or closed by the node.
+    #[error("connection lost: {0}")]
+    Connection(String),
+    /// A frame could not be exchanged.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The node answered with an error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The node answered something that does not fit the request.
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+/// The reply to an ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AskReply {
+    /// The reply (JSON for a JSON command); `None` if the behavior gave none.
+    pub reply: Option<Payload>,
+    /// The entity's sequence number after the command.
+    pub seq: u64,
+}
+
+/// A state read from a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateView {
+    /// The state as JSON.
+    pub json: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Events replayed to compute it.
+    pub replayed: u64,
+}
+
+type Stream = (quinn::SendStream, quinn::RecvStream);
+
+/// A connection to a node.
+#[derive(Clone)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    idle: Arc<Mutex<Vec<Stream>>>,
+    node_name: String,
+}
+
+impl Client {
+    /// Connects to a node and checks it speaks this protocol. `server_name`
+    /// is the name checked in the node's certificate
+    /// ([`tls::DEFAULT_SERVER_NAME`] for certificates made by `cairn`).
+    pub async fn connect(
+        addr: SocketAddr,
+        files: &ClientFiles,
+        server_name: &str,
+    ) -> Result<Client, ClientError> {
+        let config = tls::client_config(files)?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("valid address")
+        } else {
+            "0.0.0.0:0".parse().expect("valid address")
+        };
+        let connect_err = |message: String| ClientError::Connect { addr, message };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        let mut config = config;
+        config.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(addr, server_name)
+            .map_err(|e| connect_err(e.to_string()))?
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let mut client = Client {
+            endpoint,
+            conn,
+            idle: Arc::new(Mutex::new(Vec::new())),
+            node_name: String::new(),
+        };
+        match client
+            .call(&Request::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await
+        {
+            Ok(Response::Welcome { node, .. }) => client.node_name = node,
+            Ok(other) => return Err(unexpected(&other)),
+            Err(ClientError::Connection(m) | ClientError::Frame(FrameError::Stream(m))) => {
+                return Err(connect_err(m));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(client)
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    async fn open(&self) -> Result<Stream, ClientError> {
+        self.conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))
+    }
+
+    /// Sends one request and reads its response, on an idle stream if there
+    /// is one. A response that is an error becomes [`ClientError::Api`].
+    pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let (mut send, mut recv) = match pooled {
+            Some(s) => s,
+            None => self.open().await?,
+        };
+        api::write_frame(&mut send, req).await?;
+        let resp: Response = api::read_frame(&mut recv, MAX_FRAME).await?;
+        if let Response::Error(e) = resp {
+            // The node may close the stream after an error about the frame.
+            if !matches!(e, ApiError::BadRequest(_)) {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((send, recv));
+            }
+            return Err(ClientError::Api(e));
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((send, recv));
+        Ok(resp)
+    }
+
+    /// Deploys a component to an entity type.
+    pub async fn deploy(&self, entity_type: &str, wasm: Vec<u8>) -> Result<TypeInfo, ClientError> {
+        match self
+            .call(&Request::Deploy {
+                entity_type: entity_type.to_owned(),
+                wasm,
+            })
+            .await?
+        {
+            Response::Deployed(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a command and waits for the reply (after its events are durable).
+    pub async fn ask(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Payload,
+        expected_seq: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> Result<AskReply, ClientError> {
+        match self
+            .call(&Request::Ask {
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                command,
+                expected_seq,
+                timeout_ms: timeout.map(|d| d.as_millis() as u64),
+            })
+            .await?
+        {
+            Response::Reply { reply, seq } => Ok(AskReply { reply, seq }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `ask` with a JSON command; the reply is JSON.
+    pub async fn ask_json(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        json: &str,
+    ) -> Result<(Option<String>, u64), ClientError> {
+        let r = self
+            .ask(
+                entity_type,
+                entity_id,
+                Payload::Json(json.to_owned()),
+                None,
+                None,
+            )
+            .await?;
+        let reply = match r.reply {
+            None => None,
+            Some(Payload::Json(j)) => Some(j),
+            Some(Payload::Bytes(_)) => {
+                return Err(ClientError::Unexpected(
+                    "a byte reply to a JSON command".into(),
+                ));
+            }
+        };
+        Ok((reply, r.seq))
+    }
+
+    /// Queues a command without waiting for it to run.
+    pub async fn tell(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Payload,
+    ) -> Result<(), ClientError> {
+        match self
+            .call(&Request::Tell {
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                command,
+            })
+            .await?
+        {
+            Response::Queued => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Events of an entity with `from <= seq <= to`, at most `limit`.
+    pub async fn events(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> Result<Vec<EventView>, ClientError> {
+        match self
+            .call(&Request::Events {
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                from,
+                to,
+                limit,
+            })
+            .await?
+        {
+            Response::Events(e) => Ok(e),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// An entity's state now, at a sequence number or at a time.
+    pub async fn state(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        at: StateAt,
+    ) -> Result<StateView, ClientError> {
+        match self
+            .call(&Request::State {
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                at,
+            })
+            .await?
+        {
+            Response::State {
+                json,
+                seq,
+                replayed,
+            } => Ok(StateView {
+                json,
+                seq,
+                replayed,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deployed entity types.
+    pub async fn types(&self) -> Result<Vec<TypeInfo>, ClientError> {
+        match self.call(&Request::Types).await? {
+            Response::Types(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Encodes a JSON command with the type's behavior.
+    pub async fn encode_command(
+        &self,
+        entity_type: &str,
+        json: &str,
+    ) -> Result<Vec<u8>, ClientError> {
+        match self
+            .call(&Request::EncodeCommand {
+                entity_type: entity_type.to_owned(),
+                json: json.to_owned(),
+            })
+            .await?
+        {
+            Response::Encoded(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Follows the node's lifecycle events from now on.
+    pub async fn follow_lifecycle(&self) -> Result<Follow, ClientError> {
+        self.follow(Request::FollowLifecycle).await
+    }
+
+    /// Follows every event of a type from `cursor` (0: from the beginning).
+    pub async fn follow_events(
+        &self,
+        entity_type: &str,
+        cursor: u64,
+    ) -> Result<Follow, ClientError> {
+        self.follow(Request::FollowEvents {
+            entity_type: entity_type.to_owned(),
+            cursor,
+        })
+        .await
+    }
+
+    async fn follow(&self, req: Request) -> Result<Follow, ClientError> {
+        let (mut send, recv) = self.open().await?;
+        api::write_frame(&mut send, &req).await?;
+        Ok(Follow { send, recv })
+    }
+}
+
+/// A stream of responses from a follow request.
+pub struct Follow {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Follow {
+    /// The next response; `None` when the node ended the stream. An error
+    /// response becomes [`ClientError::Api`].
+    pub async fn next(&mut self) -> Option<Result<Response, ClientError>> {
+        match api::read_frame::<Response>(&mut self.recv, MAX_FRAME).await {
+            Ok(Response::Error(e)) => Some(Err(ClientError::Api(e))),
+            Ok(r) => Some(Ok(r)),
+            Err(FrameError::Finished) => None,
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    /// Stops following.
+    pub fn stop(mut self) {
+        let _ = self.send.finish();
+        let _ = self.recv.stop(0u32.into());
+    }
+}
+
+fn unexpected(r: &Response) -> ClientError {
+    let text = format!("{r:?}");
+    ClientError::Unexpected(text.chars().take(200).collect())
+}

@@ -1,0 +1,253 @@
+//! The component registry of a node: deployed components stored by content
+//! (`<data_dir>/components/<sha256>.wasm`) and the deploy history
+//! (`<data_dir>/deployments.json`, rewritten atomically), so that a restarted
+//! node serves the same behaviors it served before.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::behavior::Descriptor;
+
+/// One deploy of a component to an entity type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Entity type.
+    pub entity_type: String,
+    /// Deploy number within the type, from 1.
+    pub deploy: u32,
+    /// sha256 of the component, hex.
+    pub hash: String,
+    /// The behavior's declared name.
+    pub behavior: String,
+    /// The behavior's declared version.
+    pub version: String,
+    /// The behavior's state-schema version.
+    pub state_schema: u32,
+    /// When (ms since the Unix epoch).
+    pub deployed_ms: u64,
+}
+
+/// Why the registry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The history file is not valid.
+    #[error("{path} is corrupt: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct History {
+    deployments: Vec<Deployment>,
+    /// Index into `deployments` of the active deploy of each type.
+    active: std::collections::BTreeMap<String, usize>,
+}
+
+/// Deployed components and their history.
+pub struct Registry {
+    dir: PathBuf,
+    history: Mutex<History>,
+}
+
+/// sha256 of bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Registry {
+    /// Opens (or starts) the registry in a data directory.
+    pub fn open(data_dir: &Path) -> Result<Registry, RegistryError> {
+        let path = data_dir.join("deployments.json");
+        let history = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let h: History =
+                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                if h.active.values().any(|&i| i >= h.deployments.len()) {
+                    return Err(RegistryError::Corrupt {
+                        path,
+                        message: "an active deploy points past the history".into(),
+                    });
+                }
+                h
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => History::default(),
+            Err(source) => return Err(RegistryError::Io { path, source }),
+        };
+        Ok(Registry {
+            dir: data_dir.to_owned(),
+            history: Mutex::new(history),
+        })
+    }
+
+    fn component_path(&self, hash: &str) -> PathBuf {
+        self.dir.join("components").join(format!("{hash}.wasm"))
+    }
+
+    /// The active deploy of a type.
+    pub fn active(&self, entity_type: &str) -> Option<Deployment> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.active.get(entity_type).map(|&i| h.deployments[i].clone())
+    }
+
+    /// The active deploy of every type.
+    pub fn all_active(&self) -> Vec<Deployment> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.active
+            .values()
+            .map(|&i| h.deployments[i].clone())
+            .collect()
+    }
+
+    /// Every deploy of a type, oldest first.
+    pub fn history(&self, entity_type: &str) -> Vec<Deployment> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.deployments
+            .iter()
+            .filter(|d| d.entity_type == entity_type)
+            .cloned()
+            .collect()
+    }
+
+    /// The bytes of a stored component.
+    pub fn component(&self, hash: &str) -> Result<Vec<u8>, RegistryError> {
+        let path = self.component_path(hash);
+        let bytes = std::fs::read(&path).map_err(|source| RegistryError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if sha256_hex(&bytes) != hash {
+            return Err(RegistryError::Corrupt {
+                path,
+                message: "contents do not match the hash".into(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Stores a component and records it as the active deploy of the type.
+    /// Bytes identical to the active deploy change nothing and return it.
+    pub fn record(
+        &self,
+        entity_type: &str,
+        wasm: &[u8],
+        descriptor: &Descriptor,
+        now_ms: u64,
+    ) -> Result<Deployment, RegistryError> {
+        let hash = sha256_hex(wasm);
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&i) = h.active.get(entity_type)
+            && h.deployments[i].hash == hash
+        {
+            return Ok(h.deployments[i].clone());
+        }
+        let path = self.component_path(&hash);
+        if !path.exists() {
+            write_atomic(&path, wasm)?;
+        }
+        let deploy = h
+            .deployments
+            .iter()
+            .filter(|d| d.entity_type == entity_type)
+            .count() as u32
+            + 1;
+        let d = Deployment {
+            entity_type: entity_type.to_owned(),
+            deploy,
+            hash,
+            behavior: descriptor.name.clone(),
+            version: descriptor.version.clone(),
+            state_schema: descriptor.state_schema,
+            deployed_ms: now_ms,
+        };
+        let mut next = History {
+            deployments: h.deployments.clone(),
+            active: h.active.clone(),
+        };
+        next.deployments.push(d.clone());
+        next.active
+            .insert(entity_type.to_owned(), next.deployments.len() - 1);
+        let json = serde_json::to_vec_pretty(&next).map_err(|e| RegistryError::Corrupt {
+            path: self.dir.join("deployments.json"),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.dir.join("deployments.json"), &json)?;
+        *h = next;
+        Ok(d)
+    }
+}
+
+/// Writes a file through a temporary file, fsync and rename, then syncs the
+/// directory, so that a crash leaves the old or the new contents.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |source| RegistryError::Io { path: p, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        std::io::Write::write_all(&mut f, bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(v: &str) -> Descriptor {
+        Descriptor {
+            name: "b".into(),
+            version: v.into(),
+            state_schema: 1,
+        }
+    }
+
+    #[test]
+    fn deploys_are_numbered_kept_and_identical_bytes_change_nothing() {
+        let dir = std::env::temp_dir().join(format!("cairn-reg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = Registry::open(&dir).unwrap();
+        let a = r.record("t", b"one", &desc("1"), 10).unwrap();
+        assert_eq!(a.deploy, 1);
+        assert_eq!(r.record("t", b"one", &desc("1"), 20).unwrap(), a);
+        let b = r.record("t", b"two", &desc("2"), 30).unwrap();
+        assert_eq!(b.deploy, 2);
+        let r = Registry::open(&dir).unwrap();
+        assert_eq!(r.active("t"), Some(b.clone()));
+        assert_eq!(r.history("t").len(), 2);
+        assert_eq!(r.component(&b.hash).unwrap(), b"two");
+        std::fs::write(dir.join("deployments.json"), "{").unwrap();
+        assert!(matches!(
+            Registry::open(&dir),
+            Err(RegistryError::Corrupt { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

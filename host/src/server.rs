@@ -1,0 +1,591 @@
+//! Serves a [`Node`] over QUIC: one quinn endpoint, mutual TLS, the client
+//! protocol of [`crate::api`].
+//!
+//! Owns connection handling, the per-stream request loop, the limits (at most
+//! `max_connections` connections: more are closed with "busy"; at most
+//! `max_in_flight` requests being served: more are answered
+//! [`ApiError::Busy`]), and the translation of node errors into
+//! [`ApiError`]s. Nothing a client sends can panic the node: bad frames get an
+//! error response and the stream is closed, the connection and the node go on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, broadcast};
+
+use crate::api::{
+    self, ApiError, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request, Response,
+    StateAt, TypeInfo,
+};
+use crate::config::TlsFiles;
+use crate::node::{
+    AskError, AskOptions, DeployError, LifecycleEvent, Node, PastState, ReadError, RegisterError,
+};
+use crate::registry::Deployment;
+use crate::tls::{self, TlsError};
+
+/// Application error code a node closes a connection with when it is full.
+pub const CLOSE_BUSY: u32 = 1;
+/// Application error code of a normal close.
+pub const CLOSE_NORMAL: u32 = 0;
+/// Most events returned by one `Events` request.
+pub const MAX_EVENTS_PER_REQUEST: u32 = 10_000;
+/// Events per batch on a `FollowEvents` stream.
+const FEED_BATCH: usize = 1_000;
+
+/// Limits of a server.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Most requests being served at once.
+    pub max_in_flight: usize,
+    /// Most streams a client may have open on one connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 1024,
+            max_in_flight: 4096,
+            max_streams_per_connection: 256,
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts serving `node` on `listen` with the node's certificates.
+    pub fn start(
+        node: Node,
+        files: &TlsFiles,
+        listen: SocketAddr,
+        limits: ServerLimits,
+        name: String,
+    ) -> Result<Server, ServerError> {
+        let mut config = tls::server_config(files)?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(limits.max_streams_per_connection.into());
+        transport.max_concurrent_uni_streams(0u32.into());
+        transport.max_idle_timeout(Some(
+            Duration::from_secs(20)
+                .try_into()
+                .expect("20 s is a valid idle timeout"),
+        ));
+        config.transport_config(Arc::new(transport));
+        let endpoint =
+            quinn::Endpoint::server(config, listen).map_err(|source| ServerError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            node,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            name,
+        });
+        let ep = endpoint.clone();
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let permit = shared.connections.clone().try_acquire_owned().ok();
+                    let conn = match incoming.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "handshake failed");
+                            return;
+                        }
+                    };
+                    let Some(_permit) = permit else {
+                        conn.close(
+                            CLOSE_BUSY.into(),
+                            b"busy: the node is at its connection limit",
+                        );
+                        return;
+                    };
+                    serve_connection(shared, conn).await;
+                });
+            }
+        });
+        Ok(Server {
+            endpoint,
+            local_addr,
+            task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Closes every connection and stops accepting new ones.
+    pub async fn close(self) {
+        self.endpoint
+            .close(CLOSE_NORMAL.into(), b"node shutting down");
+        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+struct Shared {
+    node: Node,
+    connections: Arc<Semaphore>,
+    in_flight: Arc<Semaphore>,
+    name: String,
+}
+
+async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    tracing::debug!(%remote, "client connected");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let shared = shared.clone();
+                tokio::spawn(serve_stream(shared, send, recv));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, reason = %e, "client gone");
+                break;
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    loop {
+        let req: Request = match api::read_frame(&mut recv, MAX_FRAME).await {
+            Ok(r) => r,
+            Err(FrameError::Finished) => break,
+            Err(e @ (FrameError::Decode(_) | FrameError::TooLarge(_) | FrameError::Truncated)) => {
+                tracing::debug!(error = %e, "bad frame from a client");
+                let _ = api::write_frame(
+                    &mut send,
+                    &Response::Error(ApiError::BadRequest(e.to_string())),
+                )
+                .await;
+                let _ = recv.stop(0u32.into());
+                break;
+            }
+            Err(FrameError::Stream(_)) => break,
+        };
+        match req {
+            Request::FollowLifecycle => {
+                follow_lifecycle(&shared, &mut send).await;
+                break;
+            }
+            Request::FollowEvents {
+                entity_type,
+                cursor,
+            } => {
+                follow_events(&shared, &mut send, &entity_type, cursor).await;
+                break;
+            }
+            req => {
+                let resp = match shared.in_flight.clone().try_acquire_owned() {
+                    Ok(_permit) => handle(&shared, req).await,
+                    Err(_) => Response::Error(ApiError::Busy(
+                        "too many requests in flight; retry later".into(),
+                    )),
+                };
+                if api::write_frame(&mut send, &resp).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+fn type_info(node: &Node, d: &Deployment) -> TypeInfo {
+    TypeInfo {
+        entity_type: d.entity_type.clone(),
+        deploy: d.deploy,
+        behavior: d.behavior.clone(),
+        version: d.version.clone(),
+        state_schema: d.state_schema,
+        hash: d.hash.clone(),
+        deployed_ms: d.deployed_ms,
+        live_entities: node.live_entities(&d.entity_type) as u64,
+    }
+}
+
+async fn handle(shared: &Shared, req: Request) -> Response {
+    let node = &shared.node;
+    let result = match req {
+        Request::Hello { version } => {
+            if version == PROTOCOL_VERSION {
+                Ok(Response::Welcome {
+                    version: PROTOCOL_VERSION,
+                    node: shared.name.clone(),
+                })
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "protocol version {version} is not supported; this node speaks {PROTOCOL_VERSION}"
+                )))
+            }
+        }
+        Request::Deploy { entity_type, wasm } => node
+            .deploy(&entity_type, wasm)
+            .await
+            .map(|d| Response::Deployed(type_info(node, &d)))
+            .map_err(deploy_error),
+        Request::Ask {
+            entity_type,
+            entity_id,
+            command,
+            expected_seq,
+            timeout_ms,
+        } => {
+            ask(
+                node,
+                &entity_type,
+                &entity_id,
+                command,
+                expected_seq,
+                timeout_ms,
+            )
+            .await
+        }
+        Request::Tell {
+            entity_type,
+            entity_id,
+            command,
+        } => match encode(node, &entity_type, command) {
+            Ok(bytes) => node
+                .tell(&entity_type, &entity_id, bytes)
+                .await
+                .map(|()| Response::Queued)
+                .map_err(ask_error),
+            Err(e) => Err(e),
+        },
+        Request::Events {
+            entity_type,
+            entity_id,
+            from,
+            to,
+            limit,
+        } => {
+            let limit = limit.min(MAX_EVENTS_PER_REQUEST) as usize;
+            if node.descriptor(&entity_type).is_none() {
+                return Response::Error(ApiError::UnknownEntityType(entity_type));
+            }
+            match node.events(&entity_type, &entity_id, from, to, limit).await {
+                Ok(events) => Ok(Response::Events(
+                    events
+                        .into_iter()
+                        .map(|e| event_view(node, &entity_type, &entity_id, e))
+                        .collect(),
+                )),
+                Err(e) => Err(read_error(e)),
+            }
+        }
+        Request::State {
+            entity_type,
+            entity_id,
+            at,
+        } => state(node, &entity_type, &entity_id, at).await,
+        Request::Types => Ok(Response::Types(
+            node.deployments()
+                .iter()
+                .map(|d| type_info(node, d))
+                .collect(),
+        )),
+        Request::EncodeCommand { entity_type, json } => node
+            .command_from_json(&entity_type, &json)
+            .map(Response::Encoded)
+            .map_err(read_error),
+        Request::FollowLifecycle | Request::FollowEvents { .. } => Err(ApiError::BadRequest(
+            "follow requests are handled by the stream loop".into(),
+        )),
+    };
+    result.unwrap_or_else(Response::Error)
+}
+
+fn encode(node: &Node, entity_type: &str, command: Payload) -> Result<Vec<u8>, ApiError> {
+    match command {
+        Payload::Bytes(b) => {
+            if node.descriptor(entity_type).is_none() {
+                return Err(ApiError::UnknownEntityType(entity_type.to_owned()));
+            }
+            Ok(b)
+        }
+        Payload::Json(j) => node.command_from_json(entity_type, &j).map_err(read_error),
+    }
+}
+
+async fn ask(
+    node: &Node,
+    entity_type: &str,
+    entity_id: &str,
+    command: Payload,
+    expected_seq: Option<u64>,
+    timeout_ms: Option<u64>,
+) -> Result<Response, ApiError> {
+    let json = matches!(command, Payload::Json(_));
+    let bytes = encode(node, entity_type, command)?;
+    let mut options = AskOptions {
+        expected_seq,
+        ..AskOptions::default()
+    };
+    if let Some(ms) = timeout_ms {
+        options.timeout = Duration::from_millis(ms.clamp(1, 10 * 60 * 1000));
+    }
+    let reply = node
+        .ask(entity_type, entity_id, bytes, options)
+        .await
+        .map_err(ask_error)?;
+    let payload = match reply.reply {
+        None => None,
+        Some(b) if json => Some(Payload::Json(
+            node.reply_to_json(entity_type, &b).map_err(read_error)?,
+        )),
+        Some(b) => Some(Payload::Bytes(b)),
+    };
+    Ok(Response::Reply {
+        reply: payload,
+        seq: reply.seq,
+    })
+}
+
+async fn state(
+    node: &Node,
+    entity_type: &str,
+    entity_id: &str,
+    at: StateAt,
+) -> Result<Response, ApiError> {
+    let past = match at {
+        StateAt::Now => {
+            let (json, seq) = node
+                .state_json(entity_type, entity_id)
+                .await
+                .map_err(read_error)?;
+            return Ok(Response::State {
+                json,
+                seq,
+                replayed: 0,
+            });
+        }
+        StateAt::Seq(n) => PastState::Seq(n),
+        StateAt::Time(t) => PastState::Time(t),
+    };
+    let h = node
+        .state_at(entity_type, entity_id, past)
+        .await
+        .map_err(read_error)?;
+    let json = node
+        .state_to_json(entity_type, &h.state)
+        .map_err(read_error)?;
+    Ok(Response::State {
+        json,
+        seq: h.seq,
+        replayed: h.replayed,
+    })
+}
+
+fn event_view(
+    node: &Node,
+    entity_type: &str,
+    entity_id: &str,
+    e: cairn_store::EventRecord,
+) -> EventView {
+    EventView {
+        entity_type: entity_type.to_owned(),
+        entity_id: entity_id.to_owned(),
+        seq: e.seq,
+        timestamp_ms: e.timestamp_ms,
+        version: e.version,
+        json: node.event_to_json(entity_type, &e.payload).ok(),
+        bytes: e.payload,
+    }
+}
+
+fn lifecycle_response(e: LifecycleEvent) -> Response {
+    let (kind, entity_type, entity_id, detail) = match e {
+        LifecycleEvent::Started {
+            entity_type,
+            entity_id,
+            snapshot_seq,
+            replayed,
+            seq,
+        } => (
+            "started",
+            entity_type,
+            Some(entity_id),
+            format!(
+                "seq={seq} replayed={replayed} snapshot={}",
+                snapshot_seq.map_or("none".to_owned(), |s| s.to_string())
+            ),
+        ),
+        LifecycleEvent::Passivated {
+            entity_type,
+            entity_id,
+        } => ("passivated", entity_type, Some(entity_id), String::new()),
+        LifecycleEvent::Stopped {
+            entity_type,
+            entity_id,
+            reason,
+        } => ("stopped", entity_type, Some(entity_id), reason),
+        LifecycleEvent::Restarted {
+            entity_type,
+            entity_id,
+            reason,
+        } => ("restarted", entity_type, Some(entity_id), reason),
+        LifecycleEvent::DeadLetter {
+            entity_type,
+            entity_id,
+            reason,
+        } => ("dead-letter", entity_type, Some(entity_id), reason),
+        LifecycleEvent::Unhandled {
+            entity_type,
+            entity_id,
+            reason,
+        } => ("unhandled", entity_type, Some(entity_id), reason),
+        LifecycleEvent::Deployed {
+            entity_type,
+            version,
+        } => ("deployed", entity_type, None, format!("version={version}")),
+    };
+    Response::Lifecycle {
+        kind: kind.to_owned(),
+        entity_type,
+        entity_id,
+        detail,
+    }
+}
+
+async fn follow_lifecycle(shared: &Shared, send: &mut quinn::SendStream) {
+    let mut rx = shared.node.lifecycle();
+    loop {
+        let resp = tokio::select! {
+            r = rx.recv() => match r {
+                Ok(e) => lifecycle_response(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => Response::Lagged(n),
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = send.stopped() => break,
+        };
+        if api::write_frame(send, &resp).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn follow_events(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    entity_type: &str,
+    mut cursor: u64,
+) {
+    let node = &shared.node;
+    if node.descriptor(entity_type).is_none() {
+        let _ = api::write_frame(
+            send,
+            &Response::Error(ApiError::UnknownEntityType(entity_type.to_owned())),
+        )
+        .await;
+        return;
+    }
+    loop {
+        let page = match node
+            .journal()
+            .read_feed(entity_type, cursor, FEED_BATCH)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ =
+                    api::write_frame(send, &Response::Error(ApiError::Failed(e.to_string()))).await;
+                return;
+            }
+        };
+        let caught_up = page.events.is_empty();
+        if !caught_up {
+            let events = page
+                .events
+                .into_iter()
+                .map(|(key, e)| event_view(node, &key.entity_type, &key.entity_id, e))
+                .collect();
+            let resp = Response::Feed {
+                events,
+                next: page.next,
+            };
+            if api::write_frame(send, &resp).await.is_err() {
+                return;
+            }
+        }
+        cursor = page.next;
+        if caught_up {
+            tokio::select! {
+                _ = node.appended(Duration::from_millis(200)) => {}
+                _ = send.stopped() => return,
+            }
+        }
+    }
+}
+
+fn deploy_error(e: DeployError) -> ApiError {
+    match e {
+        DeployError::Register(RegisterError::InvalidName(n)) => ApiError::BadRequest(format!(
+            "invalid entity type name `{n}`: use letters, digits, '-' and '_' (at most 128)"
+        )),
+        e => ApiError::DeployRefused(e.to_string()),
+    }
+}
+
+fn ask_error(e: AskError) -> ApiError {
+    match e {
+        AskError::UnknownEntityType(t) => ApiError::UnknownEntityType(t),
+        AskError::InvalidEntityId(m) => ApiError::BadRequest(format!("invalid entity id: {m}")),
+        AskError::Timeout(d) => ApiError::Timeout(format!("no reply within {d:?}")),
+        AskError::Conflict { expected, actual } => ApiError::Conflict { expected, actual },
+        AskError::Rejected(r) => ApiError::Rejected(r),
+        AskError::MalformedCommand(m) => ApiError::MalformedCommand(m),
+        e @ (AskError::MailboxFull
+        | AskError::EntityStopped(_)
+        | AskError::Guest(_)
+        | AskError::Journal(_)
+        | AskError::ShuttingDown) => ApiError::Failed(e.to_string()),
+    }
+}
+
+fn read_error(e: ReadError) -> ApiError {
+    match e {
+        ReadError::UnknownEntityType(t) => ApiError::UnknownEntityType(t),
+        ReadError::Ask(e) => ask_error(e),
+        e => ApiError::Failed(e.to_string()),
+    }
+}

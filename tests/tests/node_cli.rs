@@ -1,0 +1,379 @@
+//! A real `cairn node` process driven over QUIC: the CLI end to end, restarts
+//! (clean and SIGKILL), mutual TLS, bad frames, and the limits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use cairn_host::api::{ApiError, Payload, Request, Response, StateAt};
+use cairn_host::client::{Client, ClientError};
+use cairn_host::tls::ClientFiles;
+use cairn_tests::{NodeProc, example_wasm};
+
+const TYPE: &str = "bank-account";
+
+fn deploy(node: &NodeProc) -> Result<()> {
+    let wasm = example_wasm(TYPE)?;
+    let (ok, out, err) = node.cli(&["deploy", TYPE, wasm.to_str().unwrap()])?;
+    assert!(ok, "deploy failed: {err}");
+    assert!(out.contains("deployed bank-account #1"), "{out}");
+    Ok(())
+}
+
+fn ask(node: &NodeProc, id: &str, json: &str) -> Result<String> {
+    let (ok, out, err) = node.cli(&["ask", TYPE, id, json])?;
+    assert!(ok, "ask {json} failed: {err}");
+    Ok(out.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_end_to_end() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(tmp.path(), &[])?;
+    node.client().await?; // wait until it is up
+    deploy(&node)?;
+
+    assert_eq!(ask(&node, "a", r#"{"Deposit":{"amount":100}}"#)?, "\"ok\"");
+    let t1 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(ask(&node, "a", r#"{"Deposit":{"amount":50}}"#)?, "\"ok\"");
+    assert_eq!(ask(&node, "a", r#"{"Withdraw":{"amount":30}}"#)?, "\"ok\"");
+    assert_eq!(
+        ask(&node, "a", r#"{"Withdraw":{"amount":999}}"#)?,
+        "\"insufficient funds (balance: 120)\""
+    );
+
+    let (ok, out, _) = node.cli(&["tell", TYPE, "b", r#"{"Deposit":{"amount":7}}"#])?;
+    assert!(ok && out.contains("queued"), "{out}");
+
+    let (ok, out, err) = node.cli(&["events", TYPE, "a"])?;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("#1") && lines[0].contains("Deposited") && lines[0].contains("100")
+    );
+    assert!(
+        lines[2].starts_with("#3") && lines[2].contains("Withdrawn") && lines[2].contains("30")
+    );
+    let (_, out, _) = node.cli(&["events", TYPE, "a", "--from", "2", "--limit", "1", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert_eq!(v["seq"], 2);
+    assert_eq!(v["event"]["Deposited"]["amount"], 50);
+
+    let (ok, out, _) = node.cli(&["state", TYPE, "a", "--json"])?;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert_eq!(v["seq"], 3);
+    assert!(out.contains("120"), "{out}");
+    let (_, out, _) = node.cli(&["state", TYPE, "a", "--at-seq", "1", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert_eq!(
+        (v["seq"].as_u64(), v["replayed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(out.contains("100") && !out.contains("150"), "{out}");
+    let (_, out, _) = node.cli(&["state", TYPE, "a", "--at", &t1.to_string(), "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert_eq!(v["seq"], 1, "state at a time between #1 and #2: {out}");
+
+    let (ok, out, _) = node.cli(&["types"])?;
+    assert!(
+        ok && out.contains("bank-account") && out.contains("#1"),
+        "{out}"
+    );
+
+    // The type's event feed from the beginning: a's 3 events and b's 1.
+    let (ok, out, err) = node.cli(&["tail", TYPE, "--from", "0", "--count", "4", "--json"])?;
+    assert!(ok, "{err}");
+    let feed: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(feed.len(), 4, "{out}");
+    let a: Vec<u64> = feed
+        .iter()
+        .filter(|e| e["entity_id"] == "a")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(a, vec![1, 2, 3]);
+
+    // Lifecycle tail sees an entity start.
+    let bin = cairn_tests::cairn_bin()?;
+    let tail = std::process::Command::new(bin)
+        .args(["tail", "--count", "1", "--json", "--node"])
+        .arg(node.addr.to_string())
+        .arg("--certs")
+        .arg(node.certs())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    ask(&node, "c", r#"{"Deposit":{"amount":1}}"#)?;
+    let out = tail.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"started\"") && text.contains("\"c\""),
+        "{text}"
+    );
+
+    // Errors: clear, non-zero exit.
+    let (ok, _, err) = node.cli(&["ask", "no-such-type", "x", "{}"])?;
+    assert!(!ok && err.contains("unknown entity type"), "{err}");
+    let (ok, _, err) = node.cli(&["ask", TYPE, "a", r#"{"Bogus":1}"#])?;
+    assert!(!ok && err.contains("malformed command"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_keep_every_acknowledged_event() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut node = NodeProc::start(tmp.path(), &[])?;
+    node.client().await?;
+    deploy(&node)?;
+    assert_eq!(ask(&node, "r", r#"{"Deposit":{"amount":10}}"#)?, "\"ok\"");
+
+    // Clean stop (SIGTERM) and restart: the deployment and the state are back.
+    let status = node.terminate()?;
+    assert!(status.success(), "node exited with {status}");
+    node.restart()?;
+    let client = node.client().await?;
+    let s = client.state(TYPE, "r", StateAt::Now).await?;
+    assert_eq!(s.seq, 1);
+    assert!(s.json.contains("10"), "{}", s.json);
+
+    // SIGKILL under concurrent load.
+    let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let client = client.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("k{}", (w * 7 + i) % 40);
+                i += 1;
+                match client
+                    .ask(
+                        TYPE,
+                        &id,
+                        Payload::Json(r#"{"Deposit":{"amount":1}}"#.into()),
+                        None,
+                        None,
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        let mut m = acked.lock().unwrap();
+                        let e = m.entry(id).or_default();
+                        *e = (*e).max(r.seq);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.values().sum::<u64>() > 50,
+        "too little load: {acked:?}"
+    );
+
+    node.restart()?;
+    let client = node.client().await?; // clients reconnect to the restarted node
+    for (id, seq) in &acked {
+        let events = client.events(TYPE, id, 1, u64::MAX, 10_000).await?;
+        assert!(
+            events.len() as u64 >= *seq,
+            "{id}: acked #{seq}, journal has {}",
+            events.len()
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1, "{id}: gap in sequence numbers");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_of_the_ca_is_refused() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("node"), &[])?;
+    node.client().await?;
+    // A complete setup from another CA: its client certificate is not trusted.
+    let other = tmp.path().join("other");
+    cairn_host::tls::init(&other, &[])?;
+    let mixed = ClientFiles {
+        ca: node.certs().join("ca.pem"),
+        cert: other.join("client.pem"),
+        key: other.join("client.key"),
+    };
+    let r = Client::connect(node.addr, &mixed, "localhost").await;
+    assert!(r.is_err(), "a foreign client certificate was accepted");
+    // And a client that does not trust the node's CA refuses the node.
+    let r = Client::connect(node.addr, &ClientFiles::in_dir(&other), "localhost").await;
+    assert!(r.is_err(), "a node with an unknown CA was trusted");
+    // The node still serves a proper client.
+    node.client().await?.types().await?;
+    Ok(())
+}
+
+async fn raw_connection(node: &NodeProc) -> Result<quinn::Connection> {
+    let config = cairn_host::tls::client_config(&ClientFiles::in_dir(&node.certs()))?;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(config);
+    Ok(ep.connect(node.addr, "localhost")?.await?)
+}
+
+/// Sends raw bytes on a new stream and returns what came back (a decoded
+/// response, or None if the stream was just closed).
+async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Option<Response>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        cairn_host::api::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
+    )
+    .await?;
+    Ok(r.ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(tmp.path(), &[])?;
+    let good = node.client().await?;
+    deploy(&node)?;
+    let conn = raw_connection(&node).await?;
+
+    // Garbage: a length prefix, then bytes that are no message.
+    let mut garbage = 8u32.to_le_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 8]);
+    let r = raw_exchange(&conn, &garbage).await?;
+    assert!(
+        matches!(r, Some(Response::Error(ApiError::BadRequest(_)))),
+        "{r:?}"
+    );
+    // Truncated: announces 100 bytes, sends 10, ends the stream.
+    let mut truncated = 100u32.to_le_bytes().to_vec();
+    truncated.extend_from_slice(&[1; 10]);
+    let r = raw_exchange(&conn, &truncated).await?;
+    assert!(
+        matches!(r, None | Some(Response::Error(ApiError::BadRequest(_)))),
+        "{r:?}"
+    );
+    // Oversized: announces 3 GiB.
+    let r = raw_exchange(&conn, &(3u32 << 30).to_le_bytes()).await?;
+    assert!(
+        matches!(r, Some(Response::Error(ApiError::BadRequest(_)))),
+        "{r:?}"
+    );
+    // Unknown operation: a variant index no request has.
+    let r = raw_exchange(&conn, &[1, 0, 0, 0, 99]).await?;
+    assert!(
+        matches!(r, Some(Response::Error(ApiError::BadRequest(_)))),
+        "{r:?}"
+    );
+    // A well-formed request for an unknown type, and a malformed JSON command.
+    let ask = |ty: &str, json: &str| Request::Ask {
+        entity_type: ty.into(),
+        entity_id: "x".into(),
+        command: Payload::Json(json.into()),
+        expected_seq: None,
+        timeout_ms: None,
+    };
+    let frame = cairn_host::api::encode_frame(&ask("nope", "{}"))?;
+    let r = raw_exchange(&conn, &frame).await?;
+    assert!(
+        matches!(r, Some(Response::Error(ApiError::UnknownEntityType(_)))),
+        "{r:?}"
+    );
+    let frame = cairn_host::api::encode_frame(&ask(TYPE, "{not json"))?;
+    let r = raw_exchange(&conn, &frame).await?;
+    assert!(
+        matches!(r, Some(Response::Error(ApiError::MalformedCommand(_)))),
+        "{r:?}"
+    );
+
+    // Other clients, and this connection, keep being served.
+    let (reply, seq) = good
+        .ask_json(TYPE, "ok", r#"{"Deposit":{"amount":5}}"#)
+        .await?;
+    assert_eq!((reply.as_deref(), seq), (Some("\"ok\""), 1));
+    let frame = cairn_host::api::encode_frame(&Request::Types)?;
+    assert!(matches!(
+        raw_exchange(&conn, &frame).await?,
+        Some(Response::Types(_))
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_busy_instead_of_falling_over() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("cairn.toml");
+    std::fs::write(&config, "[node]\nmax_connections = 2\nmax_in_flight = 4\n")?;
+    let node = NodeProc::start(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    )?;
+    let c1 = node.client().await?;
+    deploy(&node)?; // a short-lived connection of its own
+    let _c2 = node.client().await?;
+    // A third connection is over the limit.
+    let files = ClientFiles::in_dir(&node.certs());
+    let r = Client::connect(node.addr, &files, "localhost").await;
+    match r {
+        Err(e) => assert!(e.to_string().contains("busy"), "{e}"),
+        Ok(_) => panic!("a connection over the limit was accepted"),
+    }
+
+    // 200 concurrent asks on one connection with 4 allowed in flight: some
+    // are answered busy, none is lost silently, and the node goes on.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let c = c1.clone();
+        tasks.push(tokio::spawn(async move {
+            c.ask(
+                TYPE,
+                &format!("l{}", i % 20),
+                Payload::Json(r#"{"Deposit":{"amount":1}}"#.into()),
+                None,
+                None,
+            )
+            .await
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await? {
+            Ok(_) => ok += 1,
+            Err(ClientError::Api(ApiError::Busy(_))) => busy += 1,
+            Err(e) => panic!("unexpected failure: {e}"),
+        }
+    }
+    assert_eq!(ok + busy, 200);
+    assert!(busy > 0, "no request was answered busy");
+    assert!(ok > 0, "no request got through");
+    // The deposits that were accepted are exactly those in the journal.
+    let mut stored = 0;
+    for i in 0..20 {
+        stored += c1
+            .events(TYPE, &format!("l{i}"), 1, u64::MAX, 1000)
+            .await?
+            .len();
+    }
+    assert_eq!(stored, ok);
+    Ok(())
+}
