@@ -116,7 +116,9 @@ impl Client {
             Ok(Response::Welcome { node, .. }) => client.node_name = node,
             Ok(other) => return Err(unexpected(&other)),
             Err(ClientError::Connection(m) | ClientError::Frame(FrameError::Stream(m))) => {
-                return Err(connect_err(m));
+                // The node may have closed the connection on purpose (busy).
+                let why = client.conn.close_reason().map_or(m, |r| r.to_string());
+                return Err(connect_err(why));
             }
             Err(e) => return Err(e),
         }
