@@ -200,6 +200,9 @@ pub enum Response {
     Types(Vec<TypeInfo>),
     /// An encoded command.
     Encoded(Vec<u8>),
+    /// First response on a follow stream: the subscription is in place, so
+    /// everything that happens from now on will be sent.
+    Following,
     /// One lifecycle event (on a `FollowLifecycle` stream).
     Lifecycle {
         /// What happened, as a short kind: started, passivated, ...

@@ -579,6 +579,7 @@ async fn tail(
     match entity_type {
         None => {
             let mut follow = client.follow_lifecycle().await?;
+            eprintln!("(following lifecycle events)");
             while seen < limit {
                 let Some(r) = follow.next().await else { break };
                 match r? {
@@ -630,6 +631,7 @@ async fn tail(
                 }
             };
             let mut follow = client.follow_events(&ty, cursor).await?;
+            eprintln!("(following {ty} events from cursor {cursor})");
             'outer: while seen < limit {
                 let Some(r) = follow.next().await else { break };
                 match r? {

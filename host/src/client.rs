@@ -334,7 +334,8 @@ impl Client {
         }
     }
 
-    /// Follows the node's lifecycle events from now on.
+    /// Follows the node's lifecycle events from now on: when this returns,
+    /// the node is subscribed, so nothing that happens afterwards is missed.
     pub async fn follow_lifecycle(&self) -> Result<Follow, ClientError> {
         self.follow(Request::FollowLifecycle).await
     }
@@ -355,7 +356,16 @@ impl Client {
     async fn follow(&self, req: Request) -> Result<Follow, ClientError> {
         let (mut send, recv) = self.open().await?;
         api::write_frame(&mut send, &req).await?;
-        Ok(Follow { send, recv })
+        let mut follow = Follow { send, recv };
+        // The node confirms once the subscription is in place.
+        match follow.next().await {
+            Some(Ok(Response::Following)) => Ok(follow),
+            Some(Ok(other)) => Err(unexpected(&other)),
+            Some(Err(e)) => Err(e),
+            None => Err(ClientError::Connection(
+                "the node ended the stream before following".into(),
+            )),
+        }
     }
 }
 

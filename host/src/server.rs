@@ -489,6 +489,9 @@ fn lifecycle_response(e: LifecycleEvent) -> Response {
 
 async fn follow_lifecycle(shared: &Shared, send: &mut quinn::SendStream) {
     let mut rx = shared.node.lifecycle();
+    if api::write_frame(send, &Response::Following).await.is_err() {
+        return;
+    }
     loop {
         let resp = tokio::select! {
             r = rx.recv() => match r {
@@ -517,6 +520,9 @@ async fn follow_events(
             &Response::Error(ApiError::UnknownEntityType(entity_type.to_owned())),
         )
         .await;
+        return;
+    }
+    if api::write_frame(send, &Response::Following).await.is_err() {
         return;
     }
     loop {

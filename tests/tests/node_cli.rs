@@ -109,8 +109,18 @@ async fn cli_end_to_end() -> Result<()> {
         .arg("--certs")
         .arg(node.certs())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait until it is subscribed: it says so on stderr.
+    let mut tail = tail;
+    let mut stderr = std::io::BufReader::new(tail.stderr.take().expect("piped"));
+    let mut line = String::new();
+    while !line.contains("following") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut stderr, &mut line)? == 0 {
+            panic!("cairn tail ended before following");
+        }
+    }
     ask(&node, "c", r#"{"Deposit":{"amount":1}}"#)?;
     let out = tail.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -375,5 +385,96 @@ async fn limits_answer_busy_instead_of_falling_over() -> Result<()> {
             .len();
     }
     assert_eq!(stored, ok);
+    Ok(())
+}
+
+/// Reads a follow stream until `want` events have arrived; returns them with
+/// the cursor after each batch.
+async fn read_feed(
+    follow: &mut cairn_host::client::Follow,
+    want: usize,
+) -> Result<Vec<(cairn_host::api::EventView, u64)>> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let next = tokio::time::timeout(Duration::from_secs(30), follow.next()).await?;
+        match next {
+            Some(Ok(Response::Feed { events, next })) => {
+                got.extend(events.into_iter().map(|e| (e, next)));
+            }
+            other => panic!("unexpected on the feed: {other:?}"),
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_has_no_gaps_and_resumes_from_a_cursor() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    let client = node.client().await?;
+    client
+        .deploy(TYPE, std::fs::read(example_wasm(TYPE)?)?)
+        .await?;
+    // Subscribe from the beginning, then write concurrently: 4 writers, 5
+    // entities each, 10 deposits per entity.
+    let mut follow = client.follow_events(TYPE, 0).await?;
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let c = client.clone();
+        writers.push(tokio::spawn(async move {
+            for round in 0..10 {
+                for e in 0..5 {
+                    c.ask_json(
+                        TYPE,
+                        &format!("f{w}-{e}"),
+                        &format!(r#"{{"Deposit":{{"amount":{}}}}}"#, round + 1),
+                    )
+                    .await?;
+                }
+            }
+            Ok::<_, ClientError>(())
+        }));
+    }
+    let got = read_feed(&mut follow, 200).await?;
+    for w in writers {
+        w.await??;
+    }
+    follow.stop();
+    assert_eq!(got.len(), 200);
+    // Every entity's events arrive once each, in sequence order, no gaps.
+    let mut per_entity: HashMap<String, Vec<u64>> = HashMap::new();
+    for (e, _) in &got {
+        assert_eq!(e.entity_type, TYPE);
+        assert!(e.json.as_deref().is_some_and(|j| j.contains("Deposited")));
+        per_entity
+            .entry(e.entity_id.clone())
+            .or_default()
+            .push(e.seq);
+    }
+    assert_eq!(per_entity.len(), 20);
+    for (id, seqs) in &per_entity {
+        assert_eq!(seqs, &(1..=10).collect::<Vec<u64>>(), "{id}");
+    }
+    // Resuming from the cursor after some batch yields exactly the rest.
+    let boundaries: Vec<usize> = (1..got.len())
+        .filter(|&i| got[i - 1].1 != got[i].1)
+        .collect();
+    let mid = boundaries.get(boundaries.len() / 2).copied().unwrap_or(0);
+    let cursor = if mid == 0 { 0 } else { got[mid - 1].1 };
+    let mut resumed = client.follow_events(TYPE, cursor).await?;
+    let rest = read_feed(&mut resumed, got.len() - mid).await?;
+    resumed.stop();
+    let key = |e: &cairn_host::api::EventView| (e.entity_id.clone(), e.seq);
+    assert_eq!(
+        rest.iter().map(|(e, _)| key(e)).collect::<Vec<_>>(),
+        got[mid..].iter().map(|(e, _)| key(e)).collect::<Vec<_>>()
+    );
+    // An unknown type is an error, not a silent empty stream.
+    match client.follow_events("no-such-type", 0).await {
+        Err(ClientError::Api(ApiError::UnknownEntityType(_))) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("following an unknown type succeeded"),
+    }
+    client.close().await;
     Ok(())
 }
