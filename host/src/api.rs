@@ -304,11 +304,16 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
     if n > max {
         return Err(FrameError::TooLarge(n));
     }
-    let mut buf = vec![0u8; n];
-    recv.read_exact(&mut buf).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(_) => FrameError::Truncated,
-        quinn::ReadExactError::ReadError(e) => FrameError::Stream(e.to_string()),
-    })?;
+    // The buffer grows with the bytes that actually arrive, so a peer that
+    // announces a large frame and sends little costs little memory.
+    let mut buf = Vec::with_capacity(n.min(64 * 1024));
+    while buf.len() < n {
+        match recv.read_chunk(n - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(FrameError::Truncated),
+            Err(e) => return Err(FrameError::Stream(e.to_string())),
+        }
+    }
     postcard::from_bytes(&buf).map_err(|e| FrameError::Decode(e.to_string()))
 }
 

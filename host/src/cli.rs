@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cairn_host::api::{Payload, Response, StateAt};
+use cairn_host::api::{Payload, Request, Response, StateAt};
 use cairn_host::client::{Client, ClientError};
 use cairn_host::config::{Config, JournalBackend};
 use cairn_host::node::Node;
@@ -792,6 +792,19 @@ async fn bench(a: BenchArgs) -> Result<()> {
     let client = connect(&a.conn).await?;
     let command = client.encode_command(&a.entity_type, &a.command).await?;
 
+    // The network alone: a request the node answers without the journal.
+    let mut rtt = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        client
+            .call(&Request::Hello {
+                version: cairn_host::api::PROTOCOL_VERSION,
+            })
+            .await?;
+        rtt.push(t.elapsed());
+    }
+    rtt.sort();
+
     // One sequential client: latency against the disk's fsync latency.
     let mut seq = Vec::with_capacity(2000);
     for i in 0..2000 {
@@ -829,7 +842,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
             let mut lat = Vec::with_capacity(per_stream);
             let mut failed = 0u64;
             let mut e = s;
-            for _ in 0..per_stream {
+            for i in 1..=per_stream {
                 let id = format!("bench-{}", e % entities);
                 e += streams;
                 let t = Instant::now();
@@ -840,8 +853,10 @@ async fn bench(a: BenchArgs) -> Result<()> {
                     Ok(_) => lat.push(t.elapsed()),
                     Err(_) => failed += 1,
                 }
-                if lat.len() % 256 == 0 {
+                if i % 256 == 0 {
                     pb.inc(256);
+                } else if i == per_stream {
+                    pb.inc((i % 256) as u64);
                 }
             }
             (lat, failed)
@@ -889,6 +904,11 @@ async fn bench(a: BenchArgs) -> Result<()> {
         us(fsync_p99),
         a.fsync_dir.display(),
         us(percentile(&seq, 0.5)) as i128 - us(fsync_p50) as i128
+    );
+    println!(
+        "round trip   p50 {} µs   p99 {} µs   (a request the node answers without the journal)",
+        us(percentile(&rtt, 0.5)),
+        us(percentile(&rtt, 0.99))
     );
     client.close().await;
     Ok(())

@@ -162,6 +162,31 @@ pub fn cairn_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds the `cairn` binary with the profile of the running executable
+/// (for programs started by `cargo run`, which cannot depend on another
+/// package's binary) and returns its path. `CAIRN_BIN` skips the build.
+pub fn build_cairn_bin() -> Result<PathBuf> {
+    if std::env::var_os("CAIRN_BIN").is_some() {
+        return cairn_bin();
+    }
+    let exe = std::env::current_exe().context("locating the executable")?;
+    let release = exe
+        .ancestors()
+        .any(|p| p.file_name().is_some_and(|n| n == "release"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "cairn-host", "--bin", "cairn"])
+        .current_dir(workspace_root());
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build for cairn")?;
+    if !status.success() {
+        bail!("building the cairn binary failed");
+    }
+    cairn_bin()
+}
+
 /// A `cairn node` process on a data directory, listening on a free
 /// loopback port. Killed when dropped.
 pub struct NodeProc {

@@ -1,30 +1,240 @@
-//! The bank-account walk-through of the reference event-sourcing guide, on a
-//! real node: the bank-account component built from `examples/`, the embedded
-//! SQLite journal with fsync, recovery by a fresh node, and snapshots.
+//! The quick start: the bank-account walk-through of the reference
+//! event-sourcing guide over the network. It builds the example behaviors to
+//! wasm and the `cairn` binary, starts `cairn node` on the embedded default
+//! (SQLite journal with fsync, development certificates made on first start),
+//! and drives it with the `cairn` CLI: deploy, the guide's transactions, the
+//! journal, a node restart with recovery, then snapshots. Every figure the
+//! guide states is checked; a mismatch ends the program with an error.
 //!
-//! Run: `cargo run --release -p cairn-tests --bin cairn-demo`
+//! Run: `cargo run -p cairn-tests --bin cairn-demo`
 
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use cairn_host::config::Config;
-use cairn_host::node::{AskOptions, LifecycleEvent, Node};
-use cairn_store::EntityKey;
+use anyhow::{Context, Result, bail};
+use cairn_host::api::Response;
+use cairn_host::client::{Client, Follow};
+use cairn_tests::NodeProc;
 
 const TYPE: &str = "bank-account";
 
-async fn open(config: &Config, wasm: &[u8]) -> Result<Node> {
-    let node = Node::open(config.clone())?;
-    node.register_component(TYPE, wasm.to_vec()).await?;
-    Ok(node)
+/// Runs `cairn ARGS` against the node, prints the command and what it wrote
+/// to stdout, and returns that.
+fn cairn(node: &NodeProc, args: &[&str]) -> Result<String> {
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(['{', '"', ' ']) {
+                format!("'{a}'")
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    println!("  $ cairn {}", shown.join(" "));
+    let (ok, out, err) = node.cli(args)?;
+    if !ok {
+        bail!("cairn {} failed: {err}", args.join(" "));
+    }
+    for line in out.lines().chain(err.lines()) {
+        println!("    {line}");
+    }
+    Ok(out.trim().to_owned())
 }
 
-async fn ask(node: &Node, id: &str, json: &str) -> Result<String> {
-    let r = node
-        .ask_json(TYPE, id, json, AskOptions::default())
-        .await
-        .with_context(|| format!("ask {json}"))?;
-    Ok(r.reply.unwrap_or_default())
+fn expect(what: &str, got: &str, want: &str) -> Result<()> {
+    if got != want {
+        bail!("{what}: expected {want}, got {got}");
+    }
+    Ok(())
+}
+
+/// Waits on a lifecycle follow for the `started` event of `id`; returns its detail.
+async fn started(follow: &mut Follow, id: &str) -> Result<String> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), follow.next())
+            .await
+            .context("no started event within 30 s")?;
+        match next {
+            Some(Ok(Response::Lifecycle {
+                kind,
+                entity_id,
+                detail,
+                ..
+            })) if kind == "started" && entity_id.as_deref() == Some(id) => return Ok(detail),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("the lifecycle stream ended"),
+        }
+    }
+}
+
+/// Reads `key=value` from a lifecycle detail.
+fn detail_value<'a>(detail: &'a str, key: &str) -> &'a str {
+    detail
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+/// Restarts the node cleanly (SIGTERM, then start again) and connects a
+/// client that follows lifecycle events.
+async fn restart(node: &mut NodeProc) -> Result<(Client, Follow)> {
+    println!("  (SIGTERM: the node drains its mailboxes, flushes the journal and exits)");
+    let status = node.terminate()?;
+    if !status.success() {
+        bail!("the node exited with {status} on SIGTERM");
+    }
+    node.restart()?;
+    let client = node.client().await?;
+    let follow = client.follow_lifecycle().await?;
+    println!("  (node restarted on the same data directory)");
+    Ok((client, follow))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    println!("Building the example behaviors (wasm32-wasip2 components) ...");
+    let wasm = cairn_tests::example_wasm(TYPE)?;
+    println!("Building the cairn binary ...");
+    let bin = cairn_tests::build_cairn_bin()?;
+    let dir = cairn_tests::workspace_root()
+        .join("target")
+        .join("cairn-demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("cairn.toml");
+    std::fs::write(&config, "[entities.\"bank-account\".snapshot]\nevery = 5\n")?;
+    let mut node = NodeProc::start(
+        &dir.join("data"),
+        &["--config", config.to_str().context("path")?],
+    )?;
+    let _client = node.client().await?;
+    println!(
+        "\nA node is running: {} node --config {} --data-dir {} --listen {}",
+        show(&bin),
+        show(&config),
+        show(&node.dir),
+        node.addr
+    );
+    println!(
+        "  (log: {}; it made development certificates in {}; the CLI below is\n   pointed at it with --node {} --certs {}, or CAIRN_NODE / CAIRN_CERTS)",
+        show(&node.dir.join("node.log")),
+        show(&node.certs()),
+        node.addr,
+        show(&node.certs())
+    );
+
+    println!("\n── Deploy ──");
+    let wasm_arg = wasm.to_str().context("path")?.to_owned();
+    cairn(&node, &["deploy", TYPE, &wasm_arg])?;
+    cairn(&node, &["types"])?;
+
+    println!("\n── Phase 1: transactions ──");
+    for amount in [100, 50] {
+        println!("  Depositing {amount}");
+        cairn(
+            &node,
+            &[
+                "tell",
+                TYPE,
+                "acct-1",
+                &format!("{{\"Deposit\":{{\"amount\":{amount}}}}}"),
+            ],
+        )?;
+    }
+    println!("  Withdrawing 30");
+    let r = cairn(
+        &node,
+        &["ask", TYPE, "acct-1", r#"{"Withdraw":{"amount":30}}"#],
+    )?;
+    println!("  Withdraw result: {}", plain(&r));
+    expect("first withdrawal", &plain(&r), "ok")?;
+    println!("  Withdrawing 999");
+    let r = cairn(
+        &node,
+        &["ask", TYPE, "acct-1", r#"{"Withdraw":{"amount":999}}"#],
+    )?;
+    println!("  Withdraw result: {}", plain(&r));
+    expect(
+        "second withdrawal",
+        &plain(&r),
+        "insufficient funds (balance: 120)",
+    )?;
+    let r = cairn(&node, &["ask", TYPE, "acct-1", r#""GetBalance""#])?;
+    println!("  Balance: {r}");
+    expect("balance", &r, "120")?;
+
+    let out = cairn(&node, &["events", TYPE, "acct-1"])?;
+    let lines: Vec<&str> = out.lines().collect();
+    println!("\n── Journal has {} events ──", lines.len());
+    let want = [
+        r#"{"Deposited":{"amount":100}}"#,
+        r#"{"Deposited":{"amount":50}}"#,
+        r#"{"Withdrawn":{"amount":30}}"#,
+    ];
+    if lines.len() != want.len() {
+        bail!("expected 3 events, got {}", lines.len());
+    }
+    for (i, (line, event)) in lines.iter().zip(want).enumerate() {
+        println!("  #{}: {event}", i + 1);
+        if !line.starts_with(&format!("#{} ", i + 1)) || !line.ends_with(event) {
+            bail!("event #{}: expected {event}, got {line}", i + 1);
+        }
+    }
+    println!("  Time travel: the state after event #2, replayed through the behavior");
+    let r = cairn(&node, &["state", TYPE, "acct-1", "--at-seq", "2"])?;
+    expect("balance at #2", &balance_of(&r)?, "150")?;
+
+    println!("\n── Phase 2: recovery (the node restarts on the same data directory) ──");
+    let (client, mut follow) = restart(&mut node).await?;
+    let r = cairn(&node, &["ask", TYPE, "acct-1", r#""GetBalance""#])?;
+    let detail = started(&mut follow, "acct-1").await?;
+    let replayed = detail_value(&detail, "replayed");
+    println!("  Recovered balance: {r} (replayed {replayed} events)");
+    expect("recovered balance", &r, "120")?;
+    expect("events replayed", replayed, "3")?;
+    follow.stop();
+    client.close().await;
+
+    println!("\n── Phase 3: snapshot recovery (a snapshot every 5 events) ──");
+    for _ in 0..7 {
+        println!("  Depositing 10");
+        cairn(
+            &node,
+            &["ask", TYPE, "acct-2", r#"{"Deposit":{"amount":10}}"#],
+        )?;
+    }
+    let r = cairn(&node, &["ask", TYPE, "acct-2", r#""GetBalance""#])?;
+    println!("  Balance after 7 deposits: {r}");
+    expect("balance after 7 deposits", &r, "70")?;
+    let out = cairn(&node, &["events", TYPE, "acct-2"])?;
+    let count = out.lines().count();
+    println!("  Journal has {count} events total");
+    expect("events of acct-2", &count.to_string(), "7")?;
+    let (client, mut follow) = restart(&mut node).await?;
+    let r = cairn(&node, &["ask", TYPE, "acct-2", r#""GetBalance""#])?;
+    let detail = started(&mut follow, "acct-2").await?;
+    let (snap, replayed) = (
+        detail_value(&detail, "snapshot"),
+        detail_value(&detail, "replayed"),
+    );
+    println!(
+        "  Recovery started from the snapshot at #{snap} and replayed only {replayed} events: balance {r}"
+    );
+    expect("snapshot sequence number", snap, "5")?;
+    expect("events replayed after the snapshot", replayed, "2")?;
+    expect("recovered balance", &r, "70")?;
+    println!("  The snapshot's state, read back (0 events replayed on top of it):");
+    let r = cairn(&node, &["state", TYPE, "acct-2", "--at-seq", "5"])?;
+    expect("balance at the snapshot", &balance_of(&r)?, "50")?;
+    follow.stop();
+    client.close().await;
+
+    let status = node.terminate()?;
+    println!("\nDone: every figure matches the guide. The node stopped ({status}).");
+    println!("Its data stays in {}.", show(&node.dir));
+    Ok(())
 }
 
 /// Renders a reply such as `"ok"` the way the guide prints it: without quotes.
@@ -32,109 +242,15 @@ fn plain(json: &str) -> String {
     serde_json::from_str::<String>(json).unwrap_or_else(|_| json.to_owned())
 }
 
-/// Waits for the `Started` event of an entity and returns (snapshot seq, replayed).
-async fn started(
-    events: &mut tokio::sync::broadcast::Receiver<LifecycleEvent>,
-    id: &str,
-) -> Result<(Option<u64>, u64)> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await?? {
-            LifecycleEvent::Started {
-                entity_id,
-                snapshot_seq,
-                replayed,
-                ..
-            } if entity_id == id => return Ok((snapshot_seq, replayed)),
-            _ => {}
-        }
-    }
+/// The `balance` field of a bank-account state rendered as JSON.
+fn balance_of(state: &str) -> Result<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(state).with_context(|| format!("state {state}"))?;
+    Ok(v["balance"].to_string())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    println!("Building the bank-account component from examples/ ...");
-    let wasm = cairn_tests::example_bytes(TYPE)?;
-    let dir = cairn_tests::workspace_root()
-        .join("target")
-        .join("cairn-demo");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = Config::parse("[entities.\"bank-account\".snapshot]\nevery = 5\n")?;
-    config.node.data_dir = dir.clone();
-    println!(
-        "Data directory: {} (SQLite journal, WAL, fsync per batch)\n",
-        dir.display()
-    );
-
-    println!("── Phase 1: transactions ──");
-    {
-        let node = open(&config, &wasm).await?;
-        for amount in [100, 50] {
-            println!("  Depositing {amount}");
-            node.tell(
-                TYPE,
-                "acct-1",
-                node.command_from_json(TYPE, &format!("{{\"Deposit\":{{\"amount\":{amount}}}}}"))?,
-            )
-            .await?;
-        }
-        println!("  Withdrawing 30");
-        let r = ask(&node, "acct-1", r#"{"Withdraw":{"amount":30}}"#).await?;
-        println!("  Withdraw result: {}", plain(&r));
-        let r = ask(&node, "acct-1", r#"{"Withdraw":{"amount":999}}"#).await?;
-        println!("  Withdraw result: {}", plain(&r));
-        let r = ask(&node, "acct-1", r#""GetBalance""#).await?;
-        println!("  Balance: {r}");
-        let events = node.events(TYPE, "acct-1", 1, u64::MAX, 1000).await?;
-        println!("\n── Journal has {} events ──", events.len());
-        for e in &events {
-            println!("  #{}: {}", e.seq, node.event_to_json(TYPE, &e.payload)?);
-        }
-        node.shutdown(Duration::from_secs(5)).await;
-    }
-
-    println!("\n── Phase 2: recovery (a fresh node on the same data directory) ──");
-    {
-        let node = open(&config, &wasm).await?;
-        let mut lifecycle = node.lifecycle();
-        let r = ask(&node, "acct-1", r#""GetBalance""#).await?;
-        let (_, replayed) = started(&mut lifecycle, "acct-1").await?;
-        println!("  Recovered balance: {r} (replayed {replayed} events)");
-        node.shutdown(Duration::from_secs(5)).await;
-    }
-
-    println!("\n── Phase 3: snapshot recovery ──");
-    {
-        let node = open(&config, &wasm).await?;
-        for _ in 0..7 {
-            println!("  Depositing 10");
-            ask(&node, "acct-2", r#"{"Deposit":{"amount":10}}"#).await?;
-        }
-        let r = ask(&node, "acct-2", r#""GetBalance""#).await?;
-        println!("  Balance after 7 deposits: {r}");
-        let key = EntityKey::new(TYPE, "acct-2");
-        let schema = node.descriptor(TYPE).map_or(1, |d| d.state_schema);
-        let snap = node.snapshots().load(&key, u64::MAX, schema).await?;
-        let events = node.events(TYPE, "acct-2", 1, u64::MAX, 1000).await?;
-        match &snap {
-            Some(s) => {
-                let behavior_json = node.state_to_json(TYPE, &s.state)?;
-                println!("  Snapshot at seq #{}: {behavior_json}", s.seq);
-            }
-            None => println!("  No snapshot"),
-        }
-        println!("  Journal has {} events total", events.len());
-        node.shutdown(Duration::from_secs(5)).await;
-    }
-    {
-        let node = open(&config, &wasm).await?;
-        let mut lifecycle = node.lifecycle();
-        let r = ask(&node, "acct-2", r#""GetBalance""#).await?;
-        let (snap, replayed) = started(&mut lifecycle, "acct-2").await?;
-        println!(
-            "  Recovery (fresh node) started from snapshot #{} and replayed only {replayed} events: balance {r}",
-            snap.unwrap_or(0)
-        );
-        node.shutdown(Duration::from_secs(5)).await;
-    }
-    Ok(())
+/// A path relative to the workspace root when it is inside it.
+fn show(p: &Path) -> String {
+    let root = cairn_tests::workspace_root();
+    p.strip_prefix(&root).unwrap_or(p).display().to_string()
 }
