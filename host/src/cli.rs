@@ -285,14 +285,18 @@ pub fn main() -> Result<()> {
             );
             Ok(())
         }
-        command => runtime()?.block_on(async_main(command)),
+        command => runtime(&command)?.block_on(async_main(command)),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The node runs on every core; a client command on one thread, which is
+/// cheaper and lets the QUIC driver put many requests in one packet.
+fn runtime(command: &Command) -> Result<tokio::runtime::Runtime> {
+    let mut builder = match command {
+        Command::Node(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 async fn async_main(command: Command) -> Result<()> {
