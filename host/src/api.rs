@@ -10,6 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hotswap::ValidationReport;
+use crate::registry::DeployRecord;
+
 /// Version of this protocol; a node refuses a client speaking another.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -50,13 +53,27 @@ pub enum Request {
         /// The client's [`PROTOCOL_VERSION`].
         version: u32,
     },
-    /// Deploy a component to an entity type (creates the type, or replaces
-    /// its behavior for every later command).
+    /// Deploy a component to an entity type: validated by replaying the
+    /// history of sampled entities, then activated for every later command.
     Deploy {
         /// Entity type.
         entity_type: String,
         /// The component's bytes.
         wasm: Vec<u8>,
+        /// Only validate (a dry run): change nothing.
+        check: bool,
+    },
+    /// List the versions of a type and its deploy history.
+    Versions {
+        /// Entity type.
+        entity_type: String,
+    },
+    /// Activate an earlier version (validated like a deploy).
+    Rollback {
+        /// Entity type.
+        entity_type: String,
+        /// The version; the one before the active version if absent.
+        to: Option<u32>,
     },
     /// Send a command and wait for its reply.
     Ask {
@@ -173,8 +190,24 @@ pub enum Response {
         /// The node's name.
         node: String,
     },
-    /// A component was deployed.
-    Deployed(TypeInfo),
+    /// Answer to a deploy, a check or a rollback.
+    Deployed {
+        /// The active version afterwards (none for a check on a new type).
+        info: Option<TypeInfo>,
+        /// True if the active version changed.
+        changed: bool,
+        /// What replaying history showed.
+        report: ValidationReport,
+    },
+    /// Answer to [`Request::Versions`].
+    Versions {
+        /// Every version, oldest first.
+        versions: Vec<TypeInfo>,
+        /// The active version.
+        active: Option<u32>,
+        /// Every deploy, refusal and rollback, oldest first.
+        history: Vec<DeployRecord>,
+    },
     /// The reply to an ask.
     Reply {
         /// The reply as JSON (for a JSON command) or bytes; `None` if the
@@ -259,6 +292,9 @@ pub enum ApiError {
     /// The component was refused.
     #[error("deploy refused: {0}")]
     DeployRefused(String),
+    /// Replaying history through the new version failed; nothing changed.
+    #[error("deploy refused: {}", .0.summary())]
+    ValidationFailed(Box<ValidationReport>),
     /// The command could not be run (mailbox full, entity stopped, guest
     /// failure, storage failure, shutting down).
     #[error("{0}")]

@@ -44,12 +44,35 @@ pub struct Cli {
 enum Command {
     /// Run a node: the journal, the entities and the QUIC API.
     Node(NodeArgs),
-    /// Deploy a behavior component to an entity type.
+    /// Deploy a behavior component to an entity type. The node first
+    /// replays the history of sampled entities through it; a version that
+    /// cannot replay them is refused with a report and the active one stays.
     Deploy {
         /// Entity type, e.g. bank-account.
         entity_type: String,
         /// The component (.wasm) built with the guest SDK.
         file: PathBuf,
+        /// Only validate and show the report (a dry run): change nothing.
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// List the versions of an entity type (hash, time, state schema, which
+    /// is active) and its deploy history.
+    Versions {
+        /// Entity type.
+        entity_type: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Activate an earlier version, validated like a deploy.
+    Rollback {
+        /// Entity type.
+        entity_type: String,
+        /// The version (default: the one before the active version).
+        #[arg(long)]
+        to: Option<u32>,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -305,39 +328,82 @@ async fn async_main(command: Command) -> Result<()> {
         Command::Deploy {
             entity_type,
             file,
+            check,
             conn,
         } => {
             let wasm =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let client = connect(&conn).await?;
             let spinner = spinner(&format!(
-                "deploying {} ({} KiB): compiling and checking",
+                "{} {} ({} KiB): compiling, checking, replaying history",
+                if check { "checking" } else { "deploying" },
                 file.display(),
                 wasm.len() / 1024
             ));
-            let t = client.deploy(&entity_type, wasm).await;
+            let r = client.deploy_with(&entity_type, wasm, check).await;
             spinner.finish_and_clear();
-            let t = t?;
-            if conn.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "entity_type": t.entity_type, "deploy": t.deploy, "behavior": t.behavior,
-                        "version": t.version, "state_schema": t.state_schema, "hash": t.hash,
-                    })
-                );
-            } else {
-                println!(
-                    "deployed {} #{}: {} {} (state schema {}), sha256 {}",
-                    t.entity_type,
-                    t.deploy,
-                    t.behavior,
-                    t.version,
-                    t.state_schema,
-                    &t.hash[..16]
-                );
-            }
             client.close().await;
+            let d = refused_report(r, conn.json)?;
+            print_deployed(&d, &entity_type, check, conn.json);
+            Ok(())
+        }
+        Command::Rollback {
+            entity_type,
+            to,
+            conn,
+        } => {
+            let client = connect(&conn).await?;
+            let spinner = spinner("rolling back: replaying history");
+            let r = client.rollback(&entity_type, to).await;
+            spinner.finish_and_clear();
+            client.close().await;
+            let d = refused_report(r, conn.json)?;
+            print_deployed(&d, &entity_type, false, conn.json);
+            Ok(())
+        }
+        Command::Versions { entity_type, conn } => {
+            let client = connect(&conn).await?;
+            let v = client.versions(&entity_type).await;
+            client.close().await;
+            let v = v?;
+            if conn.json {
+                for t in &v.versions {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "version": t.deploy, "behavior_version": t.version, "hash": t.hash,
+                            "deployed_ms": t.deployed_ms, "state_schema": t.state_schema,
+                            "active": Some(t.deploy) == v.active,
+                        })
+                    );
+                }
+            } else {
+                for t in &v.versions {
+                    println!(
+                        "{} #{:<3} {} {:<10} schema {}  sha256 {}  deployed {}",
+                        if Some(t.deploy) == v.active { "*" } else { " " },
+                        t.deploy,
+                        t.behavior,
+                        t.version,
+                        t.state_schema,
+                        &t.hash[..16.min(t.hash.len())],
+                        fmt_time(t.deployed_ms)
+                    );
+                }
+                if !v.history.is_empty() {
+                    println!("history:");
+                }
+                for r in &v.history {
+                    println!(
+                        "  {}  {:?} {}  {:?}: {}",
+                        fmt_time(r.at_ms),
+                        r.action,
+                        r.version.map_or("(new)".to_owned(), |n| format!("#{n}")),
+                        r.outcome,
+                        r.report.summary()
+                    );
+                }
+            }
             Ok(())
         }
         Command::Ask {
@@ -537,6 +603,77 @@ fn parse_time(s: &str) -> Result<u64> {
         )
     })?;
     Ok(t.duration_since(UNIX_EPOCH)?.as_millis() as u64)
+}
+
+/// Turns a refused deploy into an error that shows the report.
+fn refused_report(
+    r: Result<cairn_host::client::Deployed, ClientError>,
+    json: bool,
+) -> Result<cairn_host::client::Deployed> {
+    match r {
+        Ok(d) => Ok(d),
+        Err(ClientError::Api(cairn_host::api::ApiError::ValidationFailed(report))) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "refused": true, "report": report })
+                );
+            }
+            let mut text = format!("deploy refused: {}", report.summary());
+            for f in &report.failures {
+                text.push_str(&format!(
+                    "\n  entity `{}` event #{}: {}",
+                    f.entity_id, f.seq, f.error
+                ));
+            }
+            text.push_str("\nthe active version is unchanged");
+            Err(anyhow!(text))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_deployed(d: &cairn_host::client::Deployed, entity_type: &str, check: bool, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "entity_type": entity_type,
+                "changed": d.changed,
+                "check": check,
+                "version": d.info.as_ref().map(|t| t.deploy),
+                "behavior_version": d.info.as_ref().map(|t| t.version.clone()),
+                "hash": d.info.as_ref().map(|t| t.hash.clone()),
+                "state_schema": d.info.as_ref().map(|t| t.state_schema),
+                "report": d.report,
+            })
+        );
+        return;
+    }
+    let r = &d.report;
+    if check {
+        println!("check passed: {}", r.summary());
+    } else if let Some(t) = &d.info {
+        println!(
+            "{} {} #{}: {} {} (state schema {}), sha256 {}",
+            if d.changed { "deployed" } else { "unchanged:" },
+            t.entity_type,
+            t.deploy,
+            t.behavior,
+            t.version,
+            t.state_schema,
+            &t.hash[..16.min(t.hash.len())]
+        );
+        if r.sampled > 0 {
+            println!("validated: {}", r.summary());
+        }
+    }
+    for diff in &r.differences {
+        println!(
+            "  {} at #{}: {} -> {}",
+            diff.entity_id, diff.seq, diff.active, diff.candidate
+        );
+    }
 }
 
 fn print_event(e: &cairn_host::api::EventView, json: bool, with_id: bool) {

@@ -13,6 +13,8 @@ use crate::api::{
     self, ApiError, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request, Response,
     StateAt, TypeInfo,
 };
+use crate::hotswap::ValidationReport;
+use crate::registry::DeployRecord;
 use crate::tls::{self, ClientFiles, TlsError};
 
 /// Why a client call failed.
@@ -170,16 +172,66 @@ impl Client {
         Ok(resp)
     }
 
-    /// Deploys a component to an entity type.
+    /// Deploys a component to an entity type and returns the active version.
+    /// A version that cannot replay history is refused with
+    /// [`ApiError::ValidationFailed`] and its report.
     pub async fn deploy(&self, entity_type: &str, wasm: Vec<u8>) -> Result<TypeInfo, ClientError> {
-        match self
+        let d = self.deploy_with(entity_type, wasm, false).await?;
+        d.info
+            .ok_or_else(|| ClientError::Unexpected("a deploy without a version".into()))
+    }
+
+    /// Deploys (or with `check`, only validates) a component; returns the
+    /// outcome with the validation report.
+    pub async fn deploy_with(
+        &self,
+        entity_type: &str,
+        wasm: Vec<u8>,
+        check: bool,
+    ) -> Result<Deployed, ClientError> {
+        let r = self
             .call(&Request::Deploy {
                 entity_type: entity_type.to_owned(),
                 wasm,
+                check,
+            })
+            .await?;
+        deployed(r)
+    }
+
+    /// Activates an earlier version of a type (the one before the active
+    /// version if `to` is `None`), after the same validation as a deploy.
+    pub async fn rollback(
+        &self,
+        entity_type: &str,
+        to: Option<u32>,
+    ) -> Result<Deployed, ClientError> {
+        let r = self
+            .call(&Request::Rollback {
+                entity_type: entity_type.to_owned(),
+                to,
+            })
+            .await?;
+        deployed(r)
+    }
+
+    /// The versions of a type, the active one, and the deploy history.
+    pub async fn versions(&self, entity_type: &str) -> Result<Versions, ClientError> {
+        match self
+            .call(&Request::Versions {
+                entity_type: entity_type.to_owned(),
             })
             .await?
         {
-            Response::Deployed(t) => Ok(t),
+            Response::Versions {
+                versions,
+                active,
+                history,
+            } => Ok(Versions {
+                versions,
+                active,
+                history,
+            }),
             other => Err(unexpected(&other)),
         }
     }
@@ -391,6 +443,43 @@ impl Follow {
     pub fn stop(mut self) {
         let _ = self.send.finish();
         let _ = self.recv.stop(0u32.into());
+    }
+}
+
+/// The outcome of a deploy, check or rollback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployed {
+    /// The active version afterwards.
+    pub info: Option<TypeInfo>,
+    /// True if the active version changed.
+    pub changed: bool,
+    /// What replaying history showed.
+    pub report: ValidationReport,
+}
+
+/// The versions of an entity type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versions {
+    /// Every version, oldest first.
+    pub versions: Vec<TypeInfo>,
+    /// The active version.
+    pub active: Option<u32>,
+    /// Every deploy, refusal and rollback, oldest first.
+    pub history: Vec<DeployRecord>,
+}
+
+fn deployed(r: Response) -> Result<Deployed, ClientError> {
+    match r {
+        Response::Deployed {
+            info,
+            changed,
+            report,
+        } => Ok(Deployed {
+            info,
+            changed,
+            report,
+        }),
+        other => Err(unexpected(&other)),
     }
 }
 

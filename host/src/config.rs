@@ -155,6 +155,8 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Most requests being served at once; more are answered "busy".
     pub max_in_flight: usize,
+    /// Entities whose history a new deploy replays before it goes live.
+    pub deploy_sample: usize,
     /// Certificates; `None` means the development setup generated in
     /// `<data_dir>/tls` on first start.
     pub tls: Option<TlsFiles>,
@@ -185,6 +187,7 @@ impl Default for NodeConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             max_connections: 1024,
             max_in_flight: 4096,
+            deploy_sample: 100,
             tls: None,
         }
     }
@@ -306,6 +309,9 @@ impl Config {
                 }
                 config.node.max_in_flight = m;
             }
+            if let Some(n) = node.deploy_sample {
+                config.node.deploy_sample = n;
+            }
             if let Some(t) = node.tls {
                 config.node.tls = Some(TlsFiles {
                     ca: t.ca,
@@ -409,6 +415,7 @@ struct FileNode {
     listen: Option<String>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
+    deploy_sample: Option<usize>,
     tls: Option<FileTls>,
 }
 

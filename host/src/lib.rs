@@ -9,6 +9,7 @@
 //! - [`behavior`]: the byte-level behavior trait shared by wasm and native behaviors.
 //! - [`config`]: the `cairn.toml` file.
 //! - [`registry`]: deployed components by content, and the deploy history.
+//! - [`hotswap`]: validation of a new version by replaying real history.
 //! - [`api`]: the client protocol (requests, responses, framing).
 //! - [`server`]: serves a node over QUIC; [`client`]: the Rust client.
 //! - [`tls`]: certificates and the TLS configurations (mutual TLS, always on).
@@ -31,6 +32,7 @@ pub mod behavior;
 pub mod client;
 pub mod config;
 mod entity;
+pub mod hotswap;
 pub mod node;
 pub mod registry;
 pub mod runtime;

@@ -23,7 +23,10 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use crate::behavior::{Behavior, Descriptor, GuestFault};
 use crate::config::{Config, EntitySettings, JournalBackend};
 use crate::entity::{self, Enqueue, EntityCell, Envelope};
-use crate::registry::{Deployment, Registry, RegistryError};
+use crate::hotswap::{self, ValidateError, ValidationReport};
+use crate::registry::{
+    DeployAction, DeployOutcome, DeployRecord, Deployment, Registry, RegistryError,
+};
 use crate::runtime::{GuestLimits, LoadError, WasmEngine};
 
 /// Number of lock shards of each entity type's map.
@@ -192,6 +195,27 @@ pub enum DeployError {
     /// The registry could not store it.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Replaying history through the new version failed; the active version
+    /// stays. The report names the entities and sequence numbers.
+    #[error("deploy refused: {}", .0.summary())]
+    Refused(Box<ValidationReport>),
+    /// Validation could not read the journal.
+    #[error("validation could not run: {0}")]
+    Validate(#[from] ValidateError),
+    /// A rollback names a version that does not exist, or there is none to go back to.
+    #[error("no such version: {0}")]
+    NoSuchVersion(String),
+}
+
+/// What a deploy (or a check, or a rollback) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployResult {
+    /// The active version afterwards (for a check: the active one, if any).
+    pub deployment: Option<Deployment>,
+    /// True if the active version changed.
+    pub changed: bool,
+    /// What replaying history showed (empty when nothing was replayed).
+    pub report: ValidationReport,
 }
 
 /// A state computed by replaying an entity's history.
@@ -341,6 +365,8 @@ pub(crate) struct NodeInner {
     /// Woken after every append that stored events.
     pub(crate) appended: Notify,
     registry: Registry,
+    /// Deploys and rollbacks of a node run one at a time.
+    deploying: tokio::sync::Mutex<()>,
 }
 
 impl NodeInner {
@@ -555,6 +581,7 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             appended: Notify::new(),
             registry,
+            deploying: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -685,30 +712,183 @@ impl Node {
         Ok(descriptor)
     }
 
-    /// Deploys a component to an entity type: compiles and checks it, stores
-    /// it in the node's registry (by content; it survives restarts) and makes
-    /// it the type's behavior for every later command. Bytes identical to the
-    /// active deploy change nothing.
+    /// Deploys a component to an entity type. The node compiles and checks
+    /// it, then replays the history of up to `[node] deploy_sample` existing
+    /// entities of the type through it (from their newest snapshot of its
+    /// state schema, or from the start). Any failure refuses the deploy
+    /// ([`DeployError::Refused`], recorded in the history) and the active
+    /// version stays. Otherwise the component is stored (by content; it
+    /// survives restarts) as the type's next version and activated: the
+    /// command in flight finishes on the old version, every later one runs on
+    /// the new. With `check`, everything but the activation runs and nothing
+    /// changes. Bytes identical to the active version change nothing.
+    pub async fn deploy_checked(
+        &self,
+        entity_type: &str,
+        wasm: Vec<u8>,
+        check: bool,
+    ) -> Result<DeployResult, DeployError> {
+        check_type_name(entity_type)?;
+        let _one_at_a_time = self.inner.deploying.lock().await;
+        let active = self.inner.registry.active(entity_type);
+        let registered = self.inner.entity_type(entity_type);
+        if let Some(a) = &active
+            && registered.is_some()
+            && a.hash == crate::registry::sha256_hex(&wasm)
+        {
+            return Ok(DeployResult {
+                deployment: active.clone(),
+                changed: false,
+                report: ValidationReport::default(),
+            });
+        }
+        let candidate = self.load(entity_type, wasm.clone()).await?;
+        let descriptor = candidate.descriptor().clone();
+        let current = registered.map(|t| t.behavior());
+        let report = hotswap::validate(
+            &self.inner.journal,
+            &self.inner.snapshots,
+            entity_type,
+            &candidate,
+            current.as_ref(),
+            self.inner.config.node.deploy_sample,
+        )
+        .await?;
+        if !report.passed() {
+            if !check {
+                self.inner.registry.refused(DeployRecord {
+                    entity_type: entity_type.to_owned(),
+                    action: DeployAction::Deploy,
+                    version: None,
+                    hash: crate::registry::sha256_hex(&wasm),
+                    behavior_version: descriptor.version.clone(),
+                    at_ms: now_ms(),
+                    outcome: DeployOutcome::Refused,
+                    report: report.clone(),
+                })?;
+                tracing::warn!(entity_type, report = %report.summary(), "deploy refused");
+            }
+            return Err(DeployError::Refused(Box::new(report)));
+        }
+        if check {
+            return Ok(DeployResult {
+                deployment: active,
+                changed: false,
+                report,
+            });
+        }
+        let deployment = self.inner.registry.record_with(
+            entity_type,
+            &wasm,
+            &descriptor,
+            now_ms(),
+            Some(report.clone()),
+        )?;
+        self.register(entity_type, candidate).await?;
+        tracing::info!(entity_type, version = deployment.deploy, report = %report.summary(), "deployed");
+        Ok(DeployResult {
+            deployment: Some(deployment),
+            changed: true,
+            report,
+        })
+    }
+
+    /// [`Node::deploy_checked`] without `check`; returns the active version.
     pub async fn deploy(
         &self,
         entity_type: &str,
         wasm: Vec<u8>,
     ) -> Result<Deployment, DeployError> {
-        check_type_name(entity_type)?;
-        if let Some(active) = self.inner.registry.active(entity_type)
-            && self.inner.entity_type(entity_type).is_some()
-            && active.hash == crate::registry::sha256_hex(&wasm)
-        {
-            return Ok(active);
-        }
-        let behavior = self.load(entity_type, wasm.clone()).await?;
-        let descriptor = behavior.descriptor().clone();
+        let r = self.deploy_checked(entity_type, wasm, false).await?;
+        r.deployment
+            .ok_or_else(|| DeployError::NoSuchVersion(entity_type.to_owned()))
+    }
+
+    /// Activates an earlier version of a type (`to`, or else the newest
+    /// version below the active one), after the same validation as a deploy.
+    pub async fn rollback(
+        &self,
+        entity_type: &str,
+        to: Option<u32>,
+    ) -> Result<DeployResult, DeployError> {
+        let _one_at_a_time = self.inner.deploying.lock().await;
+        let active = self.inner.registry.active(entity_type).ok_or_else(|| {
+            DeployError::NoSuchVersion(format!("`{entity_type}` was never deployed"))
+        })?;
+        let target = match to {
+            Some(v) => v,
+            None if active.deploy > 1 => active.deploy - 1,
+            None => {
+                return Err(DeployError::NoSuchVersion(format!(
+                    "`{entity_type}` has no version before {}",
+                    active.deploy
+                )));
+            }
+        };
         let deployment = self
             .inner
             .registry
-            .record(entity_type, &wasm, &descriptor, now_ms())?;
-        self.register(entity_type, behavior).await?;
-        Ok(deployment)
+            .version(entity_type, target)
+            .ok_or_else(|| {
+                DeployError::NoSuchVersion(format!("`{entity_type}` has no version {target}"))
+            })?;
+        if deployment.deploy == active.deploy {
+            return Ok(DeployResult {
+                deployment: Some(active),
+                changed: false,
+                report: ValidationReport::default(),
+            });
+        }
+        let wasm = self.inner.registry.component(&deployment.hash)?;
+        let candidate = self.load(entity_type, wasm).await?;
+        let current = self.inner.entity_type(entity_type).map(|t| t.behavior());
+        let report = hotswap::validate(
+            &self.inner.journal,
+            &self.inner.snapshots,
+            entity_type,
+            &candidate,
+            current.as_ref(),
+            self.inner.config.node.deploy_sample,
+        )
+        .await?;
+        if !report.passed() {
+            self.inner.registry.refused(DeployRecord {
+                entity_type: entity_type.to_owned(),
+                action: DeployAction::Rollback,
+                version: Some(target),
+                hash: deployment.hash.clone(),
+                behavior_version: deployment.version.clone(),
+                at_ms: now_ms(),
+                outcome: DeployOutcome::Refused,
+                report: report.clone(),
+            })?;
+            tracing::warn!(entity_type, version = target, report = %report.summary(), "rollback refused");
+            return Err(DeployError::Refused(Box::new(report)));
+        }
+        let deployment =
+            self.inner
+                .registry
+                .activate(entity_type, target, now_ms(), report.clone())?;
+        self.register(entity_type, candidate).await?;
+        tracing::info!(entity_type, version = target, "rolled back");
+        Ok(DeployResult {
+            deployment: Some(deployment),
+            changed: true,
+            report,
+        })
+    }
+
+    /// Every version of a type, oldest first, and which one is active.
+    pub fn versions(&self, entity_type: &str) -> (Vec<Deployment>, Option<u32>) {
+        (
+            self.inner.registry.history(entity_type),
+            self.inner.registry.active(entity_type).map(|d| d.deploy),
+        )
+    }
+
+    /// Every deploy, refusal and rollback of a type, oldest first.
+    pub fn deploy_records(&self, entity_type: &str) -> Vec<DeployRecord> {
+        self.inner.registry.records(entity_type)
     }
 
     /// Registers the active deploy of every type in the node's registry (what

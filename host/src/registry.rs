@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::behavior::Descriptor;
+use crate::hotswap::ValidationReport;
 
 /// One deploy of a component to an entity type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,11 +52,55 @@ pub enum RegistryError {
     },
 }
 
-#[derive(Default, Serialize, Deserialize)]
+/// What a deploy, check or rollback was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployAction {
+    /// A new component was deployed.
+    Deploy,
+    /// An earlier version was activated again.
+    Rollback,
+}
+
+/// How a deploy or rollback ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployOutcome {
+    /// The version is active.
+    Activated,
+    /// Validation failed; the active version stayed.
+    Refused,
+}
+
+/// One entry of a type's deploy history: what was tried, when, and how it
+/// ended, with the validation report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    /// Entity type.
+    pub entity_type: String,
+    /// Deploy or rollback.
+    pub action: DeployAction,
+    /// The version activated, or the one a refused rollback aimed at
+    /// (none for a refused new component: it never became a version).
+    pub version: Option<u32>,
+    /// sha256 of the component, hex.
+    pub hash: String,
+    /// The behavior's declared version.
+    pub behavior_version: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// How it ended.
+    pub outcome: DeployOutcome,
+    /// What replaying history showed.
+    pub report: ValidationReport,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct History {
     deployments: Vec<Deployment>,
     /// Index into `deployments` of the active deploy of each type.
     active: std::collections::BTreeMap<String, usize>,
+    /// Every deploy, refusal and rollback, oldest first.
+    #[serde(default)]
+    log: Vec<DeployRecord>,
 }
 
 /// Deployed components and their history.
@@ -143,6 +188,41 @@ impl Registry {
         Ok(bytes)
     }
 
+    /// The deploy `version` of a type.
+    pub fn version(&self, entity_type: &str, version: u32) -> Option<Deployment> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.deployments
+            .iter()
+            .find(|d| d.entity_type == entity_type && d.deploy == version)
+            .cloned()
+    }
+
+    /// The deploy history of a type, oldest first.
+    pub fn records(&self, entity_type: &str) -> Vec<DeployRecord> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.log
+            .iter()
+            .filter(|r| r.entity_type == entity_type)
+            .cloned()
+            .collect()
+    }
+
+    /// Applies `f` to a copy of the history, writes it durably, then makes
+    /// it current; on a write error nothing changes.
+    fn update<R>(&self, f: impl FnOnce(&mut History) -> R) -> Result<R, RegistryError> {
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = h.clone();
+        let r = f(&mut next);
+        let path = self.dir.join("deployments.json");
+        let json = serde_json::to_vec_pretty(&next).map_err(|e| RegistryError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, &json)?;
+        *h = next;
+        Ok(r)
+    }
+
     /// Stores a component and records it as the active deploy of the type.
     /// Bytes identical to the active deploy change nothing and return it.
     pub fn record(
@@ -152,46 +232,99 @@ impl Registry {
         descriptor: &Descriptor,
         now_ms: u64,
     ) -> Result<Deployment, RegistryError> {
+        self.record_with(entity_type, wasm, descriptor, now_ms, None)
+    }
+
+    /// [`Registry::record`], adding `report` to the deploy history.
+    pub fn record_with(
+        &self,
+        entity_type: &str,
+        wasm: &[u8],
+        descriptor: &Descriptor,
+        now_ms: u64,
+        report: Option<ValidationReport>,
+    ) -> Result<Deployment, RegistryError> {
         let hash = sha256_hex(wasm);
-        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&i) = h.active.get(entity_type)
-            && h.deployments[i].hash == hash
+        if let Some(active) = self.active(entity_type)
+            && active.hash == hash
         {
-            return Ok(h.deployments[i].clone());
+            return Ok(active);
         }
         let path = self.component_path(&hash);
         if !path.exists() {
             write_atomic(&path, wasm)?;
         }
-        let deploy = h
-            .deployments
-            .iter()
-            .filter(|d| d.entity_type == entity_type)
-            .count() as u32
-            + 1;
-        let d = Deployment {
-            entity_type: entity_type.to_owned(),
-            deploy,
-            hash,
-            behavior: descriptor.name.clone(),
-            version: descriptor.version.clone(),
-            state_schema: descriptor.state_schema,
-            deployed_ms: now_ms,
-        };
-        let mut next = History {
-            deployments: h.deployments.clone(),
-            active: h.active.clone(),
-        };
-        next.deployments.push(d.clone());
-        next.active
-            .insert(entity_type.to_owned(), next.deployments.len() - 1);
-        let json = serde_json::to_vec_pretty(&next).map_err(|e| RegistryError::Corrupt {
+        self.update(|h| {
+            let deploy = h
+                .deployments
+                .iter()
+                .filter(|d| d.entity_type == entity_type)
+                .count() as u32
+                + 1;
+            let d = Deployment {
+                entity_type: entity_type.to_owned(),
+                deploy,
+                hash: hash.clone(),
+                behavior: descriptor.name.clone(),
+                version: descriptor.version.clone(),
+                state_schema: descriptor.state_schema,
+                deployed_ms: now_ms,
+            };
+            h.deployments.push(d.clone());
+            h.active
+                .insert(entity_type.to_owned(), h.deployments.len() - 1);
+            if let Some(report) = report {
+                h.log.push(DeployRecord {
+                    entity_type: entity_type.to_owned(),
+                    action: DeployAction::Deploy,
+                    version: Some(deploy),
+                    hash,
+                    behavior_version: descriptor.version.clone(),
+                    at_ms: now_ms,
+                    outcome: DeployOutcome::Activated,
+                    report,
+                });
+            }
+            d
+        })
+    }
+
+    /// Makes an earlier version of a type active again (a rollback).
+    pub fn activate(
+        &self,
+        entity_type: &str,
+        version: u32,
+        now_ms: u64,
+        report: ValidationReport,
+    ) -> Result<Deployment, RegistryError> {
+        self.update(|h| {
+            let i = h
+                .deployments
+                .iter()
+                .position(|d| d.entity_type == entity_type && d.deploy == version)?;
+            h.active.insert(entity_type.to_owned(), i);
+            let d = h.deployments[i].clone();
+            h.log.push(DeployRecord {
+                entity_type: entity_type.to_owned(),
+                action: DeployAction::Rollback,
+                version: Some(version),
+                hash: d.hash.clone(),
+                behavior_version: d.version.clone(),
+                at_ms: now_ms,
+                outcome: DeployOutcome::Activated,
+                report,
+            });
+            Some(d)
+        })?
+        .ok_or_else(|| RegistryError::Corrupt {
             path: self.dir.join("deployments.json"),
-            message: e.to_string(),
-        })?;
-        write_atomic(&self.dir.join("deployments.json"), &json)?;
-        *h = next;
-        Ok(d)
+            message: format!("{entity_type} has no version {version}"),
+        })
+    }
+
+    /// Records a refused deploy or rollback in the history.
+    pub fn refused(&self, record: DeployRecord) -> Result<(), RegistryError> {
+        self.update(|h| h.log.push(record))
     }
 }
 

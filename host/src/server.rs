@@ -20,7 +20,8 @@ use crate::api::{
 };
 use crate::config::TlsFiles;
 use crate::node::{
-    AskError, AskOptions, DeployError, LifecycleEvent, Node, PastState, ReadError, RegisterError,
+    AskError, AskOptions, DeployError, DeployResult, LifecycleEvent, Node, PastState, ReadError,
+    RegisterError,
 };
 use crate::registry::Deployment;
 use crate::tls::{self, TlsError};
@@ -258,11 +259,32 @@ async fn handle(shared: &Shared, req: Request) -> Response {
                 )))
             }
         }
-        Request::Deploy { entity_type, wasm } => node
-            .deploy(&entity_type, wasm)
+        Request::Deploy {
+            entity_type,
+            wasm,
+            check,
+        } => node
+            .deploy_checked(&entity_type, wasm, check)
             .await
-            .map(|d| Response::Deployed(type_info(node, &d)))
+            .map(|r| deployed(node, r))
             .map_err(deploy_error),
+        Request::Rollback { entity_type, to } => node
+            .rollback(&entity_type, to)
+            .await
+            .map(|r| deployed(node, r))
+            .map_err(deploy_error),
+        Request::Versions { entity_type } => {
+            let (versions, active) = node.versions(&entity_type);
+            if versions.is_empty() {
+                Err(ApiError::UnknownEntityType(entity_type))
+            } else {
+                Ok(Response::Versions {
+                    versions: versions.iter().map(|d| type_info(node, d)).collect(),
+                    active,
+                    history: node.deploy_records(&entity_type),
+                })
+            }
+        }
         Request::Ask {
             entity_type,
             entity_id,
@@ -563,8 +585,18 @@ async fn follow_events(
     }
 }
 
+fn deployed(node: &Node, r: DeployResult) -> Response {
+    Response::Deployed {
+        info: r.deployment.as_ref().map(|d| type_info(node, d)),
+        changed: r.changed,
+        report: r.report,
+    }
+}
+
 fn deploy_error(e: DeployError) -> ApiError {
     match e {
+        DeployError::Refused(report) => ApiError::ValidationFailed(report),
+        DeployError::NoSuchVersion(m) => ApiError::BadRequest(format!("no such version: {m}")),
         DeployError::Register(RegisterError::InvalidName(n)) => ApiError::BadRequest(format!(
             "invalid entity type name `{n}`: use letters, digits, '-' and '_' (at most 128)"
         )),

@@ -15,7 +15,14 @@ use anyhow::{Context, Result, bail};
 pub mod native;
 
 /// The example crates built to components.
-pub const EXAMPLES: &[&str] = &["bank-account", "shopping-cart", "counter", "faulty"];
+pub const EXAMPLES: &[&str] = &[
+    "bank-account",
+    "bank-account-v2",
+    "bank-account-broken",
+    "shopping-cart",
+    "counter",
+    "faulty",
+];
 
 /// The wasm target behaviors are built for.
 pub const WASM_TARGET: &str = "wasm32-wasip2";

@@ -1,0 +1,277 @@
+//! Validation of a new behavior version before it goes live: the history of
+//! a sample of existing entities is replayed through it (from their newest
+//! snapshot of its state schema, or from the start), and the resulting state
+//! is compared with the state the active version computes.
+//!
+//! Owns [`ValidationReport`] (kept in the deploy history and sent to clients)
+//! and [`validate`]. A decode error, a rejected stored event or a trap during
+//! replay is a [`ReplayFailure`] naming the entity and the sequence number;
+//! any failure refuses the deploy.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_store::{EntityKey, Journal, JournalError, PackedEvents, SnapshotStore};
+use serde::{Deserialize, Serialize};
+
+use crate::behavior::Behavior;
+
+/// Most failures and differences listed in a report (the counts are exact).
+pub const REPORT_LIST_MAX: usize = 20;
+
+/// Events read and folded per step of a replay.
+const CHUNK: usize = 4096;
+
+/// What replaying real history through a candidate version showed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    /// Entities whose history was replayed.
+    pub sampled: u64,
+    /// Events replayed through the candidate.
+    pub events: u64,
+    /// Sampled entities that started from a snapshot of the candidate's schema.
+    pub from_snapshot: u64,
+    /// How long the validation took (ms).
+    pub millis: u64,
+    /// Entities the candidate cannot replay (at most [`REPORT_LIST_MAX`]).
+    pub failures: Vec<ReplayFailure>,
+    /// How many entities failed.
+    pub failed: u64,
+    /// Entities whose state differs between the active version and the
+    /// candidate (at most [`REPORT_LIST_MAX`]).
+    pub differences: Vec<StateDifference>,
+    /// How many sampled entities have a different state.
+    pub differing: u64,
+}
+
+impl ValidationReport {
+    /// True if the candidate replayed every sampled entity.
+    pub fn passed(&self) -> bool {
+        self.failed == 0
+    }
+
+    /// One line: what was replayed and what went wrong.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "replayed {} events of {} entities in {} ms ({} from a snapshot): {} failed, {} with a different state",
+            self.events, self.sampled, self.millis, self.from_snapshot, self.failed, self.differing
+        );
+        if let Some(f) = self.failures.first() {
+            s.push_str(&format!(
+                "; first failure: entity `{}` event #{}: {}",
+                f.entity_id, f.seq, f.error
+            ));
+        }
+        s
+    }
+}
+
+/// An entity whose history the candidate cannot replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayFailure {
+    /// The entity.
+    pub entity_id: String,
+    /// Sequence number of the event that failed (0: the initial state).
+    pub seq: u64,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// An entity whose state the candidate computes differently.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDifference {
+    /// The entity.
+    pub entity_id: String,
+    /// Sequence number both states are at.
+    pub seq: u64,
+    /// The state under the active version, as JSON.
+    pub active: String,
+    /// The state under the candidate, as JSON.
+    pub candidate: String,
+}
+
+/// Why validation could not run (as opposed to the candidate failing it).
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// Reading the journal or the snapshots failed.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// Replays up to `sample` entities of `entity_type` through `candidate` and,
+/// if there is one, through `active`, and reports what happened.
+pub async fn validate(
+    journal: &Arc<dyn Journal>,
+    snapshots: &Arc<dyn SnapshotStore>,
+    entity_type: &str,
+    candidate: &Arc<dyn Behavior>,
+    active: Option<&Arc<dyn Behavior>>,
+    sample: usize,
+) -> Result<ValidationReport, ValidateError> {
+    let started = Instant::now();
+    let mut report = ValidationReport::default();
+    if sample == 0 {
+        return Ok(report);
+    }
+    let ids = journal.entity_ids(entity_type, sample).await?;
+    for id in ids {
+        let key = EntityKey::new(entity_type, &id);
+        report.sampled += 1;
+        let new = match replay(journal, snapshots, &key, candidate).await? {
+            Ok(r) => r,
+            Err(f) => {
+                report.failed += 1;
+                report.events += f.replayed;
+                if report.failures.len() < REPORT_LIST_MAX {
+                    report.failures.push(ReplayFailure {
+                        entity_id: id,
+                        seq: f.seq,
+                        error: f.error,
+                    });
+                }
+                continue;
+            }
+        };
+        report.events += new.replayed;
+        if new.from_snapshot {
+            report.from_snapshot += 1;
+        }
+        let Some(active) = active else { continue };
+        // The active version's view, for the differences (a failure here is
+        // not the candidate's fault: the entity is then left out).
+        let Ok(old) = replay(journal, snapshots, &key, active).await? else {
+            continue;
+        };
+        let render = |b: &Arc<dyn Behavior>, state: &[u8]| match b.state_to_json(state) {
+            Ok(Ok(j)) => j,
+            _ => format!("<{} bytes>", state.len()),
+        };
+        let (a, c) = (render(active, &old.state), render(candidate, &new.state));
+        if a != c {
+            report.differing += 1;
+            if report.differences.len() < REPORT_LIST_MAX {
+                report.differences.push(StateDifference {
+                    entity_id: id,
+                    seq: new.seq,
+                    active: a,
+                    candidate: c,
+                });
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    report.millis = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+struct Replayed {
+    state: Vec<u8>,
+    seq: u64,
+    replayed: u64,
+    from_snapshot: bool,
+}
+
+struct Failed {
+    seq: u64,
+    error: String,
+    replayed: u64,
+}
+
+/// Rebuilds one entity's state through `behavior`.
+async fn replay(
+    journal: &Arc<dyn Journal>,
+    snapshots: &Arc<dyn SnapshotStore>,
+    key: &EntityKey,
+    behavior: &Arc<dyn Behavior>,
+) -> Result<Result<Replayed, Failed>, ValidateError> {
+    let schema = behavior.descriptor().state_schema;
+    let (mut state, mut seq, from_snapshot) = match snapshots.load(key, u64::MAX, schema).await? {
+        Some(s) => (s.state, s.seq, true),
+        None => match behavior.initial_state() {
+            Ok(s) => (s, 0, false),
+            Err(e) => {
+                return Ok(Err(Failed {
+                    seq: 0,
+                    error: format!("initial state: {e}"),
+                    replayed: 0,
+                }));
+            }
+        },
+    };
+    let mut replayed = 0u64;
+    loop {
+        let events = journal.read(key, seq + 1, u64::MAX, CHUNK).await?;
+        if events.is_empty() {
+            break;
+        }
+        let mut packed = PackedEvents::default();
+        for e in &events {
+            if packed.push(e.seq, &e.payload).is_err() {
+                return Ok(Err(Failed {
+                    seq: e.seq,
+                    error: "event too large to replay".into(),
+                    replayed,
+                }));
+            }
+        }
+        match behavior.fold(&state, &packed.packed) {
+            Ok(Ok(next)) => {
+                state = next;
+                seq = packed.last_seq;
+                replayed += events.len() as u64;
+            }
+            Ok(Err(e)) => {
+                let at = events
+                    .get(e.index as usize)
+                    .map_or(seq + 1 + u64::from(e.index), |ev| ev.seq);
+                return Ok(Err(Failed {
+                    seq: at,
+                    error: e.message,
+                    replayed: replayed + u64::from(e.index),
+                }));
+            }
+            Err(fault) => {
+                // Find the event that trips the guest: fold one at a time.
+                for e in &events {
+                    let mut one = PackedEvents::default();
+                    let _ = one.push(e.seq, &e.payload);
+                    match behavior.fold(&state, &one.packed) {
+                        Ok(Ok(next)) => {
+                            state = next;
+                            replayed += 1;
+                        }
+                        Ok(Err(err)) => {
+                            return Ok(Err(Failed {
+                                seq: e.seq,
+                                error: err.message,
+                                replayed,
+                            }));
+                        }
+                        Err(f) => {
+                            return Ok(Err(Failed {
+                                seq: e.seq,
+                                error: f.to_string(),
+                                replayed,
+                            }));
+                        }
+                    }
+                }
+                return Ok(Err(Failed {
+                    seq: seq + 1,
+                    error: fault.to_string(),
+                    replayed,
+                }));
+            }
+        }
+        if events.len() < CHUNK {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(Ok(Replayed {
+        state,
+        seq,
+        replayed,
+        from_snapshot,
+    }))
+}

@@ -1,0 +1,273 @@
+//! Hot swap against a real node process and real components: a deploy under
+//! load loses nothing, versions that cannot replay history are refused with a
+//! report, rollback is validated the same way, and versions and the deploy
+//! history survive a restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cairn_host::api::{ApiError, Payload};
+use cairn_host::client::{Client, ClientError};
+use cairn_host::registry::{DeployAction, DeployOutcome};
+use cairn_tests::{NodeProc, example_bytes, example_wasm};
+
+const TYPE: &str = "bank-account";
+
+async fn deposit(c: &Client, id: &str, amount: i64) -> Result<String, ClientError> {
+    let (reply, _) = c
+        .ask_json(TYPE, id, &format!(r#"{{"Deposit":{{"amount":{amount}}}}}"#))
+        .await?;
+    Ok(reply.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_under_load_loses_no_command() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    let client = node.client().await?;
+    client.deploy(TYPE, example_bytes("bank-account")?).await?;
+    let v2 = example_bytes("bank-account-v2")?;
+
+    // 1,000 entities, 16 concurrent senders, until a while after the deploy.
+    const ENTITIES: usize = 1000;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for s in 0..16 {
+        let c = client.clone();
+        let stop = stop.clone();
+        senders.push(tokio::spawn(async move {
+            // (entity, amount, reply) of every command sent.
+            let mut sent: Vec<(usize, i64, Result<String, String>)> = Vec::new();
+            let mut i = s;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let e = i % ENTITIES;
+                let amount = (i % 7 + 1) as i64;
+                let r = deposit(&c, &format!("h{e}"), amount).await;
+                sent.push((e, amount, r.map_err(|e| e.to_string())));
+                i += 16;
+            }
+            sent
+        }));
+    }
+    // Let every entity get some v1 history first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deployer = node.client().await?;
+    let t = Instant::now();
+    let d = deployer.deploy_with(TYPE, v2, false).await?;
+    let took = t.elapsed();
+    assert!(d.changed);
+    assert_eq!(d.info.as_ref().map(|i| i.deploy), Some(2));
+    assert!(d.report.passed(), "{}", d.report.summary());
+    assert!(d.report.sampled > 0, "validation replayed nothing");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut expected: HashMap<usize, (usize, i64)> = HashMap::new();
+    let mut total = 0;
+    for s in senders {
+        for (e, amount, r) in s.await? {
+            total += 1;
+            let reply = r.unwrap_or_else(|err| panic!("a command failed during the swap: {err}"));
+            assert_eq!(reply, "\"ok\"");
+            let x = expected.entry(e).or_default();
+            x.0 += 1;
+            x.1 += amount;
+        }
+    }
+    assert!(total > ENTITIES, "too little load: {total} commands");
+    eprintln!("{total} commands, deploy took {took:?}");
+
+    // Every acknowledged deposit is in the journal exactly once, balances
+    // match, and after the cutover events carry the new version.
+    let (mut v1_events, mut v2_events) = (0, 0);
+    for (e, (count, sum)) in &expected {
+        let id = format!("h{e}");
+        let events = client.events(TYPE, &id, 1, u64::MAX, 100_000).await?;
+        assert_eq!(events.len(), *count, "{id}");
+        let mut seen_v2 = false;
+        for (i, ev) in events.iter().enumerate() {
+            assert_eq!(ev.seq, i as u64 + 1);
+            let json = ev.json.as_deref().unwrap_or("");
+            match ev.version.as_str() {
+                "1.0.0" => {
+                    assert!(!seen_v2, "{id}: a v1 event after a v2 event");
+                    assert!(json.contains("Deposited") || json.contains("Credited"));
+                    v1_events += 1;
+                }
+                "2.0.0" => {
+                    seen_v2 = true;
+                    v2_events += 1;
+                }
+                other => panic!("unexpected version {other}"),
+            }
+        }
+        let (reply, _) = client.ask_json(TYPE, &id, r#""GetBalance""#).await?;
+        assert_eq!(reply.as_deref(), Some(sum.to_string().as_str()), "{id}");
+    }
+    assert!(
+        v1_events > 0 && v2_events > 0,
+        "{v1_events} v1, {v2_events} v2"
+    );
+    // A new deposit is a v2 event, rendered in v2's shape.
+    deposit(&client, "h0", 1).await?;
+    let last = client.events(TYPE, "h0", 1, u64::MAX, 100_000).await?;
+    let last = last.last().expect("events");
+    assert_eq!(last.version, "2.0.0");
+    assert!(last.json.as_deref().unwrap_or("").contains("Credited"));
+    client.close().await;
+    deployer.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_that_cannot_replay_history_are_refused() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    let client = node.client().await?;
+    client.deploy(TYPE, example_bytes("bank-account")?).await?;
+    // "a-fine": deposits only. "b-withdrew": a withdrawal, which the broken
+    // version cannot decode. "c-thirteen": a deposit of 13, on which the
+    // broken version traps.
+    deposit(&client, "a-fine", 5).await?;
+    deposit(&client, "b-withdrew", 100).await?;
+    client
+        .ask_json(TYPE, "b-withdrew", r#"{"Withdraw":{"amount":30}}"#)
+        .await?;
+    deposit(&client, "c-thirteen", 1).await?;
+    deposit(&client, "c-thirteen", 13).await?;
+
+    let broken = example_bytes("bank-account-broken")?;
+    let report = match client.deploy_with(TYPE, broken.clone(), false).await {
+        Err(ClientError::Api(ApiError::ValidationFailed(r))) => r,
+        other => panic!("the broken version was not refused: {other:?}"),
+    };
+    assert_eq!(report.sampled, 3);
+    assert_eq!(report.failed, 2, "{report:?}");
+    let failure = |id: &str| {
+        report
+            .failures
+            .iter()
+            .find(|f| f.entity_id == id)
+            .unwrap_or_else(|| panic!("no failure for {id}: {report:?}"))
+    };
+    let decode = failure("b-withdrew");
+    assert_eq!(decode.seq, 2);
+    assert!(decode.error.contains("Withdrawn"), "{}", decode.error);
+    let trap = failure("c-thirteen");
+    assert_eq!(trap.seq, 2);
+    assert!(trap.error.contains("trap"), "{}", trap.error);
+
+    // The active version stays and serves.
+    let v = client.versions(TYPE).await?;
+    assert_eq!(v.active, Some(1));
+    assert_eq!(v.versions.len(), 1);
+    let refused = v.history.last().expect("history");
+    assert_eq!(refused.outcome, DeployOutcome::Refused);
+    assert_eq!(refused.report.failed, 2);
+    assert_eq!(deposit(&client, "a-fine", 1).await?, "\"ok\"");
+    let events = client.events(TYPE, "a-fine", 1, u64::MAX, 10).await?;
+    assert_eq!(events.last().map(|e| e.version.as_str()), Some("1.0.0"));
+
+    // The CLI says so too, with a non-zero exit, and names the entity.
+    let path = example_wasm("bank-account-broken")?;
+    let (ok, _, err) = node.cli(&["deploy", TYPE, path.to_str().unwrap()])?;
+    assert!(!ok);
+    assert!(
+        err.contains("deploy refused") && err.contains("b-withdrew"),
+        "{err}"
+    );
+
+    // A dry run of a good version passes and changes nothing.
+    let v2 = example_wasm("bank-account-v2")?;
+    let (ok, out, err) = node.cli(&["deploy", "--check", TYPE, v2.to_str().unwrap()])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("check passed"), "{out}");
+    assert_eq!(client.versions(TYPE).await?.active, Some(1));
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_is_validated_and_versions_survive_a_restart() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    let v1 = example_wasm("bank-account")?;
+    let v2 = example_wasm("bank-account-v2")?;
+    let (v1, v2) = (v1.to_str().unwrap(), v2.to_str().unwrap());
+    for (ty, file) in [(TYPE, v1), (TYPE, v2), ("quiet", v1), ("quiet", v2)] {
+        let (ok, _, err) = node.cli(&["deploy", ty, file])?;
+        assert!(ok, "{err}");
+    }
+    let client = node.client().await?;
+    // Identical bytes change nothing.
+    let same = client.deploy_with(TYPE, std::fs::read(v2)?, false).await?;
+    assert!(!same.changed);
+    assert_eq!(same.info.map(|i| i.deploy), Some(2));
+
+    // v2 writes a fee, an event v1 has never heard of: rolling back to v1
+    // would break that entity, so the rollback is refused with a report.
+    deposit(&client, "fee", 150).await?;
+    let (reply, _) = client
+        .ask_json(TYPE, "fee", r#"{"Withdraw":{"amount":100}}"#)
+        .await?;
+    assert_eq!(reply.as_deref(), Some("\"ok (fee 1)\""));
+    match client.rollback(TYPE, None).await {
+        Err(ClientError::Api(ApiError::ValidationFailed(r))) => {
+            assert_eq!(r.failures[0].entity_id, "fee");
+            assert_eq!(r.failures[0].seq, 1, "{r:?}");
+        }
+        other => panic!("rollback over unknown events was not refused: {other:?}"),
+    }
+    // A type whose history v1 can read rolls back.
+    let (ok, out, err) = node.cli(&["rollback", "quiet"])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("deployed quiet #1"), "{out}");
+    client
+        .ask(
+            "quiet",
+            "q",
+            Payload::Json(r#"{"Deposit":{"amount":2}}"#.into()),
+            None,
+            None,
+        )
+        .await?;
+    let e = client.events("quiet", "q", 1, 10, 10).await?;
+    assert_eq!(e[0].version, "1.0.0");
+    client.close().await;
+
+    // Everything survives a restart.
+    node.terminate()?;
+    node.restart()?;
+    let client = node.client().await?;
+    let v = client.versions(TYPE).await?;
+    assert_eq!(v.active, Some(2));
+    assert_eq!(v.versions.len(), 2);
+    let kinds: Vec<(DeployAction, Option<u32>, DeployOutcome)> = v
+        .history
+        .iter()
+        .map(|r| (r.action, r.version, r.outcome))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (DeployAction::Deploy, Some(1), DeployOutcome::Activated),
+            (DeployAction::Deploy, Some(2), DeployOutcome::Activated),
+            (DeployAction::Rollback, Some(1), DeployOutcome::Refused),
+        ]
+    );
+    let q = client.versions("quiet").await?;
+    assert_eq!(q.active, Some(1));
+    assert_eq!(
+        q.history.last().map(|r| (r.action, r.outcome)),
+        Some((DeployAction::Rollback, DeployOutcome::Activated))
+    );
+    // The rolled-back type serves v1 after the restart.
+    let (reply, _) = client.ask_json("quiet", "q", r#""GetBalance""#).await?;
+    assert_eq!(reply.as_deref(), Some("2"));
+    let (ok, out, _) = node.cli(&["versions", "quiet"])?;
+    assert!(ok && out.lines().any(|l| l.starts_with("* #1")), "{out}");
+    client.close().await;
+    Ok(())
+}
