@@ -18,6 +18,7 @@ pub mod native;
 pub const EXAMPLES: &[&str] = &[
     "bank-account",
     "bank-account-v2",
+    "bank-account-v3",
     "bank-account-broken",
     "shopping-cart",
     "counter",

@@ -271,3 +271,63 @@ async fn rollback_is_validated_and_versions_survive_a_restart() -> Result<()> {
     client.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_state_schema_rebuilds_state_from_events() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("cairn.toml");
+    std::fs::write(&config, "[defaults.snapshot]\nevery = 5\n")?;
+    let node = NodeProc::start(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    )?;
+    let client = node.client().await?;
+    client.deploy(TYPE, example_bytes("bank-account")?).await?;
+    for _ in 0..7 {
+        deposit(&client, "s", 10).await?;
+    }
+    // v1 left a snapshot at #5 (state schema 1): time travel starts from it.
+    let at5 = client
+        .state(TYPE, "s", cairn_host::api::StateAt::Seq(5))
+        .await?;
+    assert_eq!(at5.replayed, 0, "no snapshot at #5");
+
+    // v3 keeps the balance in cents (state schema 2).
+    let d = client
+        .deploy_with(TYPE, example_bytes("bank-account-v3")?, false)
+        .await?;
+    assert!(d.changed);
+    assert_eq!(d.info.as_ref().map(|i| i.state_schema), Some(2));
+    assert_eq!(d.report.from_snapshot, 0, "an old-schema snapshot was used");
+    assert_eq!(d.report.differing, 1, "{:?}", d.report);
+    assert!(d.report.differences[0].candidate.contains("\"cents\":7000"));
+
+    // The live entity is rebuilt from its events, not from the old snapshot.
+    let mut lifecycle = client.follow_lifecycle().await?;
+    let (reply, _) = client.ask_json(TYPE, "s", r#""GetBalance""#).await?;
+    assert_eq!(reply.as_deref(), Some("70"));
+    let detail = loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), lifecycle.next()).await?;
+        match next {
+            Some(Ok(cairn_host::api::Response::Lifecycle {
+                kind,
+                entity_id,
+                detail,
+                ..
+            })) if kind == "started" && entity_id.as_deref() == Some("s") => break detail,
+            Some(Ok(_)) => {}
+            other => panic!("lifecycle stream: {other:?}"),
+        }
+    };
+    assert!(
+        detail.contains("replayed=7") && detail.contains("snapshot=none"),
+        "{detail}"
+    );
+    let now = client
+        .state(TYPE, "s", cairn_host::api::StateAt::Now)
+        .await?;
+    assert!(now.json.contains("\"cents\":7000"), "{}", now.json);
+    lifecycle.stop();
+    client.close().await;
+    Ok(())
+}
