@@ -14,7 +14,7 @@ use std::time::Instant;
 use cairn_store::{EntityKey, Journal, JournalError, PackedEvents, SnapshotStore};
 use serde::{Deserialize, Serialize};
 
-use crate::behavior::Behavior;
+use crate::behavior::{Behavior, FoldError, GuestFault};
 
 /// Most failures and differences listed in a report (the counts are exact).
 pub const REPORT_LIST_MAX: usize = 20;
@@ -117,7 +117,7 @@ pub async fn validate(
     for id in ids {
         let key = EntityKey::new(entity_type, &id);
         report.sampled += 1;
-        let new = match replay(journal, snapshots, &key, candidate).await? {
+        let new = match replay(journal, snapshots, &key, candidate, u64::MAX).await? {
             Ok(r) => r,
             Err(f) => {
                 report.failed += 1;
@@ -137,9 +137,10 @@ pub async fn validate(
             report.from_snapshot += 1;
         }
         let Some(active) = active else { continue };
-        // The active version's view, for the differences (a failure here is
-        // not the candidate's fault: the entity is then left out).
-        let Ok(old) = replay(journal, snapshots, &key, active).await? else {
+        // The active version's view at the same sequence number, for the
+        // differences (a failure here is not the candidate's fault: the
+        // entity is then left out).
+        let Ok(old) = replay(journal, snapshots, &key, active, new.seq).await? else {
             continue;
         };
         let render = |b: &Arc<dyn Behavior>, state: &[u8]| match b.state_to_json(state) {
@@ -177,15 +178,29 @@ struct Failed {
     replayed: u64,
 }
 
-/// Rebuilds one entity's state through `behavior`.
+/// Folds on a blocking thread, so that a long validation replay does not
+/// hold up the runtime's workers (and the commands they serve).
+async fn fold_blocking(
+    behavior: &Arc<dyn Behavior>,
+    state: &[u8],
+    packed: Vec<u8>,
+) -> Result<Result<Vec<u8>, FoldError>, GuestFault> {
+    let (behavior, state) = (behavior.clone(), state.to_vec());
+    tokio::task::spawn_blocking(move || behavior.fold(&state, &packed))
+        .await
+        .unwrap_or_else(|e| Err(GuestFault::Trap(format!("validation task failed: {e}"))))
+}
+
+/// Rebuilds one entity's state through `behavior`, up to event `upto`.
 async fn replay(
     journal: &Arc<dyn Journal>,
     snapshots: &Arc<dyn SnapshotStore>,
     key: &EntityKey,
     behavior: &Arc<dyn Behavior>,
+    upto: u64,
 ) -> Result<Result<Replayed, Failed>, ValidateError> {
     let schema = behavior.descriptor().state_schema;
-    let (mut state, mut seq, from_snapshot) = match snapshots.load(key, u64::MAX, schema).await? {
+    let (mut state, mut seq, from_snapshot) = match snapshots.load(key, upto, schema).await? {
         Some(s) => (s.state, s.seq, true),
         None => match behavior.initial_state() {
             Ok(s) => (s, 0, false),
@@ -199,8 +214,8 @@ async fn replay(
         },
     };
     let mut replayed = 0u64;
-    loop {
-        let events = journal.read(key, seq + 1, u64::MAX, CHUNK).await?;
+    while seq < upto {
+        let events = journal.read(key, seq + 1, upto, CHUNK).await?;
         if events.is_empty() {
             break;
         }
@@ -214,7 +229,7 @@ async fn replay(
                 }));
             }
         }
-        match behavior.fold(&state, &packed.packed) {
+        match fold_blocking(behavior, &state, packed.packed).await {
             Ok(Ok(next)) => {
                 state = next;
                 seq = packed.last_seq;

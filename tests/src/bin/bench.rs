@@ -239,6 +239,7 @@ const PHASES: &[&str] = &[
     "memory-journal",
     "recovery",
     "idle-memory",
+    "hotswap",
 ];
 
 fn main() -> Result<()> {
@@ -278,6 +279,7 @@ async fn run_phase(phase: &str, a: &Args) -> Result<()> {
         "memory-journal" => memory_journal(a, &root, &wasm).await,
         "recovery" => recovery_phase(a, &root, &wasm).await,
         "idle-memory" => idle_memory(a, &root, &wasm).await,
+        "hotswap" => hotswap(&root, &wasm).await,
         other => Err(anyhow::anyhow!(
             "unknown phase `{other}`; phases: {PHASES:?}"
         )),
@@ -467,4 +469,101 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
         .join(format!("cairn-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Hot swap: 100 entities with 1,000 events each, 32 callers depositing
+/// without pause; v2 is deployed in the middle. Prints the time from deploy
+/// to active (compile, validation replay, cutover) and command latency
+/// during the swap against steady state.
+async fn hotswap(root: &std::path::Path, wasm: &[u8]) -> Result<()> {
+    const ENTITIES: usize = 100;
+    const HISTORY: u64 = 1000;
+    const CALLERS: usize = 32;
+    println!(
+        "\n== Hot swap: deploy bank-account v2 over v1 ({ENTITIES} entities x {HISTORY} events, {CALLERS} callers, SQLite journal)"
+    );
+    let v2 = cairn_tests::example_bytes("bank-account-v2")?;
+    let node = Node::open(config(
+        &root.join("hotswap"),
+        "[defaults.passivation]\nidle_after = \"never\"\n[defaults.snapshot]\nevery = 0\n",
+    )?)?;
+    node.deploy("bank-account", wasm.to_vec()).await?;
+    for e in 0..ENTITIES {
+        write_history(&node, &format!("swap-{e}"), HISTORY).await?;
+    }
+    let deposit = node.command_from_json("bank-account", r#"{"Deposit":{"amount":1}}"#)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CALLERS {
+        let (node, deposit, stop) = (node.clone(), deposit.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            // (start, latency µs, ok) of every command.
+            let mut out: Vec<(Duration, u32, bool)> = Vec::new();
+            let mut e = c;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("swap-{}", e % ENTITIES);
+                e += CALLERS;
+                let start = origin.elapsed();
+                let t = Instant::now();
+                let ok = node
+                    .ask("bank-account", &id, deposit.clone(), AskOptions::default())
+                    .await
+                    .is_ok();
+                out.push((start, t.elapsed().as_micros() as u32, ok));
+            }
+            out
+        }));
+    }
+    // Warm up (every entity recovers its 1,000 events), then steady state.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let swap_start = origin.elapsed();
+    let t = Instant::now();
+    let r = node
+        .deploy_checked("bank-account", v2, false)
+        .await
+        .context("deploying v2")?;
+    let took = t.elapsed();
+    let swap_end = origin.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let failed = all.iter().filter(|x| !x.2).count();
+    let window = |from: Duration, to: Duration| {
+        let mut v: Vec<u32> = all
+            .iter()
+            .filter(|x| x.2 && x.0 >= from && x.0 < to)
+            .map(|x| x.1)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let steady = window(Duration::from_secs(2), swap_start);
+    let during = window(swap_start, swap_end + Duration::from_millis(500));
+    println!(
+        "deploy to active             {:>8.1} ms   ({})",
+        took.as_secs_f64() * 1e3,
+        r.report.summary()
+    );
+    for (label, v) in [
+        ("steady state", &steady),
+        ("during the swap (+500 ms)", &during),
+    ] {
+        println!(
+            "{label:<28} p50 {:>6} µs   p99 {:>6} µs   ({} commands)",
+            pct(v, 0.5),
+            pct(v, 0.99),
+            v.len()
+        );
+    }
+    println!(
+        "p99 during / steady: {:.2}   failed commands: {failed} of {}",
+        pct(&during, 0.99) as f64 / pct(&steady, 0.99).max(1) as f64,
+        all.len()
+    );
+    node.shutdown(Duration::from_secs(10)).await;
+    Ok(())
 }
