@@ -343,7 +343,7 @@ async fn async_main(command: Command) -> Result<()> {
             let r = client.deploy_with(&entity_type, wasm, check).await;
             spinner.finish_and_clear();
             client.close().await;
-            let d = refused_report(r, conn.json)?;
+            let d = refused_report(r, "deploy", conn.json)?;
             print_deployed(&d, &entity_type, check, conn.json);
             Ok(())
         }
@@ -357,7 +357,7 @@ async fn async_main(command: Command) -> Result<()> {
             let r = client.rollback(&entity_type, to).await;
             spinner.finish_and_clear();
             client.close().await;
-            let d = refused_report(r, conn.json)?;
+            let d = refused_report(r, "rollback", conn.json)?;
             print_deployed(&d, &entity_type, false, conn.json);
             Ok(())
         }
@@ -608,6 +608,7 @@ fn parse_time(s: &str) -> Result<u64> {
 /// Turns a refused deploy into an error that shows the report.
 fn refused_report(
     r: Result<cairn_host::client::Deployed, ClientError>,
+    what: &str,
     json: bool,
 ) -> Result<cairn_host::client::Deployed> {
     match r {
@@ -619,7 +620,7 @@ fn refused_report(
                     serde_json::json!({ "refused": true, "report": report })
                 );
             }
-            let mut text = format!("deploy refused: {}", report.summary());
+            let mut text = format!("{what} refused: {}", report.summary());
             for f in &report.failures {
                 text.push_str(&format!(
                     "\n  entity `{}` event #{}: {}",

@@ -203,7 +203,10 @@ pub(crate) fn resume(cell: &EntityCell) -> bool {
 async fn drain(node: Arc<NodeInner>, ty: Arc<EntityType>, cell: Arc<EntityCell>) {
     let mut loaded = cell.lock().loaded.take();
     loop {
-        let generation = ty.generation();
+        // The behavior and its generation are read together, so a command
+        // runs on the version its state was checked against; a deploy that
+        // lands meanwhile applies from the next command on.
+        let (behavior, generation) = ty.current();
         if loaded.as_ref().is_none_or(|l| l.generation != generation) {
             let carried = loaded
                 .take()
@@ -213,7 +216,7 @@ async fn drain(node: Arc<NodeInner>, ty: Arc<EntityType>, cell: Arc<EntityCell>)
                     l.generation = generation;
                     loaded = Some(l);
                 }
-                None => match recover(&node, &ty, &cell.id, generation).await {
+                None => match recover(&node, &ty, &behavior, &cell.id, generation).await {
                     Ok(l) => loaded = Some(l),
                     Err(reason) => {
                         stop(&node, &ty, &cell, format!("recovery failed: {reason}"));
@@ -238,7 +241,7 @@ async fn drain(node: Arc<NodeInner>, ty: Arc<EntityType>, cell: Arc<EntityCell>)
         let Some(live) = loaded.as_mut() else {
             continue;
         };
-        if let Err(reason) = process(&node, &ty, &cell, live, env).await {
+        if let Err(reason) = process(&node, &ty, &behavior, &cell, live, env).await {
             // Supervision: drop the in-memory state; the next command recovers.
             loaded = None;
             if restart_limit_reached(&ty, &cell) {
@@ -299,10 +302,10 @@ fn stop(node: &NodeInner, ty: &EntityType, cell: &EntityCell, reason: String) {
 async fn recover(
     node: &NodeInner,
     ty: &EntityType,
+    behavior: &Arc<dyn Behavior>,
     id: &str,
     generation: u64,
 ) -> Result<Loaded, String> {
-    let behavior = ty.behavior();
     let schema = behavior.descriptor().state_schema;
     let key = EntityKey::new(ty.name.clone(), id);
     let snapshot = node
@@ -401,6 +404,7 @@ fn now_ms() -> u64 {
 async fn process(
     node: &Arc<NodeInner>,
     ty: &Arc<EntityType>,
+    behavior: &Arc<dyn Behavior>,
     cell: &EntityCell,
     live: &mut Loaded,
     env: Envelope,
@@ -431,7 +435,6 @@ async fn process(
         }));
         return Ok(());
     }
-    let behavior: Arc<dyn Behavior> = ty.behavior();
     let timestamp_ms = now_ms();
     let ctx = CommandContext {
         entity_id: cell.id.to_string(),

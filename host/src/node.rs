@@ -309,11 +309,10 @@ impl EntityType {
             .clone()
     }
 
-    pub(crate) fn generation(&self) -> u64 {
-        self.slot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .generation
+    /// The behavior and its generation, read together.
+    pub(crate) fn current(&self) -> (Arc<dyn Behavior>, u64) {
+        let slot = self.slot.read().unwrap_or_else(|p| p.into_inner());
+        (slot.behavior.clone(), slot.generation)
     }
 
     /// Can state built at `generation` be kept under the current behavior?
