@@ -178,17 +178,18 @@ struct Failed {
     replayed: u64,
 }
 
-/// Folds on a blocking thread, so that a long validation replay does not
-/// hold up the runtime's workers (and the commands they serve).
+/// Folds on the low-priority background pool, so that a long validation
+/// replay neither holds up the runtime's workers nor takes CPU from the
+/// commands they serve.
 async fn fold_blocking(
     behavior: &Arc<dyn Behavior>,
     state: &[u8],
     packed: Vec<u8>,
 ) -> Result<Result<Vec<u8>, FoldError>, GuestFault> {
     let (behavior, state) = (behavior.clone(), state.to_vec());
-    tokio::task::spawn_blocking(move || behavior.fold(&state, &packed))
+    crate::runtime::background(move || behavior.fold(&state, &packed))
         .await
-        .unwrap_or_else(|e| Err(GuestFault::Trap(format!("validation task failed: {e}"))))
+        .unwrap_or_else(|| Err(GuestFault::Trap("validation task failed".into())))
 }
 
 /// Rebuilds one entity's state through `behavior`, up to event `upto`.

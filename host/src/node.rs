@@ -924,9 +924,10 @@ impl Node {
             ..GuestLimits::default()
         };
         let engine = self.inner.engine.clone();
-        let behavior = tokio::task::spawn_blocking(move || engine.load(&wasm, limits))
+        // On the low-priority pool: a deploy's compile yields to commands.
+        let behavior = crate::runtime::background(move || engine.load(&wasm, limits))
             .await
-            .map_err(|e| LoadError::Engine(e.to_string()))??;
+            .ok_or_else(|| LoadError::Engine("the compile task failed".into()))??;
         Ok(Arc::new(behavior))
     }
 

@@ -118,6 +118,48 @@ impl Default for GuestLimits {
     }
 }
 
+/// Sets up the process's rayon pool, which wasmtime compiles components on
+/// and validation replays run on, with threads at a lower scheduling
+/// priority (nice 10) than the threads serving commands: a deploy on a busy
+/// node then takes its CPU time from idle time first. Only the first call
+/// (before any compile) has an effect.
+fn background_pool() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("cairn-compile-{i}"))
+            .start_handler(|_| lower_thread_priority())
+            .panic_handler(|_| tracing::error!("a background task panicked"))
+            .build_global();
+    });
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10; Linux keeps a
+/// nice value per thread). Failure is harmless: the thread keeps its priority.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain integers and changes only the calling
+    // thread (who = 0); it cannot violate memory safety.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+/// Runs `f` on the low-priority background pool and waits for its result.
+pub(crate) async fn background<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    background_pool();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        // A panic must not reach rayon (it would abort the process): it
+        // becomes `None` for the caller.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+        let _ = tx.send(r);
+    });
+    rx.await.ok().flatten()
+}
+
 /// One wasmtime engine per node, with its epoch ticker and linker.
 pub struct WasmEngine {
     engine: Engine,
@@ -128,6 +170,7 @@ pub struct WasmEngine {
 impl WasmEngine {
     /// Creates the engine and starts the epoch ticker thread.
     pub fn new() -> Result<Arc<WasmEngine>, LoadError> {
+        background_pool();
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);

@@ -196,11 +196,12 @@ async fn rollback_is_validated_and_versions_survive_a_restart() -> Result<()> {
     let v1 = example_wasm("bank-account")?;
     let v2 = example_wasm("bank-account-v2")?;
     let (v1, v2) = (v1.to_str().unwrap(), v2.to_str().unwrap());
+    // Connecting waits for the node to be up (and its certificates made).
+    let client = node.client().await?;
     for (ty, file) in [(TYPE, v1), (TYPE, v2), ("quiet", v1), ("quiet", v2)] {
         let (ok, _, err) = node.cli(&["deploy", ty, file])?;
         assert!(ok, "{err}");
     }
-    let client = node.client().await?;
     // Identical bytes change nothing.
     let same = client.deploy_with(TYPE, std::fs::read(v2)?, false).await?;
     assert!(!same.changed);
