@@ -741,7 +741,19 @@ impl Node {
                 report: ValidationReport::default(),
             });
         }
+        // The bytes are written (and their writeback started) while the
+        // component compiles; the registry makes them durable at the cutover.
+        let store = (!check).then(|| {
+            let (inner, bytes) = (self.inner.clone(), wasm.clone());
+            tokio::task::spawn_blocking(move || inner.registry.stage_component(&bytes))
+        });
         let candidate = self.load(entity_type, wasm.clone()).await?;
+        if let Some(store) = store {
+            store.await.map_err(|e| RegistryError::Io {
+                path: "components".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        }
         let descriptor = candidate.descriptor().clone();
         let current = registered.map(|t| t.behavior());
         let report = hotswap::validate(
@@ -755,7 +767,7 @@ impl Node {
         .await?;
         if !report.passed() {
             if !check {
-                self.inner.registry.refused(DeployRecord {
+                let record = DeployRecord {
                     entity_type: entity_type.to_owned(),
                     action: DeployAction::Deploy,
                     version: None,
@@ -764,7 +776,8 @@ impl Node {
                     at_ms: now_ms(),
                     outcome: DeployOutcome::Refused,
                     report: report.clone(),
-                })?;
+                };
+                self.registry_io(move |r| r.refused(record)).await?;
                 tracing::warn!(entity_type, report = %report.summary(), "deploy refused");
             }
             return Err(DeployError::Refused(Box::new(report)));
@@ -776,13 +789,11 @@ impl Node {
                 report,
             });
         }
-        let deployment = self.inner.registry.record_with(
-            entity_type,
-            &wasm,
-            &descriptor,
-            now_ms(),
-            Some(report.clone()),
-        )?;
+        let deployment = {
+            let (ty, d, rep) = (entity_type.to_owned(), descriptor.clone(), report.clone());
+            self.registry_io(move |r| r.record_with(&ty, &wasm, &d, now_ms(), Some(rep)))
+                .await?
+        };
         self.register(entity_type, candidate).await?;
         tracing::info!(entity_type, version = deployment.deploy, report = %report.summary(), "deployed");
         Ok(DeployResult {
@@ -790,6 +801,23 @@ impl Node {
             changed: true,
             report,
         })
+    }
+
+    /// Runs a registry update (file writes and fsyncs) on a blocking thread,
+    /// not on a worker that serves commands.
+    async fn registry_io<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.registry))
+            .await
+            .unwrap_or_else(|e| {
+                Err(RegistryError::Io {
+                    path: "deployments.json".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
     }
 
     /// [`Node::deploy_checked`] without `check`; returns the active version.
@@ -851,7 +879,7 @@ impl Node {
         )
         .await?;
         if !report.passed() {
-            self.inner.registry.refused(DeployRecord {
+            let record = DeployRecord {
                 entity_type: entity_type.to_owned(),
                 action: DeployAction::Rollback,
                 version: Some(target),
@@ -860,14 +888,16 @@ impl Node {
                 at_ms: now_ms(),
                 outcome: DeployOutcome::Refused,
                 report: report.clone(),
-            })?;
+            };
+            self.registry_io(move |r| r.refused(record)).await?;
             tracing::warn!(entity_type, version = target, report = %report.summary(), "rollback refused");
             return Err(DeployError::Refused(Box::new(report)));
         }
-        let deployment =
-            self.inner
-                .registry
-                .activate(entity_type, target, now_ms(), report.clone())?;
+        let deployment = {
+            let (ty, rep) = (entity_type.to_owned(), report.clone());
+            self.registry_io(move |r| r.activate(&ty, target, now_ms(), rep))
+                .await?
+        };
         self.register(entity_type, candidate).await?;
         tracing::info!(entity_type, version = target, "rolled back");
         Ok(DeployResult {

@@ -250,10 +250,7 @@ impl Registry {
         {
             return Ok(active);
         }
-        let path = self.component_path(&hash);
-        if !path.exists() {
-            write_atomic(&path, wasm)?;
-        }
+        self.store_component(wasm)?;
         self.update(|h| {
             let deploy = h
                 .deployments
@@ -287,6 +284,53 @@ impl Registry {
             }
             d
         })
+    }
+
+    /// Stores a component's bytes under their hash (once), durably; returns
+    /// the hash.
+    pub fn store_component(&self, wasm: &[u8]) -> Result<String, RegistryError> {
+        let hash = self.stage_component(wasm)?;
+        let path = self.component_path(&hash);
+        let io = |source| RegistryError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(hash)
+    }
+
+    /// Writes a component's bytes under their hash (once) and starts their
+    /// writeback to disk without waiting for it; [`Registry::store_component`]
+    /// later makes them durable cheaply. Called early in a deploy, so that the
+    /// bytes do not reach the disk in one burst at the cutover (where a large
+    /// flush delays the journal's commits, and so every command).
+    pub fn stage_component(&self, wasm: &[u8]) -> Result<String, RegistryError> {
+        let hash = sha256_hex(wasm);
+        let path = self.component_path(&hash);
+        if path.exists() {
+            return Ok(hash);
+        }
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |source| RegistryError::Io { path: p, source }
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            std::io::Write::write_all(&mut f, wasm).map_err(io(&tmp))?;
+            start_writeback(&f);
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok(hash)
     }
 
     /// Makes an earlier version of a type active again (a rollback).
@@ -326,6 +370,22 @@ impl Registry {
     pub fn refused(&self, record: DeployRecord) -> Result<(), RegistryError> {
         self.update(|h| h.log.push(record))
     }
+}
+
+/// Asks the kernel to start writing a file's dirty pages now, without
+/// waiting (Linux `sync_file_range`); elsewhere a no-op.
+fn start_writeback(f: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain integers on a file descriptor that `f` keeps open
+        // for the duration of the call.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
 }
 
 /// Writes a file through a temporary file, fsync and rename, then syncs the
