@@ -755,16 +755,7 @@ impl Node {
             })??;
         }
         let descriptor = candidate.descriptor().clone();
-        let current = registered.map(|t| t.behavior());
-        let report = hotswap::validate(
-            &self.inner.journal,
-            &self.inner.snapshots,
-            entity_type,
-            &candidate,
-            current.as_ref(),
-            self.inner.config.node.deploy_sample,
-        )
-        .await?;
+        let report = self.validate(entity_type, &candidate).await?;
         if !report.passed() {
             if !check {
                 let record = DeployRecord {
@@ -801,6 +792,25 @@ impl Node {
             changed: true,
             report,
         })
+    }
+
+    /// Replays sampled history of a type through `candidate`, comparing with
+    /// the active version ([`hotswap::validate`]).
+    async fn validate(
+        &self,
+        entity_type: &str,
+        candidate: &Arc<dyn Behavior>,
+    ) -> Result<ValidationReport, DeployError> {
+        let active = self.inner.entity_type(entity_type).map(|t| t.behavior());
+        Ok(hotswap::validate(
+            &self.inner.journal,
+            &self.inner.snapshots,
+            entity_type,
+            candidate,
+            active.as_ref(),
+            self.inner.config.node.deploy_sample,
+        )
+        .await?)
     }
 
     /// Runs a registry update (file writes and fsyncs) on a blocking thread,
@@ -868,16 +878,7 @@ impl Node {
         }
         let wasm = self.inner.registry.component(&deployment.hash)?;
         let candidate = self.load(entity_type, wasm).await?;
-        let current = self.inner.entity_type(entity_type).map(|t| t.behavior());
-        let report = hotswap::validate(
-            &self.inner.journal,
-            &self.inner.snapshots,
-            entity_type,
-            &candidate,
-            current.as_ref(),
-            self.inner.config.node.deploy_sample,
-        )
-        .await?;
+        let report = self.validate(entity_type, &candidate).await?;
         if !report.passed() {
             let record = DeployRecord {
                 entity_type: entity_type.to_owned(),
