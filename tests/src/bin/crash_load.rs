@@ -23,12 +23,12 @@ async fn futures_never(tasks: Vec<tokio::task::JoinHandle<()>>) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, dir, wasm, workers, entities] = args.as_slice() else {
-        anyhow::bail!("usage: crash-load DATA_DIR COUNTER_WASM WORKERS ENTITIES");
+    let [_, dir, wasm, workers, entities, journal] = args.as_slice() else {
+        anyhow::bail!("usage: crash-load DATA_DIR COUNTER_WASM WORKERS ENTITIES sqlite|log");
     };
     let workers: usize = workers.parse().context("WORKERS")?;
     let entities: usize = entities.parse().context("ENTITIES")?;
-    let mut config = Config::default();
+    let mut config = Config::parse(&format!("[node]\njournal = \"{journal}\"\n"))?;
     config.node.data_dir = PathBuf::from(dir);
     let node = Node::open(config)?;
     node.register_file("counter", std::path::Path::new(wasm))
