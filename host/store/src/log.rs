@@ -31,7 +31,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use foldhash::fast::RandomState;
@@ -532,6 +532,7 @@ impl LogStore {
             committed: committed.clone(),
             unsynced: Mutex::new(Map::default()),
             failed: OnceLock::new(),
+            in_flight: AtomicUsize::new(0),
         });
         let (flights_tx, flights_rx) = std::sync::mpsc::sync_channel(1024);
         let sync_shared = shared.clone();
@@ -656,6 +657,8 @@ struct Shared {
     /// Set when an fsync failed: what the kernel kept of the file is then
     /// unknown, so nothing more is accepted until the log is reopened.
     failed: OnceLock<String>,
+    /// Batches handed to the sync thread and not yet committed.
+    in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -740,14 +743,21 @@ fn writer_loop(
             }
         }
         end += buf.len() as u64;
-        if flights
-            .send(Flight {
-                end,
-                batch,
-                results,
-            })
-            .is_err()
-        {
+        // A lone operation, nothing being synced and nothing more waiting:
+        // the load is light, so sync here, which saves the hand-off to the
+        // sync thread (a wake-up, tens of µs).
+        let lone = batch.len() == 1;
+        let flight = Flight {
+            end,
+            batch,
+            results,
+        };
+        if lone && shared.in_flight.load(Ordering::Acquire) == 0 && rx.is_empty() {
+            commit(shared, vec![flight]);
+            continue;
+        }
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if flights.send(flight).is_err() {
             return;
         }
     }
@@ -823,46 +833,54 @@ fn sync_loop(shared: &Shared, flights: std::sync::mpsc::Receiver<Flight>) {
         while let Ok(f) = flights.try_recv() {
             group.push(f);
         }
-        let synced = match shared.failure() {
-            Some(err) => Err(err),
-            None => shared.file.sync_data().map_err(|e| {
-                let reason = e.to_string();
-                tracing::error!(path = %shared.path.display(), error = %reason, "event log: fsync failed; refusing further writes");
-                let _ = shared.failed.set(reason);
-                io(&shared.path, e)
-            }),
-        };
-        if let Err(err) = synced {
-            for flight in group {
-                for (_, ack) in flight.batch {
-                    let _ = ack.send(Err(err.clone()));
-                }
-            }
-            continue;
-        }
-        {
-            let mut idx = shared.index.write().unwrap_or_else(|p| p.into_inner());
-            let mut unsynced = shared.unsynced.lock().unwrap_or_else(|p| p.into_inner());
-            for flight in &group {
-                for ((op, _), r) in flight.batch.iter().zip(&flight.results) {
-                    let Ok(parts) = r else { continue };
-                    index_op(&mut idx, op, parts);
-                    if let Op::Append(w) = op
-                        && let Some(last) = w.events.last()
-                        && unsynced.get(&w.key).is_some_and(|m| *m <= last.seq)
-                    {
-                        unsynced.remove(&w.key);
-                    }
-                }
-            }
-        }
-        if let Some(last) = group.last() {
-            shared.committed.store(last.end, Ordering::Release);
-        }
+        let n = group.len();
+        commit(shared, group);
+        shared.in_flight.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Makes written batches durable (one `fdatasync`), then indexes them,
+/// moves the committed end and acknowledges their operations, in order.
+fn commit(shared: &Shared, group: Vec<Flight>) {
+    let synced = match shared.failure() {
+        Some(err) => Err(err),
+        None => shared.file.sync_data().map_err(|e| {
+            let reason = e.to_string();
+            tracing::error!(path = %shared.path.display(), error = %reason, "event log: fsync failed; refusing further writes");
+            let _ = shared.failed.set(reason);
+            io(&shared.path, e)
+        }),
+    };
+    if let Err(err) = synced {
         for flight in group {
-            for ((_, ack), r) in flight.batch.into_iter().zip(flight.results) {
-                let _ = ack.send(r.map(|_| ()));
+            for (_, ack) in flight.batch {
+                let _ = ack.send(Err(err.clone()));
             }
+        }
+        return;
+    }
+    {
+        let mut idx = shared.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut unsynced = shared.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        for flight in &group {
+            for ((op, _), r) in flight.batch.iter().zip(&flight.results) {
+                let Ok(parts) = r else { continue };
+                index_op(&mut idx, op, parts);
+                if let Op::Append(w) = op
+                    && let Some(last) = w.events.last()
+                    && unsynced.get(&w.key).is_some_and(|m| *m <= last.seq)
+                {
+                    unsynced.remove(&w.key);
+                }
+            }
+        }
+    }
+    if let Some(last) = group.last() {
+        shared.committed.store(last.end, Ordering::Release);
+    }
+    for flight in group {
+        for ((_, ack), r) in flight.batch.into_iter().zip(flight.results) {
+            let _ = ack.send(r.map(|_| ()));
         }
     }
 }
