@@ -1203,20 +1203,24 @@ mod tests {
         s.committed.load(Ordering::Acquire)
     }
 
-    /// Two batches were written, the second synced-marker saying the first
-    /// was not yet durable, and the crash lost a page of the first: the
-    /// damage is a torn tail, both batches go, and appends continue.
+    /// Writes #1..#3, #4..#5 and #6 as three batches; returns the ends of
+    /// the first two.
+    async fn three_batches(dir: &Path, k: &EntityKey) -> (u64, u64) {
+        let s = LogStore::open(dir, 16).unwrap();
+        let e1 = append(&s, k, 1..=3).await;
+        let e2 = append(&s, k, 4..=5).await;
+        append(&s, k, 6..=6).await;
+        (e1, e2)
+    }
+
+    /// Three batches were written, the third one's marker saying the second
+    /// was not yet durable, and the crash lost the second's page: the damage
+    /// is a torn tail, both batches go, and appends continue.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lost_page_before_a_later_unsynced_batch_is_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let k = EntityKey::new("t", "a");
-        let (e1, e2) = {
-            let s = LogStore::open(dir.path(), 16).unwrap();
-            let e1 = append(&s, &k, 1..=3).await;
-            let e2 = append(&s, &k, 4..=5).await;
-            append(&s, &k, 6..=6).await;
-            (e1, e2)
-        };
+        let (e1, e2) = three_batches(dir.path(), &k).await;
         let path = dir.path().join("events.log");
         let mut bytes = std::fs::read(&path).unwrap();
         // The third batch's marker, as if written before the second was synced.
@@ -1249,13 +1253,7 @@ mod tests {
     async fn damage_to_a_synced_batch_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let k = EntityKey::new("t", "b");
-        let (e1, e2) = {
-            let s = LogStore::open(dir.path(), 16).unwrap();
-            let e1 = append(&s, &k, 1..=3).await;
-            let e2 = append(&s, &k, 4..=5).await;
-            append(&s, &k, 6..=6).await;
-            (e1, e2)
-        };
+        let (e1, e2) = three_batches(dir.path(), &k).await;
         let path = dir.path().join("events.log");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[e1 as usize..e2 as usize].fill(0);
