@@ -113,11 +113,7 @@ enum Op {
 
 /// The append-only log journal and snapshot store (`DIR/events.log`).
 pub struct LogStore {
-    path: PathBuf,
-    file: Arc<File>,
-    index: Arc<RwLock<Index>>,
-    /// End of the fsync'd, indexed part of the file: readers stop there.
-    committed: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     tx: Option<mpsc::Sender<(Op, Ack)>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -254,7 +250,7 @@ fn encode_op(buf: &mut Vec<u8>, op: &Op) -> Result<Vec<(u64, u32)>, JournalError
     Ok(parts)
 }
 
-/// CRC-32 (IEEE), table-driven.
+/// CRC-32 (IEEE) of a record body.
 fn crc32(data: &[u8]) -> u32 {
     crc32fast::hash(data)
 }
@@ -360,7 +356,6 @@ fn io(path: &Path, e: std::io::Error) -> JournalError {
     JournalError::Io(format!("{}: {e}", path.display()))
 }
 
-/// Scans the file, rebuilding the index; returns the length of the good prefix.
 /// Scans the file, rebuilding `index`; returns the end of the last good
 /// record, where appends continue.
 ///
@@ -434,13 +429,13 @@ fn check_tail(
     const CHUNK: usize = 1 << 20;
     let mut buf = vec![0u8; CHUNK + MARKER_FRAME];
     let mut at = pos;
-    let mut data = 0u64;
+    let mut any_data = false;
     while at < len {
         let n = ((len - at) as usize).min(buf.len());
         file.read_exact_at(&mut buf[..n], at)
             .map_err(|e| io(path, e))?;
         let chunk = &buf[..n];
-        data += chunk.iter().filter(|b| **b != 0).count() as u64;
+        any_data |= chunk.iter().any(|b| *b != 0);
         for i in 0..n.saturating_sub(MARKER_FRAME - 1) {
             let f = &chunk[i..i + MARKER_FRAME];
             if f[..4] != MARKER_BODY.to_le_bytes() || f[8] != KIND_BATCH {
@@ -468,7 +463,7 @@ fn check_tail(
             break;
         }
     }
-    if data > 0 {
+    if any_data {
         if format == 1 {
             // Format 1 grew the file with every write: only its very last
             // record can be torn.
@@ -521,21 +516,18 @@ impl LogStore {
             let _ = d.sync_all();
         }
         let _ = file.flush();
-        let file = Arc::new(file);
-        let index = Arc::new(RwLock::new(index));
         let (tx, rx) = mpsc::channel(65536);
-        let committed = Arc::new(AtomicU64::new(end));
         let shared = Arc::new(Shared {
-            path: path.clone(),
-            file: file.clone(),
-            index: index.clone(),
-            committed: committed.clone(),
+            path,
+            file: Arc::new(file),
+            index: RwLock::new(index),
+            committed: AtomicU64::new(end),
             unsynced: Mutex::new(Map::default()),
             failed: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
         });
         let (flights_tx, flights_rx) = std::sync::mpsc::sync_channel(1024);
-        let sync_shared = shared.clone();
+        let (sync_shared, writer_shared) = (shared.clone(), shared.clone());
         let syncer = std::thread::Builder::new()
             .name("cairn-log-sync".into())
             .spawn(move || sync_loop(&sync_shared, flights_rx))
@@ -543,16 +535,13 @@ impl LogStore {
         let writer = std::thread::Builder::new()
             .name("cairn-log".into())
             .spawn(move || {
-                writer_loop(&shared, rx, end, max_batch.max(1), flights_tx);
+                writer_loop(&writer_shared, rx, end, max_batch.max(1), flights_tx);
                 // The sync thread ends once it has synced what was written.
                 let _ = syncer.join();
             })
             .map_err(|e| JournalError::Io(e.to_string()))?;
         Ok(Arc::new(LogStore {
-            path,
-            file,
-            index,
-            committed,
+            shared,
             tx: Some(tx),
             writer: Some(writer),
         }))
@@ -560,7 +549,7 @@ impl LogStore {
 
     /// Path of the log file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     fn submit(&self, op: Op) -> BoxFuture<'static, Result<(), JournalError>> {
@@ -590,8 +579,8 @@ impl LogStore {
         &self,
         locs: Vec<(u64, u32)>,
     ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, JournalError>> {
-        let file = self.file.clone();
-        let path = self.path.clone();
+        let file = self.shared.file.clone();
+        let path = self.shared.path.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 // Events of an entity are often adjacent in the file: read runs in one call.
@@ -644,12 +633,14 @@ struct Flight {
     results: Vec<Result<Vec<(u64, u32)>, JournalError>>,
 }
 
-/// What the writer thread and the sync thread share.
+/// What the store, its writer thread and its sync thread share.
 struct Shared {
     path: PathBuf,
+    /// Shared with the readers' blocking tasks.
     file: Arc<File>,
-    index: Arc<RwLock<Index>>,
-    committed: Arc<AtomicU64>,
+    index: RwLock<Index>,
+    /// End of the fsync'd, indexed part of the file: readers stop there.
+    committed: AtomicU64,
     /// Highest sequence number written to the file but not yet synced, per
     /// entity: the writer's conflict check sees writes the index does not
     /// have yet.
@@ -1018,9 +1009,9 @@ impl Journal for LogStore {
         from: u64,
         limit: usize,
     ) -> BoxFuture<'static, Result<FeedPage, JournalError>> {
-        let file = self.file.clone();
-        let path = self.path.clone();
-        let end = self.committed.load(Ordering::Acquire);
+        let file = self.shared.file.clone();
+        let path = self.shared.path.clone();
+        let end = self.shared.committed.load(Ordering::Acquire);
         let ty = entity_type.to_owned();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || feed_page(&file, &path, &ty, from, end, limit))
@@ -1044,7 +1035,7 @@ impl Journal for LogStore {
             return Box::pin(async { Ok(Vec::new()) });
         }
         let locs: Vec<(u64, u32)> = {
-            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
             idx.entities.get(key).map_or_else(Vec::new, |e| {
                 let start = e.events.partition_point(|l| l.seq < from);
                 e.events[start..]
@@ -1066,7 +1057,7 @@ impl Journal for LogStore {
         limit: usize,
     ) -> BoxFuture<'static, Result<PackedEvents, JournalError>> {
         let locs: Vec<(u64, u32)> = {
-            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
             idx.entities.get(key).map_or_else(Vec::new, |e| {
                 let start = e.events.partition_point(|l| l.seq < from);
                 e.events[start..]
@@ -1091,7 +1082,7 @@ impl Journal for LogStore {
     }
 
     fn highest_seq(&self, key: &EntityKey) -> BoxFuture<'static, Result<u64, JournalError>> {
-        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
         let h = idx
             .entities
             .get(key)
@@ -1103,7 +1094,7 @@ impl Journal for LogStore {
     fn pending_timers(
         &self,
     ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
-        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = idx
             .timers
             .iter()
@@ -1118,7 +1109,7 @@ impl Journal for LogStore {
         entity_type: &str,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
-        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
         let mut ids: Vec<String> = idx
             .entities
             .iter()
@@ -1148,7 +1139,7 @@ impl SnapshotStore for LogStore {
         schema: u32,
     ) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>> {
         let loc = {
-            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
             idx.entities.get(key).and_then(|e| {
                 e.snapshots
                     .iter()
@@ -1200,7 +1191,7 @@ mod tests {
         })
         .await
         .unwrap();
-        s.committed.load(Ordering::Acquire)
+        s.shared.committed.load(Ordering::Acquire)
     }
 
     /// Writes #1..#3, #4..#5 and #6 as three batches; returns the ends of
