@@ -367,6 +367,8 @@ pub(crate) struct NodeInner {
     registry: Registry,
     /// Deploys and rollbacks of a node run one at a time.
     deploying: tokio::sync::Mutex<()>,
+    /// Parked tasks that run entities' mailboxes.
+    pub(crate) runners: entity::Runners,
 }
 
 impl NodeInner {
@@ -582,6 +584,7 @@ impl Node {
             appended: Notify::new(),
             registry,
             deploying: tokio::sync::Mutex::new(()),
+            runners: entity::Runners::default(),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {

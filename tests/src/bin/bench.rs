@@ -116,21 +116,27 @@ async fn bank_node(dir: &std::path::Path, toml: &str, wasm: &[u8], native: bool)
 /// Runs `commands` deposits from `callers` concurrent tasks over `entities`.
 async fn throughput(label: &str, node: &Node, a: &Args) -> Result<f64> {
     let deposit = node.command_from_json("bank-account", r#"{"Deposit":{"amount":1}}"#)?;
-    let per_caller = a.commands / a.callers;
+    // Callers take the next command from one counter, so all of them stay
+    // busy until the last command (a caller that fell behind does not leave
+    // a tail of low concurrency that would understate the rate).
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total = a.commands;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..a.callers {
+    for _ in 0..a.callers {
         let node = node.clone();
         let deposit = deposit.clone();
         let entities = a.entities;
-        let callers = a.callers;
+        let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_caller);
+            let mut lat = Vec::new();
             let mut failures = 0usize;
-            let mut e = c;
-            for _ in 0..per_caller {
-                let id = format!("acct-{}", e % entities);
-                e += callers;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let id = format!("acct-{}", i % entities);
                 let t = Instant::now();
                 match node
                     .ask("bank-account", &id, deposit.clone(), AskOptions::default())
