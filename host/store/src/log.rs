@@ -1,8 +1,8 @@
 //! The append-only log backend: one file of checksummed records and an index
-//! in memory. One thread checks, encodes and writes each batch (one `pwrite`);
-//! a second syncs (one `fdatasync` for every batch written meanwhile), then
-//! indexes and acknowledges, so the next batch is written while the previous
-//! one is being synced.
+//! in memory. One writer thread takes every queued write, checks and encodes
+//! them, writes them with one `pwrite`, syncs them with one `fdatasync`, then
+//! indexes and acknowledges them; writes that arrive meanwhile wait in its
+//! queue and form the next group.
 //!
 //! Why: with many entities writing at once, a B-tree clustered by entity
 //! (SQLite) dirties about one page per event, and every dirty page is written
@@ -31,8 +31,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use foldhash::fast::RandomState;
 use tokio::sync::{mpsc, oneshot};
@@ -522,23 +522,12 @@ impl LogStore {
             file: Arc::new(file),
             index: RwLock::new(index),
             committed: AtomicU64::new(end),
-            unsynced: Mutex::new(Map::default()),
             failed: OnceLock::new(),
-            in_flight: AtomicUsize::new(0),
         });
-        let (flights_tx, flights_rx) = std::sync::mpsc::sync_channel(1024);
-        let (sync_shared, writer_shared) = (shared.clone(), shared.clone());
-        let syncer = std::thread::Builder::new()
-            .name("cairn-log-sync".into())
-            .spawn(move || sync_loop(&sync_shared, flights_rx))
-            .map_err(|e| JournalError::Io(e.to_string()))?;
+        let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("cairn-log".into())
-            .spawn(move || {
-                writer_loop(&writer_shared, rx, end, max_batch.max(1), flights_tx);
-                // The sync thread ends once it has synced what was written.
-                let _ = syncer.join();
-            })
+            .spawn(move || writer_loop(&writer_shared, rx, end, max_batch.max(1)))
             .map_err(|e| JournalError::Io(e.to_string()))?;
         Ok(Arc::new(LogStore {
             shared,
@@ -624,8 +613,8 @@ impl Drop for LogStore {
     }
 }
 
-/// A written batch on its way to the sync thread.
-struct Flight {
+/// A written batch on its way to being synced.
+struct Written {
     /// End of the file once this batch is in it.
     end: u64,
     batch: Vec<(Op, Ack)>,
@@ -633,7 +622,7 @@ struct Flight {
     results: Vec<Result<Vec<(u64, u32)>, JournalError>>,
 }
 
-/// What the store, its writer thread and its sync thread share.
+/// What the store and its writer thread share.
 struct Shared {
     path: PathBuf,
     /// Shared with the readers' blocking tasks.
@@ -641,15 +630,9 @@ struct Shared {
     index: RwLock<Index>,
     /// End of the fsync'd, indexed part of the file: readers stop there.
     committed: AtomicU64,
-    /// Highest sequence number written to the file but not yet synced, per
-    /// entity: the writer's conflict check sees writes the index does not
-    /// have yet.
-    unsynced: Mutex<Map<EntityKey, u64>>,
     /// Set when an fsync failed: what the kernel kept of the file is then
     /// unknown, so nothing more is accepted until the log is reopened.
     failed: OnceLock<String>,
-    /// Batches handed to the sync thread and not yet committed.
-    in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -663,17 +646,14 @@ impl Shared {
     }
 }
 
-/// The writer thread: takes a batch of queued operations, checks and encodes
-/// them, writes them with one `pwrite`, and hands the batch to the sync
-/// thread; it encodes and writes the next batch while the previous one is
-/// being synced.
-fn writer_loop(
-    shared: &Shared,
-    mut rx: mpsc::Receiver<(Op, Ack)>,
-    mut end: u64,
-    max_batch: usize,
-    flights: std::sync::mpsc::SyncSender<Flight>,
-) {
+/// The writer thread: takes every queued operation (up to `max_batch`),
+/// checks and encodes them, writes them with one `pwrite` and commits them
+/// (one `fdatasync`, the index, the acknowledgements). Operations submitted
+/// meanwhile queue up for the next group without waking this thread, which
+/// parks only when the queue is empty. (Writing group N+1 while group N was
+/// being synced by a second thread was measured slower: every submit had to
+/// wake the writer, and groups stayed small.)
+fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<(Op, Ack)>, mut end: u64, max_batch: usize) {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     // The file is zero-filled up to here (open cut it at the data's end).
     let mut zeroed_to = end;
@@ -723,34 +703,16 @@ fn writer_loop(
                 }
                 continue;
             }
-            let mut unsynced = shared.unsynced.lock().unwrap_or_else(|p| p.into_inner());
-            for ((op, _), r) in batch.iter().zip(&results) {
-                if let (Op::Append(w), Ok(_)) = (op, r)
-                    && let Some(last) = w.events.last()
-                {
-                    let m = unsynced.entry(w.key.clone()).or_insert(0);
-                    *m = (*m).max(last.seq);
-                }
-            }
         }
         end += buf.len() as u64;
-        // A lone operation, nothing being synced and nothing more waiting:
-        // the load is light, so sync here, which saves the hand-off to the
-        // sync thread (a wake-up, tens of µs).
-        let lone = batch.len() == 1;
-        let flight = Flight {
-            end,
-            batch,
-            results,
-        };
-        if lone && shared.in_flight.load(Ordering::Acquire) == 0 && rx.is_empty() {
-            commit(shared, vec![flight]);
-            continue;
-        }
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        if flights.send(flight).is_err() {
-            return;
-        }
+        commit(
+            shared,
+            Written {
+                end,
+                batch,
+                results,
+            },
+        );
     }
 }
 
@@ -778,17 +740,16 @@ fn encode_batch(
     buf: &mut Vec<u8>,
     end: u64,
 ) -> Vec<Result<Vec<(u64, u32)>, JournalError>> {
+    // Every earlier batch is indexed: a batch is committed before the next
+    // one is encoded.
     let idx = shared.index.read().unwrap_or_else(|p| p.into_inner());
-    let unsynced = shared.unsynced.lock().unwrap_or_else(|p| p.into_inner());
     // Highest sequence number accepted earlier in this batch, per entity.
     let mut pending: Map<&EntityKey, u64> = Map::default();
     let mut results = Vec::with_capacity(batch.len());
     for (op, _) in batch {
         if let Op::Append(w) = op {
             let written = |seq: u64| {
-                unsynced.get(&w.key).is_some_and(|m| seq <= *m)
-                    || pending.get(&w.key).is_some_and(|m| seq <= *m)
-                    || idx.has_seq(&w.key, seq)
+                pending.get(&w.key).is_some_and(|m| seq <= *m) || idx.has_seq(&w.key, seq)
             };
             if let Some(e) = w.events.iter().find(|e| written(e.seq)) {
                 results.push(Err(JournalError::Conflict {
@@ -816,25 +777,13 @@ fn encode_batch(
     results
 }
 
-/// The sync thread: one `fdatasync` for every batch written since the last
-/// one, then the index, the committed end and the acknowledgements.
-fn sync_loop(shared: &Shared, flights: std::sync::mpsc::Receiver<Flight>) {
-    while let Ok(first) = flights.recv() {
-        let mut group = vec![first];
-        while let Ok(f) = flights.try_recv() {
-            group.push(f);
-        }
-        let n = group.len();
-        commit(shared, group);
-        shared.in_flight.fetch_sub(n, Ordering::AcqRel);
-    }
-}
-
-/// Makes written batches durable (one `fdatasync`), then indexes them,
-/// moves the committed end and acknowledges their operations, in order.
-fn commit(shared: &Shared, group: Vec<Flight>) {
+/// Makes a written batch durable (one `fdatasync`, skipped when the batch
+/// wrote nothing), then indexes it, moves the committed end and acknowledges
+/// its operations, in order.
+fn commit(shared: &Shared, written: Written) {
     let synced = match shared.failure() {
         Some(err) => Err(err),
+        None if written.end <= shared.committed.load(Ordering::Acquire) => Ok(()),
         None => shared.file.sync_data().map_err(|e| {
             let reason = e.to_string();
             tracing::error!(path = %shared.path.display(), error = %reason, "event log: fsync failed; refusing further writes");
@@ -843,36 +792,22 @@ fn commit(shared: &Shared, group: Vec<Flight>) {
         }),
     };
     if let Err(err) = synced {
-        for flight in group {
-            for (_, ack) in flight.batch {
-                let _ = ack.send(Err(err.clone()));
-            }
+        for (_, ack) in written.batch {
+            let _ = ack.send(Err(err.clone()));
         }
         return;
     }
     {
         let mut idx = shared.index.write().unwrap_or_else(|p| p.into_inner());
-        let mut unsynced = shared.unsynced.lock().unwrap_or_else(|p| p.into_inner());
-        for flight in &group {
-            for ((op, _), r) in flight.batch.iter().zip(&flight.results) {
-                let Ok(parts) = r else { continue };
+        for ((op, _), r) in written.batch.iter().zip(&written.results) {
+            if let Ok(parts) = r {
                 index_op(&mut idx, op, parts);
-                if let Op::Append(w) = op
-                    && let Some(last) = w.events.last()
-                    && unsynced.get(&w.key).is_some_and(|m| *m <= last.seq)
-                {
-                    unsynced.remove(&w.key);
-                }
             }
         }
     }
-    if let Some(last) = group.last() {
-        shared.committed.store(last.end, Ordering::Release);
-    }
-    for flight in group {
-        for ((_, ack), r) in flight.batch.into_iter().zip(flight.results) {
-            let _ = ack.send(r.map(|_| ()));
-        }
+    shared.committed.store(written.end, Ordering::Release);
+    for ((_, ack), r) in written.batch.into_iter().zip(written.results) {
+        let _ = ack.send(r.map(|_| ()));
     }
 }
 
