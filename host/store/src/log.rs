@@ -568,6 +568,10 @@ impl LogStore {
         &self,
         locs: Vec<(u64, u32)>,
     ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, JournalError>> {
+        if locs.is_empty() {
+            // Nothing to read (an entity's first recovery): no blocking task.
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
         let file = self.shared.file.clone();
         let path = self.shared.path.clone();
         Box::pin(async move {
