@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, broadcast};
 
 use crate::api::{
@@ -165,19 +167,26 @@ struct Shared {
     name: String,
 }
 
+/// Serves every stream of a connection inside this one task. Together with
+/// the yield before each response (see [`serve_stream`]), the responses that
+/// become ready together (one group commit acknowledges many commands) are
+/// written in one poll, and quinn packs them into shared packets. A task per
+/// stream woke quinn's connection driver once per response, which then ran
+/// at once and sent about one UDP packet per command.
 async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     tracing::debug!(%remote, "client connected");
+    let mut streams = FuturesUnordered::new();
     loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                let shared = shared.clone();
-                tokio::spawn(serve_stream(shared, send, recv));
-            }
-            Err(e) => {
-                tracing::debug!(%remote, reason = %e, "client gone");
-                break;
-            }
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => streams.push(serve_stream(shared.clone(), send, recv)),
+                Err(e) => {
+                    tracing::debug!(%remote, reason = %e, "client gone");
+                    break;
+                }
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
         }
     }
 }
@@ -222,6 +231,9 @@ async fn serve_stream(
                         "too many requests in flight; retry later".into(),
                     )),
                 };
+                // Let the other responses that are ready now (the rest of a
+                // group commit) catch up, so that they are written together.
+                tokio::task::yield_now().await;
                 if api::write_frame(&mut send, &resp).await.is_err() {
                     break;
                 }
