@@ -3,7 +3,7 @@
 //!
 //! An entity is an [`EntityCell`] in its type's sharded map. An idle entity has
 //! no task: only its cell (mailbox, state bytes, sequence number). The first
-//! command queued into an idle mailbox spawns a drain task that recovers the
+//! command queued into an idle mailbox starts a drain that recovers the
 //! entity if needed, then processes commands one at a time in arrival order
 //! (persist, then reply) and ends when the mailbox is empty. So commands for
 //! one entity are serial while different entities run concurrently, and
@@ -125,7 +125,7 @@ pub(crate) enum Enqueue {
 }
 
 /// Queues `env` in `cell` according to the mailbox strategy, spawning the
-/// drain task when the entity was idle.
+/// drain when the entity was idle.
 pub(crate) fn enqueue(
     node: &Arc<NodeInner>,
     ty: &Arc<EntityType>,
@@ -195,14 +195,21 @@ struct Slot {
 impl Runners {
     /// Runs `job` on a parked runner, or on a new one if none is parked.
     fn start(&self, job: Job) {
-        let parked = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match parked {
-            Some(slot) => {
-                *slot.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
-                slot.ready.notify_one();
-            }
-            None => {
-                tokio::spawn(runner(Arc::new(Slot::default()), job));
+        loop {
+            let parked = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match parked {
+                // Its runner is gone (the tokio runtime it ran on was shut
+                // down while the node lives on): only the pool holds the slot.
+                Some(slot) if Arc::strong_count(&slot) == 1 => continue,
+                Some(slot) => {
+                    *slot.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
+                    slot.ready.notify_one();
+                    return;
+                }
+                None => {
+                    tokio::spawn(runner(Arc::new(Slot::default()), job));
+                    return;
+                }
             }
         }
     }
@@ -281,7 +288,7 @@ pub(crate) fn resume(cell: &EntityCell) -> bool {
     inner.stopped.take().is_some()
 }
 
-/// The drain task: recover if needed, then process the mailbox until empty.
+/// A drain: recover if needed, then process the mailbox until empty.
 async fn drain(node: &Arc<NodeInner>, ty: Arc<EntityType>, cell: Arc<EntityCell>) {
     let mut loaded = cell.lock().loaded.take();
     loop {

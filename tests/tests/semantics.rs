@@ -349,3 +349,38 @@ async fn snapshots_of_another_schema_are_ignored() -> Result<()> {
     );
     Ok(())
 }
+
+/// A node that outlives the tokio runtime it first ran on (its parked mailbox
+/// runners end with that runtime) still serves its entities on another one.
+#[test]
+fn a_node_serves_on_a_second_runtime() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let increment = r#"{"Increment":{"by":1}}"#;
+    let first = runtime()?;
+    let node = first.block_on(async {
+        let node = start_node(dir.path(), "", &["counter"]).await?;
+        for id in ["a", "b"] {
+            node.ask_json("counter", id, increment, AskOptions::default())
+                .await?;
+        }
+        anyhow::Ok(node)
+    })?;
+    drop(first);
+    let second = runtime()?;
+    second.block_on(async {
+        for id in ["a", "b"] {
+            let r = node
+                .ask_json("counter", id, increment, AskOptions::default())
+                .await?;
+            assert_eq!(r.seq, 2, "entity {id}: the second increment is event #2");
+        }
+        node.shutdown(Duration::from_secs(5)).await;
+        anyhow::Ok(())
+    })
+}
