@@ -21,7 +21,6 @@
 //! persist does the same. This module never panics on guest output.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -182,7 +181,6 @@ const MAX_IDLE_RUNNERS: usize = 1024;
 #[derive(Default)]
 pub(crate) struct Runners {
     idle: Mutex<Vec<Arc<Slot>>>,
-    closed: AtomicBool,
 }
 
 /// Where a parked runner receives its next job.
@@ -215,9 +213,10 @@ impl Runners {
     }
 
     /// Parks `slot` for a later job; false if the runner should end instead.
+    /// (The caller holds the node, so the pool cannot be dropping meanwhile.)
     fn park(&self, slot: &Arc<Slot>) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if self.closed.load(Ordering::Acquire) || idle.len() >= MAX_IDLE_RUNNERS {
+        if idle.len() >= MAX_IDLE_RUNNERS {
             return false;
         }
         idle.push(slot.clone());
@@ -228,7 +227,6 @@ impl Runners {
 impl Drop for Runners {
     /// Ends the parked runners: each wakes to an empty slot.
     fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
         let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
         for slot in idle {
             slot.ready.notify_one();

@@ -617,15 +617,6 @@ impl Drop for LogStore {
     }
 }
 
-/// A written batch on its way to being synced.
-struct Written {
-    /// End of the file once this batch is in it.
-    end: u64,
-    batch: Vec<(Op, Ack)>,
-    /// Per op: where its parts landed, or why it was refused.
-    results: Vec<Result<Vec<(u64, u32)>, JournalError>>,
-}
-
 /// What the store and its writer thread share.
 struct Shared {
     path: PathBuf,
@@ -709,14 +700,7 @@ fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<(Op, Ack)>, mut end: u64,
             }
         }
         end += buf.len() as u64;
-        commit(
-            shared,
-            Written {
-                end,
-                batch,
-                results,
-            },
-        );
+        commit(shared, end, batch, results);
     }
 }
 
@@ -782,12 +766,18 @@ fn encode_batch(
 }
 
 /// Makes a written batch durable (one `fdatasync`, skipped when the batch
-/// wrote nothing), then indexes it, moves the committed end and acknowledges
-/// its operations, in order.
-fn commit(shared: &Shared, written: Written) {
+/// wrote nothing), then indexes it, moves the committed end to `end` (the end
+/// of the file with this batch) and acknowledges its operations, in order;
+/// `results` says per operation where its parts landed or why it was refused.
+fn commit(
+    shared: &Shared,
+    end: u64,
+    batch: Vec<(Op, Ack)>,
+    results: Vec<Result<Vec<(u64, u32)>, JournalError>>,
+) {
     let synced = match shared.failure() {
         Some(err) => Err(err),
-        None if written.end <= shared.committed.load(Ordering::Acquire) => Ok(()),
+        None if end <= shared.committed.load(Ordering::Acquire) => Ok(()),
         None => shared.file.sync_data().map_err(|e| {
             let reason = e.to_string();
             tracing::error!(path = %shared.path.display(), error = %reason, "event log: fsync failed; refusing further writes");
@@ -796,21 +786,21 @@ fn commit(shared: &Shared, written: Written) {
         }),
     };
     if let Err(err) = synced {
-        for (_, ack) in written.batch {
+        for (_, ack) in batch {
             let _ = ack.send(Err(err.clone()));
         }
         return;
     }
     {
         let mut idx = shared.index.write().unwrap_or_else(|p| p.into_inner());
-        for ((op, _), r) in written.batch.iter().zip(&written.results) {
+        for ((op, _), r) in batch.iter().zip(&results) {
             if let Ok(parts) = r {
                 index_op(&mut idx, op, parts);
             }
         }
     }
-    shared.committed.store(written.end, Ordering::Release);
-    for ((_, ack), r) in written.batch.into_iter().zip(written.results) {
+    shared.committed.store(end, Ordering::Release);
+    for ((_, ack), r) in batch.into_iter().zip(results) {
         let _ = ack.send(r.map(|_| ()));
     }
 }
