@@ -15,6 +15,14 @@
 //! aligned, a slow path of the system allocator: spawning per command took
 //! about a tenth of a worker's time).
 //!
+//! An in-process `ask` to an idle entity skips the runner: the caller's task
+//! claims the entity and runs its own command ([`run_here`]), then hands
+//! anything queued meanwhile to a runner. That saves each such command two
+//! task wake-ups. A command's write and what must follow it once durable
+//! (reply, followers, timers, sends) sit in the cell while the write is on
+//! its way, so a caller that gives up half-way leaves them to a task that
+//! finishes them; the entity then rebuilds its state from the journal.
+//!
 //! Supervision: a guest fault fails only that command, drops the entity's
 //! in-memory state (the next command recovers it from the journal) and counts
 //! a restart; too many restarts within the window stop the entity. A failed
@@ -24,7 +32,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cairn_store::{EntityKey, EventRecord, Snapshot, TimerRecord, Write};
+use cairn_store::{BoxFuture, EntityKey, EventRecord, JournalError, Snapshot, TimerRecord, Write};
 use tokio::sync::{Notify, oneshot};
 
 use crate::behavior::{Behavior, CommandContext, CommandError, Effect};
@@ -95,6 +103,44 @@ pub(crate) struct CellInner {
     loaded: Option<Loaded>,
     last_active: Option<Instant>,
     restarts: Vec<Instant>,
+    /// The write of the command being processed, while it is persisted,
+    /// with what to do once it is durable. Kept here rather than in the
+    /// drain so that a drain dropped half-way (see [`run_here`]) leaves it
+    /// to be finished.
+    in_flight: Option<InFlight>,
+}
+
+/// A command's write on its way to disk, and what follows once it is durable.
+struct InFlight {
+    append: BoxFuture<'static, Result<(), JournalError>>,
+    after: AfterPersist,
+}
+
+/// What a command does once its write is durable: notify followers, reply,
+/// arm its timers and send its messages.
+struct AfterPersist {
+    events: bool,
+    reply: Option<oneshot::Sender<Result<Reply, AskError>>>,
+    answer: Reply,
+    timers: Vec<TimerRecord>,
+    sends: Vec<(String, String, Vec<u8>)>,
+}
+
+impl AfterPersist {
+    fn run(self, node: &Arc<NodeInner>, ty: &EntityType, id: &str) {
+        if self.events {
+            node.appended.notify_waiters();
+        }
+        if let Some(tx) = self.reply {
+            let _ = tx.send(Ok(self.answer));
+        }
+        for timer in self.timers {
+            node.schedule_timer(&ty.name, id, timer);
+        }
+        for (t, target, command) in self.sends {
+            node.send_effect(t, target, command);
+        }
+    }
 }
 
 impl EntityCell {
@@ -238,7 +284,7 @@ impl Drop for Runners {
 async fn runner(slot: Arc<Slot>, mut job: Job) {
     loop {
         let (node, ty, cell) = job;
-        drain(&node, ty, cell).await;
+        drain(&node, ty, cell, None).await;
         if !node.runners.park(&slot) {
             return;
         }
@@ -248,6 +294,91 @@ async fn runner(slot: Arc<Slot>, mut job: Job) {
         match slot.job.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(next) => job = next,
             None => return,
+        }
+    }
+}
+
+/// Claims an idle entity for the calling task: true when nothing runs it and
+/// its mailbox is empty, so the caller may run its own command in place with
+/// [`run_here`] instead of queueing it for a runner.
+pub(crate) fn claim(cell: &EntityCell) -> bool {
+    let mut inner = cell.lock();
+    if inner.removed || inner.stopped.is_some() || inner.running || !inner.queue.is_empty() {
+        return false;
+    }
+    inner.running = true;
+    true
+}
+
+/// Runs `env` on the calling task for an entity claimed with [`claim`]
+/// (recovering it first if needed), then hands whatever was queued meanwhile
+/// to a runner. This saves the command two task wake-ups: the runner's and,
+/// on the way back, the caller's.
+///
+/// Dropping the returned future before it completes (the caller timed out
+/// or went away) does not abandon the entity: the rest of the work moves to
+/// a task of its own.
+pub(crate) async fn run_here(
+    node: Arc<NodeInner>,
+    ty: Arc<EntityType>,
+    cell: Arc<EntityCell>,
+    env: Envelope,
+) {
+    let mut guard = Abandon {
+        node: &node,
+        ty: &ty,
+        cell: &cell,
+        armed: true,
+    };
+    drain(guard.node, ty.clone(), cell.clone(), Some(env)).await;
+    guard.armed = false;
+}
+
+/// Releases an entity whose [`run_here`] was dropped before it finished.
+struct Abandon<'a> {
+    node: &'a Arc<NodeInner>,
+    ty: &'a Arc<EntityType>,
+    cell: &'a Arc<EntityCell>,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    /// The drain stopped at an await: during recovery (nothing to finish),
+    /// while its write was persisted (finish it on a task of its own: the
+    /// reply goes nowhere, but followers, timers and sends must still see a
+    /// durable write) or while a snapshot was saved (it is skipped). The
+    /// entity is then released without its in-memory state, which its next
+    /// command rebuilds from the journal.
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (node, ty, cell) = (self.node.clone(), self.ty.clone(), self.cell.clone());
+        let in_flight = cell.lock().in_flight.take();
+        let release = move || {
+            let mut inner = cell.lock();
+            inner.loaded = None;
+            if inner.queue.is_empty() {
+                inner.running = false;
+                inner.last_active = Some(Instant::now());
+            } else {
+                drop(inner);
+                node.runners.start((node.clone(), ty, cell));
+            }
+        };
+        match (in_flight, tokio::runtime::Handle::try_current()) {
+            (Some(f), Ok(rt)) => {
+                let (node, ty, id) = (self.node.clone(), self.ty.clone(), self.cell.id.clone());
+                rt.spawn(async move {
+                    if f.append.await.is_ok() {
+                        f.after.run(&node, &ty, &id);
+                    }
+                    release();
+                });
+            }
+            // Without a runtime nothing can finish; the journal has the
+            // write or not, and recovery reads what it has.
+            _ => release(),
         }
     }
 }
@@ -286,10 +417,32 @@ pub(crate) fn resume(cell: &EntityCell) -> bool {
     inner.stopped.take().is_some()
 }
 
-/// A drain: recover if needed, then process the mailbox until empty.
-async fn drain(node: &Arc<NodeInner>, ty: Arc<EntityType>, cell: Arc<EntityCell>) {
+/// A drain: recover if needed, then process the mailbox until empty. With
+/// `first` (see [`run_here`]) it processes that envelope only and leaves the
+/// rest of the mailbox to a runner.
+async fn drain(
+    node: &Arc<NodeInner>,
+    ty: Arc<EntityType>,
+    cell: Arc<EntityCell>,
+    mut first: Option<Envelope>,
+) {
+    let here = first.is_some();
     let mut loaded = cell.lock().loaded.take();
     loop {
+        if here && first.is_none() {
+            // The caller's own command is done: release the entity, or hand
+            // what was queued meanwhile to a runner.
+            let mut inner = cell.lock();
+            inner.loaded = loaded;
+            if inner.queue.is_empty() {
+                inner.running = false;
+                inner.last_active = Some(Instant::now());
+            } else {
+                drop(inner);
+                node.runners.start((node.clone(), ty, cell));
+            }
+            return;
+        }
         // The behavior and its generation are read together, so a command
         // runs on the version its state was checked against; a deploy that
         // lands meanwhile applies from the next command on.
@@ -306,25 +459,34 @@ async fn drain(node: &Arc<NodeInner>, ty: Arc<EntityType>, cell: Arc<EntityCell>
                 None => match recover(node, &ty, &behavior, &cell.id, generation).await {
                     Ok(l) => loaded = Some(l),
                     Err(reason) => {
-                        stop(node, &ty, &cell, format!("recovery failed: {reason}"));
+                        let reason = format!("recovery failed: {reason}");
+                        if let Some(env) = first.take() {
+                            env.fail(AskError::EntityStopped(reason.clone()));
+                        }
+                        stop(node, &ty, &cell, reason);
                         return;
                     }
                 },
             }
         }
-        let env = {
-            let mut inner = cell.lock();
-            match inner.queue.pop_front() {
-                Some(env) => env,
-                None => {
-                    inner.running = false;
-                    inner.loaded = loaded;
-                    inner.last_active = Some(Instant::now());
-                    return;
+        let env = match first.take() {
+            Some(env) => env,
+            None => {
+                let mut inner = cell.lock();
+                match inner.queue.pop_front() {
+                    Some(env) => env,
+                    None => {
+                        inner.running = false;
+                        inner.loaded = loaded;
+                        inner.last_active = Some(Instant::now());
+                        return;
+                    }
                 }
             }
         };
-        cell.space.notify_one();
+        if !here {
+            cell.space.notify_one();
+        }
         let Some(live) = loaded.as_mut() else {
             continue;
         };
@@ -508,8 +670,9 @@ async fn process(
             timer_id,
         } => (command, expected_seq, reply, timer_id),
     };
-    let answer = |r: Result<Reply, AskError>| {
-        if let Some(tx) = reply {
+    let mut reply = reply;
+    let mut answer = |r: Result<Reply, AskError>| {
+        if let Some(tx) = reply.take() {
             let _ = tx.send(r);
         }
     };
@@ -605,22 +768,46 @@ async fn process(
         answer(Err(AskError::Guest(reason.clone())));
         return Err(reason);
     }
-    if n > 0 || !timers.is_empty() || timer_id.is_some() {
+    let after = AfterPersist {
+        events: n > 0,
+        reply,
+        answer: Reply {
+            reply: decision.reply,
+            seq: live.seq + n,
+        },
+        timers,
+        sends,
+    };
+    let after = if n > 0 || !after.timers.is_empty() || timer_id.is_some() {
         let write = Write {
             key: key(),
             events,
-            add_timers: timers.clone(),
+            add_timers: after.timers.clone(),
             remove_timers: timer_id.into_iter().collect(),
         };
-        if let Err(e) = node.journal.append(write).await {
+        let append = node.journal.append(write);
+        cell.lock().in_flight = Some(InFlight { append, after });
+        let persisted = std::future::poll_fn(|cx| match cell.lock().in_flight.as_mut() {
+            Some(f) => f.append.as_mut().poll(cx),
+            None => std::task::Poll::Ready(Err(JournalError::Closed(
+                "the write in flight was lost".into(),
+            ))),
+        })
+        .await;
+        let Some(InFlight { after, .. }) = cell.lock().in_flight.take() else {
+            return Err("the write in flight was lost".into());
+        };
+        if let Err(e) = persisted {
             let reason = format!("persist failed: {e}");
-            answer(Err(AskError::Journal(reason.clone())));
+            if let Some(tx) = after.reply {
+                let _ = tx.send(Err(AskError::Journal(reason.clone())));
+            }
             return Err(reason);
         }
-        if n > 0 {
-            node.appended.notify_waiters();
-        }
-    }
+        after
+    } else {
+        after
+    };
     let old_seq = live.seq;
     if let Some(state) = decision.state
         && n > 0
@@ -628,16 +815,7 @@ async fn process(
         live.state = state;
     }
     live.seq += n;
-    answer(Ok(Reply {
-        reply: decision.reply,
-        seq: live.seq,
-    }));
-    for timer in timers {
-        node.schedule_timer(&ty.name, &cell.id, timer);
-    }
-    for (t, id, command) in sends {
-        node.send_effect(t, id, command);
-    }
+    after.run(node, ty, &cell.id);
     let every = ty.settings.snapshot.every;
     if every > 0 && n > 0 && old_seq / every != live.seq / every {
         let snap = Snapshot {

@@ -401,7 +401,20 @@ impl NodeInner {
         self: &Arc<Self>,
         ty: &Arc<EntityType>,
         id: &str,
+        env: Envelope,
+    ) -> Result<(), AskError> {
+        self.deliver(ty, id, env, false).await
+    }
+
+    /// Queues an envelope like [`NodeInner::send`]; with `here`, when the
+    /// entity is idle the calling task runs the command itself (see
+    /// [`entity::run_here`]) and returns once it is answered.
+    async fn deliver(
+        self: &Arc<Self>,
+        ty: &Arc<EntityType>,
+        id: &str,
         mut env: Envelope,
+        here: bool,
     ) -> Result<(), AskError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(AskError::ShuttingDown);
@@ -414,6 +427,10 @@ impl NodeInner {
         }
         loop {
             let cell = ty.cell(id);
+            if here && entity::claim(&cell) {
+                entity::run_here(self.clone(), ty.clone(), cell, env).await;
+                return Ok(());
+            }
             match entity::enqueue(self, ty, &cell, env)? {
                 Enqueue::Done => return Ok(()),
                 Enqueue::Retry(e) => env = e,
@@ -1050,13 +1067,42 @@ impl Node {
     }
 
     /// Sends a command and waits for its reply: the reply leaves only after
-    /// the command's events are durable.
+    /// the command's events are durable. When the entity is idle, the
+    /// command runs on the calling task (no hand-over to a runner and back);
+    /// dropping the future half-way still finishes the command's write.
     pub async fn ask(
         &self,
         entity_type: &str,
         entity_id: &str,
         command: Vec<u8>,
         options: AskOptions,
+    ) -> Result<Reply, AskError> {
+        self.ask_on(entity_type, entity_id, command, options, true)
+            .await
+    }
+
+    /// `ask` whose command always runs on one of the node's runner tasks,
+    /// never on the caller's. The server uses it: all streams of a
+    /// connection share one task, so a slow guest call made there would
+    /// hold up the connection's other requests.
+    pub(crate) async fn ask_queued(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+        options: AskOptions,
+    ) -> Result<Reply, AskError> {
+        self.ask_on(entity_type, entity_id, command, options, false)
+            .await
+    }
+
+    async fn ask_on(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+        options: AskOptions,
+        here: bool,
     ) -> Result<Reply, AskError> {
         let ty = self.ty(entity_type)?;
         let (tx, rx) = oneshot::channel();
@@ -1067,7 +1113,7 @@ impl Node {
             timer_id: None,
         };
         let work = async {
-            self.inner.send(&ty, entity_id, env).await?;
+            self.inner.deliver(&ty, entity_id, env, here).await?;
             rx.await.map_err(|_| AskError::ShuttingDown)?
         };
         tokio::time::timeout(options.timeout, work)

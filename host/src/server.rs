@@ -399,7 +399,7 @@ async fn ask(
         options.timeout = Duration::from_millis(ms.clamp(1, 10 * 60 * 1000));
     }
     let reply = node
-        .ask(entity_type, entity_id, bytes, options)
+        .ask_queued(entity_type, entity_id, bytes, options)
         .await
         .map_err(ask_error)?;
     let payload = match reply.reply {

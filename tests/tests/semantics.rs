@@ -220,6 +220,61 @@ async fn timer_fires_after_restart() -> Result<()> {
     Ok(())
 }
 
+/// An `ask` runs its command on the caller's task when the entity is idle.
+/// A caller that gives up half-way (here: a timeout of zero, so the ask is
+/// dropped right after its write was submitted) must leave a whole entity
+/// behind: the write lands, its timer and its message still happen, and the
+/// entity serves the next command from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_ask_still_finishes_its_write() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path(), "", &["counter"]).await?;
+    let get = |id: &'static str| {
+        let node = node.clone();
+        async move {
+            node.ask_json("counter", id, r#""Get""#, AskOptions::default())
+                .await
+                .map(|r| r.reply)
+        }
+    };
+    assert_eq!(
+        get("a").await?.as_deref(),
+        Some("0"),
+        "the entity is loaded"
+    );
+    let gone = AskOptions {
+        timeout: Duration::ZERO,
+        expected_seq: None,
+    };
+    for json in [
+        r#"{"Increment":{"by":10}}"#,
+        r#"{"IncrementLater":{"by":5,"delay_ms":200}}"#,
+        r#"{"Forward":{"entity_id":"b","by":7}}"#,
+    ] {
+        let r = node.ask_json("counter", "a", json, gone).await;
+        assert!(
+            matches!(r, Err(ReadError::Ask(AskError::Timeout(_)))),
+            "the caller gave up: {r:?}"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, b) = (get("a").await?, get("b").await?);
+        if a.as_deref() == Some("15") && b.as_deref() == Some("7") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "abandoned commands did not all finish: a = {a:?} (want 15), b = {b:?} (want 7)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = node.events("counter", "a", 1, u64::MAX, 10).await?;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2], "the increment and the timer's, contiguous");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effects_send_to_another_entity() -> Result<()> {
     let dir = tempfile::tempdir()?;
