@@ -19,7 +19,11 @@ impl std::error::Error for CodecError {}
 
 /// Encodes a value.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    rmp_serde::to_vec_named(value).map_err(|e| CodecError(e.to_string()))
+    // Most values are small: one allocation up front instead of a few
+    // reallocations while the buffer grows.
+    let mut buf = Vec::with_capacity(64);
+    rmp_serde::encode::write_named(&mut buf, value).map_err(|e| CodecError(e.to_string()))?;
+    Ok(buf)
 }
 
 /// Decodes a value.

@@ -18,9 +18,9 @@ pub struct Descriptor {
 
 /// Facts the host records for one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CommandContext {
+pub struct CommandContext<'a> {
     /// The entity's id.
-    pub entity_id: String,
+    pub entity_id: &'a str,
     /// Sequence number the first persisted event will get.
     pub next_seq: u64,
     /// When the host accepted the command, ms since the Unix epoch.
@@ -113,7 +113,7 @@ pub trait Behavior: Send + Sync + 'static {
     /// Decide one command.
     fn decide(
         &self,
-        ctx: &CommandContext,
+        ctx: &CommandContext<'_>,
         state: &[u8],
         command: &[u8],
     ) -> Result<Result<Decision, CommandError>, GuestFault>;

@@ -687,7 +687,7 @@ async fn process(
     }
     let timestamp_ms = now_ms();
     let ctx = CommandContext {
-        entity_id: cell.id.to_string(),
+        entity_id: &cell.id,
         next_seq: live.seq + 1,
         timestamp_ms,
     };
@@ -733,7 +733,7 @@ async fn process(
         }
     };
 
-    let version = behavior.descriptor().version.clone();
+    let version = &behavior.descriptor().version;
     let first = live.seq + 1;
     let events: Vec<EventRecord> = decision
         .events

@@ -32,6 +32,10 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "entity",
         path: "../wit",
+        // Parameters borrow from the host (the entity id is not copied).
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
@@ -465,17 +469,17 @@ impl Behavior for WasmBehavior {
 
     fn decide(
         &self,
-        ctx: &CommandContext,
+        ctx: &CommandContext<'_>,
         state: &[u8],
         command: &[u8],
     ) -> Result<Result<Decision, CommandError>, GuestFault> {
         let wctx = wit::Context {
-            entity_id: ctx.entity_id.clone(),
+            entity_id: ctx.entity_id,
             next_seq: ctx.next_seq,
             timestamp_ms: ctx.timestamp_ms,
         };
         let out = self.with_instance(ctx.timestamp_ms, |b, s| {
-            b.call_decide(s, &wctx, state, command)
+            b.call_decide(s, wctx, state, command)
         })?;
         Ok(match out {
             Ok(d) => Ok(Decision {

@@ -41,12 +41,12 @@ impl<E: Entity> Behavior for Native<E> {
 
     fn decide(
         &self,
-        ctx: &CommandContext,
+        ctx: &CommandContext<'_>,
         state: &[u8],
         command: &[u8],
     ) -> Result<Result<Decision, CommandError>, GuestFault> {
         let gctx = cairn_guest::Context {
-            entity_id: ctx.entity_id.clone(),
+            entity_id: ctx.entity_id.to_owned(),
             next_seq: ctx.next_seq,
             timestamp_ms: ctx.timestamp_ms,
         };
