@@ -104,7 +104,10 @@ impl Index {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), JournalError>>;
+/// Where the writer answers an operation. The operation travels back with
+/// the answer so that its buffers are freed by the thread that allocated
+/// them (freeing another thread's memory is a slow path of the allocator).
+type Ack = oneshot::Sender<(Result<(), JournalError>, Op)>;
 
 enum Op {
     Append(Write),
@@ -559,8 +562,10 @@ impl LogStore {
                     .await
                     .map_err(|_| JournalError::Closed("log writer stopped".into()))?;
             }
-            done.await
-                .map_err(|_| JournalError::Closed("log writer stopped".into()))?
+            let (result, _op) = done
+                .await
+                .map_err(|_| JournalError::Closed("log writer stopped".into()))?;
+            result
         })
     }
 
@@ -662,8 +667,8 @@ fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<(Op, Ack)>, mut end: u64,
             }
         }
         if let Some(err) = shared.failure() {
-            for (_, ack) in batch {
-                let _ = ack.send(Err(err.clone()));
+            for (op, ack) in batch {
+                let _ = ack.send((Err(err.clone()), op));
             }
             continue;
         }
@@ -693,8 +698,8 @@ fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<(Op, Ack)>, mut end: u64,
                 let _ = shared.file.set_len(end);
                 zeroed_to = end;
                 let err = io(&shared.path, e);
-                for (_, ack) in batch {
-                    let _ = ack.send(Err(err.clone()));
+                for (op, ack) in batch {
+                    let _ = ack.send((Err(err.clone()), op));
                 }
                 continue;
             }
@@ -786,8 +791,8 @@ fn commit(
         }),
     };
     if let Err(err) = synced {
-        for (_, ack) in batch {
-            let _ = ack.send(Err(err.clone()));
+        for (op, ack) in batch {
+            let _ = ack.send((Err(err.clone()), op));
         }
         return;
     }
@@ -800,8 +805,8 @@ fn commit(
         }
     }
     shared.committed.store(end, Ordering::Release);
-    for ((_, ack), r) in batch.into_iter().zip(results) {
-        let _ = ack.send(r.map(|_| ()));
+    for ((op, ack), r) in batch.into_iter().zip(results) {
+        let _ = ack.send((r.map(|_| ()), op));
     }
 }
 
