@@ -294,7 +294,7 @@ fn apply_record(index: &mut Index, body: &[u8], base: u64) -> Result<(), Journal
             for _ in 0..d.u32()? {
                 removes.push(d.u64()?);
             }
-            apply_write(index, &key, locs, adds, &removes);
+            apply_write(index, &key, locs.into_iter(), adds, &removes);
         }
         KIND_SNAPSHOT => {
             let keep = d.u32()? as usize;
@@ -319,12 +319,19 @@ fn apply_record(index: &mut Index, body: &[u8], base: u64) -> Result<(), Journal
 fn apply_write(
     index: &mut Index,
     key: &EntityKey,
-    locs: Vec<EvLoc>,
+    locs: impl ExactSizeIterator<Item = EvLoc>,
     adds: Vec<TimerRecord>,
     removes: &[u64],
 ) {
-    if !locs.is_empty() {
-        let e = index.entities.entry(key.clone()).or_default();
+    if locs.len() > 0 {
+        // Look up before inserting: `entry` would need an owned key, and
+        // cloning one allocates twice for every write.
+        if !index.entities.contains_key(key) {
+            index.entities.insert(key.clone(), Default::default());
+        }
+        let Some(e) = index.entities.get_mut(key) else {
+            return;
+        };
         for l in locs {
             // Appends are almost always in order; keep the vector sorted regardless.
             match e.events.last() {
@@ -814,16 +821,11 @@ fn commit(
 fn index_op(idx: &mut Index, op: &Op, parts: &[(u64, u32)]) {
     match op {
         Op::Append(w) => {
-            let locs = w
-                .events
-                .iter()
-                .zip(parts)
-                .map(|(e, (off, len))| EvLoc {
-                    seq: e.seq,
-                    off: *off,
-                    len: *len,
-                })
-                .collect();
+            let locs = w.events.iter().zip(parts).map(|(e, (off, len))| EvLoc {
+                seq: e.seq,
+                off: *off,
+                len: *len,
+            });
             apply_write(idx, &w.key, locs, w.add_timers.clone(), &w.remove_timers);
         }
         Op::Snapshot(key, s, keep) => {
