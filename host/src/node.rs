@@ -1077,33 +1077,6 @@ impl Node {
         command: Vec<u8>,
         options: AskOptions,
     ) -> Result<Reply, AskError> {
-        self.ask_on(entity_type, entity_id, command, options, true)
-            .await
-    }
-
-    /// `ask` whose command always runs on one of the node's runner tasks,
-    /// never on the caller's. The server uses it: all streams of a
-    /// connection share one task, so a slow guest call made there would
-    /// hold up the connection's other requests.
-    pub(crate) async fn ask_queued(
-        &self,
-        entity_type: &str,
-        entity_id: &str,
-        command: Vec<u8>,
-        options: AskOptions,
-    ) -> Result<Reply, AskError> {
-        self.ask_on(entity_type, entity_id, command, options, false)
-            .await
-    }
-
-    async fn ask_on(
-        &self,
-        entity_type: &str,
-        entity_id: &str,
-        command: Vec<u8>,
-        options: AskOptions,
-        here: bool,
-    ) -> Result<Reply, AskError> {
         let ty = self.ty(entity_type)?;
         let (tx, rx) = oneshot::channel();
         let env = Envelope::Command {
@@ -1113,7 +1086,7 @@ impl Node {
             timer_id: None,
         };
         let work = async {
-            self.inner.deliver(&ty, entity_id, env, here).await?;
+            self.inner.deliver(&ty, entity_id, env, true).await?;
             rx.await.map_err(|_| AskError::ShuttingDown)?
         };
         tokio::time::timeout(options.timeout, work)

@@ -172,7 +172,10 @@ struct Shared {
 /// become ready together (one group commit acknowledges many commands) are
 /// written in one poll, and quinn packs them into shared packets. A task per
 /// stream woke quinn's connection driver once per response, which then ran
-/// at once and sent about one UDP packet per command.
+/// at once and sent about one UDP packet per command. An `ask` to an idle
+/// entity runs its guest call on this task too ([`Node::ask`]), so a slow
+/// guest call holds up this connection's other streams (never another
+/// connection's) for at most the call deadline.
 async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     tracing::debug!(%remote, "client connected");
@@ -399,7 +402,7 @@ async fn ask(
         options.timeout = Duration::from_millis(ms.clamp(1, 10 * 60 * 1000));
     }
     let reply = node
-        .ask_queued(entity_type, entity_id, bytes, options)
+        .ask(entity_type, entity_id, bytes, options)
         .await
         .map_err(ask_error)?;
     let payload = match reply.reply {

@@ -366,9 +366,16 @@ async fn memory_journal(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result
 
 async fn recovery_phase(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
     println!("\n== Recovery of one entity with {} events", a.history);
-    for native in [false, true] {
-        let dir = root.join(if native { "rec-native" } else { "rec-wasm" });
-        let toml = "[defaults.snapshot]\nevery = 0\n";
+    for (journal, native) in [
+        ("sqlite", false),
+        ("sqlite", true),
+        ("log", false),
+        ("log", true),
+    ] {
+        let kind = if native { "native" } else { "wasm" };
+        let dir = root.join(format!("rec-{journal}-{kind}"));
+        let toml = format!("[node]\njournal = \"{journal}\"\n[defaults.snapshot]\nevery = 0\n");
+        let toml = toml.as_str();
         {
             let node = bank_node(&dir, toml, wasm, native).await?;
             write_history(&node, "long", a.history).await?;
@@ -396,9 +403,18 @@ async fn recovery_phase(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result
             node.shutdown(Duration::from_secs(10)).await;
         }
         let node = bank_node(&dir, toml, wasm, native).await?;
-        let kind = if native { "native" } else { "wasm" };
-        recovery(&format!("recovery, no snapshot ({kind})"), &node, "long").await?;
-        recovery(&format!("recovery, snapshot ({kind})"), &node, "long-snap").await?;
+        recovery(
+            &format!("{journal}: recovery, no snapshot ({kind})"),
+            &node,
+            "long",
+        )
+        .await?;
+        recovery(
+            &format!("{journal}: recovery, snapshot ({kind})"),
+            &node,
+            "long-snap",
+        )
+        .await?;
         node.shutdown(Duration::from_secs(10)).await;
     }
 
