@@ -355,31 +355,38 @@ impl Drop for Abandon<'_> {
         }
         let (node, ty, cell) = (self.node.clone(), self.ty.clone(), self.cell.clone());
         let in_flight = cell.lock().in_flight.take();
-        let release = move || {
-            let mut inner = cell.lock();
-            inner.loaded = None;
-            if inner.queue.is_empty() {
-                inner.running = false;
-                inner.last_active = Some(Instant::now());
-            } else {
-                drop(inner);
-                node.runners.start((node.clone(), ty, cell));
-            }
-        };
         match (in_flight, tokio::runtime::Handle::try_current()) {
             (Some(f), Ok(rt)) => {
-                let (node, ty, id) = (self.node.clone(), self.ty.clone(), self.cell.id.clone());
                 rt.spawn(async move {
                     if f.append.await.is_ok() {
-                        f.after.run(&node, &ty, &id);
+                        f.after.run(&node, &ty, &cell.id);
                     }
-                    release();
+                    release(&node, ty, cell, None);
                 });
             }
             // Without a runtime nothing can finish; the journal has the
             // write or not, and recovery reads what it has.
-            _ => release(),
+            _ => release(&node, ty, cell, None),
         }
+    }
+}
+
+/// Ends a [`run_here`]: the entity keeps `loaded` and goes idle, or a runner
+/// takes over the commands queued meanwhile.
+fn release(
+    node: &Arc<NodeInner>,
+    ty: Arc<EntityType>,
+    cell: Arc<EntityCell>,
+    loaded: Option<Loaded>,
+) {
+    let mut inner = cell.lock();
+    inner.loaded = loaded;
+    if inner.queue.is_empty() {
+        inner.running = false;
+        inner.last_active = Some(Instant::now());
+    } else {
+        drop(inner);
+        node.runners.start((node.clone(), ty, cell));
     }
 }
 
@@ -430,17 +437,8 @@ async fn drain(
     let mut loaded = cell.lock().loaded.take();
     loop {
         if here && first.is_none() {
-            // The caller's own command is done: release the entity, or hand
-            // what was queued meanwhile to a runner.
-            let mut inner = cell.lock();
-            inner.loaded = loaded;
-            if inner.queue.is_empty() {
-                inner.running = false;
-                inner.last_active = Some(Instant::now());
-            } else {
-                drop(inner);
-                node.runners.start((node.clone(), ty, cell));
-            }
+            // The caller's own command is done.
+            release(node, ty, cell, loaded);
             return;
         }
         // The behavior and its generation are read together, so a command
