@@ -371,6 +371,40 @@ impl Drop for Abandon<'_> {
     }
 }
 
+/// Appends `write` and waits until it is durable, with `after` parked in the
+/// cell meanwhile (see [`CellInner::in_flight`]); gives `after` back to run.
+/// A failed append answers the caller and returns the reason to restart.
+async fn persist(
+    node: &NodeInner,
+    cell: &EntityCell,
+    write: Write,
+    after: AfterPersist,
+) -> Result<AfterPersist, String> {
+    let append = node.journal.append(write);
+    cell.lock().in_flight = Some(InFlight { append, after });
+    let persisted = std::future::poll_fn(|cx| match cell.lock().in_flight.as_mut() {
+        Some(f) => f.append.as_mut().poll(cx),
+        // Only a dropped drain takes it, and then nothing polls here.
+        None => std::task::Poll::Ready(Err(JournalError::Closed(
+            "the write in flight was lost".into(),
+        ))),
+    })
+    .await;
+    let Some(InFlight { after, .. }) = cell.lock().in_flight.take() else {
+        return Err("the write in flight was lost".into());
+    };
+    match persisted {
+        Ok(()) => Ok(after),
+        Err(e) => {
+            let reason = format!("persist failed: {e}");
+            if let Some(tx) = after.reply {
+                let _ = tx.send(Err(AskError::Journal(reason.clone())));
+            }
+            Err(reason)
+        }
+    }
+}
+
 /// Ends a [`run_here`]: the entity keeps `loaded` and goes idle, or a runner
 /// takes over the commands queued meanwhile.
 fn release(
@@ -471,20 +505,18 @@ async fn drain(
             Some(env) => env,
             None => {
                 let mut inner = cell.lock();
-                match inner.queue.pop_front() {
-                    Some(env) => env,
-                    None => {
-                        inner.running = false;
-                        inner.loaded = loaded;
-                        inner.last_active = Some(Instant::now());
-                        return;
-                    }
-                }
+                let Some(env) = inner.queue.pop_front() else {
+                    inner.running = false;
+                    inner.loaded = loaded;
+                    inner.last_active = Some(Instant::now());
+                    return;
+                };
+                drop(inner);
+                // The mailbox has room again.
+                cell.space.notify_one();
+                env
             }
         };
-        if !here {
-            cell.space.notify_one();
-        }
         let Some(live) = loaded.as_mut() else {
             continue;
         };
@@ -783,26 +815,7 @@ async fn process(
             add_timers: after.timers.clone(),
             remove_timers: timer_id.into_iter().collect(),
         };
-        let append = node.journal.append(write);
-        cell.lock().in_flight = Some(InFlight { append, after });
-        let persisted = std::future::poll_fn(|cx| match cell.lock().in_flight.as_mut() {
-            Some(f) => f.append.as_mut().poll(cx),
-            None => std::task::Poll::Ready(Err(JournalError::Closed(
-                "the write in flight was lost".into(),
-            ))),
-        })
-        .await;
-        let Some(InFlight { after, .. }) = cell.lock().in_flight.take() else {
-            return Err("the write in flight was lost".into());
-        };
-        if let Err(e) = persisted {
-            let reason = format!("persist failed: {e}");
-            if let Some(tx) = after.reply {
-                let _ = tx.send(Err(AskError::Journal(reason.clone())));
-            }
-            return Err(reason);
-        }
-        after
+        persist(node, cell, write, after).await?
     } else {
         after
     };

@@ -678,9 +678,7 @@ fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<(Op, Ack)>, mut end: u64,
             }
         }
         if let Some(err) = shared.failure() {
-            for (op, ack) in batch {
-                let _ = ack.send((Err(err.clone()), op));
-            }
+            fail_all(batch, &err);
             continue;
         }
         // The batch marker goes first; it is filled in once the batch has a
@@ -709,9 +707,7 @@ fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<(Op, Ack)>, mut end: u64,
                 let _ = shared.file.set_len(end);
                 zeroed_to = end;
                 let err = io(&shared.path, e);
-                for (op, ack) in batch {
-                    let _ = ack.send((Err(err.clone()), op));
-                }
+                fail_all(batch, &err);
                 continue;
             }
         }
@@ -785,6 +781,13 @@ fn encode_batch(
     results
 }
 
+/// Answers every operation of a batch with `err`.
+fn fail_all(batch: Vec<(Op, Ack)>, err: &JournalError) {
+    for (op, ack) in batch {
+        let _ = ack.send((Err(err.clone()), op));
+    }
+}
+
 /// Makes a written batch durable (one `fdatasync`, skipped when the batch
 /// wrote nothing), then indexes it, moves the committed end to `end` (the end
 /// of the file with this batch) and acknowledges its operations, in order;
@@ -806,9 +809,7 @@ fn commit(
         }),
     };
     if let Err(err) = synced {
-        for (op, ack) in batch {
-            let _ = ack.send((Err(err.clone()), op));
-        }
+        fail_all(batch, &err);
         return;
     }
     {
