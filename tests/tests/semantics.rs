@@ -221,14 +221,16 @@ async fn timer_fires_after_restart() -> Result<()> {
 }
 
 /// An `ask` runs its command on the caller's task when the entity is idle.
-/// A caller that gives up half-way (here: a timeout of zero, so the ask is
-/// dropped right after its write was submitted) must leave a whole entity
-/// behind: the write lands, its timer and its message still happen, and the
-/// entity serves the next command from the journal.
+/// A caller that gives up half-way (here: its `ask` is polled once, which
+/// decides the command and submits its write, then dropped) must leave a
+/// whole entity behind: the write lands, the timer it journaled is still
+/// armed, and the entity serves the next command from the journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_ask_still_finishes_its_write() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path(), "", &["counter"]).await?;
+    // The log journal answers every write from its writer thread, never
+    // within the poll that submits it.
+    let node = start_node(dir.path(), "[node]\njournal = \"log\"\n", &["counter"]).await?;
     let get = |id: &'static str| {
         let node = node.clone();
         async move {
@@ -237,41 +239,45 @@ async fn an_abandoned_ask_still_finishes_its_write() -> Result<()> {
                 .map(|r| r.reply)
         }
     };
-    assert_eq!(
-        get("a").await?.as_deref(),
-        Some("0"),
-        "the entity is loaded"
-    );
-    let gone = AskOptions {
-        timeout: Duration::ZERO,
-        expected_seq: None,
-    };
-    for json in [
-        r#"{"Increment":{"by":10}}"#,
-        r#"{"IncrementLater":{"by":5,"delay_ms":200}}"#,
-        r#"{"Forward":{"entity_id":"b","by":7}}"#,
-    ] {
-        let r = node.ask_json("counter", "a", json, gone).await;
+    // One idle, loaded entity per abandoned command, so that each one runs
+    // on its caller's task (a busy entity would queue it for a runner).
+    let abandoned = [
+        ("a", r#"{"Increment":{"by":10}}"#),
+        ("c", r#"{"IncrementLater":{"by":5,"delay_ms":200}}"#),
+    ];
+    for (id, _) in abandoned {
+        assert_eq!(get(id).await?.as_deref(), Some("0"), "{id} is loaded");
+    }
+    for (id, json) in abandoned {
+        let mut ask = Box::pin(node.ask_json("counter", id, json, AskOptions::default()));
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(ask.as_mut().poll(cx))).await;
         assert!(
-            matches!(r, Err(ReadError::Ask(AskError::Timeout(_)))),
-            "the caller gave up: {r:?}"
+            first.is_pending(),
+            "the write cannot be durable within one poll: {first:?}"
         );
+        drop(ask);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (a, b) = (get("a").await?, get("b").await?);
-        if a.as_deref() == Some("15") && b.as_deref() == Some("7") {
+        let (a, c) = (get("a").await?, get("c").await?);
+        if a.as_deref() == Some("10") && c.as_deref() == Some("5") {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "abandoned commands did not all finish: a = {a:?} (want 15), b = {b:?} (want 7)"
+            "abandoned commands did not all finish: a = {a:?} (want 10), c = {c:?} (want 5)"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let events = node.events("counter", "a", 1, u64::MAX, 10).await?;
-    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, [1, 2], "the increment and the timer's, contiguous");
+    for id in ["a", "c"] {
+        let seqs: Vec<u64> = node
+            .events("counter", id, 1, u64::MAX, 10)
+            .await?
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1], "{id}: one event, stored once");
+    }
     Ok(())
 }
 
