@@ -32,7 +32,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cairn_store::{BoxFuture, EntityKey, EventRecord, JournalError, Snapshot, TimerRecord, Write};
+use cairn_store::{
+    BoxFuture, EntityKey, EventRecord, JournalError, PackedEvents, Snapshot, TimerRecord, Write,
+};
 use tokio::sync::{Notify, oneshot};
 
 use crate::behavior::{Behavior, CommandContext, CommandError, Effect};
@@ -41,6 +43,9 @@ use crate::node::{AskError, EntityType, LifecycleEvent, NodeInner, Reply};
 
 /// Events read per recovery chunk (one guest `fold` call per chunk).
 const RECOVERY_CHUNK: usize = 4096;
+
+/// Recovery chunks read ahead, in parallel, while one is folded.
+const READ_AHEAD: usize = 2;
 
 /// Longest timer delay a behavior may ask for (ten years); longer ones are clamped.
 const MAX_TIMER_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
@@ -603,8 +608,14 @@ async fn recover(
         ),
     };
     let mut replayed = 0u64;
-    let mut next = node.journal.read_packed(&key, seq + 1, RECOVERY_CHUNK);
-    loop {
+    // Reads in flight, oldest first. The first is awaited alone (most entities
+    // have less than a chunk); once a chunk comes back full, READ_AHEAD later
+    // chunks are read in parallel, on the blocking pool, while this one folds.
+    let mut reads: VecDeque<BoxFuture<'static, Result<PackedEvents, JournalError>>> =
+        VecDeque::new();
+    reads.push_back(node.journal.read_packed(&key, seq + 1, RECOVERY_CHUNK));
+    let mut requested = seq + RECOVERY_CHUNK as u64;
+    while let Some(next) = reads.pop_front() {
         let chunk = next
             .await
             .map_err(|e| format!("cannot read journal: {e}"))?;
@@ -620,27 +631,19 @@ async fn recover(
             ));
         }
         let full = chunk.count == RECOVERY_CHUNK;
-        // Read the next chunk while this one is folded.
-        next = if full {
+        while full && reads.len() < READ_AHEAD {
             let journal = node.journal.clone();
             let key = key.clone();
-            let from = chunk.last_seq + 1;
+            let from = requested + 1;
+            requested += RECOVERY_CHUNK as u64;
             let handle =
                 tokio::spawn(async move { journal.read_packed(&key, from, RECOVERY_CHUNK).await });
-            Box::pin(async move {
+            reads.push_back(Box::pin(async move {
                 handle
                     .await
-                    .unwrap_or_else(|e| Err(cairn_store::JournalError::Closed(e.to_string())))
-            })
-        } else {
-            Box::pin(async {
-                Ok(cairn_store::PackedEvents {
-                    count: 0,
-                    last_seq: 0,
-                    packed: Vec::new(),
-                })
-            })
-        };
+                    .unwrap_or_else(|e| Err(JournalError::Closed(e.to_string())))
+            }));
+        }
         state = match behavior.fold(&state, &chunk.packed) {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

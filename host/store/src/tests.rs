@@ -267,6 +267,47 @@ async fn sqlite_survives_reopen() {
     );
 }
 
+/// Packed reads keep their meaning (the next `max` events from `from` on, in
+/// order) when rows are missing from the file: recovery then sees the gap in
+/// `last_seq` instead of stopping early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_packed_reads_show_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = EntityKey::new("t", "gap");
+    {
+        let s = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        s.append(write(&k, 1..=20)).await.unwrap();
+    }
+    let c = rusqlite::Connection::open(dir.path().join("journal.db")).unwrap();
+    c.execute("DELETE FROM events WHERE seq >= 5 AND seq <= 8", [])
+        .unwrap();
+    drop(c);
+    let s = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    // Full range before the gap.
+    let p = s.read_packed(&k, 1, 4).await.unwrap();
+    assert_eq!((p.count, p.last_seq), (4, 4));
+    // The gap falls inside the range, or right after its last row.
+    for (from, max, count, last) in [(1, 8, 8, 12), (1, 6, 6, 10), (3, 2, 2, 4), (4, 1, 1, 4)] {
+        let p = s.read_packed(&k, from, max).await.unwrap();
+        assert_eq!(
+            (p.count, p.last_seq),
+            (count, last),
+            "from {from}, max {max}"
+        );
+    }
+    let p = s.read_packed(&k, 3, 3).await.unwrap();
+    assert_eq!((p.count, p.last_seq), (3, 9));
+    // Short tail: the rest of the history.
+    let p = s.read_packed(&k, 15, 100).await.unwrap();
+    assert_eq!((p.count, p.last_seq), (6, 20));
+    let mut expect = Vec::new();
+    for seq in [3u64, 4, 9] {
+        expect.extend_from_slice(&8u32.to_le_bytes());
+        expect.extend_from_slice(&seq.to_le_bytes());
+    }
+    assert_eq!(s.read_packed(&k, 3, 3).await.unwrap().packed, expect);
+}
+
 /// Many writes queued at once land in shared group-commit batches; one of
 /// them conflicts: only that one fails, all the others are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
