@@ -5,6 +5,7 @@
 //! - [`node`]: the in-process API (`register`, `ask`, `tell`, reads, lifecycle).
 //! - [`entity`] (private): the per-entity actor: mailbox, recovery, command loop,
 //!   snapshots, supervision.
+//! - `deadline` (private): the coarse timer behind `ask` timeouts.
 //! - [`runtime`]: the wasmtime engine, component checks, instance pools, limits.
 //! - [`behavior`]: the byte-level behavior trait shared by wasm and native behaviors.
 //! - [`config`]: the `cairn.toml` file.
@@ -31,6 +32,7 @@ pub mod api;
 pub mod behavior;
 pub mod client;
 pub mod config;
+mod deadline;
 mod entity;
 pub mod hotswap;
 pub mod node;

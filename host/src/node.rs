@@ -22,6 +22,7 @@ use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::behavior::{Behavior, Descriptor, GuestFault};
 use crate::config::{Config, EntitySettings, JournalBackend};
+use crate::deadline::Deadlines;
 use crate::entity::{self, Enqueue, EntityCell, Envelope};
 use crate::hotswap::{self, ValidateError, ValidationReport};
 use crate::registry::{
@@ -157,7 +158,8 @@ pub enum LifecycleEvent {
 /// Options of one `ask`.
 #[derive(Clone, Copy, Debug)]
 pub struct AskOptions {
-    /// How long to wait for the reply.
+    /// How long to wait for the reply (checked every 5 ms: a timeout
+    /// fires up to 5 ms late).
     pub timeout: Duration,
     /// Only run the command if the entity is at this sequence number.
     pub expected_seq: Option<u64>,
@@ -184,6 +186,9 @@ pub enum NodeError {
     /// The component registry could not be opened.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A thread of the node could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
 }
 
 /// Why a deploy failed; the type's active behavior stays.
@@ -369,6 +374,8 @@ pub(crate) struct NodeInner {
     deploying: tokio::sync::Mutex<()>,
     /// Parked tasks that run entities' mailboxes.
     pub(crate) runners: entity::Runners,
+    /// Timeouts of `ask`.
+    deadlines: Arc<Deadlines>,
 }
 
 impl NodeInner {
@@ -602,6 +609,7 @@ impl Node {
             registry,
             deploying: tokio::sync::Mutex::new(()),
             runners: entity::Runners::default(),
+            deadlines: Deadlines::start().map_err(|e| NodeError::Thread(e.to_string()))?,
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -1089,7 +1097,9 @@ impl Node {
             self.inner.deliver(&ty, entity_id, env, true).await?;
             rx.await.map_err(|_| AskError::ShuttingDown)?
         };
-        tokio::time::timeout(options.timeout, work)
+        self.inner
+            .deadlines
+            .timeout(options.timeout, work)
             .await
             .map_err(|_| AskError::Timeout(options.timeout))?
     }

@@ -145,3 +145,37 @@ async fn restart_limit_stops_an_entity_that_keeps_failing() -> Result<()> {
     assert_eq!(ask(&node, "f-2", r#""Ok""#).await?, "\"ok\"");
     Ok(())
 }
+
+/// An `ask` gives up after its timeout even while the entity is still busy
+/// with an earlier command (here a guest call that loops until its 300 ms
+/// deadline); the entity then answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_times_out_while_its_entity_is_busy() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path(), TOML, &["faulty"]).await?;
+    let looping = {
+        let node = node.clone();
+        tokio::spawn(async move { ask(&node, "f-busy", r#""Loop""#).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let opts = AskOptions {
+        timeout: Duration::from_millis(40),
+        expected_seq: None,
+    };
+    let t = std::time::Instant::now();
+    let r = node.ask_json("faulty", "f-busy", r#""Count""#, opts).await;
+    let took = t.elapsed();
+    assert!(
+        matches!(r, Err(ReadError::Ask(AskError::Timeout(d))) if d == opts.timeout),
+        "expected a timeout, got {r:?}"
+    );
+    assert!(
+        took >= opts.timeout && !looping.is_finished(),
+        "the timeout fired after {took:?}, the looping command finished: {}",
+        looping.is_finished()
+    );
+    let msg = guest_error(looping.await?);
+    assert!(msg.contains("deadline"), "{msg}");
+    assert_eq!(ask(&node, "f-busy", r#""Count""#).await?, "0");
+    Ok(())
+}
