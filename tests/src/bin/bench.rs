@@ -15,6 +15,12 @@ use cairn_host::node::{AskOptions, LifecycleEvent, Node};
 use cairn_store::{EntityKey, EventRecord, Snapshot, Write};
 use cairn_tests::native::Native;
 
+/// The allocator of the `cairn` binary (see `host/src/main.rs`), so that the
+/// figures are those of a node.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Args {
     phase: Option<String>,
     passthrough: Vec<String>,
