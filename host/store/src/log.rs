@@ -673,8 +673,9 @@ impl Shared {
 }
 
 /// The writer thread: takes every queued operation (up to `max_batch`),
-/// checks and encodes them, writes them with one `pwrite` and commits them
-/// (one `fdatasync`, the index, the acknowledgements). Operations submitted
+/// checks and encodes them, writes them (one synchronous direct write, see
+/// [`DirectWriter`], or one `pwrite`) and commits them (the `fdatasync` that a
+/// buffered write needs, the index, the acknowledgements). Operations submitted
 /// meanwhile queue up for the next group without waking this thread, which
 /// parks only when the queue is empty. (Writing group N+1 while group N was
 /// being synced by a second thread was measured slower: every submit had to
