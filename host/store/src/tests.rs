@@ -412,7 +412,9 @@ async fn log_direct_and_buffered_writes_read_back() {
         .map(|i| EntityKey::new("t", format!("d{i}")))
         .collect();
     let mut next = vec![1u64; keys.len()];
-    for (round, direct) in [true, false, true, true].into_iter().enumerate() {
+    // The last round only reopens and reads back.
+    let rounds = [(true, 60), (false, 60), (true, 60), (true, 60), (true, 0)];
+    for (round, (direct, steps)) in rounds.into_iter().enumerate() {
         let s = if direct {
             LogStore::open(dir.path(), 16).unwrap()
         } else {
@@ -426,7 +428,7 @@ async fn log_direct_and_buffered_writes_read_back() {
                 assert_eq!(e.payload, payload(e.seq), "round {round}, {k} #{}", e.seq);
             }
         }
-        for step in 0..60 {
+        for step in 0..steps {
             let mut pending = Vec::new();
             for (i, k) in keys.iter().enumerate() {
                 if (step + i) % 3 == 0 {
@@ -445,12 +447,6 @@ async fn log_direct_and_buffered_writes_read_back() {
                 r.unwrap();
             }
         }
-    }
-    let s = LogStore::open(dir.path(), 16).unwrap();
-    for (k, n) in keys.iter().zip(&next) {
-        let back = s.read(k, 1, u64::MAX, usize::MAX).await.unwrap();
-        assert_eq!(back.len() as u64, n - 1, "{k}");
-        assert!(back.iter().all(|e| e.payload == payload(e.seq)), "{k}");
     }
 }
 
