@@ -241,6 +241,9 @@ struct NodeArgs {
     /// Journal backend.
     #[arg(long, value_enum)]
     journal: Option<JournalArg>,
+    /// Threads of the async runtime [default: one per core but one, at least 1].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: Option<u64>,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -280,6 +283,7 @@ pub fn main() -> Result<()> {
             println!("data_dir = {}", config.node.data_dir.display());
             println!("listen = {}", config.node.listen);
             println!("journal = {:?}", config.node.journal);
+            println!("workers = {}", config.node.worker_threads());
             println!("defaults = {:#?}", config.defaults);
             Ok(())
         }
@@ -308,23 +312,28 @@ pub fn main() -> Result<()> {
             );
             Ok(())
         }
-        command => runtime(&command)?.block_on(async_main(command)),
+        Command::Node(args) => {
+            // The node's runtime has `node.workers` threads (one per core but
+            // one by default, see `NodeConfig::worker_threads`).
+            let config = node_config(&args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.node.worker_threads())
+                .enable_all()
+                .build()?
+                .block_on(run_node(config, args.log_format))
+        }
+        // A client command runs on one thread, which is cheaper and lets the
+        // QUIC driver put many requests in one packet.
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async_main(command)),
     }
-}
-
-/// The node runs on every core; a client command on one thread, which is
-/// cheaper and lets the QUIC driver put many requests in one packet.
-fn runtime(command: &Command) -> Result<tokio::runtime::Runtime> {
-    let mut builder = match command {
-        Command::Node(_) => tokio::runtime::Builder::new_multi_thread(),
-        _ => tokio::runtime::Builder::new_current_thread(),
-    };
-    Ok(builder.enable_all().build()?)
 }
 
 async fn async_main(command: Command) -> Result<()> {
     match command {
-        Command::Node(args) => run_node(args).await,
+        Command::Node(_) => unreachable!("the node runs on a runtime of its own (`main`)"),
         Command::Deploy {
             entity_type,
             file,
@@ -805,13 +814,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn run_node(args: NodeArgs) -> Result<()> {
+/// The node's configuration: the file if one is given, then the flags.
+fn node_config(args: &NodeArgs) -> Result<Config> {
     let mut config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
-    if let Some(d) = args.data_dir {
-        config.node.data_dir = d;
+    if let Some(d) = &args.data_dir {
+        config.node.data_dir = d.clone();
     }
     if let Some(l) = args.listen {
         config.node.listen = l;
@@ -822,7 +832,14 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             JournalArg::Log => JournalBackend::Log,
         };
     }
-    init_logging(args.log_format);
+    if let Some(w) = args.workers {
+        config.node.workers = Some(w as usize);
+    }
+    Ok(config)
+}
+
+async fn run_node(config: Config, log_format: LogFormat) -> Result<()> {
+    init_logging(log_format);
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -858,6 +875,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         listen = %server.local_addr(),
         data_dir = %data_dir.display(),
         journal = ?config.node.journal,
+        workers = config.node.worker_threads(),
         "node ready"
     );
     wait_for_signal().await;

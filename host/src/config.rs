@@ -157,6 +157,10 @@ pub struct NodeConfig {
     pub max_in_flight: usize,
     /// Entities whose history a new deploy replays before it goes live.
     pub deploy_sample: usize,
+    /// Threads of the node's async runtime (connections, entities, wasm);
+    /// `None` means one per core but one, which is left to the journal's
+    /// writer thread (see [`NodeConfig::worker_threads`]).
+    pub workers: Option<usize>,
     /// Certificates; `None` means the development setup generated in
     /// `<data_dir>/tls` on first start.
     pub tls: Option<TlsFiles>,
@@ -188,8 +192,25 @@ impl Default for NodeConfig {
             max_connections: 1024,
             max_in_flight: 4096,
             deploy_sample: 100,
+            workers: None,
             tls: None,
         }
+    }
+}
+
+impl NodeConfig {
+    /// Threads of the node's async runtime: `workers` if set, else one per
+    /// core but one (at least one). The journal's writer is a thread of its
+    /// own that every durable command waits for; on a 2-core machine a second
+    /// runtime thread competed with it and added a wake-up between threads to
+    /// each request (docs/BENCHMARKS.md, "one runtime thread").
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_sub(1)
+                .max(1)
+        })
     }
 }
 
@@ -312,6 +333,12 @@ impl Config {
             if let Some(n) = node.deploy_sample {
                 config.node.deploy_sample = n;
             }
+            if let Some(w) = node.workers {
+                if w == 0 {
+                    return Err(value_err("node.workers", "must be at least 1"));
+                }
+                config.node.workers = Some(w);
+            }
             if let Some(t) = node.tls {
                 config.node.tls = Some(TlsFiles {
                     ca: t.ca,
@@ -416,6 +443,7 @@ struct FileNode {
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
     deploy_sample: Option<usize>,
+    workers: Option<usize>,
     tls: Option<FileTls>,
 }
 
@@ -610,5 +638,18 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse(_)));
         let e = Config::parse("[defaults.snapshot]\nevery = -1").unwrap_err();
         assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+        let e = Config::parse("[node]\nworkers = 0").unwrap_err();
+        assert!(e.to_string().contains("node.workers"), "{e}");
+    }
+
+    #[test]
+    fn runtime_threads_leave_a_core_to_the_journal_unless_set() {
+        let auto = Config::parse("").unwrap().node;
+        assert_eq!(auto.workers, None);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(auto.worker_threads(), (cores - 1).max(1));
+        let set = Config::parse("[node]\nworkers = 3").unwrap().node;
+        assert_eq!(set.workers, Some(3));
+        assert_eq!(set.worker_threads(), 3);
     }
 }

@@ -333,12 +333,21 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
 async fn limits_answer_busy_instead_of_falling_over() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let config = tmp.path().join("cairn.toml");
-    std::fs::write(&config, "[node]\nmax_connections = 2\nmax_in_flight = 4\n")?;
+    std::fs::write(
+        &config,
+        "[node]\nmax_connections = 2\nmax_in_flight = 4\nworkers = 3\n",
+    )?;
     let node = NodeProc::start(
         &tmp.path().join("data"),
         &["--config", config.to_str().unwrap()],
     )?;
     let c1 = node.client().await?;
+    // `workers` sizes the node's runtime (tokio names its threads).
+    let workers = std::fs::read_dir(format!("/proc/{}/task", node.child.id()))?
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 3, "runtime threads of a node with workers = 3");
     deploy(&node)?; // a short-lived connection of its own
     let _c2 = node.client().await?;
     // A third connection is over the limit.
