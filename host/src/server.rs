@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -168,7 +169,8 @@ struct Shared {
 }
 
 /// Serves every stream of a connection inside this one task. Together with
-/// the yield before each response (see [`serve_stream`]), the responses that
+/// the yield before a response while other requests of the connection are
+/// in flight (see [`serve_stream`]), the responses that
 /// become ready together (one group commit acknowledges many commands) are
 /// written in one poll, and quinn packs them into shared packets. A task per
 /// stream woke quinn's connection driver once per response, which then ran
@@ -180,10 +182,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     tracing::debug!(%remote, "client connected");
     let mut streams = FuturesUnordered::new();
+    let busy = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
-                Ok((send, recv)) => streams.push(serve_stream(shared.clone(), send, recv)),
+                Ok((send, recv)) => streams.push(serve_stream(shared.clone(), busy.clone(), send, recv)),
                 Err(e) => {
                     tracing::debug!(%remote, reason = %e, "client gone");
                     break;
@@ -196,6 +199,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
 
 async fn serve_stream(
     shared: Arc<Shared>,
+    busy: Arc<AtomicUsize>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -228,15 +232,20 @@ async fn serve_stream(
                 break;
             }
             req => {
+                busy.fetch_add(1, Ordering::Relaxed);
                 let resp = match shared.in_flight.clone().try_acquire_owned() {
                     Ok(_permit) => handle(&shared, req).await,
                     Err(_) => Response::Error(ApiError::Busy(
                         "too many requests in flight; retry later".into(),
                     )),
                 };
-                // Let the other responses that are ready now (the rest of a
-                // group commit) catch up, so that they are written together.
-                tokio::task::yield_now().await;
+                // While other requests of this connection are in flight, let
+                // the responses that are ready now (the rest of a group
+                // commit) catch up, so that they are written together. A lone
+                // request is answered at once.
+                if busy.fetch_sub(1, Ordering::Relaxed) > 1 {
+                    tokio::task::yield_now().await;
+                }
                 if api::write_frame(&mut send, &resp).await.is_err() {
                     break;
                 }
