@@ -333,7 +333,8 @@ pub fn main() -> Result<()> {
 
 async fn async_main(command: Command) -> Result<()> {
     match command {
-        Command::Node(_) => unreachable!("the node runs on a runtime of its own (`main`)"),
+        // `main` gives the node a runtime of its own; on another one it runs the same.
+        Command::Node(args) => run_node(node_config(&args)?, args.log_format).await,
         Command::Deploy {
             entity_type,
             file,
