@@ -277,6 +277,31 @@ struct BenchArgs {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        command @ (Command::CheckConfig { .. }
+        | Command::Describe { .. }
+        | Command::Certs { .. }) => local_command(command),
+        Command::Node(args) => {
+            // The node's runtime has `node.workers` threads (one per core but
+            // one by default, see `NodeConfig::worker_threads`).
+            let config = node_config(&args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.node.worker_threads())
+                .enable_all()
+                .build()?
+                .block_on(run_node(config, args.log_format))
+        }
+        // A client command runs on one thread, which is cheaper and lets the
+        // QUIC driver put many requests in one packet.
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async_main(command)),
+    }
+}
+
+/// The commands that need no runtime: `check-config`, `describe`, `certs`.
+fn local_command(command: Command) -> Result<()> {
+    match command {
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             println!("{}: valid", file.display());
@@ -312,22 +337,7 @@ pub fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Node(args) => {
-            // The node's runtime has `node.workers` threads (one per core but
-            // one by default, see `NodeConfig::worker_threads`).
-            let config = node_config(&args)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.node.worker_threads())
-                .enable_all()
-                .build()?
-                .block_on(run_node(config, args.log_format))
-        }
-        // A client command runs on one thread, which is cheaper and lets the
-        // QUIC driver put many requests in one packet.
-        command => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(async_main(command)),
+        _ => bail!("not a command that runs without a runtime"),
     }
 }
 
@@ -568,9 +578,9 @@ async fn async_main(command: Command) -> Result<()> {
             conn,
         } => tail(entity_type, from, count, &conn).await,
         Command::Bench(args) => bench(args).await,
-        Command::CheckConfig { .. } | Command::Describe { .. } | Command::Certs { .. } => {
-            unreachable!("handled before the runtime starts")
-        }
+        command @ (Command::CheckConfig { .. }
+        | Command::Describe { .. }
+        | Command::Certs { .. }) => local_command(command),
     }
 }
 

@@ -9,6 +9,7 @@
 //! deadline has passed. A timeout therefore fires up to one tick late.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
@@ -61,12 +62,14 @@ impl Deadlines {
     }
 
     /// Runs `fut` until it finishes or `limit` has passed (plus up to a tick).
+    /// The caller pins `fut` where it lives: taken by value, an `async fn`
+    /// keeps it twice (the argument and its pinned copy), which for an `ask`
+    /// made a 3.3 KB future out of a 1.6 KB one, copied on every move.
     pub(crate) async fn timeout<F: Future>(
         &self,
         limit: Duration,
-        fut: F,
+        mut fut: Pin<&mut F>,
     ) -> Result<F::Output, Elapsed> {
-        let mut fut = std::pin::pin!(fut);
         let mut reg = Registration {
             deadlines: self,
             at: None,
@@ -189,19 +192,23 @@ fn reap(deadlines: &Weak<Deadlines>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::pin;
 
     #[tokio::test]
     async fn a_wait_finishes_or_times_out_and_frees_its_slot() {
         let d = Deadlines::start().unwrap();
         assert_eq!(
-            d.timeout(Duration::from_secs(5), async { 7 })
+            d.timeout(Duration::from_secs(5), pin!(async { 7 }))
                 .await
                 .unwrap(),
             7
         );
         let t = Instant::now();
         let r = d
-            .timeout(Duration::from_millis(30), std::future::pending::<()>())
+            .timeout(
+                Duration::from_millis(30),
+                pin!(std::future::pending::<()>()),
+            )
             .await;
         assert!(r.is_err(), "a wait that never ends times out");
         let took = t.elapsed();
@@ -212,12 +219,12 @@ mod tests {
         let r = d
             .timeout(
                 Duration::from_secs(5),
-                tokio::time::sleep(Duration::from_millis(20)),
+                pin!(tokio::time::sleep(Duration::from_millis(20))),
             )
             .await;
         assert!(r.is_ok(), "a wait that ends in time is not cut");
         assert!(
-            d.timeout(Duration::ZERO, std::future::pending::<()>())
+            d.timeout(Duration::ZERO, pin!(std::future::pending::<()>()))
                 .await
                 .is_err()
         );

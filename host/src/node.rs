@@ -513,8 +513,12 @@ impl NodeInner {
         });
     }
 
-    /// Unloads entities idle for longer than their type's `idle_after`.
-    fn sweep(&self, now: Instant) {
+    /// Unloads entities idle for longer than their type's `idle_after`. A
+    /// type's cells are scanned once per [`sweep_period`] of its `idle_after`
+    /// (`due` keeps when each type is next due), not at every tick: with the
+    /// default of 120 s a scan every 100 ms visited every live entity 1,200
+    /// times per idle period (docs/BENCHMARKS.md).
+    fn sweep(&self, now: Instant, due: &mut HashMap<String, Instant>) {
         let types: Vec<Arc<EntityType>> = self
             .types
             .read()
@@ -526,6 +530,10 @@ impl NodeInner {
             let Some(idle) = ty.settings.passivation.idle_after else {
                 continue;
             };
+            if due.get(&ty.name).is_some_and(|at| *at > now) {
+                continue;
+            }
+            due.insert(ty.name.clone(), now + sweep_period(idle));
             for shard in ty.shards.iter() {
                 let mut passivated = Vec::new();
                 {
@@ -548,6 +556,17 @@ impl NodeInner {
             }
         }
     }
+}
+
+/// How often the passivation sweeper wakes up (and the shortest period at
+/// which it scans a type).
+const SWEEP_TICK: Duration = Duration::from_millis(100);
+
+/// How often a type with this `idle_after` is scanned for idle entities: a
+/// sixteenth of it, between one tick and 5 s, so an entity is passivated at
+/// most ~6% (and 5 s) after it became due.
+fn sweep_period(idle_after: Duration) -> Duration {
+    (idle_after / 16).clamp(SWEEP_TICK, Duration::from_secs(5))
 }
 
 fn now_ms() -> u64 {
@@ -613,15 +632,16 @@ impl Node {
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut tick = tokio::time::interval(SWEEP_TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut due = HashMap::new();
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { break };
                 if node.shutting_down.load(Ordering::Relaxed) {
                     break;
                 }
-                node.sweep(Instant::now());
+                node.sweep(Instant::now(), &mut due);
             }
         });
         Ok(Node { inner })
@@ -1093,10 +1113,10 @@ impl Node {
             reply: Some(tx),
             timer_id: None,
         };
-        let work = async {
+        let work = std::pin::pin!(async {
             self.inner.deliver(&ty, entity_id, env, true).await?;
             rx.await.map_err(|_| AskError::ShuttingDown)?
-        };
+        });
         self.inner
             .deadlines
             .timeout(options.timeout, work)
@@ -1289,5 +1309,27 @@ fn check_type_name(name: &str) -> Result<(), RegisterError> {
         Ok(())
     } else {
         Err(RegisterError::InvalidName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A type is scanned for idle entities at a sixteenth of its
+    /// `idle_after`, never more often than the sweeper's tick nor less often
+    /// than every 5 s.
+    #[test]
+    fn idle_entities_are_looked_for_in_proportion_to_idle_after() {
+        assert_eq!(
+            sweep_period(Duration::from_secs(120)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            sweep_period(Duration::from_secs(32)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(sweep_period(Duration::from_millis(200)), SWEEP_TICK);
+        assert_eq!(sweep_period(Duration::ZERO), SWEEP_TICK);
     }
 }
