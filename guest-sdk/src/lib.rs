@@ -71,6 +71,28 @@ pub mod codec;
 mod decision;
 pub mod testkit;
 
+#[cfg(any(
+    test,
+    all(
+        feature = "size-class-alloc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    )
+))]
+mod allocator;
+
+/// The guest's global allocator on single-threaded wasm (feature
+/// `size-class-alloc`, on by default; see the `allocator` module). A behavior
+/// that sets its own `#[global_allocator]` turns this crate's default
+/// features off.
+#[cfg(all(
+    feature = "size-class-alloc",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: allocator::SizeClasses = allocator::SizeClasses::new();
+
 pub use decision::{Decision, Effect};
 
 use serde::Serialize;
