@@ -236,6 +236,3 @@ pub trait SnapshotStore: Send + Sync + 'static {
         schema: u32,
     ) -> BoxFuture<'static, Result<Option<Snapshot>, JournalError>>;
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,9 +1,10 @@
-//! Trait-level tests run against every backend, plus SQLite-only ones
+//! The journal and snapshot contracts (issue 2, checks 2 and 3), run against
+//! every backend of `cairn-store`, plus backend-specific ones
 //! (reopening, group-commit batches, garbage files).
 
 use std::sync::Arc;
 
-use crate::*;
+use cairn_store::*;
 
 fn ev(seq: u64, payload: &[u8]) -> EventRecord {
     EventRecord {
