@@ -201,7 +201,9 @@ pub trait Journal: Send + Sync + 'static {
         from: u64,
         limit: usize,
     ) -> BoxFuture<'static, Result<FeedPage, JournalError>>;
-    /// Ids of entities of a type that have events, ascending, at most `limit`.
+    /// Ids of entities of a type that have events: all of them when there
+    /// are at most `limit`, otherwise `limit` of them chosen uniformly at
+    /// random (a different choice on each call). Ascending.
     fn entity_ids(
         &self,
         entity_type: &str,
@@ -216,6 +218,34 @@ pub struct FeedPage {
     pub events: Vec<(EntityKey, EventRecord)>,
     /// The cursor to resume from.
     pub next: u64,
+}
+
+/// Up to `limit` of `ids`, chosen uniformly at random in one pass (reservoir
+/// sampling: memory for `limit` ids whatever the number of entities), sorted.
+/// Duplicates in `ids` must be adjacent; they count once.
+fn sample_ids<S: AsRef<str> + Into<String>>(
+    ids: impl Iterator<Item = S>,
+    limit: usize,
+) -> Vec<String> {
+    use rand::SeedableRng;
+    use rand::seq::IteratorRandom;
+    use std::hash::BuildHasher;
+    // Sampling needs no secrecy: the per-process random keys of std's
+    // `RandomState` are a good enough seed.
+    let seed = std::hash::RandomState::new().hash_one(0u8);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut last: Option<String> = None;
+    let distinct = ids.filter_map(move |id| {
+        if last.as_deref() == Some(id.as_ref()) {
+            return None;
+        }
+        let id: String = id.into();
+        last = Some(id.clone());
+        Some(id)
+    });
+    let mut chosen = distinct.sample(&mut rng, limit);
+    chosen.sort_unstable();
+    chosen
 }
 
 /// Snapshots of entity state.

@@ -1200,15 +1200,12 @@ impl Journal for LogStore {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
         let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-        let mut ids: Vec<String> = idx
+        let ids = idx
             .entities
             .iter()
             .filter(|(k, e)| k.entity_type == entity_type && !e.events.is_empty())
-            .map(|(k, _)| k.entity_id.clone())
-            .collect();
-        ids.sort();
-        ids.truncate(limit);
-        Box::pin(std::future::ready(Ok(ids)))
+            .map(|(k, _)| k.entity_id.as_str());
+        Box::pin(std::future::ready(Ok(crate::sample_ids(ids, limit))))
     }
 }
 

@@ -162,15 +162,12 @@ impl Journal for MemoryStore {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
         let d = self.lock();
-        let mut ids: Vec<String> = d
+        let ids = d
             .events
             .keys()
             .filter(|(k, _)| k.entity_type == entity_type)
-            .map(|(k, _)| k.entity_id.clone())
-            .collect();
-        ids.dedup();
-        ids.truncate(limit);
-        ready(Ok(ids))
+            .map(|(k, _)| k.entity_id.as_str());
+        ready(Ok(crate::sample_ids(ids, limit)))
     }
 }
 

@@ -632,13 +632,34 @@ impl Journal for SqliteStore {
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
         let t = entity_type.to_owned();
         self.with_reader(move |c| {
+            // One seek per entity along the primary key (not a scan of
+            // every event): the next id after the last one seen.
             let mut st = c.prepare_cached(
-                "SELECT DISTINCT entity_id FROM events WHERE entity_type = ?1 ORDER BY entity_id LIMIT ?2",
+                "SELECT entity_id FROM events WHERE entity_type = ?1 AND entity_id > ?2 ORDER BY entity_id LIMIT 1",
             )?;
-            let ids = st
-                .query_map(params![t, limit(max)], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(ids)
+            let mut failed = None;
+            let mut last = String::new();
+            let ids = std::iter::from_fn(|| {
+                match st
+                    .query_row(params![t, last], |r| r.get::<_, String>(0))
+                    .optional()
+                {
+                    Ok(Some(id)) => {
+                        last.clone_from(&id);
+                        Some(id)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                }
+            });
+            let ids = crate::sample_ids(ids, max);
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(ids),
+            }
         })
     }
 }
