@@ -337,7 +337,9 @@ async fn durable_on(
 }
 
 async fn memory_journal(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
-    println!("\n== The same through an in-memory journal (no disk: the runtime's own ceiling)");
+    println!(
+        "\n== The same through an in-memory journal (no disk; a BTreeMap under one lock, built for tests, not for speed)"
+    );
     for native in [false, true] {
         let mem = cairn_store::MemoryStore::new();
         let node = Node::with_stores(
