@@ -950,6 +950,66 @@ fn fsync_latency(dir: &Path) -> Result<(Duration, Duration)> {
     Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100]))
 }
 
+/// p50 and p99 of the log journal's own durable write: a 4 KiB block
+/// overwritten in space already in the file (the log zero-fills ahead), with
+/// `O_DIRECT | O_DSYNC` where the file system takes it, else `pwrite` +
+/// `fdatasync`. Cheaper than an append that grows the file, so this is the
+/// floor a sequential deposit on the log journal is compared with.
+fn log_sync_latency(dir: &Path) -> Result<(Duration, Duration, &'static str)> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 4096;
+    const ROUNDS: usize = 200;
+    let path = dir.join(format!(".cairn-logsync-probe-{}", std::process::id()));
+    let probe = || -> Result<(Vec<Duration>, &'static str)> {
+        let f = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        f.write_all_at(&vec![0u8; BLOCK * ROUNDS], 0)?;
+        f.sync_all()?;
+        drop(f);
+        // O_DIRECT needs a buffer aligned to the block.
+        let mut buf = vec![0xA5u8; 2 * BLOCK];
+        let start = buf.as_ptr().align_offset(BLOCK);
+        let block = &mut buf[start..start + BLOCK];
+        #[cfg(target_os = "linux")]
+        let direct = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+                .open(&path)
+                .ok()
+        };
+        #[cfg(not(target_os = "linux"))]
+        let direct: Option<std::fs::File> = None;
+        let mut lat = Vec::with_capacity(ROUNDS);
+        if let Some(f) = direct
+            && f.write_all_at(block, 0).is_ok()
+        {
+            for i in 1..ROUNDS {
+                block[0] = i as u8;
+                let t = Instant::now();
+                f.write_all_at(block, (i * BLOCK) as u64)?;
+                lat.push(t.elapsed());
+            }
+            return Ok((lat, "4 KiB O_DIRECT|O_DSYNC overwrite"));
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        for i in 0..ROUNDS {
+            block[0] = i as u8;
+            let t = Instant::now();
+            f.write_all_at(block, (i * BLOCK) as u64)?;
+            f.sync_data()?;
+            lat.push(t.elapsed());
+        }
+        Ok((lat, "4 KiB overwrite + fdatasync"))
+    };
+    let result = probe();
+    let _ = std::fs::remove_file(&path);
+    let (mut lat, how) = result?;
+    lat.sort();
+    Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100], how))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -960,6 +1020,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn bench(a: BenchArgs) -> Result<()> {
     let (fsync_p50, fsync_p99) = fsync_latency(&a.fsync_dir)?;
+    let (log_p50, log_p99, log_how) = log_sync_latency(&a.fsync_dir)?;
     let client = connect(&a.conn).await?;
     let command = client.encode_command(&a.entity_type, &a.command).await?;
 
@@ -1075,6 +1136,12 @@ async fn bench(a: BenchArgs) -> Result<()> {
         us(fsync_p99),
         a.fsync_dir.display(),
         us(percentile(&seq, 0.5)) as i128 - us(fsync_p50) as i128
+    );
+    println!(
+        "log sync     p50 {} µs   p99 {} µs   ({log_how} in preallocated space: the log journal's sync); sequential p50 - log sync p50 = {} µs",
+        us(log_p50),
+        us(log_p99),
+        us(percentile(&seq, 0.5)) as i128 - us(log_p50) as i128
     );
     println!(
         "round trip   p50 {} µs   p99 {} µs   (a request the node answers without the journal)",
