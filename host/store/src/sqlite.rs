@@ -68,7 +68,7 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Writes queued for the writer before senders wait.
     pub queue_capacity: usize,
-    /// Reader connections kept open.
+    /// Reader connections: kept open, and the most reads at once.
     pub readers: usize,
 }
 
@@ -113,6 +113,10 @@ pub struct SqliteStore {
     counters: Arc<Counters>,
     tx: Option<mpsc::Sender<(Op, Ack)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per reader connection: a read waits for a connection
+    /// rather than opening one (an open parses the schema; under a burst
+    /// of recoveries most reads opened and closed one).
+    reader_permits: Arc<tokio::sync::Semaphore>,
     max_readers: usize,
     writer: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -193,6 +197,7 @@ impl SqliteStore {
             checkpointer: Some(checkpointer),
             tx: Some(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
+            reader_permits: Arc::new(tokio::sync::Semaphore::new(options.readers.max(1))),
             max_readers: options.readers.max(1),
             writer: Some(writer),
         }))
@@ -246,8 +251,14 @@ impl SqliteStore {
         let readers = self.readers.clone();
         let path = self.path.clone();
         let max = self.max_readers;
+        let permits = self.reader_permits.clone();
         Box::pin(async move {
+            let permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| JournalError::Closed("store closed".into()))?;
             tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let pooled = readers.lock().ok().and_then(|mut p| p.pop());
                 let conn = match pooled {
                     Some(c) => c,
