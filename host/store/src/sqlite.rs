@@ -162,7 +162,11 @@ impl SqliteStore {
         conn.execute_batch(
             // Checkpoints run on their own thread (see `checkpointer`), not in the
             // writer's commits: an automatic checkpoint stalls every acknowledgement.
-            "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-65536;",
+            // A small page cache: every commit scans the cache's hash table
+            // (`pcache1TruncateUnsafe`, 7.7% of the writer's samples with 64 MiB);
+            // durable commands/s with 64 / 16 / 4 / 2 / 1 MiB: 63-65k / 70-77k /
+            // 80-88k / 84-85k / 84-88k (docs/BENCHMARKS.md, 2026-12-01).
+            "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-4096;",
         )?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if found > FORMAT {
