@@ -37,6 +37,16 @@ fn log_data_end(bytes: &[u8]) -> u64 {
     pos as u64
 }
 
+/// A snapshot of state schema 1.
+fn snapshot(seq: u64, state: Vec<u8>) -> Snapshot {
+    Snapshot {
+        seq,
+        schema: 1,
+        timestamp_ms: 0,
+        state,
+    }
+}
+
 fn seqs(v: &[EventRecord]) -> Vec<u64> {
     v.iter().map(|e| e.seq).collect()
 }
@@ -267,18 +277,7 @@ async fn sqlite_survives_reopen() {
     {
         let s = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
         s.append(write(&k, 1..=3)).await.unwrap();
-        s.save(
-            &k,
-            Snapshot {
-                seq: 2,
-                schema: 1,
-                timestamp_ms: 0,
-                state: vec![7],
-            },
-            1,
-        )
-        .await
-        .unwrap();
+        s.save(&k, snapshot(2, vec![7]), 1).await.unwrap();
     }
     let s = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
     assert_eq!(s.highest_seq(&k).await.unwrap(), 3);
@@ -496,18 +495,7 @@ async fn log_survives_reopen_and_cuts_a_torn_tail() {
         })
         .await
         .unwrap();
-        s.save(
-            &k,
-            Snapshot {
-                seq: 2,
-                schema: 1,
-                timestamp_ms: 0,
-                state: vec![7],
-            },
-            1,
-        )
-        .await
-        .unwrap();
+        s.save(&k, snapshot(2, vec![7]), 1).await.unwrap();
         s.append(write(&k, 4..=5)).await.unwrap();
     }
     let path = dir.path().join("events.log");
