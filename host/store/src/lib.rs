@@ -220,13 +220,10 @@ pub struct FeedPage {
     pub next: u64,
 }
 
-/// Up to `limit` of `ids`, chosen uniformly at random in one pass (reservoir
-/// sampling: memory for `limit` ids whatever the number of entities), sorted.
-/// Duplicates in `ids` must be adjacent; they count once.
-fn sample_ids<S: AsRef<str> + Into<String>>(
-    ids: impl Iterator<Item = S>,
-    limit: usize,
-) -> Vec<String> {
+/// Up to `limit` of the distinct `ids`, chosen uniformly at random in one
+/// pass (reservoir sampling: memory for `limit` ids whatever the number of
+/// entities), sorted.
+fn sample_ids<S: Into<String>>(ids: impl Iterator<Item = S>, limit: usize) -> Vec<String> {
     use rand::SeedableRng;
     use rand::seq::IteratorRandom;
     use std::hash::BuildHasher;
@@ -234,16 +231,11 @@ fn sample_ids<S: AsRef<str> + Into<String>>(
     // `RandomState` are a good enough seed.
     let seed = std::hash::RandomState::new().hash_one(0u8);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut last: Option<String> = None;
-    let distinct = ids.filter_map(move |id| {
-        if last.as_deref() == Some(id.as_ref()) {
-            return None;
-        }
-        let id: String = id.into();
-        last = Some(id.clone());
-        Some(id)
-    });
-    let mut chosen = distinct.sample(&mut rng, limit);
+    let mut chosen: Vec<String> = ids
+        .sample(&mut rng, limit)
+        .into_iter()
+        .map(Into::into)
+        .collect();
     chosen.sort_unstable();
     chosen
 }

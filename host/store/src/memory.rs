@@ -162,11 +162,15 @@ impl Journal for MemoryStore {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
         let d = self.lock();
+        // Keys are ordered by entity then sequence: an entity's events are
+        // adjacent, so skipping repeats of the previous id leaves each once.
+        let mut last = None;
         let ids = d
             .events
             .keys()
             .filter(|(k, _)| k.entity_type == entity_type)
-            .map(|(k, _)| k.entity_id.as_str());
+            .map(|(k, _)| k.entity_id.as_str())
+            .filter(move |id| last.replace(*id) != Some(*id));
         ready(Ok(crate::sample_ids(ids, limit)))
     }
 }

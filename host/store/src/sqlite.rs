@@ -117,7 +117,6 @@ pub struct SqliteStore {
     /// rather than opening one (an open parses the schema; under a burst
     /// of recoveries most reads opened and closed one).
     reader_permits: Arc<tokio::sync::Semaphore>,
-    max_readers: usize,
     writer: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
@@ -202,7 +201,6 @@ impl SqliteStore {
             tx: Some(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
             reader_permits: Arc::new(tokio::sync::Semaphore::new(options.readers.max(1))),
-            max_readers: options.readers.max(1),
             writer: Some(writer),
         }))
     }
@@ -254,7 +252,6 @@ impl SqliteStore {
     ) -> BoxFuture<'static, Result<T, JournalError>> {
         let readers = self.readers.clone();
         let path = self.path.clone();
-        let max = self.max_readers;
         let permits = self.reader_permits.clone();
         Box::pin(async move {
             let permit = permits
@@ -274,9 +271,9 @@ impl SqliteStore {
                     }
                 };
                 let out = f(&conn);
-                if let Ok(mut p) = readers.lock()
-                    && p.len() < max
-                {
+                // Each read holds a permit, so no more connections exist
+                // than permits: the pool never outgrows them.
+                if let Ok(mut p) = readers.lock() {
                     p.push(conn);
                 }
                 out
