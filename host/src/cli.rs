@@ -244,6 +244,10 @@ struct NodeArgs {
     /// Threads of the async runtime [default: one per core but one, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
     workers: Option<u64>,
+    /// Microseconds a thread of idle priority keeps a CPU awake after a
+    /// request, so that the next wake-up is quick; 0 disables it [default: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=cairn_host::config::MAX_KEEP_AWAKE_US))]
+    keep_awake_us: Option<u64>,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -309,6 +313,7 @@ fn local_command(command: Command) -> Result<()> {
             println!("listen = {}", config.node.listen);
             println!("journal = {:?}", config.node.journal);
             println!("workers = {}", config.node.worker_threads());
+            println!("keep_awake_us = {}", config.node.keep_awake.as_micros());
             println!("defaults = {:#?}", config.defaults);
             Ok(())
         }
@@ -846,6 +851,9 @@ fn node_config(args: &NodeArgs) -> Result<Config> {
     if let Some(w) = args.workers {
         config.node.workers = Some(w as usize);
     }
+    if let Some(us) = args.keep_awake_us {
+        config.node.keep_awake = Duration::from_micros(us);
+    }
     Ok(config)
 }
 
@@ -872,6 +880,7 @@ async fn run_node(config: Config, log_format: LogFormat) -> Result<()> {
     let limits = ServerLimits {
         max_connections: config.node.max_connections,
         max_in_flight: config.node.max_in_flight,
+        keep_awake: config.node.keep_awake,
         ..ServerLimits::default()
     };
     let server = Server::start(
@@ -932,82 +941,133 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn fsync_latency(dir: &Path) -> Result<(Duration, Duration)> {
-    use std::io::Write;
-    let path = dir.join(format!(".cairn-fsync-probe-{}", std::process::id()));
-    let mut f = std::fs::File::create(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    let mut lat = Vec::with_capacity(200);
-    for _ in 0..200 {
-        let t = Instant::now();
-        f.write_all(&[0u8; 64])?;
-        f.sync_data()?;
-        lat.push(t.elapsed());
-    }
-    drop(f);
-    let _ = std::fs::remove_file(&path);
-    lat.sort();
-    Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100]))
+/// The disk probes a sequential deposit is compared with. They run in short
+/// blocks between blocks of sequential deposits, so that both meet the disk
+/// at the same moments: this disk's latency drifts by tens of microseconds
+/// from one second to the next.
+struct DiskProbes {
+    /// Appended to and `fdatasync`ed: 64 bytes per round.
+    append: std::fs::File,
+    append_path: PathBuf,
+    /// The log journal's own durable write.
+    log: LogProbe,
+    append_lat: Vec<Duration>,
+    log_lat: Vec<Duration>,
 }
 
-/// p50 and p99 of the log journal's own durable write: a 4 KiB block
-/// overwritten in space already in the file (the log zero-fills ahead), with
-/// `O_DIRECT | O_DSYNC` where the file system takes it, else `pwrite` +
-/// `fdatasync`. Cheaper than an append that grows the file, so this is the
-/// floor a sequential deposit on the log journal is compared with.
-fn log_sync_latency(dir: &Path) -> Result<(Duration, Duration, &'static str)> {
-    use std::os::unix::fs::FileExt;
-    const BLOCK: usize = 4096;
-    const ROUNDS: usize = 200;
-    let path = dir.join(format!(".cairn-logsync-probe-{}", std::process::id()));
-    let probe = || -> Result<(Vec<Duration>, &'static str)> {
-        let f = std::fs::File::create(&path)
+/// The log journal's durable write: a 4 KiB block overwritten in space
+/// already in the file (the log zero-fills ahead), with `O_DIRECT | O_DSYNC`
+/// where the file system takes it, else `pwrite` + `fdatasync`. Cheaper than
+/// an append that grows the file.
+struct LogProbe {
+    file: std::fs::File,
+    path: PathBuf,
+    direct: bool,
+    /// Holds one block aligned for `O_DIRECT` at `start`.
+    buf: Vec<u8>,
+    start: usize,
+    next: u64,
+    blocks: u64,
+}
+
+const PROBE_BLOCK: usize = 4096;
+
+impl DiskProbes {
+    /// Creates the probe files in `dir`, with room for `rounds` rounds.
+    fn open(dir: &Path, rounds: usize) -> Result<DiskProbes> {
+        let tag = std::process::id();
+        let append_path = dir.join(format!(".cairn-fsync-probe-{tag}"));
+        let append = std::fs::File::create(&append_path)
+            .with_context(|| format!("cannot create {}", append_path.display()))?;
+        let log = LogProbe::open(&dir.join(format!(".cairn-logsync-probe-{tag}")), rounds)?;
+        Ok(DiskProbes {
+            append,
+            append_path,
+            log,
+            append_lat: Vec::with_capacity(rounds),
+            log_lat: Vec::with_capacity(rounds),
+        })
+    }
+
+    /// One append + `fdatasync`, then one log-journal write.
+    fn round(&mut self) -> Result<()> {
+        use std::io::Write;
+        let t = Instant::now();
+        self.append.write_all(&[0u8; 64])?;
+        self.append.sync_data()?;
+        self.append_lat.push(t.elapsed());
+        let t = Instant::now();
+        self.log.write()?;
+        self.log_lat.push(t.elapsed());
+        Ok(())
+    }
+}
+
+impl Drop for DiskProbes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.append_path);
+        let _ = std::fs::remove_file(&self.log.path);
+    }
+}
+
+impl LogProbe {
+    fn open(path: &Path, rounds: usize) -> Result<LogProbe> {
+        use std::os::unix::fs::FileExt;
+        let blocks = rounds as u64 + 1;
+        let f = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        f.write_all_at(&vec![0u8; BLOCK * ROUNDS], 0)?;
+        f.write_all_at(&vec![0u8; PROBE_BLOCK * blocks as usize], 0)?;
         f.sync_all()?;
         drop(f);
-        // O_DIRECT needs a buffer aligned to the block.
-        let mut buf = vec![0xA5u8; 2 * BLOCK];
-        let start = buf.as_ptr().align_offset(BLOCK);
-        let block = &mut buf[start..start + BLOCK];
+        let buf = vec![0xA5u8; 2 * PROBE_BLOCK];
+        let start = buf.as_ptr().align_offset(PROBE_BLOCK);
+        let mut probe = LogProbe {
+            file: std::fs::OpenOptions::new().write(true).open(path)?,
+            path: path.to_owned(),
+            direct: false,
+            buf,
+            start,
+            next: 0,
+            blocks,
+        };
         #[cfg(target_os = "linux")]
-        let direct = {
+        {
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+            if let Ok(f) = std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
-                .open(&path)
-                .ok()
-        };
-        #[cfg(not(target_os = "linux"))]
-        let direct: Option<std::fs::File> = None;
-        let mut lat = Vec::with_capacity(ROUNDS);
-        if let Some(f) = direct
-            && f.write_all_at(block, 0).is_ok()
-        {
-            for i in 1..ROUNDS {
-                block[0] = i as u8;
-                let t = Instant::now();
-                f.write_all_at(block, (i * BLOCK) as u64)?;
-                lat.push(t.elapsed());
+                .open(path)
+                && f.write_all_at(&probe.buf[start..start + PROBE_BLOCK], 0)
+                    .is_ok()
+            {
+                probe.file = f;
+                probe.direct = true;
+                probe.next = 1;
             }
-            return Ok((lat, "4 KiB O_DIRECT|O_DSYNC overwrite"));
         }
-        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-        for i in 0..ROUNDS {
-            block[0] = i as u8;
-            let t = Instant::now();
-            f.write_all_at(block, (i * BLOCK) as u64)?;
-            f.sync_data()?;
-            lat.push(t.elapsed());
+        Ok(probe)
+    }
+
+    fn how(&self) -> &'static str {
+        if self.direct {
+            "4 KiB O_DIRECT|O_DSYNC overwrite"
+        } else {
+            "4 KiB overwrite + fdatasync"
         }
-        Ok((lat, "4 KiB overwrite + fdatasync"))
-    };
-    let result = probe();
-    let _ = std::fs::remove_file(&path);
-    let (mut lat, how) = result?;
-    lat.sort();
-    Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100], how))
+    }
+
+    fn write(&mut self) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let at = (self.next % self.blocks) * PROBE_BLOCK as u64;
+        self.next += 1;
+        let block = &mut self.buf[self.start..self.start + PROBE_BLOCK];
+        block[0] = self.next as u8;
+        self.file.write_all_at(block, at)?;
+        if !self.direct {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -1019,8 +1079,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn bench(a: BenchArgs) -> Result<()> {
-    let (fsync_p50, fsync_p99) = fsync_latency(&a.fsync_dir)?;
-    let (log_p50, log_p99, log_how) = log_sync_latency(&a.fsync_dir)?;
     let client = connect(&a.conn).await?;
     let command = client.encode_command(&a.entity_type, &a.command).await?;
 
@@ -1037,23 +1095,38 @@ async fn bench(a: BenchArgs) -> Result<()> {
     }
     rtt.sort();
 
-    // One sequential client: latency against the disk's fsync latency.
+    // One sequential client, against the disk's sync latency: 20 blocks of
+    // 100 deposits, each after a block of 10 rounds of the disk probes.
+    let mut probes = DiskProbes::open(&a.fsync_dir, 200)?;
     let mut seq = Vec::with_capacity(2000);
-    for i in 0..2000 {
-        let id = format!("bench-seq-{}", i % 100);
-        let t = Instant::now();
-        client
-            .ask(
-                &a.entity_type,
-                &id,
-                Payload::Bytes(command.clone()),
-                None,
-                None,
-            )
-            .await?;
-        seq.push(t.elapsed());
+    for _ in 0..20 {
+        for _ in 0..10 {
+            probes.round()?;
+        }
+        for i in 0..100 {
+            let id = format!("bench-seq-{i}");
+            let t = Instant::now();
+            client
+                .ask(
+                    &a.entity_type,
+                    &id,
+                    Payload::Bytes(command.clone()),
+                    None,
+                    None,
+                )
+                .await?;
+            seq.push(t.elapsed());
+        }
     }
     seq.sort();
+    let log_how = probes.log.how();
+    let mut fsync_lat = std::mem::take(&mut probes.append_lat);
+    let mut log_lat = std::mem::take(&mut probes.log_lat);
+    drop(probes);
+    fsync_lat.sort();
+    log_lat.sort();
+    let (fsync_p50, fsync_p99) = (percentile(&fsync_lat, 0.5), percentile(&fsync_lat, 0.99));
+    let (log_p50, log_p99) = (percentile(&log_lat, 0.5), percentile(&log_lat, 0.99));
 
     let pb = ProgressBar::new(a.commands as u64);
     pb.set_style(
@@ -1131,7 +1204,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         us(percentile(&seq, 0.99))
     );
     println!(
-        "fsync        p50 {} µs   p99 {} µs   (64-byte append + fdatasync in {}); sequential p50 - fsync p50 = {} µs",
+        "fsync        p50 {} µs   p99 {} µs   (64-byte append + fdatasync in {}, between the sequential blocks); sequential p50 - fsync p50 = {} µs",
         us(fsync_p50),
         us(fsync_p99),
         a.fsync_dir.display(),

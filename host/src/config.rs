@@ -161,6 +161,10 @@ pub struct NodeConfig {
     /// `None` means one per core but one, which is left to the journal's
     /// writer thread (see [`NodeConfig::worker_threads`]).
     pub workers: Option<usize>,
+    /// How long after a request one thread of idle priority keeps a CPU
+    /// awake (spinning), so that the next wake-up finds it running; zero
+    /// disables it. See [`crate::awake`].
+    pub keep_awake: Duration,
     /// Certificates; `None` means the development setup generated in
     /// `<data_dir>/tls` on first start.
     pub tls: Option<TlsFiles>,
@@ -178,6 +182,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Largest `node.keep_awake_us`: 100 ms.
+pub const MAX_KEEP_AWAKE_US: u64 = 100_000;
+
 /// Default UDP address of a node.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
@@ -193,6 +200,7 @@ impl Default for NodeConfig {
             max_in_flight: 4096,
             deploy_sample: 100,
             workers: None,
+            keep_awake: Duration::from_millis(1),
             tls: None,
         }
     }
@@ -339,6 +347,15 @@ impl Config {
                 }
                 config.node.workers = Some(w);
             }
+            if let Some(us) = node.keep_awake_us {
+                if us > MAX_KEEP_AWAKE_US {
+                    return Err(value_err(
+                        "node.keep_awake_us",
+                        &format!("must be at most {MAX_KEEP_AWAKE_US} (0 disables it)"),
+                    ));
+                }
+                config.node.keep_awake = Duration::from_micros(us);
+            }
             if let Some(t) = node.tls {
                 config.node.tls = Some(TlsFiles {
                     ca: t.ca,
@@ -444,6 +461,7 @@ struct FileNode {
     max_in_flight: Option<usize>,
     deploy_sample: Option<usize>,
     workers: Option<usize>,
+    keep_awake_us: Option<u64>,
     tls: Option<FileTls>,
 }
 
@@ -640,6 +658,20 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse(_)), "{e}");
         let e = Config::parse("[node]\nworkers = 0").unwrap_err();
         assert!(e.to_string().contains("node.workers"), "{e}");
+        let e = Config::parse("[node]\nkeep_awake_us = 100001").unwrap_err();
+        assert!(e.to_string().contains("node.keep_awake_us"), "{e}");
+    }
+
+    #[test]
+    fn keep_awake_defaults_to_a_millisecond() {
+        assert_eq!(
+            Config::parse("").unwrap().node.keep_awake,
+            Duration::from_millis(1)
+        );
+        let off = Config::parse("[node]\nkeep_awake_us = 0").unwrap().node;
+        assert_eq!(off.keep_awake, Duration::ZERO);
+        let set = Config::parse("[node]\nkeep_awake_us = 250").unwrap().node;
+        assert_eq!(set.keep_awake, Duration::from_micros(250));
     }
 
     #[test]

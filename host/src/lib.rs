@@ -29,6 +29,7 @@
 //! ```
 
 pub mod api;
+pub mod awake;
 pub mod behavior;
 pub mod client;
 pub mod config;

@@ -21,6 +21,7 @@ use crate::api::{
     self, ApiError, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request, Response,
     StateAt, TypeInfo,
 };
+use crate::awake::KeepAwake;
 use crate::config::TlsFiles;
 use crate::node::{
     AskError, AskOptions, DeployError, DeployResult, LifecycleEvent, Node, PastState, ReadError,
@@ -47,6 +48,9 @@ pub struct ServerLimits {
     pub max_in_flight: usize,
     /// Most streams a client may have open on one connection.
     pub max_streams_per_connection: u32,
+    /// How long after a request a thread keeps a CPU awake
+    /// ([`KeepAwake`]); zero disables it.
+    pub keep_awake: Duration,
 }
 
 impl Default for ServerLimits {
@@ -55,6 +59,7 @@ impl Default for ServerLimits {
             max_connections: 1024,
             max_in_flight: 4096,
             max_streams_per_connection: 256,
+            keep_awake: Duration::from_millis(1),
         }
     }
 }
@@ -115,6 +120,7 @@ impl Server {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             name,
+            awake: KeepAwake::start(limits.keep_awake),
         });
         let ep = endpoint.clone();
         let task = tokio::spawn(async move {
@@ -166,6 +172,8 @@ struct Shared {
     connections: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
     name: String,
+    /// Touched when a request is read and when it is answered.
+    awake: Option<KeepAwake>,
 }
 
 /// Serves every stream of a connection inside this one task. Together with
@@ -232,6 +240,9 @@ async fn serve_stream(
                 break;
             }
             req => {
+                if let Some(a) = &shared.awake {
+                    a.touch();
+                }
                 busy.fetch_add(1, Ordering::Relaxed);
                 let resp = match shared.in_flight.clone().try_acquire_owned() {
                     Ok(_permit) => handle(&shared, req).await,
@@ -245,6 +256,9 @@ async fn serve_stream(
                 // request is answered at once.
                 if busy.fetch_sub(1, Ordering::Relaxed) > 1 {
                     tokio::task::yield_now().await;
+                }
+                if let Some(a) = &shared.awake {
+                    a.touch();
                 }
                 if api::write_frame(&mut send, &resp).await.is_err() {
                     break;

@@ -27,12 +27,40 @@ fn ask(node: &NodeProc, id: &str, json: &str) -> Result<String> {
     Ok(out.trim().to_owned())
 }
 
+/// Name and scheduling policy (`/proc/PID/task/TID/stat`, field 41) of
+/// each thread of process `pid`.
+fn threads(pid: u32) -> Result<Vec<(String, u32)>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // The name is in parentheses and may hold spaces; fields 3.. follow.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let policy = fields
+            .get(41 - 3)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(u32::MAX);
+        out.push((stat[open + 1..close].to_owned(), policy));
+    }
+    Ok(out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_end_to_end() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let node = NodeProc::start(tmp.path(), &[])?;
     node.client().await?; // wait until it is up
     deploy(&node)?;
+    // By default one thread keeps a CPU awake after requests, under
+    // SCHED_IDLE (policy 5) so that it never takes CPU from real work.
+    let awake: Vec<u32> = threads(node.child.id())?
+        .into_iter()
+        .filter(|(name, _)| name == "cairn-awake")
+        .map(|(_, policy)| policy)
+        .collect();
+    assert_eq!(awake, [5], "keep-awake threads and their policies");
 
     assert_eq!(ask(&node, "a", r#"{"Deposit":{"amount":100}}"#)?, "\"ok\"");
     let t1 = std::time::SystemTime::now()
@@ -335,19 +363,19 @@ async fn limits_answer_busy_instead_of_falling_over() -> Result<()> {
     let config = tmp.path().join("cairn.toml");
     std::fs::write(
         &config,
-        "[node]\nmax_connections = 2\nmax_in_flight = 4\nworkers = 3\n",
+        "[node]\nmax_connections = 2\nmax_in_flight = 4\nworkers = 3\nkeep_awake_us = 0\n",
     )?;
     let node = NodeProc::start(
         &tmp.path().join("data"),
         &["--config", config.to_str().unwrap()],
     )?;
     let c1 = node.client().await?;
-    // `workers` sizes the node's runtime (tokio names its threads).
-    let workers = std::fs::read_dir(format!("/proc/{}/task", node.child.id()))?
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "tokio-rt-worker")
-        .count();
-    assert_eq!(workers, 3, "runtime threads of a node with workers = 3");
+    // `workers` sizes the node's runtime (tokio names its threads);
+    // `keep_awake_us = 0` means no keep-awake thread.
+    let names = threads(node.child.id())?;
+    let count = |n: &str| names.iter().filter(|(name, _)| name == n).count();
+    assert_eq!(count("tokio-rt-worker"), 3, "runtime threads: {names:?}");
+    assert_eq!(count("cairn-awake"), 0, "keep-awake threads: {names:?}");
     deploy(&node)?; // a short-lived connection of its own
     let _c2 = node.client().await?;
     // A third connection is over the limit.
