@@ -176,6 +176,15 @@ struct Shared {
     awake: Option<KeepAwake>,
 }
 
+impl Shared {
+    /// Notes a request for the keep-awake thread.
+    fn keep_awake(&self) {
+        if let Some(a) = &self.awake {
+            a.touch();
+        }
+    }
+}
+
 /// Serves every stream of a connection inside this one task. Together with
 /// the yield before a response while other requests of the connection are
 /// in flight (see [`serve_stream`]), the responses that
@@ -240,9 +249,7 @@ async fn serve_stream(
                 break;
             }
             req => {
-                if let Some(a) = &shared.awake {
-                    a.touch();
-                }
+                shared.keep_awake();
                 busy.fetch_add(1, Ordering::Relaxed);
                 let resp = match shared.in_flight.clone().try_acquire_owned() {
                     Ok(_permit) => handle(&shared, req).await,
@@ -257,9 +264,7 @@ async fn serve_stream(
                 if busy.fetch_sub(1, Ordering::Relaxed) > 1 {
                     tokio::task::yield_now().await;
                 }
-                if let Some(a) = &shared.awake {
-                    a.touch();
-                }
+                shared.keep_awake();
                 if api::write_frame(&mut send, &resp).await.is_err() {
                     break;
                 }
