@@ -12,7 +12,8 @@
 //! - [`registry`]: deployed components by content, and the deploy history.
 //! - [`hotswap`]: validation of a new version by replaying real history.
 //! - [`api`]: the client protocol (requests, responses, framing).
-//! - [`server`]: serves a node over QUIC; [`client`]: the Rust client.
+//! - [`server`]: serves a node over QUIC; [`awake`]: the thread that keeps a
+//!   CPU awake after requests; [`client`]: the Rust client.
 //! - [`tls`]: certificates and the TLS configurations (mutual TLS, always on).
 //! - Storage (journal, snapshots, timers) is the `cairn-store` crate.
 //!
