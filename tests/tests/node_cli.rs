@@ -515,3 +515,68 @@ async fn the_event_feed_has_no_gaps_and_resumes_from_a_cursor() -> Result<()> {
     client.close().await;
     Ok(())
 }
+
+/// The number after `label` in `line`, e.g. `p50` in "sequential   p50 180 µs".
+fn figure(out: &str, line: &str, label: &str) -> Option<f64> {
+    let l = out.lines().find(|l| l.starts_with(line))?;
+    let mut words = l.split_whitespace();
+    words.find(|w| *w == label)?;
+    words.next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_a_node_and_prints_its_figures() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &["--journal", "log"])?;
+    node.client().await?;
+    deploy(&node)?;
+    let probes = tmp.path().join("probes");
+    std::fs::create_dir(&probes)?;
+    let (ok, out, err) = node.cli(&[
+        "bench",
+        "--streams",
+        "4",
+        "--entities",
+        "20",
+        "--commands",
+        "400",
+        "--fsync-dir",
+        probes.to_str().unwrap(),
+    ])?;
+    assert!(ok, "bench failed: {err}");
+    assert!(
+        out.contains("400 commands over 4 streams on 20 entities"),
+        "{out}"
+    );
+    assert!(out.contains("(0 failed"), "{out}");
+    for (line, label) in [
+        ("throughput", "throughput"),
+        ("latency", "p50"),
+        ("latency", "p99.9"),
+        ("sequential", "p50"),
+        ("fsync", "p50"),
+        ("log sync", "p50"),
+        ("round trip", "p50"),
+    ] {
+        let v = figure(&out, line, label);
+        assert!(
+            v.is_some_and(|v| v > 0.0),
+            "{line} {label}: {v:?} in\n{out}"
+        );
+    }
+    // The probes clean up after themselves.
+    assert_eq!(std::fs::read_dir(&probes)?.count(), 0, "probe files left");
+    // The deposits are real: the 2,000 sequential ones went to 100 entities.
+    let (ok, events, err) = node.cli(&["events", TYPE, "bench-seq-7"])?;
+    assert!(ok, "{err}");
+    assert_eq!(events.lines().count(), 20, "{events}");
+    let (ok, state, err) = node.cli(&["state", TYPE, "bench-3"])?;
+    assert!(ok, "{err}");
+    // Stream 3 of 4 cycles through entities 3, 7, 11, 15, 19, and no other
+    // stream reaches them: 100 / 5 = 20 deposits of 1 each.
+    assert!(
+        state.contains(r#""balance":20,"transactions":20"#),
+        "{state}"
+    );
+    Ok(())
+}
