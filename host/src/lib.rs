@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - [`node`]: the in-process API (`register`, `ask`, `tell`, reads, lifecycle).
-//! - [`entity`] (private): the per-entity actor: mailbox, recovery, command loop,
+//! - `entity` (private): the per-entity actor: mailbox, recovery, command loop,
 //!   snapshots, supervision.
 //! - `deadline` (private): the coarse timer behind `ask` timeouts.
 //! - [`runtime`]: the wasmtime engine, component checks, instance pools, limits.

@@ -4,7 +4,7 @@
 //! Owns the registry of entity types (each with its behavior, resolved
 //! settings and sharded map of live entities), the lifecycle event stream,
 //! durable timers and the passivation sweeper. The per-entity logic lives in
-//! [`crate::entity`]; storage behind the [`Journal`] and [`SnapshotStore`]
+//! `entity` (private); storage behind the [`Journal`] and [`SnapshotStore`]
 //! traits. A [`Node`] must be created inside a tokio runtime.
 
 use std::collections::{HashMap, HashSet};
