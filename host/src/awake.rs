@@ -11,9 +11,10 @@
 //! any other runnable thread takes its CPU at once. It never runs while the
 //! node is quiet, and it sleeps while the node is busy (more than
 //! [`BUSY_TOUCHES_PER_MS`] signs of activity per millisecond): then the
-//! node's threads rarely sleep, and a spinning virtual CPU still competes
-//! with them for the host (measured: some 64-stream runs fell from ~150,000
-//! to ~100,000 commands/s when it spun through them).
+//! node's threads rarely sleep and gain nothing from it, and spinning through
+//! such load cost throughput (measured: three of seven 64-stream runs fell
+//! from ~150,000 to ~100,000 commands/s; the host's share of CPU for the VM
+//! is the likely reason).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
