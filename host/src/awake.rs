@@ -21,18 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// Handle to the spinning thread; the thread stops when the last clone is dropped.
-#[derive(Clone)]
+/// Handle to the spinning thread; the thread stops when it is dropped.
 pub struct KeepAwake {
-    handle: Arc<Handle>,
-}
-
-struct Handle {
     inner: Arc<Inner>,
     thread: Thread,
 }
 
-impl Drop for Handle {
+impl Drop for KeepAwake {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.thread.unpark();
@@ -46,7 +41,7 @@ struct Inner {
     touches: AtomicU64,
     /// The thread is parked (or about to park) and needs an unpark.
     parked: AtomicBool,
-    /// Every handle is gone.
+    /// The handle is gone.
     stop: AtomicBool,
     /// Rounds of spinning so far (for tests).
     spins: AtomicU64,
@@ -75,16 +70,14 @@ impl KeepAwake {
             .spawn(move || run(&state))
             .ok()?;
         Some(KeepAwake {
-            handle: Arc::new(Handle {
-                thread: handle.thread().clone(),
-                inner,
-            }),
+            thread: handle.thread().clone(),
+            inner,
         })
     }
 
     /// Notes activity: the thread spins for the next `window`.
     pub fn touch(&self) {
-        let Handle { inner, thread } = &*self.handle;
+        let KeepAwake { inner, thread } = self;
         inner.touches.fetch_add(1, Ordering::Relaxed);
         inner.last.store(nanos_since(inner.start), Ordering::SeqCst);
         // Only the first touch after the thread parked pays for the wake-up.
@@ -106,7 +99,7 @@ fn nanos_since(start: Instant) -> u64 {
 }
 
 /// Whether the last activity is less than `window` nanoseconds old.
-fn busy(inner: &Inner, window: u64) -> bool {
+fn recently_touched(inner: &Inner, window: u64) -> bool {
     let last = inner.last.load(Ordering::SeqCst);
     last != 0 && nanos_since(inner.start).saturating_sub(last) < window
 }
@@ -139,7 +132,7 @@ fn run(inner: &Inner) {
                 continue;
             }
         }
-        if busy(inner, window) {
+        if recently_touched(inner, window) {
             for _ in 0..64 {
                 std::hint::spin_loop();
             }
@@ -149,7 +142,7 @@ fn run(inner: &Inner) {
         inner.parked.store(true, Ordering::SeqCst);
         // A touch between the check above and the store: it saw `parked`
         // false and did not unpark, so look again before parking.
-        if busy(inner, window) {
+        if recently_touched(inner, window) {
             inner.parked.store(false, Ordering::SeqCst);
             continue;
         }
@@ -197,7 +190,7 @@ mod tests {
     fn spins_after_a_touch_then_parks() {
         assert!(KeepAwake::start(Duration::ZERO).is_none());
         let awake = KeepAwake::start(Duration::from_millis(5)).expect("thread starts");
-        let inner = awake.handle.inner.clone();
+        let inner = awake.inner.clone();
         for _ in 0..3 {
             // Quiet: parked, not spinning.
             assert!(eventually(|| inner.parked.load(Ordering::SeqCst)));
@@ -226,7 +219,7 @@ mod tests {
             }
         }
         assert!(quiet > 50, "spun through a busy node ({quiet} quiet ms)");
-        // The last handle gone, the thread ends (it holds the other reference).
+        // The handle gone, the thread ends (it holds the other reference).
         drop(awake);
         assert!(eventually(|| Arc::strong_count(&inner) == 1));
     }
