@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hotswap::ValidationReport;
+use crate::deploy::ValidationReport;
 use crate::registry::DeployRecord;
 
 /// Version of this protocol; a node refuses a client speaking another.

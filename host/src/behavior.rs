@@ -29,6 +29,7 @@ pub struct CommandContext<'a> {
 
 /// A side effect to run after the command's events are durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Effect {
     /// Tell another entity a command.
     Send {
@@ -63,6 +64,7 @@ pub struct Decision {
 
 /// Why a behavior produced no decision. These are answers, not failures of the guest.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// The behavior refused the command.
     #[error("rejected: {0}")]
@@ -88,6 +90,7 @@ pub struct FoldError {
 /// The guest itself failed: it trapped, ran out of time or memory. The
 /// instance is discarded; the entity is restarted by its supervisor.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GuestFault {
     /// The call ran past its deadline.
     #[error("guest call exceeded its deadline of {0:?}")]
@@ -101,6 +104,12 @@ pub enum GuestFault {
     /// The guest could not be instantiated.
     #[error("cannot instantiate guest: {0}")]
     Instantiate(String),
+    /// The behavior could not decode the state the host gave it.
+    #[error("behavior cannot decode its state: {0}")]
+    BadState(String),
+    /// The behavior broke the host/guest contract (e.g. events without a new state).
+    #[error("behavior broke its contract: {0}")]
+    Contract(String),
 }
 
 /// A behavior: the functions the entity actor calls. Implementations must be

@@ -423,7 +423,7 @@ async fn async_main(command: Command) -> Result<()> {
                         "  {}  {:?} {}  {:?}: {}",
                         fmt_time(r.at_ms),
                         r.action,
-                        r.version.map_or("(new)".to_owned(), |n| format!("#{n}")),
+                        r.deploy.map_or("(new)".to_owned(), |n| format!("#{n}")),
                         r.outcome,
                         r.report.summary()
                     );
@@ -872,10 +872,9 @@ async fn run_node(config: Config, log_format: LogFormat) -> Result<()> {
             tls::node_files(&dir)
         }
     };
-    let node = Node::open(config.clone())?;
-    let restored = node.restore_deployments().await?;
-    for d in &restored {
-        tracing::info!(entity_type = %d.entity_type, deploy = d.deploy, version = %d.version, "restored deployment");
+    let node = Node::open(config.clone()).await?;
+    for d in node.deployments() {
+        tracing::info!(entity_type = %d.entity_type, deploy = d.deploy, behavior_version = %d.behavior_version, "restored deployment");
     }
     let limits = ServerLimits {
         max_connections: config.node.max_connections,

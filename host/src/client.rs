@@ -13,7 +13,7 @@ use crate::api::{
     self, ApiError, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request, Response,
     StateAt, TypeInfo,
 };
-use crate::hotswap::ValidationReport;
+use crate::deploy::ValidationReport;
 use crate::registry::DeployRecord;
 use crate::tls::{self, ClientFiles, TlsError};
 

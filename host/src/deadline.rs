@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 /// How often deadlines are checked: a timeout fires at most this late.
 pub(crate) const TICK: Duration = Duration::from_millis(5);
 
-const SHARDS: usize = 8;
+const SLABS: usize = 8;
 
 /// The deadlines of the waits in progress.
 pub(crate) struct Deadlines {
-    shards: [Mutex<Shard>; SHARDS],
+    slabs: [Mutex<Slab>; SLABS],
 }
 
 #[derive(Default)]
-struct Shard {
+struct Slab {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -48,7 +48,7 @@ impl Deadlines {
     /// stops within a tick of the last `Arc` being dropped.
     pub(crate) fn start() -> std::io::Result<Arc<Deadlines>> {
         let d = Arc::new(Deadlines {
-            shards: std::array::from_fn(|_| Mutex::default()),
+            slabs: std::array::from_fn(|_| Mutex::default()),
         });
         let weak = Arc::downgrade(&d);
         std::thread::Builder::new()
@@ -57,8 +57,8 @@ impl Deadlines {
         Ok(d)
     }
 
-    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    fn shard(&self, i: usize) -> MutexGuard<'_, Slab> {
+        self.slabs[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `fut` until it finishes or `limit` has passed (plus up to a tick).
@@ -152,11 +152,11 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// The slab a thread registers in: threads spread over the shards.
+/// The slab a thread registers in: threads spread over the slabs.
 fn my_shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLABS;
     }
     SHARD.with(|s| *s)
 }
@@ -170,7 +170,7 @@ fn reap(deadlines: &Weak<Deadlines>) {
             return;
         };
         let now = Instant::now();
-        for i in 0..SHARDS {
+        for i in 0..SLABS {
             let mut s = d.shard(i);
             if s.live == 0 {
                 continue;
@@ -228,7 +228,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        let live: usize = (0..SHARDS).map(|i| d.shard(i).live).sum();
+        let live: usize = (0..SLABS).map(|i| d.shard(i).live).sum();
         assert_eq!(live, 0, "every slot was freed");
     }
 }

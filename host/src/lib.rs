@@ -1,27 +1,37 @@
 //! Cairn host: runs event-sourced entity behaviors compiled to WebAssembly
-//! components, with a durable journal, snapshots, recovery and supervision.
+//! components, with a durable journal, snapshots, recovery and supervision,
+//! served over QUIC.
 //!
-//! Layout:
-//! - [`node`]: the in-process API (`register`, `ask`, `tell`, reads, lifecycle).
-//! - `entity` (private): the per-entity actor: mailbox, recovery, command loop,
-//!   snapshots, supervision.
-//! - `deadline` (private): the coarse timer behind `ask` timeouts.
-//! - [`runtime`]: the wasmtime engine, component checks, instance pools, limits.
-//! - [`behavior`]: the byte-level behavior trait shared by wasm and native behaviors.
+//! # Layout
+//!
+//! Dependencies run one way: `node → deploy → entity → replay → store`,
+//! with `types`, `behavior` and `clock` as leaves everything may use.
+//!
+//! - [`node`]: the façade: [`Node::open`], `ask`, `tell`, reads (now and in
+//!   the past), lifecycle events, shutdown. Owns the entity types, timers
+//!   and passivation, and implements the entity's outbox.
+//! - [`deploy`]: deploys and rollbacks (compile, validate by replaying real
+//!   history, record, activate) and the [`Versions`](deploy::Versions) view.
+//! - `entity` (private): the per-entity actor (mailbox, recovery, command
+//!   loop, snapshots, supervision) over a narrow environment: journal,
+//!   snapshots, lifecycle sink, clock, outbox. It never sees the node.
+//! - `replay` (private): the one replay of an entity's history, used by
+//!   recovery, time travel and validation.
+//! - [`types`]: leaf types: [`Reply`], [`AskError`], [`LifecycleEvent`].
+//! - [`clock`]: the injected clock ([`SystemClock`](clock::SystemClock),
+//!   [`ManualClock`](clock::ManualClock)).
+//! - [`runtime`]: the wasmtime engine, component checks, instance pools,
+//!   limits; [`behavior`]: the byte-level behavior trait it implements.
+//! - [`registry`]: deployed components by content, the deploy history.
 //! - [`config`]: the `cairn.toml` file.
-//! - [`registry`]: deployed components by content, and the deploy history.
-//! - [`hotswap`]: validation of a new version by replaying real history.
-//! - [`api`]: the client protocol (requests, responses, framing).
-//! - [`server`]: serves a node over QUIC; [`awake`]: the thread that keeps a
-//!   CPU awake after requests; [`client`]: the Rust client.
-//! - [`tls`]: certificates and the TLS configurations (mutual TLS, always on).
+//! - `deadline` (private): the coarse timer behind `ask` timeouts.
 //! - Storage (journal, snapshots, timers) is the `cairn-store` crate.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use cairn_host::{config::Config, node::{AskOptions, Node}};
-//! let node = Node::open(Config::default())?;
-//! node.register_file("bank-account", "bank_account.wasm".as_ref()).await?;
+//! use cairn_host::{AskOptions, Config, Node};
+//! let node = Node::open(Config::default()).await?;
+//! node.deploy("bank-account", std::fs::read("bank_account.wasm")?).await?;
 //! let r = node
 //!     .ask_json("bank-account", "acct-1", r#"{"Deposit":{"amount":100}}"#, AskOptions::default())
 //!     .await?;
@@ -33,12 +43,20 @@ pub mod api;
 pub mod awake;
 pub mod behavior;
 pub mod client;
+pub mod clock;
 pub mod config;
 mod deadline;
+pub mod deploy;
 mod entity;
-pub mod hotswap;
 pub mod node;
 pub mod registry;
+mod replay;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod types;
+
+pub use config::Config;
+pub use deploy::{DeployError, DeployResult, Versions};
+pub use node::{AskOptions, Node, NodeError, PastState, ReadError};
+pub use types::{AskError, LifecycleEvent, Reply};

@@ -1,159 +1,39 @@
-//! The in-process API of a node: register behaviors, `ask` and `tell`
-//! entities, read their journal and state, follow lifecycle events.
+//! The node façade: the in-process API to open a node, `ask` and `tell`
+//! entities, read their journal and state (now or in the past), follow
+//! lifecycle events, and shut down. Deploys are in [`crate::deploy`].
 //!
-//! Owns the registry of entity types (each with its behavior, resolved
-//! settings and sharded map of live entities), the lifecycle event stream,
-//! durable timers and the passivation sweeper. The per-entity logic lives in
-//! `entity` (private); storage behind the [`Journal`] and [`SnapshotStore`]
-//! traits. A [`Node`] must be created inside a tokio runtime.
+//! Owns the table of entity types, the durable timers, the passivation
+//! sweeper and the [`Env`] every entity runs in; it implements the entity's
+//! [`Outbox`] (timers and messages between entities). The per-entity logic
+//! lives in `entity` (private), which never sees the node; storage is
+//! behind the [`Journal`] and [`SnapshotStore`] traits. A [`Node`] must be
+//! created inside a tokio runtime.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use cairn_store::{
     EntityKey, EventRecord, Journal, JournalError, LogStore, SnapshotStore, SqliteOptions,
     SqliteStore, TimerRecord,
 };
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::behavior::{Behavior, Descriptor, GuestFault};
-use crate::config::{Config, EntitySettings, JournalBackend};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, JournalBackend};
 use crate::deadline::Deadlines;
-use crate::entity::{self, Enqueue, EntityCell, Envelope};
-use crate::hotswap::{self, ValidateError, ValidationReport};
-use crate::registry::{
-    DeployAction, DeployOutcome, DeployRecord, Deployment, Registry, RegistryError,
-};
-use crate::runtime::{GuestLimits, LoadError, WasmEngine};
+use crate::deploy::DeployError;
+use crate::entity::{self, Enqueue, EntityType, Env, Envelope, Outbox};
+use crate::registry::{Registry, RegistryError};
+use crate::replay::{self, FoldOn, Replay, ReplayError, Until};
+use crate::runtime::{LoadError, WasmEngine};
 
-/// Number of lock shards of each entity type's map.
-const SHARDS: usize = 64;
+pub use crate::types::{AskError, LifecycleEvent, Reply};
+
 /// Longest entity id accepted, in bytes.
 pub const MAX_ENTITY_ID_LEN: usize = 256;
-
-/// The answer to an accepted command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    /// The encoded reply, if the behavior gave one.
-    pub reply: Option<Vec<u8>>,
-    /// The entity's sequence number after the command.
-    pub seq: u64,
-}
-
-/// Why a command got no reply from its behavior.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AskError {
-    /// No behavior is registered for the entity type.
-    #[error("unknown entity type `{0}`")]
-    UnknownEntityType(String),
-    /// The entity id is empty or too long.
-    #[error("invalid entity id: {0}")]
-    InvalidEntityId(String),
-    /// No reply within the timeout (the command may still run).
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
-    /// The mailbox was full and the overflow strategy dropped the command.
-    #[error("mailbox full: command dropped")]
-    MailboxFull,
-    /// The entity was stopped by supervision.
-    #[error("entity stopped: {0}")]
-    EntityStopped(String),
-    /// The expected sequence number did not match (optimistic concurrency).
-    #[error("conflict: expected sequence number {expected}, entity is at {actual}")]
-    Conflict {
-        /// What the caller expected.
-        expected: u64,
-        /// Where the entity is.
-        actual: u64,
-    },
-    /// The behavior rejected the command.
-    #[error("rejected: {0}")]
-    Rejected(String),
-    /// The behavior could not decode the command.
-    #[error("malformed command: {0}")]
-    MalformedCommand(String),
-    /// The guest failed (trap, deadline, memory); the entity was restarted.
-    #[error("guest failure: {0}")]
-    Guest(String),
-    /// The journal could not persist the events; nothing was stored.
-    #[error("journal: {0}")]
-    Journal(String),
-    /// The node is shutting down.
-    #[error("node is shutting down")]
-    ShuttingDown,
-}
-
-/// Something that happened to an entity or a type, for observers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LifecycleEvent {
-    /// An entity was recovered and is live.
-    Started {
-        /// Entity type.
-        entity_type: String,
-        /// Entity id.
-        entity_id: String,
-        /// Sequence number of the snapshot recovery started from.
-        snapshot_seq: Option<u64>,
-        /// Events replayed after the snapshot.
-        replayed: u64,
-        /// Sequence number after recovery.
-        seq: u64,
-    },
-    /// An idle entity was unloaded.
-    Passivated {
-        /// Entity type.
-        entity_type: String,
-        /// Entity id.
-        entity_id: String,
-    },
-    /// An entity was stopped by supervision.
-    Stopped {
-        /// Entity type.
-        entity_type: String,
-        /// Entity id.
-        entity_id: String,
-        /// Why.
-        reason: String,
-    },
-    /// An entity failed and will recover from its journal.
-    Restarted {
-        /// Entity type.
-        entity_type: String,
-        /// Entity id.
-        entity_id: String,
-        /// The failure.
-        reason: String,
-    },
-    /// A message could not be delivered.
-    DeadLetter {
-        /// Entity type.
-        entity_type: String,
-        /// Entity id.
-        entity_id: String,
-        /// Why.
-        reason: String,
-    },
-    /// The behavior could not decode a command.
-    Unhandled {
-        /// Entity type.
-        entity_type: String,
-        /// Entity id.
-        entity_id: String,
-        /// The decode error.
-        reason: String,
-    },
-    /// A behavior was registered for a type.
-    Deployed {
-        /// Entity type.
-        entity_type: String,
-        /// The behavior's version string.
-        version: String,
-    },
-}
 
 /// Options of one `ask`.
 #[derive(Clone, Copy, Debug)]
@@ -176,6 +56,7 @@ impl Default for AskOptions {
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// The storage could not be opened.
     #[error("cannot open storage: {0}")]
@@ -189,38 +70,9 @@ pub enum NodeError {
     /// A thread of the node could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(String),
-}
-
-/// Why a deploy failed; the type's active behavior stays.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    /// The component or type name was refused.
-    #[error(transparent)]
-    Register(#[from] RegisterError),
-    /// The registry could not store it.
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    /// Replaying history through the new version failed; the active version
-    /// stays. The report names the entities and sequence numbers.
-    #[error("deploy refused: {}", .0.summary())]
-    Refused(Box<ValidationReport>),
-    /// Validation could not read the journal.
-    #[error("validation could not run: {0}")]
-    Validate(#[from] ValidateError),
-    /// A rollback names a version that does not exist, or there is none to go back to.
-    #[error("no such version: {0}")]
-    NoSuchVersion(String),
-}
-
-/// What a deploy (or a check, or a rollback) did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeployResult {
-    /// The active version afterwards (for a check: the active one, if any).
-    pub deployment: Option<Deployment>,
-    /// True if the active version changed.
-    pub changed: bool,
-    /// What replaying history showed (empty when nothing was replayed).
-    pub report: ValidationReport,
+    /// A deployed behavior could not be restored.
+    #[error("cannot restore the deployed behaviors: {0}")]
+    Restore(Box<DeployError>),
 }
 
 /// A state computed by replaying an entity's history.
@@ -246,6 +98,7 @@ pub enum PastState {
 
 /// Why a behavior could not be registered.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -268,6 +121,7 @@ pub enum RegisterError {
 
 /// Why reading an entity failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// No behavior is registered for the type.
     #[error("unknown entity type `{0}`")]
@@ -286,116 +140,28 @@ pub enum ReadError {
     Ask(#[from] AskError),
 }
 
-struct BehaviorSlot {
-    behavior: Arc<dyn Behavior>,
-    generation: u64,
-    /// Generation at which the state schema last changed.
-    schema_since: u64,
-}
-
-/// One lock shard of a type's live entities. Ids are hashed with foldhash
-/// (seeded per type): SipHash showed in the profiles of the ask path.
-type Shard = Mutex<HashMap<Arc<str>, Arc<EntityCell>, foldhash::fast::RandomState>>;
-
-/// A registered entity type: its behavior, settings and live entities.
-pub(crate) struct EntityType {
-    pub(crate) name: String,
-    pub(crate) settings: EntitySettings,
-    slot: RwLock<BehaviorSlot>,
-    shards: Box<[Shard]>,
-    hasher: foldhash::fast::RandomState,
-}
-
-impl EntityType {
-    pub(crate) fn behavior(&self) -> Arc<dyn Behavior> {
-        self.slot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .behavior
-            .clone()
-    }
-
-    /// The behavior and its generation, read together.
-    pub(crate) fn current(&self) -> (Arc<dyn Behavior>, u64) {
-        let slot = self.slot.read().unwrap_or_else(|p| p.into_inner());
-        (slot.behavior.clone(), slot.generation)
-    }
-
-    /// Can state built at `generation` be kept under the current behavior?
-    pub(crate) fn schema_unchanged_since(&self, generation: u64) -> bool {
-        generation
-            >= self
-                .slot
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .schema_since
-    }
-
-    fn shard(&self, id: &str) -> &Shard {
-        let i = self.hasher.hash_one(id) as usize % self.shards.len();
-        &self.shards[i]
-    }
-
-    fn cell(&self, id: &str) -> Arc<EntityCell> {
-        let mut shard = self.shard(id).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = shard.get(id) {
-            return c.clone();
-        }
-        let id: Arc<str> = Arc::from(id);
-        let cell = EntityCell::new(id.clone());
-        shard.insert(id, cell.clone());
-        cell
-    }
-
-    fn existing_cell(&self, id: &str) -> Option<Arc<EntityCell>> {
-        self.shard(id)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-}
-
 /// Shared state of a node.
 pub(crate) struct NodeInner {
-    config: Config,
-    engine: Arc<WasmEngine>,
-    pub(crate) journal: Arc<dyn Journal>,
-    pub(crate) snapshots: Arc<dyn SnapshotStore>,
+    pub(crate) config: Config,
+    pub(crate) engine: Arc<WasmEngine>,
+    /// What every entity runs in.
+    pub(crate) env: Arc<Env>,
     types: RwLock<HashMap<String, Arc<EntityType>>>,
     lifecycle: broadcast::Sender<LifecycleEvent>,
+    /// Ids of the timers armed in this process.
     timers: Mutex<HashSet<u64>>,
-    next_timer: AtomicU64,
     shutting_down: AtomicBool,
-    /// Woken after every append that stored events.
-    pub(crate) appended: Notify,
-    registry: Registry,
+    pub(crate) registry: Registry,
     /// Deploys and rollbacks of a node run one at a time.
-    deploying: tokio::sync::Mutex<()>,
-    /// Parked tasks that run entities' mailboxes.
-    pub(crate) runners: entity::Runners,
+    pub(crate) deploying: tokio::sync::Mutex<()>,
     /// Timeouts of `ask`.
     deadlines: Arc<Deadlines>,
+    /// This node, for the tasks its outbox spawns.
+    me: Weak<NodeInner>,
 }
 
 impl NodeInner {
-    pub(crate) fn emit(&self, event: LifecycleEvent) {
-        let _ = self.lifecycle.send(event);
-    }
-
-    pub(crate) fn dead_letter(&self, ty: &EntityType, id: &str, reason: &str) {
-        self.emit(LifecycleEvent::DeadLetter {
-            entity_type: ty.name.clone(),
-            entity_id: id.to_owned(),
-            reason: reason.to_owned(),
-        });
-    }
-
-    pub(crate) fn next_timer_id(&self) -> u64 {
-        self.next_timer.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn entity_type(&self, name: &str) -> Option<Arc<EntityType>> {
+    pub(crate) fn entity_type(&self, name: &str) -> Option<Arc<EntityType>> {
         self.types
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -403,21 +169,20 @@ impl NodeInner {
             .cloned()
     }
 
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.env.clock
+    }
+
     /// Queues an envelope for an entity, creating its cell if needed.
-    async fn send(
-        self: &Arc<Self>,
-        ty: &Arc<EntityType>,
-        id: &str,
-        env: Envelope,
-    ) -> Result<(), AskError> {
+    async fn send(&self, ty: &Arc<EntityType>, id: &str, env: Envelope) -> Result<(), AskError> {
         self.deliver(ty, id, env, false).await
     }
 
     /// Queues an envelope like [`NodeInner::send`]; with `here`, when the
     /// entity is idle the calling task runs the command itself (see
-    /// [`entity::run_here`]) and returns once it is answered.
+    /// `entity::run_here`) and returns once it is answered.
     async fn deliver(
-        self: &Arc<Self>,
+        &self,
         ty: &Arc<EntityType>,
         id: &str,
         mut env: Envelope,
@@ -435,10 +200,10 @@ impl NodeInner {
         loop {
             let cell = ty.cell(id);
             if here && entity::claim(&cell) {
-                entity::run_here(self.clone(), ty.clone(), cell, env).await;
+                entity::run_here(self.env.clone(), ty.clone(), cell, env).await;
                 return Ok(());
             }
-            match entity::enqueue(self, ty, &cell, env)? {
+            match entity::enqueue(&self.env, ty, &cell, env)? {
                 Enqueue::Done => return Ok(()),
                 Enqueue::Retry(e) => env = e,
                 Enqueue::Wait(e) => {
@@ -449,75 +214,55 @@ impl NodeInner {
         }
     }
 
-    /// Runs a `send` effect (at most once, after the sender's events are durable).
-    pub(crate) fn send_effect(self: &Arc<Self>, entity_type: String, id: String, command: Vec<u8>) {
-        let node = self.clone();
-        tokio::spawn(async move {
-            let Some(ty) = node.entity_type(&entity_type) else {
-                node.emit(LifecycleEvent::DeadLetter {
-                    entity_type: entity_type.clone(),
-                    entity_id: id,
-                    reason: format!("unknown entity type `{entity_type}`"),
-                });
-                return;
-            };
-            let env = Envelope::Command {
-                command,
-                expected_seq: None,
-                reply: None,
-                timer_id: None,
-            };
-            if let Err(e) = node.send(&ty, &id, env).await {
-                node.dead_letter(&ty, &id, &e.to_string());
-            }
-        });
-    }
-
-    /// Arms a durable timer: at `fire_at_ms` its command goes to the entity,
-    /// which deletes the timer with the command's own write.
-    pub(crate) fn schedule_timer(
-        self: &Arc<Self>,
+    /// Makes `behavior` the type's behavior (a new type starts with no live
+    /// entities and arms its pending timers).
+    pub(crate) async fn install(
+        &self,
         entity_type: &str,
-        id: &str,
-        timer: TimerRecord,
-    ) {
-        {
-            let mut armed = self.timers.lock().unwrap_or_else(|p| p.into_inner());
-            if !armed.insert(timer.timer_id) {
-                return;
-            }
-        }
-        let node = self.clone();
-        let entity_type = entity_type.to_owned();
-        let id = id.to_owned();
-        tokio::spawn(async move {
-            let now = now_ms();
-            if timer.fire_at_ms > now {
-                tokio::time::sleep(Duration::from_millis(timer.fire_at_ms - now)).await;
-            }
-            if let Some(ty) = node.entity_type(&entity_type) {
-                let env = Envelope::Command {
-                    command: timer.command,
-                    expected_seq: None,
-                    reply: None,
-                    timer_id: Some(timer.timer_id),
-                };
-                if let Err(e) = node.send(&ty, &id, env).await {
-                    node.dead_letter(&ty, &id, &format!("timer not delivered: {e}"));
+        behavior: Arc<dyn Behavior>,
+    ) -> Result<Descriptor, RegisterError> {
+        check_type_name(entity_type)?;
+        let descriptor = behavior.descriptor().clone();
+        let is_new = {
+            let mut types = self.types.write().unwrap_or_else(|p| p.into_inner());
+            match types.get(entity_type) {
+                Some(ty) => {
+                    ty.swap(behavior);
+                    false
+                }
+                None => {
+                    let settings = self.config.settings_for(entity_type);
+                    let ty = EntityType::new(entity_type, settings, behavior);
+                    types.insert(entity_type.to_owned(), Arc::new(ty));
+                    true
                 }
             }
-            node.timers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&timer.timer_id);
+        };
+        if is_new {
+            let timers = self
+                .env
+                .journal
+                .pending_timers()
+                .await
+                .map_err(RegisterError::Timers)?;
+            for (key, timer) in timers {
+                if key.entity_type == entity_type {
+                    self.schedule_timer(entity_type, &key.entity_id, timer);
+                }
+            }
+        }
+        tracing::info!(entity_type, behavior_version = %descriptor.version, "behavior active");
+        self.env.emit(LifecycleEvent::Deployed {
+            entity_type: entity_type.to_owned(),
+            behavior_version: descriptor.version.clone(),
         });
+        Ok(descriptor)
     }
 
     /// Unloads entities idle for longer than their type's `idle_after`. A
     /// type's cells are scanned once per [`sweep_period`] of its `idle_after`
-    /// (`due` keeps when each type is next due), not at every tick: with the
-    /// default of 120 s a scan every 100 ms visited every live entity 1,200
-    /// times per idle period (docs/BENCHMARKS.md).
+    /// (`due` keeps when each type is next due), not at every tick, so a
+    /// live entity is visited about 16 times per idle period.
     fn sweep(&self, now: Instant, due: &mut HashMap<String, Instant>) {
         let types: Vec<Arc<EntityType>> = self
             .types
@@ -534,27 +279,91 @@ impl NodeInner {
                 continue;
             }
             due.insert(ty.name.clone(), now + sweep_period(idle));
-            for shard in ty.shards.iter() {
+            for mut stripe in ty.stripes() {
                 let mut passivated = Vec::new();
-                {
-                    let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-                    map.retain(|id, cell| {
-                        if entity::try_passivate(cell, idle, now) {
-                            passivated.push(id.to_string());
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                }
+                stripe.retain(|id, cell| {
+                    if entity::try_passivate(cell, idle, now) {
+                        passivated.push(id.to_string());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                drop(stripe);
                 for id in passivated {
-                    self.emit(LifecycleEvent::Passivated {
+                    self.env.emit(LifecycleEvent::Passivated {
                         entity_type: ty.name.clone(),
                         entity_id: id,
                     });
                 }
             }
         }
+    }
+}
+
+impl Outbox for NodeInner {
+    /// Arms a durable timer: at `fire_at_ms` its command goes to the entity,
+    /// which deletes the timer with the command's own write.
+    fn schedule_timer(&self, entity_type: &str, id: &str, timer: TimerRecord) {
+        {
+            let mut armed = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            if !armed.insert(timer.timer_id) {
+                return;
+            }
+        }
+        let Some(node) = self.me.upgrade() else {
+            return;
+        };
+        let entity_type = entity_type.to_owned();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let now = node.clock().wall_ms();
+            if timer.fire_at_ms > now {
+                tokio::time::sleep(Duration::from_millis(timer.fire_at_ms - now)).await;
+            }
+            if let Some(ty) = node.entity_type(&entity_type) {
+                let env = Envelope::Command {
+                    command: timer.command,
+                    expected_seq: None,
+                    reply: None,
+                    timer_id: Some(timer.timer_id),
+                };
+                if let Err(e) = node.send(&ty, &id, env).await {
+                    node.env
+                        .dead_letter(&ty.name, &id, &format!("timer not delivered: {e}"));
+                }
+            }
+            node.timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&timer.timer_id);
+        });
+    }
+
+    /// Runs a `send` effect (at most once, after the sender's events are durable).
+    fn send(&self, entity_type: String, id: String, command: Vec<u8>) {
+        let Some(node) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let Some(ty) = node.entity_type(&entity_type) else {
+                node.env.dead_letter(
+                    &entity_type,
+                    &id,
+                    &format!("unknown entity type `{entity_type}`"),
+                );
+                return;
+            };
+            let env = Envelope::Command {
+                command,
+                expected_seq: None,
+                reply: None,
+                timer_id: None,
+            };
+            if let Err(e) = NodeInner::send(&node, &ty, &id, env).await {
+                node.env.dead_letter(&ty.name, &id, &e.to_string());
+            }
+        });
     }
 }
 
@@ -569,23 +378,26 @@ fn sweep_period(idle_after: Duration) -> Duration {
     (idle_after / 16).clamp(SWEEP_TICK, Duration::from_secs(5))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// What a mailbox holds now (see [`Node::mailbox`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxView {
+    /// Commands waiting.
+    pub queued: usize,
+    /// A command is being processed (or the entity is recovering).
+    pub busy: bool,
 }
 
 /// A Cairn node running in this process. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<NodeInner>,
+    pub(crate) inner: Arc<NodeInner>,
 }
 
 impl Node {
-    /// Opens the storage chosen by `config.node.journal` (SQLite by default) in
-    /// `config.node.data_dir` and starts a node.
-    pub fn open(config: Config) -> Result<Node, NodeError> {
+    /// Opens the storage chosen by `config.node.journal` (the log by
+    /// default) in `config.node.data_dir`, starts a node and restores the
+    /// behaviors deployed there before.
+    pub async fn open(config: Config) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.node.data_dir)
             .map_err(|e| NodeError::Storage(JournalError::Io(e.to_string())))?;
         match config.node.journal {
@@ -595,40 +407,57 @@ impl Node {
                     ..SqliteOptions::default()
                 };
                 let store = SqliteStore::open(&config.node.data_dir, options)?;
-                Node::with_stores(config, store.clone(), store)
+                Node::with_stores(config, store.clone(), store).await
             }
             JournalBackend::Log => {
                 let store = LogStore::open(&config.node.data_dir, config.node.journal_max_batch)?;
-                Node::with_stores(config, store.clone(), store)
+                Node::with_stores(config, store.clone(), store).await
             }
         }
     }
 
-    /// Starts a node on the given storage.
-    pub fn with_stores(
+    /// Starts a node on the given storage and restores its deployed behaviors.
+    pub async fn with_stores(
         config: Config,
         journal: Arc<dyn Journal>,
         snapshots: Arc<dyn SnapshotStore>,
     ) -> Result<Node, NodeError> {
+        Node::with_clock(config, journal, snapshots, Arc::new(SystemClock)).await
+    }
+
+    /// [`Node::with_stores`] on a given clock (e.g. a
+    /// [`crate::clock::ManualClock`] in tests of passivation or restarts).
+    pub async fn with_clock(
+        config: Config,
+        journal: Arc<dyn Journal>,
+        snapshots: Arc<dyn SnapshotStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node, NodeError> {
         let engine = WasmEngine::new()?;
         let registry = Registry::open(&config.node.data_dir)?;
+        let deadlines = Deadlines::start().map_err(|e| NodeError::Thread(e.to_string()))?;
         let (lifecycle, _) = broadcast::channel(4096);
-        let seed = now_ms().saturating_mul(1_000_000);
-        let inner = Arc::new(NodeInner {
-            config,
-            engine,
-            journal,
-            snapshots,
-            types: RwLock::new(HashMap::new()),
-            lifecycle,
-            timers: Mutex::new(HashSet::new()),
-            next_timer: AtomicU64::new(seed),
-            shutting_down: AtomicBool::new(false),
-            appended: Notify::new(),
-            registry,
-            deploying: tokio::sync::Mutex::new(()),
-            runners: entity::Runners::default(),
-            deadlines: Deadlines::start().map_err(|e| NodeError::Thread(e.to_string()))?,
+        let inner = Arc::new_cyclic(|me: &Weak<NodeInner>| {
+            let outbox: Weak<dyn Outbox> = me.clone();
+            NodeInner {
+                config,
+                engine,
+                env: Arc::new(Env::new(
+                    journal,
+                    snapshots,
+                    lifecycle.clone(),
+                    clock,
+                    outbox,
+                )),
+                types: RwLock::new(HashMap::new()),
+                lifecycle,
+                timers: Mutex::new(HashSet::new()),
+                shutting_down: AtomicBool::new(false),
+                registry,
+                deploying: tokio::sync::Mutex::new(()),
+                deadlines,
+                me: me.clone(),
+            }
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -641,10 +470,14 @@ impl Node {
                 if node.shutting_down.load(Ordering::Relaxed) {
                     break;
                 }
-                node.sweep(Instant::now(), &mut due);
+                node.sweep(node.clock().now(), &mut due);
             }
         });
-        Ok(Node { inner })
+        let node = Node { inner };
+        node.restore_deployments()
+            .await
+            .map_err(|e| NodeError::Restore(Box::new(e)))?;
+        Ok(node)
     }
 
     /// The node's configuration.
@@ -654,363 +487,24 @@ impl Node {
 
     /// The node's journal.
     pub fn journal(&self) -> &Arc<dyn Journal> {
-        &self.inner.journal
+        &self.inner.env.journal
     }
 
     /// The node's snapshot store.
     pub fn snapshots(&self) -> &Arc<dyn SnapshotStore> {
-        &self.inner.snapshots
+        &self.inner.env.snapshots
     }
 
-    /// Compiles, checks and registers a component for an entity type. A type
-    /// registered again switches to the new behavior for every later command.
-    pub async fn register_component(
-        &self,
-        entity_type: &str,
-        wasm: Vec<u8>,
-    ) -> Result<Descriptor, RegisterError> {
-        check_type_name(entity_type)?;
-        let settings = self.inner.config.settings_for(entity_type);
-        let limits = GuestLimits {
-            call_timeout: settings.supervision.call_timeout,
-            memory_limit: settings.supervision.memory_limit,
-            ..GuestLimits::default()
-        };
-        let engine = self.inner.engine.clone();
-        let behavior = tokio::task::spawn_blocking(move || engine.load(&wasm, limits))
-            .await
-            .map_err(|e| LoadError::Engine(e.to_string()))??;
-        self.register(entity_type, Arc::new(behavior)).await
-    }
-
-    /// Reads a component file and registers it.
-    pub async fn register_file(
-        &self,
-        entity_type: &str,
-        path: &Path,
-    ) -> Result<Descriptor, RegisterError> {
-        let wasm = std::fs::read(path).map_err(|source| RegisterError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        self.register_component(entity_type, wasm).await
-    }
-
-    /// Registers any [`Behavior`] (for example a native one) for an entity type.
-    pub async fn register(
+    /// Registers a behavior that is not a deployed component (a native Rust
+    /// one, for benchmarks and tests): it is not validated, recorded nor
+    /// restored after a restart. Components go through [`Node::deploy`].
+    #[cfg(feature = "native-behaviors")]
+    pub async fn register_native(
         &self,
         entity_type: &str,
         behavior: Arc<dyn Behavior>,
     ) -> Result<Descriptor, RegisterError> {
-        check_type_name(entity_type)?;
-        let descriptor = behavior.descriptor().clone();
-        let is_new = {
-            let mut types = self.inner.types.write().unwrap_or_else(|p| p.into_inner());
-            match types.get(entity_type) {
-                Some(ty) => {
-                    let mut slot = ty.slot.write().unwrap_or_else(|p| p.into_inner());
-                    let schema_changed =
-                        slot.behavior.descriptor().state_schema != descriptor.state_schema;
-                    slot.generation += 1;
-                    if schema_changed {
-                        slot.schema_since = slot.generation;
-                    }
-                    slot.behavior = behavior;
-                    false
-                }
-                None => {
-                    let settings = self.inner.config.settings_for(entity_type);
-                    types.insert(
-                        entity_type.to_owned(),
-                        Arc::new(EntityType {
-                            name: entity_type.to_owned(),
-                            settings,
-                            slot: RwLock::new(BehaviorSlot {
-                                behavior,
-                                generation: 0,
-                                schema_since: 0,
-                            }),
-                            shards: (0..SHARDS)
-                                .map(|_| Mutex::new(HashMap::default()))
-                                .collect(),
-                            hasher: foldhash::fast::RandomState::default(),
-                        }),
-                    );
-                    true
-                }
-            }
-        };
-        if is_new {
-            let timers = self
-                .inner
-                .journal
-                .pending_timers()
-                .await
-                .map_err(RegisterError::Timers)?;
-            for (key, timer) in timers {
-                if key.entity_type == entity_type {
-                    self.inner
-                        .schedule_timer(entity_type, &key.entity_id, timer);
-                }
-            }
-        }
-        tracing::info!(entity_type, version = %descriptor.version, "behavior registered");
-        self.inner.emit(LifecycleEvent::Deployed {
-            entity_type: entity_type.to_owned(),
-            version: descriptor.version.clone(),
-        });
-        Ok(descriptor)
-    }
-
-    /// Deploys a component to an entity type. The node compiles and checks
-    /// it, then replays the history of up to `[node] deploy_sample` existing
-    /// entities of the type through it (from their newest snapshot of its
-    /// state schema, or from the start). Any failure refuses the deploy
-    /// ([`DeployError::Refused`], recorded in the history) and the active
-    /// version stays. Otherwise the component is stored (by content; it
-    /// survives restarts) as the type's next version and activated: the
-    /// command in flight finishes on the old version, every later one runs on
-    /// the new. With `check`, everything but the activation runs and nothing
-    /// changes. Bytes identical to the active version change nothing.
-    pub async fn deploy_checked(
-        &self,
-        entity_type: &str,
-        wasm: Vec<u8>,
-        check: bool,
-    ) -> Result<DeployResult, DeployError> {
-        check_type_name(entity_type)?;
-        let _one_at_a_time = self.inner.deploying.lock().await;
-        let active = self.inner.registry.active(entity_type);
-        let registered = self.inner.entity_type(entity_type);
-        if let Some(a) = &active
-            && registered.is_some()
-            && a.hash == crate::registry::sha256_hex(&wasm)
-        {
-            return Ok(DeployResult {
-                deployment: active.clone(),
-                changed: false,
-                report: ValidationReport::default(),
-            });
-        }
-        // The bytes are written (and their writeback started) while the
-        // component compiles; the registry makes them durable at the cutover.
-        let store = (!check).then(|| {
-            let (inner, bytes) = (self.inner.clone(), wasm.clone());
-            tokio::task::spawn_blocking(move || inner.registry.stage_component(&bytes))
-        });
-        let candidate = self.load(entity_type, wasm.clone()).await?;
-        if let Some(store) = store {
-            store.await.map_err(|e| RegistryError::Io {
-                path: "components".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
-        }
-        let descriptor = candidate.descriptor().clone();
-        let report = self.validate(entity_type, &candidate).await?;
-        if !report.passed() {
-            if !check {
-                let record = DeployRecord {
-                    entity_type: entity_type.to_owned(),
-                    action: DeployAction::Deploy,
-                    version: None,
-                    hash: crate::registry::sha256_hex(&wasm),
-                    behavior_version: descriptor.version.clone(),
-                    at_ms: now_ms(),
-                    outcome: DeployOutcome::Refused,
-                    report: report.clone(),
-                };
-                self.registry_io(move |r| r.refused(record)).await?;
-                tracing::warn!(entity_type, report = %report.summary(), "deploy refused");
-            }
-            return Err(DeployError::Refused(Box::new(report)));
-        }
-        if check {
-            return Ok(DeployResult {
-                deployment: active,
-                changed: false,
-                report,
-            });
-        }
-        let deployment = {
-            let (ty, d, rep) = (entity_type.to_owned(), descriptor.clone(), report.clone());
-            self.registry_io(move |r| r.record_with(&ty, &wasm, &d, now_ms(), Some(rep)))
-                .await?
-        };
-        self.register(entity_type, candidate).await?;
-        tracing::info!(entity_type, version = deployment.deploy, report = %report.summary(), "deployed");
-        Ok(DeployResult {
-            deployment: Some(deployment),
-            changed: true,
-            report,
-        })
-    }
-
-    /// Replays sampled history of a type through `candidate`, comparing with
-    /// the active version ([`hotswap::validate`]).
-    async fn validate(
-        &self,
-        entity_type: &str,
-        candidate: &Arc<dyn Behavior>,
-    ) -> Result<ValidationReport, DeployError> {
-        let active = self.inner.entity_type(entity_type).map(|t| t.behavior());
-        Ok(hotswap::validate(
-            &self.inner.journal,
-            &self.inner.snapshots,
-            entity_type,
-            candidate,
-            active.as_ref(),
-            self.inner.config.node.deploy_sample,
-        )
-        .await?)
-    }
-
-    /// Runs a registry update (file writes and fsyncs) on a blocking thread,
-    /// not on a worker that serves commands.
-    async fn registry_io<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
-    ) -> Result<T, RegistryError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner.registry))
-            .await
-            .unwrap_or_else(|e| {
-                Err(RegistryError::Io {
-                    path: "deployments.json".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })
-    }
-
-    /// [`Node::deploy_checked`] without `check`; returns the active version.
-    pub async fn deploy(
-        &self,
-        entity_type: &str,
-        wasm: Vec<u8>,
-    ) -> Result<Deployment, DeployError> {
-        let r = self.deploy_checked(entity_type, wasm, false).await?;
-        r.deployment
-            .ok_or_else(|| DeployError::NoSuchVersion(entity_type.to_owned()))
-    }
-
-    /// Activates an earlier version of a type (`to`, or else the newest
-    /// version below the active one), after the same validation as a deploy.
-    pub async fn rollback(
-        &self,
-        entity_type: &str,
-        to: Option<u32>,
-    ) -> Result<DeployResult, DeployError> {
-        let _one_at_a_time = self.inner.deploying.lock().await;
-        let active = self.inner.registry.active(entity_type).ok_or_else(|| {
-            DeployError::NoSuchVersion(format!("`{entity_type}` was never deployed"))
-        })?;
-        let target = match to {
-            Some(v) => v,
-            None if active.deploy > 1 => active.deploy - 1,
-            None => {
-                return Err(DeployError::NoSuchVersion(format!(
-                    "`{entity_type}` has no version before {}",
-                    active.deploy
-                )));
-            }
-        };
-        let deployment = self
-            .inner
-            .registry
-            .version(entity_type, target)
-            .ok_or_else(|| {
-                DeployError::NoSuchVersion(format!("`{entity_type}` has no version {target}"))
-            })?;
-        if deployment.deploy == active.deploy {
-            return Ok(DeployResult {
-                deployment: Some(active),
-                changed: false,
-                report: ValidationReport::default(),
-            });
-        }
-        let wasm = self.inner.registry.component(&deployment.hash)?;
-        let candidate = self.load(entity_type, wasm).await?;
-        let report = self.validate(entity_type, &candidate).await?;
-        if !report.passed() {
-            let record = DeployRecord {
-                entity_type: entity_type.to_owned(),
-                action: DeployAction::Rollback,
-                version: Some(target),
-                hash: deployment.hash.clone(),
-                behavior_version: deployment.version.clone(),
-                at_ms: now_ms(),
-                outcome: DeployOutcome::Refused,
-                report: report.clone(),
-            };
-            self.registry_io(move |r| r.refused(record)).await?;
-            tracing::warn!(entity_type, version = target, report = %report.summary(), "rollback refused");
-            return Err(DeployError::Refused(Box::new(report)));
-        }
-        let deployment = {
-            let (ty, rep) = (entity_type.to_owned(), report.clone());
-            self.registry_io(move |r| r.activate(&ty, target, now_ms(), rep))
-                .await?
-        };
-        self.register(entity_type, candidate).await?;
-        tracing::info!(entity_type, version = target, "rolled back");
-        Ok(DeployResult {
-            deployment: Some(deployment),
-            changed: true,
-            report,
-        })
-    }
-
-    /// Every version of a type, oldest first, and which one is active.
-    pub fn versions(&self, entity_type: &str) -> (Vec<Deployment>, Option<u32>) {
-        (
-            self.inner.registry.history(entity_type),
-            self.inner.registry.active(entity_type).map(|d| d.deploy),
-        )
-    }
-
-    /// Every deploy, refusal and rollback of a type, oldest first.
-    pub fn deploy_records(&self, entity_type: &str) -> Vec<DeployRecord> {
-        self.inner.registry.records(entity_type)
-    }
-
-    /// Registers the active deploy of every type in the node's registry (what
-    /// a restarted node served before). Returns them.
-    pub async fn restore_deployments(&self) -> Result<Vec<Deployment>, DeployError> {
-        let all = self.inner.registry.all_active();
-        for d in &all {
-            let wasm = self.inner.registry.component(&d.hash)?;
-            let behavior = self.load(&d.entity_type, wasm).await?;
-            self.register(&d.entity_type, behavior).await?;
-        }
-        Ok(all)
-    }
-
-    /// The active deploy of every type deployed through [`Node::deploy`].
-    pub fn deployments(&self) -> Vec<Deployment> {
-        self.inner.registry.all_active()
-    }
-
-    /// Every deploy of a type, oldest first.
-    pub fn deploy_history(&self, entity_type: &str) -> Vec<Deployment> {
-        self.inner.registry.history(entity_type)
-    }
-
-    async fn load(
-        &self,
-        entity_type: &str,
-        wasm: Vec<u8>,
-    ) -> Result<Arc<dyn Behavior>, RegisterError> {
-        let settings = self.inner.config.settings_for(entity_type);
-        let limits = GuestLimits {
-            call_timeout: settings.supervision.call_timeout,
-            memory_limit: settings.supervision.memory_limit,
-            ..GuestLimits::default()
-        };
-        let engine = self.inner.engine.clone();
-        // On the low-priority pool: a deploy's compile yields to commands.
-        let behavior = crate::runtime::background(move || engine.load(&wasm, limits))
-            .await
-            .ok_or_else(|| LoadError::Engine("the compile task failed".into()))??;
-        Ok(Arc::new(behavior))
+        self.inner.install(entity_type, behavior).await
     }
 
     /// Computes a past state of an entity by replaying its journal through the
@@ -1024,61 +518,33 @@ impl Node {
         let ty = self.ty(entity_type)?;
         let behavior = ty.behavior();
         let key = EntityKey::new(entity_type, entity_id);
-        let (mut state, mut seq) = match at {
-            PastState::Seq(n) => {
-                let schema = behavior.descriptor().state_schema;
-                match self.inner.snapshots.load(&key, n, schema).await? {
-                    Some(s) => (s.state, s.seq),
-                    None => (behavior.initial_state()?, 0),
-                }
-            }
-            PastState::Time(_) => (behavior.initial_state()?, 0),
+        let until = match at {
+            PastState::Seq(n) => Until::Seq(n),
+            PastState::Time(t) => Until::Time(t),
         };
-        let upto = match at {
-            PastState::Seq(n) => n,
-            PastState::Time(_) => u64::MAX,
+        let how = Replay {
+            key: &key,
+            until,
+            from_snapshot: true,
+            fold_on: FoldOn::Caller,
         };
-        let mut replayed = 0u64;
-        const CHUNK: usize = 4096;
-        while seq < upto {
-            let events = self.inner.journal.read(&key, seq + 1, upto, CHUNK).await?;
-            let mut packed = cairn_store::PackedEvents::default();
-            let mut done = events.len() < CHUNK;
-            for e in &events {
-                if let PastState::Time(t) = at
-                    && e.timestamp_ms > t
-                {
-                    done = true;
-                    break;
-                }
-                packed.push(e.seq, &e.payload)?;
-            }
-            if packed.count > 0 {
-                state = behavior.fold(&state, &packed.packed)?.map_err(|e| {
-                    ReadError::Codec(format!(
-                        "event #{}: {}",
-                        seq + 1 + u64::from(e.index),
-                        e.message
-                    ))
-                })?;
-                seq = packed.last_seq;
-                replayed += packed.count as u64;
-            }
-            if done {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        let r = replay::replay(self.journal(), self.snapshots(), &behavior, how)
+            .await
+            .map_err(|e| match e {
+                ReplayError::Journal(e) => ReadError::Journal(e),
+                ReplayError::Initial(f) => ReadError::Guest(f),
+                e => ReadError::Codec(e.to_string()),
+            })?;
         Ok(HistoricState {
-            state,
-            seq,
-            replayed,
+            state: r.state,
+            seq: r.seq,
+            replayed: r.replayed,
         })
     }
 
     /// Waits until some entity stores events, or `max` passes.
     pub async fn appended(&self, max: Duration) {
-        let _ = tokio::time::timeout(max, self.inner.appended.notified()).await;
+        let _ = tokio::time::timeout(max, self.inner.env.appended.notified()).await;
     }
 
     /// The descriptor of the behavior registered for a type.
@@ -1088,7 +554,7 @@ impl Node {
             .map(|t| t.behavior().descriptor().clone())
     }
 
-    fn ty(&self, entity_type: &str) -> Result<Arc<EntityType>, AskError> {
+    pub(crate) fn ty(&self, entity_type: &str) -> Result<Arc<EntityType>, AskError> {
         self.inner
             .entity_type(entity_type)
             .ok_or_else(|| AskError::UnknownEntityType(entity_type.to_owned()))
@@ -1209,7 +675,7 @@ impl Node {
         limit: usize,
     ) -> Result<Vec<EventRecord>, ReadError> {
         let key = EntityKey::new(entity_type, entity_id);
-        Ok(self.inner.journal.read(&key, from, to, limit).await?)
+        Ok(self.journal().read(&key, from, to, limit).await?)
     }
 
     /// The current state bytes and sequence number of an entity, read in
@@ -1249,12 +715,17 @@ impl Node {
 
     /// Number of entities in memory (live or recovering) of a type.
     pub fn live_entities(&self, entity_type: &str) -> usize {
-        self.inner.entity_type(entity_type).map_or(0, |t| {
-            t.shards
-                .iter()
-                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-                .sum()
-        })
+        self.inner.entity_type(entity_type).map_or(0, |t| t.live())
+    }
+
+    /// What an entity's mailbox holds now; `None` if it is not in memory.
+    pub fn mailbox(&self, entity_type: &str, entity_id: &str) -> Option<MailboxView> {
+        let cell = self
+            .inner
+            .entity_type(entity_type)?
+            .existing_cell(entity_id)?;
+        let (queued, busy) = entity::mailbox(&cell);
+        Some(MailboxView { queued, busy })
     }
 
     /// Lets an entity stopped by supervision run again.
@@ -1269,20 +740,15 @@ impl Node {
     /// command has been processed. Every acknowledged event is already durable.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + grace;
+        let deadline = tokio::time::Instant::now() + grace;
         loop {
             let busy = {
                 let types = self.inner.types.read().unwrap_or_else(|p| p.into_inner());
-                types.values().any(|t| {
-                    t.shards.iter().any(|s| {
-                        s.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .values()
-                            .any(|c| entity::is_busy(c))
-                    })
-                })
+                types
+                    .values()
+                    .any(|t| t.stripes().any(|s| s.values().any(|c| entity::is_busy(c))))
             };
-            if !busy || Instant::now() >= deadline {
+            if !busy || tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1299,7 +765,7 @@ pub struct JsonReply {
     pub seq: u64,
 }
 
-fn check_type_name(name: &str) -> Result<(), RegisterError> {
+pub(crate) fn check_type_name(name: &str) -> Result<(), RegisterError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name

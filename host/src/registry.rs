@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::behavior::Descriptor;
-use crate::hotswap::ValidationReport;
+use crate::deploy::ValidationReport;
 
-/// One deploy of a component to an entity type.
+/// One deploy of a component to an entity type. Serialized in the
+/// registry's file (`deployments.json`); the field names there are frozen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
     /// Entity type.
@@ -23,8 +24,9 @@ pub struct Deployment {
     pub hash: String,
     /// The behavior's declared name.
     pub behavior: String,
-    /// The behavior's declared version.
-    pub version: String,
+    /// The behavior's own version string (not the deploy number).
+    #[serde(rename = "version")]
+    pub behavior_version: String,
     /// The behavior's state-schema version.
     pub state_schema: u32,
     /// When (ms since the Unix epoch).
@@ -33,6 +35,7 @@ pub struct Deployment {
 
 /// Why the registry failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
@@ -54,6 +57,7 @@ pub enum RegistryError {
 
 /// What a deploy, check or rollback was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DeployAction {
     /// A new component was deployed.
     Deploy,
@@ -63,6 +67,7 @@ pub enum DeployAction {
 
 /// How a deploy or rollback ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DeployOutcome {
     /// The version is active.
     Activated,
@@ -78,9 +83,10 @@ pub struct DeployRecord {
     pub entity_type: String,
     /// Deploy or rollback.
     pub action: DeployAction,
-    /// The version activated, or the one a refused rollback aimed at
-    /// (none for a refused new component: it never became a version).
-    pub version: Option<u32>,
+    /// The deploy number activated, or the one a refused rollback aimed at
+    /// (none for a refused new component: it never got a number).
+    #[serde(rename = "version")]
+    pub deploy: Option<u32>,
     /// sha256 of the component, hex.
     pub hash: String,
     /// The behavior's declared version.
@@ -188,12 +194,12 @@ impl Registry {
         Ok(bytes)
     }
 
-    /// The deploy `version` of a type.
-    pub fn version(&self, entity_type: &str, version: u32) -> Option<Deployment> {
+    /// Deploy number `deploy` of a type.
+    pub fn get(&self, entity_type: &str, deploy: u32) -> Option<Deployment> {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         h.deployments
             .iter()
-            .find(|d| d.entity_type == entity_type && d.deploy == version)
+            .find(|d| d.entity_type == entity_type && d.deploy == deploy)
             .cloned()
     }
 
@@ -263,7 +269,7 @@ impl Registry {
                 deploy,
                 hash: hash.clone(),
                 behavior: descriptor.name.clone(),
-                version: descriptor.version.clone(),
+                behavior_version: descriptor.version.clone(),
                 state_schema: descriptor.state_schema,
                 deployed_ms: now_ms,
             };
@@ -274,7 +280,7 @@ impl Registry {
                 h.log.push(DeployRecord {
                     entity_type: entity_type.to_owned(),
                     action: DeployAction::Deploy,
-                    version: Some(deploy),
+                    deploy: Some(deploy),
                     hash,
                     behavior_version: descriptor.version.clone(),
                     at_ms: now_ms,
@@ -333,11 +339,11 @@ impl Registry {
         Ok(hash)
     }
 
-    /// Makes an earlier version of a type active again (a rollback).
+    /// Makes an earlier deploy of a type active again (a rollback).
     pub fn activate(
         &self,
         entity_type: &str,
-        version: u32,
+        deploy: u32,
         now_ms: u64,
         report: ValidationReport,
     ) -> Result<Deployment, RegistryError> {
@@ -345,15 +351,15 @@ impl Registry {
             let i = h
                 .deployments
                 .iter()
-                .position(|d| d.entity_type == entity_type && d.deploy == version)?;
+                .position(|d| d.entity_type == entity_type && d.deploy == deploy)?;
             h.active.insert(entity_type.to_owned(), i);
             let d = h.deployments[i].clone();
             h.log.push(DeployRecord {
                 entity_type: entity_type.to_owned(),
                 action: DeployAction::Rollback,
-                version: Some(version),
+                deploy: Some(deploy),
                 hash: d.hash.clone(),
-                behavior_version: d.version.clone(),
+                behavior_version: d.behavior_version.clone(),
                 at_ms: now_ms,
                 outcome: DeployOutcome::Activated,
                 report,
@@ -362,7 +368,7 @@ impl Registry {
         })?
         .ok_or_else(|| RegistryError::Corrupt {
             path: self.dir.join("deployments.json"),
-            message: format!("{entity_type} has no version {version}"),
+            message: format!("{entity_type} has no deploy #{deploy}"),
         })
     }
 

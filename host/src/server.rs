@@ -23,9 +23,9 @@ use crate::api::{
 };
 use crate::awake::KeepAwake;
 use crate::config::TlsFiles;
+use crate::deploy::{DeployError, DeployResult};
 use crate::node::{
-    AskError, AskOptions, DeployError, DeployResult, LifecycleEvent, Node, PastState, ReadError,
-    RegisterError,
+    AskError, AskOptions, LifecycleEvent, Node, PastState, ReadError, RegisterError,
 };
 use crate::registry::Deployment;
 use crate::tls::{self, TlsError};
@@ -279,7 +279,7 @@ fn type_info(node: &Node, d: &Deployment) -> TypeInfo {
         entity_type: d.entity_type.clone(),
         deploy: d.deploy,
         behavior: d.behavior.clone(),
-        version: d.version.clone(),
+        version: d.behavior_version.clone(),
         state_schema: d.state_schema,
         hash: d.hash.clone(),
         deployed_ms: d.deployed_ms,
@@ -317,14 +317,15 @@ async fn handle(shared: &Shared, req: Request) -> Response {
             .map(|r| deployed(node, r))
             .map_err(deploy_error),
         Request::Versions { entity_type } => {
-            let (versions, active) = node.versions(&entity_type);
+            let v = node.versions(&entity_type);
+            let (versions, active) = (v.deploys, v.active);
             if versions.is_empty() {
                 Err(ApiError::UnknownEntityType(entity_type))
             } else {
                 Ok(Response::Versions {
                     versions: versions.iter().map(|d| type_info(node, d)).collect(),
                     active,
-                    history: node.deploy_records(&entity_type),
+                    history: v.records,
                 })
             }
         }
@@ -541,8 +542,13 @@ fn lifecycle_response(e: LifecycleEvent) -> Response {
         } => ("unhandled", entity_type, Some(entity_id), reason),
         LifecycleEvent::Deployed {
             entity_type,
-            version,
-        } => ("deployed", entity_type, None, format!("version={version}")),
+            behavior_version,
+        } => (
+            "deployed",
+            entity_type,
+            None,
+            format!("version={behavior_version}"),
+        ),
     };
     Response::Lifecycle {
         kind: kind.to_owned(),

@@ -117,18 +117,39 @@ pub fn example_bytes(name: &str) -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Starts a node on `dir` with the given `cairn.toml` text and registers the
+/// Starts a node on `dir` with the given `cairn.toml` text and deploys the
 /// named examples, each under its own name, or under another name with
 /// `"type=example"` (e.g. `"faulty-bp=faulty"`).
 pub async fn start_node(dir: &Path, toml: &str, types: &[&str]) -> Result<cairn_host::node::Node> {
     let mut config = cairn_host::config::Config::parse(toml)?;
     config.node.data_dir = dir.to_path_buf();
-    let node = cairn_host::node::Node::open(config)?;
+    let node = cairn_host::node::Node::open(config).await?;
+    deploy_examples(&node, types).await?;
+    Ok(node)
+}
+
+/// [`start_node`] on the log journal with a given clock (e.g. a
+/// `ManualClock`, to move time by hand).
+pub async fn start_node_with_clock(
+    dir: &Path,
+    toml: &str,
+    types: &[&str],
+    clock: std::sync::Arc<dyn cairn_host::clock::Clock>,
+) -> Result<cairn_host::node::Node> {
+    let mut config = cairn_host::config::Config::parse(toml)?;
+    config.node.data_dir = dir.to_path_buf();
+    let store = cairn_store::LogStore::open(dir, config.node.journal_max_batch)?;
+    let node = cairn_host::node::Node::with_clock(config, store.clone(), store, clock).await?;
+    deploy_examples(&node, types).await?;
+    Ok(node)
+}
+
+async fn deploy_examples(node: &cairn_host::node::Node, types: &[&str]) -> Result<()> {
     for spec in types {
         let (ty, example) = spec.split_once('=').unwrap_or((spec, spec));
-        node.register_component(ty, example_bytes(example)?).await?;
+        node.deploy(ty, example_bytes(example)?).await?;
     }
-    Ok(node)
+    Ok(())
 }
 
 /// Waits for the first lifecycle event matching `pred`, up to `timeout`.

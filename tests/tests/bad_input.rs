@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use cairn_host::config::{Config, ConfigError};
+use cairn_host::deploy::DeployError;
 use cairn_host::node::{AskError, AskOptions, ReadError, RegisterError};
 use cairn_host::runtime::LoadError;
 use cairn_tests::{example_bytes, start_node};
@@ -49,39 +50,54 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> Result<()> {
     assert!(matches!(r, Err(AskError::InvalidEntityId(_))), "{r:?}");
 
     // Not wasm at all, a core module, an empty component, a truncated component.
-    let r = node
-        .register_component("junk", b"hello, world".to_vec())
-        .await;
+    let r = node.deploy("junk", b"hello, world".to_vec()).await;
     assert!(
-        matches!(r, Err(RegisterError::Load(LoadError::Compile(_)))),
+        matches!(
+            r,
+            Err(DeployError::Register(RegisterError::Load(
+                LoadError::Compile(_)
+            )))
+        ),
         "{r:?}"
     );
-    let r = node
-        .register_component("junk", b"\0asm\x01\0\0\0".to_vec())
-        .await;
+    let r = node.deploy("junk", b"\0asm\x01\0\0\0".to_vec()).await;
     assert!(
-        matches!(r, Err(RegisterError::Load(LoadError::Compile(_)))),
+        matches!(
+            r,
+            Err(DeployError::Register(RegisterError::Load(
+                LoadError::Compile(_)
+            )))
+        ),
         "{r:?}"
     );
-    let r = node
-        .register_component("junk", b"\0asm\x0d\0\x01\0".to_vec())
-        .await;
+    let r = node.deploy("junk", b"\0asm\x0d\0\x01\0".to_vec()).await;
     let msg = format!("{}", r.as_ref().expect_err("an empty component is refused"));
     assert!(
-        matches!(r, Err(RegisterError::Load(LoadError::WrongWorld(_)))),
+        matches!(
+            r,
+            Err(DeployError::Register(RegisterError::Load(
+                LoadError::WrongWorld(_)
+            )))
+        ),
         "{msg}"
     );
     assert!(msg.contains("cairn:entity/behavior"), "{msg}");
     let bank = example_bytes("bank-account")?;
-    let r = node
-        .register_component("junk", bank[..bank.len() / 2].to_vec())
-        .await;
+    let r = node.deploy("junk", bank[..bank.len() / 2].to_vec()).await;
     assert!(
-        matches!(r, Err(RegisterError::Load(LoadError::Compile(_)))),
+        matches!(
+            r,
+            Err(DeployError::Register(RegisterError::Load(
+                LoadError::Compile(_)
+            )))
+        ),
         "{r:?}"
     );
-    let r = node.register_component("bad name!", bank.clone()).await;
-    assert!(matches!(r, Err(RegisterError::InvalidName(_))), "{r:?}");
+    let r = node.deploy("bad name!", bank.clone()).await;
+    assert!(
+        matches!(r, Err(DeployError::Register(RegisterError::InvalidName(_)))),
+        "{r:?}"
+    );
     let r = node.ask("junk", "a", vec![], opts).await;
     assert!(
         matches!(r, Err(AskError::UnknownEntityType(_))),

@@ -41,12 +41,12 @@ async fn a_v1_data_directory_is_served_and_replayed_by_later_versions() -> Resul
     copy_dir(&fixture, &data)?;
     let mut config = Config::load(&fixture.join("cairn.toml"))?;
     config.node.data_dir = data.clone();
-    let node = Node::open(config)?;
+    let node = Node::open(config).await?;
 
-    // The registry restores the v1 component stored in the fixture.
-    let restored = node.restore_deployments().await?;
+    // Opening restores the v1 component stored in the fixture's registry.
+    let restored = node.deployments();
     assert_eq!(restored.len(), 1);
-    assert_eq!(restored[0].version, "1.0.0");
+    assert_eq!(restored[0].behavior_version, "1.0.0");
     assert_eq!(balance(&node, "acct-1").await?, "120");
     assert_eq!(balance(&node, "acct-2").await?, "70");
     let events = node.events(TYPE, "acct-1", 1, u64::MAX, 100).await?;

@@ -248,7 +248,7 @@ async fn rollback_is_validated_and_versions_survive_a_restart() -> Result<()> {
     let kinds: Vec<(DeployAction, Option<u32>, DeployOutcome)> = v
         .history
         .iter()
-        .map(|r| (r.action, r.version, r.outcome))
+        .map(|r| (r.action, r.deploy, r.outcome))
         .collect();
     assert_eq!(
         kinds,

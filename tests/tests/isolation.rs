@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use cairn_host::behavior::GuestFault;
 use cairn_host::node::{AskError, AskOptions, LifecycleEvent, Node, ReadError};
 use cairn_tests::{start_node, wait_for};
 
@@ -23,9 +24,9 @@ async fn ask(node: &Node, id: &str, json: &str) -> Result<String, ReadError> {
         .map(|r| r.reply.unwrap_or_default())
 }
 
-fn guest_error(r: Result<String, ReadError>) -> String {
+fn guest_error(r: Result<String, ReadError>) -> GuestFault {
     match r {
-        Err(ReadError::Ask(AskError::Guest(msg))) => msg,
+        Err(ReadError::Ask(AskError::Guest(fault))) => fault,
         other => panic!("expected a guest failure, got {other:?}"),
     }
 }
@@ -70,7 +71,7 @@ async fn faults_stay_in_their_command() -> Result<()> {
     assert_eq!(ask(&node, "f-1", r#""Ok""#).await?, "\"ok\"");
     let panic = guest_error(ask(&node, "f-1", r#""Panic""#).await);
     assert!(
-        panic.contains("panic") || panic.contains("unreachable"),
+        matches!(&panic, GuestFault::Trap(m) if m.contains("panic") || m.contains("unreachable")),
         "{panic}"
     );
     wait_for(
@@ -83,7 +84,7 @@ async fn faults_stay_in_their_command() -> Result<()> {
 
     let before = answered.load(Ordering::Relaxed);
     let looped = guest_error(ask(&node, "f-1", r#""Loop""#).await);
-    assert!(looped.contains("deadline"), "{looped}");
+    assert!(matches!(looped, GuestFault::Deadline(_)), "{looped}");
     assert!(
         answered.load(Ordering::Relaxed) > before,
         "bystanders answered while a guest looped"
@@ -91,7 +92,7 @@ async fn faults_stay_in_their_command() -> Result<()> {
     assert_eq!(ask(&node, "f-1", r#""Ok""#).await?, "\"ok\"");
 
     let oom = guest_error(ask(&node, "f-1", r#""Alloc""#).await);
-    assert!(oom.contains("memory limit"), "{oom}");
+    assert!(matches!(oom, GuestFault::MemoryLimit(_)), "{oom}");
     assert_eq!(ask(&node, "f-1", r#""Ok""#).await?, "\"ok\"");
 
     // Nothing was lost: three Done events, contiguous.
@@ -174,8 +175,8 @@ async fn an_ask_times_out_while_its_entity_is_busy() -> Result<()> {
         "the timeout fired after {took:?}, the looping command finished: {}",
         looping.is_finished()
     );
-    let msg = guest_error(looping.await?);
-    assert!(msg.contains("deadline"), "{msg}");
+    let fault = guest_error(looping.await?);
+    assert!(matches!(fault, GuestFault::Deadline(_)), "{fault}");
     assert_eq!(ask(&node, "f-busy", r#""Count""#).await?, "0");
     Ok(())
 }

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use cairn_host::clock::ManualClock;
 use cairn_host::node::{AskError, AskOptions, LifecycleEvent, Node, ReadError};
 use cairn_store::{EntityKey, Snapshot};
-use cairn_tests::{start_node, wait_for};
+use cairn_tests::{start_node, start_node_with_clock, wait_for};
 
 const OVERFLOW_TOML: &str = r#"
 [defaults.supervision]
@@ -37,13 +38,28 @@ fn ask_ok(
     })
 }
 
-/// Occupies the entity with a command that runs until its deadline, then
-/// queues more commands behind it.
+/// Occupies the entity with a command that runs until its deadline, so
+/// that later commands queue behind it.
 async fn occupy(node: &Node, ty: &str) -> Result<()> {
     let cmd = node.command_from_json(ty, r#""Loop""#)?;
     node.tell(ty, "e", cmd).await?;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    Ok(())
+    queued(node, ty, 0).await
+}
+
+/// Waits until entity `e` of `ty` is busy with `n` commands queued behind
+/// the one it runs (an event to wait for, not a guess of how long it takes).
+async fn queued(node: &Node, ty: &str, n: usize) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = node.mailbox(ty, "e");
+        if m.is_some_and(|m| m.busy && m.queued == n) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{ty}/e never had {n} queued commands: {m:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +79,7 @@ async fn mailbox_overflow_strategies() -> Result<()> {
         ask_ok(&node, "faulty-new", "e"),
         ask_ok(&node, "faulty-new", "e"),
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    queued(&node, "faulty-new", 2).await?;
     let c = node
         .ask_json("faulty-new", "e", r#""Ok""#, AskOptions::default())
         .await;
@@ -78,9 +94,9 @@ async fn mailbox_overflow_strategies() -> Result<()> {
     // drop_oldest: the oldest queued command is dropped, the newer ones run.
     occupy(&node, "faulty-old").await?;
     let a = ask_ok(&node, "faulty-old", "e");
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    queued(&node, "faulty-old", 1).await?;
     let b = ask_ok(&node, "faulty-old", "e");
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    queued(&node, "faulty-old", 2).await?;
     let c = ask_ok(&node, "faulty-old", "e");
     let ra = a.await?;
     assert!(
@@ -92,10 +108,10 @@ async fn mailbox_overflow_strategies() -> Result<()> {
 
     // backpressure: the sender waits for room; nothing is dropped.
     occupy(&node, "faulty-bp").await?;
+    // The mailbox holds one: `a` fills it, `b` and `c` wait for room.
     let a = ask_ok(&node, "faulty-bp", "e");
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    queued(&node, "faulty-bp", 1).await?;
     let b = ask_ok(&node, "faulty-bp", "e");
-    tokio::time::sleep(Duration::from_millis(30)).await;
     let c = ask_ok(&node, "faulty-bp", "e");
     for h in [a, b, c] {
         assert_eq!(h.await??.as_deref(), Some("\"ok\""));
@@ -109,14 +125,25 @@ async fn mailbox_overflow_strategies() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passivation_then_reactivation_keeps_state() -> Result<()> {
+    // On a virtual clock: an hour of idleness passes when the test says so.
     let dir = tempfile::tempdir()?;
-    let toml = "[entities.bank-account.passivation]\nidle_after = \"200ms\"\n";
-    let node = start_node(dir.path(), toml, &["bank-account"]).await?;
+    let clock = ManualClock::new();
+    let toml = "[entities.bank-account.passivation]\nidle_after = \"1h\"\n";
+    let node = start_node_with_clock(dir.path(), toml, &["bank-account"], clock.clone()).await?;
     let mut lc = node.lifecycle();
     let opts = AskOptions::default();
     node.ask_json("bank-account", "p", r#"{"Deposit":{"amount":42}}"#, opts)
         .await?;
     assert_eq!(node.live_entities("bank-account"), 1);
+    // Sweeps run (every 100 ms of real time) but the entity is not idle yet.
+    clock.advance(Duration::from_secs(59 * 60));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        node.live_entities("bank-account"),
+        1,
+        "idle 59 of 60 minutes"
+    );
+    clock.advance(Duration::from_secs(2 * 60));
     wait_for(
         &mut lc,
         Duration::from_secs(5),

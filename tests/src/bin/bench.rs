@@ -105,16 +105,15 @@ fn config(dir: &std::path::Path, toml: &str) -> Result<Config> {
 }
 
 async fn bank_node(dir: &std::path::Path, toml: &str, wasm: &[u8], native: bool) -> Result<Node> {
-    let node = Node::open(config(dir, toml)?)?;
+    let node = Node::open(config(dir, toml)?).await?;
     if native {
-        node.register(
+        node.register_native(
             "bank-account",
             Arc::new(Native::<bank_account::BankAccount>::default()),
         )
         .await?;
     } else {
-        node.register_component("bank-account", wasm.to_vec())
-            .await?;
+        node.deploy("bank-account", wasm.to_vec()).await?;
     }
     Ok(node)
 }
@@ -349,16 +348,16 @@ async fn memory_journal(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result
             )?,
             mem.clone(),
             mem,
-        )?;
+        )
+        .await?;
         if native {
-            node.register(
+            node.register_native(
                 "bank-account",
                 Arc::new(Native::<bank_account::BankAccount>::default()),
             )
             .await?;
         } else {
-            node.register_component("bank-account", wasm.to_vec())
-                .await?;
+            node.deploy("bank-account", wasm.to_vec()).await?;
         }
         let label = if native {
             "native, memory journal"
@@ -516,7 +515,8 @@ async fn hotswap(root: &std::path::Path, wasm: &[u8]) -> Result<()> {
     let node = Node::open(config(
         &root.join("hotswap"),
         "[defaults.passivation]\nidle_after = \"never\"\n[defaults.snapshot]\nevery = 0\n",
-    )?)?;
+    )?)
+    .await?;
     node.deploy("bank-account", wasm.to_vec()).await?;
     for e in 0..ENTITIES {
         write_history(&node, &format!("swap-{e}"), HISTORY).await?;

@@ -30,8 +30,8 @@ async fn main() -> Result<()> {
     let entities: usize = entities.parse().context("ENTITIES")?;
     let mut config = Config::parse(&format!("[node]\njournal = \"{journal}\"\n"))?;
     config.node.data_dir = PathBuf::from(dir);
-    let node = Node::open(config)?;
-    node.register_file("counter", std::path::Path::new(wasm))
+    let node = Node::open(config).await?;
+    node.deploy("counter", std::fs::read(wasm).context("COUNTER_WASM")?)
         .await?;
     let command = node.command_from_json("counter", r#"{"Batch":{"count":3}}"#)?;
     println!("READY");

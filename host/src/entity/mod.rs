@@ -1,7 +1,7 @@
 //! The per-entity actor: mailbox, recovery, the command loop, snapshots,
 //! supervision.
 //!
-//! An entity is an [`EntityCell`] in its type's sharded map. An idle entity has
+//! An entity is an [`EntityCell`] in its type's striped map ([`EntityType`]). An idle entity has
 //! no task: only its cell (mailbox, state bytes, sequence number). The first
 //! command queued into an idle mailbox starts a drain that recovers the
 //! entity if needed, then processes commands one at a time in arrival order
@@ -11,9 +11,8 @@
 //!
 //! Drains run on [`Runners`]: tasks that park after a drain and are handed the
 //! next idle entity that gets a command, so a command does not allocate,
-//! register and free a task of its own (tokio's task cells are 128-byte
-//! aligned, a slow path of the system allocator: spawning per command took
-//! about a tenth of a worker's time).
+//! register and free a task of its own (spawning per command showed in
+//! profiles: docs/BENCHMARKS.md).
 //!
 //! An in-process `ask` to an idle entity skips the runner: the caller's task
 //! claims the entity and runs its own command ([`run_here`]), then hands
@@ -27,25 +26,27 @@
 //! in-memory state (the next command recovers it from the journal) and counts
 //! a restart; too many restarts within the window stop the entity. A failed
 //! persist does the same. This module never panics on guest output.
+//!
+//! The entity sees only its [`Env`] (storage, lifecycle sink, clock, outbox),
+//! never the node; recovery is the shared [`crate::replay`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cairn_store::{
-    BoxFuture, EntityKey, EventRecord, JournalError, PackedEvents, Snapshot, TimerRecord, Write,
-};
+use cairn_store::{BoxFuture, EntityKey, EventRecord, JournalError, Snapshot, TimerRecord, Write};
 use tokio::sync::{Notify, oneshot};
 
-use crate::behavior::{Behavior, CommandContext, CommandError, Effect};
+use crate::behavior::{Behavior, CommandContext, CommandError, Effect, GuestFault};
 use crate::config::Overflow;
-use crate::node::{AskError, EntityType, LifecycleEvent, NodeInner, Reply};
+use crate::replay::{self, FoldOn, Replay, Until};
+use crate::types::{AskError, LifecycleEvent, Reply};
 
-/// Events read per recovery chunk (one guest `fold` call per chunk).
-const RECOVERY_CHUNK: usize = 4096;
+mod entity_type;
+mod env;
 
-/// Recovery chunks read ahead, in parallel, while one is folded.
-const READ_AHEAD: usize = 2;
+pub(crate) use entity_type::EntityType;
+pub(crate) use env::{Env, Outbox};
 
 /// Longest timer delay a behavior may ask for (ten years); longer ones are clamped.
 const MAX_TIMER_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
@@ -132,18 +133,23 @@ struct AfterPersist {
 }
 
 impl AfterPersist {
-    fn run(self, node: &Arc<NodeInner>, ty: &EntityType, id: &str) {
+    fn run(self, env: &Env, ty: &EntityType, id: &str) {
         if self.events {
-            node.appended.notify_waiters();
+            env.appended.notify_waiters();
         }
         if let Some(tx) = self.reply {
             let _ = tx.send(Ok(self.answer));
         }
+        if self.timers.is_empty() && self.sends.is_empty() {
+            return;
+        }
+        // Without the node nothing can deliver them; timers stay journaled.
+        let Some(outbox) = env.outbox() else { return };
         for timer in self.timers {
-            node.schedule_timer(&ty.name, id, timer);
+            outbox.schedule_timer(&ty.name, id, timer);
         }
         for (t, target, command) in self.sends {
-            node.send_effect(t, target, command);
+            outbox.send(t, target, command);
         }
     }
 }
@@ -177,7 +183,7 @@ pub(crate) enum Enqueue {
 /// Queues `env` in `cell` according to the mailbox strategy, spawning the
 /// drain when the entity was idle.
 pub(crate) fn enqueue(
-    node: &Arc<NodeInner>,
+    node: &Arc<Env>,
     ty: &Arc<EntityType>,
     cell: &Arc<EntityCell>,
     env: Envelope,
@@ -189,11 +195,7 @@ pub(crate) fn enqueue(
     if let Some(reason) = &inner.stopped {
         let err = AskError::EntityStopped(reason.clone());
         drop(inner);
-        node.emit(LifecycleEvent::DeadLetter {
-            entity_type: ty.name.clone(),
-            entity_id: cell.id.to_string(),
-            reason: err.to_string(),
-        });
+        node.dead_letter(&ty.name, &cell.id, &err.to_string());
         return Err(err);
     }
     let mb = &ty.settings.mailbox;
@@ -201,14 +203,14 @@ pub(crate) fn enqueue(
         match mb.overflow {
             Overflow::DropNew => {
                 drop(inner);
-                node.dead_letter(ty, &cell.id, "mailbox full, new command dropped");
+                node.dead_letter(&ty.name, &cell.id, "mailbox full, new command dropped");
                 return Err(AskError::MailboxFull);
             }
             Overflow::DropOldest => {
                 if let Some(old) = inner.queue.pop_front() {
                     old.fail(AskError::MailboxFull);
                 }
-                node.dead_letter(ty, &cell.id, "mailbox full, oldest command dropped");
+                node.dead_letter(&ty.name, &cell.id, "mailbox full, oldest command dropped");
             }
             Overflow::Backpressure => return Ok(Enqueue::Wait(env)),
         }
@@ -223,7 +225,7 @@ pub(crate) fn enqueue(
 }
 
 /// A drain to run: the entity and what it needs.
-type Job = (Arc<NodeInner>, Arc<EntityType>, Arc<EntityCell>);
+type Job = (Arc<Env>, Arc<EntityType>, Arc<EntityCell>);
 
 /// Idle runners kept at most; a runner finding the pool full ends.
 const MAX_IDLE_RUNNERS: usize = 1024;
@@ -293,7 +295,8 @@ async fn runner(slot: Arc<Slot>, mut job: Job) {
         if !node.runners.park(&slot) {
             return;
         }
-        // The node may end while this runner is parked: it must not keep it.
+        // The node may end while this runner is parked: it must not keep
+        // the environment alive.
         drop(node);
         slot.ready.notified().await;
         match slot.job.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -324,7 +327,7 @@ pub(crate) fn claim(cell: &EntityCell) -> bool {
 /// or went away) does not abandon the entity: the rest of the work moves to
 /// a task of its own.
 pub(crate) async fn run_here(
-    node: Arc<NodeInner>,
+    node: Arc<Env>,
     ty: Arc<EntityType>,
     cell: Arc<EntityCell>,
     env: Envelope,
@@ -341,7 +344,7 @@ pub(crate) async fn run_here(
 
 /// Releases an entity whose [`run_here`] was dropped before it finished.
 struct Abandon<'a> {
-    node: &'a Arc<NodeInner>,
+    node: &'a Arc<Env>,
     ty: &'a Arc<EntityType>,
     cell: &'a Arc<EntityCell>,
     armed: bool,
@@ -380,7 +383,7 @@ impl Drop for Abandon<'_> {
 /// cell meanwhile (see [`CellInner::in_flight`]); gives `after` back to run.
 /// A failed append answers the caller and returns the reason to restart.
 async fn persist(
-    node: &NodeInner,
+    node: &Env,
     cell: &EntityCell,
     write: Write,
     after: AfterPersist,
@@ -403,7 +406,7 @@ async fn persist(
         Err(e) => {
             let reason = format!("persist failed: {e}");
             if let Some(tx) = after.reply {
-                let _ = tx.send(Err(AskError::Journal(reason.clone())));
+                let _ = tx.send(Err(AskError::Journal(e)));
             }
             Err(reason)
         }
@@ -412,17 +415,12 @@ async fn persist(
 
 /// Ends a [`run_here`]: the entity keeps `loaded` and goes idle, or a runner
 /// takes over the commands queued meanwhile.
-fn release(
-    node: &Arc<NodeInner>,
-    ty: Arc<EntityType>,
-    cell: Arc<EntityCell>,
-    loaded: Option<Loaded>,
-) {
+fn release(node: &Arc<Env>, ty: Arc<EntityType>, cell: Arc<EntityCell>, loaded: Option<Loaded>) {
     let mut inner = cell.lock();
     inner.loaded = loaded;
     if inner.queue.is_empty() {
         inner.running = false;
-        inner.last_active = Some(Instant::now());
+        inner.last_active = Some(node.clock.now());
     } else {
         drop(inner);
         node.runners.start((node.clone(), ty, cell));
@@ -435,7 +433,7 @@ pub(crate) async fn wait_for_space(cell: &EntityCell) {
 }
 
 /// Removes `cell` from its map if it is idle for longer than `idle`. Called by
-/// the passivation sweeper with the shard locked.
+/// the passivation sweeper with the cell's stripe locked.
 pub(crate) fn try_passivate(cell: &EntityCell, idle: Duration, now: Instant) -> bool {
     let mut inner = cell.lock();
     let idle_long = inner
@@ -467,7 +465,7 @@ pub(crate) fn resume(cell: &EntityCell) -> bool {
 /// `first` (see [`run_here`]) it processes that envelope only and leaves the
 /// rest of the mailbox to a runner.
 async fn drain(
-    node: &Arc<NodeInner>,
+    node: &Arc<Env>,
     ty: Arc<EntityType>,
     cell: Arc<EntityCell>,
     mut first: Option<Envelope>,
@@ -513,7 +511,7 @@ async fn drain(
                 let Some(env) = inner.queue.pop_front() else {
                     inner.running = false;
                     inner.loaded = loaded;
-                    inner.last_active = Some(Instant::now());
+                    inner.last_active = Some(node.clock.now());
                     return;
                 };
                 drop(inner);
@@ -528,7 +526,7 @@ async fn drain(
         if let Err(reason) = process(node, &ty, &behavior, &cell, live, env).await {
             // Supervision: drop the in-memory state; the next command recovers.
             loaded = None;
-            if restart_limit_reached(&ty, &cell) {
+            if restart_limit_reached(node, &ty, &cell) {
                 stop(
                     node,
                     &ty,
@@ -549,8 +547,8 @@ async fn drain(
     }
 }
 
-fn restart_limit_reached(ty: &EntityType, cell: &EntityCell) -> bool {
-    let now = Instant::now();
+fn restart_limit_reached(node: &Env, ty: &EntityType, cell: &EntityCell) -> bool {
+    let now = node.clock.now();
     let sup = &ty.settings.supervision;
     let mut inner = cell.lock();
     inner
@@ -561,13 +559,13 @@ fn restart_limit_reached(ty: &EntityType, cell: &EntityCell) -> bool {
 }
 
 /// Stops the entity: fails every queued envelope and refuses new ones.
-fn stop(node: &NodeInner, ty: &EntityType, cell: &EntityCell, reason: String) {
+fn stop(node: &Env, ty: &EntityType, cell: &EntityCell, reason: String) {
     let queued: Vec<Envelope> = {
         let mut inner = cell.lock();
         inner.stopped = Some(reason.clone());
         inner.running = false;
         inner.loaded = None;
-        inner.last_active = Some(Instant::now());
+        inner.last_active = Some(node.clock.now());
         inner.queue.drain(..).collect()
     };
     cell.space.notify_waiters();
@@ -584,107 +582,39 @@ fn stop(node: &NodeInner, ty: &EntityType, cell: &EntityCell, reason: String) {
 
 /// Rebuilds an entity from its newest usable snapshot plus the later events.
 async fn recover(
-    node: &NodeInner,
+    node: &Env,
     ty: &EntityType,
     behavior: &Arc<dyn Behavior>,
     id: &str,
     generation: u64,
 ) -> Result<Loaded, String> {
-    let schema = behavior.descriptor().state_schema;
     let key = EntityKey::new(ty.name.clone(), id);
-    let snapshot = node
-        .snapshots
-        .load(&key, u64::MAX, schema)
-        .await
-        .map_err(|e| format!("cannot read snapshot: {e}"))?;
-    let (mut state, mut seq, snapshot_seq) = match snapshot {
-        Some(s) => (s.state, s.seq, Some(s.seq)),
-        None => (
-            behavior
-                .initial_state()
-                .map_err(|e| format!("initial state: {e}"))?,
-            0,
-            None,
-        ),
+    let how = Replay {
+        key: &key,
+        until: Until::Seq(u64::MAX),
+        from_snapshot: true,
+        fold_on: FoldOn::Caller,
     };
-    let mut replayed = 0u64;
-    // Reads in flight, oldest first. The first is awaited alone (most entities
-    // have less than a chunk); once a chunk comes back full, READ_AHEAD later
-    // chunks are read in parallel, on the blocking pool, while this one folds.
-    let mut reads: VecDeque<BoxFuture<'static, Result<PackedEvents, JournalError>>> =
-        VecDeque::new();
-    reads.push_back(node.journal.read_packed(&key, seq + 1, RECOVERY_CHUNK));
-    let mut requested = seq + RECOVERY_CHUNK as u64;
-    while let Some(next) = reads.pop_front() {
-        let chunk = next
-            .await
-            .map_err(|e| format!("cannot read journal: {e}"))?;
-        if chunk.count == 0 {
-            break;
-        }
-        if chunk.last_seq != seq + chunk.count as u64 {
-            return Err(format!(
-                "journal gap: expected events #{}..=#{}, the last read is #{}",
-                seq + 1,
-                seq + chunk.count as u64,
-                chunk.last_seq
-            ));
-        }
-        let full = chunk.count == RECOVERY_CHUNK;
-        while full && reads.len() < READ_AHEAD {
-            let journal = node.journal.clone();
-            let key = key.clone();
-            let from = requested + 1;
-            requested += RECOVERY_CHUNK as u64;
-            let handle =
-                tokio::spawn(async move { journal.read_packed(&key, from, RECOVERY_CHUNK).await });
-            reads.push_back(Box::pin(async move {
-                handle
-                    .await
-                    .unwrap_or_else(|e| Err(JournalError::Closed(e.to_string())))
-            }));
-        }
-        state = match behavior.fold(&state, &chunk.packed) {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "event #{} cannot be applied: {}",
-                    seq + 1 + u64::from(e.index),
-                    e.message
-                ));
-            }
-            Err(fault) => return Err(format!("guest failed during replay: {fault}")),
-        };
-        seq = chunk.last_seq;
-        replayed += chunk.count as u64;
-        if !full {
-            break;
-        }
-    }
+    let r = replay::replay(&node.journal, &node.snapshots, behavior, how)
+        .await
+        .map_err(|e| e.to_string())?;
     node.emit(LifecycleEvent::Started {
         entity_type: ty.name.clone(),
         entity_id: id.to_owned(),
-        snapshot_seq,
-        replayed,
-        seq,
+        snapshot_seq: r.snapshot_seq,
+        replayed: r.replayed,
+        seq: r.seq,
     });
     Ok(Loaded {
-        state,
-        seq,
+        state: r.state,
+        seq: r.seq,
         generation,
     })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Processes one envelope. `Err(reason)` means the entity must restart.
 async fn process(
-    node: &Arc<NodeInner>,
+    node: &Arc<Env>,
     ty: &Arc<EntityType>,
     behavior: &Arc<dyn Behavior>,
     cell: &EntityCell,
@@ -718,7 +648,7 @@ async fn process(
         }));
         return Ok(());
     }
-    let timestamp_ms = now_ms();
+    let timestamp_ms = node.clock.wall_ms();
     let ctx = CommandContext {
         entity_id: &cell.id,
         next_seq: live.seq + 1,
@@ -751,17 +681,13 @@ async fn process(
             answer(Err(match err {
                 CommandError::Rejected(r) => AskError::Rejected(r),
                 CommandError::Malformed(r) => AskError::MalformedCommand(r),
-                CommandError::BadState(r) => {
-                    AskError::Guest(format!("behavior cannot decode its state: {r}"))
-                }
+                CommandError::BadState(r) => AskError::Guest(GuestFault::BadState(r)),
             }));
             return if restart { Err(reason) } else { Ok(()) };
         }
         Err(fault) => {
             let reason = fault.to_string();
-            answer(Err(AskError::Guest(format!(
-                "{reason}; the entity was restarted from its journal"
-            ))));
+            answer(Err(AskError::Guest(fault)));
             return Err(reason);
         }
     };
@@ -797,8 +723,9 @@ async fn process(
     }
     let n = events.len() as u64;
     if n > 0 && decision.state.is_none() {
-        let reason = "behavior returned events without a new state".to_owned();
-        answer(Err(AskError::Guest(reason.clone())));
+        let fault = GuestFault::Contract("behavior returned events without a new state".into());
+        let reason = fault.to_string();
+        answer(Err(AskError::Guest(fault)));
         return Err(reason);
     }
     let after = AfterPersist {
@@ -847,4 +774,10 @@ async fn process(
         }
     }
     Ok(())
+}
+
+/// How many envelopes wait in the cell's mailbox, and whether a drain runs.
+pub(crate) fn mailbox(cell: &EntityCell) -> (usize, bool) {
+    let inner = cell.lock();
+    (inner.queue.len(), inner.running)
 }

@@ -1,0 +1,96 @@
+//! The narrow environment an entity runs in: the storage it reads and
+//! writes, where its lifecycle events go, the clock it reads, and the
+//! [`Outbox`] that runs what a command asks for once it is durable (timers,
+//! messages to other entities).
+//!
+//! The node builds one [`Env`] and hands it to every entity; the entity
+//! never sees the node. Ownership checks and fencing epochs of the cluster
+//! belong on this path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use cairn_store::{Journal, SnapshotStore, TimerRecord};
+use tokio::sync::{Notify, broadcast};
+
+use crate::clock::Clock;
+use crate::types::LifecycleEvent;
+
+use super::Runners;
+
+/// What runs a command's effects once its write is durable. The node
+/// implements it; the entity only calls it.
+pub(crate) trait Outbox: Send + Sync + 'static {
+    /// Arms a durable timer of an entity (already in the journal).
+    fn schedule_timer(&self, entity_type: &str, entity_id: &str, timer: TimerRecord);
+    /// Tells another entity a command (at most once).
+    fn send(&self, entity_type: String, entity_id: String, command: Vec<u8>);
+}
+
+/// Everything an entity needs from the node that runs it.
+pub(crate) struct Env {
+    /// Where events and timers are appended.
+    pub(crate) journal: Arc<dyn Journal>,
+    /// Where snapshots are saved and loaded.
+    pub(crate) snapshots: Arc<dyn SnapshotStore>,
+    /// The lifecycle stream.
+    events: broadcast::Sender<LifecycleEvent>,
+    /// Woken after every append that stored events.
+    pub(crate) appended: Notify,
+    /// Parked tasks that run entities' mailboxes.
+    pub(crate) runners: Runners,
+    /// The clock of the decision logic.
+    pub(crate) clock: Arc<dyn Clock>,
+    next_timer: AtomicU64,
+    /// Weak: the node owns the environment, not the other way round.
+    outbox: Weak<dyn Outbox>,
+}
+
+impl Env {
+    /// An environment whose effects go to `outbox` (while it lives).
+    pub(crate) fn new(
+        journal: Arc<dyn Journal>,
+        snapshots: Arc<dyn SnapshotStore>,
+        events: broadcast::Sender<LifecycleEvent>,
+        clock: Arc<dyn Clock>,
+        outbox: Weak<dyn Outbox>,
+    ) -> Env {
+        // Timer ids only need to be unique per node: start from the time in
+        // ns, above any id an earlier run of the node handed out.
+        let seed = clock.wall_ms().saturating_mul(1_000_000);
+        Env {
+            journal,
+            snapshots,
+            events,
+            appended: Notify::new(),
+            runners: Runners::default(),
+            clock,
+            next_timer: AtomicU64::new(seed),
+            outbox,
+        }
+    }
+
+    /// Publishes a lifecycle event (nobody listening is fine).
+    pub(crate) fn emit(&self, event: LifecycleEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Publishes a dead letter of an entity.
+    pub(crate) fn dead_letter(&self, entity_type: &str, entity_id: &str, reason: &str) {
+        self.emit(LifecycleEvent::DeadLetter {
+            entity_type: entity_type.to_owned(),
+            entity_id: entity_id.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// A fresh timer id.
+    pub(crate) fn next_timer_id(&self) -> u64 {
+        self.next_timer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The outbox, unless the node is gone.
+    pub(crate) fn outbox(&self) -> Option<Arc<dyn Outbox>> {
+        self.outbox.upgrade()
+    }
+}
