@@ -1,8 +1,8 @@
 //! Timeouts of `ask`: a coarse timer built for many short waits.
 //!
 //! Nearly every `ask` finishes in a few milliseconds, long before its timeout
-//! (5 s by default), yet tokio's timer put each one in its wheel and took it
-//! out again: ~8% of the CPU of the in-process benchmark (docs/BENCHMARKS.md).
+//! (5 s by default), yet tokio's timer would put each one in its wheel and
+//! take it out again, a visible cost per command (docs/BENCHMARKS.md).
 //! Here a pending `ask` takes a slot in one of a few mutex-guarded slabs
 //! (picked per thread, so the lock is rarely contended) and frees it when it
 //! finishes; a thread scans the slabs every [`TICK`] and wakes the waits whose

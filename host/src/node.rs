@@ -378,6 +378,33 @@ fn sweep_period(idle_after: Duration) -> Duration {
     (idle_after / 16).clamp(SWEEP_TICK, Duration::from_secs(5))
 }
 
+/// Refuses to open a data directory that holds the other backend's journal
+/// and not this one's: a new, empty journal there would hide every event.
+fn check_backend(config: &Config) -> Result<(), NodeError> {
+    let dir = &config.node.data_dir;
+    let chosen = config.node.journal;
+    let other = match chosen {
+        JournalBackend::Log => JournalBackend::Sqlite,
+        _ => JournalBackend::Log,
+    };
+    if !dir.join(chosen.file_name()).exists() && dir.join(other.file_name()).exists() {
+        let name = |b: JournalBackend| match b {
+            JournalBackend::Sqlite => "sqlite",
+            _ => "log",
+        };
+        return Err(NodeError::Storage(JournalError::Invalid(format!(
+            "{} holds a {} journal ({}) but the node is set to journal = \"{}\"; set [node] journal = \"{}\" (or --journal {}) to open it",
+            dir.display(),
+            name(other),
+            other.file_name(),
+            name(chosen),
+            name(other),
+            name(other),
+        ))));
+    }
+    Ok(())
+}
+
 /// What a mailbox holds now (see [`Node::mailbox`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MailboxView {
@@ -400,6 +427,7 @@ impl Node {
     pub async fn open(config: Config) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.node.data_dir)
             .map_err(|e| NodeError::Storage(JournalError::Io(e.to_string())))?;
+        check_backend(&config)?;
         match config.node.journal {
             JournalBackend::Sqlite => {
                 let options = SqliteOptions {

@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use anyhow::Result;
-use cairn_host::config::Config;
-use cairn_host::node::{AskOptions, Node};
+use cairn_host::config::{Config, JournalBackend};
+use cairn_host::node::{AskOptions, Node, NodeError};
+use cairn_store::JournalError;
 use cairn_tests::{example_bytes, workspace_root};
 
 const TYPE: &str = "bank-account";
@@ -41,6 +42,20 @@ async fn a_v1_data_directory_is_served_and_replayed_by_later_versions() -> Resul
     copy_dir(&fixture, &data)?;
     let mut config = Config::load(&fixture.join("cairn.toml"))?;
     config.node.data_dir = data.clone();
+
+    // Opened as the wrong kind of journal, it is refused and left alone.
+    let mut wrong = config.clone();
+    wrong.node.journal = JournalBackend::Log;
+    let err = Node::open(wrong)
+        .await
+        .err()
+        .expect("a SQLite data dir opened as a log");
+    assert!(
+        matches!(&err, NodeError::Storage(JournalError::Invalid(m)) if m.contains("journal = \"sqlite\"")),
+        "{err}"
+    );
+    assert!(!data.join("events.log").exists(), "no empty log was made");
+
     let node = Node::open(config).await?;
 
     // Opening restores the v1 component stored in the fixture's registry.
