@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cairn_host::behavior::GuestFault;
+use cairn_host::clock::ManualClock;
 use cairn_host::node::{AskError, AskOptions, LifecycleEvent, Node, ReadError};
-use cairn_tests::{start_node, wait_for};
+use cairn_tests::{start_node, start_node_with_clock, wait_for};
 
 const TOML: &str = r#"
 [entities.faulty.supervision]
@@ -144,6 +145,32 @@ async fn restart_limit_stops_an_entity_that_keeps_failing() -> Result<()> {
     // An operator can let it run again.
     assert!(node.resume("faulty", "f-2"));
     assert_eq!(ask(&node, "f-2", r#""Ok""#).await?, "\"ok\"");
+    Ok(())
+}
+
+/// The restart window is measured on the node's clock: failures spread
+/// wider than the window never stop the entity, three within it do. On a
+/// virtual clock, so the test does not depend on the machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_outside_the_window_are_forgotten() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = ManualClock::new();
+    let toml = "[entities.faulty.supervision]\nmax_restarts = 2\nwindow = \"1m\"\n";
+    let node = start_node_with_clock(dir.path(), toml, &["faulty"], clock.clone()).await?;
+    for _ in 0..6 {
+        guest_error(ask(&node, "f-4", r#""Panic""#).await);
+        clock.advance(Duration::from_secs(31));
+    }
+    assert_eq!(ask(&node, "f-4", r#""Ok""#).await?, "\"ok\"");
+    clock.advance(Duration::from_secs(61));
+    for _ in 0..3 {
+        guest_error(ask(&node, "f-4", r#""Panic""#).await);
+    }
+    let r = ask(&node, "f-4", r#""Ok""#).await;
+    assert!(
+        matches!(r, Err(ReadError::Ask(AskError::EntityStopped(_)))),
+        "{r:?}"
+    );
     Ok(())
 }
 
