@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
@@ -43,6 +44,7 @@ pub enum ConfigError {
 /// What a full mailbox does with a new command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Overflow {
     /// Refuse the new command (the sender gets `MailboxFull`).
     DropNew,

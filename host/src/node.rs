@@ -88,6 +88,7 @@ pub struct HistoricState {
 
 /// Which past state of an entity to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PastState {
     /// Right after the event with this sequence number (or the last one, if
     /// the entity has fewer events).

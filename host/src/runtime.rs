@@ -81,6 +81,7 @@ pub const BEHAVIOR_EXPORT: &str = "cairn:entity/behavior@0.1.0";
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The bytes are not a valid WebAssembly component (or could not be compiled).
     #[error("not a valid WebAssembly component: {0}")]
