@@ -10,9 +10,12 @@
 use std::future::Future;
 use std::pin::Pin;
 
+mod file;
 mod log;
 mod memory;
 mod sqlite;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use log::LogStore;
 pub use memory::MemoryStore;
