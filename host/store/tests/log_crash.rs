@@ -21,7 +21,9 @@ use cairn_store::{
 /// snapshot) per entity before awaiting any, so batches group several.
 const ENTITIES: usize = 4;
 /// Rounds of the workload.
-const ROUNDS: u64 = 24;
+const ROUNDS: u64 = 16;
+/// The event of entity 1 that is larger than the zero-filled space.
+const BIG_SEQ: u64 = 12;
 /// Snapshots kept per entity (more than the one a crash may leave unacknowledged).
 const KEEP: usize = 3;
 /// Seed of the torn crashes unless `CAIRN_CRASH_SEED` says otherwise.
@@ -31,8 +33,18 @@ fn key(e: usize) -> EntityKey {
     EntityKey::new("t", format!("e{e}"))
 }
 
-/// Payloads of 0 to ~5 KB, so that writes share and cross 4 KiB pages.
+/// Payloads of 0 to ~5 KB, so that writes share and cross 4 KiB pages; one
+/// event is large, so that a write crosses the zero-filled space (the log
+/// fills it in steps: a crash may fall between the zeros and the data).
 fn payload(e: usize, seq: u64) -> Vec<u8> {
+    if (e, seq) == (1, BIG_SEQ) {
+        // Each 4 KiB of it says where it belongs (and it is cheap to build).
+        let mut big = vec![0x5a; 600 << 10];
+        for (i, page) in big.chunks_mut(4096).enumerate() {
+            page[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        }
+        return big;
+    }
     let n = ((seq * 2_654_435_761 + e as u64 * 40_503) % 5000) as usize;
     (0..n)
         .map(|i| (i as u64 ^ seq ^ ((e as u64) << 5)) as u8)
@@ -226,7 +238,7 @@ async fn check_recovered(store: &LogStore, plan: &Plan) -> Result<Vec<u64>, Stri
         highs.push(h);
     }
     // The feed walks every record from the start: each event once, in order.
-    let (feed, _) = drain_feed(store, "t", 0, 7).await;
+    let (feed, _) = drain_feed(store, "t", 0, 1000).await;
     if feed.len() != feed_expected {
         return Err(format!(
             "the feed has {} events, the entities {feed_expected}",
@@ -252,7 +264,7 @@ async fn crash_at(
     how: Crash,
     direct: bool,
     ack_before_sync: bool,
-) -> (bool, Result<(), String>) {
+) -> (bool, Result<bool, String>) {
     let disk = SimDisk::new();
     disk.set_ack_before_sync(ack_before_sync);
     disk.crash_after(k, how);
@@ -269,13 +281,14 @@ async fn crash_at(
 }
 
 /// The second half of [`crash_at`]: crashes `disk` (if the armed crash has
-/// not struck), reopens the image and checks it.
+/// not struck), reopens the image and checks it. `Ok(true)` when the reopen
+/// cut off a torn tail (data past the last good record).
 async fn recover_and_check(
     disk: &SimDisk,
     how: Crash,
     direct: bool,
     plan: &Plan,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let image = disk.crash(how);
     if disk.misaligned_writes() > 0 {
         return Err(format!(
@@ -283,10 +296,13 @@ async fn recover_and_check(
             disk.misaligned_writes()
         ));
     }
-    let disk = SimDisk::with_image(image);
-    let highs = {
+    let disk = SimDisk::with_image(image.clone());
+    let (highs, cut) = {
         let store = LogStore::open_sim(&disk, 16, direct)
             .map_err(|e| format!("reopen after the crash refused: {e}"))?;
+        // Open cuts the file at the end of the good records.
+        let end = disk.contents().len();
+        let cut = image.get(end..).is_some_and(|t| t.iter().any(|b| *b != 0));
         let highs = check_recovered(&store, plan).await?;
         // The torn tail is gone: appends continue right after the good data.
         for (e, h) in highs.iter().enumerate() {
@@ -300,7 +316,7 @@ async fn recover_and_check(
                 .await
                 .map_err(|x| format!("append after reopen: {x}"))?;
         }
-        highs
+        (highs, cut)
     };
     let disk = SimDisk::with_image(disk.crash(Crash::Clean));
     let store =
@@ -318,7 +334,7 @@ async fn recover_and_check(
             ));
         }
     }
-    Ok(())
+    Ok(cut)
 }
 
 fn seed() -> u64 {
@@ -328,14 +344,23 @@ fn seed() -> u64 {
         .unwrap_or(DEFAULT_SEED)
 }
 
-/// Crashes the workload at every change to the file, for each crash kind;
-/// returns the crash points tried and the failures (each naming mode, k and
-/// seed).
-async fn sweep(direct: bool, ack_before_sync: bool, torn: bool) -> (u64, Vec<String>) {
+/// What a sweep found.
+#[derive(Default)]
+struct Sweep {
+    /// Crash points tried (each k with each crash kind).
+    points: u64,
+    /// Crash points whose reopen cut off a torn tail.
+    torn_tails: u64,
+    /// What broke, each naming the mode, k, crash kind and seed.
+    failures: Vec<String>,
+}
+
+/// Crashes the workload at every change to the file (k = 0, 1, ... until
+/// the workload ends first), cleanly and, with `torn`, torn too.
+async fn sweep(direct: bool, ack_before_sync: bool, torn: bool) -> Sweep {
     let base = seed();
     let mode = if direct { "direct" } else { "buffered" };
-    let mut failures = Vec::new();
-    let mut points = 0;
+    let mut found = Sweep::default();
     let mut k = 0u64;
     loop {
         let mut kinds = vec![Crash::Clean];
@@ -344,43 +369,48 @@ async fn sweep(direct: bool, ack_before_sync: bool, torn: bool) -> (u64, Vec<Str
         }
         let mut reached = false;
         for how in kinds {
-            points += 1;
+            found.points += 1;
             let (r, verdict) = crash_at(k, how, direct, ack_before_sync).await;
             reached |= r;
-            if let Err(e) = verdict {
-                failures.push(format!(
+            match verdict {
+                Ok(cut) => found.torn_tails += u64::from(cut),
+                Err(e) => found.failures.push(format!(
                     "{mode}, crash after change {k}, {how:?} (CAIRN_CRASH_SEED={base}): {e}"
-                ));
+                )),
             }
         }
         assert!(k < 100_000, "the workload never ends");
         if !reached {
-            return (points, failures);
+            return found;
         }
         k += 1;
     }
 }
 
-fn assert_none(points: u64, failures: &[String]) {
+/// No failure, and the torn crashes did leave torn tails to cut.
+fn assert_consistent(found: &Sweep) {
     assert!(
-        failures.is_empty(),
-        "{} of {points} crash points failed:\n{}",
-        failures.len(),
-        failures.join("\n")
+        found.failures.is_empty(),
+        "{} of {} crash points failed:\n{}",
+        found.failures.len(),
+        found.points,
+        found.failures.join("\n")
     );
-    eprintln!("{points} crash points, all consistent");
+    assert!(found.torn_tails > 0, "no crash left a torn tail to cut");
+    eprintln!(
+        "{} crash points, all consistent; {} reopens cut a torn tail",
+        found.points, found.torn_tails
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_writes_survive_a_crash_at_every_change() {
-    let (points, failures) = sweep(true, false, true).await;
-    assert_none(points, &failures);
+    assert_consistent(&sweep(true, false, true).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_writes_survive_a_crash_at_every_change() {
-    let (points, failures) = sweep(false, false, true).await;
-    assert_none(points, &failures);
+    assert_consistent(&sweep(false, false, true).await);
 }
 
 /// The checker can fail: on a disk that acknowledges syncs before they are
@@ -389,18 +419,22 @@ async fn buffered_writes_survive_a_crash_at_every_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_catches_acknowledgements_before_durability() {
     for direct in [true, false] {
-        let (points, failures) = sweep(direct, true, false).await;
-        let lost = failures
+        let found = sweep(direct, true, false).await;
+        let lost: Vec<&String> = found
+            .failures
             .iter()
             .filter(|f| f.contains("acknowledged"))
-            .count();
+            .collect();
         eprintln!(
-            "ack before sync, {}: {lost} of {points} crash points lost acknowledged data",
-            if direct { "direct" } else { "buffered" }
+            "ack before sync: {} of {} crash points lost acknowledged data, e.g. {}",
+            lost.len(),
+            found.points,
+            lost.first().map_or("-", |f| f.as_str())
         );
         assert!(
-            lost > 0,
-            "no crash point caught the lost acknowledgements: {failures:?}"
+            !lost.is_empty(),
+            "no crash point caught the lost acknowledgements: {:?}",
+            found.failures
         );
     }
 }
