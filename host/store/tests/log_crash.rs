@@ -92,9 +92,9 @@ async fn workload(store: &LogStore) -> Plan {
     let mut next = [1u64; ENTITIES];
     for r in 0..ROUNDS {
         let mut sent: Vec<(Sent, BoxFuture<'static, Result<(), JournalError>>)> = Vec::new();
-        for e in 0..ENTITIES {
-            if (r as usize + e) % 3 == 0 && next[e] > 1 {
-                let seq = next[e] - 1;
+        for (e, next) in next.iter_mut().enumerate() {
+            if (r as usize + e).is_multiple_of(3) && *next > 1 {
+                let seq = *next - 1;
                 plan.snaps[e].push((seq, false));
                 let i = plan.snaps[e].len() - 1;
                 sent.push((
@@ -108,7 +108,7 @@ async fn workload(store: &LogStore) -> Plan {
             let n = 1 + (r * 7 + e as u64) % 3;
             let w = Write {
                 key: key(e),
-                events: (next[e]..next[e] + n).map(|q| event(e, q)).collect(),
+                events: (*next..*next + n).map(|q| event(e, q)).collect(),
                 add_timers: vec![TimerRecord {
                     timer_id: r,
                     fire_at_ms: 1_000 * r + e as u64,
@@ -116,7 +116,7 @@ async fn workload(store: &LogStore) -> Plan {
                 }],
                 remove_timers: r.checked_sub(2).into_iter().collect(),
             };
-            next[e] += n;
+            *next += n;
             plan.writes[e].push((w.clone(), false));
             let i = plan.writes[e].len() - 1;
             sent.push((Sent::Write(e, i), store.append(w)));

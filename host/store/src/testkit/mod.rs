@@ -349,17 +349,17 @@ pub async fn feed_semantics<J: Journal + ?Sized>(j: &J) {
         ("a".into(), 3),
     ];
     // The cursor of an empty page taken before any write still works.
-    let (from_empty, _) = drain_feed(&*j, "t", empty.next, 100).await;
+    let (from_empty, _) = drain_feed(j, "t", empty.next, 100).await;
     assert_eq!(from_empty, expected);
     // Paging with a small limit yields every event once, in commit order.
-    let (paged, end) = drain_feed(&*j, "t", 0, 1).await;
+    let (paged, end) = drain_feed(j, "t", 0, 1).await;
     assert_eq!(paged, expected);
-    let (others, _) = drain_feed(&*j, "u", 0, 2).await;
+    let (others, _) = drain_feed(j, "u", 0, 2).await;
     assert_eq!(others.len(), 3);
     assert!(others.iter().all(|(id, _)| id == "z"));
     // Resuming from the end returns only what came later.
     j.append(write(&b, 2..=3)).await.unwrap();
-    let (later, _) = drain_feed(&*j, "t", end, 100).await;
+    let (later, _) = drain_feed(j, "t", end, 100).await;
     assert_eq!(later, vec![("b".into(), 2), ("b".into(), 3)]);
     // Payloads come back unchanged.
     let p = j.read_feed("t", 0, 1).await.unwrap();

@@ -234,7 +234,7 @@ impl SimDisk {
     pub(crate) fn write_durable_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         let mut s = self.lock();
         s.begin(Some((buf, off)))?;
-        if off % PAGE != 0 || buf.len() as u64 % PAGE != 0 {
+        if !off.is_multiple_of(PAGE) || !(buf.len() as u64).is_multiple_of(PAGE) {
             s.misaligned += 1;
         }
         s.write_current(buf, off);
@@ -261,7 +261,7 @@ impl SimDisk {
         s.current.resize(len as usize, 0);
         if len < old {
             let _ = s.dirty.split_off(&len.div_ceil(PAGE));
-            if len % PAGE != 0 {
+            if !len.is_multiple_of(PAGE) {
                 s.dirty.insert(len / PAGE);
             }
         } else {
