@@ -56,14 +56,14 @@ const MARKER_BODY: u32 = 9;
 const MARKER_FRAME: usize = 8 + MARKER_BODY as usize;
 /// The file is kept zero-filled this far past the data, extended in steps of
 /// this size: an `fdatasync` that only overwrites blocks already in the file
-/// commits no metadata, and costs about half as much as one that grows the
-/// file (docs/BENCHMARKS.md).
+/// commits no metadata, so it is much cheaper than one that grows the file
+/// (docs/BENCHMARKS.md).
 const ZERO_STEP: u64 = 256 << 10;
 /// Largest record accepted (a corrupt length must not make us allocate GiBs).
 const MAX_RECORD: u32 = 256 << 20;
 
 /// The log's maps of entity keys: foldhash, seeded per map, is several times
-/// cheaper than SipHash on these short keys.
+/// cheaper than SipHash on these short keys (docs/BENCHMARKS.md).
 type Map<K, V> = HashMap<K, V, RandomState>;
 
 /// Where an event lives in the file.
@@ -694,9 +694,9 @@ impl Shared {
 /// [`DirectWriter`], or one `pwrite`) and commits them (the `fdatasync` that a
 /// buffered write needs, the index, the acknowledgements). Operations submitted
 /// meanwhile queue up for the next group without waking this thread, which
-/// parks only when the queue is empty. (Writing group N+1 while group N was
-/// being synced by a second thread was measured slower: every submit had to
-/// wake the writer, and groups stayed small.)
+/// parks only when the queue is empty. One thread both writes and syncs: with
+/// a second thread syncing, every submit had to wake the writer and groups
+/// stayed small (docs/BENCHMARKS.md).
 fn writer_loop(
     shared: &Shared,
     mut rx: mpsc::Receiver<(Op, Ack)>,
@@ -808,8 +808,8 @@ fn aligned(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
 /// whole 4 KiB blocks (the partial last block of the data, kept in memory,
 /// then the group, then zeros), durable when it returns. Against a `pwrite`
 /// into the page cache and an `fdatasync`, this skips the page cache's
-/// writeback (about 17 µs of CPU per group here) and one system call, and
-/// syncs 15–40 µs sooner (docs/BENCHMARKS.md). Readers keep the buffered
+/// writeback and one system call, and syncs sooner (docs/BENCHMARKS.md).
+/// Readers keep the buffered
 /// handle; the kernel drops cached pages that a direct write covers.
 struct DirectWriter {
     file: DirectFile,
@@ -894,8 +894,8 @@ fn encode_batch(
     // one is encoded.
     let idx = shared.index.read().unwrap_or_else(|p| p.into_inner());
     // Highest sequence number accepted earlier in this batch, per entity;
-    // sized for the batch, since growing it rehashed every key (~230
-    // instructions per command, counted with callgrind).
+    // sized for the batch, since growing it rehashes every key
+    // (docs/BENCHMARKS.md).
     let mut pending: Map<&EntityKey, u64> =
         Map::with_capacity_and_hasher(batch.len(), RandomState::default());
     let mut results = Vec::with_capacity(batch.len());
@@ -906,7 +906,7 @@ fn encode_batch(
         if let Op::Append(w) = op
             && !w.events.is_empty()
         {
-            // One lookup of each map per write: hashing keys showed in profiles.
+            // One lookup of each map per write: hashing keys is a visible cost.
             let stored = idx.entities.get(&w.key);
             let earlier = pending.entry(&w.key).or_insert(0);
             let written = |seq: u64| seq <= *earlier || stored.is_some_and(|e| e.has_seq(seq));
