@@ -26,6 +26,10 @@
 //! Format 1 files (no markers, grown by each write) are read, and continue in
 //! format 2. Snapshot retention trims the index only; the bytes stay in the
 //! file (compaction is future work).
+//!
+//! Every file operation goes through `crate::file`, so that the crash tests
+//! (`tests/log_crash.rs`, feature `testkit`) can run this code unchanged on a
+//! simulated disk that keeps only synced bytes.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
