@@ -71,12 +71,15 @@ impl State {
     }
 
     fn write_current(&mut self, buf: &[u8], off: u64) {
-        let end = off as usize + buf.len();
-        if self.current.len() < end {
-            self.current.resize(end, 0);
+        let (off, end) = (off as usize, off as usize + buf.len());
+        if self.current.len() < off {
+            self.current.resize(off, 0);
         }
-        self.current[off as usize..end].copy_from_slice(buf);
-        self.touch(off, buf.len());
+        // Overwrite what exists, append the rest (a copy, not a fill).
+        let within = end.min(self.current.len()) - off;
+        self.current[off..off + within].copy_from_slice(&buf[..within]);
+        self.current.extend_from_slice(&buf[within..]);
+        self.touch(off as u64, buf.len());
     }
 
     /// Copies one page of `current` into `durable`.
@@ -86,19 +89,28 @@ impl State {
             return;
         }
         let end = (start + PAGE as usize).min(self.current.len());
-        if self.durable.len() < end {
-            self.durable.resize(end, 0);
+        if self.durable.len() < start {
+            // Pages between are not durable: they read as zeros.
+            self.durable.resize(start, 0);
         }
-        self.durable[start..end].copy_from_slice(&self.current[start..end]);
+        let within = end.min(self.durable.len());
+        if within > start {
+            self.durable[start..within].copy_from_slice(&self.current[start..within]);
+        }
+        let from = within.max(start);
+        self.durable.extend_from_slice(&self.current[from..end]);
     }
 
     /// Everything written becomes durable, and so does the length.
     fn sync_now(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
-        self.durable.resize(self.current.len(), 0);
+        self.durable.truncate(self.current.len());
         for page in dirty {
             self.persist_page(page);
         }
+        // Bytes past the durable end are always in dirty pages; this only
+        // guards the length.
+        self.durable.resize(self.current.len(), 0);
         self.sync_pending = false;
     }
 
