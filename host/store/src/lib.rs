@@ -4,15 +4,24 @@
 //! and three backends: [`SqliteStore`] (embedded SQLite in WAL mode, group
 //! commit, fsync before any acknowledgement; the default), [`LogStore`] (an
 //! append-only checksummed log with an index in memory: faster with many
-//! entities writing at once) and [`MemoryStore`] (no durability; for tests). Bytes are opaque here: this crate never
-//! decodes an event or a state, and never panics on what it reads from disk.
+//! entities writing at once) and [`MemoryStore`] (no durability; for tests).
+//! Bytes are opaque here: this crate never decodes an event or a state, and
+//! never panics on what it reads from disk.
+//!
+//! Layout: `sqlite`, `log` and `memory` are the backends; `file` is the file
+//! layer under the log (the OS file, or a simulated disk in tests). The
+//! `testkit` feature adds the module `testkit`: the contract checks
+//! every backend must pass and the simulated disk of the crash tests.
 
 use std::future::Future;
 use std::pin::Pin;
 
+mod file;
 mod log;
 mod memory;
 mod sqlite;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use log::LogStore;
 pub use memory::MemoryStore;

@@ -26,11 +26,14 @@
 //! Format 1 files (no markers, grown by each write) are read, and continue in
 //! format 2. Snapshot retention trims the index only; the bytes stay in the
 //! file (compaction is future work).
+//!
+//! Every file operation goes through `crate::file`, so that the crash tests
+//! (`tests/log_crash.rs`, feature `testkit`) can run this code unchanged on a
+//! simulated disk that keeps only synced bytes.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write as _};
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -38,6 +41,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use foldhash::fast::RandomState;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::file::{Cursor, DirectFile, LogFile};
 use crate::{
     BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, Snapshot,
     SnapshotStore, TimerRecord, Write,
@@ -56,14 +60,14 @@ const MARKER_BODY: u32 = 9;
 const MARKER_FRAME: usize = 8 + MARKER_BODY as usize;
 /// The file is kept zero-filled this far past the data, extended in steps of
 /// this size: an `fdatasync` that only overwrites blocks already in the file
-/// commits no metadata, and costs about half as much as one that grows the
-/// file (docs/BENCHMARKS.md).
+/// commits no metadata, so it is much cheaper than one that grows the file
+/// (docs/BENCHMARKS.md).
 const ZERO_STEP: u64 = 256 << 10;
 /// Largest record accepted (a corrupt length must not make us allocate GiBs).
 const MAX_RECORD: u32 = 256 << 20;
 
 /// The log's maps of entity keys: foldhash, seeded per map, is several times
-/// cheaper than SipHash on these short keys.
+/// cheaper than SipHash on these short keys (docs/BENCHMARKS.md).
 type Map<K, V> = HashMap<K, V, RandomState>;
 
 /// Where an event lives in the file.
@@ -382,9 +386,9 @@ fn io(path: &Path, e: std::io::Error) -> JournalError {
 /// its batch was written; a marker found past the bad spot that says the spot
 /// had already been synced proves the damage is in acknowledged data, and the
 /// open is refused as corruption.
-fn recover(path: &Path, file: &File, index: &mut Index) -> Result<u64, JournalError> {
-    let len = file.metadata().map_err(|e| io(path, e))?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
+fn recover(path: &Path, file: &LogFile, index: &mut Index) -> Result<u64, JournalError> {
+    let len = file.len().map_err(|e| io(path, e))?;
+    let mut r = BufReader::with_capacity(1 << 20, Cursor { file, pos: 0, len });
     let mut header = [0u8; HEADER as usize];
     if len < HEADER {
         return Ok(0);
@@ -436,7 +440,7 @@ fn recover(path: &Path, file: &File, index: &mut Index) -> Result<u64, JournalEr
 /// or damage to acknowledged data (see [`recover`]).
 fn check_tail(
     path: &Path,
-    file: &File,
+    file: &LogFile,
     pos: u64,
     len: u64,
     format: u32,
@@ -521,13 +525,36 @@ impl LogStore {
     ) -> Result<Arc<LogStore>, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let path = dir.join("events.log");
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(|e| io(&path, e))?;
+        Self::open_file(path, LogFile::Os(file), max_batch, direct)
+    }
+
+    /// Opens a log on a simulated disk (crash tests): like [`LogStore::open`]
+    /// with `direct` (synchronous durable writes) or like
+    /// [`LogStore::open_buffered`] without.
+    #[cfg(feature = "testkit")]
+    pub fn open_sim(
+        disk: &crate::testkit::SimDisk,
+        max_batch: usize,
+        direct: bool,
+    ) -> Result<Arc<LogStore>, JournalError> {
+        let path = PathBuf::from("sim/events.log");
+        Self::open_file(path, LogFile::Sim(disk.clone()), max_batch, direct)
+    }
+
+    /// Rebuilds the index from `file` (at `path`) and starts the writer.
+    fn open_file(
+        path: PathBuf,
+        file: LogFile,
+        max_batch: usize,
+        direct: bool,
+    ) -> Result<Arc<LogStore>, JournalError> {
         let mut index = Index::default();
         let end = recover(&path, &file, &mut index)?.max(HEADER);
         // Whatever follows the good records (zeros, a torn tail) goes, so that
@@ -538,13 +565,7 @@ impl LogStore {
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&FORMAT.to_le_bytes());
         file.write_all_at(&h, 0).map_err(|e| io(&path, e))?;
-        file.sync_all().map_err(|e| io(&path, e))?;
-        if let Some(parent) = path.parent()
-            && let Ok(d) = File::open(parent)
-        {
-            let _ = d.sync_all();
-        }
-        let _ = file.flush();
+        file.sync_all(&path).map_err(|e| io(&path, e))?;
         let (tx, rx) = mpsc::channel(65536);
         let shared = Arc::new(Shared {
             path,
@@ -652,7 +673,7 @@ impl Drop for LogStore {
 struct Shared {
     path: PathBuf,
     /// Shared with the readers' blocking tasks.
-    file: Arc<File>,
+    file: Arc<LogFile>,
     index: RwLock<Index>,
     /// End of the fsync'd, indexed part of the file: readers stop there.
     committed: AtomicU64,
@@ -677,9 +698,9 @@ impl Shared {
 /// [`DirectWriter`], or one `pwrite`) and commits them (the `fdatasync` that a
 /// buffered write needs, the index, the acknowledgements). Operations submitted
 /// meanwhile queue up for the next group without waking this thread, which
-/// parks only when the queue is empty. (Writing group N+1 while group N was
-/// being synced by a second thread was measured slower: every submit had to
-/// wake the writer, and groups stayed small.)
+/// parks only when the queue is empty. One thread both writes and syncs: with
+/// a second thread syncing, every submit had to wake the writer and groups
+/// stayed small (docs/BENCHMARKS.md).
 fn writer_loop(
     shared: &Shared,
     mut rx: mpsc::Receiver<(Op, Ack)>,
@@ -762,7 +783,12 @@ fn writer_loop(
 
 /// Writes a group through the page cache (made durable by `commit`'s
 /// `fdatasync`), zero-filling ahead of it.
-fn write_buffered(file: &File, end: u64, buf: &[u8], zeroed_to: &mut u64) -> std::io::Result<()> {
+fn write_buffered(
+    file: &LogFile,
+    end: u64,
+    buf: &[u8],
+    zeroed_to: &mut u64,
+) -> std::io::Result<()> {
     file.write_all_at(buf, end)?;
     let data_end = end + buf.len() as u64;
     if data_end > *zeroed_to {
@@ -786,11 +812,11 @@ fn aligned(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
 /// whole 4 KiB blocks (the partial last block of the data, kept in memory,
 /// then the group, then zeros), durable when it returns. Against a `pwrite`
 /// into the page cache and an `fdatasync`, this skips the page cache's
-/// writeback (about 17 µs of CPU per group here) and one system call, and
-/// syncs 15–40 µs sooner (docs/BENCHMARKS.md). Readers keep the buffered
+/// writeback and one system call, and syncs sooner (docs/BENCHMARKS.md).
+/// Readers keep the buffered
 /// handle; the kernel drops cached pages that a direct write covers.
 struct DirectWriter {
-    file: File,
+    file: DirectFile,
     /// Scratch space; the aligned part starts at `align_offset(BLOCK)`.
     scratch: Vec<u8>,
     /// The data of the partial block at the end: `[align_down(end), end)`.
@@ -802,30 +828,17 @@ struct DirectWriter {
 impl DirectWriter {
     /// Opens the direct handle, or `None` where the system has none (then
     /// the writer uses `fdatasync`).
-    fn open(path: &Path, file: &File, end: u64) -> Option<DirectWriter> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let direct = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
-                .open(path)
-                .ok()?;
-            let start = end / BLOCK * BLOCK;
-            let mut tail = vec![0u8; (end - start) as usize];
-            file.read_exact_at(&mut tail, start).ok()?;
-            Some(DirectWriter {
-                file: direct,
-                scratch: Vec::new(),
-                tail,
-                proven: false,
-            })
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = (path, file, end);
-            None
-        }
+    fn open(path: &Path, file: &LogFile, end: u64) -> Option<DirectWriter> {
+        let direct = file.open_direct(path)?;
+        let start = end / BLOCK * BLOCK;
+        let mut tail = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut tail, start).ok()?;
+        Some(DirectWriter {
+            file: direct,
+            scratch: Vec::new(),
+            tail,
+            proven: false,
+        })
     }
 
     /// Writes `group` at `end`: zeros ahead first if the data would pass
@@ -860,7 +873,7 @@ impl DirectWriter {
 /// Writes zeros from `from` to the next multiple of [`ZERO_STEP`] past it, so
 /// that the writes which follow overwrite blocks the file already has; returns
 /// the new end of the zero-filled space.
-fn zero_fill(file: &File, from: u64) -> std::io::Result<u64> {
+fn zero_fill(file: &LogFile, from: u64) -> std::io::Result<u64> {
     static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let to = (from / ZERO_STEP + 2) * ZERO_STEP;
     let mut at = from;
@@ -885,8 +898,8 @@ fn encode_batch(
     // one is encoded.
     let idx = shared.index.read().unwrap_or_else(|p| p.into_inner());
     // Highest sequence number accepted earlier in this batch, per entity;
-    // sized for the batch, since growing it rehashed every key (~230
-    // instructions per command, counted with callgrind).
+    // sized for the batch, since growing it rehashes every key
+    // (docs/BENCHMARKS.md).
     let mut pending: Map<&EntityKey, u64> =
         Map::with_capacity_and_hasher(batch.len(), RandomState::default());
     let mut results = Vec::with_capacity(batch.len());
@@ -897,7 +910,7 @@ fn encode_batch(
         if let Op::Append(w) = op
             && !w.events.is_empty()
         {
-            // One lookup of each map per write: hashing keys showed in profiles.
+            // One lookup of each map per write: hashing keys is a visible cost.
             let stored = idx.entities.get(&w.key);
             let earlier = pending.entry(&w.key).or_insert(0);
             let written = |seq: u64| seq <= *earlier || stored.is_some_and(|e| e.has_seq(seq));
@@ -1027,7 +1040,7 @@ fn feed_events(
 /// Reads the feed of a type from file offset `from` (0: the first record) up
 /// to the committed end `end`.
 fn feed_page(
-    file: &File,
+    file: &LogFile,
     path: &Path,
     entity_type: &str,
     from: u64,

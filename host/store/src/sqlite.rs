@@ -114,8 +114,8 @@ pub struct SqliteStore {
     tx: Option<mpsc::Sender<(Op, Ack)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per reader connection: a read waits for a connection
-    /// rather than opening one (an open parses the schema; under a burst
-    /// of recoveries most reads opened and closed one).
+    /// rather than opening one, since an open parses the schema
+    /// (docs/BENCHMARKS.md).
     reader_permits: Arc<tokio::sync::Semaphore>,
     writer: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -144,13 +144,10 @@ impl SqliteStore {
             .map_err(|e| JournalError::Io(format!("{}: {e}", dir.display())))?;
         let path = dir.join("journal.db");
         let conn = open_conn(&path)?;
-        // Small pages: each event of a batch tends to dirty its own page (entities
-        // interleave), and every dirty page is written to the WAL and fsync'd.
-        // Measured (append_bench, 256 writers, EPYC VM): 4096 → 47k/s, 1024 →
-        // 56k/s. On the Xeon VM, 2048 against 1024 (docs/BENCHMARKS.md,
-        // 2026-12-01): fewer B-tree splits (`balance_nonroot` was ~15% of the
-        // writer), +10% commands/s over QUIC, +5% in-process.
-        // Only applies when the file is created.
+        // Small pages, since each event of a batch tends to dirty its own page
+        // (entities interleave) and every dirty page is written to the WAL and
+        // fsync'd; 2 KiB rather than 1 KiB for fewer B-tree splits
+        // (docs/BENCHMARKS.md). Only applies when the file is created.
         conn.execute_batch("PRAGMA page_size=2048")?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -164,10 +161,8 @@ impl SqliteStore {
         conn.execute_batch(
             // Checkpoints run on their own thread (see `checkpointer`), not in the
             // writer's commits: an automatic checkpoint stalls every acknowledgement.
-            // A small page cache: every commit scans the cache's hash table
-            // (`pcache1TruncateUnsafe`, 7.7% of the writer's samples with 64 MiB);
-            // durable commands/s with 64 / 16 / 4 / 2 / 1 MiB: 63-65k / 70-77k /
-            // 80-88k / 84-85k / 84-88k (docs/BENCHMARKS.md, 2026-12-01).
+            // A small page cache (4 MiB), since every commit scans the cache's
+            // hash table (docs/BENCHMARKS.md).
             "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-4096;",
         )?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -527,9 +522,10 @@ impl Journal for SqliteStore {
             return Box::pin(async { Ok(PackedEvents::default()) });
         }
         self.with_reader(move |c| {
-            // Fast path: only the payload column of a sequence range (reading
-            // `seq` from every row costs a quarter of the scan). A full range
-            // is contiguous by construction: (key, seq) is the primary key.
+            // Fast path: only the payload column of a sequence range, since
+            // reading `seq` from every row slows the scan (docs/BENCHMARKS.md).
+            // A full range is contiguous by construction: (key, seq) is the
+            // primary key.
             let end = from.saturating_add(max as u64);
             let mut out = PackedEvents::default();
             {
