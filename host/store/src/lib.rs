@@ -132,6 +132,7 @@ impl PackedEvents {
 
 /// Why a storage operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JournalError {
     /// An event with this sequence number already exists; nothing of the write was stored.
     #[error("sequence conflict: {key} already has event #{seq}")]
