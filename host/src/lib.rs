@@ -11,11 +11,15 @@
 //! - [`config`]: the `cairn.toml` file.
 //! - [`registry`]: deployed components by content, and the deploy history.
 //! - [`hotswap`]: validation of a new version by replaying real history.
-//! - [`api`]: the client protocol (requests, responses, framing).
-//! - [`server`]: serves a node over QUIC; [`awake`]: the thread that keeps a
-//!   CPU awake after requests; [`client`]: the Rust client.
-//! - [`tls`]: certificates and the TLS configurations (mutual TLS, always on).
+//! - [`server`]: serves a node over QUIC and translates node errors into the
+//!   protocol's; `awake` (private): the optional thread that keeps a CPU
+//!   awake after requests.
 //! - Storage (journal, snapshots, timers) is the `cairn-store` crate.
+//! - Re-exported for existing paths: [`api`] is the `cairn-proto` crate (the
+//!   client protocol: messages, errors, framing on bytes); [`client`] is the
+//!   `cairn-client` crate (the Rust client, frame I/O on quinn streams) and
+//!   [`tls`] its certificate and TLS module. The `cairn` command is the
+//!   `cairn-cli` crate.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -29,10 +33,8 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
-pub mod awake;
+mod awake;
 pub mod behavior;
-pub mod client;
 pub mod config;
 mod deadline;
 mod entity;
@@ -41,4 +43,7 @@ pub mod node;
 pub mod registry;
 pub mod runtime;
 pub mod server;
-pub mod tls;
+
+pub use cairn_client as client;
+pub use cairn_client::tls;
+pub use cairn_proto as api;

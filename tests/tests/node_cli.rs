@@ -281,7 +281,7 @@ async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Option<R
     let _ = send.finish();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        cairn_host::api::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
+        cairn_host::client::frame::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
     )
     .await?;
     Ok(r.ok())
@@ -331,13 +331,13 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
         expected_seq: None,
         timeout_ms: None,
     };
-    let frame = cairn_host::api::encode_frame(&ask("nope", "{}"))?;
+    let frame = cairn_host::api::encode(&ask("nope", "{}"))?;
     let r = raw_exchange(&conn, &frame).await?;
     assert!(
         matches!(r, Some(Response::Error(ApiError::UnknownEntityType(_)))),
         "{r:?}"
     );
-    let frame = cairn_host::api::encode_frame(&ask(TYPE, "{not json"))?;
+    let frame = cairn_host::api::encode(&ask(TYPE, "{not json"))?;
     let r = raw_exchange(&conn, &frame).await?;
     assert!(
         matches!(r, Some(Response::Error(ApiError::MalformedCommand(_)))),
@@ -349,7 +349,7 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
         .ask_json(TYPE, "ok", r#"{"Deposit":{"amount":5}}"#)
         .await?;
     assert_eq!((reply.as_deref(), seq), (Some("\"ok\""), 1));
-    let frame = cairn_host::api::encode_frame(&Request::Types)?;
+    let frame = cairn_host::api::encode(&Request::Types)?;
     assert!(matches!(
         raw_exchange(&conn, &frame).await?,
         Some(Response::Types(_))
@@ -540,6 +540,7 @@ async fn bench_drives_a_node_and_prints_its_figures() -> Result<()> {
         "20",
         "--commands",
         "400",
+        "--probe-disk",
         "--fsync-dir",
         probes.to_str().unwrap(),
     ])?;
