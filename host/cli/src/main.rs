@@ -7,7 +7,7 @@
 //!
 //! Layout: [`args`] (clap), [`node`] (the node runner), [`deploy`] (deploy,
 //! versions, rollback, types), [`entity`] (ask, tell, events, state, tail),
-//! [`certs`], [`inspect`] (check-config, describe), [`bench`] and its
+//! [`certs`], [`inspect`] (check-config, describe), [`bench`](mod@bench) and its
 //! optional disk probes ([`probe`]), [`output`] (formatting shared by the
 //! commands).
 

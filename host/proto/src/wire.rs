@@ -41,7 +41,7 @@ pub enum Request {
     /// Variant 0 in every protocol version, so any client gets a clear
     /// answer about the version.
     Hello {
-        /// The client's [`PROTOCOL_VERSION`].
+        /// The client's [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
         version: u32,
     },
     /// Deploy a component to an entity type: validated by replaying the
@@ -177,7 +177,7 @@ pub struct TypeInfo {
 pub enum Response {
     /// Answer to [`Request::Hello`].
     Welcome {
-        /// The node's [`PROTOCOL_VERSION`].
+        /// The node's [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
         version: u32,
         /// The node's name.
         node: String,
