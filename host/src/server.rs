@@ -787,3 +787,56 @@ fn guest_fault(fault: GuestFault) -> ApiError {
         message: fault.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_errors_become_typed_api_errors() {
+        assert_eq!(ask_error(AskError::MailboxFull), ApiError::MailboxFull);
+        assert_eq!(ask_error(AskError::ShuttingDown), ApiError::ShuttingDown);
+        assert_eq!(
+            ask_error(AskError::Timeout(Duration::from_millis(1500))),
+            ApiError::Timeout { ms: 1500 }
+        );
+        assert_eq!(
+            ask_error(AskError::EntityStopped("too many restarts".into())),
+            ApiError::Stopped {
+                reason: "too many restarts".into()
+            }
+        );
+        assert_eq!(
+            ask_error(AskError::Guest("unreachable".into())),
+            ApiError::GuestFault {
+                kind: GuestFaultKind::Trap,
+                message: "unreachable".into()
+            }
+        );
+        assert_eq!(
+            ask_error(AskError::Journal("disk full".into())),
+            ApiError::Storage("disk full".into())
+        );
+        assert!(matches!(
+            read_error(ReadError::Guest(GuestFault::Deadline(Duration::from_secs(
+                1
+            )))),
+            ApiError::GuestFault {
+                kind: GuestFaultKind::Deadline,
+                ..
+            }
+        ));
+        assert!(matches!(
+            read_error(ReadError::Codec("bad bytes".into())),
+            ApiError::GuestFault {
+                kind: GuestFaultKind::Contract,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn keep_awake_is_off_by_default() {
+        assert_eq!(ServerLimits::default().keep_awake, Duration::ZERO);
+    }
+}

@@ -50,10 +50,10 @@ fn threads(pid: u32) -> Result<Vec<(String, u32)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_end_to_end() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let node = NodeProc::start(tmp.path(), &[])?;
+    let node = NodeProc::start(tmp.path(), &["--keep-awake-us", "1000"])?;
     node.client().await?; // wait until it is up
     deploy(&node)?;
-    // By default one thread keeps a CPU awake after requests, under
+    // With keep-awake on, one thread keeps a CPU awake after requests, under
     // SCHED_IDLE (policy 5) so that it never takes CPU from real work.
     let awake: Vec<u32> = threads(node.child.id())?
         .into_iter()
@@ -294,6 +294,13 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
     let good = node.client().await?;
     deploy(&node)?;
     let conn = raw_connection(&node).await?;
+    // Keep-awake is off by default: no thread spins.
+    assert!(
+        threads(node.child.id())?
+            .iter()
+            .all(|(name, _)| name != "cairn-awake"),
+        "a keep-awake thread runs by default"
+    );
 
     // Garbage: a length prefix, then bytes that are no message.
     let mut garbage = 8u32.to_le_bytes().to_vec();
