@@ -197,9 +197,8 @@ impl Shared {
 /// the yield before a response while other requests of the connection are
 /// in flight (see [`serve_stream`]), the responses that
 /// become ready together (one group commit acknowledges many commands) are
-/// written in one poll, and quinn packs them into shared packets. A task per
-/// stream woke quinn's connection driver once per response, which then ran
-/// at once and sent about one UDP packet per command. An `ask` to an idle
+/// written in one poll, and quinn packs them into shared packets rather than
+/// one packet per response (docs/BENCHMARKS.md). An `ask` to an idle
 /// entity runs its guest call on this task too ([`Node::ask`]), so a slow
 /// guest call holds up this connection's other streams (never another
 /// connection's) for at most the call deadline.
