@@ -1,20 +1,20 @@
-//! Keeps a CPU awake while a node is busy, so that wake-ups reach a running
-//! CPU instead of a halted one.
+//! Keeps a CPU awake after requests, so that wake-ups reach a running CPU
+//! instead of a halted one. Off by default: a latency knob for dedicated
+//! machines (`node.keep_awake_us`), since it spins a CPU.
 //!
 //! Owns one thread that spins for a short window after the last sign of
 //! activity (a request read or answered), then parks until the next one. In a
-//! virtual machine, waking a thread on a halted virtual CPU costs tens of
-//! microseconds (the hypervisor must schedule that CPU again); a sequential
-//! client pays it on the way in and on the way out of every command.
+//! virtual machine, waking a thread on a halted virtual CPU is slow (the
+//! hypervisor must schedule that CPU again), and a sequential client pays it
+//! on the way in and on the way out of every command (docs/BENCHMARKS.md).
 //!
 //! The thread runs under `SCHED_IDLE` on Linux (elsewhere it does not spin):
 //! any other runnable thread takes its CPU at once. It never runs while the
 //! node is quiet, and it sleeps while the node is busy (more than
 //! [`BUSY_TOUCHES_PER_MS`] signs of activity per millisecond): then the
 //! node's threads rarely sleep and gain nothing from it, and spinning through
-//! such load cost throughput (measured: three of seven 64-stream runs fell
-//! from ~150,000 to ~100,000 commands/s; the host's share of CPU for the VM
-//! is the likely reason).
+//! such load costs throughput (docs/BENCHMARKS.md). It must never run at
+//! normal priority.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -178,7 +178,8 @@ pub struct NodeConfig {
     pub workers: Option<usize>,
     /// How long after a request one thread of idle priority keeps a CPU
     /// awake (spinning), so that the next wake-up finds it running; zero
-    /// disables it. See [`crate::awake`].
+    /// (the default) disables it. A latency knob for dedicated machines: it
+    /// spins a CPU (docs/BENCHMARKS.md).
     pub keep_awake: Duration,
     /// Certificates; `None` means the development setup generated in
     /// `<data_dir>/tls` on first start.
@@ -215,7 +216,7 @@ impl Default for NodeConfig {
             max_in_flight: 4096,
             deploy_sample: 100,
             workers: None,
-            keep_awake: Duration::from_millis(1),
+            keep_awake: Duration::ZERO,
             tls: None,
         }
     }
@@ -677,11 +678,8 @@ mod tests {
     }
 
     #[test]
-    fn keep_awake_defaults_to_a_millisecond() {
-        assert_eq!(
-            Config::parse("").unwrap().node.keep_awake,
-            Duration::from_millis(1)
-        );
+    fn keep_awake_defaults_to_off() {
+        assert_eq!(Config::parse("").unwrap().node.keep_awake, Duration::ZERO);
         let off = Config::parse("[node]\nkeep_awake_us = 0").unwrap().node;
         assert_eq!(off.keep_awake, Duration::ZERO);
         let set = Config::parse("[node]\nkeep_awake_us = 250").unwrap().node;

@@ -24,8 +24,16 @@
 //!   limits; [`behavior`]: the byte-level behavior trait it implements.
 //! - [`registry`]: deployed components by content, the deploy history.
 //! - [`config`]: the `cairn.toml` file.
+//! - [`server`]: serves a node over QUIC and translates node errors into the
+//!   protocol's; `awake` (private): the optional thread that keeps a CPU
+//!   awake after requests (off by default).
 //! - `deadline` (private): the coarse timer behind `ask` timeouts.
-//! - Storage (journal, snapshots, timers) is the `cairn-store` crate.
+//!
+//! Other crates of the workspace: storage (journal, snapshots, timers) is
+//! `cairn-store`; re-exported for their paths here, [`api`] is `cairn-proto`
+//! (the client protocol: messages, errors, framing on bytes) and [`client`]
+//! is `cairn-client` (the Rust client, frame I/O on quinn streams), with
+//! [`tls`] its certificate and TLS module. The `cairn` command is `cairn-cli`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -39,10 +47,8 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
-pub mod awake;
+mod awake;
 pub mod behavior;
-pub mod client;
 pub mod clock;
 pub mod config;
 mod deadline;
@@ -53,8 +59,11 @@ pub mod registry;
 mod replay;
 pub mod runtime;
 pub mod server;
-pub mod tls;
 pub mod types;
+
+pub use cairn_client as client;
+pub use cairn_client::tls;
+pub use cairn_proto as api;
 
 pub use config::Config;
 pub use deploy::{DeployError, DeployResult, Versions};

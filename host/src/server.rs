@@ -1,11 +1,13 @@
 //! Serves a [`Node`] over QUIC: one quinn endpoint, mutual TLS, the client
-//! protocol of [`crate::api`].
+//! protocol of [`crate::api`] (the `cairn-proto` crate), with the frame I/O
+//! and TLS configuration of the `cairn-client` crate.
 //!
 //! Owns connection handling, the per-stream request loop, the limits (at most
 //! `max_connections` connections: more are closed with "busy"; at most
 //! `max_in_flight` requests being served: more are answered
-//! [`ApiError::Busy`]), and the translation of node errors into
-//! [`ApiError`]s. Nothing a client sends can panic the node: bad frames get an
+//! [`ApiError::Busy`]), the translation of node errors into [`ApiError`]s,
+//! and the conversion of the node's validation reports and deploy records
+//! into the protocol's own types. Nothing a client sends can panic the node: bad frames get an
 //! error response and the stream is closed, the connection and the node go on.
 
 use std::net::SocketAddr;
@@ -17,18 +19,21 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, broadcast};
 
-use crate::api::{
-    self, ApiError, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request, Response,
-    StateAt, TypeInfo,
+use cairn_client::frame::{read_frame, write_frame};
+use cairn_client::tls::{self, NodeFiles, TlsError};
+use cairn_proto::{
+    self as api, ApiError, EventView, FrameError, GuestFaultKind, MAX_FRAME, PROTOCOL_VERSION,
+    Payload, Request, Response, StateAt, TypeInfo,
 };
+
 use crate::awake::KeepAwake;
+use crate::behavior::GuestFault;
 use crate::config::TlsFiles;
-use crate::deploy::{DeployError, DeployResult};
+use crate::deploy::{self, DeployError, DeployResult};
 use crate::node::{
     AskError, AskOptions, LifecycleEvent, Node, PastState, ReadError, RegisterError,
 };
-use crate::registry::Deployment;
-use crate::tls::{self, TlsError};
+use crate::registry::{self, Deployment};
 
 /// Application error code a node closes a connection with when it is full.
 pub const CLOSE_BUSY: u32 = 1;
@@ -48,8 +53,10 @@ pub struct ServerLimits {
     pub max_in_flight: usize,
     /// Most streams a client may have open on one connection.
     pub max_streams_per_connection: u32,
-    /// How long after a request a thread keeps a CPU awake
-    /// ([`KeepAwake`]); zero disables it.
+    /// How long after a request a thread of idle priority keeps a CPU awake
+    /// by spinning, so that the next wake-up is quick; zero (the default)
+    /// disables it. A latency knob for dedicated machines: it spins a CPU
+    /// (docs/BENCHMARKS.md).
     pub keep_awake: Duration,
 }
 
@@ -59,7 +66,7 @@ impl Default for ServerLimits {
             max_connections: 1024,
             max_in_flight: 4096,
             max_streams_per_connection: 256,
-            keep_awake: Duration::from_millis(1),
+            keep_awake: Duration::ZERO,
         }
     }
 }
@@ -96,7 +103,7 @@ impl Server {
         limits: ServerLimits,
         name: String,
     ) -> Result<Server, ServerError> {
-        let mut config = tls::server_config(files)?;
+        let mut config = tls::server_config(&NodeFiles::from(files.clone()))?;
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(limits.max_streams_per_connection.into());
         transport.max_concurrent_uni_streams(0u32.into());
@@ -189,9 +196,8 @@ impl Shared {
 /// the yield before a response while other requests of the connection are
 /// in flight (see [`serve_stream`]), the responses that
 /// become ready together (one group commit acknowledges many commands) are
-/// written in one poll, and quinn packs them into shared packets. A task per
-/// stream woke quinn's connection driver once per response, which then ran
-/// at once and sent about one UDP packet per command. An `ask` to an idle
+/// written in one poll, and quinn packs them into shared packets rather than
+/// one packet per response (docs/BENCHMARKS.md). An `ask` to an idle
 /// entity runs its guest call on this task too ([`Node::ask`]), so a slow
 /// guest call holds up this connection's other streams (never another
 /// connection's) for at most the call deadline.
@@ -221,12 +227,13 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     loop {
-        let req: Request = match api::read_frame(&mut recv, MAX_FRAME).await {
+        let req: Request = match read_frame(&mut recv, MAX_FRAME).await {
             Ok(r) => r,
             Err(FrameError::Finished) => break,
-            Err(e @ (FrameError::Decode(_) | FrameError::TooLarge(_) | FrameError::Truncated)) => {
+            Err(FrameError::Stream(_)) => break,
+            Err(e) => {
                 tracing::debug!(error = %e, "bad frame from a client");
-                let _ = api::write_frame(
+                let _ = write_frame(
                     &mut send,
                     &Response::Error(ApiError::BadRequest(e.to_string())),
                 )
@@ -234,7 +241,6 @@ async fn serve_stream(
                 let _ = recv.stop(0u32.into());
                 break;
             }
-            Err(FrameError::Stream(_)) => break,
         };
         match req {
             Request::FollowLifecycle => {
@@ -265,7 +271,7 @@ async fn serve_stream(
                     tokio::task::yield_now().await;
                 }
                 shared.keep_awake();
-                if api::write_frame(&mut send, &resp).await.is_err() {
+                if write_frame(&mut send, &resp).await.is_err() {
                     break;
                 }
             }
@@ -279,7 +285,7 @@ fn type_info(node: &Node, d: &Deployment) -> TypeInfo {
         entity_type: d.entity_type.clone(),
         deploy: d.deploy,
         behavior: d.behavior.clone(),
-        version: d.behavior_version.clone(),
+        behavior_version: d.behavior_version.clone(),
         state_schema: d.state_schema,
         hash: d.hash.clone(),
         deployed_ms: d.deployed_ms,
@@ -318,14 +324,13 @@ async fn handle(shared: &Shared, req: Request) -> Response {
             .map_err(deploy_error),
         Request::Versions { entity_type } => {
             let v = node.versions(&entity_type);
-            let (versions, active) = (v.deploys, v.active);
-            if versions.is_empty() {
+            if v.deploys.is_empty() {
                 Err(ApiError::UnknownEntityType(entity_type))
             } else {
                 Ok(Response::Versions {
-                    versions: versions.iter().map(|d| type_info(node, d)).collect(),
-                    active,
-                    history: v.records,
+                    versions: v.deploys.iter().map(|d| type_info(node, d)).collect(),
+                    active: v.active,
+                    history: v.records.iter().map(deploy_record).collect(),
                 })
             }
         }
@@ -397,6 +402,8 @@ async fn handle(shared: &Shared, req: Request) -> Response {
         Request::FollowLifecycle | Request::FollowEvents { .. } => Err(ApiError::BadRequest(
             "follow requests are handled by the stream loop".into(),
         )),
+        // A request of a later protocol version this node does not know.
+        _ => Err(ApiError::BadRequest("unknown request".into())),
     };
     result.unwrap_or_else(Response::Error)
 }
@@ -410,6 +417,7 @@ fn encode(node: &Node, entity_type: &str, command: Payload) -> Result<Vec<u8>, A
             Ok(b)
         }
         Payload::Json(j) => node.command_from_json(entity_type, &j).map_err(read_error),
+        _ => Err(ApiError::BadRequest("unknown payload kind".into())),
     }
 }
 
@@ -467,6 +475,7 @@ async fn state(
         }
         StateAt::Seq(n) => PastState::Seq(n),
         StateAt::Time(t) => PastState::Time(t),
+        _ => return Err(ApiError::BadRequest("unknown kind of state read".into())),
     };
     let h = node
         .state_at(entity_type, entity_id, past)
@@ -493,7 +502,7 @@ fn event_view(
         entity_id: entity_id.to_owned(),
         seq: e.seq,
         timestamp_ms: e.timestamp_ms,
-        version: e.version,
+        behavior_version: e.version,
         json: node.event_to_json(entity_type, &e.payload).ok(),
         bytes: e.payload,
     }
@@ -560,7 +569,7 @@ fn lifecycle_response(e: LifecycleEvent) -> Response {
 
 async fn follow_lifecycle(shared: &Shared, send: &mut quinn::SendStream) {
     let mut rx = shared.node.lifecycle();
-    if api::write_frame(send, &Response::Following).await.is_err() {
+    if write_frame(send, &Response::Following).await.is_err() {
         return;
     }
     loop {
@@ -572,7 +581,7 @@ async fn follow_lifecycle(shared: &Shared, send: &mut quinn::SendStream) {
             },
             _ = send.stopped() => break,
         };
-        if api::write_frame(send, &resp).await.is_err() {
+        if write_frame(send, &resp).await.is_err() {
             break;
         }
     }
@@ -586,14 +595,14 @@ async fn follow_events(
 ) {
     let node = &shared.node;
     if node.descriptor(entity_type).is_none() {
-        let _ = api::write_frame(
+        let _ = write_frame(
             send,
             &Response::Error(ApiError::UnknownEntityType(entity_type.to_owned())),
         )
         .await;
         return;
     }
-    if api::write_frame(send, &Response::Following).await.is_err() {
+    if write_frame(send, &Response::Following).await.is_err() {
         return;
     }
     loop {
@@ -604,8 +613,7 @@ async fn follow_events(
         {
             Ok(p) => p,
             Err(e) => {
-                let _ =
-                    api::write_frame(send, &Response::Error(ApiError::Failed(e.to_string()))).await;
+                let _ = write_frame(send, &Response::Error(ApiError::Storage(e.to_string()))).await;
                 return;
             }
         };
@@ -620,7 +628,7 @@ async fn follow_events(
                 events,
                 next: page.next,
             };
-            if api::write_frame(send, &resp).await.is_err() {
+            if write_frame(send, &resp).await.is_err() {
                 return;
             }
         }
@@ -638,13 +646,86 @@ fn deployed(node: &Node, r: DeployResult) -> Response {
     Response::Deployed {
         info: r.deployment.as_ref().map(|d| type_info(node, d)),
         changed: r.changed,
-        report: r.report,
+        report: validation_report(&r.report),
+    }
+}
+
+/// The protocol's form of a validation report.
+fn validation_report(r: &deploy::ValidationReport) -> api::ValidationReport {
+    api::ValidationReport {
+        sampled: r.sampled,
+        events: r.events,
+        from_snapshot: r.from_snapshot,
+        millis: r.millis,
+        failures: r
+            .failures
+            .iter()
+            .map(|f| api::ReplayFailure {
+                entity_id: f.entity_id.clone(),
+                seq: f.seq,
+                error: f.error.clone(),
+            })
+            .collect(),
+        failed: r.failed,
+        differences: r
+            .differences
+            .iter()
+            .map(|d| api::StateDifference {
+                entity_id: d.entity_id.clone(),
+                seq: d.seq,
+                active: d.active.clone(),
+                candidate: d.candidate.clone(),
+            })
+            .collect(),
+        differing: r.differing,
+    }
+}
+
+/// The protocol's form of a deploy-history entry.
+fn deploy_record(r: &registry::DeployRecord) -> api::DeployRecord {
+    api::DeployRecord {
+        entity_type: r.entity_type.clone(),
+        action: match r.action {
+            registry::DeployAction::Deploy => api::DeployAction::Deploy,
+            registry::DeployAction::Rollback => api::DeployAction::Rollback,
+        },
+        deploy: r.deploy,
+        hash: r.hash.clone(),
+        behavior_version: r.behavior_version.clone(),
+        at_ms: r.at_ms,
+        outcome: match r.outcome {
+            registry::DeployOutcome::Activated => api::DeployOutcome::Activated,
+            registry::DeployOutcome::Refused => api::DeployOutcome::Refused,
+        },
+        report: validation_report(&r.report),
+    }
+}
+
+impl From<TlsFiles> for NodeFiles {
+    fn from(f: TlsFiles) -> NodeFiles {
+        NodeFiles {
+            ca: f.ca,
+            cert: f.cert,
+            key: f.key,
+        }
+    }
+}
+
+impl From<NodeFiles> for TlsFiles {
+    fn from(f: NodeFiles) -> TlsFiles {
+        TlsFiles {
+            ca: f.ca,
+            cert: f.cert,
+            key: f.key,
+        }
     }
 }
 
 fn deploy_error(e: DeployError) -> ApiError {
     match e {
-        DeployError::Refused(report) => ApiError::ValidationFailed(report),
+        DeployError::Refused(report) => {
+            ApiError::ValidationFailed(Box::new(validation_report(&report)))
+        }
         DeployError::NoSuchVersion(m) => ApiError::BadRequest(format!("no such version: {m}")),
         DeployError::Register(RegisterError::InvalidName(n)) => ApiError::BadRequest(format!(
             "invalid entity type name `{n}`: use letters, digits, '-' and '_' (at most 128)"
@@ -653,26 +734,113 @@ fn deploy_error(e: DeployError) -> ApiError {
     }
 }
 
+/// The protocol's error for a failed ask or tell.
 fn ask_error(e: AskError) -> ApiError {
     match e {
         AskError::UnknownEntityType(t) => ApiError::UnknownEntityType(t),
         AskError::InvalidEntityId(m) => ApiError::BadRequest(format!("invalid entity id: {m}")),
-        AskError::Timeout(d) => ApiError::Timeout(format!("no reply within {d:?}")),
+        AskError::Timeout(d) => ApiError::Timeout {
+            ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        },
         AskError::Conflict { expected, actual } => ApiError::Conflict { expected, actual },
         AskError::Rejected(r) => ApiError::Rejected(r),
         AskError::MalformedCommand(m) => ApiError::MalformedCommand(m),
-        e @ (AskError::MailboxFull
-        | AskError::EntityStopped(_)
-        | AskError::Guest(_)
-        | AskError::Journal(_)
-        | AskError::ShuttingDown) => ApiError::Failed(e.to_string()),
+        AskError::MailboxFull => ApiError::MailboxFull,
+        AskError::EntityStopped(reason) => ApiError::Stopped { reason },
+        AskError::Guest(fault) => guest_fault(fault),
+        AskError::Journal(e) => ApiError::Storage(e.to_string()),
+        AskError::ShuttingDown => ApiError::ShuttingDown,
     }
 }
 
+/// The protocol's error for a failed read or conversion.
 fn read_error(e: ReadError) -> ApiError {
     match e {
         ReadError::UnknownEntityType(t) => ApiError::UnknownEntityType(t),
+        ReadError::Journal(e) => ApiError::Storage(e.to_string()),
+        // The behavior could not render its own bytes: a contract breach.
+        ReadError::Codec(message) => ApiError::GuestFault {
+            kind: GuestFaultKind::Contract,
+            message,
+        },
+        ReadError::Guest(fault) => guest_fault(fault),
         ReadError::Ask(e) => ask_error(e),
-        e => ApiError::Failed(e.to_string()),
+    }
+}
+
+/// The protocol's error for a guest fault.
+fn guest_fault(fault: GuestFault) -> ApiError {
+    let kind = match &fault {
+        GuestFault::Deadline(_) => GuestFaultKind::Deadline,
+        GuestFault::MemoryLimit(_) => GuestFaultKind::MemoryLimit,
+        GuestFault::Trap(_) => GuestFaultKind::Trap,
+        GuestFault::Instantiate(_) => GuestFaultKind::Instantiate,
+        GuestFault::BadState(_) => GuestFaultKind::BadState,
+        GuestFault::Contract(_) => GuestFaultKind::Contract,
+    };
+    ApiError::GuestFault {
+        kind,
+        message: fault.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::JournalError;
+
+    #[test]
+    fn node_errors_become_typed_api_errors() {
+        assert_eq!(ask_error(AskError::MailboxFull), ApiError::MailboxFull);
+        assert_eq!(ask_error(AskError::ShuttingDown), ApiError::ShuttingDown);
+        assert_eq!(
+            ask_error(AskError::Timeout(Duration::from_millis(1500))),
+            ApiError::Timeout { ms: 1500 }
+        );
+        assert_eq!(
+            ask_error(AskError::EntityStopped("too many restarts".into())),
+            ApiError::Stopped {
+                reason: "too many restarts".into()
+            }
+        );
+        assert_eq!(
+            ask_error(AskError::Guest(GuestFault::Trap("unreachable".into()))),
+            ApiError::GuestFault {
+                kind: GuestFaultKind::Trap,
+                message: "guest trapped: unreachable".into()
+            }
+        );
+        assert!(matches!(
+            ask_error(AskError::Guest(GuestFault::BadState("bad bytes".into()))),
+            ApiError::GuestFault {
+                kind: GuestFaultKind::BadState,
+                ..
+            }
+        ));
+        assert_eq!(
+            ask_error(AskError::Journal(JournalError::Io("disk full".into()))),
+            ApiError::Storage("I/O error: disk full".into())
+        );
+        assert!(matches!(
+            read_error(ReadError::Guest(GuestFault::Deadline(Duration::from_secs(
+                1
+            )))),
+            ApiError::GuestFault {
+                kind: GuestFaultKind::Deadline,
+                ..
+            }
+        ));
+        assert!(matches!(
+            read_error(ReadError::Codec("bad bytes".into())),
+            ApiError::GuestFault {
+                kind: GuestFaultKind::Contract,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn keep_awake_is_off_by_default() {
+        assert_eq!(ServerLimits::default().keep_awake, Duration::ZERO);
     }
 }

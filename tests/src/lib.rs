@@ -170,7 +170,7 @@ pub async fn wait_for(
 }
 
 /// The `cairn` binary built by this workspace (next to the test executable,
-/// or `CAIRN_BIN`). `cargo test --workspace` builds it: the `cairn-host`
+/// or `CAIRN_BIN`). `cargo test --workspace` builds it: the `cairn-cli`
 /// package has integration tests, so cargo builds its binary first.
 pub fn cairn_bin() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("CAIRN_BIN") {
@@ -184,7 +184,7 @@ pub fn cairn_bin() -> Result<PathBuf> {
     let bin = dir.join(format!("cairn{}", std::env::consts::EXE_SUFFIX));
     if !bin.exists() {
         bail!(
-            "{} is missing: build it with `cargo build -p cairn-host --bin cairn` (same profile as the tests) or set CAIRN_BIN",
+            "{} is missing: build it with `cargo build -p cairn-cli --bin cairn` (same profile as the tests) or set CAIRN_BIN",
             bin.display()
         );
     }
@@ -204,7 +204,7 @@ pub fn build_cairn_bin() -> Result<PathBuf> {
         .any(|p| p.file_name().is_some_and(|n| n == "release"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "cairn-host", "--bin", "cairn"])
+    cmd.args(["build", "-p", "cairn-cli", "--bin", "cairn"])
         .current_dir(workspace_root());
     if release {
         cmd.arg("--release");

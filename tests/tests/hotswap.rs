@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cairn_host::api::{ApiError, Payload};
+use cairn_host::api::{ApiError, DeployAction, DeployOutcome, Payload};
 use cairn_host::client::{Client, ClientError};
-use cairn_host::registry::{DeployAction, DeployOutcome};
 use cairn_tests::{NodeProc, example_bytes, example_wasm};
 
 const TYPE: &str = "bank-account";
@@ -90,7 +89,7 @@ async fn a_deploy_under_load_loses_no_command() -> Result<()> {
         for (i, ev) in events.iter().enumerate() {
             assert_eq!(ev.seq, i as u64 + 1);
             let json = ev.json.as_deref().unwrap_or("");
-            match ev.version.as_str() {
+            match ev.behavior_version.as_str() {
                 "1.0.0" => {
                     assert!(!seen_v2, "{id}: a v1 event after a v2 event");
                     assert!(json.contains("Deposited") || json.contains("Credited"));
@@ -114,7 +113,7 @@ async fn a_deploy_under_load_loses_no_command() -> Result<()> {
     deposit(&client, "h0", 1).await?;
     let last = client.events(TYPE, "h0", 1, u64::MAX, 100_000).await?;
     let last = last.last().expect("events");
-    assert_eq!(last.version, "2.0.0");
+    assert_eq!(last.behavior_version, "2.0.0");
     assert!(last.json.as_deref().unwrap_or("").contains("Credited"));
     client.close().await;
     deployer.close().await;
@@ -168,7 +167,10 @@ async fn versions_that_cannot_replay_history_are_refused() -> Result<()> {
     assert_eq!(refused.report.failed, 2);
     assert_eq!(deposit(&client, "a-fine", 1).await?, "\"ok\"");
     let events = client.events(TYPE, "a-fine", 1, u64::MAX, 10).await?;
-    assert_eq!(events.last().map(|e| e.version.as_str()), Some("1.0.0"));
+    assert_eq!(
+        events.last().map(|e| e.behavior_version.as_str()),
+        Some("1.0.0")
+    );
 
     // The CLI says so too, with a non-zero exit, and names the entity.
     let path = example_wasm("bank-account-broken")?;
@@ -235,7 +237,7 @@ async fn rollback_is_validated_and_versions_survive_a_restart() -> Result<()> {
         )
         .await?;
     let e = client.events("quiet", "q", 1, 10, 10).await?;
-    assert_eq!(e[0].version, "1.0.0");
+    assert_eq!(e[0].behavior_version, "1.0.0");
     client.close().await;
 
     // Everything survives a restart.

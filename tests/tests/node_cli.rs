@@ -50,10 +50,10 @@ fn threads(pid: u32) -> Result<Vec<(String, u32)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_end_to_end() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let node = NodeProc::start(tmp.path(), &[])?;
+    let node = NodeProc::start(tmp.path(), &["--keep-awake-us", "1000"])?;
     node.client().await?; // wait until it is up
     deploy(&node)?;
-    // By default one thread keeps a CPU awake after requests, under
+    // With keep-awake on, one thread keeps a CPU awake after requests, under
     // SCHED_IDLE (policy 5) so that it never takes CPU from real work.
     let awake: Vec<u32> = threads(node.child.id())?
         .into_iter()
@@ -281,7 +281,7 @@ async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Option<R
     let _ = send.finish();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        cairn_host::api::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
+        cairn_host::client::frame::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
     )
     .await?;
     Ok(r.ok())
@@ -294,6 +294,13 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
     let good = node.client().await?;
     deploy(&node)?;
     let conn = raw_connection(&node).await?;
+    // Keep-awake is off by default: no thread spins.
+    assert!(
+        threads(node.child.id())?
+            .iter()
+            .all(|(name, _)| name != "cairn-awake"),
+        "a keep-awake thread runs by default"
+    );
 
     // Garbage: a length prefix, then bytes that are no message.
     let mut garbage = 8u32.to_le_bytes().to_vec();
@@ -331,13 +338,13 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
         expected_seq: None,
         timeout_ms: None,
     };
-    let frame = cairn_host::api::encode_frame(&ask("nope", "{}"))?;
+    let frame = cairn_host::api::encode(&ask("nope", "{}"))?;
     let r = raw_exchange(&conn, &frame).await?;
     assert!(
         matches!(r, Some(Response::Error(ApiError::UnknownEntityType(_)))),
         "{r:?}"
     );
-    let frame = cairn_host::api::encode_frame(&ask(TYPE, "{not json"))?;
+    let frame = cairn_host::api::encode(&ask(TYPE, "{not json"))?;
     let r = raw_exchange(&conn, &frame).await?;
     assert!(
         matches!(r, Some(Response::Error(ApiError::MalformedCommand(_)))),
@@ -349,7 +356,7 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
         .ask_json(TYPE, "ok", r#"{"Deposit":{"amount":5}}"#)
         .await?;
     assert_eq!((reply.as_deref(), seq), (Some("\"ok\""), 1));
-    let frame = cairn_host::api::encode_frame(&Request::Types)?;
+    let frame = cairn_host::api::encode(&Request::Types)?;
     assert!(matches!(
         raw_exchange(&conn, &frame).await?,
         Some(Response::Types(_))
@@ -540,6 +547,7 @@ async fn bench_drives_a_node_and_prints_its_figures() -> Result<()> {
         "20",
         "--commands",
         "400",
+        "--probe-disk",
         "--fsync-dir",
         probes.to_str().unwrap(),
     ])?;

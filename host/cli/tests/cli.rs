@@ -57,3 +57,17 @@ fn client_commands_without_a_node_fail_clearly() {
     assert!(!ok);
     assert!(err.contains("no certificates"), "{err}");
 }
+
+#[test]
+fn bench_probes_the_disk_only_when_asked() {
+    let (ok, out, _) = cairn(&["bench", "--help"]);
+    assert!(ok);
+    assert!(
+        out.contains("--probe-disk") && out.contains("Benchmark only"),
+        "{out}"
+    );
+    // --fsync-dir only means something with --probe-disk.
+    let (ok, _, err) = cairn(&["bench", "--fsync-dir", "."]);
+    assert!(!ok);
+    assert!(err.contains("--probe-disk"), "{err}");
+}

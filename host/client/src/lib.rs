@@ -1,24 +1,33 @@
 //! The Rust client of a Cairn node: one QUIC connection (mutual TLS), the
-//! operations of [`crate::api`] as typed methods, and follow streams.
+//! operations of [`cairn_proto`] as typed methods, and follow streams.
 //!
-//! Requests reuse idle streams (a request/response on a reused stream costs
-//! about half of one on a new stream); any number of requests may run
-//! concurrently on one [`Client`].
+//! Layout: this module holds [`Client`]; [`frame`] reads and writes protocol
+//! frames on quinn streams (the node's server uses it too); [`tls`] makes
+//! certificates and the rustls/quinn configurations of both sides. Nothing
+//! here knows about the node's internals.
+//!
+//! Requests reuse idle streams (cheaper than opening a stream per request,
+//! docs/BENCHMARKS.md); any number of requests may run concurrently on one
+//! [`Client`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::api::{
-    self, ApiError, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request, Response,
-    StateAt, TypeInfo,
+pub mod frame;
+pub mod tls;
+
+use cairn_proto::{
+    ApiError, DeployRecord, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request,
+    Response, StateAt, TypeInfo, ValidationReport,
 };
-use crate::deploy::ValidationReport;
-use crate::registry::DeployRecord;
-use crate::tls::{self, ClientFiles, TlsError};
+
+use crate::frame::{read_frame, write_frame};
+use crate::tls::{ClientFiles, TlsError};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The client's certificates could not be loaded.
     #[error(transparent)]
@@ -153,8 +162,8 @@ impl Client {
             Some(s) => s,
             None => self.open().await?,
         };
-        api::write_frame(&mut send, req).await?;
-        let resp: Response = api::read_frame(&mut recv, MAX_FRAME).await?;
+        write_frame(&mut send, req).await?;
+        let resp: Response = read_frame(&mut recv, MAX_FRAME).await?;
         if let Response::Error(e) = resp {
             // The node may close the stream after an error about the frame.
             if !matches!(e, ApiError::BadRequest(_)) {
@@ -172,13 +181,13 @@ impl Client {
         Ok(resp)
     }
 
-    /// Deploys a component to an entity type and returns the active version.
-    /// A version that cannot replay history is refused with
+    /// Deploys a component to an entity type and returns the active deploy.
+    /// A component that cannot replay history is refused with
     /// [`ApiError::ValidationFailed`] and its report.
     pub async fn deploy(&self, entity_type: &str, wasm: Vec<u8>) -> Result<TypeInfo, ClientError> {
         let d = self.deploy_with(entity_type, wasm, false).await?;
         d.info
-            .ok_or_else(|| ClientError::Unexpected("a deploy without a version".into()))
+            .ok_or_else(|| ClientError::Unexpected("a deploy without type information".into()))
     }
 
     /// Deploys (or with `check`, only validates) a component; returns the
@@ -199,8 +208,9 @@ impl Client {
         deployed(r)
     }
 
-    /// Activates an earlier version of a type (the one before the active
-    /// version if `to` is `None`), after the same validation as a deploy.
+    /// Activates an earlier deploy of a type (deploy number `to`; the one
+    /// before the active deploy if `None`), after the same validation as a
+    /// deploy.
     pub async fn rollback(
         &self,
         entity_type: &str,
@@ -215,7 +225,7 @@ impl Client {
         deployed(r)
     }
 
-    /// The versions of a type, the active one, and the deploy history.
+    /// Every deploy of a type, the active one, and the deploy history.
     pub async fn versions(&self, entity_type: &str) -> Result<Versions, ClientError> {
         match self
             .call(&Request::Versions {
@@ -279,9 +289,9 @@ impl Client {
         let reply = match r.reply {
             None => None,
             Some(Payload::Json(j)) => Some(j),
-            Some(Payload::Bytes(_)) => {
+            Some(_) => {
                 return Err(ClientError::Unexpected(
-                    "a byte reply to a JSON command".into(),
+                    "a non-JSON reply to a JSON command".into(),
                 ));
             }
         };
@@ -407,7 +417,7 @@ impl Client {
 
     async fn follow(&self, req: Request) -> Result<Follow, ClientError> {
         let (mut send, recv) = self.open().await?;
-        api::write_frame(&mut send, &req).await?;
+        write_frame(&mut send, &req).await?;
         let mut follow = Follow { send, recv };
         // The node confirms once the subscription is in place.
         match follow.next().await {
@@ -431,7 +441,7 @@ impl Follow {
     /// The next response; `None` when the node ended the stream. An error
     /// response becomes [`ClientError::Api`].
     pub async fn next(&mut self) -> Option<Result<Response, ClientError>> {
-        match api::read_frame::<Response>(&mut self.recv, MAX_FRAME).await {
+        match read_frame::<Response>(&mut self.recv, MAX_FRAME).await {
             Ok(Response::Error(e)) => Some(Err(ClientError::Api(e))),
             Ok(r) => Some(Ok(r)),
             Err(FrameError::Finished) => None,
@@ -449,20 +459,20 @@ impl Follow {
 /// The outcome of a deploy, check or rollback.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deployed {
-    /// The active version afterwards.
+    /// The active deploy afterwards.
     pub info: Option<TypeInfo>,
-    /// True if the active version changed.
+    /// True if the active deploy changed.
     pub changed: bool,
     /// What replaying history showed.
     pub report: ValidationReport,
 }
 
-/// The versions of an entity type.
+/// The deploys of an entity type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versions {
-    /// Every version, oldest first.
+    /// Every deploy, oldest first.
     pub versions: Vec<TypeInfo>,
-    /// The active version.
+    /// The deploy number of the active deploy.
     pub active: Option<u32>,
     /// Every deploy, refusal and rollback, oldest first.
     pub history: Vec<DeployRecord>,

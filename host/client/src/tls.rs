@@ -20,8 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::api::ALPN;
-use crate::config::TlsFiles;
+use cairn_proto::ALPN;
 
 /// File names inside a certificate directory.
 pub const CA_CERT: &str = "ca.pem";
@@ -91,9 +90,20 @@ impl ClientFiles {
     }
 }
 
+/// The certificate files a node serves with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFiles {
+    /// The CA that client certificates must be signed by.
+    pub ca: PathBuf,
+    /// The node's certificate.
+    pub cert: PathBuf,
+    /// The node's key.
+    pub key: PathBuf,
+}
+
 /// The node files inside a certificate directory.
-pub fn node_files(dir: &Path) -> TlsFiles {
-    TlsFiles {
+pub fn node_files(dir: &Path) -> NodeFiles {
+    NodeFiles {
         ca: dir.join(CA_CERT),
         cert: dir.join(NODE_CERT),
         key: dir.join(NODE_KEY),
@@ -239,7 +249,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The QUIC server configuration of a node: its certificate, and client
 /// certificates required and checked against the CA.
-pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> {
+pub fn server_config(files: &NodeFiles) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;

@@ -1,31 +1,18 @@
-//! The client protocol: the requests a client sends to a node over QUIC, the
-//! responses it gets, and the framing both sides use.
+//! The messages of the protocol: [`Request`]s a client sends, the
+//! [`Response`]s a node answers with, and the values they carry.
 //!
-//! Every request opens (or reuses) a bidirectional QUIC stream. A frame is a
-//! `u32` little-endian length followed by that many bytes of a postcard-encoded
-//! [`Request`] or [`Response`]; a frame longer than [`MAX_FRAME`] is refused.
-//! On one stream, requests run one after another, each answered by one
-//! response, except the two `Follow*` requests, which turn the stream into a
-//! one-way feed of responses until the client closes it.
+//! Names: a *deploy number* (`deploy`, `u32`, 1 for a type's first deploy)
+//! counts the components deployed to a type; a *behavior version*
+//! (`behavior_version`) is the version string the behavior declares.
 
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::ValidationReport;
-use crate::registry::DeployRecord;
-
-/// Version of this protocol; a node refuses a client speaking another.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// ALPN identifier of the client protocol.
-pub const ALPN: &[u8] = b"cairn/1";
-
-/// Largest frame accepted, in bytes (a component being deployed is the
-/// biggest message).
-pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+use crate::{ApiError, DeployRecord, ValidationReport};
 
 /// A command or reply payload: JSON through the behavior's codecs, or the
 /// behavior's own bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Payload {
     /// JSON text, converted by the behavior's JSON codecs.
     Json(String),
@@ -35,6 +22,7 @@ pub enum Payload {
 
 /// Which state of an entity to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum StateAt {
     /// The current state, read in mailbox order.
     Now,
@@ -47,10 +35,13 @@ pub enum StateAt {
 
 /// A request from a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Request {
     /// First frame of a connection's first stream: the protocol version.
+    /// Variant 0 in every protocol version, so any client gets a clear
+    /// answer about the version.
     Hello {
-        /// The client's [`PROTOCOL_VERSION`].
+        /// The client's [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
         version: u32,
     },
     /// Deploy a component to an entity type: validated by replaying the
@@ -63,16 +54,16 @@ pub enum Request {
         /// Only validate (a dry run): change nothing.
         check: bool,
     },
-    /// List the versions of a type and its deploy history.
+    /// List every deploy of a type and its deploy history.
     Versions {
         /// Entity type.
         entity_type: String,
     },
-    /// Activate an earlier version (validated like a deploy).
+    /// Activate an earlier deploy again (validated like a deploy).
     Rollback {
         /// Entity type.
         entity_type: String,
-        /// The version; the one before the active version if absent.
+        /// The deploy number; the one before the active deploy if absent.
         to: Option<u32>,
     },
     /// Send a command and wait for its reply.
@@ -151,8 +142,8 @@ pub struct EventView {
     pub seq: u64,
     /// When it was stored (ms since the Unix epoch).
     pub timestamp_ms: u64,
-    /// The version of the behavior that produced it.
-    pub version: String,
+    /// The behavior version that produced it.
+    pub behavior_version: String,
     /// The event as JSON, if the behavior could render it.
     pub json: Option<String>,
     /// The event's bytes.
@@ -169,7 +160,7 @@ pub struct TypeInfo {
     /// The behavior's declared name.
     pub behavior: String,
     /// The behavior's declared version.
-    pub version: String,
+    pub behavior_version: String,
     /// The behavior's state-schema version.
     pub state_schema: u32,
     /// sha256 of the component, hex.
@@ -182,28 +173,29 @@ pub struct TypeInfo {
 
 /// A response from a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Response {
     /// Answer to [`Request::Hello`].
     Welcome {
-        /// The node's [`PROTOCOL_VERSION`].
+        /// The node's [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
         version: u32,
         /// The node's name.
         node: String,
     },
     /// Answer to a deploy, a check or a rollback.
     Deployed {
-        /// The active version afterwards (none for a check on a new type).
+        /// The active deploy afterwards (none for a check on a new type).
         info: Option<TypeInfo>,
-        /// True if the active version changed.
+        /// True if the active deploy changed.
         changed: bool,
         /// What replaying history showed.
         report: ValidationReport,
     },
     /// Answer to [`Request::Versions`].
     Versions {
-        /// Every version, oldest first.
+        /// Every deploy, oldest first.
         versions: Vec<TypeInfo>,
-        /// The active version.
+        /// The deploy number of the active deploy.
         active: Option<u32>,
         /// Every deploy, refusal and rollback, oldest first.
         history: Vec<DeployRecord>,
@@ -258,147 +250,4 @@ pub enum Response {
     },
     /// The request failed.
     Error(ApiError),
-}
-
-/// Why a request failed, as the client sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum ApiError {
-    /// The node is at its limit of connections or requests in flight; retry later.
-    #[error("node busy: {0}")]
-    Busy(String),
-    /// No component is deployed for the type.
-    #[error("unknown entity type `{0}`")]
-    UnknownEntityType(String),
-    /// The request could not be decoded or is not valid.
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// The behavior could not decode the command.
-    #[error("malformed command: {0}")]
-    MalformedCommand(String),
-    /// The behavior rejected the command.
-    #[error("rejected: {0}")]
-    Rejected(String),
-    /// The expected sequence number did not match.
-    #[error("conflict: expected sequence number {expected}, entity is at {actual}")]
-    Conflict {
-        /// What the caller expected.
-        expected: u64,
-        /// Where the entity is.
-        actual: u64,
-    },
-    /// No reply in time (the command may still run).
-    #[error("timeout: {0}")]
-    Timeout(String),
-    /// The component was refused.
-    #[error("deploy refused: {0}")]
-    DeployRefused(String),
-    /// Replaying history through the new version failed; nothing changed.
-    #[error("deploy refused: {}", .0.summary())]
-    ValidationFailed(Box<ValidationReport>),
-    /// The command could not be run (mailbox full, entity stopped, guest
-    /// failure, storage failure, shutting down).
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Why reading or writing a frame failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The peer closed the stream cleanly before a new frame.
-    #[error("stream finished")]
-    Finished,
-    /// The stream ended in the middle of a frame.
-    #[error("truncated frame")]
-    Truncated,
-    /// The announced length is above the limit.
-    #[error("frame of {0} bytes is above the limit of {MAX_FRAME}")]
-    TooLarge(usize),
-    /// The bytes are not a valid message.
-    #[error("undecodable frame: {0}")]
-    Decode(String),
-    /// The connection or stream failed.
-    #[error("stream error: {0}")]
-    Stream(String),
-}
-
-/// Reads one frame from a stream and decodes it.
-pub async fn read_frame<T: for<'de> Deserialize<'de>>(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-) -> Result<T, FrameError> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match recv.read(&mut len[got..]).await {
-            Ok(Some(n)) => got += n,
-            Ok(None) if got == 0 => return Err(FrameError::Finished),
-            Ok(None) => return Err(FrameError::Truncated),
-            Err(e) => return Err(FrameError::Stream(e.to_string())),
-        }
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    if n > max {
-        return Err(FrameError::TooLarge(n));
-    }
-    // The buffer grows with the bytes that actually arrive, so a peer that
-    // announces a large frame and sends little costs little memory.
-    let mut buf = Vec::with_capacity(n.min(64 * 1024));
-    while buf.len() < n {
-        match recv.read_chunk(n - buf.len(), true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Err(FrameError::Truncated),
-            Err(e) => return Err(FrameError::Stream(e.to_string())),
-        }
-    }
-    postcard::from_bytes(&buf).map_err(|e| FrameError::Decode(e.to_string()))
-}
-
-/// Encodes a message as one frame (length prefix included).
-pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut buf =
-        postcard::to_extend(msg, vec![0u8; 4]).map_err(|e| FrameError::Decode(e.to_string()))?;
-    let n = buf.len() - 4;
-    if n > MAX_FRAME {
-        return Err(FrameError::TooLarge(n));
-    }
-    buf[..4].copy_from_slice(&(n as u32).to_le_bytes());
-    Ok(buf)
-}
-
-/// Encodes and writes one frame.
-pub async fn write_frame<T: Serialize>(
-    send: &mut quinn::SendStream,
-    msg: &T,
-) -> Result<(), FrameError> {
-    let buf = encode_frame(msg)?;
-    send.write_all(&buf)
-        .await
-        .map_err(|e| FrameError::Stream(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_carry_their_length_and_round_trip() {
-        let req = Request::Ask {
-            entity_type: "bank-account".into(),
-            entity_id: "a".into(),
-            command: Payload::Json("{}".into()),
-            expected_seq: Some(3),
-            timeout_ms: None,
-        };
-        let buf = encode_frame(&req).unwrap();
-        let n = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
-        assert_eq!(n, buf.len() - 4);
-        let back: Request = postcard::from_bytes(&buf[4..]).unwrap();
-        assert_eq!(back, req);
-    }
-
-    #[test]
-    fn garbage_does_not_decode_as_a_request() {
-        let r = postcard::from_bytes::<Request>(&[0xff, 0xff, 0xff, 0x01]);
-        assert!(r.is_err());
-    }
 }

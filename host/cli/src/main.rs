@@ -1,0 +1,141 @@
+//! The `cairn` command: runs a node (`cairn node`) and talks to one (`deploy`,
+//! `ask`, `tell`, `events`, `state`, `types`, `tail`, `bench`), manages
+//! certificates (`certs init`) and checks files (`check-config`, `describe`).
+//! `cairn --help` lists everything. Everything it does goes through the
+//! libraries: the node and server of `cairn-host`, the client of
+//! `cairn-client`.
+//!
+//! Layout: [`args`] (clap), [`node`] (the node runner), [`deploy`] (deploy,
+//! versions, rollback, types), [`entity`] (ask, tell, events, state, tail),
+//! [`certs`], [`inspect`] (check-config, describe), [`bench`](mod@bench) and its
+//! optional disk probes ([`probe`]), [`output`] (formatting shared by the
+//! commands).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+mod args;
+mod bench;
+mod certs;
+mod deploy;
+mod entity;
+mod inspect;
+mod node;
+mod output;
+mod probe;
+
+use args::{Cli, Command};
+
+/// jemalloc rather than glibc's allocator: the runtime allocates on one
+/// worker thread and frees on another all the time (tasks move between
+/// workers), which glibc serves through its arena locks (docs/BENCHMARKS.md).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command: a node on a runtime of its own, the offline commands
+/// without one, a client command on one thread.
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::CheckConfig { file } => inspect::check_config(&file),
+        Command::Describe { file } => inspect::describe(&file),
+        Command::Certs { command } => certs::run(command),
+        Command::Node(args) => {
+            // The node's runtime has `node.workers` threads (one per core but
+            // one by default, see `NodeConfig::worker_threads`).
+            let config = node::config(&args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.node.worker_threads())
+                .enable_all()
+                .build()?
+                .block_on(node::run(config, args.log_format))
+        }
+        // A client command runs on one thread, which is cheaper and lets the
+        // QUIC driver put many requests in one packet.
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(client_command(command)),
+    }
+}
+
+/// The commands that talk to a running node.
+async fn client_command(command: Command) -> Result<()> {
+    match command {
+        Command::Deploy {
+            entity_type,
+            file,
+            check,
+            conn,
+        } => deploy::deploy(&entity_type, &file, check, &conn).await,
+        Command::Rollback {
+            entity_type,
+            to,
+            conn,
+        } => deploy::rollback(&entity_type, to, &conn).await,
+        Command::Versions { entity_type, conn } => deploy::versions(&entity_type, &conn).await,
+        Command::Types { conn } => deploy::types(&conn).await,
+        Command::Ask {
+            entity_type,
+            entity_id,
+            command,
+            expect_seq,
+            timeout,
+            conn,
+        } => {
+            entity::ask(
+                &entity_type,
+                &entity_id,
+                command,
+                expect_seq,
+                timeout,
+                &conn,
+            )
+            .await
+        }
+        Command::Tell {
+            entity_type,
+            entity_id,
+            command,
+            conn,
+        } => entity::tell(&entity_type, &entity_id, command, &conn).await,
+        Command::Events {
+            entity_type,
+            entity_id,
+            from,
+            to,
+            limit,
+            conn,
+        } => entity::events(&entity_type, &entity_id, from, to, limit, &conn).await,
+        Command::State {
+            entity_type,
+            entity_id,
+            at_seq,
+            at,
+            conn,
+        } => entity::state(&entity_type, &entity_id, at_seq, at, &conn).await,
+        Command::Tail {
+            entity_type,
+            from,
+            count,
+            conn,
+        } => entity::tail(entity_type, from, count, &conn).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::Node(args) => node::run(node::config(&args)?, args.log_format).await,
+        Command::CheckConfig { .. } | Command::Describe { .. } | Command::Certs { .. } => {
+            anyhow::bail!("not a client command")
+        }
+    }
+}

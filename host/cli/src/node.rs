@@ -1,0 +1,123 @@
+//! `cairn node`: the node's configuration from the file and the flags, the
+//! node and its QUIC server, logging, and a clean shutdown on a signal.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cairn_client::tls;
+use cairn_host::config::{Config, JournalBackend};
+use cairn_host::node::Node;
+use cairn_host::server::{Server, ServerLimits};
+
+use crate::args::{JournalArg, LogFormat, NodeArgs};
+
+/// The node's configuration: the file if one is given, then the flags.
+pub fn config(args: &NodeArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        config.node.data_dir = d.clone();
+    }
+    if let Some(l) = args.listen {
+        config.node.listen = l;
+    }
+    if let Some(j) = args.journal {
+        config.node.journal = match j {
+            JournalArg::Sqlite => JournalBackend::Sqlite,
+            JournalArg::Log => JournalBackend::Log,
+        };
+    }
+    if let Some(w) = args.workers {
+        config.node.workers = Some(w as usize);
+    }
+    if let Some(us) = args.keep_awake_us {
+        config.node.keep_awake = Duration::from_micros(us);
+    }
+    Ok(config)
+}
+
+/// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
+pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
+    init_logging(log_format);
+    let data_dir = config.node.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let files = match &config.node.tls {
+        Some(f) => f.clone(),
+        None => {
+            let dir = data_dir.join("tls");
+            if tls::ensure_dev(&dir)? {
+                tracing::info!(dir = %dir.display(), "created development certificates");
+            }
+            tls::node_files(&dir).into()
+        }
+    };
+    let node = Node::open(config.clone()).await?;
+    for d in node.deployments() {
+        tracing::info!(entity_type = %d.entity_type, deploy = d.deploy, behavior_version = %d.behavior_version, "restored deployment");
+    }
+    let limits = ServerLimits {
+        max_connections: config.node.max_connections,
+        max_in_flight: config.node.max_in_flight,
+        keep_awake: config.node.keep_awake,
+        ..ServerLimits::default()
+    };
+    let server = Server::start(
+        node.clone(),
+        &files,
+        config.node.listen,
+        limits,
+        config.node.name.clone(),
+    )?;
+    tracing::info!(
+        node = %config.node.name,
+        listen = %server.local_addr(),
+        data_dir = %data_dir.display(),
+        journal = ?config.node.journal,
+        workers = config.node.worker_threads(),
+        "node ready"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections, draining mailboxes");
+    server.close().await;
+    node.shutdown(Duration::from_secs(10)).await;
+    drop(node);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
