@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 A first session (two terminals):
-  cairn node                                   # SQLite journal in ./cairn-data, 127.0.0.1:7400
+  cairn node                                   # log journal in ./cairn-data, 127.0.0.1:7400
   cairn deploy bank-account bank_account.wasm
   cairn ask bank-account acct-1 '{\"Deposit\":{\"amount\":100}}'
   cairn events bank-account acct-1

@@ -1,7 +1,7 @@
 //! The quick start: the bank-account walk-through of the reference
 //! event-sourcing guide over the network. It builds the example behaviors to
 //! wasm and the `cairn` binary, starts `cairn node` on the embedded default
-//! (SQLite journal with fsync, development certificates made on first start),
+//! (the log journal, synced before every reply; development certificates made on first start),
 //! and drives it with the `cairn` CLI: deploy, the guide's transactions, the
 //! journal, a node restart with recovery, then snapshots. Every figure the
 //! guide states is checked; a mismatch ends the program with an error.
