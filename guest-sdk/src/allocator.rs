@@ -3,9 +3,9 @@
 //!
 //! A `decide` allocates about ten small blocks (the arguments the host
 //! copies in, the encoded events, state and reply, the decision's vectors)
-//! and frees them all before the next call. With the standard library's
-//! allocator (dlmalloc, behind three wrapper calls) allocation was about 40%
-//! of the guest's instructions (docs/BENCHMARKS.md). Here a block of up to
+//! and frees them all before the next call, which the standard library's
+//! allocator (dlmalloc, behind three wrapper calls) serves at a high cost
+//! per block (docs/BENCHMARKS.md). Here a block of up to
 //! [`MAX_SMALL`] bytes comes from the free list of its size class (a
 //! multiple of [`GRAIN`]), else from a bump pointer in a 64 KiB chunk; a
 //! freed block goes back to the head of its list. The size class is
