@@ -3,7 +3,7 @@
 //! follow.
 //!
 //! This module imports neither `node` nor `entity`: both depend on it, so
-//! the node → entity → store line has no circle.
+//! the node → deploy → entity → replay → store line has no circle.
 
 use std::time::Duration;
 

@@ -1,10 +1,12 @@
 //! Durable storage for Cairn: the event journal, snapshots and pending timers.
 //!
 //! Owns the [`Journal`] and [`SnapshotStore`] traits, the records they store,
-//! and three backends: [`SqliteStore`] (embedded SQLite in WAL mode, group
-//! commit, fsync before any acknowledgement; the default), [`LogStore`] (an
-//! append-only checksummed log with an index in memory: faster with many
-//! entities writing at once) and [`MemoryStore`] (no durability; for tests).
+//! and three backends: [`LogStore`] (an append-only checksummed log with an
+//! index in memory, synced before any acknowledgement: the node's default,
+//! faster with many entities writing at once), [`SqliteStore`] (embedded
+//! SQLite in WAL mode, group commit, fsync before any acknowledgement;
+//! inspectable with standard tools) and [`MemoryStore`] (no durability; for
+//! tests).
 //! Bytes are opaque here: this crate never decodes an event or a state, and
 //! never panics on what it reads from disk.
 //!
