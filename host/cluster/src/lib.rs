@@ -1,0 +1,32 @@
+//! Cairn's cluster logic as plain state machines, without I/O: no tokio, no
+//! quinn, no clock of its own (time is an input), so that every rule can be
+//! run in a seeded, deterministic simulation (`tests/sim.rs`) before a
+//! driver puts it on the network.
+//!
+//! Layout:
+//! - [`shard`]: entity id → shard, a stable hash with a fixed shard count.
+//! - [`member`]: the membership view the coordinator decides on (what
+//!   gossip and the failure detector report).
+//! - [`table`]: the shard table: shard → owner with an epoch that only grows.
+//! - [`placement`]: which moves to make (least-shards-first, bounded, never
+//!   while a member is unreachable).
+//! - [`lease`]: how long an owner may serve without renewing, and when the
+//!   coordinator may reassign its shards (the clock-drift bound).
+//! - [`coordinator`]: proposes decisions from the view and the table and
+//!   applies them once the decision log has committed them.
+//!
+//! This crate decides nothing by itself about who the coordinator is: the
+//! decisions it proposes must be committed by a majority (the replicated
+//! decision log) before any node applies them.
+
+pub mod coordinator;
+pub mod lease;
+pub mod member;
+pub mod placement;
+pub mod shard;
+pub mod table;
+
+pub use coordinator::Coordinator;
+pub use member::{Member, MemberState, NodeId};
+pub use shard::{ShardId, shard_of};
+pub use table::{Allocation, Decision, ShardTable, TableError};
