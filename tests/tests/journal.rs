@@ -3,25 +3,8 @@
 //! `cairn-store`, plus backend-specific ones (tampered files, torn tails,
 //! direct and buffered writes, feed cursors).
 
-use cairn_store::testkit::{self, drain_feed};
+use cairn_store::testkit::{self, drain_feed, ev, seqs, snapshot, write};
 use cairn_store::*;
-
-fn ev(seq: u64, payload: &[u8]) -> EventRecord {
-    EventRecord {
-        seq,
-        timestamp_ms: 1000 + seq,
-        version: "1.0.0".into(),
-        payload: payload.to_vec(),
-    }
-}
-
-fn write(key: &EntityKey, seqs: std::ops::RangeInclusive<u64>) -> Write {
-    Write {
-        key: key.clone(),
-        events: seqs.map(|s| ev(s, &s.to_le_bytes())).collect(),
-        ..Write::default()
-    }
-}
 
 /// End of the records of an event log file (it is zero-filled past them):
 /// walks the frames (`[u32 length][u32 crc][body]`) after the 12-byte header.
@@ -37,23 +20,9 @@ fn log_data_end(bytes: &[u8]) -> u64 {
     pos as u64
 }
 
-/// A snapshot of state schema 1.
-fn snapshot(seq: u64, state: Vec<u8>) -> Snapshot {
-    Snapshot {
-        seq,
-        schema: 1,
-        timestamp_ms: 0,
-        state,
-    }
-}
-
 /// Opens the SQLite backend with default options.
 fn sqlite(dir: &std::path::Path) -> std::sync::Arc<SqliteStore> {
     SqliteStore::open(dir, SqliteOptions::default()).unwrap()
-}
-
-fn seqs(v: &[EventRecord]) -> Vec<u64> {
-    v.iter().map(|e| e.seq).collect()
 }
 
 #[tokio::test]

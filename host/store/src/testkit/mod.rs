@@ -24,7 +24,8 @@ mod sim;
 
 pub use sim::{Crash, PAGE, SimDisk};
 
-fn ev(seq: u64, payload: &[u8]) -> EventRecord {
+/// An event of version `1.0.0` at time `1000 + seq`.
+pub fn ev(seq: u64, payload: &[u8]) -> EventRecord {
     EventRecord {
         seq,
         timestamp_ms: 1000 + seq,
@@ -33,7 +34,8 @@ fn ev(seq: u64, payload: &[u8]) -> EventRecord {
     }
 }
 
-fn write(key: &EntityKey, seqs: std::ops::RangeInclusive<u64>) -> Write {
+/// A write of events `seqs` (each payload its sequence number, little-endian).
+pub fn write(key: &EntityKey, seqs: std::ops::RangeInclusive<u64>) -> Write {
     Write {
         key: key.clone(),
         events: seqs.map(|s| ev(s, &s.to_le_bytes())).collect(),
@@ -41,7 +43,8 @@ fn write(key: &EntityKey, seqs: std::ops::RangeInclusive<u64>) -> Write {
     }
 }
 
-fn snapshot(seq: u64, state: Vec<u8>) -> Snapshot {
+/// A snapshot of state schema 1.
+pub fn snapshot(seq: u64, state: Vec<u8>) -> Snapshot {
     Snapshot {
         seq,
         schema: 1,
@@ -50,7 +53,8 @@ fn snapshot(seq: u64, state: Vec<u8>) -> Snapshot {
     }
 }
 
-fn seqs(v: &[EventRecord]) -> Vec<u64> {
+/// The sequence numbers of events.
+pub fn seqs(v: &[EventRecord]) -> Vec<u64> {
     v.iter().map(|e| e.seq).collect()
 }
 
