@@ -7,6 +7,8 @@
 //! - [`shard`]: entity id → shard, a stable hash with a fixed shard count.
 //! - [`member`]: the membership view the coordinator decides on (what
 //!   gossip and the failure detector report).
+//! - [`membership`]: gossip membership and failure detection (SWIM with
+//!   Lifeguard, the `foca` crate), as `handle_*`/`poll_*` calls.
 //! - [`table`]: the shard table: shard → owner with an epoch that only grows.
 //! - [`placement`]: which moves to make (least-shards-first, bounded, never
 //!   while a member is unreachable).
@@ -22,6 +24,7 @@
 pub mod coordinator;
 pub mod lease;
 pub mod member;
+pub mod membership;
 pub mod placement;
 pub mod shard;
 pub mod table;
