@@ -57,7 +57,7 @@ impl Deadlines {
         Ok(d)
     }
 
-    fn shard(&self, i: usize) -> MutexGuard<'_, Slab> {
+    fn slab(&self, i: usize) -> MutexGuard<'_, Slab> {
         self.slabs[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -93,8 +93,8 @@ impl Deadlines {
     }
 
     fn register(&self, deadline: Instant, waker: &Waker) -> (usize, u32) {
-        let i = my_shard();
-        let mut s = self.shard(i);
+        let i = my_slab();
+        let mut s = self.slab(i);
         let slot = Slot {
             deadline,
             waker: Some(waker.clone()),
@@ -117,7 +117,7 @@ impl Deadlines {
 
     /// Whether the slot's deadline fired; if not, it will wake `waker`.
     fn fired(&self, (i, idx): (usize, u32), waker: &Waker) -> bool {
-        let mut s = self.shard(i);
+        let mut s = self.slab(i);
         let slot = &mut s.slots[idx as usize];
         if slot.fired {
             return true;
@@ -129,7 +129,7 @@ impl Deadlines {
     }
 
     fn release(&self, (i, idx): (usize, u32)) {
-        let mut s = self.shard(i);
+        let mut s = self.slab(i);
         let slot = &mut s.slots[idx as usize];
         slot.used = false;
         slot.waker = None;
@@ -153,12 +153,12 @@ impl Drop for Registration<'_> {
 }
 
 /// The slab a thread registers in: threads spread over the slabs.
-fn my_shard() -> usize {
+fn my_slab() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLABS;
+        static SLAB: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLABS;
     }
-    SHARD.with(|s| *s)
+    SLAB.with(|s| *s)
 }
 
 /// Every tick: marks the waits whose deadline passed and wakes them.
@@ -171,7 +171,7 @@ fn reap(deadlines: &Weak<Deadlines>) {
         };
         let now = Instant::now();
         for i in 0..SLABS {
-            let mut s = d.shard(i);
+            let mut s = d.slab(i);
             if s.live == 0 {
                 continue;
             }
@@ -228,7 +228,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        let live: usize = (0..SLABS).map(|i| d.shard(i).live).sum();
+        let live: usize = (0..SLABS).map(|i| d.slab(i).live).sum();
         assert_eq!(live, 0, "every slot was freed");
     }
 }

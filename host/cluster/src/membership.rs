@@ -58,17 +58,10 @@ pub enum MembershipEvent {
     MemberDown(NodeId),
 }
 
-/// Why membership could not handle an input.
-#[derive(Debug)]
+/// Why membership could not handle an input (e.g. an undecodable datagram).
+#[derive(Debug, thiserror::Error)]
+#[error("membership: {0}")]
 pub struct MembershipError(String);
-
-impl std::fmt::Display for MembershipError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "membership: {}", self.0)
-    }
-}
-
-impl std::error::Error for MembershipError {}
 
 /// One node's membership state machine.
 pub struct Membership {

@@ -32,10 +32,11 @@ pub enum Decision {
 }
 
 /// Why a decision cannot be applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TableError {
     /// The decision's epoch is not above the table's.
+    #[error("stale decision: epoch {got}, the table is at {have}")]
     StaleEpoch {
         /// The decision's epoch.
         got: u64,
@@ -43,21 +44,9 @@ pub enum TableError {
         have: u64,
     },
     /// The shard is outside the table.
+    #[error("no such shard: {0}")]
     NoSuchShard(ShardId),
 }
-
-impl std::fmt::Display for TableError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TableError::StaleEpoch { got, have } => {
-                write!(f, "stale decision: epoch {got}, the table is at {have}")
-            }
-            TableError::NoSuchShard(s) => write!(f, "no such shard: {s}"),
-        }
-    }
-}
-
-impl std::error::Error for TableError {}
 
 /// The shard table of one entity type.
 #[derive(Clone, Debug, PartialEq, Eq)]
