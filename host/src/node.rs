@@ -175,11 +175,11 @@ impl NodeInner {
     }
 
     /// Queues an envelope for an entity, creating its cell if needed.
-    async fn send(&self, ty: &Arc<EntityType>, id: &str, env: Envelope) -> Result<(), AskError> {
+    async fn enqueue(&self, ty: &Arc<EntityType>, id: &str, env: Envelope) -> Result<(), AskError> {
         self.deliver(ty, id, env, false).await
     }
 
-    /// Queues an envelope like [`NodeInner::send`]; with `here`, when the
+    /// Queues an envelope like [`NodeInner::enqueue`]; with `here`, when the
     /// entity is idle the calling task runs the command itself (see
     /// `entity::run_here`) and returns once it is answered.
     async fn deliver(
@@ -329,7 +329,7 @@ impl Outbox for NodeInner {
                     reply: None,
                     timer_id: Some(timer.timer_id),
                 };
-                if let Err(e) = node.send(&ty, &id, env).await {
+                if let Err(e) = node.enqueue(&ty, &id, env).await {
                     node.env
                         .dead_letter(&ty.name, &id, &format!("timer not delivered: {e}"));
                 }
@@ -361,7 +361,7 @@ impl Outbox for NodeInner {
                 reply: None,
                 timer_id: None,
             };
-            if let Err(e) = NodeInner::send(&node, &ty, &id, env).await {
+            if let Err(e) = node.enqueue(&ty, &id, env).await {
                 node.env.dead_letter(&ty.name, &id, &e.to_string());
             }
         });
@@ -634,7 +634,7 @@ impl Node {
             reply: None,
             timer_id: None,
         };
-        self.inner.send(&ty, entity_id, env).await
+        self.inner.enqueue(&ty, entity_id, env).await
     }
 
     /// `ask` with a JSON command and a JSON reply, through the behavior's codecs.
@@ -717,7 +717,7 @@ impl Node {
         let ty = self.ty(entity_type)?;
         let (tx, rx) = oneshot::channel();
         self.inner
-            .send(&ty, entity_id, Envelope::Peek { reply: tx })
+            .enqueue(&ty, entity_id, Envelope::Peek { reply: tx })
             .await?;
         rx.await.map_err(|_| AskError::ShuttingDown)?
     }
