@@ -71,16 +71,28 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// A node `id` expecting about `cluster_size` members, with LAN
-    /// settings (probe every second) and a seeded random source.
+    /// A node `id` expecting about `cluster_size` members, with
+    /// [`Membership::config`] and a seeded random source.
     pub fn new(id: PeerId, cluster_size: u32, seed: u64) -> Membership {
-        let size = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
-        let config = Config::new_lan(size);
+        let config = Membership::config(cluster_size);
         Membership {
             foca: Foca::new(id, config, StdRng::seed_from_u64(seed), PostcardCodec),
             out: AccumulatingRuntime::new(),
             events: Vec::new(),
         }
+    }
+
+    /// The settings: foca's LAN settings with a probe every 500 ms (a probe
+    /// answered within 150 ms, else asked through others) and a suspect
+    /// declared down after 1 s, so a dead node is declared down within
+    /// about 3 s on a local network (the cluster issue's bound).
+    pub fn config(cluster_size: u32) -> Config {
+        let size = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
+        let mut config = Config::new_lan(size);
+        config.probe_period = Duration::from_millis(500);
+        config.probe_rtt = Duration::from_millis(150);
+        config.suspect_to_down_after = Duration::from_secs(1);
+        config
     }
 
     /// Asks `seed` to let this node in.
