@@ -12,6 +12,8 @@
 //! - [`table`]: the shard table: shard → owner with an epoch that only grows.
 //! - [`placement`]: which moves to make (least-shards-first, bounded, never
 //!   while a member is unreachable).
+//! - [`route`]: where a command goes on one node: here, to the owner,
+//!   into a bounded handoff buffer, or `Unavailable` when the owner is down.
 //! - [`lease`]: how long an owner may serve without renewing, and when the
 //!   coordinator may reassign its shards (the clock-drift bound).
 //! - [`coordinator`]: proposes decisions from the view and the table and
@@ -26,6 +28,7 @@ pub mod lease;
 pub mod member;
 pub mod membership;
 pub mod placement;
+pub mod route;
 pub mod shard;
 pub mod table;
 
