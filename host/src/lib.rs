@@ -11,7 +11,7 @@
 //!   the past), lifecycle events, shutdown. Owns the entity types, timers
 //!   and passivation, and implements the entity's outbox.
 //! - [`deploy`]: deploys and rollbacks (compile, validate by replaying real
-//!   history, record, activate) and the [`Versions`](deploy::Versions) view.
+//!   history, record, activate) and the [`Versions`] view.
 //! - `entity` (private): the per-entity actor (mailbox, recovery, command
 //!   loop, snapshots, supervision) over a narrow environment: journal,
 //!   snapshots, lifecycle sink, clock, outbox. It never sees the node.

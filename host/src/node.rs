@@ -3,8 +3,8 @@
 //! lifecycle events, and shut down. Deploys are in [`crate::deploy`].
 //!
 //! Owns the table of entity types, the durable timers, the passivation
-//! sweeper and the [`Env`] every entity runs in; it implements the entity's
-//! [`Outbox`] (timers and messages between entities). The per-entity logic
+//! sweeper and the `Env` every entity runs in; it implements the entity's
+//! `Outbox` (timers and messages between entities). The per-entity logic
 //! lives in `entity` (private), which never sees the node; storage is
 //! behind the [`Journal`] and [`SnapshotStore`] traits. A [`Node`] must be
 //! created inside a tokio runtime.

@@ -1,5 +1,5 @@
 //! Deploys: a new component for an entity type is compiled, validated by
-//! replaying real history ([`validate`]), recorded in the registry and
+//! replaying real history (`validate`), recorded in the registry and
 //! activated atomically; rollbacks go through the same validation. This is
 //! the one way a component becomes a type's behavior; [`Node::open`]
 //! restores the recorded deploys itself.
