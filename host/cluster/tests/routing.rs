@@ -107,6 +107,16 @@ impl Sim {
         Ok(())
     }
 
+    /// A client's command arrives at `node`.
+    fn submit(&mut self, node: NodeId, shard: ShardId, id: u64) -> Result<(), String> {
+        let route = self
+            .routers
+            .get_mut(&node)
+            .ok_or("no router")?
+            .route(shard, id);
+        self.handle(node, shard, id, route)
+    }
+
     /// Router `n` applies up to `k` more log entries.
     fn catch_up(&mut self, n: NodeId, k: usize) -> Result<(), String> {
         let from = self.applied[&n];
@@ -218,20 +228,10 @@ impl Sim {
             let shard = ShardId(self.rng.random_range(0..SHARDS));
             let id = self.next_id;
             self.next_id += 1;
-            let route = self
-                .routers
-                .get_mut(&node)
-                .ok_or("no router")?
-                .route(shard, id);
-            self.handle(node, shard, id, route)?;
+            self.submit(node, shard, id)?;
         }
         for (node, shard, id) in std::mem::take(&mut self.retry) {
-            let route = self
-                .routers
-                .get_mut(&node)
-                .ok_or("no router")?
-                .route(shard, id);
-            self.handle(node, shard, id, route)?;
+            self.submit(node, shard, id)?;
         }
         self.deliver(false)
     }
@@ -244,12 +244,7 @@ impl Sim {
             }
             self.handoffs(true)?;
             for (node, shard, id) in std::mem::take(&mut self.retry) {
-                let route = self
-                    .routers
-                    .get_mut(&node)
-                    .ok_or("no router")?
-                    .route(shard, id);
-                self.handle(node, shard, id, route)?;
+                self.submit(node, shard, id)?;
             }
             self.deliver(true)?;
             if self.wire.is_empty() && self.retry.is_empty() && self.moved_from.is_empty() {
