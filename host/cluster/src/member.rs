@@ -3,7 +3,9 @@
 //! nothing by itself (the coordinator does, through the decision log).
 
 /// A node of the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 impl std::fmt::Display for NodeId {
@@ -13,7 +15,7 @@ impl std::fmt::Display for NodeId {
 }
 
 /// Where a member is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum MemberState {
     /// Announced itself; owns nothing yet.

@@ -4,7 +4,9 @@
 //! of every running cluster, so test vectors pin it.
 
 /// A shard of an entity type, `0..shard_count`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ShardId(pub u32);
 
 impl std::fmt::Display for ShardId {

@@ -8,7 +8,7 @@ use crate::member::NodeId;
 use crate::shard::ShardId;
 
 /// Who owns a shard, since which epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Allocation {
     /// The owner.
     pub owner: NodeId,
@@ -17,7 +17,7 @@ pub struct Allocation {
 }
 
 /// A committed decision of the coordinator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Decision {
     /// `shard` belongs to `owner` from `epoch` on.
@@ -49,7 +49,7 @@ pub enum TableError {
 }
 
 /// The shard table of one entity type.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardTable {
     shards: Vec<Option<Allocation>>,
     epoch: u64,
