@@ -20,7 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use cairn_proto::ALPN;
+use cairn_proto::{ALPN, PEER_ALPN};
 
 /// File names inside a certificate directory.
 pub const CA_CERT: &str = "ca.pem";
@@ -37,6 +37,11 @@ pub const CLIENT_KEY: &str = "client.key";
 
 /// The server name a client checks in the node's certificate by default.
 pub const DEFAULT_SERVER_NAME: &str = "localhost";
+
+/// The name every node certificate carries and no client certificate does:
+/// nodes check it in each other's certificates, so a client certificate of
+/// the same CA cannot join the cluster.
+pub const NODE_NAME: &str = "cairn-node";
 
 /// Why certificates could not be created or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +141,11 @@ pub fn init(dir: &Path, names: &[String]) -> Result<(), TlsError> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
-    let mut sans = vec![DEFAULT_SERVER_NAME.to_owned(), "127.0.0.1".to_owned()];
+    let mut sans = vec![
+        DEFAULT_SERVER_NAME.to_owned(),
+        "127.0.0.1".to_owned(),
+        NODE_NAME.to_owned(),
+    ];
     for n in names {
         if !sans.contains(n) {
             sans.push(n.clone());
@@ -259,7 +268,7 @@ pub fn server_config(files: &NodeFiles) -> Result<quinn::ServerConfig, TlsError>
         .with_client_cert_verifier(verifier)
         .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), PEER_ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
@@ -278,6 +287,33 @@ pub fn client_config(files: &ClientFiles) -> Result<quinn::ClientConfig, TlsErro
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
 
+/// The QUIC client configuration a node dials its peers with: its node
+/// certificate, the peer protocol, and the peer's certificate checked
+/// against the CA (under [`NODE_NAME`]).
+pub fn peer_client_config(files: &NodeFiles) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots(&files.ca)?)
+        .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// Is `cert` (already verified against the CA by the handshake) a node
+/// certificate, i.e. valid for [`NODE_NAME`]? Client certificates are not.
+pub fn is_node_certificate(cert: &CertificateDer<'_>) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let Ok(name) = rustls::pki_types::ServerName::try_from(NODE_NAME) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +327,12 @@ mod tests {
         client_config(&ClientFiles::in_dir(&dir)).unwrap();
         assert!(matches!(init(&dir, &[]), Err(TlsError::Exists(_))));
         assert!(!ensure_dev(&dir).unwrap());
+        peer_client_config(&node_files(&dir)).unwrap();
+        let node = read_certs(&dir.join(NODE_CERT)).unwrap();
+        let client = read_certs(&dir.join(CLIENT_CERT)).unwrap();
+        assert!(is_node_certificate(&node[0]));
+        assert!(!is_node_certificate(&client[0]));
+        assert!(!is_node_certificate(&CertificateDer::from(vec![1u8, 2, 3])));
         std::fs::write(dir.join(CLIENT_KEY), "garbage").unwrap();
         assert!(matches!(
             client_config(&ClientFiles::in_dir(&dir)),

@@ -9,6 +9,7 @@
 //!   gossip and the failure detector report).
 //! - [`membership`]: gossip membership and failure detection (SWIM with
 //!   Lifeguard, the `foca` crate), as `handle_*`/`poll_*` calls.
+//! - [`phi`]: the phi-accrual failure detector (reachability).
 //! - [`table`]: the shard table: shard → owner with an epoch that only grows.
 //! - [`placement`]: which moves to make (least-shards-first, bounded, never
 //!   while a member is unreachable).
@@ -27,6 +28,7 @@ pub mod coordinator;
 pub mod lease;
 pub mod member;
 pub mod membership;
+pub mod phi;
 pub mod placement;
 pub mod route;
 pub mod shard;

@@ -26,6 +26,8 @@ pub struct PeerId {
     pub node: u64,
     /// Its run: larger for a later start.
     pub boot: u64,
+    /// Where its peer endpoint listens.
+    pub addr: std::net::SocketAddr,
 }
 
 impl foca::Identity for PeerId {
@@ -33,8 +35,8 @@ impl foca::Identity for PeerId {
 
     fn renew(&self) -> Option<Self> {
         Some(PeerId {
-            node: self.node,
             boot: self.boot + 1,
+            ..*self
         })
     }
 
@@ -154,6 +156,11 @@ impl Membership {
             .iter_members()
             .map(|m| NodeId(m.id().node))
             .collect()
+    }
+
+    /// The identities of the live members (itself not included).
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.foca.iter_members().map(|m| *m.id()).collect()
     }
 
     /// This node's current identity (a renewed one after it was declared down).

@@ -65,7 +65,15 @@ impl Net {
 
     fn start(&mut self, node: u64, boot: u64) {
         let seed = self.rng.random();
-        self.nodes[node as usize] = Some(Membership::new(PeerId { node, boot }, 5, seed));
+        self.nodes[node as usize] = Some(Membership::new(
+            PeerId {
+                node,
+                boot,
+                addr: addr(node),
+            },
+            5,
+            seed,
+        ));
     }
 
     fn push(&mut self, at: Duration, e: Event) {
@@ -264,9 +272,21 @@ fn a_partition_splits_the_view_and_healing_mends_it() {
 
 #[test]
 fn garbage_is_refused_and_changes_nothing() {
-    let mut m = Membership::new(PeerId { node: 1, boot: 0 }, 3, 7);
+    let mut m = Membership::new(
+        PeerId {
+            node: 1,
+            boot: 0,
+            addr: addr(1),
+        },
+        3,
+        7,
+    );
     for junk in [&b""[..], b"\xff\xff\xff\xff", b"hello, world", &[0u8; 2000]] {
         assert!(m.handle_data(junk).is_err());
     }
     assert!(m.members().is_empty());
+}
+
+fn addr(node: u64) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + node as u16))
 }

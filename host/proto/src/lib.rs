@@ -35,7 +35,9 @@ pub use deploy::{
 };
 pub use error::{ApiError, GuestFaultKind, Retry};
 pub use frame::{FrameError, HEADER_LEN, body_len, decode, encode};
-pub use wire::{EventView, Payload, Request, Response, StateAt, TypeInfo};
+pub use wire::{
+    ClusterStatus, EventView, MemberStatus, Payload, Request, Response, StateAt, TypeInfo,
+};
 
 /// Version of this protocol; a node refuses a client speaking another.
 ///
@@ -48,6 +50,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// ALPN identifier of the client protocol (the transport, unchanged between
 /// protocol versions; the version is checked by [`Request::Hello`]).
 pub const ALPN: &[u8] = b"cairn/1";
+
+/// ALPN identifier of the node-to-node protocol (on the same endpoint).
+pub const PEER_ALPN: &[u8] = b"cairn-peer/1";
 
 /// Largest frame body accepted, in bytes (a component being deployed is the
 /// biggest message).

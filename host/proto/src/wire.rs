@@ -129,6 +129,48 @@ pub enum Request {
         /// Where to start.
         cursor: u64,
     },
+    /// The cluster as this node sees it: members, their state, phi,
+    /// shards and load.
+    ClusterStatus,
+    /// Ask this node to leave its cluster gracefully: its shards hand off,
+    /// then it stops.
+    ClusterLeave,
+}
+
+/// One member of a cluster, as [`Response::ClusterStatus`] reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The node's id.
+    pub id: u64,
+    /// Its peer address.
+    pub addr: String,
+    /// Its lifecycle state: joining, up, leaving, exiting, down, removed.
+    pub state: String,
+    /// Whether the reporting node's failure detector hears it.
+    pub reachable: bool,
+    /// The phi-accrual suspicion level (0 for the reporting node itself).
+    pub phi: f64,
+    /// Shards it owns in the committed table.
+    pub shards: u32,
+    /// Whether it votes in the decision log.
+    pub voter: bool,
+    /// Entities live in its memory, if it answered.
+    pub live_entities: Option<u64>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The reporting node's id.
+    pub node: u64,
+    /// The decision log's leader, if known.
+    pub leader: Option<u64>,
+    /// Shards of the table (0 before the cluster is initialized).
+    pub shards: u32,
+    /// The table's epoch.
+    pub epoch: u64,
+    /// Every member, the reporting node included.
+    pub members: Vec<MemberStatus>,
 }
 
 /// One journaled event as a client sees it.
@@ -172,7 +214,7 @@ pub struct TypeInfo {
 }
 
 /// A response from a node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Response {
     /// Answer to [`Request::Hello`].
@@ -250,4 +292,8 @@ pub enum Response {
     },
     /// The request failed.
     Error(ApiError),
+    /// The cluster as the node sees it.
+    ClusterStatus(ClusterStatus),
+    /// The node is leaving its cluster.
+    Leaving,
 }

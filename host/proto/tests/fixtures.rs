@@ -13,9 +13,9 @@
 use std::path::PathBuf;
 
 use cairn_proto::{
-    ApiError, DeployAction, DeployOutcome, DeployRecord, EventView, GuestFaultKind, HEADER_LEN,
-    MAX_FRAME, PROTOCOL_VERSION, Payload, ReplayFailure, Request, Response, StateAt,
-    StateDifference, TypeInfo, ValidationReport, body_len, decode, encode,
+    ApiError, ClusterStatus, DeployAction, DeployOutcome, DeployRecord, EventView, GuestFaultKind,
+    HEADER_LEN, MAX_FRAME, MemberStatus, PROTOCOL_VERSION, Payload, ReplayFailure, Request,
+    Response, StateAt, StateDifference, TypeInfo, ValidationReport, body_len, decode, encode,
 };
 
 fn dir() -> PathBuf {
@@ -144,6 +144,8 @@ fn requests() -> Vec<(&'static str, Request)> {
             },
         ),
         ("request-follow-lifecycle", Request::FollowLifecycle),
+        ("request-cluster-status", Request::ClusterStatus),
+        ("request-cluster-leave", Request::ClusterLeave),
         (
             "request-follow-events",
             Request::FollowEvents {
@@ -215,6 +217,26 @@ fn responses() -> Vec<(&'static str, Response)> {
             },
         ),
         ("response-types", Response::Types(vec![type_info()])),
+        (
+            "response-cluster-status",
+            Response::ClusterStatus(ClusterStatus {
+                node: 7,
+                leader: Some(7),
+                shards: 256,
+                epoch: 300,
+                members: vec![MemberStatus {
+                    id: 7,
+                    addr: "127.0.0.1:7420".into(),
+                    state: "up".into(),
+                    reachable: true,
+                    phi: 0.25,
+                    shards: 128,
+                    voter: true,
+                    live_entities: Some(12),
+                }],
+            }),
+        ),
+        ("response-cluster-leave", Response::Leaving),
         ("response-encode-command", Response::Encoded(vec![0, 1])),
         ("response-following", Response::Following),
         (
