@@ -289,11 +289,46 @@ enum Matcher {
     Pattern(Regex),
 }
 
+/// Settings of a node that is part of a cluster (`[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Peer addresses to join through. A node with no seeds, or whose first
+    /// seed is its own address, starts a new cluster when it has none.
+    pub seeds: Vec<SocketAddr>,
+    /// The address peers reach this node at; `None`: the listen address.
+    pub advertise: Option<SocketAddr>,
+    /// Shards of the table, fixed when the cluster is created.
+    pub shards: u32,
+    /// Members that must be up before shards are first allocated (Akka's
+    /// `min-nr-of-members`), so that a cluster started together does not
+    /// allocate everything to its first node and then move it all.
+    pub min_members: usize,
+    /// Most shards that change owner in one rebalancing round.
+    pub max_moves: usize,
+    /// Most commands buffered per shard while it is handed off.
+    pub handoff_buffer: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            seeds: Vec::new(),
+            advertise: None,
+            shards: 256,
+            min_members: 1,
+            max_moves: 16,
+            handoff_buffer: 1_000,
+        }
+    }
+}
+
 /// The whole configuration of a node.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
     /// Node-wide settings.
     pub node: NodeConfig,
+    /// Cluster settings; `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
     /// Settings of every entity type without an override.
     pub defaults: EntitySettings,
     overrides: Vec<(Matcher, EntityOverride)>,
@@ -379,6 +414,39 @@ impl Config {
                 });
             }
         }
+        if let Some(c) = file.cluster {
+            let mut cluster = ClusterConfig::default();
+            let addr = |key: &str, a: &str| -> Result<SocketAddr, ConfigError> {
+                a.parse().map_err(|_| {
+                    value_err(key, &format!("`{a}` is not an address like 127.0.0.1:7400"))
+                })
+            };
+            for seed in c.seeds.unwrap_or_default() {
+                cluster.seeds.push(addr("cluster.seeds", &seed)?);
+            }
+            if let Some(a) = c.advertise {
+                cluster.advertise = Some(addr("cluster.advertise", &a)?);
+            }
+            if let Some(n) = c.shards {
+                if !(1..=65_536).contains(&n) {
+                    return Err(value_err("cluster.shards", "must be between 1 and 65536"));
+                }
+                cluster.shards = n;
+            }
+            if let Some(n) = c.min_members {
+                cluster.min_members = n.max(1);
+            }
+            if let Some(n) = c.max_moves {
+                if n == 0 {
+                    return Err(value_err("cluster.max_moves", "must be at least 1"));
+                }
+                cluster.max_moves = n;
+            }
+            if let Some(n) = c.handoff_buffer {
+                cluster.handoff_buffer = n;
+            }
+            config.cluster = Some(cluster);
+        }
         if let Some(defaults) = file.defaults {
             defaults
                 .to_override("defaults")?
@@ -460,6 +528,7 @@ fn value_err(key: &str, reason: &str) -> ConfigError {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     node: Option<FileNode>,
+    cluster: Option<FileCluster>,
     defaults: Option<FileEntity>,
     entities: Option<BTreeMap<String, FileEntity>>,
 }
@@ -478,6 +547,17 @@ struct FileNode {
     workers: Option<usize>,
     keep_awake_us: Option<u64>,
     tls: Option<FileTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    seeds: Option<Vec<String>>,
+    advertise: Option<String>,
+    shards: Option<u32>,
+    min_members: Option<usize>,
+    max_moves: Option<usize>,
+    handoff_buffer: Option<usize>,
 }
 
 #[derive(Deserialize)]

@@ -24,6 +24,9 @@
 //!   limits; [`behavior`]: the byte-level behavior trait it implements.
 //! - [`registry`]: deployed components by content, the deploy history.
 //! - [`config`]: the `cairn.toml` file.
+//! - [`cluster`]: the node's part in a cluster: the peer protocol, gossip
+//!   and phi heartbeats, the decision log, routing to shard owners and
+//!   handoff (rules from `cairn-cluster`, the log from `cairn-raft`).
 //! - [`server`]: serves a node over QUIC and translates node errors into the
 //!   protocol's; `awake` (private): the optional thread that keeps a CPU
 //!   awake after requests (off by default).
@@ -50,6 +53,7 @@
 mod awake;
 pub mod behavior;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod deadline;
 pub mod deploy;
@@ -68,4 +72,4 @@ pub use cairn_proto as api;
 pub use config::Config;
 pub use deploy::{DeployError, DeployResult, Versions};
 pub use node::{AskOptions, Node, NodeError, PastState, ReadError};
-pub use types::{AskError, LifecycleEvent, Reply};
+pub use types::{AskError, LifecycleEvent, MemberChange, Reply};

@@ -747,6 +747,61 @@ impl Node {
         self.inner.entity_type(entity_type).map_or(0, |t| t.live())
     }
 
+    /// Unloads from memory the entities for which `matches(type, id)` holds
+    /// and which are idle; returns how many matching ones are still busy
+    /// (call again until 0). Their state stays in the journal: the next
+    /// command recovers them. Used by a shard handoff.
+    pub fn passivate_where(&self, matches: impl Fn(&str, &str) -> bool) -> usize {
+        let types: Vec<Arc<EntityType>> = {
+            let types = self.inner.types.read().unwrap_or_else(|p| p.into_inner());
+            types.values().cloned().collect()
+        };
+        let mut busy = 0;
+        for ty in types {
+            for mut stripe in ty.stripes() {
+                let mut passivated = Vec::new();
+                stripe.retain(|id, cell| {
+                    if !matches(&ty.name, id) {
+                        return true;
+                    }
+                    if entity::passivate_now(cell) {
+                        passivated.push(id.to_string());
+                        false
+                    } else {
+                        busy += 1;
+                        true
+                    }
+                });
+                drop(stripe);
+                for id in passivated {
+                    self.inner.env.emit(LifecycleEvent::Passivated {
+                        entity_type: ty.name.clone(),
+                        entity_id: id,
+                    });
+                }
+            }
+        }
+        busy
+    }
+
+    /// A deployed component's bytes by its sha256 (lowercase hex), if this
+    /// node holds it (peers fetch components of cluster-wide deploys).
+    pub fn component_by_hash(&self, sha256: &str) -> Option<Vec<u8>> {
+        let hex = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return None;
+        }
+        self.inner.registry.component(sha256).ok()
+    }
+
+    /// Publishes a lifecycle event (the cluster's member events).
+    pub(crate) fn emit(&self, event: LifecycleEvent) {
+        self.inner.env.emit(event);
+    }
+
     /// What an entity's mailbox holds now; `None` if it is not in memory.
     pub fn mailbox(&self, entity_type: &str, entity_id: &str) -> Option<MailboxView> {
         let cell = self

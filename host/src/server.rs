@@ -11,8 +11,8 @@
 //! error response and the stream is closed, the connection and the node go on.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -22,13 +22,14 @@ use tokio::sync::{Semaphore, broadcast};
 use cairn_client::frame::{read_frame, write_frame};
 use cairn_client::tls::{self, NodeFiles, TlsError};
 use cairn_proto::{
-    self as api, ApiError, EventView, FrameError, GuestFaultKind, MAX_FRAME, PROTOCOL_VERSION,
-    Payload, Request, Response, StateAt, TypeInfo,
+    self as api, ApiError, EventView, FrameError, GuestFaultKind, MAX_FRAME, PEER_ALPN,
+    PROTOCOL_VERSION, Payload, Request, Response, StateAt, TypeInfo,
 };
 
 use crate::awake::KeepAwake;
 use crate::behavior::GuestFault;
-use crate::config::TlsFiles;
+use crate::cluster::{Cluster, LocalHandler};
+use crate::config::{ClusterConfig, TlsFiles};
 use crate::deploy::{self, DeployError, DeployResult};
 use crate::node::{
     AskError, AskOptions, LifecycleEvent, Node, PastState, ReadError, RegisterError,
@@ -37,6 +38,9 @@ use crate::registry::{self, Deployment};
 
 /// Application error code a node closes a connection with when it is full.
 pub const CLOSE_BUSY: u32 = 1;
+/// Application error code a node closes a peer connection with when it
+/// refuses it (no node certificate, or not in a cluster).
+pub const CLOSE_REFUSED: u32 = 2;
 /// Application error code of a normal close.
 pub const CLOSE_NORMAL: u32 = 0;
 /// Most events returned by one `Events` request.
@@ -77,6 +81,9 @@ pub enum ServerError {
     /// The certificates could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The node could not take its part in the cluster.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -103,32 +110,50 @@ impl Server {
         limits: ServerLimits,
         name: String,
     ) -> Result<Server, ServerError> {
-        let mut config = tls::server_config(&NodeFiles::from(files.clone()))?;
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(limits.max_streams_per_connection.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        transport.max_idle_timeout(Some(
-            Duration::from_secs(20)
-                .try_into()
-                .expect("20 s is a valid idle timeout"),
-        ));
-        config.transport_config(Arc::new(transport));
-        let endpoint =
-            quinn::Endpoint::server(config, listen).map_err(|source| ServerError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
-            addr: listen,
-            source,
-        })?;
-        let shared = Arc::new(Shared {
-            node,
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
-            name,
-            awake: KeepAwake::start(limits.keep_awake),
+        let (endpoint, local_addr) = bind(files, listen, limits)?;
+        let shared = Shared::new(node, limits, name);
+        Ok(Server::serve(endpoint, local_addr, shared))
+    }
+
+    /// Starts serving `node` as a member of the cluster of `cluster`: the
+    /// same endpoint also carries the peer protocol (`cairn-peer/1`), and
+    /// entity requests are routed to their shard's owner.
+    pub async fn start_cluster(
+        node: Node,
+        files: &TlsFiles,
+        listen: SocketAddr,
+        limits: ServerLimits,
+        name: String,
+        cluster: ClusterConfig,
+    ) -> Result<(Server, Cluster), ServerError> {
+        let (endpoint, local_addr) = bind(files, listen, limits)?;
+        let peer_config = tls::peer_client_config(&NodeFiles::from(files.clone()))?;
+        let shared = Shared::new(node.clone(), limits, name);
+        let weak = Arc::downgrade(&shared);
+        let local: LocalHandler = Arc::new(move |req| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(s) => handle(&s, req).await,
+                    None => Response::Error(ApiError::ShuttingDown),
+                }
+            })
         });
+        let c = Cluster::start(
+            node,
+            endpoint.clone(),
+            peer_config,
+            local_addr,
+            cluster,
+            local,
+        )
+        .await
+        .map_err(|e| ServerError::Cluster(e.to_string()))?;
+        let _ = shared.cluster.set(c.clone());
+        Ok((Server::serve(endpoint, local_addr, shared), c))
+    }
+
+    fn serve(endpoint: quinn::Endpoint, local_addr: SocketAddr, shared: Arc<Shared>) -> Server {
         let ep = endpoint.clone();
         let task = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
@@ -142,6 +167,10 @@ impl Server {
                             return;
                         }
                     };
+                    if alpn(&conn).as_deref() == Some(PEER_ALPN) {
+                        serve_peer(&shared, conn).await;
+                        return;
+                    }
                     let Some(_permit) = permit else {
                         conn.close(
                             CLOSE_BUSY.into(),
@@ -153,11 +182,11 @@ impl Server {
                 });
             }
         });
-        Ok(Server {
+        Server {
             endpoint,
             local_addr,
             task,
-        })
+        }
     }
 
     /// The address the server listens on.
@@ -174,8 +203,71 @@ impl Server {
     }
 }
 
+/// Binds the endpoint: the client protocol and the peer protocol share it.
+fn bind(
+    files: &TlsFiles,
+    listen: SocketAddr,
+    limits: ServerLimits,
+) -> Result<(quinn::Endpoint, SocketAddr), ServerError> {
+    let mut config = tls::server_config(&NodeFiles::from(files.clone()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(limits.max_streams_per_connection.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(20)
+            .try_into()
+            .expect("20 s is a valid idle timeout"),
+    ));
+    config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(config, listen).map_err(|source| ServerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    Ok((endpoint, local_addr))
+}
+
+/// The ALPN protocol a connection agreed on.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// A peer connection: only for a cluster member, only with a node
+/// certificate (a client certificate of the same CA is refused).
+async fn serve_peer(shared: &Shared, conn: quinn::Connection) {
+    let node_cert = conn
+        .peer_identity()
+        .and_then(|i| {
+            i.downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().map(tls::is_node_certificate))
+        .unwrap_or(false);
+    let Some(cluster) = shared.cluster.get() else {
+        conn.close(CLOSE_REFUSED.into(), b"this node is not in a cluster");
+        return;
+    };
+    if !node_cert {
+        tracing::warn!(remote = %conn.remote_address(), "peer refused: not a node certificate");
+        conn.close(
+            CLOSE_REFUSED.into(),
+            b"refused: not a cluster node certificate",
+        );
+        return;
+    }
+    cluster.serve_peer(conn).await;
+}
+
 struct Shared {
     node: Node,
+    /// Set when the node is a cluster member.
+    cluster: OnceLock<Cluster>,
     connections: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
     name: String,
@@ -184,6 +276,17 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(node: Node, limits: ServerLimits, name: String) -> Arc<Shared> {
+        Arc::new(Shared {
+            node,
+            cluster: OnceLock::new(),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            name,
+            awake: KeepAwake::start(limits.keep_awake),
+        })
+    }
+
     /// Notes a request for the keep-awake thread.
     fn keep_awake(&self) {
         if let Some(a) = &self.awake {
@@ -258,7 +361,7 @@ async fn serve_stream(
                 shared.keep_awake();
                 busy.fetch_add(1, Ordering::Relaxed);
                 let resp = match shared.in_flight.clone().try_acquire_owned() {
-                    Ok(_permit) => handle(&shared, req).await,
+                    Ok(_permit) => dispatch(&shared, req).await,
                     Err(_) => Response::Error(ApiError::Busy(
                         "too many requests in flight; retry later".into(),
                     )),
@@ -290,6 +393,24 @@ fn type_info(node: &Node, d: &Deployment) -> TypeInfo {
         hash: d.hash.clone(),
         deployed_ms: d.deployed_ms,
         live_entities: node.live_entities(&d.entity_type) as u64,
+    }
+}
+
+/// A request of a cluster member goes through the cluster (entity
+/// requests to their owner, the cluster's own requests); anything else,
+/// and everything on a single node, is served here.
+async fn dispatch(shared: &Shared, req: Request) -> Response {
+    match (shared.cluster.get(), req) {
+        (Some(c), req) if Cluster::routes(&req) => c.handle(req).await,
+        (Some(c), Request::ClusterStatus) => Response::ClusterStatus(c.status().await),
+        (Some(c), Request::ClusterLeave) => {
+            c.leave_in_background();
+            Response::Leaving
+        }
+        (None, Request::ClusterStatus | Request::ClusterLeave) => Response::Error(
+            ApiError::BadRequest("this node is not part of a cluster".into()),
+        ),
+        (_, req) => handle(shared, req).await,
     }
 }
 
@@ -557,6 +678,12 @@ fn lifecycle_response(e: LifecycleEvent) -> Response {
             entity_type,
             None,
             format!("version={behavior_version}"),
+        ),
+        LifecycleEvent::Member { change, node, addr } => (
+            change.kind(),
+            String::new(),
+            None,
+            format!("node={node} addr={addr}"),
         ),
     };
     Response::Lifecycle {

@@ -132,4 +132,42 @@ pub enum LifecycleEvent {
         /// The behavior's own version string (not the deploy number).
         behavior_version: String,
     },
+    /// A cluster member changed (seen from this node).
+    Member {
+        /// What changed.
+        change: MemberChange,
+        /// The member's node id.
+        node: u64,
+        /// Its peer address.
+        addr: String,
+    },
+}
+
+/// A change of a cluster member, as lifecycle events report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemberChange {
+    /// It is a live member.
+    Up,
+    /// It left gracefully.
+    Left,
+    /// The failure detector stopped hearing it (phi above the threshold).
+    Unreachable,
+    /// The failure detector hears it again.
+    Reachable,
+    /// It was declared down (SWIM: no answer, directly or through others).
+    Down,
+}
+
+impl MemberChange {
+    /// The kind name on the wire: member-up, member-left, unreachable, reachable, member-down.
+    pub fn kind(self) -> &'static str {
+        match self {
+            MemberChange::Up => "member-up",
+            MemberChange::Left => "member-left",
+            MemberChange::Unreachable => "unreachable",
+            MemberChange::Reachable => "reachable",
+            MemberChange::Down => "member-down",
+        }
+    }
 }

@@ -129,6 +129,11 @@ pub enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// The cluster: members, their state and phi, shards and load; leave.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// List entity types with their deployed versions.
     Types {
         #[command(flatten)]
@@ -179,6 +184,23 @@ pub enum CertsCommand {
         /// (localhost and 127.0.0.1 are always included).
         #[arg(long = "name")]
         names: Vec<String>,
+    },
+}
+
+/// `cairn cluster ...`.
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Show the members as the node sees them.
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Ask a node to leave the cluster gracefully (its shards move first).
+    Leave {
+        /// The node to ask (default: --node).
+        addr: Option<SocketAddr>,
+        #[command(flatten)]
+        conn: ConnArgs,
     },
 }
 
@@ -250,6 +272,22 @@ pub struct NodeArgs {
     /// dedicated machines (it spins a CPU); 0 disables it [default: 0].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=cairn_host::config::MAX_KEEP_AWAKE_US))]
     pub keep_awake_us: Option<u64>,
+    /// Join a cluster through this peer address (repeatable; adds to
+    /// `[cluster] seeds`). A node whose first seed is its own address, or
+    /// that has `--cluster` and no seeds, starts a new cluster.
+    #[arg(long = "seed")]
+    pub seeds: Vec<SocketAddr>,
+    /// Run as a cluster member even without seeds (the first node).
+    #[arg(long)]
+    pub cluster: bool,
+    /// Members that must be up before shards are first allocated.
+    #[arg(long)]
+    pub min_members: Option<usize>,
+    /// Directory with the cluster's ca.pem, node.pem and node.key (from
+    /// `cairn certs init`); every member of a cluster needs certificates
+    /// of the same CA [default: the development setup in <data_dir>/tls].
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     pub log_format: LogFormat,

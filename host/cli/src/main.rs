@@ -19,6 +19,7 @@ use clap::Parser;
 mod args;
 mod bench;
 mod certs;
+mod cluster;
 mod deploy;
 mod entity;
 mod inspect;
@@ -87,6 +88,7 @@ async fn client_command(command: Command) -> Result<()> {
         } => deploy::rollback(&entity_type, to, &conn).await,
         Command::Versions { entity_type, conn } => deploy::versions(&entity_type, &conn).await,
         Command::Types { conn } => deploy::types(&conn).await,
+        Command::Cluster { command } => cluster::run(command).await,
         Command::Ask {
             entity_type,
             entity_id,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cairn_client::tls;
-use cairn_host::config::{Config, JournalBackend};
+use cairn_host::config::{ClusterConfig, Config, JournalBackend, TlsFiles};
 use cairn_host::node::Node;
 use cairn_host::server::{Server, ServerLimits};
 
@@ -34,6 +34,21 @@ pub fn config(args: &NodeArgs) -> Result<Config> {
     }
     if let Some(us) = args.keep_awake_us {
         config.node.keep_awake = Duration::from_micros(us);
+    }
+    if args.cluster || !args.seeds.is_empty() || args.min_members.is_some() {
+        let c = config.cluster.get_or_insert_with(ClusterConfig::default);
+        c.seeds.extend(args.seeds.iter().copied());
+        if let Some(n) = args.min_members {
+            c.min_members = n.max(1);
+        }
+    }
+    if let Some(dir) = &args.certs {
+        let f = tls::node_files(dir);
+        config.node.tls = Some(TlsFiles {
+            ca: f.ca,
+            cert: f.cert,
+            key: f.key,
+        });
     }
     Ok(config)
 }
@@ -64,13 +79,31 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
         keep_awake: config.node.keep_awake,
         ..ServerLimits::default()
     };
-    let server = Server::start(
-        node.clone(),
-        &files,
-        config.node.listen,
-        limits,
-        config.node.name.clone(),
-    )?;
+    let (server, cluster) = match config.cluster.clone() {
+        None => (
+            Server::start(
+                node.clone(),
+                &files,
+                config.node.listen,
+                limits,
+                config.node.name.clone(),
+            )?,
+            None,
+        ),
+        Some(c) => {
+            let (server, cluster) = Server::start_cluster(
+                node.clone(),
+                &files,
+                config.node.listen,
+                limits,
+                config.node.name.clone(),
+                c,
+            )
+            .await?;
+            tracing::info!(node_id = cluster.id(), "cluster member");
+            (server, Some(cluster))
+        }
+    };
     tracing::info!(
         node = %config.node.name,
         listen = %server.local_addr(),
@@ -79,7 +112,18 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
         workers = config.node.worker_threads(),
         "node ready"
     );
-    wait_for_signal().await;
+    match &cluster {
+        None => wait_for_signal().await,
+        Some(c) => {
+            tokio::select! {
+                () = wait_for_signal() => {
+                    // SIGTERM or Ctrl-C: hand the shards off, then go.
+                    c.leave(Duration::from_secs(60)).await;
+                }
+                () = c.left() => {}
+            }
+        }
+    }
     tracing::info!("shutting down: closing connections, draining mailboxes");
     server.close().await;
     node.shutdown(Duration::from_secs(10)).await;

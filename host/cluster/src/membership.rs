@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::member::NodeId;
 
+/// A membership timer, to hand back to [`Membership::handle_timer`] when due.
+pub type MembershipTimer = Timer<PeerId>;
+
 /// A node's identity in the gossip: its id and which run of it this is. A
 /// restarted node comes back with a higher `boot`, which wins over the old
 /// identity (so a node declared down can rejoin at once).

@@ -113,7 +113,7 @@ fn phi(elapsed: f64, mean: f64, std: f64) -> f64 {
     } else {
         1.0 - 1.0 / (1.0 + e)
     };
-    -p.max(f64::MIN_POSITIVE).log10()
+    (-p.max(f64::MIN_POSITIVE).log10()).max(0.0)
 }
 
 #[cfg(test)]

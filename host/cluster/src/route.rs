@@ -110,6 +110,16 @@ impl<C> Router<C> {
         true
     }
 
+    /// Undoes [`Router::release`] when the move was not committed: the
+    /// shard serves here again; returns what waited, in arrival order, to
+    /// run now.
+    pub fn unrelease(&mut self, shard: ShardId) -> Vec<C> {
+        self.releasing
+            .remove(&shard)
+            .map(Vec::from)
+            .unwrap_or_default()
+    }
+
     /// The failure detector's view: which nodes are down.
     pub fn set_down(&mut self, down: BTreeSet<NodeId>) {
         self.down = down;

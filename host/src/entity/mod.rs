@@ -448,6 +448,18 @@ pub(crate) fn try_passivate(cell: &EntityCell, idle: Duration, now: Instant) -> 
     }
 }
 
+/// Removes `cell` from memory now unless it is busy; returns whether it
+/// was removed. Called with the cell's stripe locked (shard handoff).
+pub(crate) fn passivate_now(cell: &EntityCell) -> bool {
+    let mut inner = cell.lock();
+    if inner.running || !inner.queue.is_empty() {
+        return false;
+    }
+    inner.removed = true;
+    inner.loaded = None;
+    true
+}
+
 /// Is the cell busy (a drain task running or commands queued)?
 pub(crate) fn is_busy(cell: &EntityCell) -> bool {
     let inner = cell.lock();

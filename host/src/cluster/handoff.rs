@@ -1,0 +1,611 @@
+//! Shards changing hands: the coordinator loop (on the decision log's
+//! leader only), the table watcher (every node applies committed
+//! decisions to its router), the old owner's release and the new owner's
+//! fetch of the shard's history, and the serving of peer calls.
+//!
+//! A move, in order: the coordinator asks the old owner to release the
+//! shard (it buffers new commands, finishes those in flight, passivates
+//! the shard's entities); only then it commits the move. The new owner
+//! buffers the shard's commands, reads its history from the old owner
+//! (every event it lacks, per entity), and then serves. Commands that
+//! waited on the old owner are forwarded to the new one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_cluster::route::Route;
+use cairn_cluster::{Coordinator, Decision, Member, MemberState, NodeId, ShardId, shard_of};
+use cairn_raft::{ClusterState, Command};
+use cairn_store::{EntityKey, EventRecord, Write};
+use tokio::sync::oneshot;
+
+use super::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
+use super::peer::{EntityHistory, PeerRequest, PeerResponse, read_answer, write_answer};
+use super::{Inner, live_entities};
+use cairn_client::frame::read_frame;
+use cairn_proto::{MAX_FRAME, Response};
+
+/// How often the leader looks for shards to allocate or move.
+const ROUND: Duration = Duration::from_millis(300);
+/// How long a proposal may wait for a majority.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Commits a command through the log's leader, wherever it is.
+pub(crate) async fn propose(inner: &Arc<Inner>, cmd: Command) -> Result<(), String> {
+    if inner.log.is_leader() {
+        return inner
+            .log
+            .propose(cmd, COMMIT_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+    let Some((_, addr)) = inner.log.leader() else {
+        return Err("no leader".into());
+    };
+    let addr = addr.parse().map_err(|_| "bad leader address".to_owned())?;
+    match inner
+        .peers
+        .call(addr, &PeerRequest::Propose(cmd), COMMIT_TIMEOUT)
+        .await
+    {
+        Ok(PeerResponse::Done) => Ok(()),
+        Ok(other) => Err(format!("{other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The coordinator: on the leader, allocates and moves shards.
+pub(crate) async fn coordinate(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(ROUND);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !inner.log.is_leader() {
+            continue;
+        }
+        let state: ClusterState = (*inner.log.state().borrow().clone()).clone();
+        // Members that joined and that gossip hears become up.
+        for (id, rec) in &state.members {
+            let live = *id == inner.id || inner.view().live.contains(id);
+            if rec.state == MemberState::Joining && live {
+                let cmd = Command::Member {
+                    node: *id,
+                    addr: rec.addr.clone(),
+                    state: MemberState::Up,
+                };
+                if let Err(e) = inner.log.propose(cmd, COMMIT_TIMEOUT).await {
+                    tracing::debug!(error = %e, "cannot mark a member up");
+                }
+            }
+        }
+        let Some(table) = state.table.clone() else {
+            continue;
+        };
+        let members: Vec<Member> = {
+            let v = inner.view();
+            state
+                .members
+                .iter()
+                .filter(|(_, r)| r.state != MemberState::Removed)
+                .map(|(id, r)| {
+                    let me = *id == inner.id;
+                    let down = !me && v.down.contains(id);
+                    Member {
+                        id: NodeId(*id),
+                        state: if down { MemberState::Down } else { r.state },
+                        reachable: me
+                            || (!down && !v.unreachable.contains(id) && v.live.contains(id)),
+                    }
+                })
+                .collect()
+        };
+        let allocated = table.iter().any(|(_, a)| a.is_some());
+        let owners = members.iter().filter(|m| m.can_own()).count();
+        if !allocated && owners < inner.config.min_members {
+            continue;
+        }
+        let mut c = Coordinator::new(table, inner.config.max_moves);
+        c.set_members(members);
+        let (decisions, moves) = c.propose();
+        if decisions.is_empty() {
+            continue;
+        }
+        let mut by_owner: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for m in &moves {
+            if let Some(from) = m.from {
+                by_owner.entry(from.0).or_default().push(m.shard.0);
+            }
+        }
+        let mut released = Vec::new();
+        let mut ok = true;
+        for (owner, shards) in by_owner {
+            let r = if owner == inner.id {
+                release(&inner, &shards).await
+            } else {
+                call_owner(
+                    &inner,
+                    owner,
+                    PeerRequest::Release {
+                        shards: shards.clone(),
+                    },
+                )
+                .await
+            };
+            match r {
+                Ok(()) => released.push((owner, shards)),
+                Err(e) => {
+                    tracing::info!(owner, error = %e, "release refused; no move this round");
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            let n = decisions.len();
+            match inner
+                .log
+                .propose(Command::Decide(decisions), COMMIT_TIMEOUT)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        shards = n,
+                        moved = moves.iter().filter(|m| m.from.is_some()).count(),
+                        "committed shard decisions"
+                    );
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "shard decisions not committed"),
+            }
+        }
+        for (owner, shards) in released {
+            if owner == inner.id {
+                resume(&inner, &shards);
+            } else {
+                let _ = call_owner(&inner, owner, PeerRequest::Resume { shards }).await;
+            }
+        }
+    }
+}
+
+async fn call_owner(inner: &Arc<Inner>, owner: u64, req: PeerRequest) -> Result<(), String> {
+    let addr = inner
+        .addr_of(owner)
+        .ok_or_else(|| format!("no address for node {owner}"))?;
+    match inner.peers.call(addr, &req, Duration::from_secs(15)).await {
+        Ok(PeerResponse::Done) => Ok(()),
+        Ok(PeerResponse::Error(e)) => Err(e),
+        Ok(other) => Err(format!("{other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The old owner's side of a move: stop taking commands for the shards,
+/// let those in flight finish, unload their entities.
+pub(crate) async fn release(inner: &Arc<Inner>, shards: &[u32]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let count = inner.shard_count();
+    for &shard in shards {
+        // A shard still fetching its history is released once it has it.
+        while inner.router().is_waiting(ShardId(shard)) {
+            if Instant::now() > deadline {
+                return Err(format!("shard {shard} is still arriving here"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        inner.router().release(ShardId(shard));
+    }
+    let set: std::collections::BTreeSet<u32> = shards.iter().copied().collect();
+    loop {
+        let running = {
+            let f = inner.in_flight();
+            set.iter().any(|s| f.contains_key(s))
+        };
+        let busy = if running {
+            1
+        } else {
+            inner
+                .node
+                .passivate_where(|ty, id| set.contains(&shard_of(ty, id, count).0))
+        };
+        if busy == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            resume(inner, shards);
+            return Err("commands of the shards did not finish in time".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The move was not committed: serve the shards here again.
+pub(crate) fn resume(inner: &Arc<Inner>, shards: &[u32]) {
+    for &shard in shards {
+        let waiters = inner.router().unrelease(ShardId(shard));
+        run_waiters(inner, shard, waiters);
+    }
+}
+
+fn run_waiters(
+    inner: &Arc<Inner>,
+    shard: u32,
+    waiters: Vec<(cairn_proto::Request, oneshot::Sender<Response>)>,
+) {
+    if waiters.is_empty() {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        for (req, tx) in waiters {
+            let r = inner.run_local(shard, req).await;
+            let _ = tx.send(r);
+        }
+    });
+}
+
+/// Every node: applies the committed table to its router.
+pub(crate) async fn watch_table(inner: Arc<Inner>) {
+    let mut rx = inner.log.state();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        apply_state(&inner, &state);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
+    {
+        let mut v = inner.view();
+        for (id, rec) in &state.members {
+            if let Ok(a) = rec.addr.parse() {
+                v.addrs.entry(*id).or_insert(a);
+            }
+        }
+    }
+    let Some(table) = &state.table else {
+        return;
+    };
+    let mut changes: Vec<(ShardId, NodeId, u64)> = Vec::new();
+    let mut fetches = Vec::new();
+    let mut away = Vec::new();
+    {
+        let mut router = inner.router();
+        if router.table().len() != table.len() {
+            *router = cairn_cluster::route::Router::new(
+                NodeId(inner.id),
+                table.len(),
+                inner.config.handoff_buffer,
+            );
+        }
+        for (shard, a) in table.iter() {
+            if let Some(a) = a
+                && router.table().get(shard) != Some(a)
+            {
+                changes.push((shard, a.owner, a.epoch));
+            }
+        }
+        changes.sort_by_key(|c| c.2);
+        for (shard, owner, epoch) in changes {
+            let before = router.table().get(shard).map(|a| a.owner);
+            match router.apply(Decision::Assign {
+                shard,
+                owner,
+                epoch,
+            }) {
+                Ok(fwd) => away.extend(fwd.into_iter().map(|(o, w)| (shard, o, w))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "decision not applied");
+                    continue;
+                }
+            }
+            if owner.0 == inner.id
+                && let Some(b) = before
+                && b.0 != inner.id
+            {
+                fetches.push((shard, b.0));
+            }
+        }
+    }
+    inner.refresh_down();
+    for (shard, owner, (req, tx)) in away {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let r = inner.forward(owner.0, shard.0, req).await;
+            let _ = tx.send(r);
+        });
+    }
+    for (shard, from) in fetches {
+        tokio::spawn(fetch(inner.clone(), shard, from));
+    }
+}
+
+/// The new owner's side: read the shard's history from the old owner,
+/// then serve what waited.
+async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
+    let started = Instant::now();
+    let count = inner.shard_count();
+    let imported;
+    loop {
+        if !inner.router().is_waiting(shard) {
+            return;
+        }
+        match fetch_once(&inner, shard, from, count).await {
+            Ok(n) => {
+                imported = n;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(shard = shard.0, from, error = %e, "shard history not fetched yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    while inner
+        .node
+        .passivate_where(|ty, id| shard_of(ty, id, count) == shard)
+        > 0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiters = inner.router().ready(shard);
+    tracing::debug!(shard = shard.0, from, imported, waited = waiters.len(), took = ?started.elapsed(), "shard arrived");
+    run_waiters(&inner, shard.0, waiters);
+}
+
+async fn fetch_once(
+    inner: &Arc<Inner>,
+    shard: ShardId,
+    from: u64,
+    count: u32,
+) -> Result<usize, String> {
+    let addr = inner
+        .addr_of(from)
+        .ok_or_else(|| format!("no address for node {from}"))?;
+    let mut recv = inner
+        .peers
+        .open(
+            addr,
+            &PeerRequest::FetchShard {
+                shard: shard.0,
+                shard_count: count,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), read_answer(addr, &mut recv)).await {
+            Err(_) => return Err("no answer".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(PeerResponse::Entity(h))) => {
+                import(inner, h).await?;
+                n += 1;
+            }
+            Ok(Ok(PeerResponse::Done)) => return Ok(n),
+            Ok(Ok(PeerResponse::Error(e))) => return Err(e),
+            Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
+        }
+    }
+}
+
+async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<(), String> {
+    let key = EntityKey::new(h.entity_type, h.entity_id);
+    let journal = inner.node.journal().clone();
+    let have = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
+    let events: Vec<EventRecord> = h
+        .events
+        .into_iter()
+        .filter(|e| e.0 > have)
+        .map(|(seq, timestamp_ms, version, payload)| EventRecord {
+            seq,
+            timestamp_ms,
+            version,
+            payload,
+        })
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    if events[0].seq != have + 1 {
+        return Err(format!("{key}: history has a gap after #{have}"));
+    }
+    journal
+        .append(Write {
+            key,
+            events,
+            add_timers: Vec::new(),
+            remove_timers: Vec::new(),
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Serves one accepted peer connection: datagrams to gossip, each stream
+/// one call.
+pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    loop {
+        tokio::select! {
+            d = conn.read_datagram() => match d {
+                Ok(d) => {
+                    if inner.peers.faults.is_blocked(remote) {
+                        continue;
+                    }
+                    match d.first() {
+                        Some(&TAG_GOSSIP) => {
+                            let _ = inner.gossip.send(GossipInput::Data(d[1..].to_vec()));
+                        }
+                        Some(&TAG_HEARTBEAT) => gossip::heartbeat(&inner, &d[1..]),
+                        _ => {}
+                    }
+                }
+                Err(_) => break,
+            },
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    if inner.peers.faults.is_blocked(remote) {
+                        continue;
+                    }
+                    tokio::spawn(serve_call(inner.clone(), send, recv));
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let req: PeerRequest = match read_frame(&mut recv, MAX_FRAME).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ =
+                write_answer(&mut send, &PeerResponse::Error(format!("bad request: {e}"))).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if let PeerRequest::FetchShard { shard, shard_count } = req {
+        serve_fetch(&inner, &mut send, shard, shard_count).await;
+        let _ = send.finish();
+        return;
+    }
+    let answer = answer(&inner, req).await;
+    let _ = write_answer(&mut send, &answer).await;
+    let _ = send.finish();
+}
+
+async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
+    match req {
+        PeerRequest::Hello => PeerResponse::Hello {
+            node: inner.id,
+            boot: inner.boot,
+        },
+        PeerRequest::Join { node, addr } => {
+            if inner.log.is_leader() {
+                match inner.log.add_member(node, addr).await {
+                    Ok(()) => PeerResponse::Done,
+                    Err(e) => PeerResponse::Error(e.to_string()),
+                }
+            } else {
+                to_leader(inner, PeerRequest::Join { node, addr }).await
+            }
+        }
+        PeerRequest::Raft(b) => PeerResponse::Raft(inner.log.handle(&b).await),
+        PeerRequest::Propose(cmd) => {
+            if inner.log.is_leader() {
+                match inner.log.propose(cmd, COMMIT_TIMEOUT).await {
+                    Ok(_) => PeerResponse::Done,
+                    Err(e) => PeerResponse::Error(e.to_string()),
+                }
+            } else {
+                PeerResponse::NotLeader(inner.log.leader().map(|l| l.1))
+            }
+        }
+        PeerRequest::Forward { shard, request } => {
+            let (tx, rx) = oneshot::channel();
+            let route = inner
+                .router()
+                .route_forwarded(ShardId(shard), (request, tx));
+            match route {
+                Route::Redirect(owner, _) => PeerResponse::Redirect(owner.0),
+                route => PeerResponse::Response(inner.follow(shard, route, rx).await),
+            }
+        }
+        PeerRequest::Release { shards } => match release(inner, &shards).await {
+            Ok(()) => PeerResponse::Done,
+            Err(e) => PeerResponse::Error(e),
+        },
+        PeerRequest::Resume { shards } => {
+            resume(inner, &shards);
+            PeerResponse::Done
+        }
+        PeerRequest::Lease => PeerResponse::Lease(inner.log.is_leader() && inner.lease_ok()),
+        PeerRequest::Leave { node } => {
+            if inner.log.is_leader() {
+                match inner.log.remove_member(node).await {
+                    Ok(()) => PeerResponse::Done,
+                    Err(e) => PeerResponse::Error(e.to_string()),
+                }
+            } else {
+                to_leader(inner, PeerRequest::Leave { node }).await
+            }
+        }
+        PeerRequest::Info => PeerResponse::Info {
+            live_entities: live_entities(&inner.node),
+        },
+        PeerRequest::Component { sha256 } => match inner.node.component_by_hash(&sha256) {
+            Some(b) => PeerResponse::Component(b),
+            None => PeerResponse::Error(format!("no component {sha256} here")),
+        },
+        PeerRequest::FetchShard { .. } => PeerResponse::Error("fetch is a stream".into()),
+    }
+}
+
+async fn to_leader(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
+    let Some((_, addr)) = inner.log.leader() else {
+        return PeerResponse::Error("no leader yet".into());
+    };
+    let Ok(addr) = addr.parse() else {
+        return PeerResponse::Error("bad leader address".into());
+    };
+    if addr == inner.addr {
+        return PeerResponse::Error("leadership is changing".into());
+    }
+    match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
+        Ok(r) => r,
+        Err(e) => PeerResponse::Error(e.to_string()),
+    }
+}
+
+/// The old owner sends the history of every entity of a released shard.
+async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u32, count: u32) {
+    if inner.router().serves(ShardId(shard)) {
+        let _ = write_answer(
+            send,
+            &PeerResponse::Error(format!("shard {shard} is still served here")),
+        )
+        .await;
+        return;
+    }
+    let journal = inner.node.journal().clone();
+    for d in inner.node.deployments() {
+        let ty = d.entity_type.clone();
+        let ids = match journal.entity_ids(&ty, usize::MAX).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = write_answer(send, &PeerResponse::Error(e.to_string())).await;
+                return;
+            }
+        };
+        for id in ids
+            .into_iter()
+            .filter(|id| shard_of(&ty, id, count).0 == shard)
+        {
+            let key = EntityKey::new(ty.clone(), id.clone());
+            let events = match journal.read(&key, 1, i64::MAX as u64, usize::MAX).await {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = write_answer(send, &PeerResponse::Error(e.to_string())).await;
+                    return;
+                }
+            };
+            let h = EntityHistory {
+                entity_type: ty.clone(),
+                entity_id: id,
+                events: events
+                    .into_iter()
+                    .map(|e| (e.seq, e.timestamp_ms, e.version, e.payload))
+                    .collect(),
+            };
+            if !write_answer(send, &PeerResponse::Entity(h)).await {
+                return;
+            }
+        }
+    }
+    let _ = write_answer(send, &PeerResponse::Done).await;
+}

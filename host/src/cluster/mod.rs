@@ -1,0 +1,709 @@
+//! The node's part in a cluster: the peer protocol on the node's QUIC
+//! endpoint, membership and failure detection, the decision log, and the
+//! routing of client requests to the owner of their shard.
+//!
+//! The rules are the sans-IO state machines of `cairn-cluster` (routing,
+//! placement, the coordinator, gossip, phi) and the Raft log of
+//! `cairn-raft`; this module only drives them with tasks, sockets and the
+//! clock:
+//! - [`peer`]: the messages, the connection pool, the fault layer.
+//! - `gossip`: SWIM membership and phi-accrual heartbeats over datagrams.
+//! - `handoff`: the coordinator loop on the log's leader, the table
+//!   watcher on every node, releasing and fetching shards.
+//!
+//! A client request for an entity goes through [`Cluster::handle`]: run
+//! here if this node owns the shard and holds a fresh lease, forwarded one
+//! hop otherwise, buffered while the shard moves, `Unavailable` at once if
+//! the owner is down or unreachable.
+
+mod gossip;
+mod handoff;
+pub mod peer;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cairn_cluster::phi::PhiDetector;
+use cairn_cluster::route::{Route, Router};
+use cairn_cluster::{MemberState, NodeId, shard_of};
+use cairn_proto::{ApiError, ClusterStatus, MemberStatus, Request, Response};
+use cairn_raft::{DecisionLog, LogConfig, RaftTransport, TransportError};
+use futures_util::future::BoxFuture;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::config::ClusterConfig;
+use crate::node::Node;
+use gossip::GossipInput;
+use peer::{PeerRequest, PeerResponse, Peers};
+
+/// How long a lease renewal lets this node serve its shards.
+pub const LEASE: Duration = Duration::from_secs(2);
+/// Most time a forwarded request may take (the ask timeouts are shorter).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs a client request on this node (the server's local handler).
+pub type LocalHandler = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
+
+/// Why the cluster part of a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The decision log could not be opened.
+    #[error("decision log: {0}")]
+    Log(#[from] cairn_raft::RaftError),
+    /// The node's id file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A command waiting in the router: the request and where its answer goes.
+type Waiter = (Request, oneshot::Sender<Response>);
+
+/// The liveness view, from gossip and heartbeats.
+#[derive(Default)]
+pub(crate) struct View {
+    /// Members gossip holds live (this node not included).
+    pub(crate) live: BTreeSet<u64>,
+    /// Members gossip declared down (until they come back).
+    pub(crate) down: BTreeSet<u64>,
+    /// Peer addresses by node id.
+    pub(crate) addrs: HashMap<u64, SocketAddr>,
+    /// Phi-accrual detectors by node id.
+    pub(crate) phi: HashMap<u64, PhiDetector>,
+    /// Members whose phi is above the threshold.
+    pub(crate) unreachable: BTreeSet<u64>,
+}
+
+/// Shared state of the cluster part.
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    pub(crate) boot: u64,
+    pub(crate) addr: SocketAddr,
+    pub(crate) config: ClusterConfig,
+    pub(crate) node: Node,
+    pub(crate) local: LocalHandler,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) log: DecisionLog,
+    gossip: mpsc::UnboundedSender<GossipInput>,
+    view: Mutex<View>,
+    pub(crate) router: Mutex<Router<Waiter>>,
+    /// Commands running here, per shard (a release waits for them).
+    pub(crate) in_flight: Mutex<HashMap<u32, usize>>,
+    /// Until when this node may serve its shards (lease).
+    lease_until: Mutex<Option<Instant>>,
+    pub(crate) started: Instant,
+    leaving: AtomicBool,
+    /// Signalled once the node has left the cluster.
+    pub(crate) left: Notify,
+}
+
+impl Inner {
+    pub(crate) fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn router(&self) -> MutexGuard<'_, Router<Waiter>> {
+        self.router.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committed lifecycle state of a member.
+    pub(crate) fn member_state(&self, node: u64) -> Option<MemberState> {
+        self.log
+            .state()
+            .borrow()
+            .members
+            .get(&node)
+            .map(|r| r.state)
+    }
+
+    /// Tells the router which owners cannot be reached now.
+    pub(crate) fn refresh_down(&self) {
+        let down: BTreeSet<NodeId> = {
+            let v = self.view();
+            v.down
+                .iter()
+                .chain(v.unreachable.iter())
+                .map(|n| NodeId(*n))
+                .collect()
+        };
+        self.router().set_down(down);
+    }
+
+    /// The address of a member.
+    pub(crate) fn addr_of(&self, node: u64) -> Option<SocketAddr> {
+        if let Some(a) = self.view().addrs.get(&node) {
+            return Some(*a);
+        }
+        let state = self.log.state();
+        let s = state.borrow();
+        s.members.get(&node).and_then(|r| r.addr.parse().ok())
+    }
+
+    /// May this node serve its shards now (its lease is fresh)?
+    pub(crate) fn lease_ok(&self) -> bool {
+        self.lease_until
+            .lock()
+            .map(|l| l.is_some_and(|t| Instant::now() < t))
+            .unwrap_or(false)
+    }
+
+    fn renewed(&self, sent: Instant) {
+        if let Ok(mut l) = self.lease_until.lock() {
+            let until = sent + LEASE;
+            if l.is_none_or(|t| t < until) {
+                *l = Some(until);
+            }
+        }
+    }
+
+    /// The shard count of the committed table (the configured one before
+    /// the cluster is initialized).
+    pub(crate) fn shard_count(&self) -> u32 {
+        self.log
+            .state()
+            .borrow()
+            .table
+            .as_ref()
+            .map_or(self.config.shards, |t| t.len())
+    }
+
+    /// Runs a request here, counted as in flight for its shard.
+    pub(crate) async fn run_local(&self, shard: u32, req: Request) -> Response {
+        if !self.lease_ok() {
+            return unavailable(
+                "this node cannot reach the cluster's majority: it serves none of its shards",
+            );
+        }
+        *self.in_flight().entry(shard).or_default() += 1;
+        let resp = (self.local)(req).await;
+        let mut f = self.in_flight();
+        if let Some(n) = f.get_mut(&shard) {
+            *n -= 1;
+            if *n == 0 {
+                f.remove(&shard);
+            }
+        }
+        resp
+    }
+
+    pub(crate) fn in_flight(&self) -> MutexGuard<'_, HashMap<u32, usize>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows a route to its answer.
+    pub(crate) async fn follow(
+        self: &Arc<Self>,
+        shard: u32,
+        route: Route<Waiter>,
+        rx: oneshot::Receiver<Response>,
+    ) -> Response {
+        match route {
+            Route::Local((req, _)) => self.run_local(shard, req).await,
+            Route::Forward(owner, (req, _)) => self.forward(owner.0, shard, req).await,
+            Route::Buffered => match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
+                Ok(Ok(r)) => r,
+                _ => unavailable("the entity's shard is moving and did not arrive in time"),
+            },
+            Route::Busy(_) => Response::Error(ApiError::Busy(
+                "the entity's shard is moving and its buffer is full; retry later".into(),
+            )),
+            Route::Unavailable(_) => unavailable(
+                "the node owning the entity's shard is down or unreachable, and its history is on that node only",
+            ),
+            Route::Redirect(owner, _) => Response::Error(ApiError::NotOwner {
+                owner: self
+                    .addr_of(owner.0)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            }),
+            _ => unavailable("unknown route"),
+        }
+    }
+
+    /// Sends a request to the owner, following one redirect.
+    pub(crate) async fn forward(
+        self: &Arc<Self>,
+        owner: u64,
+        shard: u32,
+        req: Request,
+    ) -> Response {
+        let mut owner = owner;
+        for _ in 0..3 {
+            let Some(addr) = self.addr_of(owner) else {
+                return unavailable("the owner of the entity's shard has no known address");
+            };
+            let call = PeerRequest::Forward {
+                shard,
+                request: req.clone(),
+            };
+            match self.peers.call(addr, &call, FORWARD_TIMEOUT).await {
+                Ok(PeerResponse::Response(r)) => return r,
+                Ok(PeerResponse::Redirect(o)) if o != owner => owner = o,
+                Ok(PeerResponse::Redirect(_)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(other) => {
+                    return unavailable(&format!("unexpected answer from the owner: {other:?}"));
+                }
+                Err(e) => return unavailable(&e.to_string()),
+            }
+        }
+        unavailable("the entity's owner kept changing; retry")
+    }
+}
+
+pub(crate) fn unavailable(why: &str) -> Response {
+    Response::Error(ApiError::Unavailable(why.to_owned()))
+}
+
+/// The entity a request is about, if it must run on the shard's owner.
+fn entity_of(req: &Request) -> Option<(&str, &str)> {
+    match req {
+        Request::Ask {
+            entity_type,
+            entity_id,
+            ..
+        }
+        | Request::Tell {
+            entity_type,
+            entity_id,
+            ..
+        }
+        | Request::Events {
+            entity_type,
+            entity_id,
+            ..
+        }
+        | Request::State {
+            entity_type,
+            entity_id,
+            ..
+        } => Some((entity_type, entity_id)),
+        _ => None,
+    }
+}
+
+/// The decision log's transport: one peer call per Raft message.
+struct LogTransport(Arc<Peers>);
+
+impl RaftTransport for LogTransport {
+    fn call(
+        &self,
+        _target: u64,
+        addr: &str,
+        rpc: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send + 'static>>
+    {
+        let peers = self.0.clone();
+        let addr = addr.parse::<SocketAddr>();
+        Box::pin(async move {
+            let addr = addr.map_err(|e| TransportError::Other(e.to_string()))?;
+            match peers
+                .call(addr, &PeerRequest::Raft(rpc), Duration::from_secs(2))
+                .await
+            {
+                Ok(PeerResponse::Raft(b)) => Ok(b),
+                Ok(other) => Err(TransportError::Other(format!(
+                    "unexpected answer {other:?}"
+                ))),
+                Err(e) => Err(TransportError::Unreachable(e.to_string())),
+            }
+        })
+    }
+}
+
+/// A node's membership in a cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Cluster {
+    /// Joins (or starts) the cluster of `config` with `node`, on `endpoint`
+    /// (whose peer connections the server hands to [`Cluster::serve_peer`]).
+    pub async fn start(
+        node: Node,
+        endpoint: quinn::Endpoint,
+        peer_config: quinn::ClientConfig,
+        listen: SocketAddr,
+        config: ClusterConfig,
+        local: LocalHandler,
+    ) -> Result<Cluster, ClusterError> {
+        let data_dir = node.config().node.data_dir.join("cluster");
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| ClusterError::Io(format!("{}: {e}", data_dir.display())))?;
+        let id = node_id(&data_dir)?;
+        let addr = config.advertise.unwrap_or(listen);
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let peers = Arc::new(Peers::new(endpoint, peer_config));
+        let log = DecisionLog::open(
+            &data_dir.join("raft"),
+            id,
+            addr.to_string(),
+            Arc::new(LogTransport(peers.clone())),
+            LogConfig::default(),
+        )
+        .await?;
+        let (gossip_tx, gossip_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            id,
+            boot,
+            addr,
+            router: Mutex::new(Router::new(
+                NodeId(id),
+                config.shards,
+                config.handoff_buffer,
+            )),
+            config,
+            node,
+            local,
+            peers,
+            log,
+            gossip: gossip_tx,
+            view: Mutex::new(View::default()),
+            in_flight: Mutex::new(HashMap::new()),
+            lease_until: Mutex::new(None),
+            started: Instant::now(),
+            leaving: AtomicBool::new(false),
+            left: Notify::new(),
+        });
+        inner.view().addrs.insert(id, addr);
+        tokio::spawn(gossip::run(inner.clone(), gossip_rx));
+        tokio::spawn(handoff::watch_table(inner.clone()));
+        tokio::spawn(handoff::coordinate(inner.clone()));
+        tokio::spawn(renew_lease(inner.clone()));
+        tokio::spawn(join(inner.clone()));
+        tracing::info!(node = id, %addr, "cluster member starting");
+        Ok(Cluster { inner })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The fault layer of the peer transport (tests cut peers with it).
+    pub fn faults(&self) -> Arc<peer::Faults> {
+        self.inner.peers.faults.clone()
+    }
+
+    /// Does `req` go through the cluster (an entity request)?
+    pub fn routes(req: &Request) -> bool {
+        entity_of(req).is_some()
+    }
+
+    /// Serves a client request: here, forwarded to its owner, buffered, or
+    /// refused with `Unavailable`.
+    pub async fn handle(&self, req: Request) -> Response {
+        let Some((ty, id)) = entity_of(&req) else {
+            return (self.inner.local)(req).await;
+        };
+        let shard = shard_of(ty, id, self.inner.shard_count());
+        let (tx, rx) = oneshot::channel();
+        let route = self.inner.router().route(shard, (req, tx));
+        self.inner.follow(shard.0, route, rx).await
+    }
+
+    /// Serves one accepted peer connection (ALPN `cairn-peer/1`, node
+    /// certificate checked by the caller).
+    pub async fn serve_peer(&self, conn: quinn::Connection) {
+        handoff::serve_peer(self.inner.clone(), conn).await
+    }
+
+    /// The cluster as this node sees it.
+    pub async fn status(&self) -> ClusterStatus {
+        status(&self.inner).await
+    }
+
+    /// Leaves gracefully: marks this node leaving (its shards move to the
+    /// others), waits (up to `grace`) until it owns none, then leaves the
+    /// gossip and the decision log.
+    pub async fn leave(&self, grace: Duration) {
+        leave(&self.inner, grace).await
+    }
+
+    /// Resolves once this node has left the cluster (after a `ClusterLeave`).
+    pub async fn left(&self) {
+        self.inner.left.notified().await
+    }
+
+    /// Starts a graceful leave in the background (a `ClusterLeave` request).
+    pub fn leave_in_background(&self) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            c.leave(Duration::from_secs(60)).await;
+            c.inner.left.notify_waiters();
+        });
+    }
+}
+
+/// This node's id: random on first start, kept in the data directory.
+fn node_id(dir: &Path) -> Result<u64, ClusterError> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| ClusterError::Io(format!("{}: not a node id", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = loop {
+                let id: u64 = rand::random::<u64>() >> 1;
+                if id != 0 {
+                    break id;
+                }
+            };
+            let tmp = dir.join("node-id.tmp");
+            std::fs::write(&tmp, id.to_string())
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| ClusterError::Io(format!("{}: {e}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) => Err(ClusterError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Starts or joins: bootstraps a new log when this node is the first seed
+/// (or has none), else asks the seeds to be added; then keeps announcing
+/// itself to members gossip does not hold live (after a restart, a heal).
+async fn join(inner: Arc<Inner>) {
+    let seeds = inner.config.seeds.clone();
+    let first = seeds.first().is_none_or(|s| *s == inner.addr);
+    if first {
+        if let Err(e) = inner.log.bootstrap(inner.config.shards).await {
+            tracing::error!(error = %e, "cannot start the decision log");
+        }
+    } else {
+        let mut attempt = 0u32;
+        'joined: loop {
+            for seed in seeds.iter().filter(|s| **s != inner.addr) {
+                let req = PeerRequest::Join {
+                    node: inner.id,
+                    addr: inner.addr.to_string(),
+                };
+                match inner.peers.call(*seed, &req, Duration::from_secs(10)).await {
+                    Ok(PeerResponse::Done) => break 'joined,
+                    Ok(other) => tracing::debug!(%seed, ?other, "join not accepted yet"),
+                    Err(e) => tracing::debug!(%seed, error = %e, "seed not reachable"),
+                }
+            }
+            attempt += 1;
+            if attempt % 20 == 0 {
+                tracing::warn!(?seeds, "still trying to join the cluster");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tracing::info!("joined the cluster");
+    }
+    loop {
+        if inner.leaving.load(Ordering::Relaxed) {
+            return;
+        }
+        let known: Vec<SocketAddr> = {
+            let state = inner.log.state();
+            let s = state.borrow();
+            let v = inner.view();
+            s.members
+                .iter()
+                .filter(|(id, _)| **id != inner.id && !v.live.contains(id))
+                .filter_map(|(_, r)| r.addr.parse().ok())
+                .chain(
+                    seeds
+                        .iter()
+                        .copied()
+                        .filter(|a| *a != inner.addr && v.live.is_empty()),
+                )
+                .collect()
+        };
+        for addr in known {
+            if let Ok(PeerResponse::Hello { node, boot }) = inner
+                .peers
+                .call(addr, &PeerRequest::Hello, Duration::from_millis(500))
+                .await
+            {
+                inner.view().addrs.insert(node, addr);
+                let _ = inner
+                    .gossip
+                    .send(GossipInput::Join(cairn_cluster::membership::PeerId {
+                        node,
+                        boot,
+                        addr,
+                    }));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Renews this node's lease with the log's leader (or, on the leader, by
+/// confirming it still leads a majority) four times per lease.
+async fn renew_lease(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(LEASE / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sent = Instant::now();
+        if inner.log.is_leader() {
+            if inner.log.is_leader() {
+                inner.renewed(sent);
+            }
+            continue;
+        }
+        let Some((_, addr)) = inner.log.leader() else {
+            continue;
+        };
+        let Ok(addr) = addr.parse() else { continue };
+        if let Ok(PeerResponse::Lease(true)) =
+            inner.peers.call(addr, &PeerRequest::Lease, LEASE / 4).await
+        {
+            inner.renewed(sent);
+        }
+    }
+}
+
+async fn status(inner: &Arc<Inner>) -> ClusterStatus {
+    let state = inner.log.state().borrow().clone();
+    let voters = inner.log.voters();
+    let now = inner.started.elapsed();
+    let mut members = Vec::new();
+    for (id, rec) in &state.members {
+        let (reachable, phi, gossip_down) = {
+            let v = inner.view();
+            let phi = if *id == inner.id {
+                0.0
+            } else {
+                v.phi.get(id).map_or(0.0, |d| d.phi(now))
+            };
+            (
+                *id == inner.id || (!v.unreachable.contains(id) && !v.down.contains(id)),
+                phi,
+                v.down.contains(id),
+            )
+        };
+        let live_entities = if *id == inner.id {
+            Some(live_entities(&inner.node))
+        } else if let Ok(addr) = rec.addr.parse() {
+            match inner
+                .peers
+                .call(addr, &PeerRequest::Info, Duration::from_millis(300))
+                .await
+            {
+                Ok(PeerResponse::Info { live_entities }) => Some(live_entities),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let state_name = if gossip_down && !matches!(rec.state, MemberState::Removed) {
+            "down".to_owned()
+        } else {
+            state_name(rec.state).to_owned()
+        };
+        members.push(MemberStatus {
+            id: *id,
+            addr: rec.addr.clone(),
+            state: state_name,
+            reachable,
+            phi,
+            shards: state
+                .table
+                .as_ref()
+                .map_or(0, |t| t.owned_by(NodeId(*id)) as u32),
+            voter: voters.contains(id),
+            live_entities,
+        });
+    }
+    ClusterStatus {
+        node: inner.id,
+        leader: inner.log.leader().map(|(id, _)| id),
+        shards: state.table.as_ref().map_or(0, |t| t.len()),
+        epoch: state.table.as_ref().map_or(0, |t| t.epoch()),
+        members,
+    }
+}
+
+pub(crate) fn live_entities(node: &Node) -> u64 {
+    node.deployments()
+        .iter()
+        .map(|d| node.live_entities(&d.entity_type) as u64)
+        .sum()
+}
+
+fn state_name(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Joining => "joining",
+        MemberState::Up => "up",
+        MemberState::Leaving => "leaving",
+        MemberState::Exiting => "exiting",
+        MemberState::Down => "down",
+        MemberState::Removed => "removed",
+        _ => "unknown",
+    }
+}
+
+async fn leave(inner: &Arc<Inner>, grace: Duration) {
+    if inner.leaving.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tracing::info!("leaving the cluster: handing off shards");
+    let deadline = Instant::now() + grace;
+    let me = NodeId(inner.id);
+    let mut marked = false;
+    while Instant::now() < deadline {
+        if !marked {
+            marked = handoff::propose(
+                inner,
+                cairn_raft::Command::Member {
+                    node: inner.id,
+                    addr: inner.addr.to_string(),
+                    state: MemberState::Leaving,
+                },
+            )
+            .await
+            .is_ok();
+        }
+        let owned = inner
+            .log
+            .state()
+            .borrow()
+            .table
+            .as_ref()
+            .map_or(0, |t| t.owned_by(me));
+        if marked && owned == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = handoff::propose(
+        inner,
+        cairn_raft::Command::Member {
+            node: inner.id,
+            addr: inner.addr.to_string(),
+            state: MemberState::Removed,
+        },
+    )
+    .await;
+    if inner.log.is_leader() {
+        // Hand the log to another voter before going.
+        let _ = inner.log.remove_member(inner.id).await;
+    } else if let Some((_, addr)) = inner.log.leader()
+        && let Ok(addr) = addr.parse()
+    {
+        let _ = inner
+            .peers
+            .call(
+                addr,
+                &PeerRequest::Leave { node: inner.id },
+                Duration::from_secs(5),
+            )
+            .await;
+    }
+    let _ = inner.gossip.send(GossipInput::Leave);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracing::info!("left the cluster");
+}

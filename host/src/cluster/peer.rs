@@ -1,0 +1,317 @@
+//! The node-to-node protocol on the node's one QUIC endpoint (ALPN
+//! `cairn-peer/1`, mutual TLS, node certificates only): its messages, a
+//! pool of outgoing connections, and the fault layer tests partition with.
+//!
+//! Calls are one bidirectional stream each (a request frame, then one or
+//! more response frames); gossip and heartbeats are QUIC datagrams. A
+//! node only ever *sends* datagrams on connections it dialed and reads
+//! them on connections it accepted.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use cairn_client::frame::{read_frame, write_frame};
+use cairn_client::tls::NODE_NAME;
+use cairn_proto::{FrameError, MAX_FRAME, Request, Response};
+use cairn_raft::Command;
+use serde::{Deserialize, Serialize};
+
+/// How long a dial may take before the peer counts as unreachable.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A request from one node to another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Who are you? (The gossip identity, to announce to a seed.)
+    Hello,
+    /// A node asks to join; the receiver passes it on to the log's leader.
+    Join {
+        /// The new node.
+        node: u64,
+        /// Its peer address.
+        addr: String,
+    },
+    /// A decision-log message (opaque to this layer).
+    Raft(Vec<u8>),
+    /// Commit a command through the leader (from a node that is not it).
+    Propose(Command),
+    /// A client request for an entity of `shard`, which the sender's table
+    /// says this node owns.
+    Forward {
+        /// The shard.
+        shard: u32,
+        /// The client's request.
+        request: Request,
+    },
+    /// The coordinator asks the owner to stop serving these shards before
+    /// their move is committed (it answers once the commands in flight are
+    /// done and the entities passivated).
+    Release {
+        /// The shards.
+        shards: Vec<u32>,
+    },
+    /// The coordinator gives released shards back (their move was not committed).
+    Resume {
+        /// The shards.
+        shards: Vec<u32>,
+    },
+    /// The new owner asks for a shard's history: answered by a stream of
+    /// [`PeerResponse::Entity`] frames, then [`PeerResponse::Done`].
+    FetchShard {
+        /// The shard.
+        shard: u32,
+        /// The table's shard count (so both sides hash alike).
+        shard_count: u32,
+    },
+    /// Renew this node's lease (sent to the log's leader).
+    Lease,
+    /// A node that is leaving asks the log's leader to remove it.
+    Leave {
+        /// The node.
+        node: u64,
+    },
+    /// Load figures for `cluster status`.
+    Info,
+    /// A component by its sha256, for a cluster-wide deploy.
+    Component {
+        /// Hex sha256.
+        sha256: String,
+    },
+}
+
+/// One entity's history in a [`PeerRequest::FetchShard`] answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EntityHistory {
+    /// Entity type.
+    pub entity_type: String,
+    /// Entity id.
+    pub entity_id: String,
+    /// Its events, ascending, as (seq, timestamp ms, behavior version, payload).
+    pub events: Vec<(u64, u64, String, Vec<u8>)>,
+}
+
+/// An answer from a peer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// The gossip identity: node id and boot.
+    Hello {
+        /// Node id.
+        node: u64,
+        /// Its run.
+        boot: u64,
+    },
+    /// Done, nothing to add.
+    Done,
+    /// It failed.
+    Error(String),
+    /// Not the decision log's leader; the leader's address if known.
+    NotLeader(Option<String>),
+    /// A decision-log answer.
+    Raft(Vec<u8>),
+    /// The answer to a forwarded request.
+    Response(Response),
+    /// Not the owner of the shard: the owner's node id, by this node's table.
+    Redirect(u64),
+    /// A lease renewal: granted or not.
+    Lease(bool),
+    /// Load figures.
+    Info {
+        /// Entities in memory.
+        live_entities: u64,
+    },
+    /// A part of a shard's history.
+    Entity(EntityHistory),
+    /// A component's bytes.
+    Component(Vec<u8>),
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The peer could not be reached (dial failed, connection lost, or
+    /// the fault layer cut it).
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(SocketAddr, String),
+    /// The peer answered something undecodable.
+    #[error("peer {0}: bad answer: {1}")]
+    Protocol(SocketAddr, String),
+    /// The call took too long.
+    #[error("peer {0}: no answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+}
+
+/// The fault layer: peers this node neither sends to nor hears from. Used
+/// by tests to partition a cluster of real processes on one machine.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: RwLock<HashSet<SocketAddr>>,
+}
+
+impl Faults {
+    /// Is traffic with `addr` cut?
+    pub fn is_blocked(&self, addr: SocketAddr) -> bool {
+        self.blocked
+            .read()
+            .map(|b| b.contains(&addr))
+            .unwrap_or(false)
+    }
+
+    /// Replaces the set of cut peers.
+    pub fn set(&self, blocked: HashSet<SocketAddr>) {
+        if let Ok(mut b) = self.blocked.write() {
+            *b = blocked;
+        }
+    }
+}
+
+/// Outgoing connections to peers, one per address, dialed on demand.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// The fault layer.
+    pub faults: Arc<Faults>,
+}
+
+impl Peers {
+    /// A pool dialing from `endpoint` with the node's peer configuration.
+    pub fn new(endpoint: quinn::Endpoint, mut config: quinn::ClientConfig) -> Peers {
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_millis(500)));
+        if let Ok(idle) = Duration::from_secs(3).try_into() {
+            transport.max_idle_timeout(Some(idle));
+        }
+        transport.max_concurrent_uni_streams(0u32.into());
+        config.transport_config(Arc::new(transport));
+        Peers {
+            endpoint,
+            config,
+            conns: Mutex::new(HashMap::new()),
+            faults: Arc::new(Faults::default()),
+        }
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, PeerError> {
+        if self.faults.is_blocked(addr) {
+            return Err(PeerError::Unreachable(
+                addr,
+                "cut by the fault layer".into(),
+            ));
+        }
+        if let Some(c) = self.cached(addr) {
+            return Ok(c);
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), addr, NODE_NAME)
+            .map_err(|e| PeerError::Unreachable(addr, e.to_string()))?;
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+            .await
+            .map_err(|_| PeerError::Unreachable(addr, "dial timed out".into()))?
+            .map_err(|e| PeerError::Unreachable(addr, e.to_string()))?;
+        if let Ok(mut m) = self.conns.lock() {
+            m.insert(addr, conn.clone());
+        }
+        Ok(conn)
+    }
+
+    fn cached(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let mut m = self.conns.lock().ok()?;
+        match m.get(&addr) {
+            Some(c) if c.close_reason().is_none() => Some(c.clone()),
+            Some(_) => {
+                m.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        if let Ok(mut m) = self.conns.lock() {
+            m.remove(&addr);
+        }
+    }
+
+    /// Opens a call: sends `req` and returns the stream to read answers from.
+    pub async fn open(
+        &self,
+        addr: SocketAddr,
+        req: &PeerRequest,
+    ) -> Result<quinn::RecvStream, PeerError> {
+        let conn = self.connection(addr).await?;
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.forget(addr);
+                return Err(PeerError::Unreachable(addr, e.to_string()));
+            }
+        };
+        write_frame(&mut send, req)
+            .await
+            .map_err(|e| PeerError::Unreachable(addr, e.to_string()))?;
+        let _ = send.finish();
+        Ok(recv)
+    }
+
+    /// One request, one answer, within `timeout`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        let call = async {
+            let mut recv = self.open(addr, req).await?;
+            read_answer(addr, &mut recv).await
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| PeerError::Timeout(addr, timeout))?
+    }
+
+    /// Sends a datagram (gossip, heartbeat), dialing first if needed; lost
+    /// silently if the peer cannot be reached (gossip copes with loss).
+    pub async fn datagram(&self, addr: SocketAddr, data: Vec<u8>) {
+        match self.connection(addr).await {
+            Ok(c) => {
+                if c.send_datagram(data.into()).is_err() {
+                    self.forget(addr);
+                }
+            }
+            Err(e) => tracing::trace!(%addr, error = %e, "datagram not sent"),
+        }
+    }
+
+    /// Closes every connection.
+    pub fn close(&self) {
+        if let Ok(mut m) = self.conns.lock() {
+            for (_, c) in m.drain() {
+                c.close(0u32.into(), b"leaving");
+            }
+        }
+    }
+}
+
+/// Reads one answer frame of a call.
+pub async fn read_answer(
+    addr: SocketAddr,
+    recv: &mut quinn::RecvStream,
+) -> Result<PeerResponse, PeerError> {
+    match read_frame::<PeerResponse>(recv, MAX_FRAME).await {
+        Ok(r) => Ok(r),
+        Err(FrameError::Stream(e)) => Err(PeerError::Unreachable(addr, e)),
+        Err(FrameError::Finished) => Err(PeerError::Unreachable(
+            addr,
+            "stream closed before an answer".into(),
+        )),
+        Err(e) => Err(PeerError::Protocol(addr, e.to_string())),
+    }
+}
+
+/// Writes one answer frame.
+pub async fn write_answer(send: &mut quinn::SendStream, answer: &PeerResponse) -> bool {
+    write_frame(send, answer).await.is_ok()
+}
