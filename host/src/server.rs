@@ -402,6 +402,37 @@ fn type_info(node: &Node, d: &Deployment) -> TypeInfo {
 async fn dispatch(shared: &Shared, req: Request) -> Response {
     match (shared.cluster.get(), req) {
         (Some(c), req) if Cluster::routes(&req) => c.handle(req).await,
+        (Some(c), req @ (Request::Deploy { check: false, .. } | Request::Rollback { .. })) => {
+            let (entity_type, rollback) = match &req {
+                Request::Deploy { entity_type, .. } => (entity_type.clone(), false),
+                Request::Rollback { entity_type, .. } => (entity_type.clone(), true),
+                _ => (String::new(), false),
+            };
+            let resp = handle(shared, req).await;
+            if let Response::Deployed {
+                info: Some(info),
+                changed: true,
+                ..
+            } = &resp
+            {
+                // Validated here; now the whole cluster switches to it.
+                if let Err(e) = c
+                    .publish_deploy(
+                        &entity_type,
+                        info.deploy,
+                        &info.hash,
+                        &info.behavior_version,
+                        rollback,
+                    )
+                    .await
+                {
+                    return Response::Error(ApiError::Unavailable(format!(
+                        "deployed on this node, but not committed cluster-wide: {e}"
+                    )));
+                }
+            }
+            resp
+        }
         (Some(c), Request::ClusterStatus) => Response::ClusterStatus(c.status().await),
         (Some(c), Request::ClusterLeave) => {
             c.leave_in_background();

@@ -609,3 +609,105 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
     }
     let _ = write_answer(send, &PeerResponse::Done).await;
 }
+
+/// Every node: keeps the active component of each entity type equal to the
+/// newest committed deploy, fetching components it lacks from its peers,
+/// and reports what runs here (`Command::Activated`).
+pub(crate) async fn sync_deploys(inner: Arc<Inner>) {
+    let mut rx = inner.log.state();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let mut types: Vec<&str> = state
+            .deploys
+            .iter()
+            .map(|d| d.entity_type.as_str())
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        for ty in types {
+            let Some(want) = state.latest_deploy(ty) else {
+                continue;
+            };
+            let active = inner
+                .node
+                .deployments()
+                .into_iter()
+                .find(|d| d.entity_type == ty);
+            if active.as_ref().is_some_and(|a| a.hash == want.sha256) {
+                let deploy = active.map_or(0, |a| a.deploy);
+                let reported = state.active.get(&(ty.to_owned(), inner.id)) == Some(&deploy);
+                if !reported {
+                    let cmd = Command::Activated {
+                        node: inner.id,
+                        entity_type: ty.to_owned(),
+                        deploy,
+                    };
+                    if let Err(e) = propose(&inner, cmd).await {
+                        tracing::debug!(error = %e, "activation not reported yet");
+                    }
+                }
+                continue;
+            }
+            if let Err(e) = activate(&inner, ty, &want.sha256).await {
+                tracing::warn!(entity_type = ty, sha256 = %want.sha256, error = %e, "cannot activate the cluster's deploy yet");
+            }
+        }
+        // Retry what failed a little later, or wait for the next commit.
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+    }
+}
+
+async fn activate(inner: &Arc<Inner>, ty: &str, sha256: &str) -> Result<(), String> {
+    let versions = inner.node.versions(ty);
+    if let Some(d) = versions.deploys.iter().find(|d| d.hash == sha256) {
+        inner
+            .node
+            .rollback(ty, Some(d.deploy))
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            entity_type = ty,
+            deploy = d.deploy,
+            "switched to the cluster's deploy"
+        );
+        return Ok(());
+    }
+    let wasm = match inner.node.component_by_hash(sha256) {
+        Some(w) => w,
+        None => fetch_component(inner, sha256).await?,
+    };
+    let d = inner
+        .node
+        .deploy(ty, wasm)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        entity_type = ty,
+        deploy = d.deploy,
+        "deployed the cluster's component"
+    );
+    Ok(())
+}
+
+async fn fetch_component(inner: &Arc<Inner>, sha256: &str) -> Result<Vec<u8>, String> {
+    let peers: Vec<std::net::SocketAddr> = {
+        let v = inner.view();
+        v.addrs
+            .iter()
+            .filter(|(id, _)| **id != inner.id && !v.down.contains(id))
+            .map(|(_, a)| *a)
+            .collect()
+    };
+    for addr in peers {
+        let req = PeerRequest::Component {
+            sha256: sha256.to_owned(),
+        };
+        if let Ok(PeerResponse::Component(b)) =
+            inner.peers.call(addr, &req, Duration::from_secs(30)).await
+            && crate::registry::sha256_hex(&b) == sha256
+        {
+            return Ok(b);
+        }
+    }
+    Err("no peer holds the component".into())
+}

@@ -375,6 +375,7 @@ impl Cluster {
         inner.view().addrs.insert(id, addr);
         tokio::spawn(gossip::run(inner.clone(), gossip_rx));
         tokio::spawn(handoff::watch_table(inner.clone()));
+        tokio::spawn(handoff::sync_deploys(inner.clone()));
         tokio::spawn(handoff::coordinate(inner.clone()));
         tokio::spawn(renew_lease(inner.clone()));
         tokio::spawn(join(inner.clone()));
@@ -407,6 +408,29 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         let route = self.inner.router().route(shard, (req, tx));
         self.inner.follow(shard.0, route, rx).await
+    }
+
+    /// Commits a deploy validated on this node to the decision log: every
+    /// member then fetches the component by its hash and activates it.
+    pub async fn publish_deploy(
+        &self,
+        entity_type: &str,
+        deploy: u32,
+        sha256: &str,
+        behavior_version: &str,
+        rollback: bool,
+    ) -> Result<(), String> {
+        handoff::propose(
+            &self.inner,
+            cairn_raft::Command::Deploy(cairn_raft::DeployEntry {
+                entity_type: entity_type.to_owned(),
+                deploy,
+                sha256: sha256.to_owned(),
+                behavior_version: behavior_version.to_owned(),
+                rollback,
+            }),
+        )
+        .await
     }
 
     /// Serves one accepted peer connection (ALPN `cairn-peer/1`, node
@@ -549,7 +573,7 @@ async fn renew_lease(inner: Arc<Inner>) {
         tick.tick().await;
         let sent = Instant::now();
         if inner.log.is_leader() {
-            if inner.log.is_leader() {
+            if inner.log.confirm_leader(LEASE / 4).await.is_ok() {
                 inner.renewed(sent);
             }
             continue;

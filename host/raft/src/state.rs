@@ -1,0 +1,221 @@
+//! The replicated state machine's data: the commands committed through the
+//! log and the cluster state they build. Application is a pure function of
+//! the state and the command, so every node that applies the same log
+//! reaches the same state.
+
+use std::collections::BTreeMap;
+
+use cairn_cluster::{Decision, MemberState, ShardTable};
+use serde::{Deserialize, Serialize};
+
+/// A change committed through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Command {
+    /// First entry: fixes the shard count of the cluster's table. Ignored
+    /// once a table exists.
+    Init {
+        /// Number of shards of the table.
+        shards: u32,
+    },
+    /// A batch of the coordinator's decisions, applied in order; a decision
+    /// whose epoch is not above the table's is skipped (recorded as refused
+    /// in the response), so application is deterministic.
+    Decide(Vec<Decision>),
+    /// A member's lifecycle state (Joining/Up/Leaving/Exiting/Down/Removed)
+    /// and its address.
+    Member {
+        /// The node.
+        node: u64,
+        /// Where it is reachable.
+        addr: String,
+        /// Its state.
+        state: MemberState,
+    },
+    /// A deploy committed cluster-wide (the component is fetched by hash).
+    Deploy(DeployEntry),
+    /// A node reports it runs `deploy` of `entity_type` (for "where is each
+    /// version active").
+    Activated {
+        /// The node.
+        node: u64,
+        /// The entity type.
+        entity_type: String,
+        /// The deploy number it runs.
+        deploy: u32,
+    },
+}
+
+/// A deploy committed cluster-wide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployEntry {
+    /// The entity type deployed.
+    pub entity_type: String,
+    /// Its deploy number (per entity type).
+    pub deploy: u32,
+    /// SHA-256 (hex) of the component, by which nodes fetch it.
+    pub sha256: String,
+    /// The behavior version the component declares.
+    pub behavior_version: String,
+    /// Whether this deploy is a rollback to an earlier component.
+    pub rollback: bool,
+}
+
+/// A member as the log records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Where it is reachable.
+    pub addr: String,
+    /// Its lifecycle state.
+    pub state: MemberState,
+}
+
+/// The state machine: what every node applies, in log order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The shard table; `None` before `Init`.
+    pub table: Option<ShardTable>,
+    /// Members by node id (a removed member stays, in state `Removed`).
+    pub members: BTreeMap<u64, MemberRecord>,
+    /// Deploys in commit order.
+    pub deploys: Vec<DeployEntry>,
+    /// `(entity_type, node)` → the deploy running there.
+    pub active: BTreeMap<(String, u64), u32>,
+    /// Log index of the last applied entry (0 = none; index 0 itself is
+    /// openraft's initial membership entry, which carries no command).
+    pub last_applied: u64,
+}
+
+/// What applying one log entry did; the response of [`crate::DecisionLog::propose_outcome`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The entry's log index.
+    pub index: u64,
+    /// Decisions of a `Decide` that were skipped (stale epoch, no such
+    /// shard, or no table yet), in order.
+    pub refused: Vec<Decision>,
+    /// The command changed nothing (`Init` on an existing table, a deploy
+    /// already recorded).
+    pub ignored: bool,
+}
+
+impl ClusterState {
+    /// Applies `cmd`, committed at log index `index`. Deterministic: the
+    /// same state and command give the same result on every node.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        let mut out = Outcome {
+            index,
+            ..Outcome::default()
+        };
+        match cmd {
+            Command::Init { shards } => {
+                if self.table.is_some() {
+                    out.ignored = true;
+                } else {
+                    self.table = Some(ShardTable::new(*shards));
+                }
+            }
+            Command::Decide(decisions) => {
+                for d in decisions {
+                    let ok = match self.table.as_mut() {
+                        Some(t) => t.apply(*d).is_ok(),
+                        None => false,
+                    };
+                    if !ok {
+                        out.refused.push(*d);
+                    }
+                }
+            }
+            Command::Member { node, addr, state } => {
+                self.members.insert(
+                    *node,
+                    MemberRecord {
+                        addr: addr.clone(),
+                        state: *state,
+                    },
+                );
+            }
+            Command::Deploy(d) => {
+                if self
+                    .deploys
+                    .iter()
+                    .any(|x| x.entity_type == d.entity_type && x.deploy == d.deploy)
+                {
+                    out.ignored = true;
+                } else {
+                    self.deploys.push(d.clone());
+                }
+            }
+            Command::Activated {
+                node,
+                entity_type,
+                deploy,
+            } => {
+                self.active.insert((entity_type.clone(), *node), *deploy);
+            }
+        }
+        self.last_applied = index;
+        out
+    }
+
+    /// The newest deploy of `entity_type`, if any.
+    pub fn latest_deploy(&self, entity_type: &str) -> Option<&DeployEntry> {
+        self.deploys
+            .iter()
+            .rev()
+            .find(|d| d.entity_type == entity_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_cluster::{NodeId, ShardId};
+
+    fn assign(shard: u32, owner: u64, epoch: u64) -> Decision {
+        Decision::Assign {
+            shard: ShardId(shard),
+            owner: NodeId(owner),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn application_is_deterministic_and_skips_stale_decisions() {
+        let mut s = ClusterState::default();
+        let early = s.apply(1, &Command::Decide(vec![assign(0, 1, 1)]));
+        assert_eq!(early.refused, vec![assign(0, 1, 1)]);
+        assert!(!s.apply(2, &Command::Init { shards: 4 }).ignored);
+        assert!(s.apply(3, &Command::Init { shards: 8 }).ignored);
+        let out = s.apply(
+            4,
+            &Command::Decide(vec![assign(0, 1, 1), assign(1, 2, 2), assign(2, 2, 2)]),
+        );
+        assert_eq!(out.refused, vec![assign(2, 2, 2)]);
+        let table = s.table.as_ref().unwrap();
+        assert_eq!(table.len(), 4);
+        assert_eq!(table.epoch(), 2);
+        let d = DeployEntry {
+            entity_type: "t".into(),
+            deploy: 1,
+            sha256: "ab".into(),
+            behavior_version: "1".into(),
+            rollback: false,
+        };
+        assert!(!s.apply(5, &Command::Deploy(d.clone())).ignored);
+        assert!(s.apply(6, &Command::Deploy(d.clone())).ignored);
+        s.apply(
+            7,
+            &Command::Activated {
+                node: 2,
+                entity_type: "t".into(),
+                deploy: 1,
+            },
+        );
+        assert_eq!(s.active.get(&("t".to_string(), 2)), Some(&1));
+        assert_eq!(s.latest_deploy("t"), Some(&d));
+        assert_eq!(s.last_applied, 7);
+        let bytes = postcard::to_allocvec(&s).unwrap();
+        assert_eq!(postcard::from_bytes::<ClusterState>(&bytes).unwrap(), s);
+    }
+}
