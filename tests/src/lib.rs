@@ -233,11 +233,30 @@ fn free_udp_port() -> Result<u16> {
     Ok(s.local_addr()?.port())
 }
 
+/// A free UDP address on the loopback address `ip` (127.0.0.x).
+pub fn free_addr(ip: [u8; 4]) -> Result<std::net::SocketAddr> {
+    let s = std::net::UdpSocket::bind(std::net::SocketAddr::from((ip, 0)))?;
+    Ok(s.local_addr()?)
+}
+
 impl NodeProc {
     /// Starts `cairn node --data-dir DIR --listen 127.0.0.1:PORT EXTRA...`;
     /// its log goes to `DIR/node.log`.
     pub fn start(dir: &Path, extra: &[&str]) -> Result<NodeProc> {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(dir, addr, &extra)?;
+        Ok(NodeProc {
+            child,
+            addr,
+            dir: dir.to_owned(),
+            extra,
+        })
+    }
+
+    /// Starts `cairn node` on a chosen address (a cluster member whose
+    /// seeds must be known before it starts).
+    pub fn start_on(dir: &Path, addr: std::net::SocketAddr, extra: &[&str]) -> Result<NodeProc> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = Self::spawn(dir, addr, &extra)?;
         Ok(NodeProc {

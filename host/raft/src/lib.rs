@@ -510,12 +510,12 @@ impl DecisionLog {
 
     /// Confirms that this node still leads a majority: it sends a round of
     /// heartbeats and waits for a quorum to answer (openraft's
-    /// `is_leader`), bounded by `timeout`. A leader cut off from the
+    /// `ensure_linearizable`), bounded by `timeout`. A leader cut off from the
     /// majority keeps *believing* it leads (openraft does not step down
     /// by itself), so leases are granted only after this check.
     pub async fn confirm_leader(&self, timeout: Duration) -> Result<(), RaftError> {
-        match tokio::time::timeout(timeout, self.inner.raft.is_leader()).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(RaftError::NoQuorum(e.to_string())),
             Err(_) => Err(RaftError::NoQuorum(format!(
                 "no quorum answered within {timeout:?}"

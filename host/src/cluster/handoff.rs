@@ -83,6 +83,14 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
         let Some(table) = state.table.clone() else {
             continue;
         };
+        // A member gets shards only once it runs every deployed type.
+        let types: std::collections::BTreeSet<&str> =
+            state.deploys.iter().map(|d| d.entity_type.as_str()).collect();
+        let synced = |id: u64| {
+            types
+                .iter()
+                .all(|t| state.active.contains_key(&((*t).to_owned(), id)))
+        };
         let members: Vec<Member> = {
             let v = inner.view();
             state
@@ -94,7 +102,11 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
                     let down = !me && v.down.contains(id);
                     Member {
                         id: NodeId(*id),
-                        state: if down { MemberState::Down } else { r.state },
+                        state: match r.state {
+                            _ if down => MemberState::Down,
+                            MemberState::Up if !synced(*id) => MemberState::Joining,
+                            s => s,
+                        },
                         reachable: me
                             || (!down && !v.unreachable.contains(id) && v.live.contains(id)),
                     }

@@ -379,6 +379,7 @@ impl Cluster {
         tokio::spawn(handoff::coordinate(inner.clone()));
         tokio::spawn(renew_lease(inner.clone()));
         tokio::spawn(join(inner.clone()));
+        tokio::spawn(watch_faults(inner.clone(), data_dir.join("faults")));
         tracing::info!(node = id, %addr, "cluster member starting");
         Ok(Cluster { inner })
     }
@@ -561,6 +562,29 @@ async fn join(inner: Arc<Inner>) {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The fault layer's control for tests of real processes: the file
+/// `<data_dir>/cluster/faults` lists peer addresses (one per line) this
+/// node neither sends to nor hears from; it is read every 100 ms. No file,
+/// no faults.
+async fn watch_faults(inner: Arc<Inner>, path: std::path::PathBuf) {
+    let mut last: Option<String> = None;
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if last.as_deref() != Some(text.as_str()) {
+            let blocked: std::collections::HashSet<SocketAddr> = text
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if !blocked.is_empty() || last.is_some() {
+                tracing::warn!(?blocked, "fault layer: peers cut");
+            }
+            inner.peers.faults.set(blocked);
+            last = Some(text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,0 +1,718 @@
+//! The cluster, with real `cairn node` processes on 127.0.0.x sharing one
+//! CA: forming from seeds, routing from any node, a node joining and one
+//! leaving under a checked load, a SIGKILLed node, a partition (the peer
+//! transport's fault layer), and the refusal of a peer without a node
+//! certificate.
+//!
+//! Every test holds `SERIAL`: several clusters at once on a 2-core
+//! machine would blur the failure detector's and the leases' timings.
+//! Load loops are bounded in count and time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cairn_host::api::{ApiError, Payload, Request, Response};
+use cairn_host::client::{Client, ClientError};
+use cairn_tests::{NodeProc, cairn_bin, example_wasm, free_addr};
+use serde_json::Value;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A cluster of node processes.
+struct Cluster {
+    root: tempfile::TempDir,
+    certs: PathBuf,
+    nodes: Vec<NodeProc>,
+    seed: SocketAddr,
+}
+
+impl Cluster {
+    /// `n` nodes on 127.0.0.1..n, the first one the seed; shards are first
+    /// allocated when `min` members are up.
+    fn start(n: usize, min: usize) -> Result<Cluster> {
+        let root = tempfile::tempdir()?;
+        let certs = root.path().join("certs");
+        let out = std::process::Command::new(cairn_bin()?)
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .output()?;
+        ensure!(out.status.success(), "certs init failed: {out:?}");
+        let seed = free_addr([127, 0, 0, 1])?;
+        let mut c = Cluster {
+            root,
+            certs,
+            nodes: Vec::new(),
+            seed,
+        };
+        for i in 0..n {
+            c.add(i, min)?;
+        }
+        Ok(c)
+    }
+
+    /// Starts node `i` (index from 0) on 127.0.0.(i+1).
+    fn add(&mut self, i: usize, min: usize) -> Result<()> {
+        let addr = if i == 0 {
+            self.seed
+        } else {
+            free_addr([127, 0, 0, (i + 1) as u8])?
+        };
+        let dir = self.root.path().join(format!("n{}", i + 1));
+        // The node's certificates go where `NodeProc` looks for the client's.
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls)?;
+        for f in std::fs::read_dir(&self.certs)? {
+            let f = f?;
+            std::fs::copy(f.path(), tls.join(f.file_name()))?;
+        }
+        let seed = self.seed.to_string();
+        let tls_s = tls.to_string_lossy().into_owned();
+        let min_s = min.to_string();
+        let node = NodeProc::start_on(
+            &dir,
+            addr,
+            &[
+                "--certs",
+                &tls_s,
+                "--seed",
+                &seed,
+                "--min-members",
+                &min_s,
+            ],
+        )?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    fn node(&self, i: usize) -> &NodeProc {
+        &self.nodes[i]
+    }
+}
+
+/// `cairn cluster status --json` on a node.
+fn status(node: &NodeProc) -> Result<Value> {
+    let (ok, out, err) = node.cli(&["cluster", "status", "--json"])?;
+    ensure!(ok, "cluster status failed: {err}");
+    Ok(serde_json::from_str(out.trim())?)
+}
+
+fn members(s: &Value) -> Vec<Value> {
+    s["members"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls a node's status until `pred` holds, up to `timeout`.
+async fn wait_status(
+    node: &NodeProc,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(s) = status(node) {
+            if pred(&s) {
+                return Ok(s);
+            }
+            last = s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
+    let tail: String = log
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    bail!("{what}: not within {timeout:?}; last status {last}\nlog tail:\n{tail}")
+}
+
+fn up_count(s: &Value) -> usize {
+    members(s)
+        .iter()
+        .filter(|m| m["state"] == "up" && m["reachable"] == true)
+        .count()
+}
+
+/// Shards owned per member address.
+fn shards(s: &Value) -> BTreeMap<String, u64> {
+    members(s)
+        .iter()
+        .map(|m| {
+            (
+                m["addr"].as_str().unwrap_or("").to_owned(),
+                m["shards"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Deploys bank-account through node 0 and waits until every node runs it.
+async fn deploy(c: &Cluster) -> Result<()> {
+    let wasm = example_wasm("bank-account")?;
+    let (ok, _, err) = c
+        .node(0)
+        .cli(&["deploy", "bank-account", &wasm.to_string_lossy()])?;
+    ensure!(ok, "deploy failed: {err}");
+    for n in &c.nodes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, _) = n.cli(&["types"])?;
+            if ok && out.contains("bank-account") {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "{} never ran the deploy", n.addr);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn ask(client: &Client, id: &str, json: &str) -> Result<(String, u64), ClientError> {
+    let r = client
+        .call(&Request::Ask {
+            entity_type: "bank-account".into(),
+            entity_id: id.into(),
+            command: Payload::Json(json.into()),
+            expected_seq: None,
+            timeout_ms: Some(20_000),
+        })
+        .await?;
+    match r {
+        Response::Reply {
+            reply: Some(Payload::Json(j)),
+            seq,
+        } => Ok((j, seq)),
+        Response::Error(e) => Err(ClientError::Api(e)),
+        other => Err(ClientError::Api(ApiError::BadRequest(format!(
+            "unexpected {other:?}"
+        )))),
+    }
+}
+
+async fn balance(client: &Client, id: &str) -> Result<i64> {
+    let (j, _) = ask(client, id, r#""GetBalance""#)
+        .await
+        .with_context(|| format!("balance of {id}"))?;
+    Ok(j.trim().parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let c = Cluster::start(3, 3)?;
+    // Check 1: three `up` members on each node's status.
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(20), "three up members", |s| {
+            up_count(s) == 3 && members(s).len() == 3
+        })
+        .await?;
+    }
+    let formed = started.elapsed();
+    eprintln!("cluster of 3 formed in {formed:?} (process start included)");
+    ensure!(
+        formed < Duration::from_secs(5),
+        "three members up took {formed:?}, more than 5 s"
+    );
+    let s = wait_status(c.node(0), Duration::from_secs(10), "256 shards allocated", |s| {
+        shards(s).values().sum::<u64>() == 256
+    })
+    .await?;
+    for (addr, n) in shards(&s) {
+        let share = n as f64 / 256.0;
+        ensure!(
+            (0.20..=0.47).contains(&share),
+            "{addr} owns {n} of 256 shards"
+        );
+    }
+    deploy(&c).await?;
+
+    // Check 2: Casty's example: deposits through node 1 and node 2, the
+    // balance through node 3.
+    let c1 = c.node(0).client().await?;
+    let c2 = c.node(1).client().await?;
+    let c3 = c.node(2).client().await?;
+    ask(&c1, "alice", r#"{"Deposit":{"amount":100}}"#).await?;
+    ask(&c2, "alice", r#"{"Deposit":{"amount":50}}"#).await?;
+    ensure!(balance(&c3, "alice").await? == 150);
+
+    // 10,000 entities through node 1: they spread over the three nodes.
+    let c1 = Arc::new(c1);
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let c1 = c1.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..10_000).step_by(64) {
+                ask(&c1, &format!("acct-{i}"), r#"{"Deposit":{"amount":7}}"#)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("acct-{i}: {e}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let s = status(c.node(2))?;
+    let mut total = 0;
+    for m in members(&s) {
+        let live = m["live_entities"].as_u64().context("live entities")?;
+        total += live;
+        ensure!(
+            (1_500..=5_000).contains(&live),
+            "{} holds {live} of 10,000 entities",
+            m["addr"]
+        );
+    }
+    ensure!(total >= 10_000, "{total} entities live");
+    for i in [0, 4_999, 9_999] {
+        ensure!(balance(&c3, &format!("acct-{i}")).await? == 7);
+    }
+
+    // Check 7: a peer without a node certificate is refused. A client
+    // certificate of the same CA, on the peer protocol:
+    let files = cairn_host::tls::NodeFiles {
+        ca: c.certs.join("ca.pem"),
+        cert: c.certs.join("client.pem"),
+        key: c.certs.join("client.key"),
+    };
+    let config = cairn_host::tls::peer_client_config(&files)?;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(config);
+    let conn = ep
+        .connect(c.node(0).addr, cairn_host::tls::NODE_NAME)?
+        .await?;
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await?;
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            ensure!(
+                a.error_code == quinn::VarInt::from_u32(cairn_host::server::CLOSE_REFUSED),
+                "closed with {a:?}"
+            )
+        }
+        other => bail!("expected a refusal, got {other:?}"),
+    }
+    // A node with certificates of another CA never becomes a member.
+    let stranger_dir = c.root.path().join("stranger");
+    let seed = c.seed.to_string();
+    let stranger = NodeProc::start_on(
+        &stranger_dir,
+        free_addr([127, 0, 0, 9])?,
+        &["--seed", &seed],
+    )?;
+    stranger.client().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = status(c.node(0))?;
+    ensure!(
+        members(&s).len() == 3,
+        "a node without a cluster certificate joined: {s}"
+    );
+    ensure!(
+        !status(&stranger)
+            .map(|s| up_count(&s) > 1)
+            .unwrap_or(false),
+        "the stranger sees the cluster"
+    );
+    Ok(())
+}
+
+/// A load of asks over `ids` through `clients`, every reply checked: the
+/// sequence numbers of an entity only grow, one per acknowledged deposit.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<HashMap<String, u64>>>>,
+}
+
+impl Load {
+    fn start(clients: Vec<Arc<Client>>, ids: Vec<String>, limit: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let per = ids.len().div_ceil(16);
+        let mut tasks = Vec::new();
+        for (w, chunk) in ids.chunks(per.max(1)).enumerate() {
+            let chunk = chunk.to_vec();
+            let client = clients[w % clients.len()].clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked: HashMap<String, u64> = HashMap::new();
+                let mut seqs: HashMap<String, u64> = HashMap::new();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < limit && Instant::now() < deadline {
+                    for id in &chunk {
+                        n += 1;
+                        let (reply, seq) = ask(&client, id, r#"{"Deposit":{"amount":1}}"#)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("deposit to {id} failed: {e}"))?;
+                        ensure!(reply == "\"ok\"", "{id}: reply {reply}");
+                        let prev = seqs.insert(id.clone(), seq).unwrap_or(0);
+                        ensure!(seq > prev, "{id}: seq {seq} after {prev} (answered twice?)");
+                        *acked.entry(id.clone()).or_default() += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(acked)
+            }));
+        }
+        Load { stop, tasks }
+    }
+
+    async fn finish(self) -> Result<HashMap<String, u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = HashMap::new();
+        for t in self.tasks {
+            for (k, v) in t.await?? {
+                *all.entry(k).or_default() += v;
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Every acknowledged deposit is in the balance, and nothing else is.
+async fn check_balances(client: &Client, acked: &HashMap<String, u64>, base: i64) -> Result<()> {
+    for (id, n) in acked {
+        let b = balance(client, id).await?;
+        ensure!(
+            b == base + *n as i64,
+            "{id}: balance {b}, expected {} ({n} acknowledged deposits)",
+            base + *n as i64
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_and_one_leaves_under_load_and_no_command_is_lost() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 3)?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    wait_status(c.node(0), Duration::from_secs(10), "shards allocated", |s| {
+        shards(s).values().sum::<u64>() == 256
+    })
+    .await?;
+    deploy(&c).await?;
+    let clients = vec![
+        Arc::new(c.node(0).client().await?),
+        Arc::new(c.node(1).client().await?),
+    ];
+    let ids: Vec<String> = (0..300).map(|i| format!("e-{i}")).collect();
+    // Every entity exists before the rebalance, with balance 10.
+    for id in &ids {
+        ask(&clients[0], id, r#"{"Deposit":{"amount":10}}"#).await?;
+    }
+
+    // Check 3: a fourth node joins under load.
+    let load = Load::start(clients.clone(), ids.clone(), 100_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = status(c.node(0))?;
+    c.add(3, 3)?;
+    let s = wait_status(c.node(0), Duration::from_secs(60), "the fourth node owns its share", |s| {
+        let sh = shards(s);
+        sh.len() == 4 && sh.values().all(|n| *n >= 60)
+    })
+    .await?;
+    eprintln!("before the join: {:?}\nafter: {:?}", shards(&before), shards(&s));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = load.finish().await?;
+    ensure!(
+        acked.values().sum::<u64>() > 300,
+        "the load barely ran: {acked:?}"
+    );
+    check_balances(&clients[1], &acked, 10).await?;
+    let c4 = c.node(3).client().await?;
+    check_balances(&c4, &acked, 10).await?;
+
+    // Check 4: graceful leave of the fourth node (SIGTERM): only its
+    // shards move, and the load loses nothing.
+    let before = shards(&status(c.node(0))?);
+    let leaving = c.node(3).addr.to_string();
+    let load = Load::start(clients.clone(), ids.clone(), 100_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c4.close().await;
+    let exit = {
+        let n = &mut c.nodes[3];
+        tokio::task::block_in_place(|| n.terminate())?
+    };
+    ensure!(exit.success(), "the leaving node exited with {exit}");
+    let after = wait_status(c.node(0), Duration::from_secs(30), "its shards moved", |s| {
+        shards(s).get(&leaving).copied().unwrap_or(0) == 0
+    })
+    .await?;
+    let after = shards(&after);
+    let mut gained = 0;
+    for (addr, n) in &before {
+        if *addr == leaving {
+            continue;
+        }
+        let now = after.get(addr).copied().unwrap_or(0);
+        ensure!(now >= *n, "{addr} lost shards: {n} → {now} (only the leaver's move)");
+        gained += now - n;
+    }
+    ensure!(
+        gained == before[&leaving],
+        "{gained} shards moved, the leaver had {}",
+        before[&leaving]
+    );
+    let acked2 = load.finish().await?;
+    let mut total = acked.clone();
+    for (k, v) in acked2 {
+        *total.entry(k).or_default() += v;
+    }
+    check_balances(&clients[0], &total, 10).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 3)?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    wait_status(c.node(0), Duration::from_secs(10), "shards allocated", |s| {
+        shards(s).values().sum::<u64>() == 256
+    })
+    .await?;
+    deploy(&c).await?;
+    let c1 = c.node(0).client().await?;
+    let ids: Vec<String> = (0..120).map(|i| format!("k-{i:03}")).collect();
+    for id in &ids {
+        ask(&c1, id, r#"{"Deposit":{"amount":5}}"#).await?;
+    }
+    // Which entities live on node 3 (it holds their journal).
+    let victim_log = c.node(2).dir.join("events.log");
+    let on_victim: Vec<String> = {
+        let bytes = std::fs::read(&victim_log)?;
+        ids.iter()
+            .filter(|id| contains(&bytes, id.as_bytes()))
+            .cloned()
+            .collect()
+    };
+    ensure!(!on_victim.is_empty(), "node 3 holds none of the entities");
+
+    // Check 5: SIGKILL node 3.
+    let killed = Instant::now();
+    c.nodes[2].kill();
+    let victim = c.node(2).addr.to_string();
+    wait_status(c.node(0), Duration::from_secs(3), "node 3 unreachable", |s| {
+        members(s)
+            .iter()
+            .any(|m| m["addr"] == victim.as_str() && m["reachable"] == false)
+    })
+    .await?;
+    let detected = killed.elapsed();
+    eprintln!("node 3 unreachable {detected:?} after SIGKILL");
+    // Its entities: a clear Unavailable, at once.
+    for id in on_victim.iter().take(10) {
+        let t = Instant::now();
+        match ask(&c1, id, r#"{"Deposit":{"amount":1}}"#).await {
+            Err(ClientError::Api(ApiError::Unavailable(_))) => {}
+            other => bail!("{id} on the killed node: {other:?}"),
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(1),
+            "Unavailable took {:?}",
+            t.elapsed()
+        );
+    }
+    // Every other entity keeps serving.
+    for id in ids.iter().filter(|id| !on_victim.contains(id)) {
+        ensure!(balance(&c1, id).await? == 5, "{id}");
+    }
+    // Restarted on its data directory, it serves its entities again.
+    c.nodes[2].restart()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &on_victim {
+        loop {
+            match balance(&c1, id).await {
+                Ok(b) => {
+                    ensure!(b == 5, "{id}: balance {b} after the restart");
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Writes the fault layer's file of `node`: the peers it is cut from.
+fn cut(node: &NodeProc, peers: &[SocketAddr]) -> Result<()> {
+    let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
+    let path = node.dir.join("cluster").join("faults");
+    let tmp = node.dir.join("cluster").join("faults.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 3)?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    wait_status(c.node(0), Duration::from_secs(10), "shards allocated", |s| {
+        shards(s).values().sum::<u64>() == 256
+    })
+    .await?;
+    deploy(&c).await?;
+    let clients: Vec<Client> = vec![
+        c.node(0).client().await?,
+        c.node(1).client().await?,
+        c.node(2).client().await?,
+    ];
+    let ids: Vec<String> = (0..90).map(|i| format!("p-{i:03}")).collect();
+    for id in &ids {
+        ask(&clients[0], id, r#"{"Deposit":{"amount":3}}"#).await?;
+    }
+    let owner_of = |i: usize| -> Result<Vec<String>> {
+        let bytes = std::fs::read(c.node(i).dir.join("events.log"))?;
+        Ok(ids
+            .iter()
+            .filter(|id| contains(&bytes, id.as_bytes()))
+            .cloned()
+            .collect())
+    };
+    let on3 = owner_of(2)?;
+    let on12: Vec<String> = ids.iter().filter(|id| !on3.contains(id)).cloned().collect();
+    ensure!(!on3.is_empty() && !on12.is_empty());
+
+    // Check 6: partition 2|1 in the peer transport.
+    let (a1, a2, a3) = (c.node(0).addr, c.node(1).addr, c.node(2).addr);
+    cut(c.node(2), &[a1, a2])?;
+    cut(c.node(0), &[a3])?;
+    cut(c.node(1), &[a3])?;
+    let cut_at = Instant::now();
+    // The side of one stops serving within the lease bound (2 s + margin).
+    let mut stopped = None;
+    while cut_at.elapsed() < Duration::from_secs(6) {
+        match ask(&clients[2], &on3[0], r#""GetBalance""#).await {
+            Err(ClientError::Api(ApiError::Unavailable(_))) => {
+                stopped = Some(cut_at.elapsed());
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => bail!("minority: unexpected {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = stopped.context("the minority node kept serving")?;
+    eprintln!("the minority stopped serving {stopped:?} after the cut");
+    ensure!(stopped <= Duration::from_millis(2_600), "took {stopped:?}");
+    // It keeps refusing while cut, for every entity.
+    for id in on3.iter().take(5) {
+        match ask(&clients[2], id, r#"{"Deposit":{"amount":1}}"#).await {
+            Err(ClientError::Api(ApiError::Unavailable(_))) => {}
+            other => bail!("minority served {id}: {other:?}"),
+        }
+    }
+    // The majority keeps serving its own shards.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &on12 {
+        ask(&clients[0], id, r#"{"Deposit":{"amount":1}}"#)
+            .await
+            .with_context(|| format!("majority, {id}"))?;
+    }
+    // Heal: everything serves again, with every acknowledged deposit.
+    for n in &c.nodes {
+        cut(n, &[])?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        let want = if on3.contains(id) { 3 } else { 4 };
+        loop {
+            match balance(&clients[1], id).await {
+                Ok(b) => {
+                    ensure!(b == want, "{id}: {b}, expected {want}");
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // From the journals: one history per entity (same events at the same
+    // sequence numbers wherever they are stored, contiguous from 1).
+    for cl in clients {
+        cl.close().await;
+    }
+    for n in &mut c.nodes {
+        tokio::task::block_in_place(|| n.terminate())?;
+    }
+    let mut histories: HashMap<String, Vec<(u64, Vec<u8>)>> = HashMap::new();
+    for n in &c.nodes {
+        for (id, events) in read_journal(&n.dir, &ids).await? {
+            match histories.get(&id) {
+                None => {
+                    histories.insert(id, events);
+                }
+                Some(h) => {
+                    for (a, b) in h.iter().zip(events.iter()) {
+                        ensure!(a == b, "{id}: two histories at #{}", a.0);
+                    }
+                    if events.len() > h.len() {
+                        histories.insert(id, events);
+                    }
+                }
+            }
+        }
+    }
+    for (id, h) in &histories {
+        for (i, (seq, _)) in h.iter().enumerate() {
+            ensure!(*seq == i as u64 + 1, "{id}: sequence numbers not contiguous");
+        }
+    }
+    ensure!(histories.len() == ids.len());
+    Ok(())
+}
+
+/// Every event of the `ids` in a node's log journal: (seq, payload).
+async fn read_journal(dir: &Path, ids: &[String]) -> Result<HashMap<String, Vec<(u64, Vec<u8>)>>> {
+    use cairn_store::{EntityKey, Journal};
+    let journal = cairn_store::LogStore::open(dir, 64)?;
+    let mut out = HashMap::new();
+    for id in ids {
+        let key = EntityKey::new("bank-account", id.clone());
+        let events = journal.read(&key, 1, i64::MAX as u64, usize::MAX).await?;
+        if !events.is_empty() {
+            out.insert(
+                id.clone(),
+                events.into_iter().map(|e| (e.seq, e.payload)).collect(),
+            );
+        }
+    }
+    Ok(out)
+}
