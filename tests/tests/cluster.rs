@@ -76,14 +76,7 @@ impl Cluster {
         let node = NodeProc::start_on(
             &dir,
             addr,
-            &[
-                "--certs",
-                &tls_s,
-                "--seed",
-                &seed,
-                "--min-members",
-                &min_s,
-            ],
+            &["--certs", &tls_s, "--seed", &seed, "--min-members", &min_s],
         )?;
         self.nodes.push(node);
         Ok(())
@@ -224,9 +217,12 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
         formed < Duration::from_secs(5),
         "three members up took {formed:?}, more than 5 s"
     );
-    let s = wait_status(c.node(0), Duration::from_secs(10), "256 shards allocated", |s| {
-        shards(s).values().sum::<u64>() == 256
-    })
+    let s = wait_status(
+        c.node(0),
+        Duration::from_secs(10),
+        "256 shards allocated",
+        |s| shards(s).values().sum::<u64>() == 256,
+    )
     .await?;
     for (addr, n) in shards(&s) {
         let share = n as f64 / 256.0;
@@ -318,9 +314,7 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
         "a node without a cluster certificate joined: {s}"
     );
     ensure!(
-        !status(&stranger)
-            .map(|s| up_count(&s) > 1)
-            .unwrap_or(false),
+        !status(&stranger).map(|s| up_count(&s) > 1).unwrap_or(false),
         "the stranger sees the cluster"
     );
     Ok(())
@@ -401,9 +395,12 @@ async fn a_node_joins_and_one_leaves_under_load_and_no_command_is_lost() -> Resu
         })
         .await?;
     }
-    wait_status(c.node(0), Duration::from_secs(10), "shards allocated", |s| {
-        shards(s).values().sum::<u64>() == 256
-    })
+    wait_status(
+        c.node(0),
+        Duration::from_secs(10),
+        "shards allocated",
+        |s| shards(s).values().sum::<u64>() == 256,
+    )
     .await?;
     deploy(&c).await?;
     let clients = vec![
@@ -421,12 +418,21 @@ async fn a_node_joins_and_one_leaves_under_load_and_no_command_is_lost() -> Resu
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = status(c.node(0))?;
     c.add(3, 3)?;
-    let s = wait_status(c.node(0), Duration::from_secs(60), "the fourth node owns its share", |s| {
-        let sh = shards(s);
-        sh.len() == 4 && sh.values().all(|n| *n >= 60)
-    })
+    let s = wait_status(
+        c.node(0),
+        Duration::from_secs(60),
+        "the fourth node owns its share",
+        |s| {
+            let sh = shards(s);
+            sh.len() == 4 && sh.values().all(|n| *n >= 60)
+        },
+    )
     .await?;
-    eprintln!("before the join: {:?}\nafter: {:?}", shards(&before), shards(&s));
+    eprintln!(
+        "before the join: {:?}\nafter: {:?}",
+        shards(&before),
+        shards(&s)
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = load.finish().await?;
     ensure!(
@@ -449,9 +455,12 @@ async fn a_node_joins_and_one_leaves_under_load_and_no_command_is_lost() -> Resu
         tokio::task::block_in_place(|| n.terminate())?
     };
     ensure!(exit.success(), "the leaving node exited with {exit}");
-    let after = wait_status(c.node(0), Duration::from_secs(30), "its shards moved", |s| {
-        shards(s).get(&leaving).copied().unwrap_or(0) == 0
-    })
+    let after = wait_status(
+        c.node(0),
+        Duration::from_secs(30),
+        "its shards moved",
+        |s| shards(s).get(&leaving).copied().unwrap_or(0) == 0,
+    )
     .await?;
     let after = shards(&after);
     let mut gained = 0;
@@ -460,7 +469,10 @@ async fn a_node_joins_and_one_leaves_under_load_and_no_command_is_lost() -> Resu
             continue;
         }
         let now = after.get(addr).copied().unwrap_or(0);
-        ensure!(now >= *n, "{addr} lost shards: {n} → {now} (only the leaver's move)");
+        ensure!(
+            now >= *n,
+            "{addr} lost shards: {n} → {now} (only the leaver's move)"
+        );
         gained += now - n;
     }
     ensure!(
@@ -487,9 +499,12 @@ async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -
         })
         .await?;
     }
-    wait_status(c.node(0), Duration::from_secs(10), "shards allocated", |s| {
-        shards(s).values().sum::<u64>() == 256
-    })
+    wait_status(
+        c.node(0),
+        Duration::from_secs(10),
+        "shards allocated",
+        |s| shards(s).values().sum::<u64>() == 256,
+    )
     .await?;
     deploy(&c).await?;
     let c1 = c.node(0).client().await?;
@@ -512,11 +527,16 @@ async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -
     let killed = Instant::now();
     c.nodes[2].kill();
     let victim = c.node(2).addr.to_string();
-    wait_status(c.node(0), Duration::from_secs(3), "node 3 unreachable", |s| {
-        members(s)
-            .iter()
-            .any(|m| m["addr"] == victim.as_str() && m["reachable"] == false)
-    })
+    wait_status(
+        c.node(0),
+        Duration::from_secs(3),
+        "node 3 unreachable",
+        |s| {
+            members(s)
+                .iter()
+                .any(|m| m["addr"] == victim.as_str() && m["reachable"] == false)
+        },
+    )
     .await?;
     let detected = killed.elapsed();
     eprintln!("node 3 unreachable {detected:?} after SIGKILL");
@@ -582,9 +602,12 @@ async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories()
         })
         .await?;
     }
-    wait_status(c.node(0), Duration::from_secs(10), "shards allocated", |s| {
-        shards(s).values().sum::<u64>() == 256
-    })
+    wait_status(
+        c.node(0),
+        Duration::from_secs(10),
+        "shards allocated",
+        |s| shards(s).values().sum::<u64>() == 256,
+    )
     .await?;
     deploy(&c).await?;
     let clients: Vec<Client> = vec![
@@ -670,7 +693,7 @@ async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories()
         cl.close().await;
     }
     for n in &mut c.nodes {
-        tokio::task::block_in_place(|| n.terminate())?;
+        n.kill();
     }
     let mut histories: HashMap<String, Vec<(u64, Vec<u8>)>> = HashMap::new();
     for n in &c.nodes {
@@ -692,7 +715,10 @@ async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories()
     }
     for (id, h) in &histories {
         for (i, (seq, _)) in h.iter().enumerate() {
-            ensure!(*seq == i as u64 + 1, "{id}: sequence numbers not contiguous");
+            ensure!(
+                *seq == i as u64 + 1,
+                "{id}: sequence numbers not contiguous"
+            );
         }
     }
     ensure!(histories.len() == ids.len());

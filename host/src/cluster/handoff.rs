@@ -84,8 +84,11 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
             continue;
         };
         // A member gets shards only once it runs every deployed type.
-        let types: std::collections::BTreeSet<&str> =
-            state.deploys.iter().map(|d| d.entity_type.as_str()).collect();
+        let types: std::collections::BTreeSet<&str> = state
+            .deploys
+            .iter()
+            .map(|d| d.entity_type.as_str())
+            .collect();
         let synced = |id: u64| {
             types
                 .iter()
@@ -518,7 +521,16 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                 PeerResponse::NotLeader(inner.log.leader().map(|l| l.1))
             }
         }
-        PeerRequest::Forward { shard, request } => {
+        PeerRequest::Forward {
+            shard,
+            epoch,
+            request,
+        } => {
+            // A sender with a newer table: let ours catch up first.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while inner.router().table().epoch() < epoch && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let (tx, rx) = oneshot::channel();
             let route = inner
                 .router()

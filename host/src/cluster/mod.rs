@@ -223,27 +223,50 @@ impl Inner {
         }
     }
 
-    /// Sends a request to the owner, following one redirect.
+    /// Sends a request to the owner, following redirects while the tables
+    /// of the nodes converge (bounded in time).
     pub(crate) async fn forward(
         self: &Arc<Self>,
         owner: u64,
         shard: u32,
         req: Request,
     ) -> Response {
+        let deadline = Instant::now() + Duration::from_secs(5);
         let mut owner = owner;
-        for _ in 0..3 {
+        loop {
             let Some(addr) = self.addr_of(owner) else {
                 return unavailable("the owner of the entity's shard has no known address");
             };
             let call = PeerRequest::Forward {
                 shard,
+                epoch: self.router().table().epoch(),
                 request: req.clone(),
             };
             match self.peers.call(addr, &call, FORWARD_TIMEOUT).await {
                 Ok(PeerResponse::Response(r)) => return r,
-                Ok(PeerResponse::Redirect(o)) if o != owner => owner = o,
-                Ok(PeerResponse::Redirect(_)) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(PeerResponse::Redirect(o)) => {
+                    if Instant::now() > deadline {
+                        return unavailable("the entity's owner kept changing; retry");
+                    }
+                    // Our table may have moved on meanwhile; else follow the hint.
+                    let mine = self
+                        .router()
+                        .table()
+                        .get(cairn_cluster::ShardId(shard))
+                        .map(|a| a.owner.0);
+                    owner = match mine {
+                        Some(m) if m != owner => m,
+                        _ => o,
+                    };
+                    if owner == self.id {
+                        // The shard came here: route it again locally.
+                        let (tx, rx) = oneshot::channel();
+                        let route = self
+                            .router()
+                            .route(cairn_cluster::ShardId(shard), (req, tx));
+                        return Box::pin(self.follow(shard, route, rx)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Ok(other) => {
                     return unavailable(&format!("unexpected answer from the owner: {other:?}"));
@@ -251,7 +274,6 @@ impl Inner {
                 Err(e) => return unavailable(&e.to_string()),
             }
         }
-        unavailable("the entity's owner kept changing; retry")
     }
 }
 
@@ -574,10 +596,8 @@ async fn watch_faults(inner: Arc<Inner>, path: std::path::PathBuf) {
     loop {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         if last.as_deref() != Some(text.as_str()) {
-            let blocked: std::collections::HashSet<SocketAddr> = text
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect();
+            let blocked: std::collections::HashSet<SocketAddr> =
+                text.lines().filter_map(|l| l.trim().parse().ok()).collect();
             if !blocked.is_empty() || last.is_some() {
                 tracing::warn!(?blocked, "fault layer: peers cut");
             }
@@ -722,7 +742,14 @@ async fn leave(inner: &Arc<Inner>, grace: Duration) {
             .table
             .as_ref()
             .map_or(0, |t| t.owned_by(me));
-        if marked && owned == 0 {
+        let others = inner
+            .log
+            .state()
+            .borrow()
+            .members
+            .iter()
+            .any(|(id, r)| *id != inner.id && r.state == MemberState::Up);
+        if marked && (owned == 0 || !others) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -42,6 +42,9 @@ pub enum PeerRequest {
     Forward {
         /// The shard.
         shard: u32,
+        /// The epoch of the sender's table: a receiver with an older table
+        /// first waits for its own to catch up.
+        epoch: u64,
         /// The client's request.
         request: Request,
     },
