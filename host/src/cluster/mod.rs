@@ -540,7 +540,7 @@ async fn join(inner: Arc<Inner>) {
                 }
             }
             attempt += 1;
-            if attempt % 20 == 0 {
+            if attempt.is_multiple_of(20) {
                 tracing::warn!(?seeds, "still trying to join the cluster");
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
