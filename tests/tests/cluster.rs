@@ -275,6 +275,20 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
         ensure!(balance(&c3, &format!("acct-{i}")).await? == 7);
     }
 
+    // Cluster-wide deploys: v2 through node 2 becomes active everywhere;
+    // a rollback through node 3 brings v1 back everywhere.
+    let v2 = example_wasm("bank-account-v2")?;
+    let (ok, _, err) = c
+        .node(1)
+        .cli(&["deploy", "bank-account", &v2.to_string_lossy()])?;
+    ensure!(ok, "deploy v2: {err}");
+    wait_active_everywhere(&c, "2.").await?;
+    ensure!(balance(&c3, "alice").await? == 150, "v2 keeps the state");
+    let (ok, _, err) = c.node(2).cli(&["rollback", "bank-account"])?;
+    ensure!(ok, "rollback: {err}");
+    wait_active_everywhere(&c, "1.").await?;
+    ensure!(balance(&c1, "alice").await? == 150);
+
     // Check 7: a peer without a node certificate is refused. A client
     // certificate of the same CA, on the peer protocol:
     let files = cairn_host::tls::NodeFiles {
@@ -318,6 +332,33 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
         "the stranger sees the cluster"
     );
     Ok(())
+}
+
+/// Waits until `cairn versions` shows the behavior version starting with
+/// `prefix` active on every member.
+async fn wait_active_everywhere(c: &Cluster, prefix: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = c.node(0).cli(&["versions", "bank-account", "--json"])?;
+        ensure!(ok, "versions: {err}");
+        let everywhere = out.lines().any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_default();
+            v["behavior_version"]
+                .as_str()
+                .is_some_and(|b| b.starts_with(prefix))
+                && v["active_on"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == c.nodes.len())
+        });
+        if everywhere {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "version {prefix}x is not active on every member: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A load of asks over `ids` through `clients`, every reply checked: the
@@ -523,7 +564,8 @@ async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -
     };
     ensure!(!on_victim.is_empty(), "node 3 holds none of the entities");
 
-    // Check 5: SIGKILL node 3.
+    // Check 5: SIGKILL node 3, while following node 1's lifecycle events.
+    let mut follow = c1.follow_lifecycle().await?;
     let killed = Instant::now();
     c.nodes[2].kill();
     let victim = c.node(2).addr.to_string();
@@ -540,6 +582,22 @@ async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -
     .await?;
     let detected = killed.elapsed();
     eprintln!("node 3 unreachable {detected:?} after SIGKILL");
+    let mut kinds = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(kinds.contains(&"unreachable".to_owned()) && kinds.contains(&"member-down".to_owned()))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, follow.next()).await {
+            Ok(Some(Ok(Response::Lifecycle { kind, detail, .. }))) => {
+                if detail.contains(&victim) {
+                    kinds.push(kind);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => bail!("lifecycle events seen: {kinds:?}, then {other:?}"),
+        }
+    }
+    follow.stop();
     // Its entities: a clear Unavailable, at once.
     for id in on_victim.iter().take(10) {
         let t = Instant::now();

@@ -38,6 +38,9 @@ async fn status(conn: &ConnArgs) -> Result<()> {
                     "id": m.id, "addr": m.addr, "state": m.state, "reachable": m.reachable,
                     "phi": m.phi, "shards": m.shards, "voter": m.voter,
                     "live_entities": m.live_entities,
+                    "active": m.active.iter().map(|(ty, deploy, hash)| serde_json::json!({
+                        "entity_type": ty, "deploy": deploy, "hash": hash,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -45,7 +48,7 @@ async fn status(conn: &ConnArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "node": s.node, "leader": s.leader, "shards": s.shards, "epoch": s.epoch,
-                "members": members,
+                "members": members, "owners": s.owners,
             })
         );
         return Ok(());
@@ -73,6 +76,13 @@ async fn status(conn: &ConnArgs) -> Result<()> {
             if m.voter { "yes" } else { "no" },
             m.live_entities.map_or("?".to_owned(), |n| n.to_string()),
         );
+        for (ty, deploy, hash) in &m.active {
+            println!(
+                "{:<20} runs {ty} #{deploy} ({})",
+                "",
+                &hash[..16.min(hash.len())]
+            );
+        }
     }
     Ok(())
 }

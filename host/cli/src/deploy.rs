@@ -44,8 +44,26 @@ pub async fn rollback(entity_type: &str, to: Option<u32>, conn: &ConnArgs) -> Re
 pub async fn versions(entity_type: &str, conn: &ConnArgs) -> Result<()> {
     let client = conn.connect().await?;
     let v = client.versions(entity_type).await;
+    // In a cluster: which member runs which component of the type.
+    let cluster = match client.call(&cairn_proto::Request::ClusterStatus).await {
+        Ok(cairn_proto::Response::ClusterStatus(s)) => Some(s),
+        _ => None,
+    };
     client.close().await;
     let v = v?;
+    let active_on = |hash: &str| -> Vec<String> {
+        cluster.as_ref().map_or_else(Vec::new, |s| {
+            s.members
+                .iter()
+                .filter(|m| {
+                    m.active
+                        .iter()
+                        .any(|(ty, _, h)| ty == entity_type && h == hash)
+                })
+                .map(|m| m.addr.clone())
+                .collect()
+        })
+    };
     if conn.json {
         for t in &v.versions {
             println!(
@@ -54,6 +72,7 @@ pub async fn versions(entity_type: &str, conn: &ConnArgs) -> Result<()> {
                     "deploy": t.deploy, "behavior_version": t.behavior_version, "hash": t.hash,
                     "deployed_ms": t.deployed_ms, "state_schema": t.state_schema,
                     "active": Some(t.deploy) == v.active,
+                    "active_on": active_on(&t.hash),
                 })
             );
         }
@@ -70,6 +89,10 @@ pub async fn versions(entity_type: &str, conn: &ConnArgs) -> Result<()> {
             &t.hash[..16.min(t.hash.len())],
             fmt_time(t.deployed_ms)
         );
+        let on = active_on(&t.hash);
+        if !on.is_empty() {
+            println!("       active on {}", on.join(", "));
+        }
     }
     if !v.history.is_empty() {
         println!("history:");

@@ -156,6 +156,9 @@ pub struct MemberStatus {
     pub voter: bool,
     /// Entities live in its memory, if it answered.
     pub live_entities: Option<u64>,
+    /// What it runs, as reported through the decision log: (entity type,
+    /// deploy number, sha256 of the component).
+    pub active: Vec<(String, u32, String)>,
 }
 
 /// The cluster as one node sees it.
@@ -171,6 +174,9 @@ pub struct ClusterStatus {
     pub epoch: u64,
     /// Every member, the reporting node included.
     pub members: Vec<MemberStatus>,
+    /// The owner's node id of each shard (0: not allocated), so that a
+    /// client may send a command straight to its owner.
+    pub owners: Vec<u64>,
 }
 
 /// One journaled event as a client sees it.

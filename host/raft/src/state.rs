@@ -41,8 +41,10 @@ pub enum Command {
         node: u64,
         /// The entity type.
         entity_type: String,
-        /// The deploy number it runs.
+        /// The deploy number it runs (numbers are per node).
         deploy: u32,
+        /// The sha256 of the component it runs.
+        sha256: String,
     },
 }
 
@@ -79,8 +81,9 @@ pub struct ClusterState {
     pub members: BTreeMap<u64, MemberRecord>,
     /// Deploys in commit order.
     pub deploys: Vec<DeployEntry>,
-    /// `(entity_type, node)` → the deploy running there.
-    pub active: BTreeMap<(String, u64), u32>,
+    /// `(entity_type, node)` → the deploy running there: its number on
+    /// that node and the component's sha256.
+    pub active: BTreeMap<(String, u64), (u32, String)>,
     /// Log index of the last applied entry (0 = none; index 0 itself is
     /// openraft's initial membership entry, which carries no command).
     pub last_applied: u64,
@@ -136,11 +139,10 @@ impl ClusterState {
                 );
             }
             Command::Deploy(d) => {
-                if self
-                    .deploys
-                    .iter()
-                    .any(|x| x.entity_type == d.entity_type && x.deploy == d.deploy)
-                {
+                // The same deploy committed twice in a row (a retried
+                // proposal) changes nothing; a rollback to an earlier
+                // component is a new entry.
+                if self.latest_deploy(&d.entity_type) == Some(d) {
                     out.ignored = true;
                 } else {
                     self.deploys.push(d.clone());
@@ -150,8 +152,10 @@ impl ClusterState {
                 node,
                 entity_type,
                 deploy,
+                sha256,
             } => {
-                self.active.insert((entity_type.clone(), *node), *deploy);
+                self.active
+                    .insert((entity_type.clone(), *node), (*deploy, sha256.clone()));
             }
         }
         self.last_applied = index;
@@ -210,9 +214,13 @@ mod tests {
                 node: 2,
                 entity_type: "t".into(),
                 deploy: 1,
+                sha256: "ab".into(),
             },
         );
-        assert_eq!(s.active.get(&("t".to_string(), 2)), Some(&1));
+        assert_eq!(
+            s.active.get(&("t".to_string(), 2)),
+            Some(&(1, "ab".to_string()))
+        );
         assert_eq!(s.latest_deploy("t"), Some(&d));
         assert_eq!(s.last_applied, 7);
         let bytes = postcard::to_allocvec(&s).unwrap();

@@ -90,9 +90,13 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
             .map(|d| d.entity_type.as_str())
             .collect();
         let synced = |id: u64| {
-            types
-                .iter()
-                .all(|t| state.active.contains_key(&((*t).to_owned(), id)))
+            types.iter().all(|t| {
+                let want = state.latest_deploy(t).map(|d| d.sha256.as_str());
+                state
+                    .active
+                    .get(&((*t).to_owned(), id))
+                    .is_some_and(|(_, h)| Some(h.as_str()) == want)
+            })
         };
         let members: Vec<Member> = {
             let v = inner.view();
@@ -659,12 +663,16 @@ pub(crate) async fn sync_deploys(inner: Arc<Inner>) {
                 .find(|d| d.entity_type == ty);
             if active.as_ref().is_some_and(|a| a.hash == want.sha256) {
                 let deploy = active.map_or(0, |a| a.deploy);
-                let reported = state.active.get(&(ty.to_owned(), inner.id)) == Some(&deploy);
+                let reported = state
+                    .active
+                    .get(&(ty.to_owned(), inner.id))
+                    .is_some_and(|(d, h)| *d == deploy && *h == want.sha256);
                 if !reported {
                     let cmd = Command::Activated {
                         node: inner.id,
                         entity_type: ty.to_owned(),
                         deploy,
+                        sha256: want.sha256.clone(),
                     };
                     if let Err(e) = propose(&inner, cmd).await {
                         tracing::debug!(error = %e, "activation not reported yet");

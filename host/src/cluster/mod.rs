@@ -684,6 +684,12 @@ async fn status(inner: &Arc<Inner>) -> ClusterStatus {
                 .map_or(0, |t| t.owned_by(NodeId(*id)) as u32),
             voter: voters.contains(id),
             live_entities,
+            active: state
+                .active
+                .iter()
+                .filter(|((_, node), _)| node == id)
+                .map(|((ty, _), (deploy, hash))| (ty.clone(), *deploy, hash.clone()))
+                .collect(),
         });
     }
     ClusterStatus {
@@ -692,6 +698,9 @@ async fn status(inner: &Arc<Inner>) -> ClusterStatus {
         shards: state.table.as_ref().map_or(0, |t| t.len()),
         epoch: state.table.as_ref().map_or(0, |t| t.epoch()),
         members,
+        owners: state.table.as_ref().map_or_else(Vec::new, |t| {
+            t.iter().map(|(_, a)| a.map_or(0, |a| a.owner.0)).collect()
+        }),
     }
 }
 
