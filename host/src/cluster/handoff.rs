@@ -137,6 +137,7 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
                 by_owner.entry(from.0).or_default().push(m.shard.0);
             }
         }
+        let round = Instant::now();
         let mut released = Vec::new();
         let mut ok = true;
         for (owner, shards) in by_owner {
@@ -172,6 +173,7 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
                     tracing::info!(
                         shards = n,
                         moved = moves.iter().filter(|m| m.from.is_some()).count(),
+                        release_and_commit_us = round.elapsed().as_micros() as u64,
                         "committed shard decisions"
                     );
                     continue;
@@ -372,7 +374,14 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let waiters = inner.router().ready(shard);
-    tracing::debug!(shard = shard.0, from, imported, waited = waiters.len(), took = ?started.elapsed(), "shard arrived");
+    tracing::info!(
+        shard = shard.0,
+        from,
+        entities = imported,
+        waited = waiters.len(),
+        took_us = started.elapsed().as_micros() as u64,
+        "shard arrived"
+    );
     run_waiters(&inner, shard.0, waiters);
 }
 
