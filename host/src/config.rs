@@ -103,6 +103,31 @@ pub struct EntitySettings {
     pub snapshot: SnapshotSettings,
     /// Passivation.
     pub passivation: PassivationSettings,
+    /// Replication in a cluster (ignored on a single node).
+    pub replication: ReplicationSettings,
+}
+
+/// How a type's events are replicated in a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// Backups per shard (fewer when the cluster has fewer other members).
+    pub replicas: usize,
+    /// Replica acknowledgements (each after the replica's fsync) a write
+    /// waits for before it is acknowledged. 0 = fire and forget: recent
+    /// events can be lost if the primary fails.
+    pub min_acks: usize,
+    /// How long a write waits for them before it fails (nothing acknowledged).
+    pub ack_timeout: Duration,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        ReplicationSettings {
+            replicas: 2,
+            min_acks: 1,
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for EntitySettings {
@@ -125,6 +150,7 @@ impl Default for EntitySettings {
             passivation: PassivationSettings {
                 idle_after: Some(Duration::from_secs(120)),
             },
+            replication: ReplicationSettings::default(),
         }
     }
 }
@@ -249,6 +275,9 @@ pub struct EntityOverride {
     snapshot_every: Option<u64>,
     snapshot_keep: Option<usize>,
     idle_after: Option<Option<Duration>>,
+    replicas: Option<usize>,
+    min_acks: Option<usize>,
+    ack_timeout: Option<Duration>,
 }
 
 impl EntityOverride {
@@ -279,6 +308,15 @@ impl EntityOverride {
         }
         if let Some(v) = self.idle_after {
             s.passivation.idle_after = v;
+        }
+        if let Some(v) = self.replicas {
+            s.replication.replicas = v;
+        }
+        if let Some(v) = self.min_acks {
+            s.replication.min_acks = v;
+        }
+        if let Some(v) = self.ack_timeout {
+            s.replication.ack_timeout = v;
         }
     }
 }
@@ -498,6 +536,9 @@ impl Config {
             snapshot_every: Some(settings.snapshot.every),
             snapshot_keep: Some(settings.snapshot.keep),
             idle_after: Some(settings.passivation.idle_after),
+            replicas: Some(settings.replication.replicas),
+            min_acks: Some(settings.replication.min_acks),
+            ack_timeout: Some(settings.replication.ack_timeout),
         };
         self.overrides
             .retain(|(m, _)| !matches!(m, Matcher::Exact(n) if n == entity_type));
@@ -575,6 +616,16 @@ struct FileEntity {
     supervision: Option<FileSupervision>,
     snapshot: Option<FileSnapshot>,
     passivation: Option<FilePassivation>,
+    replication: Option<FileReplication>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReplication {
+    replicas: Option<usize>,
+    min_acks: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    ack_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -641,6 +692,25 @@ impl FileEntity {
                 }
                 ov.memory_limit = Some(mib << 20);
             }
+        }
+        if let Some(r) = &self.replication {
+            if let (Some(n), Some(r)) = (r.min_acks, r.replicas)
+                && n > r
+            {
+                return Err(value_err(
+                    &format!("{prefix}.replication.min_acks"),
+                    &format!("{n} is more than the {r} replicas: no write could be acknowledged"),
+                ));
+            }
+            if r.ack_timeout == Some(Duration::ZERO) {
+                return Err(value_err(
+                    &format!("{prefix}.replication.ack_timeout"),
+                    "must be more than zero",
+                ));
+            }
+            ov.replicas = r.replicas;
+            ov.min_acks = r.min_acks;
+            ov.ack_timeout = r.ack_timeout;
         }
         if let Some(s) = &self.snapshot {
             if s.keep == Some(0) {

@@ -426,6 +426,15 @@ impl Node {
     /// default) in `config.node.data_dir`, starts a node and restores the
     /// behaviors deployed there before.
     pub async fn open(config: Config) -> Result<Node, NodeError> {
+        Node::open_with(config, |j| j).await
+    }
+
+    /// [`Node::open`] with the journal wrapped by `wrap` (a cluster member
+    /// replicates its writes: [`crate::cluster::Replication::wrap`]).
+    pub async fn open_with(
+        config: Config,
+        wrap: impl FnOnce(Arc<dyn Journal>) -> Arc<dyn Journal>,
+    ) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.node.data_dir)
             .map_err(|e| NodeError::Storage(JournalError::Io(e.to_string())))?;
         check_backend(&config)?;
@@ -436,11 +445,11 @@ impl Node {
                     ..SqliteOptions::default()
                 };
                 let store = SqliteStore::open(&config.node.data_dir, options)?;
-                Node::with_stores(config, store.clone(), store).await
+                Node::with_stores(config, wrap(store.clone()), store).await
             }
             JournalBackend::Log => {
                 let store = LogStore::open(&config.node.data_dir, config.node.journal_max_batch)?;
-                Node::with_stores(config, store.clone(), store).await
+                Node::with_stores(config, wrap(store.clone()), store).await
             }
         }
     }

@@ -28,7 +28,7 @@ use cairn_proto::{
 
 use crate::awake::KeepAwake;
 use crate::behavior::GuestFault;
-use crate::cluster::{Cluster, LocalHandler};
+use crate::cluster::{Cluster, LocalHandler, Replication};
 use crate::config::{ClusterConfig, TlsFiles};
 use crate::deploy::{self, DeployError, DeployResult};
 use crate::node::{
@@ -117,7 +117,9 @@ impl Server {
 
     /// Starts serving `node` as a member of the cluster of `cluster`: the
     /// same endpoint also carries the peer protocol (`cairn-peer/1`), and
-    /// entity requests are routed to their shard's owner.
+    /// entity requests are routed to their shard's owner. With
+    /// `replication` (the wrapper of the node's journal, see
+    /// [`Node::open_with`]) writes are replicated to each shard's replicas.
     pub async fn start_cluster(
         node: Node,
         files: &TlsFiles,
@@ -125,6 +127,7 @@ impl Server {
         limits: ServerLimits,
         name: String,
         cluster: ClusterConfig,
+        replication: Option<Arc<Replication>>,
     ) -> Result<(Server, Cluster), ServerError> {
         let (endpoint, local_addr) = bind(files, listen, limits)?;
         let peer_config = tls::peer_client_config(&NodeFiles::from(files.clone()))?;
@@ -146,6 +149,7 @@ impl Server {
             local_addr,
             cluster,
             local,
+            replication,
         )
         .await
         .map_err(|e| ServerError::Cluster(e.to_string()))?;

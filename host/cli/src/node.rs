@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cairn_client::tls;
 use cairn_host::config::{ClusterConfig, Config, JournalBackend, TlsFiles};
+use cairn_host::cluster::Replication;
 use cairn_host::node::Node;
 use cairn_host::server::{Server, ServerLimits};
 
@@ -69,7 +70,12 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
             tls::node_files(&dir).into()
         }
     };
-    let node = Node::open(config.clone()).await?;
+    // A cluster member replicates its journal's writes to each shard's replicas.
+    let replication = config.cluster.as_ref().map(|_| Replication::new());
+    let node = match &replication {
+        Some(r) => Node::open_with(config.clone(), |j| r.wrap(j)).await?,
+        None => Node::open(config.clone()).await?,
+    };
     for d in node.deployments() {
         tracing::info!(entity_type = %d.entity_type, deploy = d.deploy, behavior_version = %d.behavior_version, "restored deployment");
     }
@@ -98,6 +104,7 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
                 limits,
                 config.node.name.clone(),
                 c,
+                replication.clone(),
             )
             .await?;
             tracing::info!(node_id = cluster.id(), "cluster member");

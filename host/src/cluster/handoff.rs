@@ -423,7 +423,7 @@ async fn fetch_once(
 
 async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<(), String> {
     let key = EntityKey::new(h.entity_type, h.entity_id);
-    let journal = inner.node.journal().clone();
+    let journal = inner.local_journal.clone();
     let have = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
     let events: Vec<EventRecord> = h
         .events
@@ -580,6 +580,22 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             None => PeerResponse::Error(format!("no component {sha256} here")),
         },
         PeerRequest::FetchShard { .. } => PeerResponse::Error("fetch is a stream".into()),
+        PeerRequest::Replicate {
+            shard,
+            epoch,
+            entity_type,
+            entity_id,
+            events,
+        } => {
+            super::replicate::replica_append(
+                inner,
+                shard,
+                epoch,
+                EntityKey::new(entity_type, entity_id),
+                events,
+            )
+            .await
+        }
     }
 }
 
@@ -609,7 +625,7 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
         .await;
         return;
     }
-    let journal = inner.node.journal().clone();
+    let journal = inner.local_journal.clone();
     for d in inner.node.deployments() {
         let ty = d.entity_type.clone();
         let ids = match journal.entity_ids(&ty, usize::MAX).await {

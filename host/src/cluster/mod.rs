@@ -19,6 +19,9 @@
 mod gossip;
 mod handoff;
 pub mod peer;
+mod replicate;
+
+pub use replicate::Replication;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -98,6 +101,10 @@ pub(crate) struct Inner {
     leaving: AtomicBool,
     /// Signalled once the node has left the cluster.
     pub(crate) left: Notify,
+    /// The journal under the replication (handoff and replicas write here).
+    pub(crate) local_journal: Arc<dyn cairn_store::Journal>,
+    /// Newest epoch accepted per shard as a replica.
+    pub(crate) fences: replicate::Fences,
 }
 
 impl Inner {
@@ -353,6 +360,7 @@ impl Cluster {
         listen: SocketAddr,
         config: ClusterConfig,
         local: LocalHandler,
+        replication: Option<Arc<Replication>>,
     ) -> Result<Cluster, ClusterError> {
         let data_dir = node.config().node.data_dir.join("cluster");
         std::fs::create_dir_all(&data_dir)
@@ -372,6 +380,10 @@ impl Cluster {
         )
         .await?;
         let (gossip_tx, gossip_rx) = mpsc::unbounded_channel();
+        let local_journal = replication
+            .as_ref()
+            .and_then(|r| r.local())
+            .unwrap_or_else(|| node.journal().clone());
         let inner = Arc::new(Inner {
             id,
             boot,
@@ -393,7 +405,12 @@ impl Cluster {
             started: Instant::now(),
             leaving: AtomicBool::new(false),
             left: Notify::new(),
+            local_journal,
+            fences: replicate::Fences::default(),
         });
+        if let Some(r) = &replication {
+            r.attach(Arc::downgrade(&inner));
+        }
         inner.view().addrs.insert(id, addr);
         tokio::spawn(gossip::run(inner.clone(), gossip_rx));
         tokio::spawn(handoff::watch_table(inner.clone()));

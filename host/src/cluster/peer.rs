@@ -77,6 +77,19 @@ pub enum PeerRequest {
     },
     /// Load figures for `cluster status`.
     Info,
+    /// A primary's write for this node as a replica of `shard`.
+    Replicate {
+        /// The shard.
+        shard: u32,
+        /// The epoch of the shard's allocation the primary writes under.
+        epoch: u64,
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// The events, ascending, as (seq, timestamp ms, behavior version, payload).
+        events: Vec<(u64, u64, String, Vec<u8>)>,
+    },
     /// A component by its sha256, for a cluster-wide deploy.
     Component {
         /// Hex sha256.
@@ -128,6 +141,10 @@ pub enum PeerResponse {
     Entity(EntityHistory),
     /// A component's bytes.
     Component(Vec<u8>),
+    /// A replica lacks events before the write: it has up to this seq.
+    Gap(u64),
+    /// A replica refused a write of an older epoch: the newest it knows.
+    Fenced(u64),
 }
 
 /// Why a call to a peer failed.

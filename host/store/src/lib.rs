@@ -167,6 +167,10 @@ pub enum JournalError {
     /// An argument is out of range (e.g. a sequence number above i64::MAX).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A replicated journal could not make the write as durable as
+    /// configured (too few replicas acknowledged it); it is not acknowledged.
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 impl From<rusqlite::Error> for JournalError {

@@ -1,0 +1,362 @@
+//! Replication of the journal in a cluster: a [`Journal`] over the node's
+//! local one, so the entity code does not change. The primary of a shard
+//! appends a write locally and, at the same time, sends it to the shard's
+//! replicas; the write is acknowledged once the local fsync is done and
+//! `min_acks` replicas have acknowledged theirs. A replica appends what it
+//! receives durably with the same sequence numbers, timestamps and
+//! behavior versions, and applies nothing (it is passive).
+//!
+//! Fencing: every replicated write carries the epoch of the shard's
+//! allocation; a replica refuses a write of an epoch older than the newest
+//! it has seen for the shard or than its committed table's, so a deposed
+//! primary gets no acknowledgement.
+//!
+//! A replica that lacks earlier events of the entity (it was down, or just
+//! became a replica) answers with the sequence number it has; the primary
+//! sends the missing events from its own journal with the write.
+//!
+//! Replicas of a shard: the next `replicas` up members after the owner in
+//! the ring of member ids (so they are on other nodes than the primary).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use cairn_cluster::{MemberState, ShardId, shard_of};
+use cairn_store::{
+    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents,
+    TimerRecord, Write,
+};
+use tokio::sync::mpsc;
+
+use super::Inner;
+use super::peer::{PeerRequest, PeerResponse};
+
+/// The replication of a node's journal, attached to its cluster once that
+/// has started (before, and on a single node, writes are local only).
+#[derive(Default)]
+pub struct Replication {
+    cluster: OnceLock<Weak<Inner>>,
+    local: OnceLock<Arc<dyn Journal>>,
+}
+
+impl Replication {
+    /// A replication not attached to a cluster yet.
+    pub fn new() -> Arc<Replication> {
+        Arc::new(Replication::default())
+    }
+
+    /// Wraps the node's local journal (for [`crate::Node::open_with`]).
+    pub fn wrap(self: &Arc<Self>, local: Arc<dyn Journal>) -> Arc<dyn Journal> {
+        let _ = self.local.set(local.clone());
+        Arc::new(ReplicatedJournal {
+            repl: self.clone(),
+            local,
+        })
+    }
+
+    /// The local journal under the replication, if wrapped.
+    pub(crate) fn local(&self) -> Option<Arc<dyn Journal>> {
+        self.local.get().cloned()
+    }
+
+    pub(crate) fn attach(&self, inner: Weak<Inner>) {
+        let _ = self.cluster.set(inner);
+    }
+}
+
+/// The replicated journal: writes go to the shard's replicas too; reads are local.
+struct ReplicatedJournal {
+    repl: Arc<Replication>,
+    local: Arc<dyn Journal>,
+}
+
+impl Journal for ReplicatedJournal {
+    fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>> {
+        let local = self.local.clone();
+        let inner = self.repl.cluster.get().and_then(Weak::upgrade);
+        Box::pin(async move {
+            let Some(inner) = inner else {
+                return local.append(write).await;
+            };
+            replicated_append(&inner, &local, write).await
+        })
+    }
+
+    fn read(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<EventRecord>, JournalError>> {
+        self.local.read(key, from, to, limit)
+    }
+
+    fn read_packed(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<PackedEvents, JournalError>> {
+        self.local.read_packed(key, from, limit)
+    }
+
+    fn highest_seq(&self, key: &EntityKey) -> BoxFuture<'static, Result<u64, JournalError>> {
+        self.local.highest_seq(key)
+    }
+
+    fn pending_timers(
+        &self,
+    ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
+        self.local.pending_timers()
+    }
+
+    fn read_feed(
+        &self,
+        entity_type: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<FeedPage, JournalError>> {
+        self.local.read_feed(entity_type, from, limit)
+    }
+
+    fn entity_ids(
+        &self,
+        entity_type: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
+        self.local.entity_ids(entity_type, limit)
+    }
+}
+
+/// The replicas of `shard` when `owner` is its primary: the next
+/// `replicas` members (committed `up` or `leaving`) after the owner in the
+/// ring of ids.
+pub(crate) fn replicas_of(inner: &Inner, owner: u64, replicas: usize) -> Vec<u64> {
+    let state = inner.log.state();
+    let s = state.borrow();
+    let ids: Vec<u64> = s
+        .members
+        .iter()
+        .filter(|(_, r)| matches!(r.state, MemberState::Up | MemberState::Leaving))
+        .map(|(id, _)| *id)
+        .collect();
+    let start = ids.iter().position(|id| *id > owner).unwrap_or(0);
+    ids.iter()
+        .cycle()
+        .skip(start)
+        .take(ids.len())
+        .filter(|id| **id != owner)
+        .take(replicas)
+        .copied()
+        .collect()
+}
+
+async fn replicated_append(
+    inner: &Arc<Inner>,
+    local: &Arc<dyn Journal>,
+    write: Write,
+) -> Result<(), JournalError> {
+    let settings = inner
+        .node
+        .config()
+        .settings_for(&write.key.entity_type)
+        .replication;
+    let shard = shard_of(&write.key.entity_type, &write.key.entity_id, inner.shard_count());
+    let epoch = inner
+        .router()
+        .table()
+        .get(shard)
+        .map_or(0, |a| a.epoch);
+    let replicas = replicas_of(inner, inner.id, settings.replicas);
+    if write.events.is_empty() || replicas.is_empty() && settings.min_acks == 0 {
+        return local.append(write).await;
+    }
+    let live: Vec<u64> = {
+        let v = inner.view();
+        replicas
+            .iter()
+            .copied()
+            .filter(|r| !v.down.contains(r) && !v.unreachable.contains(r))
+            .collect()
+    };
+    if live.len() < settings.min_acks {
+        return Err(JournalError::Replication(format!(
+            "{}: min_acks is {} but shard {} has {} live replicas of {}; the write is refused",
+            write.key,
+            settings.min_acks,
+            shard.0,
+            live.len(),
+            replicas.len()
+        )));
+    }
+    let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
+    for r in live {
+        let inner = inner.clone();
+        let local = local.clone();
+        let write = write.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let r = send_to_replica(&inner, &local, r, shard, epoch, &write).await;
+            let _ = tx.send(r).await;
+        });
+    }
+    drop(tx);
+    let need = settings.min_acks;
+    let acks = async {
+        let mut ok = 0;
+        let mut errors = Vec::new();
+        while ok < need {
+            match rx.recv().await {
+                Some(Ok(())) => ok += 1,
+                Some(Err(e)) => errors.push(e),
+                None => {
+                    return Err(JournalError::Replication(format!(
+                        "{}: {ok} of {need} replica acknowledgements: {}",
+                        write.key,
+                        errors.join("; ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    };
+    let acks = async {
+        match tokio::time::timeout(settings.ack_timeout, acks).await {
+            Ok(r) => r,
+            Err(_) => Err(JournalError::Replication(format!(
+                "{}: fewer than {need} replicas acknowledged within {:?}",
+                write.key, settings.ack_timeout
+            ))),
+        }
+    };
+    let (l, a) = tokio::join!(local.append(write.clone()), acks);
+    l?;
+    a
+}
+
+/// Sends one write to one replica, filling the replica's gap from the
+/// local journal when it reports one.
+async fn send_to_replica(
+    inner: &Arc<Inner>,
+    local: &Arc<dyn Journal>,
+    replica: u64,
+    shard: ShardId,
+    epoch: u64,
+    write: &Write,
+) -> Result<(), String> {
+    let addr = inner
+        .addr_of(replica)
+        .ok_or_else(|| format!("no address for replica {replica}"))?;
+    let mut events = write.events.clone();
+    for _ in 0..3 {
+        let req = PeerRequest::Replicate {
+            shard: shard.0,
+            epoch,
+            entity_type: write.key.entity_type.clone(),
+            entity_id: write.key.entity_id.clone(),
+            events: events
+                .iter()
+                .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
+                .collect(),
+        };
+        match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
+            Ok(PeerResponse::Done) => return Ok(()),
+            Ok(PeerResponse::Gap(have)) => {
+                let first = events.first().map_or(1, |e| e.seq);
+                if have + 1 >= first {
+                    return Err(format!("replica {replica} reports a gap it does not have"));
+                }
+                let mut missing = local
+                    .read(&write.key, have + 1, first - 1, usize::MAX)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if missing.len() as u64 != first - 1 - have {
+                    return Err(format!("{}: cannot fill replica {replica}'s gap", write.key));
+                }
+                missing.extend(write.events.iter().cloned());
+                events = missing;
+            }
+            Ok(PeerResponse::Fenced(e)) => {
+                return Err(format!(
+                    "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
+                ));
+            }
+            Ok(PeerResponse::Error(e)) => return Err(e),
+            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!("replica {replica} kept reporting gaps"))
+}
+
+/// The newest epoch each shard's replica has accepted (fencing).
+#[derive(Default)]
+pub(crate) struct Fences(Mutex<HashMap<u32, u64>>);
+
+/// The replica's side: fence, fill, append durably, acknowledge.
+pub(crate) async fn replica_append(
+    inner: &Arc<Inner>,
+    shard: u32,
+    epoch: u64,
+    key: EntityKey,
+    events: Vec<(u64, u64, String, Vec<u8>)>,
+) -> PeerResponse {
+    let committed = inner
+        .router()
+        .table()
+        .get(ShardId(shard))
+        .map_or(0, |a| a.epoch);
+    {
+        let mut f = inner.fences.0.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = f.entry(shard).or_default();
+        let newest = (*seen).max(committed);
+        if epoch < newest {
+            return PeerResponse::Fenced(newest);
+        }
+        *seen = epoch;
+    }
+    let local = inner.local_journal.clone();
+    let Some(first) = events.first().map(|e| e.0) else {
+        return PeerResponse::Done;
+    };
+    let last = events.last().map_or(first, |e| e.0);
+    for _ in 0..2 {
+        let have = match local.highest_seq(&key).await {
+            Ok(h) => h,
+            Err(e) => return PeerResponse::Error(e.to_string()),
+        };
+        if last <= have {
+            return PeerResponse::Done;
+        }
+        if first > have + 1 {
+            return PeerResponse::Gap(have);
+        }
+        let records: Vec<EventRecord> = events
+            .iter()
+            .filter(|e| e.0 > have)
+            .map(|(seq, ts, version, payload)| EventRecord {
+                seq: *seq,
+                timestamp_ms: *ts,
+                version: version.clone(),
+                payload: payload.clone(),
+            })
+            .collect();
+        match local
+            .append(Write {
+                key: key.clone(),
+                events: records,
+                add_timers: Vec::new(),
+                remove_timers: Vec::new(),
+            })
+            .await
+        {
+            Ok(()) => return PeerResponse::Done,
+            // A concurrent fill wrote some of them: look again.
+            Err(JournalError::Conflict { .. }) => continue,
+            Err(e) => return PeerResponse::Error(e.to_string()),
+        }
+    }
+    PeerResponse::Error(format!("{key}: replica append kept conflicting"))
+}
