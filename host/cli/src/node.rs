@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cairn_client::tls;
-use cairn_host::config::{ClusterConfig, Config, JournalBackend, TlsFiles};
 use cairn_host::cluster::Replication;
+use cairn_host::config::{ClusterConfig, Config, JournalBackend, TlsFiles};
 use cairn_host::node::Node;
 use cairn_host::server::{Server, ServerLimits};
 

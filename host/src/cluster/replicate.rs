@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use cairn_cluster::{MemberState, ShardId, shard_of};
 use cairn_store::{
-    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents,
-    TimerRecord, Write,
+    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, TimerRecord,
+    Write,
 };
 use tokio::sync::mpsc;
 
@@ -163,12 +163,12 @@ async fn replicated_append(
         .config()
         .settings_for(&write.key.entity_type)
         .replication;
-    let shard = shard_of(&write.key.entity_type, &write.key.entity_id, inner.shard_count());
-    let epoch = inner
-        .router()
-        .table()
-        .get(shard)
-        .map_or(0, |a| a.epoch);
+    let shard = shard_of(
+        &write.key.entity_type,
+        &write.key.entity_id,
+        inner.shard_count(),
+    );
+    let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
     let replicas = replicas_of(inner, inner.id, settings.replicas);
     if write.events.is_empty() || replicas.is_empty() && settings.min_acks == 0 {
         return local.append(write).await;
@@ -273,7 +273,10 @@ async fn send_to_replica(
                     .await
                     .map_err(|e| e.to_string())?;
                 if missing.len() as u64 != first - 1 - have {
-                    return Err(format!("{}: cannot fill replica {replica}'s gap", write.key));
+                    return Err(format!(
+                        "{}: cannot fill replica {replica}'s gap",
+                        write.key
+                    ));
                 }
                 missing.extend(write.events.iter().cloned());
                 events = missing;
