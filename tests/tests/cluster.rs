@@ -29,12 +29,19 @@ struct Cluster {
     certs: PathBuf,
     nodes: Vec<NodeProc>,
     seed: SocketAddr,
+    /// A `cairn.toml` every node starts with, if any.
+    toml: Option<String>,
 }
 
 impl Cluster {
     /// `n` nodes on 127.0.0.1..n, the first one the seed; shards are first
     /// allocated when `min` members are up.
     fn start(n: usize, min: usize) -> Result<Cluster> {
+        Cluster::start_with(n, min, None)
+    }
+
+    /// [`Cluster::start`] with a `cairn.toml` for every node.
+    fn start_with(n: usize, min: usize, toml: Option<&str>) -> Result<Cluster> {
         let root = tempfile::tempdir()?;
         let certs = root.path().join("certs");
         let out = std::process::Command::new(cairn_bin()?)
@@ -48,6 +55,7 @@ impl Cluster {
             certs,
             nodes: Vec::new(),
             seed,
+            toml: toml.map(str::to_owned),
         };
         for i in 0..n {
             c.add(i, min)?;
@@ -73,11 +81,14 @@ impl Cluster {
         let seed = self.seed.to_string();
         let tls_s = tls.to_string_lossy().into_owned();
         let min_s = min.to_string();
-        let node = NodeProc::start_on(
-            &dir,
-            addr,
-            &["--certs", &tls_s, "--seed", &seed, "--min-members", &min_s],
-        )?;
+        let mut args = vec!["--certs", &tls_s, "--seed", &seed, "--min-members", &min_s];
+        let config = dir.join("cairn.toml");
+        let config_s = config.to_string_lossy().into_owned();
+        if let Some(t) = &self.toml {
+            std::fs::write(&config, t)?;
+            args.extend(["--config", &config_s]);
+        }
+        let node = NodeProc::start_on(&dir, addr, &args)?;
         self.nodes.push(node);
         Ok(())
     }
@@ -171,25 +182,7 @@ async fn deploy(c: &Cluster) -> Result<()> {
 }
 
 async fn ask(client: &Client, id: &str, json: &str) -> Result<(String, u64), ClientError> {
-    let r = client
-        .call(&Request::Ask {
-            entity_type: "bank-account".into(),
-            entity_id: id.into(),
-            command: Payload::Json(json.into()),
-            expected_seq: None,
-            timeout_ms: Some(20_000),
-        })
-        .await?;
-    match r {
-        Response::Reply {
-            reply: Some(Payload::Json(j)),
-            seq,
-        } => Ok((j, seq)),
-        Response::Error(e) => Err(ClientError::Api(e)),
-        other => Err(ClientError::Api(ApiError::BadRequest(format!(
-            "unexpected {other:?}"
-        )))),
-    }
+    ask_type(client, "bank-account", id, json).await
 }
 
 async fn balance(client: &Client, id: &str) -> Result<i64> {
@@ -533,7 +526,10 @@ async fn a_node_joins_and_one_leaves_under_load_and_no_command_is_lost() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, 3)?;
+    // Without replicas (part 1's setting) the history of the node's shards
+    // is on its disk only: nothing fails over.
+    let toml = "[defaults.replication]\nreplicas = 0\nmin_acks = 0\n";
+    let mut c = Cluster::start_with(3, 3, Some(toml))?;
     for n in &c.nodes {
         wait_status(n, Duration::from_secs(30), "three up members", |s| {
             up_count(s) == 3
@@ -553,16 +549,15 @@ async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -
     for id in &ids {
         ask(&c1, id, r#"{"Deposit":{"amount":5}}"#).await?;
     }
-    // Which entities live on node 3 (it holds their journal).
-    let victim_log = c.node(2).dir.join("events.log");
-    let on_victim: Vec<String> = {
-        let bytes = std::fs::read(&victim_log)?;
-        ids.iter()
-            .filter(|id| contains(&bytes, id.as_bytes()))
-            .cloned()
-            .collect()
-    };
-    ensure!(!on_victim.is_empty(), "node 3 holds none of the entities");
+    // The entities node 3 owns.
+    let owners = owners(&status(c.node(0))?, "bank-account", &ids);
+    let victim_addr = c.node(2).addr.to_string();
+    let on_victim: Vec<String> = ids
+        .iter()
+        .filter(|id| owners[*id] == victim_addr)
+        .cloned()
+        .collect();
+    ensure!(!on_victim.is_empty(), "node 3 owns none of the entities");
 
     // Check 5: SIGKILL node 3, while following node 1's lifecycle events.
     let mut follow = c1.follow_lifecycle().await?;
@@ -636,8 +631,28 @@ async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -
     Ok(())
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// The owner's address of each entity, from a status's shard owners.
+fn owners(s: &Value, ty: &str, ids: &[String]) -> HashMap<String, String> {
+    let addr_of: HashMap<u64, String> = members(s)
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap_or(0),
+                m["addr"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let owners: Vec<u64> = s["owners"]
+        .as_array()
+        .map(|a| a.iter().map(|o| o.as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    ids.iter()
+        .map(|id| {
+            let shard = cairn_cluster::shard_of(ty, id, owners.len() as u32);
+            let owner = owners.get(shard.0 as usize).copied().unwrap_or(0);
+            (id.clone(), addr_of.get(&owner).cloned().unwrap_or_default())
+        })
+        .collect()
 }
 
 /// Writes the fault layer's file of `node`: the peers it is cut from.
@@ -677,15 +692,13 @@ async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories()
     for id in &ids {
         ask(&clients[0], id, r#"{"Deposit":{"amount":3}}"#).await?;
     }
-    let owner_of = |i: usize| -> Result<Vec<String>> {
-        let bytes = std::fs::read(c.node(i).dir.join("events.log"))?;
-        Ok(ids
-            .iter()
-            .filter(|id| contains(&bytes, id.as_bytes()))
-            .cloned()
-            .collect())
-    };
-    let on3 = owner_of(2)?;
+    let owners = owners(&status(c.node(0))?, "bank-account", &ids);
+    let a3s = c.node(2).addr.to_string();
+    let on3: Vec<String> = ids
+        .iter()
+        .filter(|id| owners[*id] == a3s)
+        .cloned()
+        .collect();
     let on12: Vec<String> = ids.iter().filter(|id| !on3.contains(id)).cloned().collect();
     ensure!(!on3.is_empty() && !on12.is_empty());
 
@@ -799,4 +812,291 @@ async fn read_journal(dir: &Path, ids: &[String]) -> Result<HashMap<String, Vec<
         }
     }
     Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let toml = "[entities.\"strict-account\".replication]\nmin_acks = 2\n";
+    let mut c = Cluster::start_with(3, 3, Some(toml))?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    wait_status(
+        c.node(0),
+        Duration::from_secs(10),
+        "shards allocated",
+        |s| shards(s).values().sum::<u64>() == 256,
+    )
+    .await?;
+    deploy(&c).await?;
+    let wasm = example_wasm("bank-account")?;
+    let (ok, _, err) = c
+        .node(0)
+        .cli(&["deploy", "strict-account", &wasm.to_string_lossy()])?;
+    ensure!(ok, "deploy strict-account: {err}");
+    let c1 = c.node(0).client().await?;
+    let ids: Vec<String> = (0..60).map(|i| format!("r-{i:03}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        ask(&c1, id, r#"{"Deposit":{"amount":2}}"#).await?;
+        // The strict type is deployed cluster-wide a moment later.
+        loop {
+            match ask_type(&c1, "strict-account", id, r#"{"Deposit":{"amount":2}}"#).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => bail!("strict-account {id}: {e}"),
+            }
+        }
+    }
+    let s = status(c.node(0))?;
+    let strict_owners = owners(&s, "strict-account", &ids);
+    let owners = owners(&s, "bank-account", &ids);
+    let a3 = c.node(2).addr.to_string();
+
+    // A forged write of an old epoch, from a peer with a node certificate,
+    // is fenced off.
+    let files = cairn_host::tls::NodeFiles {
+        ca: c.certs.join("ca.pem"),
+        cert: c.certs.join("node.pem"),
+        key: c.certs.join("node.key"),
+    };
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(cairn_host::tls::peer_client_config(&files)?);
+    let conn = ep
+        .connect(c.node(1).addr, cairn_host::tls::NODE_NAME)?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let forged = cairn_host::cluster::peer::PeerRequest::Replicate {
+        shard: cairn_cluster::shard_of("bank-account", &ids[0], 256).0,
+        epoch: 0,
+        entity_type: "bank-account".into(),
+        entity_id: ids[0].clone(),
+        events: vec![(2, 0, "forged".into(), b"x".to_vec())],
+    };
+    cairn_host::client::frame::write_frame(&mut send, &forged).await?;
+    send.finish()?;
+    let answer: cairn_host::cluster::peer::PeerResponse =
+        cairn_host::client::frame::read_frame(&mut recv, 1 << 20).await?;
+    ensure!(
+        matches!(answer, cairn_host::cluster::peer::PeerResponse::Fenced(e) if e > 0),
+        "a write of epoch 0 was not fenced: {answer:?}"
+    );
+    conn.close(0u32.into(), b"done");
+
+    // Node 3 dies: min_acks 2 cannot be met (one live replica): refused,
+    // with a clear error, and nothing of it acknowledged; min_acks 1 goes on.
+    c.nodes[2].kill();
+    wait_status(
+        c.node(0),
+        Duration::from_secs(5),
+        "node 3 unreachable",
+        |s| {
+            members(s)
+                .iter()
+                .any(|m| m["addr"] == a3.as_str() && m["reachable"] == false)
+        },
+    )
+    .await?;
+    let live: Vec<&String> = ids
+        .iter()
+        .filter(|id| owners[*id] != a3 && strict_owners[*id] != a3)
+        .collect();
+    ensure!(!live.is_empty());
+    for id in live.iter().take(10) {
+        match ask_type(&c1, "strict-account", id, r#"{"Deposit":{"amount":100}}"#).await {
+            Err(ClientError::Api(ApiError::Storage(m))) if m.contains("min_acks") => {}
+            other => bail!("strict-account {id} with one live replica: {other:?}"),
+        }
+        ensure!(
+            balance(&c1, id).await? == 2,
+            "bank-account {id} (min_acks 1)"
+        );
+        ask(&c1, id, r#"{"Deposit":{"amount":1}}"#).await?;
+        let (b, _) = ask_type(&c1, "strict-account", id, r#""GetBalance""#).await?;
+        ensure!(
+            b.trim() == "2",
+            "strict-account {id}: balance {b} after a refused write"
+        );
+    }
+    c1.close().await;
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    // The journals: every entity's history on its owner is on a replica too,
+    // event for event, and no copy differs.
+    let mut copies: HashMap<String, Vec<Vec<(u64, Vec<u8>)>>> = HashMap::new();
+    for n in &c.nodes {
+        for (id, h) in read_journal(&n.dir, &ids).await? {
+            copies.entry(id).or_default().push(h);
+        }
+    }
+    for id in &ids {
+        let hs = copies
+            .get(id)
+            .with_context(|| format!("{id} is in no journal"))?;
+        ensure!(
+            hs.len() >= 2,
+            "{id} is in {} journal(s), not replicated",
+            hs.len()
+        );
+        let longest = hs.iter().map(Vec::len).max().unwrap_or(0);
+        for h in hs {
+            for (a, b) in h.iter().zip(hs[0].iter()) {
+                ensure!(a == b, "{id}: copies differ at #{}", a.0);
+            }
+        }
+        ensure!(
+            hs.iter().filter(|h| h.len() == longest).count() >= 2,
+            "{id}: its newest events are on one node only"
+        );
+    }
+    Ok(())
+}
+
+async fn ask_type(
+    client: &Client,
+    ty: &str,
+    id: &str,
+    json: &str,
+) -> Result<(String, u64), ClientError> {
+    let r = client
+        .call(&Request::Ask {
+            entity_type: ty.into(),
+            entity_id: id.into(),
+            command: Payload::Json(json.into()),
+            expected_seq: None,
+            timeout_ms: Some(20_000),
+        })
+        .await?;
+    match r {
+        Response::Reply {
+            reply: Some(Payload::Json(j)),
+            seq,
+        } => Ok((j, seq)),
+        other => Err(ClientError::Api(ApiError::BadRequest(format!(
+            "unexpected {other:?}"
+        )))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_fails_over_to_a_replica_with_every_acknowledged_event() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 3)?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    wait_status(
+        c.node(0),
+        Duration::from_secs(10),
+        "shards allocated",
+        |s| shards(s).values().sum::<u64>() == 256,
+    )
+    .await?;
+    deploy(&c).await?;
+    let c1 = Arc::new(c.node(0).client().await?);
+    let ids: Vec<String> = (0..90).map(|i| format!("f-{i:03}")).collect();
+    for id in &ids {
+        for _ in 0..3 {
+            ask(&c1, id, r#"{"Deposit":{"amount":1}}"#).await?;
+        }
+    }
+    let owners = owners(&status(c.node(0))?, "bank-account", &ids);
+    let a3 = c.node(2).addr.to_string();
+    let on3: Vec<String> = ids.iter().filter(|id| owners[*id] == a3).cloned().collect();
+    ensure!(!on3.is_empty(), "node 3 owns none of the entities");
+    // A load on node 3's entities while it dies: each deposit is
+    // acknowledged, or failed (indeterminate if it was in flight).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (c1, on3, stop) = (c1.clone(), on3.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked: HashMap<String, i64> = HashMap::new();
+            let mut failed: HashMap<String, i64> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for id in &on3 {
+                    match ask(&c1, id, r#"{"Deposit":{"amount":1}}"#).await {
+                        Ok(_) => *acked.entry(id.clone()).or_default() += 1,
+                        Err(_) => *failed.entry(id.clone()).or_default() += 1,
+                    }
+                }
+            }
+            (acked, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    c.nodes[2].kill();
+    // Its entities are served again, through node 1, by a promoted replica.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut served = None;
+    while Instant::now() < deadline {
+        if balance(&c1, &on3[0]).await.is_ok() {
+            served = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let served = served.context("node 3's entities were never served again")?;
+    eprintln!("failover: node 3's entity served again {served:?} after SIGKILL");
+    ensure!(served < Duration::from_secs(10), "failover took {served:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = load.await?;
+    ensure!(
+        acked.values().sum::<i64>() > 0,
+        "the load acknowledged nothing"
+    );
+    // No acknowledged deposit is lost; failed ones may or may not be in.
+    for id in &on3 {
+        let b = balance(&c1, id).await? - 3;
+        let a = acked.get(id).copied().unwrap_or(0);
+        let f = failed.get(id).copied().unwrap_or(0);
+        ensure!(
+            (a..=a + f).contains(&b),
+            "{id}: {b} deposits in the balance, {a} acknowledged, {f} failed"
+        );
+        let (_, seq) = ask(&c1, id, r#"{"Deposit":{"amount":1}}"#).await?;
+        ensure!(seq as i64 == b + 4, "{id}: seq {seq}, balance {}", b + 4);
+    }
+    // The dead node comes back: it rejoins as a replica and every copy of
+    // every history agrees.
+    c.nodes[2].restart()?;
+    wait_status(c.node(0), Duration::from_secs(30), "node 3 back", |s| {
+        up_count(s) == 3
+    })
+    .await?;
+    for id in &ids {
+        ask(&c1, id, r#"{"Deposit":{"amount":1}}"#).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    let mut copies: HashMap<String, Vec<Vec<(u64, Vec<u8>)>>> = HashMap::new();
+    for n in &c.nodes {
+        for (id, h) in read_journal(&n.dir, &ids).await? {
+            copies.entry(id).or_default().push(h);
+        }
+    }
+    for id in &ids {
+        let hs = &copies[id];
+        for h in hs {
+            for (i, (a, b)) in h.iter().zip(hs[0].iter()).enumerate() {
+                ensure!(a == b, "{id}: two histories at #{}", i + 1);
+            }
+        }
+    }
+    Ok(())
 }

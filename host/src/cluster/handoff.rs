@@ -60,9 +60,15 @@ pub(crate) async fn propose(inner: &Arc<Inner>, cmd: Command) -> Result<(), Stri
 pub(crate) async fn coordinate(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(ROUND);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader_since: Option<Instant> = None;
     loop {
         tick.tick().await;
         if !inner.log.is_leader() {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        if failover(&inner, since).await {
             continue;
         }
         let state: ClusterState = (*inner.log.state().borrow().clone()).clone();
@@ -355,13 +361,36 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
         if !inner.router().is_waiting(shard) {
             return;
         }
-        match fetch_once(&inner, shard, from, count).await {
-            Ok(n) => {
+        // A live old owner hands its shard over; a dead one's history is
+        // merged from every other replica (each holds a prefix of it, and
+        // together they hold every acknowledged event).
+        let failover = inner.view().down.contains(&from);
+        let sources: Vec<u64> = if failover {
+            super::replicate::replicas_of(&inner, from, super::replicate::max_replicas(&inner))
+                .into_iter()
+                .filter(|r| *r != inner.id)
+                .collect()
+        } else {
+            vec![from]
+        };
+        let mut n = 0;
+        let mut failed = None;
+        for src in &sources {
+            match fetch_once(&inner, shard, *src, count).await {
+                Ok(k) => n += k,
+                Err(e) => {
+                    failed = Some((*src, e));
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => {
                 imported = n;
                 break;
             }
-            Err(e) => {
-                tracing::warn!(shard = shard.0, from, error = %e, "shard history not fetched yet");
+            Some((src, e)) => {
+                tracing::warn!(shard = shard.0, from, src, failover, error = %e, "shard history not fetched yet");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
@@ -561,7 +590,13 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             resume(inner, &shards);
             PeerResponse::Done
         }
-        PeerRequest::Lease => PeerResponse::Lease(inner.log.is_leader() && inner.lease_ok()),
+        PeerRequest::Lease { node } => {
+            let granted = inner.log.is_leader() && inner.lease_ok();
+            if granted {
+                inner.granted(node);
+            }
+            PeerResponse::Lease(granted)
+        }
         PeerRequest::Leave { node } => {
             if inner.log.is_leader() {
                 match inner.log.remove_member(node).await {
@@ -767,4 +802,76 @@ async fn fetch_component(inner: &Arc<Inner>, sha256: &str) -> Result<Vec<u8>, St
         }
     }
     Err("no peer holds the component".into())
+}
+
+/// Promotes a replica for every shard whose owner is down and whose lease
+/// has certainly expired: the leader has granted it nothing for `LEASE +
+/// max_drift`, counted from the later of its last grant and this node's
+/// leadership (a grant by a previous leader is older than that). The first
+/// live replica in the ring becomes the owner with a new epoch; it then
+/// merges the shard's history from every other replica before serving, so
+/// every replica must be live (with `min_acks >= 1` every acknowledged
+/// event is on one of them). Returns whether decisions were committed.
+async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
+    let Some(table) = inner.log.state().borrow().table.clone() else {
+        return false;
+    };
+    let bound = super::LEASE + cairn_cluster::lease::LeaseConfig::default().max_drift;
+    let r = super::replicate::max_replicas(inner);
+    let (down, unreachable) = {
+        let v = inner.view();
+        (v.down.clone(), v.unreachable.clone())
+    };
+    if down.is_empty() {
+        return false;
+    }
+    let mut epoch = table.epoch();
+    let mut decisions = Vec::new();
+    for (shard, a) in table.iter() {
+        let Some(a) = a else { continue };
+        if !down.contains(&a.owner.0) || a.owner.0 == inner.id {
+            continue;
+        }
+        let last = inner
+            .last_grant(a.owner.0)
+            .map_or(leader_since, |g| g.max(leader_since));
+        if last.elapsed() < bound {
+            continue;
+        }
+        let replicas = super::replicate::replicas_of(inner, a.owner.0, r);
+        let all_live = !replicas.is_empty()
+            && replicas
+                .iter()
+                .all(|n| *n == inner.id || (!down.contains(n) && !unreachable.contains(n)));
+        if !all_live {
+            continue;
+        }
+        epoch += 1;
+        decisions.push(Decision::Assign {
+            shard,
+            owner: NodeId(replicas[0]),
+            epoch,
+        });
+    }
+    if decisions.is_empty() {
+        return false;
+    }
+    let n = decisions.len();
+    match inner
+        .log
+        .propose(Command::Decide(decisions), COMMIT_TIMEOUT)
+        .await
+    {
+        Ok(_) => {
+            tracing::warn!(
+                shards = n,
+                "failover: replicas promoted for the shards of a down member"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "failover decisions not committed");
+            false
+        }
+    }
 }

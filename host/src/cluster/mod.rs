@@ -105,6 +105,8 @@ pub(crate) struct Inner {
     pub(crate) local_journal: Arc<dyn cairn_store::Journal>,
     /// Newest epoch accepted per shard as a replica.
     pub(crate) fences: replicate::Fences,
+    /// When this node, as the log's leader, last granted each node's lease.
+    grants: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Inner {
@@ -155,6 +157,18 @@ impl Inner {
             .lock()
             .map(|l| l.is_some_and(|t| Instant::now() < t))
             .unwrap_or(false)
+    }
+
+    /// Notes a lease granted to `node` now (on the leader).
+    pub(crate) fn granted(&self, node: u64) {
+        if let Ok(mut g) = self.grants.lock() {
+            g.insert(node, Instant::now());
+        }
+    }
+
+    /// When this node last granted `node` a lease.
+    pub(crate) fn last_grant(&self, node: u64) -> Option<Instant> {
+        self.grants.lock().ok().and_then(|g| g.get(&node).copied())
     }
 
     fn renewed(&self, sent: Instant) {
@@ -407,6 +421,7 @@ impl Cluster {
             left: Notify::new(),
             local_journal,
             fences: replicate::Fences::default(),
+            grants: Mutex::new(HashMap::new()),
         });
         if let Some(r) = &replication {
             r.attach(Arc::downgrade(&inner));
@@ -643,8 +658,10 @@ async fn renew_lease(inner: Arc<Inner>) {
             continue;
         };
         let Ok(addr) = addr.parse() else { continue };
-        if let Ok(PeerResponse::Lease(true)) =
-            inner.peers.call(addr, &PeerRequest::Lease, LEASE / 4).await
+        if let Ok(PeerResponse::Lease(true)) = inner
+            .peers
+            .call(addr, &PeerRequest::Lease { node: inner.id }, LEASE / 4)
+            .await
         {
             inner.renewed(sent);
         }

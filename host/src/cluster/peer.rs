@@ -68,8 +68,11 @@ pub enum PeerRequest {
         /// The table's shard count (so both sides hash alike).
         shard_count: u32,
     },
-    /// Renew this node's lease (sent to the log's leader).
-    Lease,
+    /// Renew the sender's lease (sent to the log's leader).
+    Lease {
+        /// The sender.
+        node: u64,
+    },
     /// A node that is leaving asks the log's leader to remove it.
     Leave {
         /// The node.

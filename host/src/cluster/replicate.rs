@@ -1,8 +1,8 @@
 //! Replication of the journal in a cluster: a [`Journal`] over the node's
 //! local one, so the entity code does not change. The primary of a shard
-//! appends a write locally and, at the same time, sends it to the shard's
-//! replicas; the write is acknowledged once the local fsync is done and
-//! `min_acks` replicas have acknowledged theirs. A replica appends what it
+//! sends a write to the shard's replicas; once `min_acks` of them have
+//! acknowledged it (each after its fsync) it appends it locally, and the
+//! write is acknowledged after that fsync. A replica appends what it
 //! receives durably with the same sequence numbers, timestamps and
 //! behavior versions, and applies nothing (it is passive).
 //!
@@ -130,6 +130,19 @@ impl Journal for ReplicatedJournal {
     }
 }
 
+/// The most replicas any deployed type asks for: the replica set of a
+/// shard for failover (smaller sets of other types are its prefixes).
+pub(crate) fn max_replicas(inner: &Inner) -> usize {
+    let config = inner.node.config();
+    inner
+        .node
+        .deployments()
+        .iter()
+        .map(|d| config.settings_for(&d.entity_type).replication.replicas)
+        .max()
+        .unwrap_or(config.defaults.replication.replicas)
+}
+
 /// The replicas of `shard` when `owner` is its primary: the next
 /// `replicas` members (committed `up` or `leaving`) after the owner in the
 /// ring of ids.
@@ -170,7 +183,7 @@ async fn replicated_append(
     );
     let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
     let replicas = replicas_of(inner, inner.id, settings.replicas);
-    if write.events.is_empty() || replicas.is_empty() && settings.min_acks == 0 {
+    if write.events.is_empty() || replicas.is_empty() {
         return local.append(write).await;
     }
     let live: Vec<u64> = {
@@ -181,11 +194,14 @@ async fn replicated_append(
             .filter(|r| !v.down.contains(r) && !v.unreachable.contains(r))
             .collect()
     };
-    if live.len() < settings.min_acks {
+    // A cluster smaller than `replicas + 1` has fewer replicas per shard;
+    // `min_acks` counts at most those (a one-node cluster writes locally).
+    let min_acks = settings.min_acks.min(replicas.len());
+    if live.len() < min_acks {
         return Err(JournalError::Replication(format!(
             "{}: min_acks is {} but shard {} has {} live replicas of {}; the write is refused",
             write.key,
-            settings.min_acks,
+            min_acks,
             shard.0,
             live.len(),
             replicas.len()
@@ -203,7 +219,7 @@ async fn replicated_append(
         });
     }
     drop(tx);
-    let need = settings.min_acks;
+    let need = min_acks;
     let acks = async {
         let mut ok = 0;
         let mut errors = Vec::new();
@@ -231,9 +247,12 @@ async fn replicated_append(
             ))),
         }
     };
-    let (l, a) = tokio::join!(local.append(write.clone()), acks);
-    l?;
-    a
+    // The replicas first, then the local journal: an event on the primary
+    // is always on `min_acks` replicas too, so a failed primary never
+    // holds an event the promoted replica lacks (its tail needs no
+    // truncation when it comes back).
+    acks.await?;
+    local.append(write).await
 }
 
 /// Sends one write to one replica, filling the replica's gap from the
