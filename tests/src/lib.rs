@@ -6,6 +6,7 @@
 //! waits on the lock of the main target directory. If the `wasm32-wasip2`
 //! target is missing (a fresh machine), it is added with `rustup`.
 
+pub mod cluster;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

@@ -8,189 +8,19 @@
 //! machine would blur the failure detector's and the leases' timings.
 //! Load loops are bounded in count and time.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cairn_host::api::{ApiError, Payload, Request, Response};
+use cairn_host::api::{ApiError, Response};
 use cairn_host::client::{Client, ClientError};
-use cairn_tests::{NodeProc, cairn_bin, example_wasm, free_addr};
+use cairn_tests::cluster::*;
+use cairn_tests::{NodeProc, example_wasm, free_addr};
 use serde_json::Value;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A cluster of node processes.
-struct Cluster {
-    root: tempfile::TempDir,
-    certs: PathBuf,
-    nodes: Vec<NodeProc>,
-    seed: SocketAddr,
-    /// A `cairn.toml` every node starts with, if any.
-    toml: Option<String>,
-}
-
-impl Cluster {
-    /// `n` nodes on 127.0.0.1..n, the first one the seed; shards are first
-    /// allocated when `min` members are up.
-    fn start(n: usize, min: usize) -> Result<Cluster> {
-        Cluster::start_with(n, min, None)
-    }
-
-    /// [`Cluster::start`] with a `cairn.toml` for every node.
-    fn start_with(n: usize, min: usize, toml: Option<&str>) -> Result<Cluster> {
-        let root = tempfile::tempdir()?;
-        let certs = root.path().join("certs");
-        let out = std::process::Command::new(cairn_bin()?)
-            .args(["certs", "init", "--dir"])
-            .arg(&certs)
-            .output()?;
-        ensure!(out.status.success(), "certs init failed: {out:?}");
-        let seed = free_addr([127, 0, 0, 1])?;
-        let mut c = Cluster {
-            root,
-            certs,
-            nodes: Vec::new(),
-            seed,
-            toml: toml.map(str::to_owned),
-        };
-        for i in 0..n {
-            c.add(i, min)?;
-        }
-        Ok(c)
-    }
-
-    /// Starts node `i` (index from 0) on 127.0.0.(i+1).
-    fn add(&mut self, i: usize, min: usize) -> Result<()> {
-        let addr = if i == 0 {
-            self.seed
-        } else {
-            free_addr([127, 0, 0, (i + 1) as u8])?
-        };
-        let dir = self.root.path().join(format!("n{}", i + 1));
-        // The node's certificates go where `NodeProc` looks for the client's.
-        let tls = dir.join("tls");
-        std::fs::create_dir_all(&tls)?;
-        for f in std::fs::read_dir(&self.certs)? {
-            let f = f?;
-            std::fs::copy(f.path(), tls.join(f.file_name()))?;
-        }
-        let seed = self.seed.to_string();
-        let tls_s = tls.to_string_lossy().into_owned();
-        let min_s = min.to_string();
-        let mut args = vec!["--certs", &tls_s, "--seed", &seed, "--min-members", &min_s];
-        let config = dir.join("cairn.toml");
-        let config_s = config.to_string_lossy().into_owned();
-        if let Some(t) = &self.toml {
-            std::fs::write(&config, t)?;
-            args.extend(["--config", &config_s]);
-        }
-        let node = NodeProc::start_on(&dir, addr, &args)?;
-        self.nodes.push(node);
-        Ok(())
-    }
-
-    fn node(&self, i: usize) -> &NodeProc {
-        &self.nodes[i]
-    }
-}
-
-/// `cairn cluster status --json` on a node.
-fn status(node: &NodeProc) -> Result<Value> {
-    let (ok, out, err) = node.cli(&["cluster", "status", "--json"])?;
-    ensure!(ok, "cluster status failed: {err}");
-    Ok(serde_json::from_str(out.trim())?)
-}
-
-fn members(s: &Value) -> Vec<Value> {
-    s["members"].as_array().cloned().unwrap_or_default()
-}
-
-/// Polls a node's status until `pred` holds, up to `timeout`.
-async fn wait_status(
-    node: &NodeProc,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + timeout;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Ok(s) = status(node) {
-            if pred(&s) {
-                return Ok(s);
-            }
-            last = s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
-    let tail: String = log
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    bail!("{what}: not within {timeout:?}; last status {last}\nlog tail:\n{tail}")
-}
-
-fn up_count(s: &Value) -> usize {
-    members(s)
-        .iter()
-        .filter(|m| m["state"] == "up" && m["reachable"] == true)
-        .count()
-}
-
-/// Shards owned per member address.
-fn shards(s: &Value) -> BTreeMap<String, u64> {
-    members(s)
-        .iter()
-        .map(|m| {
-            (
-                m["addr"].as_str().unwrap_or("").to_owned(),
-                m["shards"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
-/// Deploys bank-account through node 0 and waits until every node runs it.
-async fn deploy(c: &Cluster) -> Result<()> {
-    let wasm = example_wasm("bank-account")?;
-    let (ok, _, err) = c
-        .node(0)
-        .cli(&["deploy", "bank-account", &wasm.to_string_lossy()])?;
-    ensure!(ok, "deploy failed: {err}");
-    for n in &c.nodes {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (ok, out, _) = n.cli(&["types"])?;
-            if ok && out.contains("bank-account") {
-                break;
-            }
-            ensure!(Instant::now() < deadline, "{} never ran the deploy", n.addr);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
-async fn ask(client: &Client, id: &str, json: &str) -> Result<(String, u64), ClientError> {
-    ask_type(client, "bank-account", id, json).await
-}
-
-async fn balance(client: &Client, id: &str) -> Result<i64> {
-    let (j, _) = ask(client, id, r#""GetBalance""#)
-        .await
-        .with_context(|| format!("balance of {id}"))?;
-    Ok(j.trim().parse()?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -> Result<()> {
@@ -631,40 +461,6 @@ async fn a_killed_node_is_unavailable_at_once_and_serves_again_after_restart() -
     Ok(())
 }
 
-/// The owner's address of each entity, from a status's shard owners.
-fn owners(s: &Value, ty: &str, ids: &[String]) -> HashMap<String, String> {
-    let addr_of: HashMap<u64, String> = members(s)
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_u64().unwrap_or(0),
-                m["addr"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
-    let owners: Vec<u64> = s["owners"]
-        .as_array()
-        .map(|a| a.iter().map(|o| o.as_u64().unwrap_or(0)).collect())
-        .unwrap_or_default();
-    ids.iter()
-        .map(|id| {
-            let shard = cairn_cluster::shard_of(ty, id, owners.len() as u32);
-            let owner = owners.get(shard.0 as usize).copied().unwrap_or(0);
-            (id.clone(), addr_of.get(&owner).cloned().unwrap_or_default())
-        })
-        .collect()
-}
-
-/// Writes the fault layer's file of `node`: the peers it is cut from.
-fn cut(node: &NodeProc, peers: &[SocketAddr]) -> Result<()> {
-    let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
-    let path = node.dir.join("cluster").join("faults");
-    let tmp = node.dir.join("cluster").join("faults.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -794,24 +590,6 @@ async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories()
     }
     ensure!(histories.len() == ids.len());
     Ok(())
-}
-
-/// Every event of the `ids` in a node's log journal: (seq, payload).
-async fn read_journal(dir: &Path, ids: &[String]) -> Result<HashMap<String, Vec<(u64, Vec<u8>)>>> {
-    use cairn_store::{EntityKey, Journal};
-    let journal = cairn_store::LogStore::open(dir, 64)?;
-    let mut out = HashMap::new();
-    for id in ids {
-        let key = EntityKey::new("bank-account", id.clone());
-        let events = journal.read(&key, 1, i64::MAX as u64, usize::MAX).await?;
-        if !events.is_empty() {
-            out.insert(
-                id.clone(),
-                events.into_iter().map(|e| (e.seq, e.payload)).collect(),
-            );
-        }
-    }
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -958,32 +736,6 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
         );
     }
     Ok(())
-}
-
-async fn ask_type(
-    client: &Client,
-    ty: &str,
-    id: &str,
-    json: &str,
-) -> Result<(String, u64), ClientError> {
-    let r = client
-        .call(&Request::Ask {
-            entity_type: ty.into(),
-            entity_id: id.into(),
-            command: Payload::Json(json.into()),
-            expected_seq: None,
-            timeout_ms: Some(20_000),
-        })
-        .await?;
-    match r {
-        Response::Reply {
-            reply: Some(Payload::Json(j)),
-            seq,
-        } => Ok((j, seq)),
-        other => Err(ClientError::Api(ApiError::BadRequest(format!(
-            "unexpected {other:?}"
-        )))),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

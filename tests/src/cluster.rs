@@ -1,0 +1,275 @@
+//! A cluster of real `cairn node` processes for the cluster tests: one CA
+//! for all, nodes on 127.0.0.x, their status, deploys, asks, the fault
+//! layer's files and reading their journals afterwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cairn_host::api::{ApiError, Payload, Request, Response};
+use cairn_host::client::{Client, ClientError};
+use serde_json::Value;
+
+use crate::{NodeProc, cairn_bin, example_wasm, free_addr};
+
+/// A cluster of node processes.
+pub struct Cluster {
+    /// The directory of everything (removed when dropped).
+    pub root: tempfile::TempDir,
+    /// The cluster's certificates.
+    pub certs: PathBuf,
+    /// The nodes, in start order.
+    pub nodes: Vec<NodeProc>,
+    /// The first node's address, every node's seed.
+    pub seed: SocketAddr,
+    /// A `cairn.toml` every node starts with, if any.
+    toml: Option<String>,
+}
+
+impl Cluster {
+    /// `n` nodes on 127.0.0.1..n, the first one the seed; shards are first
+    /// allocated when `min` members are up.
+    pub fn start(n: usize, min: usize) -> Result<Cluster> {
+        Cluster::start_with(n, min, None)
+    }
+
+    /// [`Cluster::start`] with a `cairn.toml` for every node.
+    pub fn start_with(n: usize, min: usize, toml: Option<&str>) -> Result<Cluster> {
+        let root = tempfile::tempdir()?;
+        let certs = root.path().join("certs");
+        let out = std::process::Command::new(cairn_bin()?)
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .output()?;
+        ensure!(out.status.success(), "certs init failed: {out:?}");
+        let seed = free_addr([127, 0, 0, 1])?;
+        let mut c = Cluster {
+            root,
+            certs,
+            nodes: Vec::new(),
+            seed,
+            toml: toml.map(str::to_owned),
+        };
+        for i in 0..n {
+            c.add(i, min)?;
+        }
+        Ok(c)
+    }
+
+    /// Starts node `i` (index from 0) on 127.0.0.(i+1).
+    pub fn add(&mut self, i: usize, min: usize) -> Result<()> {
+        let addr = if i == 0 {
+            self.seed
+        } else {
+            free_addr([127, 0, 0, (i + 1) as u8])?
+        };
+        let dir = self.root.path().join(format!("n{}", i + 1));
+        // The node's certificates go where `NodeProc` looks for the client's.
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls)?;
+        for f in std::fs::read_dir(&self.certs)? {
+            let f = f?;
+            std::fs::copy(f.path(), tls.join(f.file_name()))?;
+        }
+        let seed = self.seed.to_string();
+        let tls_s = tls.to_string_lossy().into_owned();
+        let min_s = min.to_string();
+        let mut args = vec!["--certs", &tls_s, "--seed", &seed, "--min-members", &min_s];
+        let config = dir.join("cairn.toml");
+        let config_s = config.to_string_lossy().into_owned();
+        if let Some(t) = &self.toml {
+            std::fs::write(&config, t)?;
+            args.extend(["--config", &config_s]);
+        }
+        let node = NodeProc::start_on(&dir, addr, &args)?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Node `i` (from 0).
+    pub fn node(&self, i: usize) -> &NodeProc {
+        &self.nodes[i]
+    }
+}
+
+/// `cairn cluster status --json` on a node.
+pub fn status(node: &NodeProc) -> Result<Value> {
+    let (ok, out, err) = node.cli(&["cluster", "status", "--json"])?;
+    ensure!(ok, "cluster status failed: {err}");
+    Ok(serde_json::from_str(out.trim())?)
+}
+
+/// The members of a status.
+pub fn members(s: &Value) -> Vec<Value> {
+    s["members"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls a node's status until `pred` holds, up to `timeout`.
+pub async fn wait_status(
+    node: &NodeProc,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(s) = status(node) {
+            if pred(&s) {
+                return Ok(s);
+            }
+            last = s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
+    let tail: String = log
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    bail!("{what}: not within {timeout:?}; last status {last}\nlog tail:\n{tail}")
+}
+
+/// Members that are up and reachable.
+pub fn up_count(s: &Value) -> usize {
+    members(s)
+        .iter()
+        .filter(|m| m["state"] == "up" && m["reachable"] == true)
+        .count()
+}
+
+/// Shards owned per member address.
+pub fn shards(s: &Value) -> BTreeMap<String, u64> {
+    members(s)
+        .iter()
+        .map(|m| {
+            (
+                m["addr"].as_str().unwrap_or("").to_owned(),
+                m["shards"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Deploys bank-account through node 0 and waits until every node runs it.
+pub async fn deploy(c: &Cluster) -> Result<()> {
+    let wasm = example_wasm("bank-account")?;
+    let (ok, _, err) = c
+        .node(0)
+        .cli(&["deploy", "bank-account", &wasm.to_string_lossy()])?;
+    ensure!(ok, "deploy failed: {err}");
+    for n in &c.nodes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, _) = n.cli(&["types"])?;
+            if ok && out.contains("bank-account") {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "{} never ran the deploy", n.addr);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// A bank-account ask: the JSON reply and the sequence number.
+pub async fn ask(client: &Client, id: &str, json: &str) -> Result<(String, u64), ClientError> {
+    ask_type(client, "bank-account", id, json).await
+}
+
+/// A bank account's balance.
+pub async fn balance(client: &Client, id: &str) -> Result<i64> {
+    let (j, _) = ask(client, id, r#""GetBalance""#)
+        .await
+        .with_context(|| format!("balance of {id}"))?;
+    Ok(j.trim().parse()?)
+}
+
+/// The owner's address of each entity, from a status's shard owners.
+pub fn owners(s: &Value, ty: &str, ids: &[String]) -> HashMap<String, String> {
+    let addr_of: HashMap<u64, String> = members(s)
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap_or(0),
+                m["addr"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let owners: Vec<u64> = s["owners"]
+        .as_array()
+        .map(|a| a.iter().map(|o| o.as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    ids.iter()
+        .map(|id| {
+            let shard = cairn_cluster::shard_of(ty, id, owners.len() as u32);
+            let owner = owners.get(shard.0 as usize).copied().unwrap_or(0);
+            (id.clone(), addr_of.get(&owner).cloned().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Writes the fault layer's file of `node`: the peers it is cut from.
+pub fn cut(node: &NodeProc, peers: &[SocketAddr]) -> Result<()> {
+    let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
+    let path = node.dir.join("cluster").join("faults");
+    let tmp = node.dir.join("cluster").join("faults.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+/// Every event of the `ids` in a node's log journal: (seq, payload).
+pub async fn read_journal(
+    dir: &Path,
+    ids: &[String],
+) -> Result<HashMap<String, Vec<(u64, Vec<u8>)>>> {
+    use cairn_store::{EntityKey, Journal};
+    let journal = cairn_store::LogStore::open(dir, 64)?;
+    let mut out = HashMap::new();
+    for id in ids {
+        let key = EntityKey::new("bank-account", id.clone());
+        let events = journal.read(&key, 1, i64::MAX as u64, usize::MAX).await?;
+        if !events.is_empty() {
+            out.insert(
+                id.clone(),
+                events.into_iter().map(|e| (e.seq, e.payload)).collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// An ask to an entity of type `ty`: the JSON reply and the sequence number.
+pub async fn ask_type(
+    client: &Client,
+    ty: &str,
+    id: &str,
+    json: &str,
+) -> Result<(String, u64), ClientError> {
+    let r = client
+        .call(&Request::Ask {
+            entity_type: ty.into(),
+            entity_id: id.into(),
+            command: Payload::Json(json.into()),
+            expected_seq: None,
+            timeout_ms: Some(20_000),
+        })
+        .await?;
+    match r {
+        Response::Reply {
+            reply: Some(Payload::Json(j)),
+            seq,
+        } => Ok((j, seq)),
+        other => Err(ClientError::Api(ApiError::BadRequest(format!(
+            "unexpected {other:?}"
+        )))),
+    }
+}
