@@ -562,7 +562,7 @@ async fn a_partitioned_minority_stops_serving_and_no_entity_gets_two_histories()
     for n in &mut c.nodes {
         n.kill();
     }
-    let mut histories: HashMap<String, Vec<(u64, Vec<u8>)>> = HashMap::new();
+    let mut histories: HashMap<String, History> = HashMap::new();
     for n in &c.nodes {
         for (id, events) in read_journal(&n.dir, &ids).await? {
             match histories.get(&id) {
@@ -709,7 +709,7 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
     }
     // The journals: every entity's history on its owner is on a replica too,
     // event for event, and no copy differs.
-    let mut copies: HashMap<String, Vec<Vec<(u64, Vec<u8>)>>> = HashMap::new();
+    let mut copies: HashMap<String, Vec<History>> = HashMap::new();
     for n in &c.nodes {
         for (id, h) in read_journal(&n.dir, &ids).await? {
             copies.entry(id).or_default().push(h);
@@ -836,7 +836,7 @@ async fn a_killed_primary_fails_over_to_a_replica_with_every_acknowledged_event(
     for n in &mut c.nodes {
         n.kill();
     }
-    let mut copies: HashMap<String, Vec<Vec<(u64, Vec<u8>)>>> = HashMap::new();
+    let mut copies: HashMap<String, Vec<History>> = HashMap::new();
     for n in &c.nodes {
         for (id, h) in read_journal(&n.dir, &ids).await? {
             copies.entry(id).or_default().push(h);

@@ -221,7 +221,7 @@ async fn set_full_under_kills_pauses_and_partitions_loses_no_acknowledged_elemen
         n.kill();
     }
     let ids: Vec<String> = history.keys().map(|k| format!("s-{k}")).collect();
-    let mut first: HashMap<String, Vec<(u64, Vec<u8>)>> = HashMap::new();
+    let mut first: HashMap<String, History> = HashMap::new();
     for n in &c.nodes {
         for (id, h) in read_journal(&n.dir, &ids).await? {
             for (i, (seq, _)) in h.iter().enumerate() {
