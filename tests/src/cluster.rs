@@ -230,10 +230,7 @@ pub fn cut(node: &NodeProc, peers: &[SocketAddr]) -> Result<()> {
 pub type History = Vec<(u64, Vec<u8>)>;
 
 /// Every event of the `ids` in a node's log journal: (seq, payload).
-pub async fn read_journal(
-    dir: &Path,
-    ids: &[String],
-) -> Result<HashMap<String, History>> {
+pub async fn read_journal(dir: &Path, ids: &[String]) -> Result<HashMap<String, History>> {
     use cairn_store::{EntityKey, Journal};
     let journal = cairn_store::LogStore::open(dir, 64)?;
     let mut out = HashMap::new();
