@@ -171,6 +171,13 @@ impl Inner {
         self.grants.lock().ok().and_then(|g| g.get(&node).copied())
     }
 
+    fn never_leased(&self) -> bool {
+        self.lease_until
+            .lock()
+            .map(|l| l.is_none())
+            .unwrap_or(false)
+    }
+
     fn renewed(&self, sent: Instant) {
         if let Ok(mut l) = self.lease_until.lock() {
             let until = sent + LEASE;
@@ -193,6 +200,13 @@ impl Inner {
 
     /// Runs a request here, counted as in flight for its shard.
     pub(crate) async fn run_local(&self, shard: u32, req: Request) -> Response {
+        // A node that just joined may be given shards before its first
+        // renewal comes back: wait for it, briefly. A lease that expired
+        // refuses at once.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.never_leased() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if !self.lease_ok() {
             return unavailable(
                 "this node cannot reach the cluster's majority: it serves none of its shards",

@@ -31,10 +31,9 @@
 //! 100,000 per measured load), `--entities N` (10,000), `--streams N` (64),
 //! `--streams-per-node N` (for the whole-cluster load; default 22, so that
 //! the three clients keep about 64 streams in all), `--kill-rounds N` (5),
+//! `--replicas N` (`[defaults.replication] replicas`),
 //! `--min-acks N` (`[defaults.replication] min_acks` of every cluster node;
-//! default: the node's default, 1, for phases 2 and 3, and 0 for phase 4,
-//! whose 1-node cluster has no replica to wait for and would refuse every
-//! write), `--keep-logs DIR` (copy every node's log there before the
+//! default: the node's, 1), `--keep-logs DIR` (copy every node's log there before the
 //! directories are removed), `--phases baseline,cluster,kill,rebalance`
 //! (all by default).
 
@@ -70,6 +69,7 @@ struct Opts {
     streams_per_node: usize,
     kill_rounds: usize,
     min_acks: Option<usize>,
+    replicas: Option<usize>,
     keep_logs: Option<PathBuf>,
     phases: Vec<String>,
 }
@@ -83,6 +83,7 @@ impl Opts {
             streams_per_node: 22,
             kill_rounds: 5,
             min_acks: None,
+            replicas: None,
             keep_logs: None,
             phases: ["baseline", "cluster", "kill", "rebalance"]
                 .map(String::from)
@@ -109,6 +110,7 @@ impl Opts {
                 "--streams-per-node" => o.streams_per_node = num()?,
                 "--kill-rounds" => o.kill_rounds = num()?,
                 "--min-acks" => o.min_acks = Some(num()?),
+                "--replicas" => o.replicas = Some(num()?),
                 "--keep-logs" => o.keep_logs = Some(PathBuf::from(value)),
                 "--phases" => o.phases = value.split(',').map(String::from).collect(),
                 other => bail!("unknown option `{other}` (see the source header)"),
@@ -462,8 +464,18 @@ impl Cluster {
 }
 
 /// A `cairn.toml` setting the replication acknowledgements.
-fn replication_toml(min_acks: usize) -> String {
-    format!("[defaults.replication]\nmin_acks = {min_acks}\n")
+fn replication_toml(min_acks: Option<usize>, replicas: Option<usize>) -> Option<String> {
+    if min_acks.is_none() && replicas.is_none() {
+        return None;
+    }
+    let mut t = "[defaults.replication]\n".to_owned();
+    if let Some(n) = min_acks {
+        t += &format!("min_acks = {n}\n");
+    }
+    if let Some(n) = replicas {
+        t += &format!("replicas = {n}\n");
+    }
+    Some(t)
 }
 
 /// Copies every node's log to `--keep-logs DIR` as `LABEL-nI.log`.
@@ -562,7 +574,7 @@ async fn baseline(o: &Opts, sum: &mut Summary) -> Result<()> {
 /// Starts a 3-node cluster, waits for it to form and allocate, deploys.
 async fn three_nodes(o: &Opts) -> Result<(Cluster, Vec<Arc<Client>>, Duration)> {
     let started = Instant::now();
-    let c = Cluster::start(3, 3, o.min_acks.map(replication_toml))?;
+    let c = Cluster::start(3, 3, replication_toml(o.min_acks, o.replicas))?;
     let mut clients = Vec::new();
     for n in &c.nodes {
         clients.push(connect(n).await?);
@@ -891,11 +903,13 @@ async fn rebalance(o: &Opts, sum: &mut Summary) -> Result<()> {
         "── 4. Full rebalance: a second node joins a 1-node cluster with {} entities; a probe asks {PROBE_ENTITIES} entities through node 1 meanwhile ──",
         o.entities
     ));
-    let min_acks = o.min_acks.unwrap_or(0);
+    let toml = replication_toml(o.min_acks, o.replicas);
     say(format!(
-        "  (every node: [defaults.replication] min_acks = {min_acks})"
+        "  (replication: {})",
+        toml.as_deref()
+            .map_or("the node's defaults".to_owned(), |t| t.replace('\n', " "))
     ));
-    let mut c = Cluster::start(1, 1, Some(replication_toml(min_acks)))?;
+    let mut c = Cluster::start(1, 1, toml)?;
     let c1 = connect(&c.nodes[0]).await?;
     wait_status(
         &c1,
@@ -1125,10 +1139,8 @@ async fn cluster_phases(o: &Opts, sum: &mut Summary, failed: &mut Vec<String>) -
     say(format!(
         "  (3-node cluster formed and allocated {} after its processes started; replication: {})",
         ms(formed),
-        o.min_acks
-            .map_or("the node's defaults".to_owned(), |n| format!(
-                "min_acks = {n}"
-            ))
+        replication_toml(o.min_acks, o.replicas)
+            .map_or("the node's defaults".to_owned(), |t| t.replace('\n', " "))
     ));
     if o.runs("cluster") {
         let r = cluster_load(o, &clients, sum).await;
