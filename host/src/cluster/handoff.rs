@@ -516,23 +516,28 @@ pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection) {
     }
 }
 
+/// Serves the calls of one stream, one after the other, until the peer
+/// finishes it; a shard fetch takes its stream for itself.
 async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let req: PeerRequest = match read_frame(&mut recv, MAX_FRAME).await {
-        Ok(r) => r,
-        Err(e) => {
-            let _ =
-                write_answer(&mut send, &PeerResponse::Error(format!("bad request: {e}"))).await;
-            let _ = send.finish();
-            return;
+    loop {
+        let req: PeerRequest = match read_frame(&mut recv, MAX_FRAME).await {
+            Ok(r) => r,
+            Err(cairn_proto::FrameError::Finished | cairn_proto::FrameError::Stream(_)) => break,
+            Err(e) => {
+                let _ = write_answer(&mut send, &PeerResponse::Error(format!("bad request: {e}")))
+                    .await;
+                break;
+            }
+        };
+        if let PeerRequest::FetchShard { shard, shard_count } = req {
+            serve_fetch(&inner, &mut send, shard, shard_count).await;
+            break;
         }
-    };
-    if let PeerRequest::FetchShard { shard, shard_count } = req {
-        serve_fetch(&inner, &mut send, shard, shard_count).await;
-        let _ = send.finish();
-        return;
+        let answer = answer(&inner, req).await;
+        if !write_answer(&mut send, &answer).await {
+            break;
+        }
     }
-    let answer = answer(&inner, req).await;
-    let _ = write_answer(&mut send, &answer).await;
     let _ = send.finish();
 }
 

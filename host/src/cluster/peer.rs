@@ -2,8 +2,9 @@
 //! `cairn-peer/1`, mutual TLS, node certificates only): its messages, a
 //! pool of outgoing connections, and the fault layer tests partition with.
 //!
-//! Calls are one bidirectional stream each (a request frame, then one or
-//! more response frames); gossip and heartbeats are QUIC datagrams. A
+//! A call is a request frame and its answer on a bidirectional stream,
+//! which is kept for later calls; a shard fetch has a stream of its own
+//! (one request, many answer frames); gossip and heartbeats are QUIC datagrams. A
 //! node only ever *sends* datagrams on connections it dialed and reads
 //! them on connections it accepted.
 
@@ -194,6 +195,9 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Idle call streams per connection (by its stable id), reused so that
+    /// a call costs no stream setup.
+    idle: Mutex<HashMap<usize, Vec<(quinn::SendStream, quinn::RecvStream)>>>,
     /// The fault layer.
     pub faults: Arc<Faults>,
 }
@@ -212,6 +216,7 @@ impl Peers {
             endpoint,
             config,
             conns: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
         }
     }
@@ -244,8 +249,12 @@ impl Peers {
         let mut m = self.conns.lock().ok()?;
         match m.get(&addr) {
             Some(c) if c.close_reason().is_none() => Some(c.clone()),
-            Some(_) => {
+            Some(c) => {
+                let id = c.stable_id();
                 m.remove(&addr);
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.remove(&id);
+                }
                 None
             }
             None => None,
@@ -253,8 +262,9 @@ impl Peers {
     }
 
     fn forget(&self, addr: SocketAddr) {
-        if let Ok(mut m) = self.conns.lock() {
-            m.remove(&addr);
+        let gone = self.conns.lock().ok().and_then(|mut m| m.remove(&addr));
+        if let (Some(c), Ok(mut idle)) = (gone, self.idle.lock()) {
+            idle.remove(&c.stable_id());
         }
     }
 
@@ -279,7 +289,9 @@ impl Peers {
         Ok(recv)
     }
 
-    /// One request, one answer, within `timeout`.
+    /// One request, one answer, within `timeout`, on a pooled stream of
+    /// the connection (a stream that failed is dropped, never reused; a
+    /// call is never sent twice).
     pub async fn call(
         &self,
         addr: SocketAddr,
@@ -287,8 +299,33 @@ impl Peers {
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
         let call = async {
-            let mut recv = self.open(addr, req).await?;
-            read_answer(addr, &mut recv).await
+            let conn = self.connection(addr).await?;
+            let pooled = self
+                .idle
+                .lock()
+                .ok()
+                .and_then(|mut m| m.get_mut(&conn.stable_id()).and_then(Vec::pop));
+            let (mut send, mut recv) = match pooled {
+                Some(s) => s,
+                None => match conn.open_bi().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.forget(addr);
+                        return Err(PeerError::Unreachable(addr, e.to_string()));
+                    }
+                },
+            };
+            write_frame(&mut send, req)
+                .await
+                .map_err(|e| PeerError::Unreachable(addr, e.to_string()))?;
+            let answer = read_answer(addr, &mut recv).await?;
+            if let Ok(mut m) = self.idle.lock() {
+                let pool = m.entry(conn.stable_id()).or_default();
+                if pool.len() < 64 {
+                    pool.push((send, recv));
+                }
+            }
+            Ok(answer)
         };
         tokio::time::timeout(timeout, call)
             .await
