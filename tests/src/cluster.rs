@@ -37,7 +37,12 @@ impl Cluster {
 
     /// [`Cluster::start`] with a `cairn.toml` for every node.
     pub fn start_with(n: usize, min: usize, toml: Option<&str>) -> Result<Cluster> {
-        let root = tempfile::tempdir()?;
+        let mut root = tempfile::tempdir()?;
+        if std::env::var_os("CAIRN_TEST_KEEP").is_some() {
+            // Kept for a look at the nodes' logs after a failure.
+            root.disable_cleanup(true);
+            eprintln!("cluster directory kept: {}", root.path().display());
+        }
         let certs = root.path().join("certs");
         let out = std::process::Command::new(cairn_bin()?)
             .args(["certs", "init", "--dir"])

@@ -13,6 +13,8 @@
 //! - [`table`]: the shard table: shard → owner with an epoch that only grows.
 //! - [`placement`]: which moves to make (least-shards-first, bounded, never
 //!   while a member is unreachable).
+//! - [`replication`]: replica sets, acknowledgements needed, failover
+//!   decisions, merging the replicas' copies.
 //! - [`route`]: where a command goes on one node: here, to the owner,
 //!   into a bounded handoff buffer, or `Unavailable` when the owner is down.
 //! - [`lease`]: how long an owner may serve without renewing, and when the
@@ -30,6 +32,7 @@ pub mod member;
 pub mod membership;
 pub mod phi;
 pub mod placement;
+pub mod replication;
 pub mod route;
 pub mod shard;
 pub mod table;

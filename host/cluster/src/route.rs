@@ -120,6 +120,17 @@ impl<C> Router<C> {
             .unwrap_or_default()
     }
 
+    /// Holds a shard owned here until [`Router::ready`]: its commands wait
+    /// (a restarted owner reads its shards back from their replicas).
+    /// False if this node does not own it.
+    pub fn hold(&mut self, shard: ShardId) -> bool {
+        if self.table.get(shard).is_none_or(|a| a.owner != self.local) {
+            return false;
+        }
+        self.waiting.entry(shard).or_default();
+        true
+    }
+
     /// The failure detector's view: which nodes are down.
     pub fn set_down(&mut self, down: BTreeSet<NodeId>) {
         self.down = down;

@@ -46,6 +46,10 @@ pub enum Command {
         /// The sha256 of the component it runs.
         sha256: String,
     },
+    /// The owners of these shards hold their whole history (after a first
+    /// allocation, a handoff or a failover), as (shard, allocation epoch):
+    /// only such a shard may fail over from its owner.
+    Ready(Vec<(u32, u64)>),
 }
 
 /// A deploy committed cluster-wide.
@@ -84,6 +88,9 @@ pub struct ClusterState {
     /// `(entity_type, node)` → the deploy running there: its number on
     /// that node and the component's sha256.
     pub active: BTreeMap<(String, u64), (u32, String)>,
+    /// Shard → the newest allocation epoch whose owner reported it holds
+    /// the shard's whole history.
+    pub ready: BTreeMap<u32, u64>,
     /// Log index of the last applied entry (0 = none; index 0 itself is
     /// openraft's initial membership entry, which carries no command).
     pub last_applied: u64,
@@ -156,6 +163,12 @@ impl ClusterState {
             } => {
                 self.active
                     .insert((entity_type.clone(), *node), (*deploy, sha256.clone()));
+            }
+            Command::Ready(shards) => {
+                for (shard, epoch) in shards {
+                    let e = self.ready.entry(*shard).or_default();
+                    *e = (*e).max(*epoch);
+                }
             }
         }
         self.last_applied = index;

@@ -57,10 +57,10 @@ impl Ord for Due {
 pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<GossipInput>) {
     let id = PeerId {
         node: inner.id,
-        boot: inner.boot,
+        boot: inner.boot.load(std::sync::atomic::Ordering::Relaxed),
         addr: inner.addr,
     };
-    let mut m = Membership::new(id, 5, inner.id ^ inner.boot);
+    let mut m = Membership::new(id, 5, inner.id ^ id.boot);
     let mut timers: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut n = 0u64;
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -100,6 +100,11 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Gossi
             }
             _ = beat.tick() => heartbeats(&inner).await,
         }
+        // Declared down while it was paused, foca rejoins under a renewed
+        // identity: `Hello` must give that one to whoever announces to us.
+        inner
+            .boot
+            .store(m.identity().boot, std::sync::atomic::Ordering::Relaxed);
         while let Some((to, data)) = m.poll_transmit() {
             let inner = inner.clone();
             tokio::spawn(async move { send(&inner, to.addr, TAG_GOSSIP, data).await });

@@ -300,8 +300,14 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
     let mut changes: Vec<(ShardId, NodeId, u64)> = Vec::new();
     let mut fetches = Vec::new();
     let mut away = Vec::new();
+    let mut ready = Vec::new();
     {
         let mut router = inner.router();
+        // The first table this process applies, of a cluster that has
+        // allocated already: a restart. Its shards are read back from
+        // their replicas before it serves them (a write that failed before
+        // the crash may be on a replica).
+        let restart = router.table().epoch() == 0 && table.epoch() > 0;
         if router.table().len() != table.len() {
             *router = cairn_cluster::route::Router::new(
                 NodeId(inner.id),
@@ -330,13 +336,23 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
                     continue;
                 }
             }
-            if owner.0 == inner.id
-                && let Some(b) = before
-                && b.0 != inner.id
-            {
-                fetches.push((shard, b.0));
+            if owner.0 != inner.id {
+                continue;
+            }
+            match before {
+                Some(b) if b.0 != inner.id => fetches.push((shard, b.0)),
+                None if restart => {
+                    router.hold(shard);
+                    fetches.push((shard, inner.id));
+                }
+                None => ready.push((shard.0, epoch)),
+                Some(_) => {}
             }
         }
+    }
+    if !ready.is_empty() {
+        let inner = inner.clone();
+        tokio::spawn(async move { report_ready(&inner, ready).await });
     }
     inner.refresh_down();
     for (shard, owner, (req, tx)) in away {
@@ -364,7 +380,7 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
         // A live old owner hands its shard over; a dead one's history is
         // merged from every other replica (each holds a prefix of it, and
         // together they hold every acknowledged event).
-        let failover = inner.view().down.contains(&from);
+        let failover = from == inner.id || inner.view().down.contains(&from);
         let sources: Vec<u64> = if failover {
             super::replicate::replicas_of(&inner, from, super::replicate::max_replicas(&inner))
                 .into_iter()
@@ -402,7 +418,21 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // This node's replicas of the shard are not the old owner's: they get
+    // the whole history before the shard serves (so that every event is on
+    // `min_acks` of them).
+    let mut tries = 0;
+    while let Err(e) = super::replicate::catch_up(&inner, shard, count).await {
+        tries += 1;
+        tracing::warn!(shard = shard.0, error = %e, "replicas not caught up yet");
+        if tries >= 20 || !inner.router().is_waiting(shard) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
     let waiters = inner.router().ready(shard);
+    report_ready(&inner, vec![(shard.0, epoch)]).await;
     tracing::info!(
         shard = shard.0,
         from,
@@ -450,10 +480,27 @@ async fn fetch_once(
     }
 }
 
-async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<(), String> {
+pub(crate) async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<(), String> {
     let key = EntityKey::new(h.entity_type, h.entity_id);
     let journal = inner.local_journal.clone();
     let have = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
+    // The copy here must be a prefix of the one fetched: a different event
+    // at the same seq means two histories, and nothing is imported.
+    let overlap = h.events.iter().filter(|e| e.0 <= have).count() as u64;
+    if overlap > 0 {
+        let held = journal
+            .read(&key, 1, have, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (mine, theirs) in held.iter().zip(h.events.iter()) {
+            if (mine.seq, mine.timestamp_ms, &mine.version, &mine.payload)
+                != (theirs.0, theirs.1, &theirs.2, &theirs.3)
+            {
+                tracing::error!(%key, seq = mine.seq, "two histories: the shard's copies differ");
+                return Err(format!("{key}: two histories at #{}", mine.seq));
+            }
+        }
+    }
     let events: Vec<EventRecord> = h
         .events
         .into_iter()
@@ -545,7 +592,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
     match req {
         PeerRequest::Hello => PeerResponse::Hello {
             node: inner.id,
-            boot: inner.boot,
+            boot: inner.boot.load(std::sync::atomic::Ordering::Relaxed),
         },
         PeerRequest::Join { node, addr } => {
             if inner.log.is_leader() {
@@ -620,6 +667,27 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             None => PeerResponse::Error(format!("no component {sha256} here")),
         },
         PeerRequest::FetchShard { .. } => PeerResponse::Error("fetch is a stream".into()),
+        PeerRequest::FetchEntity {
+            entity_type,
+            entity_id,
+        } => {
+            let key = EntityKey::new(entity_type.clone(), entity_id.clone());
+            match inner
+                .local_journal
+                .read(&key, 1, i64::MAX as u64, usize::MAX)
+                .await
+            {
+                Ok(events) => PeerResponse::Entity(EntityHistory {
+                    entity_type,
+                    entity_id,
+                    events: events
+                        .into_iter()
+                        .map(|e| (e.seq, e.timestamp_ms, e.version, e.payload))
+                        .collect(),
+                }),
+                Err(e) => PeerResponse::Error(e.to_string()),
+            }
+        }
         PeerRequest::Replicate {
             shard,
             epoch,
@@ -830,34 +898,33 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
     if down.is_empty() {
         return false;
     }
-    let mut epoch = table.epoch();
-    let mut decisions = Vec::new();
-    for (shard, a) in table.iter() {
-        let Some(a) = a else { continue };
-        if !down.contains(&a.owner.0) || a.owner.0 == inner.id {
-            continue;
-        }
+    let to_ids = |s: &std::collections::BTreeSet<u64>| s.iter().map(|n| NodeId(*n)).collect();
+    let (down, unreachable) = (to_ids(&down), to_ids(&unreachable));
+    let members = super::replicate::data_members(inner);
+    let expired = |owner: NodeId| {
         let last = inner
-            .last_grant(a.owner.0)
+            .last_grant(owner.0)
             .map_or(leader_since, |g| g.max(leader_since));
-        if last.elapsed() < bound {
-            continue;
-        }
-        let replicas = super::replicate::replicas_of(inner, a.owner.0, r);
-        let all_live = !replicas.is_empty()
-            && replicas
-                .iter()
-                .all(|n| *n == inner.id || (!down.contains(n) && !unreachable.contains(n)));
-        if !all_live {
-            continue;
-        }
-        epoch += 1;
-        decisions.push(Decision::Assign {
-            shard,
-            owner: NodeId(replicas[0]),
-            epoch,
+        last.elapsed() >= bound
+    };
+    let decisions =
+        cairn_cluster::replication::promotions(&cairn_cluster::replication::FailoverView {
+            table: &table,
+            members: &members,
+            replicas: r,
+            down: &down,
+            unreachable: &unreachable,
+            lease_expired: &expired,
+            ready: &|shard: ShardId, epoch: u64| {
+                inner
+                    .log
+                    .state()
+                    .borrow()
+                    .ready
+                    .get(&shard.0)
+                    .is_some_and(|e| *e >= epoch)
+            },
         });
-    }
     if decisions.is_empty() {
         return false;
     }
@@ -879,4 +946,17 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
             false
         }
     }
+}
+
+/// Commits that this node holds the whole history of these shards (only
+/// such a shard may later fail over from it); retried a few times.
+async fn report_ready(inner: &Arc<Inner>, shards: Vec<(u32, u64)>) {
+    for _ in 0..20 {
+        match propose(inner, Command::Ready(shards.clone())).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "ready not committed yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tracing::warn!(shards = shards.len(), "could not report shards ready");
 }

@@ -83,7 +83,9 @@ pub(crate) struct View {
 /// Shared state of the cluster part.
 pub(crate) struct Inner {
     pub(crate) id: u64,
-    pub(crate) boot: u64,
+    /// The run of this node in the gossip: its start time, renewed (one
+    /// more) each time the others declared it down and it rejoined.
+    pub(crate) boot: std::sync::atomic::AtomicU64,
     pub(crate) addr: SocketAddr,
     pub(crate) config: ClusterConfig,
     pub(crate) node: Node,
@@ -107,6 +109,9 @@ pub(crate) struct Inner {
     pub(crate) fences: replicate::Fences,
     /// When this node, as the log's leader, last granted each node's lease.
     grants: Mutex<HashMap<u64, Instant>>,
+    /// Entities whose last replicated write failed: a replica may hold it,
+    /// so their history is read back from the replicas before the next one.
+    pub(crate) dirty: Mutex<std::collections::HashSet<cairn_store::EntityKey>>,
 }
 
 impl Inner {
@@ -414,7 +419,7 @@ impl Cluster {
             .unwrap_or_else(|| node.journal().clone());
         let inner = Arc::new(Inner {
             id,
-            boot,
+            boot: std::sync::atomic::AtomicU64::new(boot),
             addr,
             router: Mutex::new(Router::new(
                 NodeId(id),
@@ -436,6 +441,7 @@ impl Cluster {
             local_journal,
             fences: replicate::Fences::default(),
             grants: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(std::collections::HashSet::new()),
         });
         if let Some(r) = &replication {
             r.attach(Arc::downgrade(&inner));

@@ -94,6 +94,15 @@ pub enum PeerRequest {
         /// The events, ascending, as (seq, timestamp ms, behavior version, payload).
         events: Vec<(u64, u64, String, Vec<u8>)>,
     },
+    /// One entity's whole history (a primary reading back what its
+    /// replicas hold after a write of it failed): answered by
+    /// [`PeerResponse::Entity`].
+    FetchEntity {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+    },
     /// A component by its sha256, for a cluster-wide deploy.
     Component {
         /// Hex sha256.

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use cairn_cluster::{MemberState, ShardId, shard_of};
+use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_store::{
     BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, TimerRecord,
     Write,
@@ -147,22 +147,20 @@ pub(crate) fn max_replicas(inner: &Inner) -> usize {
 /// `replicas` members (committed `up` or `leaving`) after the owner in the
 /// ring of ids.
 pub(crate) fn replicas_of(inner: &Inner, owner: u64, replicas: usize) -> Vec<u64> {
+    cairn_cluster::replication::replica_set(&data_members(inner), NodeId(owner), replicas)
+        .into_iter()
+        .map(|n| n.0)
+        .collect()
+}
+
+/// Members that may hold a shard's data: committed `up` or `leaving`, by id.
+pub(crate) fn data_members(inner: &Inner) -> Vec<NodeId> {
     let state = inner.log.state();
     let s = state.borrow();
-    let ids: Vec<u64> = s
-        .members
+    s.members
         .iter()
         .filter(|(_, r)| matches!(r.state, MemberState::Up | MemberState::Leaving))
-        .map(|(id, _)| *id)
-        .collect();
-    let start = ids.iter().position(|id| *id > owner).unwrap_or(0);
-    ids.iter()
-        .cycle()
-        .skip(start)
-        .take(ids.len())
-        .filter(|id| **id != owner)
-        .take(replicas)
-        .copied()
+        .map(|(id, _)| NodeId(*id))
         .collect()
 }
 
@@ -196,7 +194,7 @@ async fn replicated_append(
     };
     // A cluster smaller than `replicas + 1` has fewer replicas per shard;
     // `min_acks` counts at most those (a one-node cluster writes locally).
-    let min_acks = settings.min_acks.min(replicas.len());
+    let min_acks = cairn_cluster::replication::acks_needed(settings.min_acks, replicas.len());
     if live.len() < min_acks {
         return Err(JournalError::Replication(format!(
             "{}: min_acks is {} but shard {} has {} live replicas of {}; the write is refused",
@@ -206,6 +204,14 @@ async fn replicated_append(
             live.len(),
             replicas.len()
         )));
+    }
+    if inner
+        .dirty
+        .lock()
+        .map(|d| d.contains(&write.key))
+        .unwrap_or(false)
+    {
+        return resync(inner, local, &write.key, shard).await;
     }
     let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
     for r in live {
@@ -251,13 +257,20 @@ async fn replicated_append(
     // is always on `min_acks` replicas too, so a failed primary never
     // holds an event the promoted replica lacks (its tail needs no
     // truncation when it comes back).
-    acks.await?;
+    if let Err(e) = acks.await {
+        // Some replica may hold it anyway: read the entity back from the
+        // replicas before its next write, so no seq is used twice.
+        if let Ok(mut d) = inner.dirty.lock() {
+            d.insert(write.key.clone());
+        }
+        return Err(e);
+    }
     local.append(write).await
 }
 
 /// Sends one write to one replica, filling the replica's gap from the
 /// local journal when it reports one.
-async fn send_to_replica(
+pub(crate) async fn send_to_replica(
     inner: &Arc<Inner>,
     local: &Arc<dyn Journal>,
     replica: u64,
@@ -349,11 +362,35 @@ pub(crate) async fn replica_append(
             Ok(h) => h,
             Err(e) => return PeerResponse::Error(e.to_string()),
         };
-        if last <= have {
-            return PeerResponse::Done;
-        }
         if first > have + 1 {
             return PeerResponse::Gap(have);
+        }
+        // What this replica already holds must be the same events: a
+        // different one at the same seq is a write that was never
+        // acknowledged (it failed, the primary moved on); refuse rather
+        // than acknowledge a history this replica does not hold.
+        if first <= have {
+            let held = match local.read(&key, first, last.min(have), usize::MAX).await {
+                Ok(h) => h,
+                Err(e) => return PeerResponse::Error(e.to_string()),
+            };
+            let same = held.iter().all(|h| {
+                events.iter().any(|(seq, ts, version, payload)| {
+                    *seq == h.seq
+                        && *ts == h.timestamp_ms
+                        && *version == h.version
+                        && *payload == h.payload
+                })
+            });
+            if !same {
+                tracing::error!(%key, first, have, "replica holds a different history; refused");
+                return PeerResponse::Error(format!(
+                    "{key}: this replica holds other events at #{first}..#{have} (an unacknowledged write); not acknowledged"
+                ));
+            }
+        }
+        if last <= have {
+            return PeerResponse::Done;
         }
         let records: Vec<EventRecord> = events
             .iter()
@@ -381,4 +418,108 @@ pub(crate) async fn replica_append(
         }
     }
     PeerResponse::Error(format!("{key}: replica append kept conflicting"))
+}
+
+/// Gives this node's replicas of `shard` (it owns it) the whole history of
+/// its entities: the newest event of each, which a replica lacking earlier
+/// ones answers with a gap the primary fills. Fails unless `min_acks` of
+/// the replicas hold each entity's history.
+pub(crate) async fn catch_up(inner: &Arc<Inner>, shard: ShardId, count: u32) -> Result<(), String> {
+    let replicas = replicas_of(inner, inner.id, max_replicas(inner));
+    if replicas.is_empty() {
+        return Ok(());
+    }
+    let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
+    let local = inner.local_journal.clone();
+    let config = inner.node.config().clone();
+    for d in inner.node.deployments() {
+        let ty = d.entity_type;
+        let settings = config.settings_for(&ty).replication;
+        let set: Vec<u64> = replicas.iter().copied().take(settings.replicas).collect();
+        let need = cairn_cluster::replication::acks_needed(settings.min_acks, set.len());
+        let ids = local
+            .entity_ids(&ty, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in ids
+            .into_iter()
+            .filter(|id| shard_of(&ty, id, count) == shard)
+        {
+            let key = EntityKey::new(ty.clone(), id);
+            let have = local.highest_seq(&key).await.map_err(|e| e.to_string())?;
+            if have == 0 {
+                continue;
+            }
+            let events = local
+                .read(&key, have, have, 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            let write = Write {
+                key: key.clone(),
+                events,
+                add_timers: Vec::new(),
+                remove_timers: Vec::new(),
+            };
+            let mut ok = 0;
+            for r in &set {
+                if send_to_replica(inner, &local, *r, shard, epoch, &write)
+                    .await
+                    .is_ok()
+                {
+                    ok += 1;
+                }
+            }
+            if ok < need {
+                return Err(format!("{key}: {ok} of {need} replicas caught up"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a failed write: reads the entity's history back from every
+/// replica (all must answer), imports what they hold beyond the local
+/// copy, gives it to the replicas that lack it, and fails this write (the
+/// entity then recovers with the history as it now is; its client retries).
+async fn resync(
+    inner: &Arc<Inner>,
+    local: &Arc<dyn Journal>,
+    key: &EntityKey,
+    shard: ShardId,
+) -> Result<(), JournalError> {
+    let err = |m: String| JournalError::Replication(format!("{key}: {m}"));
+    for r in replicas_of(inner, inner.id, max_replicas(inner)) {
+        let addr = inner
+            .addr_of(r)
+            .ok_or_else(|| err(format!("no address for replica {r}")))?;
+        let req = PeerRequest::FetchEntity {
+            entity_type: key.entity_type.clone(),
+            entity_id: key.entity_id.clone(),
+        };
+        match inner.peers.call(addr, &req, Duration::from_secs(5)).await {
+            Ok(PeerResponse::Entity(h)) => super::handoff::import(inner, h).await.map_err(err)?,
+            Ok(other) => return Err(err(format!("replica {r}: {other:?}"))),
+            Err(e) => return Err(err(format!("replica {r} unreachable: {e}"))),
+        }
+    }
+    let have = local.highest_seq(key).await?;
+    if have > 0 {
+        let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
+        let events = local.read(key, have, have, 1).await?;
+        let write = Write {
+            key: key.clone(),
+            events,
+            add_timers: Vec::new(),
+            remove_timers: Vec::new(),
+        };
+        for r in replicas_of(inner, inner.id, max_replicas(inner)) {
+            let _ = send_to_replica(inner, local, r, shard, epoch, &write).await;
+        }
+    }
+    if let Ok(mut d) = inner.dirty.lock() {
+        d.remove(key);
+    }
+    Err(err(
+        "its last write failed; its history was read back from the replicas: retry".into(),
+    ))
 }
