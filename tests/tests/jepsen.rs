@@ -10,6 +10,17 @@
 //! present at most once; and from every node's journal, every copy of an
 //! entity's history agrees (no two histories, contiguous sequence numbers).
 //!
+//! Workload "bank", beside it on the same cluster and faults: each of
+//! three clients owns four accounts (opened with 100 each) and moves money
+//! between them in two steps, a withdrawal then a deposit. Every step
+//! carries the entity's expected sequence number and is retried until it
+//! lands, so each runs exactly once (a retry of a step that had landed
+//! gets a conflict at the next number; one client per account makes that
+//! unambiguous) and a transfer needs no compensation. After every fault,
+//! the clients pause between transfers and the checker reads every
+//! account: the total is 1,200 and each balance is what its client was
+//! acknowledged.
+//!
 //! `CAIRN_JEPSEN_ROUNDS` sets the number of fault rounds (20 by default;
 //! more for a longer run). Every loop is bounded in count and time.
 
@@ -19,8 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cairn_host::api::ApiError;
-use cairn_host::client::ClientError;
+use cairn_host::api::{ApiError, Payload, Request, Response};
+use cairn_host::client::{Client, ClientError};
+use cairn_tests::NodeProc;
 use cairn_tests::cluster::*;
 
 /// What became of one operation.
@@ -40,8 +52,256 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bank clients, accounts per client, and each account's opening balance.
+const BANK_CLIENTS: usize = 3;
+const ACCOUNTS: usize = 4;
+const OPENING: i64 = 100;
+
+fn account(client: usize, j: usize) -> String {
+    format!("b-{client}-{j}")
+}
+
+/// One bank step on `id` at `expected` (its sequence number now), retried
+/// until it is known to have landed exactly once: an ok at `expected + 1`,
+/// or a conflict saying the entity is there (an earlier try landed).
+/// Bounded by `deadline`; reconnects to `addr` as needed.
+async fn step(
+    client: &mut Option<Client>,
+    addr: std::net::SocketAddr,
+    files: &cairn_host::tls::ClientFiles,
+    id: &str,
+    json: &str,
+    expected: u64,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        ensure!(
+            Instant::now() < deadline,
+            "{id}: step {json} at #{expected} never landed"
+        );
+        let Some(cl) = client.as_ref() else {
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::connect(addr, files, "localhost"),
+            )
+            .await
+            {
+                *client = Some(c);
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            continue;
+        };
+        let req = Request::Ask {
+            entity_type: "bank-account".into(),
+            entity_id: id.into(),
+            command: Payload::Json(json.into()),
+            expected_seq: Some(expected),
+            timeout_ms: Some(8_000),
+        };
+        match tokio::time::timeout(Duration::from_secs(10), cl.call(&req)).await {
+            Ok(Ok(Response::Reply { seq, .. })) => {
+                ensure!(
+                    seq == expected + 1,
+                    "{id}: {json} at #{expected} landed at #{seq}"
+                );
+                return Ok(());
+            }
+            Ok(Err(ClientError::Api(ApiError::Conflict { actual, .. }))) => {
+                // This client is the account's only writer: the entity can
+                // only be one step on, and that step is this one.
+                ensure!(
+                    actual == expected + 1,
+                    "{id}: at #{actual}, expected #{expected} or one more"
+                );
+                return Ok(());
+            }
+            Ok(Ok(other)) => anyhow::bail!("{id}: unexpected {other:?}"),
+            Ok(Err(ClientError::Api(_))) => {}
+            _ => *client = None,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The shared view of the bank workload: what each account's client was
+/// acknowledged, and the pause the checker asks for between transfers.
+#[derive(Default)]
+struct Bank {
+    balances: std::sync::Mutex<Vec<i64>>,
+    pause: AtomicBool,
+    parked: AtomicU64,
+    transfers: AtomicU64,
+    /// A client's failure (it parks for good).
+    error: std::sync::Mutex<Option<String>>,
+}
+
+impl Bank {
+    fn new() -> Bank {
+        Bank {
+            balances: std::sync::Mutex::new(vec![0; BANK_CLIENTS * ACCOUNTS]),
+            ..Bank::default()
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A bank client: opens its accounts, then moves money between them until
+/// `stop`, parking between transfers while the checker asks.
+async fn bank_client(
+    i: usize,
+    addr: std::net::SocketAddr,
+    certs: std::path::PathBuf,
+    bank: Arc<Bank>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let files = cairn_host::tls::ClientFiles::in_dir(&certs);
+    let mut client = None;
+    let mut seqs = [0u64; ACCOUNTS];
+    let mut bal = [0i64; ACCOUNTS];
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let publish = |bal: &[i64; ACCOUNTS]| {
+        let mut b = bank.balances.lock().unwrap_or_else(|p| p.into_inner());
+        b[i * ACCOUNTS..(i + 1) * ACCOUNTS].copy_from_slice(bal);
+    };
+    for j in 0..ACCOUNTS {
+        let json = format!(r#"{{"Deposit":{{"amount":{OPENING}}}}}"#);
+        step(
+            &mut client,
+            addr,
+            &files,
+            &account(i, j),
+            &json,
+            0,
+            deadline,
+        )
+        .await?;
+        seqs[j] = 1;
+        bal[j] = OPENING;
+        publish(&bal);
+    }
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut parked = false;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if bank.pause.load(Ordering::Acquire) {
+            if !parked {
+                parked = true;
+                bank.parked.fetch_add(1, Ordering::AcqRel);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        if parked {
+            parked = false;
+            bank.parked.fetch_sub(1, Ordering::AcqRel);
+        }
+        let a = (next() % ACCOUNTS as u64) as usize;
+        let b = (a + 1 + (next() % (ACCOUNTS as u64 - 1)) as usize) % ACCOUNTS;
+        if bal[a] == 0 {
+            continue;
+        }
+        let amount = 1 + (next() % bal[a] as u64) as i64;
+        let w = format!(r#"{{"Withdraw":{{"amount":{amount}}}}}"#);
+        step(
+            &mut client,
+            addr,
+            &files,
+            &account(i, a),
+            &w,
+            seqs[a],
+            deadline,
+        )
+        .await?;
+        seqs[a] += 1;
+        bal[a] -= amount;
+        let d = format!(r#"{{"Deposit":{{"amount":{amount}}}}}"#);
+        step(
+            &mut client,
+            addr,
+            &files,
+            &account(i, b),
+            &d,
+            seqs[b],
+            deadline,
+        )
+        .await?;
+        seqs[b] += 1;
+        bal[b] += amount;
+        publish(&bal);
+        bank.transfers.fetch_add(1, Ordering::Relaxed);
+    }
+    if !parked {
+        bank.parked.fetch_add(1, Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+/// Pauses the bank clients between transfers, reads every account through
+/// `reader` and checks the total and each acknowledged balance.
+async fn check_bank(bank: &Bank, reader: &NodeProc, when: &str) -> Result<()> {
+    bank.pause.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bank.parked.load(Ordering::Acquire) < BANK_CLIENTS as u64 {
+        if let Some(e) = bank.failure() {
+            anyhow::bail!("{when}: a bank client failed: {e}");
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{when}: bank clients never paused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(e) = bank.failure() {
+        anyhow::bail!("{when}: a bank client failed: {e}");
+    }
+    let expect = bank
+        .balances
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let client = reader.client().await?;
+    let mut total = 0;
+    for i in 0..BANK_CLIENTS {
+        for j in 0..ACCOUNTS {
+            let id = account(i, j);
+            let b = loop {
+                match balance(&client, &id).await {
+                    Ok(b) => break b,
+                    Err(e) => {
+                        ensure!(Instant::now() < deadline, "{when}: {e:#}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            ensure!(
+                b == expect[i * ACCOUNTS + j],
+                "{when}: {id} holds {b}, its client was acknowledged {}",
+                expect[i * ACCOUNTS + j]
+            );
+            total += b;
+        }
+    }
+    client.close().await;
+    ensure!(
+        total == OPENING * (BANK_CLIENTS * ACCOUNTS) as i64,
+        "{when}: the bank holds {total}"
+    );
+    bank.pause.store(false, Ordering::Release);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_full_under_kills_pauses_and_partitions_loses_no_acknowledged_element() -> Result<()> {
+async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknowledged()
+-> Result<()> {
     let rounds: usize = std::env::var("CAIRN_JEPSEN_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -122,6 +382,19 @@ async fn set_full_under_kills_pauses_and_partitions_loses_no_acknowledged_elemen
         }
     }
 
+    let bank = Arc::new(Bank::new());
+    let mut bankers = Vec::new();
+    for i in 0..BANK_CLIENTS {
+        let (addr, certs) = (c.node(i).addr, c.node(i).certs());
+        let (bank, stop) = (bank.clone(), stop.clone());
+        bankers.push(tokio::spawn(async move {
+            if let Err(e) = bank_client(i, addr, certs, bank.clone(), stop).await {
+                *bank.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+                bank.parked.fetch_add(1, Ordering::AcqRel);
+            }
+        }));
+    }
+
     // The nemesis.
     let addrs: Vec<_> = c.nodes.iter().map(|n| n.addr).collect();
     for round in 0..rounds {
@@ -164,13 +437,27 @@ async fn set_full_under_kills_pauses_and_partitions_loses_no_acknowledged_elemen
         )
         .await
         .with_context(|| format!("round {round}"))?;
-        eprintln!("round {round}: fault {fault} on node {} healed", victim + 1);
+        check_bank(
+            &bank,
+            c.node((victim + 1) % 3),
+            &format!("after round {round}"),
+        )
+        .await?;
+        eprintln!(
+            "round {round}: fault {fault} on node {} healed; bank total holds after {} transfers",
+            victim + 1,
+            bank.transfers.load(Ordering::Relaxed)
+        );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
-    for w in workers {
+    for w in workers.into_iter().chain(bankers) {
         w.await?;
     }
+    check_bank(&bank, c.node(0), "at the end").await?;
+    let transfers = bank.transfers.load(Ordering::Relaxed);
+    eprintln!("bank: {transfers} transfers");
+    ensure!(transfers > 10, "too few transfers completed");
     let history = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let count = |o| history.values().filter(|v| **v == o).count();
     eprintln!(
@@ -220,7 +507,8 @@ async fn set_full_under_kills_pauses_and_partitions_loses_no_acknowledged_elemen
     for n in &mut c.nodes {
         n.kill();
     }
-    let ids: Vec<String> = history.keys().map(|k| format!("s-{k}")).collect();
+    let mut ids: Vec<String> = history.keys().map(|k| format!("s-{k}")).collect();
+    ids.extend((0..BANK_CLIENTS).flat_map(|i| (0..ACCOUNTS).map(move |j| account(i, j))));
     let mut first: HashMap<String, History> = HashMap::new();
     for n in &c.nodes {
         for (id, h) in read_journal(&n.dir, &ids).await? {
