@@ -10,7 +10,9 @@
 //!    their owner), then the whole cluster with one client per node;
 //! 3. failure detection: the time from SIGKILL of node 3 until node 1's
 //!    status shows it unreachable and down, over several kills (node 3 is
-//!    restarted on its data directory in between);
+//!    restarted on its data directory in between); with replicas, also the
+//!    failover time: SIGKILL until an entity node 3 owned answers through
+//!    node 1;
 //! 4. a full rebalance: a second node joins a 1-node cluster holding 10,000
 //!    entities; the time until the shards are split evenly, a probe
 //!    client's latencies and errors meanwhile, and the handoff timings the
@@ -692,42 +694,84 @@ async fn kill_rounds(
         .find(|m| m.addr == addr3)
         .map(|m| m.id)
         .context("node 3 is not a member")?;
-    // An entity node 3 owns, to see it serve again after a restart.
-    let probe = entity_ids(o.entities)
-        .into_iter()
-        .find(|id| s.owners[cairn_cluster::shard_of(TYPE, id, s.shards).0 as usize] == id3)
-        .context("node 3 owns none of the entities")?;
     // The restarted node 3 gets a new connection; the old client is dead.
     if let Some(old) = clients.pop() {
         old.close().await;
     }
-    let (mut unreach, mut down, mut back, mut serving) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut unreach, mut down, mut back, mut serving, mut failover) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // With replicas, node 3's shards fail over: timed as the first answer
+    // of one of its entities through node 1 after the kill.
+    let replicated = o.replicas != Some(0);
     for round in 1..=o.kill_rounds {
+        // An entity node 3 owns now (after a restart it gets shards back by
+        // rebalancing), to time its failover and see it serve again.
+        let waited = Instant::now();
+        let probe = loop {
+            let s = status(&c1).await?;
+            let found = entity_ids(o.entities).into_iter().find(|id| {
+                s.owners
+                    .get(cairn_cluster::shard_of(TYPE, id, s.shards).0 as usize)
+                    == Some(&id3)
+            });
+            if let Some(id) = found {
+                break id;
+            }
+            ensure!(
+                waited.elapsed() < Duration::from_secs(60),
+                "node 3 owns none of the entities 60 s after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let killed = Instant::now();
         c.nodes[2].kill();
+        let failover_probe = async {
+            if !replicated {
+                return None;
+            }
+            while killed.elapsed() < Duration::from_secs(30) {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    c1.ask_json(TYPE, &probe, r#""GetBalance""#),
+                )
+                .await;
+                if matches!(r, Ok(Ok(_))) {
+                    return Some(killed.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        };
         let (mut t_unreach, mut t_down, mut seen_state) = (None, None, String::new());
-        while killed.elapsed() < Duration::from_secs(30) && t_down.is_none() {
-            if let Ok(s) = status(&c1).await {
-                let at = killed.elapsed();
-                match s.members.iter().find(|m| m.id == id3) {
-                    Some(m) => {
-                        if !m.reachable && t_unreach.is_none() {
-                            t_unreach = Some(at);
+        let detect = async {
+            while killed.elapsed() < Duration::from_secs(30) && t_down.is_none() {
+                if let Ok(s) = status(&c1).await {
+                    let at = killed.elapsed();
+                    match s.members.iter().find(|m| m.id == id3) {
+                        Some(m) => {
+                            if !m.reachable && t_unreach.is_none() {
+                                t_unreach = Some(at);
+                            }
+                            if m.state == "down" || m.state == "removed" {
+                                t_down = Some(at);
+                                seen_state = m.state.clone();
+                            }
                         }
-                        if m.state == "down" || m.state == "removed" {
+                        None => {
+                            t_unreach.get_or_insert(at);
                             t_down = Some(at);
-                            seen_state = m.state.clone();
+                            seen_state = "gone from the member list".into();
                         }
-                    }
-                    None => {
-                        t_unreach.get_or_insert(at);
-                        t_down = Some(at);
-                        seen_state = "gone from the member list".into();
                     }
                 }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (t_failover, ()) = tokio::join!(failover_probe, detect);
+        if replicated {
+            let t = t_failover
+                .context("node 3's entity never answered through node 1 within 30 s of the kill")?;
+            failover.push(t);
         }
         let t_unreach = t_unreach.context("node 3 never became unreachable within 30 s")?;
         let t_down = t_down.context("node 3 never went down within 30 s")?;
@@ -754,9 +798,13 @@ async fn kill_rounds(
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         say(format!(
-            "  round {round}: unreachable after {:>5}, {seen_state} after {:>5}; restarted: up+reachable after {:>5}, serving {probe} after {:>5}",
+            "  round {round}: unreachable after {:>5}, {seen_state} after {:>5}{}; restarted: up+reachable after {:>5}, serving {probe} after {:>5}",
             ms(t_unreach),
             ms(t_down),
+            t_failover.map_or(String::new(), |t| format!(
+                ", failed over (answers through node 1) after {}",
+                ms(t)
+            )),
             ms(t_back),
             ms(t_serving)
         ));
@@ -767,7 +815,13 @@ async fn kill_rounds(
         // Let the failure detector collect heartbeats of the new incarnation.
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    for v in [&mut unreach, &mut down, &mut back, &mut serving] {
+    for v in [
+        &mut unreach,
+        &mut down,
+        &mut back,
+        &mut serving,
+        &mut failover,
+    ] {
         v.sort();
     }
     let fig = |v: &[Duration]| {
@@ -779,11 +833,20 @@ async fn kill_rounds(
     };
     say(format!("  SIGKILL → unreachable:      {}", fig(&unreach)));
     say(format!("  SIGKILL → down:             {}", fig(&down)));
+    if replicated {
+        say(format!("  SIGKILL → failed over:      {}", fig(&failover)));
+    }
     say(format!("  restart → up and reachable: {}", fig(&back)));
     say(format!("  restart → serving again:    {}", fig(&serving)));
     let n = o.kill_rounds;
     sum.add(format!("SIGKILL → unreachable ({n} rounds)"), fig(&unreach));
     sum.add(format!("SIGKILL → down ({n} rounds)"), fig(&down));
+    if replicated {
+        sum.add(
+            format!("SIGKILL of a primary → its entity answers through node 1 ({n} rounds)"),
+            fig(&failover),
+        );
+    }
     sum.add(
         format!("restart → serving again ({n} rounds)"),
         fig(&serving),
