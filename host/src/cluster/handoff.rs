@@ -324,7 +324,7 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
         }
         changes.sort_by_key(|c| c.2);
         for (shard, owner, epoch) in changes {
-            let before = router.table().get(shard).map(|a| a.owner);
+            let before = router.table().get(shard).map(|a| (a.owner, a.epoch));
             match router.apply(Decision::Assign {
                 shard,
                 owner,
@@ -340,10 +340,17 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
                 continue;
             }
             match before {
-                Some(b) if b.0 != inner.id => fetches.push((shard, b.0)),
+                Some((b, _)) if b.0 != inner.id => fetches.push((shard, b.0, epoch)),
+                // Back here under a newer epoch without this node having
+                // seen the owners in between (its view jumped, as after a
+                // restart): what they wrote is read back before it serves.
+                Some((_, e)) if e < epoch => {
+                    router.hold(shard);
+                    fetches.push((shard, inner.id, epoch));
+                }
                 None if restart => {
                     router.hold(shard);
-                    fetches.push((shard, inner.id));
+                    fetches.push((shard, inner.id, epoch));
                 }
                 None => ready.push((shard.0, epoch)),
                 Some(_) => {}
@@ -362,26 +369,43 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             let _ = tx.send(r);
         });
     }
-    for (shard, from) in fetches {
-        tokio::spawn(fetch(inner.clone(), shard, from));
+    for (shard, from, epoch) in fetches {
+        tokio::spawn(fetch(inner.clone(), shard, from, epoch));
     }
 }
 
-/// The new owner's side: read the shard's history from the old owner,
-/// then serve what waited.
-async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
+/// The new owner's side (of the allocation under `epoch`): read the
+/// shard's history from the old owner, then serve what waited. A newer
+/// allocation of the shard has its own fetch, and this one gives way.
+async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
     let started = Instant::now();
     let count = inner.shard_count();
+    let current = |inner: &Inner| {
+        let r = inner.router();
+        r.is_waiting(shard) && r.table().get(shard).map(|a| a.epoch) == Some(epoch)
+    };
     let imported;
     loop {
-        if !inner.router().is_waiting(shard) {
+        if !current(&inner) {
             return;
         }
         // A live old owner hands its shard over; a dead one's history is
         // merged from every other replica (each holds a prefix of it, and
         // together they hold every acknowledged event).
         let failover = from == inner.id || inner.view().down.contains(&from);
-        let sources: Vec<u64> = if failover {
+        let mut others = 0;
+        let sources: Vec<u64> = if from == inner.id {
+            // Owners this node may not have seen: every live member holding
+            // data (each holds a prefix of the shard's history).
+            let down = inner.view().down.clone();
+            let all: Vec<u64> = super::replicate::data_members(&inner)
+                .into_iter()
+                .map(|n| n.0)
+                .filter(|n| *n != inner.id)
+                .collect();
+            others = all.len();
+            all.into_iter().filter(|n| !down.contains(n)).collect()
+        } else if failover {
             super::replicate::replicas_of(&inner, from, super::replicate::max_replicas(&inner))
                 .into_iter()
                 .filter(|r| *r != inner.id)
@@ -389,11 +413,23 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
         } else {
             vec![from]
         };
-        let mut n = 0;
+        if sources.is_empty() && others > 0 {
+            // Nobody to read the owners' writes back from yet.
+            tracing::warn!(
+                shard = shard.0,
+                "no live member to read the shard back from yet"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        let mut n = (0, 0);
         let mut failed = None;
         for src in &sources {
             match fetch_once(&inner, shard, *src, count).await {
-                Ok(k) => n += k,
+                Ok((entities, events)) => {
+                    n.0 += entities;
+                    n.1 += events;
+                }
                 Err(e) => {
                     failed = Some((*src, e));
                     break;
@@ -411,6 +447,7 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
             }
         }
     }
+    let fetched = started.elapsed();
     while inner
         .node
         .passivate_where(|ty, id| shard_of(ty, id, count) == shard)
@@ -425,18 +462,26 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64) {
     while let Err(e) = super::replicate::catch_up(&inner, shard, count).await {
         tries += 1;
         tracing::warn!(shard = shard.0, error = %e, "replicas not caught up yet");
-        if tries >= 20 || !inner.router().is_waiting(shard) {
+        if tries >= 20 || !current(&inner) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
-    let waiters = inner.router().ready(shard);
+    let waiters = {
+        let mut r = inner.router();
+        if !(r.is_waiting(shard) && r.table().get(shard).map(|a| a.epoch) == Some(epoch)) {
+            return;
+        }
+        r.ready(shard)
+    };
     report_ready(&inner, vec![(shard.0, epoch)]).await;
     tracing::info!(
         shard = shard.0,
         from,
-        entities = imported,
+        epoch,
+        entities = imported.0,
+        events = imported.1,
+        fetch_us = fetched.as_micros() as u64,
         waited = waiters.len(),
         took_us = started.elapsed().as_micros() as u64,
         "shard arrived"
@@ -449,7 +494,7 @@ async fn fetch_once(
     shard: ShardId,
     from: u64,
     count: u32,
-) -> Result<usize, String> {
+) -> Result<(usize, usize), String> {
     let addr = inner
         .addr_of(from)
         .ok_or_else(|| format!("no address for node {from}"))?;
@@ -464,14 +509,15 @@ async fn fetch_once(
         )
         .await
         .map_err(|e| e.to_string())?;
-    let mut n = 0;
+    // (entities, events imported)
+    let mut n = (0, 0);
     loop {
         match tokio::time::timeout(Duration::from_secs(10), read_answer(addr, &mut recv)).await {
             Err(_) => return Err("no answer".into()),
             Ok(Err(e)) => return Err(e.to_string()),
             Ok(Ok(PeerResponse::Entity(h))) => {
-                import(inner, h).await?;
-                n += 1;
+                n.1 += import(inner, h).await?;
+                n.0 += 1;
             }
             Ok(Ok(PeerResponse::Done)) => return Ok(n),
             Ok(Ok(PeerResponse::Error(e))) => return Err(e),
@@ -480,7 +526,9 @@ async fn fetch_once(
     }
 }
 
-pub(crate) async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<(), String> {
+/// Appends what `h` holds beyond the local copy of the entity; returns how
+/// many events that was.
+pub(crate) async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<usize, String> {
     let key = EntityKey::new(h.entity_type, h.entity_id);
     let journal = inner.local_journal.clone();
     let have = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
@@ -513,8 +561,9 @@ pub(crate) async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<(), S
         })
         .collect();
     if events.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let n = events.len();
     if events[0].seq != have + 1 {
         return Err(format!("{key}: history has a gap after #{have}"));
     }
@@ -526,7 +575,8 @@ pub(crate) async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<(), S
             remove_timers: Vec::new(),
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(n)
 }
 
 /// Serves one accepted peer connection: datagrams to gossip, each stream
@@ -925,6 +975,32 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
                     .is_some_and(|e| *e >= epoch)
             },
         });
+    // Shards of a down owner that cannot fail over because their owner died
+    // before reporting them ready: said every few seconds, for operators.
+    let stuck: Vec<(u32, u64, Option<u64>)> = {
+        let state = inner.log.state();
+        let st = state.borrow();
+        table
+            .iter()
+            .filter_map(|(shard, a)| a.map(|a| (shard, a)))
+            .filter(|(shard, a)| {
+                down.contains(&a.owner) && st.ready.get(&shard.0).is_none_or(|e| *e < a.epoch)
+            })
+            .map(|(shard, a)| (shard.0, a.epoch, st.ready.get(&shard.0).copied()))
+            .collect()
+    };
+    if !stuck.is_empty() {
+        static SAID: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+        let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+        if said.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            *said = Some(Instant::now());
+            tracing::warn!(
+                shards = stuck.len(),
+                first = ?&stuck[..stuck.len().min(8)],
+                "failover: shards of a down member were never reported ready by it; they wait for it to return"
+            );
+        }
+    }
     if decisions.is_empty() {
         return false;
     }

@@ -497,7 +497,9 @@ async fn resync(
             entity_id: key.entity_id.clone(),
         };
         match inner.peers.call(addr, &req, Duration::from_secs(5)).await {
-            Ok(PeerResponse::Entity(h)) => super::handoff::import(inner, h).await.map_err(err)?,
+            Ok(PeerResponse::Entity(h)) => {
+                super::handoff::import(inner, h).await.map_err(err)?;
+            }
             Ok(other) => return Err(err(format!("replica {r}: {other:?}"))),
             Err(e) => return Err(err(format!("replica {r} unreachable: {e}"))),
         }
