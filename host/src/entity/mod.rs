@@ -404,7 +404,7 @@ async fn persist(
     match persisted {
         Ok(()) => Ok(after),
         Err(e) => {
-            let reason = format!("persist failed: {e}");
+            let reason = format!("{PERSIST_FAILED}{e}");
             if let Some(tx) = after.reply {
                 let _ = tx.send(Err(AskError::Journal(e)));
             }
@@ -412,6 +412,9 @@ async fn persist(
         }
     }
 }
+
+/// How the reason for a restart after a failed journal write begins.
+const PERSIST_FAILED: &str = "persist failed: ";
 
 /// Ends a [`run_here`]: the entity keeps `loaded` and goes idle, or a runner
 /// takes over the commands queued meanwhile.
@@ -537,8 +540,10 @@ async fn drain(
         };
         if let Err(reason) = process(node, &ty, &behavior, &cell, live, env).await {
             // Supervision: drop the in-memory state; the next command recovers.
+            // A journal that failed (replicas out of reach, a full disk) is
+            // not the behavior's fault and does not count toward stopping it.
             loaded = None;
-            if restart_limit_reached(node, &ty, &cell) {
+            if !reason.starts_with(PERSIST_FAILED) && restart_limit_reached(node, &ty, &cell) {
                 stop(
                     node,
                     &ty,
