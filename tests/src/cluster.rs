@@ -163,7 +163,8 @@ pub fn shards(s: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Deploys bank-account through node 0 and waits until every node runs it.
+/// Deploys bank-account through node 0 and waits until every node runs it
+/// (each compiles the component: slow in a debug build on a busy machine).
 pub async fn deploy(c: &Cluster) -> Result<()> {
     let wasm = example_wasm("bank-account")?;
     let (ok, _, err) = c
@@ -171,7 +172,7 @@ pub async fn deploy(c: &Cluster) -> Result<()> {
         .cli(&["deploy", "bank-account", &wasm.to_string_lossy()])?;
     ensure!(ok, "deploy failed: {err}");
     for n in &c.nodes {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (ok, out, _) = n.cli(&["types"])?;
             if ok && out.contains("bank-account") {

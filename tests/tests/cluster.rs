@@ -160,7 +160,7 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
 /// Waits until `cairn versions` shows the behavior version starting with
 /// `prefix` active on every member.
 async fn wait_active_everywhere(c: &Cluster, prefix: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let (ok, out, err) = c.node(0).cli(&["versions", "bank-account", "--json"])?;
         ensure!(ok, "versions: {err}");

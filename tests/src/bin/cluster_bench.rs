@@ -17,7 +17,9 @@
 //!    entities; the time until the shards are split evenly, a probe
 //!    client's latencies and errors meanwhile, and the handoff timings the
 //!    nodes log ("shard arrived ... took_us=", "committed shard decisions
-//!    ... release_and_commit_us=").
+//!    ... release_and_commit_us=");
+//! 5. catch-up: the same join when the entities hold long histories; the
+//!    events/s at which the new owner reads its shards' events from node 1.
 //!
 //! Then a summary table. Every loop is bounded in count and time; the
 //! nodes are killed and their directories removed at the end.
@@ -33,10 +35,11 @@
 //! 100,000 per measured load), `--entities N` (10,000), `--streams N` (64),
 //! `--streams-per-node N` (for the whole-cluster load; default 22, so that
 //! the three clients keep about 64 streams in all), `--kill-rounds N` (5),
-//! `--replicas N` (`[defaults.replication] replicas`),
+//! `--catchup-entities N` (64) and `--catchup-events N` (4,000 each) for
+//! phase 5, `--replicas N` (`[defaults.replication] replicas`),
 //! `--min-acks N` (`[defaults.replication] min_acks` of every cluster node;
 //! default: the node's, 1), `--keep-logs DIR` (copy every node's log there before the
-//! directories are removed), `--phases baseline,cluster,kill,rebalance`
+//! directories are removed), `--phases baseline,cluster,kill,rebalance,catchup`
 //! (all by default).
 
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +73,8 @@ struct Opts {
     streams: usize,
     streams_per_node: usize,
     kill_rounds: usize,
+    catchup_entities: usize,
+    catchup_events: usize,
     min_acks: Option<usize>,
     replicas: Option<usize>,
     keep_logs: Option<PathBuf>,
@@ -84,10 +89,12 @@ impl Opts {
             streams: 64,
             streams_per_node: 22,
             kill_rounds: 5,
+            catchup_entities: 64,
+            catchup_events: 4_000,
             min_acks: None,
             replicas: None,
             keep_logs: None,
-            phases: ["baseline", "cluster", "kill", "rebalance"]
+            phases: ["baseline", "cluster", "kill", "rebalance", "catchup"]
                 .map(String::from)
                 .to_vec(),
         };
@@ -111,6 +118,8 @@ impl Opts {
                 "--streams" => o.streams = num()?,
                 "--streams-per-node" => o.streams_per_node = num()?,
                 "--kill-rounds" => o.kill_rounds = num()?,
+                "--catchup-entities" => o.catchup_entities = num()?,
+                "--catchup-events" => o.catchup_events = num()?,
                 "--min-acks" => o.min_acks = Some(num()?),
                 "--replicas" => o.replicas = Some(num()?),
                 "--keep-logs" => o.keep_logs = Some(PathBuf::from(value)),
@@ -706,7 +715,26 @@ async fn kill_rounds(
     for round in 1..=o.kill_rounds {
         // An entity node 3 owns now (after a restart it gets shards back by
         // rebalancing), to time its failover and see it serve again.
+        // Rebalancing settles first: a shard that moved to node 3 fails over
+        // only once node 3 has reported it ready (its replicas caught up),
+        // so the kill waits until node 3's shard count has held for 2 s.
         let waited = Instant::now();
+        let (mut last, mut steady) = (u64::MAX, 0);
+        while steady < 5 {
+            let s = status(&c1).await?;
+            let n = s.owners.iter().filter(|o| **o == id3).count() as u64;
+            if n > 0 && n == last {
+                steady += 1;
+            } else {
+                steady = 0;
+            }
+            last = n;
+            ensure!(
+                waited.elapsed() < Duration::from_secs(60),
+                "node 3's shards never settled after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         let probe = loop {
             let s = status(&c1).await?;
             let found = entity_ids(o.entities).into_iter().find(|id| {
@@ -1187,6 +1215,135 @@ async fn rebalance(o: &Opts, sum: &mut Summary) -> Result<()> {
     Ok(())
 }
 
+/// Microseconds since midnight (UTC) of a log line's leading timestamp
+/// (`2026-12-04T01:59:04.207925Z ...`).
+fn line_time_us(line: &str) -> Option<u64> {
+    let t = line.get(11..26)?; // HH:MM:SS.ffffff
+    let h: u64 = t.get(0..2)?.parse().ok()?;
+    let m: u64 = t.get(3..5)?.parse().ok()?;
+    let sec: u64 = t.get(6..8)?.parse().ok()?;
+    let frac: u64 = t.get(9..15)?.parse().ok()?;
+    Some(((h * 60 + m) * 60 + sec) * 1_000_000 + frac)
+}
+
+/// Phase 5: bulk history transfer. A 1-node cluster's entities get long
+/// histories, a second node joins, and half the shards move to it: the new
+/// owner reads every event of them from node 1 (the shard fetch that a
+/// handoff, a failover merge and a restarted owner all use) and pushes
+/// them to its replicas before serving. Events/s from node 2's "shard
+/// arrived" lines: all events over the span from the first fetch's start
+/// to the last arrival.
+async fn catchup(o: &Opts, sum: &mut Summary) -> Result<()> {
+    let entities = o.catchup_entities;
+    let per = o.catchup_events;
+    say(format!(
+        "── 5. Catch-up: {entities} entities with {per} events each on a 1-node cluster; a second node joins and takes half the shards ──"
+    ));
+    let mut c = Cluster::start(1, 1, replication_toml(o.min_acks, o.replicas))?;
+    let c1 = connect(&c.nodes[0]).await?;
+    wait_status(
+        &c1,
+        Duration::from_secs(30),
+        "the 1-node cluster allocates",
+        |s| up_members(s) == 1 && allocated(s),
+    )
+    .await?;
+    c.deploy().await?;
+    let command = c1.encode_command(TYPE, DEPOSIT).await?;
+    let ids = Arc::new(entity_ids(entities));
+    let w = run_load(
+        std::slice::from_ref(&c1),
+        entities.min(o.streams),
+        &ids,
+        entities * per,
+        &command,
+    )
+    .await?;
+    w.print("writing the histories");
+    ensure!(
+        w.failed == 0,
+        "writing the histories failed: {:?}",
+        w.errors
+    );
+
+    c.add()?;
+    let addr2 = c.nodes[1].addr.to_string();
+    let joined = Instant::now();
+    loop {
+        let s = status(&c1).await?;
+        let half = s.shards / 2;
+        if s.members.len() == 2
+            && s.members
+                .iter()
+                .any(|m| m.addr == addr2 && m.shards == half)
+            && s.members.iter().all(|m| m.shards == half)
+        {
+            break;
+        }
+        ensure!(
+            joined.elapsed() < Duration::from_secs(300),
+            "the shards were not split evenly within 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last shards' arrival lines may trail the status by a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = log_lines(&c.nodes[1].dir)?;
+    let (mut events, mut moved, mut first, mut last) = (0u64, 0u64, u64::MAX, 0u64);
+    // Per shard: its events over the time its fetch took (reading from
+    // node 1 and appending durably), without the passivation, the push to
+    // its replicas and the commit of `Ready` that follow.
+    let mut per_shard: Vec<f64> = Vec::new();
+    let (mut fetch_total, mut fetched_events) = (0u64, 0u64);
+    for l in lines.iter().filter(|l| l.contains("shard arrived")) {
+        let (Some(at), Some(took), Some(n)) =
+            (line_time_us(l), field(l, "took_us"), field(l, "events"))
+        else {
+            continue;
+        };
+        events += n;
+        moved += 1;
+        first = first.min(at.saturating_sub(took));
+        last = last.max(at);
+        if let (Some(f), true) = (field(l, "fetch_us"), n > 0) {
+            per_shard.push(n as f64 / (f.max(1) as f64 / 1e6));
+            fetch_total += f;
+            fetched_events += n;
+        }
+    }
+    ensure!(
+        events > 0,
+        "node 2 imported no events (no \"shard arrived\" lines with events)"
+    );
+    let span = Duration::from_micros(last.saturating_sub(first));
+    let rate = events as f64 / span.as_secs_f64().max(1e-9);
+    per_shard.sort_by(f64::total_cmp);
+    let p50 = per_shard.get(per_shard.len() / 2).copied().unwrap_or(0.0);
+    let fetch_rate = fetched_events as f64 / (fetch_total.max(1) as f64 / 1e6);
+    say(format!(
+        "  {events} events of {moved} shards moved to node 2 in {} (first fetch → last arrival): {rate:.0} events/s",
+        ms(span)
+    ));
+    say(format!(
+        "  the fetches alone (read from node 1, appended durably on node 2), shards with events: {fetched_events} events in {} of fetch time summed: {fetch_rate:.0} events/s; per shard p50 {p50:.0} events/s",
+        ms(Duration::from_micros(fetch_total))
+    ));
+    sum.add(
+        format!("catch-up: {events} events of {moved} shards to a joining node"),
+        format!(
+            "{rate:.0} events/s over {} of rebalance; fetches alone {fetch_rate:.0} events/s (per shard p50 {p50:.0})",
+            ms(span)
+        ),
+    );
+    log_warnings(&c)?;
+    keep_logs(o, &c, "catchup")?;
+    c1.close().await;
+    for n in c.nodes.iter_mut().rev() {
+        n.kill();
+    }
+    Ok(())
+}
+
 /// Runs one phase; a failure is printed and recorded, and the next phase runs.
 fn outcome(what: &str, r: Result<()>, sum: &mut Summary, failed: &mut Vec<String>) {
     if let Err(e) = r {
@@ -1252,6 +1409,10 @@ async fn main() -> Result<()> {
     if o.runs("rebalance") {
         let r = rebalance(&o, &mut sum).await;
         outcome("phase 4 (rebalance)", r, &mut sum, &mut failed);
+    }
+    if o.runs("catchup") {
+        let r = catchup(&o, &mut sum).await;
+        outcome("phase 5 (catch-up)", r, &mut sum, &mut failed);
     }
     sum.add("whole run", ms(started.elapsed()));
     sum.print();
