@@ -1,8 +1,8 @@
 //! A Jepsen-style run against a 3-node cluster of real processes: clients
 //! record every operation as invoked, then ok, fail or info (timed out:
 //! indeterminate), while a nemesis injects faults round after round
-//! (SIGKILL of a node, SIGSTOP/SIGCONT, a 2|1 partition in the peer
-//! transport's fault layer), then a checker judges the history.
+//! (SIGKILL of a node, SIGSTOP/SIGCONT, a 2|1 and a 1|1|1 partition in the
+//! peer transport's fault layer), then a checker judges the history.
 //!
 //! Workload "set-full": element k is a deposit of 1 to entity `s-k`, each
 //! element added once. After healing: every acknowledged element is
@@ -399,7 +399,7 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
     let addrs: Vec<_> = c.nodes.iter().map(|n| n.addr).collect();
     for round in 0..rounds {
         let victim = round % 3;
-        let fault = round % 3;
+        let fault = round % 4;
         tokio::time::sleep(Duration::from_millis(800)).await;
         match fault {
             0 => {
@@ -412,6 +412,23 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                 signal(pid, "-STOP")?;
                 tokio::time::sleep(Duration::from_secs(4)).await;
                 signal(pid, "-CONT")?;
+            }
+            3 => {
+                // 1|1|1: every node cut from both others; no side has a
+                // majority, so none may acknowledge anything.
+                for (i, n) in c.nodes.iter().enumerate() {
+                    let others: Vec<_> = addrs
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, a)| *a)
+                        .collect();
+                    cut(n, &others)?;
+                }
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                for n in &c.nodes {
+                    cut(n, &[])?;
+                }
             }
             _ => {
                 let others: Vec<_> = (0..3).filter(|j| *j != victim).collect();
