@@ -259,26 +259,5 @@ async fn a_full_disk_fails_commands_and_loses_nothing_acknowledged() -> Result<(
     for n in &mut c.nodes {
         n.kill();
     }
-    let mut first: HashMap<String, History> = HashMap::new();
-    for n in &c.nodes {
-        for (id, h) in read_journal(&n.dir, &ids).await? {
-            for (i, (seq, _)) in h.iter().enumerate() {
-                ensure!(
-                    *seq == i as u64 + 1,
-                    "{id}: sequence numbers not contiguous"
-                );
-            }
-            match first.get(&id) {
-                None => {
-                    first.insert(id, h);
-                }
-                Some(f) => {
-                    for (a, b) in f.iter().zip(h.iter()) {
-                        ensure!(a == b, "{id}: two histories at #{}", a.0);
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+    one_history_per_entity(&c.nodes, &ids).await
 }

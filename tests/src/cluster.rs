@@ -253,6 +253,34 @@ pub async fn read_journal(dir: &Path, ids: &[String]) -> Result<HashMap<String, 
     Ok(out)
 }
 
+/// Checks every node's journal (the nodes stopped): each entity's
+/// sequence numbers run contiguously from 1, and every copy agrees with the
+/// first one read on the events both hold (one history per entity).
+pub async fn one_history_per_entity(nodes: &[NodeProc], ids: &[String]) -> Result<()> {
+    let mut first: HashMap<String, History> = HashMap::new();
+    for n in nodes {
+        for (id, h) in read_journal(&n.dir, ids).await? {
+            for (i, (seq, _)) in h.iter().enumerate() {
+                ensure!(
+                    *seq == i as u64 + 1,
+                    "{id}: sequence numbers not contiguous"
+                );
+            }
+            match first.get(&id) {
+                None => {
+                    first.insert(id, h);
+                }
+                Some(f) => {
+                    for (a, b) in f.iter().zip(h.iter()) {
+                        ensure!(a == b, "{id}: two histories at #{}", a.0);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An ask to an entity of type `ty`: the JSON reply and the sequence number.
 pub async fn ask_type(
     client: &Client,

@@ -210,32 +210,22 @@ async fn bank_client(
             continue;
         }
         let amount = 1 + (next() % bal[a] as u64) as i64;
-        let w = format!(r#"{{"Withdraw":{{"amount":{amount}}}}}"#);
-        step(
-            &mut client,
-            addr,
-            &files,
-            &account(i, a),
-            &w,
-            seqs[a],
-            deadline,
-        )
-        .await?;
-        seqs[a] += 1;
-        bal[a] -= amount;
-        let d = format!(r#"{{"Deposit":{{"amount":{amount}}}}}"#);
-        step(
-            &mut client,
-            addr,
-            &files,
-            &account(i, b),
-            &d,
-            seqs[b],
-            deadline,
-        )
-        .await?;
-        seqs[b] += 1;
-        bal[b] += amount;
+        // The withdrawal, then the deposit.
+        for (j, command, delta) in [(a, "Withdraw", -amount), (b, "Deposit", amount)] {
+            let json = format!(r#"{{"{command}":{{"amount":{amount}}}}}"#);
+            step(
+                &mut client,
+                addr,
+                &files,
+                &account(i, j),
+                &json,
+                seqs[j],
+                deadline,
+            )
+            .await?;
+            seqs[j] += 1;
+            bal[j] += delta;
+        }
         publish(&bal);
         bank.transfers.fetch_add(1, Ordering::Relaxed);
     }
@@ -526,26 +516,5 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
     }
     let mut ids: Vec<String> = history.keys().map(|k| format!("s-{k}")).collect();
     ids.extend((0..BANK_CLIENTS).flat_map(|i| (0..ACCOUNTS).map(move |j| account(i, j))));
-    let mut first: HashMap<String, History> = HashMap::new();
-    for n in &c.nodes {
-        for (id, h) in read_journal(&n.dir, &ids).await? {
-            for (i, (seq, _)) in h.iter().enumerate() {
-                ensure!(
-                    *seq == i as u64 + 1,
-                    "{id}: sequence numbers not contiguous"
-                );
-            }
-            match first.get(&id) {
-                None => {
-                    first.insert(id, h);
-                }
-                Some(f) => {
-                    for (a, b) in f.iter().zip(h.iter()) {
-                        ensure!(a == b, "{id}: two histories at #{}", a.0);
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+    one_history_per_entity(&c.nodes, &ids).await
 }

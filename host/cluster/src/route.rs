@@ -188,6 +188,12 @@ impl<C> Router<C> {
         self.waiting.contains_key(&shard)
     }
 
+    /// Is the shard still waiting for its history under the allocation of
+    /// `epoch` (not a newer one, whose own fetch then takes over)?
+    pub fn awaits(&self, shard: ShardId, epoch: u64) -> bool {
+        self.is_waiting(shard) && self.table.get(shard).map(|a| a.epoch) == Some(epoch)
+    }
+
     /// May this node run a command of `shard` now (it owns it, and the
     /// shard is neither waiting for its history nor being released)?
     pub fn serves(&self, shard: ShardId) -> bool {

@@ -339,16 +339,13 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             if owner.0 != inner.id {
                 continue;
             }
+            // Back here under a newer epoch without this node having seen
+            // the owners in between (its view jumped, as after a restart):
+            // what they wrote is read back before it serves.
+            let jumped = before.map_or(restart, |(_, e)| e < epoch);
             match before {
                 Some((b, _)) if b.0 != inner.id => fetches.push((shard, b.0, epoch)),
-                // Back here under a newer epoch without this node having
-                // seen the owners in between (its view jumped, as after a
-                // restart): what they wrote is read back before it serves.
-                Some((_, e)) if e < epoch => {
-                    router.hold(shard);
-                    fetches.push((shard, inner.id, epoch));
-                }
-                None if restart => {
+                _ if jumped => {
                     router.hold(shard);
                     fetches.push((shard, inner.id, epoch));
                 }
@@ -380,13 +377,9 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
 async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
     let started = Instant::now();
     let count = inner.shard_count();
-    let current = |inner: &Inner| {
-        let r = inner.router();
-        r.is_waiting(shard) && r.table().get(shard).map(|a| a.epoch) == Some(epoch)
-    };
     let imported;
     loop {
-        if !current(&inner) {
+        if !inner.router().awaits(shard, epoch) {
             return;
         }
         // A live old owner hands its shard over; a dead one's history is
@@ -462,14 +455,14 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
     while let Err(e) = super::replicate::catch_up(&inner, shard, count).await {
         tries += 1;
         tracing::warn!(shard = shard.0, error = %e, "replicas not caught up yet");
-        if tries >= 20 || !current(&inner) {
+        if tries >= 20 || !inner.router().awaits(shard, epoch) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let waiters = {
         let mut r = inner.router();
-        if !(r.is_waiting(shard) && r.table().get(shard).map(|a| a.epoch) == Some(epoch)) {
+        if !r.awaits(shard, epoch) {
             return;
         }
         r.ready(shard)
@@ -957,6 +950,8 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
             .map_or(leader_since, |g| g.max(leader_since));
         last.elapsed() >= bound
     };
+    let ready_epoch = |shard: ShardId| inner.log.state().borrow().ready.get(&shard.0).copied();
+    let is_ready = |shard: ShardId, epoch: u64| ready_epoch(shard).is_some_and(|e| e >= epoch);
     let decisions =
         cairn_cluster::replication::promotions(&cairn_cluster::replication::FailoverView {
             table: &table,
@@ -965,30 +960,16 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
             down: &down,
             unreachable: &unreachable,
             lease_expired: &expired,
-            ready: &|shard: ShardId, epoch: u64| {
-                inner
-                    .log
-                    .state()
-                    .borrow()
-                    .ready
-                    .get(&shard.0)
-                    .is_some_and(|e| *e >= epoch)
-            },
+            ready: &is_ready,
         });
     // Shards of a down owner that cannot fail over because their owner died
     // before reporting them ready: said every few seconds, for operators.
-    let stuck: Vec<(u32, u64, Option<u64>)> = {
-        let state = inner.log.state();
-        let st = state.borrow();
-        table
-            .iter()
-            .filter_map(|(shard, a)| a.map(|a| (shard, a)))
-            .filter(|(shard, a)| {
-                down.contains(&a.owner) && st.ready.get(&shard.0).is_none_or(|e| *e < a.epoch)
-            })
-            .map(|(shard, a)| (shard.0, a.epoch, st.ready.get(&shard.0).copied()))
-            .collect()
-    };
+    let stuck: Vec<(u32, u64, Option<u64>)> = table
+        .iter()
+        .filter_map(|(shard, a)| a.map(|a| (shard, a)))
+        .filter(|(shard, a)| down.contains(&a.owner) && !is_ready(*shard, a.epoch))
+        .map(|(shard, a)| (shard.0, a.epoch, ready_epoch(shard)))
+        .collect();
     if !stuck.is_empty() {
         static SAID: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
         let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());

@@ -988,6 +988,23 @@ fn fig_us(v: &[Duration]) -> String {
     )
 }
 
+/// A 1-node cluster, allocated and running bank-account: the cluster, a
+/// client of its node and the encoded deposit.
+async fn one_node_cluster(toml: Option<String>) -> Result<(Cluster, Arc<Client>, Vec<u8>)> {
+    let c = Cluster::start(1, 1, toml)?;
+    let c1 = connect(&c.nodes[0]).await?;
+    wait_status(
+        &c1,
+        Duration::from_secs(30),
+        "the 1-node cluster allocates",
+        |s| up_members(s) == 1 && allocated(s),
+    )
+    .await?;
+    c.deploy().await?;
+    let command = c1.encode_command(TYPE, DEPOSIT).await?;
+    Ok((c, c1, command))
+}
+
 /// Phase 4: a second node joins a 1-node cluster holding the entities.
 async fn rebalance(o: &Opts, sum: &mut Summary) -> Result<()> {
     say(format!(
@@ -1000,17 +1017,7 @@ async fn rebalance(o: &Opts, sum: &mut Summary) -> Result<()> {
         toml.as_deref()
             .map_or("the node's defaults".to_owned(), |t| t.replace('\n', " "))
     ));
-    let mut c = Cluster::start(1, 1, toml)?;
-    let c1 = connect(&c.nodes[0]).await?;
-    wait_status(
-        &c1,
-        Duration::from_secs(30),
-        "the 1-node cluster allocates",
-        |s| up_members(s) == 1 && allocated(s),
-    )
-    .await?;
-    c.deploy().await?;
-    let command = c1.encode_command(TYPE, DEPOSIT).await?;
+    let (mut c, c1, command) = one_node_cluster(toml).await?;
     let ids = Arc::new(entity_ids(o.entities));
     let w = warm_up(&c1, &ids, &command).await?;
     w.print("writing the entities (one each)");
@@ -1239,17 +1246,7 @@ async fn catchup(o: &Opts, sum: &mut Summary) -> Result<()> {
     say(format!(
         "── 5. Catch-up: {entities} entities with {per} events each on a 1-node cluster; a second node joins and takes half the shards ──"
     ));
-    let mut c = Cluster::start(1, 1, replication_toml(o.min_acks, o.replicas))?;
-    let c1 = connect(&c.nodes[0]).await?;
-    wait_status(
-        &c1,
-        Duration::from_secs(30),
-        "the 1-node cluster allocates",
-        |s| up_members(s) == 1 && allocated(s),
-    )
-    .await?;
-    c.deploy().await?;
-    let command = c1.encode_command(TYPE, DEPOSIT).await?;
+    let (mut c, c1, command) = one_node_cluster(replication_toml(o.min_acks, o.replicas)).await?;
     let ids = Arc::new(entity_ids(entities));
     let w = run_load(
         std::slice::from_ref(&c1),
