@@ -334,3 +334,116 @@ async fn log_feed_and_reopen() {
     let (all, _) = drain_feed(&*s, "t", 0, 100).await;
     assert_eq!(all.len(), 6);
 }
+
+/// Three in-process cluster members on 127.0.0.1 with one CA; their
+/// journals are the replicated ones (writes go to the shards' replicas).
+struct ThreeMembers {
+    _dir: tempfile::TempDir,
+    nodes: Vec<cairn_host::Node>,
+    _servers: Vec<cairn_host::server::Server>,
+}
+
+async fn three_members() -> ThreeMembers {
+    use cairn_host::cluster::Replication;
+    use cairn_host::config::{ClusterConfig, TlsFiles};
+    use cairn_host::server::{Server, ServerLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    cairn_host::tls::init(&certs, &[]).unwrap();
+    let files: TlsFiles = cairn_host::tls::node_files(&certs).into();
+    let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    let mut clusters = Vec::new();
+    let mut seed = None;
+    for i in 0..3 {
+        let mut config = cairn_host::Config::default();
+        config.node.data_dir = dir.path().join(format!("n{i}"));
+        config.node.name = format!("n{i}");
+        let cluster = ClusterConfig {
+            seeds: seed.into_iter().collect(),
+            shards: 16,
+            min_members: 3,
+            ..ClusterConfig::default()
+        };
+        let repl = Replication::new();
+        let node = cairn_host::Node::open_with(config, |j| repl.wrap(j))
+            .await
+            .unwrap();
+        let (server, c) = Server::start_cluster(
+            node.clone(),
+            &files,
+            "127.0.0.1:0".parse().unwrap(),
+            ServerLimits::default(),
+            format!("n{i}"),
+            cluster,
+            Some(repl),
+        )
+        .await
+        .unwrap();
+        seed.get_or_insert(server.local_addr());
+        nodes.push(node);
+        servers.push(server);
+        clusters.push(c);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = clusters[0].status().await;
+        let up = s.members.iter().filter(|m| m.state == "up").count();
+        if up == 3 && s.owners.iter().all(|o| *o != 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "three members never came up: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ThreeMembers {
+        _dir: dir,
+        nodes,
+        _servers: servers,
+    }
+}
+
+/// Every event the first member holds of types `t` and `u` is on both
+/// other members too (their local journals), the same.
+async fn replicas_hold_the_same(m: &ThreeMembers) {
+    for ty in ["t", "u"] {
+        let ids = m.nodes[0]
+            .journal()
+            .entity_ids(ty, usize::MAX)
+            .await
+            .unwrap();
+        for id in ids {
+            let key = EntityKey::new(ty, id);
+            let primary = m.nodes[0]
+                .journal()
+                .read(&key, 1, u64::MAX, usize::MAX)
+                .await
+                .unwrap();
+            for n in &m.nodes[1..] {
+                let replica = n
+                    .journal()
+                    .read(&key, 1, u64::MAX, usize::MAX)
+                    .await
+                    .unwrap();
+                assert_eq!(replica, primary, "{key} on a replica");
+            }
+        }
+    }
+}
+
+/// The replicated journal (issue 19) keeps the journal contract as a
+/// cluster member's journal, and what it stores is on its replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_journal_keeps_the_contract() {
+    let m = three_members().await;
+    testkit::journal_semantics(&**m.nodes[0].journal()).await;
+    replicas_hold_the_same(&m).await;
+    let m = three_members().await;
+    testkit::feed_semantics(&**m.nodes[0].journal()).await;
+    replicas_hold_the_same(&m).await;
+    let m = three_members().await;
+    testkit::conflict_in_a_batch(&**m.nodes[0].journal()).await;
+    replicas_hold_the_same(&m).await;
+}

@@ -213,6 +213,16 @@ async fn replicated_append(
     {
         return resync(inner, local, &write.key, shard).await;
     }
+    // A write that does not follow the local history is a conflict: it
+    // must not reach the replicas (they would hold events the primary
+    // refuses). Writes of one entity come one at a time from its actor.
+    let have = local.highest_seq(&write.key).await?;
+    if write.events[0].seq != have + 1 {
+        return Err(JournalError::Conflict {
+            key: write.key.clone(),
+            seq: write.events[0].seq,
+        });
+    }
     let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
     for r in live {
         let inner = inner.clone();
