@@ -344,6 +344,11 @@ impl NodeProc {
         ))
     }
 
+    /// Whether the process has exited by itself (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends SIGKILL and waits for the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

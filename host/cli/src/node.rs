@@ -128,6 +128,14 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
                     c.leave(Duration::from_secs(60)).await;
                 }
                 () = c.left() => {}
+                why = c.failed() => {
+                    // Fail-stop: a member that can no longer follow the
+                    // decision log must not keep serving on a stale table.
+                    tracing::error!(error = %why, "the cluster's decision log stopped; stopping the node");
+                    server.close().await;
+                    node.shutdown(Duration::from_secs(10)).await;
+                    anyhow::bail!("the cluster's decision log stopped: {why}");
+                }
             }
         }
     }

@@ -593,6 +593,28 @@ impl DecisionLog {
         }
     }
 
+    /// Whether the log has stopped for good on a fatal error (see [`DecisionLog::failed`]).
+    pub fn has_failed(&self) -> bool {
+        self.inner.raft.metrics().borrow().running_state.is_err()
+    }
+
+    /// Waits until the log has stopped for good on a fatal error (e.g. its
+    /// storage failed a write: openraft's core quits), and says why. A
+    /// node whose log stopped no longer learns decisions, so its view of
+    /// the shard table goes stale; its owner should stop it.
+    pub async fn failed(&self) -> String {
+        let mut m = self.inner.raft.metrics();
+        loop {
+            if let Err(e) = &m.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if m.changed().await.is_err() {
+                // Shut down, not failed.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stops the log (its raft task) and releases the directory.
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {

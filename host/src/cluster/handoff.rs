@@ -731,6 +731,22 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                 Err(e) => PeerResponse::Error(e.to_string()),
             }
         }
+        PeerRequest::Truncate {
+            shard,
+            epoch,
+            entity_type,
+            entity_id,
+            after,
+        } => {
+            super::replicate::replica_truncate(
+                inner,
+                shard,
+                epoch,
+                EntityKey::new(entity_type, entity_id),
+                after,
+            )
+            .await
+        }
         PeerRequest::Replicate {
             shard,
             epoch,

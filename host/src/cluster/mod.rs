@@ -531,6 +531,14 @@ impl Cluster {
         self.inner.left.notified().await
     }
 
+    /// Resolves if this node's decision log stops for good (its storage
+    /// failed, e.g. a full disk), with the reason. The node then no longer
+    /// learns where shards are, so it must stop (fail-stop): its lease
+    /// lapses and the others take its shards over from its replicas.
+    pub async fn failed(&self) -> String {
+        self.inner.log.failed().await
+    }
+
     /// Starts a graceful leave in the background (a `ClusterLeave` request).
     pub fn leave_in_background(&self) {
         let c = self.clone();
@@ -668,6 +676,10 @@ async fn renew_lease(inner: Arc<Inner>) {
     loop {
         tick.tick().await;
         let sent = Instant::now();
+        if inner.log.has_failed() {
+            // A stale table: no lease, so this node stops acknowledging.
+            continue;
+        }
         if inner.log.is_leader() {
             if inner.log.confirm_leader(LEASE / 4).await.is_ok() {
                 inner.renewed(sent);

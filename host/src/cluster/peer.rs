@@ -94,6 +94,20 @@ pub enum PeerRequest {
         /// The events, ascending, as (seq, timestamp ms, behavior version, payload).
         events: Vec<(u64, u64, String, Vec<u8>)>,
     },
+    /// A primary's truncation of an entity for this node as a replica of
+    /// `shard` (fenced like [`PeerRequest::Replicate`]).
+    Truncate {
+        /// The shard.
+        shard: u32,
+        /// The epoch of the shard's allocation the primary writes under.
+        epoch: u64,
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// Events above this sequence number go.
+        after: u64,
+    },
     /// One entity's whole history (a primary reading back what its
     /// replicas hold after a write of it failed): answered by
     /// [`PeerResponse::Entity`].

@@ -128,6 +128,22 @@ impl Journal for ReplicatedJournal {
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
         self.local.entity_ids(entity_type, limit)
     }
+
+    fn truncate(
+        &self,
+        key: &EntityKey,
+        after: u64,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
+        let local = self.local.clone();
+        let inner = self.repl.cluster.get().and_then(Weak::upgrade);
+        let key = key.clone();
+        Box::pin(async move {
+            if let Some(inner) = inner {
+                replicated_truncate(&inner, &key, after).await?;
+            }
+            local.truncate(&key, after).await
+        })
+    }
 }
 
 /// The most replicas any deployed type asks for: the replica set of a
@@ -267,15 +283,20 @@ async fn replicated_append(
     // is always on `min_acks` replicas too, so a failed primary never
     // holds an event the promoted replica lacks (its tail needs no
     // truncation when it comes back).
-    if let Err(e) = acks.await {
-        // Some replica may hold it anyway: read the entity back from the
-        // replicas before its next write, so no seq is used twice.
+    let key = write.key.clone();
+    let written = match acks.await {
+        Ok(()) => local.append(write).await,
+        Err(e) => Err(e),
+    };
+    if written.is_err() {
+        // Some replica may hold it anyway (all of them, if only the local
+        // write failed): read the entity back from the replicas before its
+        // next write, so no seq is used twice.
         if let Ok(mut d) = inner.dirty.lock() {
-            d.insert(write.key.clone());
+            d.insert(key);
         }
-        return Err(e);
     }
-    local.append(write).await
+    written
 }
 
 /// Sends one write to one replica, filling the replica's gap from the
@@ -340,6 +361,154 @@ pub(crate) async fn send_to_replica(
 #[derive(Default)]
 pub(crate) struct Fences(Mutex<HashMap<u32, u64>>);
 
+/// Truncates the entity on the shard's live replicas first (as a write
+/// goes to them first), so that none keeps events the primary dropped.
+async fn replicated_truncate(
+    inner: &Arc<Inner>,
+    key: &EntityKey,
+    after: u64,
+) -> Result<(), JournalError> {
+    let shard = shard_of(&key.entity_type, &key.entity_id, inner.shard_count());
+    let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
+    let replicas = replicas_of(inner, inner.id, max_replicas(inner));
+    for r in replicas {
+        let addr = inner
+            .addr_of(r)
+            .ok_or_else(|| JournalError::Replication(format!("no address for replica {r}")))?;
+        let req = PeerRequest::Truncate {
+            shard: shard.0,
+            epoch,
+            entity_type: key.entity_type.clone(),
+            entity_id: key.entity_id.clone(),
+            after,
+        };
+        match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
+            Ok(PeerResponse::Done) => {}
+            Ok(other) => {
+                return Err(JournalError::Replication(format!(
+                    "{key}: replica {r} did not truncate: {other:?}"
+                )));
+            }
+            Err(e) => {
+                return Err(JournalError::Replication(format!(
+                    "{key}: replica {r} unreachable: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fencing: accepts `epoch` for `shard` unless this replica has seen a
+/// newer one (or its committed table has); returns the committed
+/// allocation's epoch on acceptance, the newest seen on refusal.
+fn fence(inner: &Inner, shard: u32, epoch: u64) -> Result<u64, u64> {
+    let committed = inner
+        .router()
+        .table()
+        .get(ShardId(shard))
+        .map_or(0, |a| a.epoch);
+    let mut f = inner.fences.0.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = f.entry(shard).or_default();
+    let newest = (*seen).max(committed);
+    if epoch < newest {
+        return Err(newest);
+    }
+    *seen = epoch;
+    Ok(committed)
+}
+
+/// The replica's side of a primary's truncation.
+pub(crate) async fn replica_truncate(
+    inner: &Arc<Inner>,
+    shard: u32,
+    epoch: u64,
+    key: EntityKey,
+    after: u64,
+) -> PeerResponse {
+    if let Err(newest) = fence(inner, shard, epoch) {
+        return PeerResponse::Fenced(newest);
+    }
+    match inner.local_journal.truncate(&key, after).await {
+        Ok(()) => PeerResponse::Done,
+        Err(e) => PeerResponse::Error(e.to_string()),
+    }
+}
+
+/// A replica holds events of `key` that the shard's owner under the
+/// committed epoch does not: its unacknowledged tail (a write that failed,
+/// or one acknowledged with `min_acks = 0` before a failover). Reads the
+/// owner's history, truncates the local copy to what both share, and
+/// appends the owner's events and then the write's. Returns how many local
+/// events were dropped.
+async fn reconcile(
+    inner: &Arc<Inner>,
+    owner: u64,
+    key: &EntityKey,
+    write: &[EventRecord],
+) -> Result<usize, String> {
+    let addr = inner
+        .addr_of(owner)
+        .ok_or_else(|| format!("no address for the owner {owner}"))?;
+    let req = PeerRequest::FetchEntity {
+        entity_type: key.entity_type.clone(),
+        entity_id: key.entity_id.clone(),
+    };
+    let mut truth: Vec<EventRecord> =
+        match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
+            Ok(PeerResponse::Entity(h)) => h
+                .events
+                .into_iter()
+                .map(|(seq, timestamp_ms, version, payload)| EventRecord {
+                    seq,
+                    timestamp_ms,
+                    version,
+                    payload,
+                })
+                .collect(),
+            Ok(other) => return Err(format!("the owner answered {other:?}")),
+            Err(e) => return Err(format!("the owner is unreachable: {e}")),
+        };
+    // The owner sends a write before it appends it locally.
+    for e in write {
+        match truth.last().map_or(0, |l| l.seq) {
+            last if e.seq == last + 1 => truth.push(e.clone()),
+            last if e.seq <= last => {}
+            last => {
+                return Err(format!(
+                    "the owner holds #{last}, its write starts at #{}",
+                    e.seq
+                ));
+            }
+        }
+    }
+    if truth.iter().enumerate().any(|(i, e)| e.seq != i as u64 + 1) {
+        return Err("the owner's history is not contiguous".into());
+    }
+    let local = &inner.local_journal;
+    let mine = local
+        .read(key, 1, u64::MAX, usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    let common = mine.iter().zip(&truth).take_while(|(a, b)| a == b).count();
+    local
+        .truncate(key, common as u64)
+        .await
+        .map_err(|e| e.to_string())?;
+    if truth.len() > common {
+        local
+            .append(Write {
+                key: key.clone(),
+                events: truth[common..].to_vec(),
+                add_timers: Vec::new(),
+                remove_timers: Vec::new(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(mine.len() - common)
+}
+
 /// The replica's side: fence, fill, append durably, acknowledge.
 pub(crate) async fn replica_append(
     inner: &Arc<Inner>,
@@ -348,20 +517,10 @@ pub(crate) async fn replica_append(
     key: EntityKey,
     events: Vec<(u64, u64, String, Vec<u8>)>,
 ) -> PeerResponse {
-    let committed = inner
-        .router()
-        .table()
-        .get(ShardId(shard))
-        .map_or(0, |a| a.epoch);
-    {
-        let mut f = inner.fences.0.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = f.entry(shard).or_default();
-        let newest = (*seen).max(committed);
-        if epoch < newest {
-            return PeerResponse::Fenced(newest);
-        }
-        *seen = epoch;
-    }
+    let committed = match fence(inner, shard, epoch) {
+        Ok(c) => c,
+        Err(newest) => return PeerResponse::Fenced(newest),
+    };
     let local = inner.local_journal.clone();
     let Some(first) = events.first().map(|e| e.0) else {
         return PeerResponse::Done;
@@ -392,6 +551,39 @@ pub(crate) async fn replica_append(
                         && *payload == h.payload
                 })
             });
+            // The owner under the committed epoch is the truth: what this
+            // replica holds beyond it was never acknowledged (with
+            // `min_acks >= 1` a write reaches the owner's journal only
+            // after its replicas, and a failover merges every replica).
+            let owner = inner
+                .router()
+                .table()
+                .get(ShardId(shard))
+                .map(|a| a.owner.0)
+                .filter(|o| *o != inner.id);
+            if !same
+                && epoch == committed
+                && let Some(owner) = owner
+            {
+                let records: Vec<EventRecord> = events
+                    .iter()
+                    .map(|(seq, ts, version, payload)| EventRecord {
+                        seq: *seq,
+                        timestamp_ms: *ts,
+                        version: version.clone(),
+                        payload: payload.clone(),
+                    })
+                    .collect();
+                return match reconcile(inner, owner, &key, &records).await {
+                    Ok(dropped) => {
+                        tracing::warn!(%key, dropped, epoch, "an unacknowledged tail truncated to the owner's history");
+                        PeerResponse::Done
+                    }
+                    Err(e) => {
+                        PeerResponse::Error(format!("{key}: not reconciled with the owner: {e}"))
+                    }
+                };
+            }
             if !same {
                 tracing::error!(%key, first, have, "replica holds a different history; refused");
                 return PeerResponse::Error(format!(

@@ -225,6 +225,13 @@ pub trait Journal: Send + Sync + 'static {
         entity_type: &str,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<String>, JournalError>>;
+    /// Durably removes the entity's events with `seq > after`, and its
+    /// snapshots past them; later appends continue from `after + 1`, and
+    /// the feed no longer shows the removed events. Only for a cluster
+    /// member's unacknowledged tail (a write the new primary does not
+    /// hold): event sourcing never rewrites acknowledged history.
+    fn truncate(&self, key: &EntityKey, after: u64)
+    -> BoxFuture<'static, Result<(), JournalError>>;
 }
 
 /// A page of a type's event feed.

@@ -54,6 +54,9 @@ const HEADER: u64 = 12;
 const KIND_WRITE: u8 = 1;
 const KIND_SNAPSHOT: u8 = 2;
 const KIND_BATCH: u8 = 3;
+/// Removes an entity's events above a sequence number (an unacknowledged
+/// tail of a cluster member, see `Journal::truncate`).
+const KIND_TRUNCATE: u8 = 4;
 /// Body of a batch marker: kind and the durable end when the batch was written.
 const MARKER_BODY: u32 = 9;
 /// A batch marker with its frame.
@@ -115,6 +118,7 @@ type Ack = oneshot::Sender<(Result<(), JournalError>, Op)>;
 enum Op {
     Append(Write),
     Snapshot(EntityKey, Snapshot, usize),
+    Truncate(EntityKey, u64),
 }
 
 /// The append-only log journal and snapshot store (`DIR/events.log`).
@@ -244,6 +248,12 @@ fn encode_op(buf: &mut Vec<u8>, op: &Op) -> Result<Vec<(u64, u32)>, JournalError
             enc.bytes(&s.state)?;
             parts.push((at as u64, (enc.0.len() - at) as u32));
         }
+        Op::Truncate(key, after) => {
+            enc.u8(KIND_TRUNCATE);
+            enc.bytes(key.entity_type.as_bytes())?;
+            enc.bytes(key.entity_id.as_bytes())?;
+            enc.u64(*after);
+        }
     }
     let body_len = buf.len() - start - 8;
     let body_len = u32::try_from(body_len)
@@ -314,6 +324,7 @@ fn apply_record(index: &mut Index, body: &[u8], base: u64) -> Result<(), Journal
             };
             apply_snapshot(index, key, loc, keep);
         }
+        KIND_TRUNCATE => apply_truncate(index, &key, d.u64()?),
         k => return Err(JournalError::Corrupt(format!("unknown record kind {k}"))),
     }
     Ok(())
@@ -357,6 +368,14 @@ fn push_locs(events: &mut Vec<EvLoc>, locs: impl Iterator<Item = EvLoc>) {
             }
             _ => events.push(l),
         }
+    }
+}
+
+fn apply_truncate(index: &mut Index, key: &EntityKey, after: u64) {
+    if let Some(e) = index.entities.get_mut(key) {
+        let keep = e.events.partition_point(|l| l.seq <= after);
+        e.events.truncate(keep);
+        e.snapshots.retain(|s| s.seq <= after);
     }
 }
 
@@ -902,8 +921,17 @@ fn encode_batch(
     // (docs/BENCHMARKS.md).
     let mut pending: Map<&EntityKey, u64> =
         Map::with_capacity_and_hasher(batch.len(), RandomState::default());
+    // Entities truncated earlier in this batch: stored events above the
+    // cut no longer count.
+    let mut cuts: Map<&EntityKey, u64> = Map::default();
     let mut results = Vec::with_capacity(batch.len());
     for (op, _) in batch {
+        if let Op::Truncate(key, after) = op {
+            let cut = cuts.entry(key).or_insert(*after);
+            *cut = (*cut).min(*after);
+            let earlier = pending.entry(key).or_insert(0);
+            *earlier = (*earlier).min(*after);
+        }
         // For an append: the highest sequence number accepted for its
         // entity earlier in this batch (0 if none), updated once it is encoded.
         let mut accepted = None;
@@ -913,7 +941,10 @@ fn encode_batch(
             // One lookup of each map per write: hashing keys is a visible cost.
             let stored = idx.entities.get(&w.key);
             let earlier = pending.entry(&w.key).or_insert(0);
-            let written = |seq: u64| seq <= *earlier || stored.is_some_and(|e| e.has_seq(seq));
+            let cut = cuts.get(&w.key).copied().unwrap_or(u64::MAX);
+            let written = |seq: u64| {
+                seq <= *earlier || (seq <= cut && stored.is_some_and(|e| e.has_seq(seq)))
+            };
             if let Some(e) = w.events.iter().find(|e| written(e.seq)) {
                 results.push(Err(JournalError::Conflict {
                     key: w.key.clone(),
@@ -1006,14 +1037,19 @@ fn index_op(idx: &mut Index, op: &Op, parts: &[(u64, u32)]) {
                 apply_snapshot(idx, key.clone(), loc, *keep);
             }
         }
+        Op::Truncate(key, after) => apply_truncate(idx, key, *after),
     }
 }
+
+/// An event of the feed and the file offset of its encoding.
+type FeedEvent = (EntityKey, EventRecord, u64);
 
 /// Appends the events of `entity_type` in one record body to `out`.
 fn feed_events(
     body: &[u8],
+    base: u64,
     entity_type: &str,
-    out: &mut Vec<(EntityKey, EventRecord)>,
+    out: &mut Vec<FeedEvent>,
 ) -> Result<(), JournalError> {
     let mut d = Dec { buf: body, pos: 0 };
     if d.u8()? != KIND_WRITE {
@@ -1032,7 +1068,7 @@ fn feed_events(
         d.bytes()?;
         d.bytes()?;
         let e = decode_event(&body[at..d.pos])?;
-        out.push((EntityKey::new(entity_type, id.clone()), e));
+        out.push((EntityKey::new(entity_type, id.clone()), e, base + at as u64));
     }
     Ok(())
 }
@@ -1046,7 +1082,7 @@ fn feed_page(
     from: u64,
     end: u64,
     limit: usize,
-) -> Result<FeedPage, JournalError> {
+) -> Result<(Vec<FeedEvent>, u64), JournalError> {
     let start = if from == 0 { HEADER } else { from };
     if start < HEADER || start > end {
         return Err(JournalError::Invalid(format!(
@@ -1059,18 +1095,16 @@ fn feed_page(
             path.display()
         ))
     };
-    let mut page = FeedPage {
-        events: Vec::new(),
-        next: start,
-    };
+    let mut events = Vec::new();
+    let mut next = start;
     let mut pos = start;
     let mut buf = Vec::new();
-    while pos < end && page.events.len() < limit {
+    while pos < end && events.len() < limit {
         let want = (end - pos).min(4 << 20) as usize;
         buf.resize(want, 0);
         file.read_exact_at(&mut buf, pos).map_err(|e| io(path, e))?;
         let mut at = 0usize;
-        while at + 8 <= buf.len() && page.events.len() < limit {
+        while at + 8 <= buf.len() && events.len() < limit {
             let blen = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
             let crc = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
             if blen > MAX_RECORD {
@@ -1093,16 +1127,16 @@ fn feed_page(
             if crc32(body) != crc {
                 return Err(not_a_boundary(pos + at as u64));
             }
-            feed_events(body, entity_type, &mut page.events)?;
+            feed_events(body, pos + at as u64 + 8, entity_type, &mut events)?;
             at = rec_end;
-            page.next = pos + at as u64;
+            next = pos + at as u64;
         }
         if at == 0 {
             break;
         }
         pos += at as u64;
     }
-    Ok(page)
+    Ok((events, next))
 }
 
 impl Journal for LogStore {
@@ -1116,10 +1150,27 @@ impl Journal for LogStore {
         let path = self.shared.path.clone();
         let end = self.shared.committed.load(Ordering::Acquire);
         let ty = entity_type.to_owned();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || feed_page(&file, &path, &ty, from, end, limit))
-                .await
-                .map_err(|e| JournalError::Closed(format!("reader task failed: {e}")))?
+            let (events, next) =
+                tokio::task::spawn_blocking(move || feed_page(&file, &path, &ty, from, end, limit))
+                    .await
+                    .map_err(|e| JournalError::Closed(format!("reader task failed: {e}")))??;
+            // A truncated event stays in the file: it is in the feed only
+            // while the index still has it at that place.
+            let idx = shared.index.read().unwrap_or_else(|p| p.into_inner());
+            let events = events
+                .into_iter()
+                .filter(|(key, e, off)| {
+                    idx.entities.get(key).is_some_and(|x| {
+                        x.events
+                            .binary_search_by_key(&e.seq, |l| l.seq)
+                            .is_ok_and(|i| x.events[i].off == *off)
+                    })
+                })
+                .map(|(key, e, _)| (key, e))
+                .collect();
+            Ok(FeedPage { events, next })
         })
     }
 
@@ -1205,6 +1256,14 @@ impl Journal for LogStore {
             .collect();
         v.sort_by_key(|(_, t)| t.fire_at_ms);
         Box::pin(std::future::ready(Ok(v)))
+    }
+
+    fn truncate(
+        &self,
+        key: &EntityKey,
+        after: u64,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.submit(Op::Truncate(key.clone(), after))
     }
 
     fn entity_ids(

@@ -14,8 +14,9 @@ struct Data {
     events: BTreeMap<(EntityKey, u64), EventRecord>,
     snapshots: BTreeMap<(EntityKey, u64), Snapshot>,
     timers: BTreeMap<(EntityKey, u64), TimerRecord>,
-    /// Every stored event in commit order; a feed cursor indexes it.
-    feed: Vec<(EntityKey, u64)>,
+    /// Every stored event in commit order; a feed cursor indexes it. A
+    /// truncated event's place stays (cursors keep their meaning), empty.
+    feed: Vec<Option<(EntityKey, u64)>>,
 }
 
 /// Journal and snapshots in memory.
@@ -53,7 +54,7 @@ impl Journal for MemoryStore {
             }));
         }
         for e in w.events {
-            d.feed.push((w.key.clone(), e.seq));
+            d.feed.push(Some((w.key.clone(), e.seq)));
             d.events.insert((w.key.clone(), e.seq), e);
         }
         for t in w.add_timers {
@@ -142,18 +143,36 @@ impl Journal for MemoryStore {
             events: Vec::new(),
             next: from.max(start as u64),
         };
-        for (i, (key, seq)) in d.feed.iter().enumerate().skip(start) {
+        for (i, slot) in d.feed.iter().enumerate().skip(start) {
             if page.events.len() >= limit {
                 break;
             }
             page.next = i as u64 + 1;
-            if key.entity_type == entity_type
+            if let Some((key, seq)) = slot
+                && key.entity_type == entity_type
                 && let Some(e) = d.events.get(&(key.clone(), *seq))
             {
                 page.events.push((key.clone(), e.clone()));
             }
         }
         ready(Ok(page))
+    }
+
+    fn truncate(
+        &self,
+        key: &EntityKey,
+        after: u64,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
+        let mut d = self.lock();
+        let cut = |k: &EntityKey, seq: u64| k == key && seq > after;
+        d.events.retain(|(k, seq), _| !cut(k, *seq));
+        d.snapshots.retain(|(k, seq), _| !cut(k, *seq));
+        for slot in &mut d.feed {
+            if slot.as_ref().is_some_and(|(k, seq)| cut(k, *seq)) {
+                *slot = None;
+            }
+        }
+        ready(Ok(()))
     }
 
     fn entity_ids(

@@ -87,6 +87,7 @@ type Ack = oneshot::Sender<Result<(), JournalError>>;
 enum Op {
     Append(Write),
     Snapshot(EntityKey, Snapshot, usize),
+    Truncate(EntityKey, u64),
 }
 
 /// Counters of the writer, for benchmarks and diagnostics.
@@ -377,6 +378,7 @@ fn commit<'a>(
         match op {
             Op::Append(w) => append(&tx, w)?,
             Op::Snapshot(key, snap, keep) => save_snapshot(&tx, key, snap, *keep)?,
+            Op::Truncate(key, after) => truncate(&tx, key, *after)?,
         }
     }
     tx.commit()?;
@@ -438,6 +440,17 @@ fn append(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), JournalError>
         for id in &w.remove_timers {
             del.execute(params![k.entity_type, k.entity_id, *id as i64])?;
         }
+    }
+    Ok(())
+}
+
+fn truncate(tx: &rusqlite::Transaction<'_>, k: &EntityKey, after: u64) -> Result<(), JournalError> {
+    let after = bound(after);
+    for table in ["events", "snapshots", "feed"] {
+        tx.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE entity_type = ?1 AND entity_id = ?2 AND seq > ?3"
+        ))?
+        .execute(params![k.entity_type, k.entity_id, after])?;
     }
     Ok(())
 }
@@ -634,6 +647,14 @@ impl Journal for SqliteStore {
             }
             Ok(page)
         })
+    }
+
+    fn truncate(
+        &self,
+        key: &EntityKey,
+        after: u64,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.submit(Op::Truncate(key.clone(), after))
     }
 
     fn entity_ids(

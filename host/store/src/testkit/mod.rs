@@ -370,6 +370,107 @@ pub async fn feed_semantics<J: Journal + ?Sized>(j: &J) {
     assert_eq!(p.events[0].1.payload, 1u64.to_le_bytes());
 }
 
+/// Truncation removes an entity's events above a sequence number, from
+/// reads and the feed; appends then continue after it; other entities
+/// keep theirs.
+pub async fn truncate_semantics<J: Journal + ?Sized>(j: &J) {
+    let a = EntityKey::new("t", "cut");
+    let b = EntityKey::new("t", "kept");
+    j.append(write(&a, 1..=5)).await.unwrap();
+    j.append(write(&b, 1..=2)).await.unwrap();
+    j.truncate(&a, 3).await.unwrap();
+    assert_eq!(j.highest_seq(&a).await.unwrap(), 3);
+    assert_eq!(
+        seqs(&j.read(&a, 1, u64::MAX, 100).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        j.highest_seq(&b).await.unwrap(),
+        2,
+        "another entity keeps its events"
+    );
+    // The same sequence number again, another event: no conflict.
+    let again = Write {
+        key: a.clone(),
+        events: vec![ev(4, b"second")],
+        ..Write::default()
+    };
+    j.append(again.clone()).await.unwrap();
+    assert_eq!(j.read(&a, 4, 4, 1).await.unwrap(), vec![ev(4, b"second")]);
+    assert!(
+        matches!(
+            j.append(again).await,
+            Err(JournalError::Conflict { seq: 4, .. })
+        ),
+        "#4 exists again"
+    );
+    let (shown, _) = drain_feed(j, "t", 0, 2).await;
+    let want: Vec<(String, u64)> = [
+        ("cut", 1),
+        ("cut", 2),
+        ("cut", 3),
+        ("kept", 1),
+        ("kept", 2),
+        ("cut", 4),
+    ]
+    .iter()
+    .map(|(id, seq)| (id.to_string(), *seq))
+    .collect();
+    assert_eq!(shown, want, "the feed shows no truncated event");
+    let all = j.read_feed("t", 0, 100).await.unwrap().events;
+    assert_eq!(
+        all.last().map(|(_, e)| e.payload.clone()),
+        Some(b"second".to_vec())
+    );
+    // Above the last event, or an entity without events: nothing to do.
+    j.truncate(&a, 10).await.unwrap();
+    j.truncate(&EntityKey::new("t", "none"), 0).await.unwrap();
+    assert_eq!(j.highest_seq(&a).await.unwrap(), 4);
+    j.truncate(&a, 0).await.unwrap();
+    assert_eq!(j.highest_seq(&a).await.unwrap(), 0);
+    assert_eq!(
+        j.entity_ids("t", 10).await.unwrap(),
+        vec!["kept".to_string()]
+    );
+}
+
+/// A truncation survives closing and reopening `dir`, and so do the
+/// events written after it (for durable backends); snapshots past the cut
+/// are gone.
+pub async fn truncate_survives_reopen<S, F>(dir: &Path, open: F)
+where
+    S: Journal + SnapshotStore,
+    F: Fn(&Path) -> Arc<S>,
+{
+    let k = EntityKey::new("t", "cut");
+    {
+        let s = open(dir);
+        s.append(write(&k, 1..=6)).await.unwrap();
+        s.save(&k, snapshot(5, vec![5]), 2).await.unwrap();
+        s.truncate(&k, 2).await.unwrap();
+        s.append(Write {
+            key: k.clone(),
+            events: vec![ev(3, b"after")],
+            ..Write::default()
+        })
+        .await
+        .unwrap();
+    }
+    let s = open(dir);
+    assert_eq!(
+        seqs(&s.read(&k, 1, u64::MAX, 100).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(s.read(&k, 3, 3, 1).await.unwrap(), vec![ev(3, b"after")]);
+    assert_eq!(
+        s.load(&k, u64::MAX, 1).await.unwrap(),
+        None,
+        "the snapshot at #5 is gone"
+    );
+    let (feed, _) = drain_feed(&*s, "t", 0, 100).await;
+    assert_eq!(feed.len(), 3);
+}
+
 /// What was acknowledged survives closing and reopening `dir` (for
 /// durable backends): events, a snapshot.
 pub async fn survives_reopen<S, F>(dir: &Path, open: F)
@@ -418,6 +519,8 @@ pub async fn journal_contract<J: Journal>(open: impl Fn(&Path) -> Arc<J>) {
     feed_semantics(&*open(dir.path())).await;
     let dir = fresh_dir();
     conflict_in_a_batch(&*open(dir.path())).await;
+    let dir = fresh_dir();
+    truncate_semantics(&*open(dir.path())).await;
 }
 
 /// Every [`SnapshotStore`] check, on a fresh store.
@@ -437,5 +540,7 @@ pub async fn run_all<S: Journal + SnapshotStore>(open: impl Fn(&Path) -> Arc<S>,
         survives_reopen(dir.path(), &open).await;
         let dir = fresh_dir();
         feed_survives_reopen(dir.path(), &open).await;
+        let dir = fresh_dir();
+        truncate_survives_reopen(dir.path(), &open).await;
     }
 }
