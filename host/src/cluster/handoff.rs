@@ -418,7 +418,7 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
         let mut n = (0, 0);
         let mut failed = None;
         for src in &sources {
-            match fetch_once(&inner, shard, *src, count).await {
+            match fetch_once(&inner, shard, *src, count, !failover).await {
                 Ok((entities, events)) => {
                     n.0 += entities;
                     n.1 += events;
@@ -487,6 +487,7 @@ async fn fetch_once(
     shard: ShardId,
     from: u64,
     count: u32,
+    authoritative: bool,
 ) -> Result<(usize, usize), String> {
     let addr = inner
         .addr_of(from)
@@ -504,27 +505,96 @@ async fn fetch_once(
         .map_err(|e| e.to_string())?;
     // (entities, events imported)
     let mut n = (0, 0);
+    let mut sent = std::collections::HashSet::new();
     loop {
         match tokio::time::timeout(Duration::from_secs(10), read_answer(addr, &mut recv)).await {
             Err(_) => return Err("no answer".into()),
             Ok(Err(e)) => return Err(e.to_string()),
             Ok(Ok(PeerResponse::Entity(h))) => {
-                n.1 += import(inner, h).await?;
+                if authoritative {
+                    sent.insert((h.entity_type.clone(), h.entity_id.clone()));
+                }
+                n.1 += import(inner, h, authoritative).await?;
                 n.0 += 1;
             }
-            Ok(Ok(PeerResponse::Done)) => return Ok(n),
+            Ok(Ok(PeerResponse::Done)) => {
+                if authoritative {
+                    drop_unsent(inner, shard, count, &sent).await?;
+                }
+                return Ok(n);
+            }
             Ok(Ok(PeerResponse::Error(e))) => return Err(e),
             Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
         }
     }
 }
 
+/// After a shard's whole history came from its live owner: an entity of
+/// the shard held here that the owner has no event of is an unacknowledged
+/// tail too, and goes.
+async fn drop_unsent(
+    inner: &Arc<Inner>,
+    shard: ShardId,
+    count: u32,
+    sent: &std::collections::HashSet<(String, String)>,
+) -> Result<(), String> {
+    let journal = inner.local_journal.clone();
+    for d in inner.node.deployments() {
+        let ids = journal
+            .entity_ids(&d.entity_type, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in ids {
+            if shard_of(&d.entity_type, &id, count) != shard
+                || sent.contains(&(d.entity_type.clone(), id.clone()))
+            {
+                continue;
+            }
+            let key = EntityKey::new(d.entity_type.clone(), id);
+            let dropped = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
+            journal.truncate(&key, 0).await.map_err(|e| e.to_string())?;
+            tracing::warn!(%key, dropped, "an unacknowledged tail truncated to the owner's history");
+        }
+    }
+    Ok(())
+}
+
 /// Appends what `h` holds beyond the local copy of the entity; returns how
-/// many events that was.
-pub(crate) async fn import(inner: &Arc<Inner>, h: EntityHistory) -> Result<usize, String> {
+/// many events that was. From the shard's `authoritative` source (its live
+/// owner handing it over), the local copy is first truncated to the
+/// history both share: what this node holds beyond was never acknowledged
+/// (or was lost with `min_acks = 0`). From any other source, a copy that
+/// disagrees is refused.
+pub(crate) async fn import(
+    inner: &Arc<Inner>,
+    h: EntityHistory,
+    authoritative: bool,
+) -> Result<usize, String> {
     let key = EntityKey::new(h.entity_type, h.entity_id);
     let journal = inner.local_journal.clone();
-    let have = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
+    let mut have = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
+    if authoritative && have > 0 {
+        let held = journal
+            .read(&key, 1, have, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let common = held
+            .iter()
+            .zip(h.events.iter())
+            .take_while(|(mine, theirs)| {
+                (mine.seq, mine.timestamp_ms, &mine.version, &mine.payload)
+                    == (theirs.0, theirs.1, &theirs.2, &theirs.3)
+            })
+            .count() as u64;
+        if common < have {
+            journal
+                .truncate(&key, common)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::warn!(%key, dropped = have - common, "an unacknowledged tail truncated to the owner's history");
+            have = common;
+        }
+    }
     // The copy here must be a prefix of the one fetched: a different event
     // at the same seq means two histories, and nothing is imported.
     let overlap = h.events.iter().filter(|e| e.0 <= have).count() as u64;

@@ -700,7 +700,7 @@ async fn resync(
         };
         match inner.peers.call(addr, &req, Duration::from_secs(5)).await {
             Ok(PeerResponse::Entity(h)) => {
-                super::handoff::import(inner, h).await.map_err(err)?;
+                super::handoff::import(inner, h, false).await.map_err(err)?;
             }
             Ok(other) => return Err(err(format!("replica {r}: {other:?}"))),
             Err(e) => return Err(err(format!("replica {r} unreachable: {e}"))),
