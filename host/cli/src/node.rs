@@ -131,9 +131,9 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
                 why = c.failed() => {
                     // Fail-stop: a member that can no longer follow the
                     // decision log must not keep serving on a stale table.
+                    // No drain: every acknowledged write is durable already,
+                    // and the storage that failed would only slow it down.
                     tracing::error!(error = %why, "the cluster's decision log stopped; stopping the node");
-                    server.close().await;
-                    node.shutdown(Duration::from_secs(10)).await;
                     anyhow::bail!("the cluster's decision log stopped: {why}");
                 }
             }

@@ -187,6 +187,8 @@ struct Inner {
     admin: tokio::sync::Mutex<()>,
     /// The directory lock, held until shutdown.
     lock: Mutex<Option<File>>,
+    /// Set by [`DecisionLog::shutdown`]: the log stopping then is no failure.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The decision log of one node. Cheap to clone (the clones share it).
@@ -285,6 +287,7 @@ impl DecisionLog {
                 config,
                 admin: tokio::sync::Mutex::new(()),
                 lock: Mutex::new(Some(lock)),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -593,9 +596,29 @@ impl DecisionLog {
         }
     }
 
-    /// Whether the log has stopped for good on a fatal error (see [`DecisionLog::failed`]).
+    /// Whether the log has stopped for good on a fatal error (see
+    /// [`DecisionLog::failed`]), with the reason.
+    pub fn failure(&self) -> Option<String> {
+        if let Err(e) = &self.inner.raft.metrics().borrow().running_state {
+            return Some(e.to_string());
+        }
+        if self
+            .inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
+        // The state machine is dropped when openraft's core quits.
+        if self.inner.state.has_changed().is_err() {
+            return Some("the decision log's state machine stopped".into());
+        }
+        None
+    }
+
+    /// Whether the log has stopped for good on a fatal error.
     pub fn has_failed(&self) -> bool {
-        self.inner.raft.metrics().borrow().running_state.is_err()
+        self.failure().is_some()
     }
 
     /// Waits until the log has stopped for good on a fatal error (e.g. its
@@ -603,20 +626,19 @@ impl DecisionLog {
     /// node whose log stopped no longer learns decisions, so its view of
     /// the shard table goes stale; its owner should stop it.
     pub async fn failed(&self) -> String {
-        let mut m = self.inner.raft.metrics();
         loop {
-            if let Err(e) = &m.borrow_and_update().running_state {
-                return e.to_string();
+            if let Some(why) = self.failure() {
+                return why;
             }
-            if m.changed().await.is_err() {
-                // Shut down, not failed.
-                std::future::pending::<()>().await;
-            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 
     /// Stops the log (its raft task) and releases the directory.
     pub async fn shutdown(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }

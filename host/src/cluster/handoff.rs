@@ -946,8 +946,11 @@ pub(crate) async fn sync_deploys(inner: Arc<Inner>) {
                 tracing::warn!(entity_type = ty, sha256 = %want.sha256, error = %e, "cannot activate the cluster's deploy yet");
             }
         }
-        // Retry what failed a little later, or wait for the next commit.
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        // Retry what failed a little later, or wait for the next commit
+        // (a log that stopped changes no more: wait, do not spin).
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
