@@ -7,9 +7,10 @@
 //!
 //! Checked after every step: the owner's history holds every acknowledged
 //! write, in order, and every other live node's copy agrees with it except
-//! perhaps for an unacknowledged tail (what a returning node will have to
-//! truncate; truncation is not built yet, and nothing is served from such
-//! a tail: a replica refuses writes that overlap it, a merge refuses it). A failing schedule prints its seed;
+//! perhaps for an unacknowledged tail (which the node truncates when the
+//! owner next writes to it; the model leaves it in place, and nothing is
+//! served from such a tail: here a replica refuses writes that overlap
+//! it, a merge refuses it). A failing schedule prints its seed;
 //! `CAIRN_SIM_SEED=N` replays it, `CAIRN_SIM_SCHEDULES` sets how many run.
 //! Five broken rules must be caught: acknowledging before the replicas
 //! hold the write, promoting while a replica is down, an owner
