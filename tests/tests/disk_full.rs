@@ -356,19 +356,27 @@ async fn disk_fault(fault: Fault) -> Result<()> {
             up_count(s) == 3
         })
         .await?;
+        // Each of them acknowledges a deposit again (shards move back to
+        // node 1 meanwhile, so one pass need not find all of them serving).
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut served = 0;
-        while served < on_n1.len() {
+        let mut waiting: HashMap<&String, String> = on_n1
+            .iter()
+            .map(|id| (id, "not asked yet".to_owned()))
+            .collect();
+        while !waiting.is_empty() {
             ensure!(
                 Instant::now() < deadline,
-                "round {round}: node 1's shards do not serve 60 s after the disk healed"
+                "round {round}: {} of node 1's entities do not serve 60 s after the disk healed: {waiting:?}",
+                waiting.len()
             );
-            served = 0;
-            for id in &on_n1 {
-                let (r, _) = deposit(&client, id).await;
+            let ids: Vec<&String> = waiting.keys().copied().collect();
+            for id in ids {
+                let (r, err) = deposit(&client, id).await;
                 record(id, r);
                 if r == Some(true) {
-                    served += 1;
+                    waiting.remove(id);
+                } else {
+                    waiting.insert(id, err.unwrap_or_default());
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -197,6 +197,13 @@ fn encode_event(enc: &mut Enc<'_>, e: &EventRecord) -> Result<(), JournalError> 
     enc.bytes(&e.payload)
 }
 
+/// Records closer than this in the file are read in one call, gap included
+/// (copying more of the gaps between an entity's events cost more than the
+/// system calls it saved: `docs/BENCHMARKS.md`, catch-up).
+const READ_GAP: u64 = 256;
+/// At most this much is read in one call.
+const READ_SPAN: u64 = 4 << 20;
+
 fn decode_event(buf: &[u8]) -> Result<EventRecord, JournalError> {
     let mut d = Dec { buf, pos: 0 };
     Ok(EventRecord {
@@ -635,20 +642,26 @@ impl LogStore {
         })
     }
 
-    fn read_locs(
+    /// Reads the records at `locs` in order and folds each into `acc` with
+    /// `step`, in a blocking task (the decoding too: a long history does
+    /// not hold up an async worker, and no record is copied twice).
+    fn read_locs<A: Send + 'static>(
         &self,
         locs: Vec<(u64, u32)>,
-    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, JournalError>> {
+        mut acc: A,
+        step: fn(&mut A, &[u8]) -> Result<(), JournalError>,
+    ) -> BoxFuture<'static, Result<A, JournalError>> {
         if locs.is_empty() {
             // Nothing to read (an entity's first recovery): no blocking task.
-            return Box::pin(std::future::ready(Ok(Vec::new())));
+            return Box::pin(std::future::ready(Ok(acc)));
         }
         let file = self.shared.file.clone();
         let path = self.shared.path.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                // Events of an entity are often adjacent in the file: read runs in one call.
-                let mut out = Vec::with_capacity(locs.len());
+                // Events of an entity are often adjacent in the file: a run
+                // with small gaps is one read.
+                let mut buf = Vec::new();
                 let mut i = 0;
                 while i < locs.len() {
                     let start = locs[i].0;
@@ -656,22 +669,22 @@ impl LogStore {
                     let mut end = start + u64::from(locs[i].1);
                     while j + 1 < locs.len()
                         && locs[j + 1].0 >= end
-                        && locs[j + 1].0 - end < 256
-                        && end - start < (4 << 20)
+                        && locs[j + 1].0 - end < READ_GAP
+                        && end - start < READ_SPAN
                     {
                         j += 1;
                         end = locs[j].0 + u64::from(locs[j].1);
                     }
-                    let mut buf = vec![0u8; (end - start) as usize];
+                    buf.resize((end - start) as usize, 0);
                     file.read_exact_at(&mut buf, start)
                         .map_err(|e| io(&path, e))?;
                     for loc in &locs[i..=j] {
                         let a = (loc.0 - start) as usize;
-                        out.push(buf[a..a + loc.1 as usize].to_vec());
+                        step(&mut acc, &buf[a..a + loc.1 as usize])?;
                     }
                     i = j + 1;
                 }
-                Ok(out)
+                Ok(acc)
             })
             .await
             .map_err(|e| JournalError::Closed(format!("reader task failed: {e}")))?
@@ -1200,8 +1213,11 @@ impl Journal for LogStore {
                     .collect()
             })
         };
-        let fut = self.read_locs(locs);
-        Box::pin(async move { fut.await?.iter().map(|b| decode_event(b)).collect() })
+        let acc = Vec::with_capacity(locs.len());
+        self.read_locs(locs, acc, |out, b| {
+            out.push(decode_event(b)?);
+            Ok(())
+        })
     }
 
     fn read_packed(
@@ -1221,17 +1237,12 @@ impl Journal for LogStore {
                     .collect()
             })
         };
-        let fut = self.read_locs(locs);
-        Box::pin(async move {
-            let mut out = PackedEvents::default();
-            for b in fut.await? {
-                let mut d = Dec { buf: &b, pos: 0 };
-                let seq = d.u64()?;
-                d.u64()?;
-                d.bytes()?;
-                out.push(seq, d.bytes()?)?;
-            }
-            Ok(out)
+        self.read_locs(locs, PackedEvents::default(), |out, b| {
+            let mut d = Dec { buf: b, pos: 0 };
+            let seq = d.u64()?;
+            d.u64()?;
+            d.bytes()?;
+            out.push(seq, d.bytes()?)
         })
     }
 
@@ -1310,19 +1321,20 @@ impl SnapshotStore for LogStore {
         let Some(loc) = loc else {
             return Box::pin(async { Ok(None) });
         };
-        let fut = self.read_locs(vec![(loc.off, loc.len)]);
-        Box::pin(async move {
-            let bufs = fut.await?;
-            let b = bufs
-                .first()
-                .ok_or_else(|| JournalError::Corrupt("snapshot missing".into()))?;
+        let fut = self.read_locs(vec![(loc.off, loc.len)], None, |out, b| {
             let mut d = Dec { buf: b, pos: 0 };
-            Ok(Some(Snapshot {
+            *out = Some(Snapshot {
                 seq: d.u64()?,
                 schema: d.u32()?,
                 timestamp_ms: d.u64()?,
                 state: d.bytes()?.to_vec(),
-            }))
+            });
+            Ok(())
+        });
+        Box::pin(async move {
+            fut.await?
+                .map(Some)
+                .ok_or_else(|| JournalError::Corrupt("snapshot missing".into()))
         })
     }
 }
