@@ -254,12 +254,13 @@ async fn log_survives_reopen_and_cuts_a_torn_tail() {
     }
     let path = dir.path().join("events.log");
     let full = log_data_end(&std::fs::read(&path).unwrap());
-    // A torn last record (a crash mid-write): cut off, the rest survives.
+    // A torn last record (a crash mid-write, so without the 17-byte closing
+    // marker a clean close writes): cut off, the rest survives.
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
-        .set_len(full - 3)
+        .set_len(full - 17 - 3)
         .unwrap();
     {
         let s = LogStore::open(dir.path(), 16).unwrap();
@@ -296,12 +297,15 @@ async fn log_refuses_corruption_in_the_middle_and_foreign_files() {
     }
     let path = dir.path().join("events.log");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[30] ^= 0xff; // inside the first record
+    bytes[30] ^= 0xff; // inside the first record (after the batch marker)
     std::fs::write(&path, &bytes).unwrap();
     let e = LogStore::open(dir.path(), 16)
         .err()
         .expect("corruption refused");
-    assert!(matches!(e, JournalError::Corrupt(_)), "{e}");
+    assert!(
+        matches!(&e, JournalError::Damaged(d) if d.offset == 12 + 17),
+        "{e}"
+    );
 
     std::fs::write(&path, b"definitely not a log file").unwrap();
     let e = LogStore::open(dir.path(), 16)

@@ -11,7 +11,8 @@
 //! never panics on what it reads from disk.
 //!
 //! Layout: `sqlite`, `log` and `memory` are the backends; `file` is the file
-//! layer under the log (the OS file, or a simulated disk in tests). The
+//! layer under the log (the OS file, or a simulated disk in tests); `repair`
+//! reports damage to the log and cuts it, for an operator. The
 //! `testkit` feature adds the module `testkit`: the contract checks
 //! every backend must pass and the simulated disk of the crash tests.
 
@@ -21,12 +22,16 @@ use std::pin::Pin;
 mod file;
 mod log;
 mod memory;
+mod repair;
 mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use log::LogStore;
 pub use memory::MemoryStore;
+pub use repair::{
+    Affected, CutReport, DamageReason, Evidence, LogDamage, LogReport, check_log, cut_log,
+};
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
 
 /// A boxed, sendable future (the traits are object-safe).
@@ -156,6 +161,15 @@ pub enum JournalError {
     /// Data on disk cannot be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A record of the event log that had been acknowledged is damaged:
+    /// where, why it is known to have been acknowledged, and which entities
+    /// it and the records after it hold. Nothing was cut;
+    /// [`cut_log`] (`cairn journal cut`) cuts it after a backup.
+    #[error("{0}")]
+    Damaged(Box<LogDamage>),
+    /// Another process holds the event log (a running node, or a repair).
+    #[error("{} is in use by another process (a running node?)", .0.display())]
+    Locked(std::path::PathBuf),
     /// The database was written by a newer, unknown format.
     #[error("unsupported storage format {found} (this build reads up to {supported})")]
     UnsupportedFormat {

@@ -43,14 +43,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::file::{Cursor, DirectFile, LogFile};
 use crate::{
-    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, Snapshot,
-    SnapshotStore, TimerRecord, Write,
+    BoxFuture, EntityKey, EventRecord, Evidence, FeedPage, Journal, JournalError, LogDamage,
+    PackedEvents, Snapshot, SnapshotStore, TimerRecord, Write,
 };
 
 const MAGIC: &[u8; 8] = b"CAIRNLOG";
 /// Format 2 adds batch markers; format 1 files (no markers) are still read.
 const FORMAT: u32 = 2;
-const HEADER: u64 = 12;
+pub(crate) const HEADER: u64 = 12;
 const KIND_WRITE: u8 = 1;
 const KIND_SNAPSHOT: u8 = 2;
 const KIND_BATCH: u8 = 3;
@@ -67,7 +67,7 @@ const MARKER_FRAME: usize = 8 + MARKER_BODY as usize;
 /// (docs/BENCHMARKS.md).
 const ZERO_STEP: u64 = 256 << 10;
 /// Largest record accepted (a corrupt length must not make us allocate GiBs).
-const MAX_RECORD: u32 = 256 << 20;
+pub(crate) const MAX_RECORD: u32 = 256 << 20;
 
 /// The log's maps of entity keys: foldhash, seeded per map, is several times
 /// cheaper than SipHash on these short keys (docs/BENCHMARKS.md).
@@ -97,9 +97,19 @@ struct EntityIdx {
 }
 
 #[derive(Default)]
-struct Index {
+pub(crate) struct Index {
     entities: Map<EntityKey, EntityIdx>,
     timers: Map<(EntityKey, u64), TimerRecord>,
+}
+
+impl Index {
+    /// Entities with at least one event.
+    pub(crate) fn entities_with_events(&self) -> usize {
+        self.entities
+            .values()
+            .filter(|e| !e.events.is_empty())
+            .count()
+    }
 }
 
 impl EntityIdx {
@@ -401,23 +411,70 @@ fn io(path: &Path, e: std::io::Error) -> JournalError {
     JournalError::Io(format!("{}: {e}", path.display()))
 }
 
-/// Scans the file, rebuilding `index`; returns the end of the last good
-/// record, where appends continue.
+/// What a scan of the file found (see [`scan`]).
+pub(crate) struct Scan {
+    /// Format in the file's header ([`FORMAT`] for an empty file).
+    pub(crate) format: u32,
+    /// End of the last good record: where appends continue (0 for a file
+    /// without a header).
+    pub(crate) end: u64,
+    /// Length of the file.
+    pub(crate) len: u64,
+    /// Good records, markers included.
+    pub(crate) records: u64,
+    /// Offset of the last batch marker among the good records.
+    pub(crate) last_marker: Option<u64>,
+    /// What lies past `end`.
+    pub(crate) tail: Tail,
+}
+
+impl Scan {
+    /// The data ends with a batch marker (a closing marker, written at a
+    /// clean close): every record is covered by a marker written after it
+    /// was synced, so damage to any of them is told from a torn tail.
+    pub(crate) fn covered(&self) -> bool {
+        self.end <= HEADER
+            || self
+                .last_marker
+                .is_some_and(|m| m + MARKER_FRAME as u64 == self.end)
+    }
+}
+
+/// What lies past the last good record.
+pub(crate) enum Tail {
+    /// Nothing, or only zeros (the zero-filled space).
+    Zeros,
+    /// Data that was never acknowledged (a crash cut its writes short).
+    Torn,
+    /// Damage to acknowledged data.
+    Damaged(Box<LogDamage>),
+}
+
+/// Scans the file, rebuilding `index`.
 ///
 /// The data ends at the first record that is zero (the zero-filled space past
 /// the data), cut short, or failing its checksum. What follows such a spot is
 /// a torn tail if it was never synced: after a crash, the pages written since
 /// the last `fdatasync` may have reached the disk in any order, so a good
 /// record can follow a bad one. A batch marker records the durable end when
-/// its batch was written; a marker found past the bad spot that says the spot
-/// had already been synced proves the damage is in acknowledged data, and the
-/// open is refused as corruption.
-fn recover(path: &Path, file: &LogFile, index: &mut Index) -> Result<u64, JournalError> {
+/// its batch was written (a closing marker, the marker of an empty batch
+/// written when the log is closed, the end of all of it); a marker found past
+/// the bad spot that says the spot had already been synced proves the damage
+/// is in acknowledged data: [`Tail::Damaged`].
+pub(crate) fn scan(path: &Path, file: &LogFile, index: &mut Index) -> Result<Scan, JournalError> {
     let len = file.len().map_err(|e| io(path, e))?;
     let mut r = BufReader::with_capacity(1 << 20, Cursor { file, pos: 0, len });
     let mut header = [0u8; HEADER as usize];
+    let mut found = Scan {
+        format: FORMAT,
+        end: 0,
+        len,
+        records: 0,
+        last_marker: None,
+        tail: Tail::Zeros,
+    };
     if len < HEADER {
-        return Ok(0);
+        return Ok(found);
     }
     r.read_exact(&mut header).map_err(|e| io(path, e))?;
     if &header[..8] != MAGIC {
@@ -433,6 +490,7 @@ fn recover(path: &Path, file: &LogFile, index: &mut Index) -> Result<u64, Journa
             supported: i64::from(FORMAT),
         });
     }
+    found.format = format;
     let mut pos = HEADER;
     let mut body = Vec::new();
     loop {
@@ -453,28 +511,65 @@ fn recover(path: &Path, file: &LogFile, index: &mut Index) -> Result<u64, Journa
             break;
         }
         apply_record(index, &body, pos + 8)?;
+        if blen == MARKER_BODY && body[0] == KIND_BATCH {
+            found.last_marker = Some(pos);
+        }
+        found.records += 1;
         pos = end;
     }
+    found.end = pos;
     if pos < len {
-        check_tail(path, file, pos, len, format)?;
+        found.tail = classify_tail(path, file, pos, len, format)?;
     }
-    Ok(pos)
+    Ok(found)
+}
+
+/// [`scan`] for [`LogStore::open`]: refuses damaged acknowledged data, cuts
+/// (logs) a torn tail; returns the end of the good data and whether it ends
+/// with a marker.
+fn recover(path: &Path, file: &LogFile, index: &mut Index) -> Result<(u64, bool), JournalError> {
+    let found = scan(path, file, index)?;
+    let covered = found.covered();
+    match found.tail {
+        Tail::Damaged(d) => return Err(JournalError::Damaged(d)),
+        Tail::Torn => {
+            tracing::warn!(path = %path.display(), at = found.end, dropped = found.len - found.end, "event log: cut off a torn tail (never acknowledged)");
+        }
+        Tail::Zeros => {}
+    }
+    Ok((found.end, covered))
+}
+
+/// A batch marker frame at `f[..MARKER_FRAME]`: the durable end it records.
+fn marker_at(f: &[u8]) -> Option<u64> {
+    if f.len() < MARKER_FRAME || f[..4] != MARKER_BODY.to_le_bytes() || f[8] != KIND_BATCH {
+        return None;
+    }
+    let crc = u32::from_le_bytes([f[4], f[5], f[6], f[7]]);
+    if crc32(&f[8..MARKER_FRAME]) != crc {
+        return None;
+    }
+    let mut synced = [0u8; 8];
+    synced.copy_from_slice(&f[9..17]);
+    Some(u64::from_le_bytes(synced))
 }
 
 /// Decides whether the bytes of `[pos, len)`, past the last good record, are
-/// a tail that was never acknowledged (zeros, or writes a crash cut short)
-/// or damage to acknowledged data (see [`recover`]).
-fn check_tail(
+/// zeros, a tail that was never acknowledged (writes a crash cut short) or
+/// damage to acknowledged data (see [`scan`]).
+fn classify_tail(
     path: &Path,
     file: &LogFile,
     pos: u64,
     len: u64,
     format: u32,
-) -> Result<(), JournalError> {
+) -> Result<Tail, JournalError> {
     const CHUNK: usize = 1 << 20;
     let mut buf = vec![0u8; CHUNK + MARKER_FRAME];
     let mut at = pos;
     let mut any_data = false;
+    // The first good marker past the damage: a record boundary to read on from.
+    let mut first_marker = None;
     while at < len {
         let n = ((len - at) as usize).min(buf.len());
         file.read_exact_at(&mut buf[..n], at)
@@ -482,24 +577,21 @@ fn check_tail(
         let chunk = &buf[..n];
         any_data |= chunk.iter().any(|b| *b != 0);
         for i in 0..n.saturating_sub(MARKER_FRAME - 1) {
-            let f = &chunk[i..i + MARKER_FRAME];
-            if f[..4] != MARKER_BODY.to_le_bytes() || f[8] != KIND_BATCH {
+            let Some(synced) = marker_at(&chunk[i..]) else {
                 continue;
+            };
+            let m = at + i as u64;
+            if m > pos && first_marker.is_none() {
+                first_marker = Some(m);
             }
-            let crc = u32::from_le_bytes([f[4], f[5], f[6], f[7]]);
-            if crc32(&f[8..]) != crc {
-                continue;
-            }
-            let mut synced = [0u8; 8];
-            synced.copy_from_slice(&f[9..17]);
-            let synced = u64::from_le_bytes(synced);
             if synced > pos {
-                return Err(JournalError::Corrupt(format!(
-                    "{}: the record at byte {pos} is damaged, yet it had been synced \
-                     (a batch at byte {} was written after the log was durable up to byte {synced})",
-                    path.display(),
-                    at + i as u64
-                )));
+                let evidence = Evidence::Marker {
+                    at: m,
+                    synced_to: synced,
+                    closing: is_closing(file, m, len),
+                };
+                let d = crate::repair::describe(path, file, pos, len, evidence, first_marker)?;
+                return Ok(Tail::Damaged(Box::new(d)));
             }
         }
         // The next chunk overlaps this one by a marker's length, less a byte.
@@ -508,27 +600,102 @@ fn check_tail(
             break;
         }
     }
-    if any_data {
-        if format == 1 {
-            // Format 1 grew the file with every write: only its very last
-            // record can be torn.
-            let last = {
-                let mut frame = [0u8; 8];
-                file.read_exact_at(&mut frame, pos)
-                    .map_err(|e| io(path, e))?;
-                let blen = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
-                pos + 8 + u64::from(blen) >= len
-            };
-            if !last {
-                return Err(JournalError::Corrupt(format!(
-                    "{}: record at byte {pos} fails its checksum and is followed by more data",
-                    path.display()
-                )));
+    if !any_data {
+        return Ok(Tail::Zeros);
+    }
+    if format == 1 {
+        // Format 1 grew the file with every write: only its very last
+        // record can be torn.
+        let mut frame = [0u8; 8];
+        let last = file.read_exact_at(&mut frame, pos).is_err() || {
+            let blen = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+            pos + 8 + u64::from(blen) >= len
+        };
+        if !last {
+            let d = crate::repair::describe(path, file, pos, len, Evidence::FollowedByData, None)?;
+            return Ok(Tail::Damaged(Box::new(d)));
+        }
+    }
+    Ok(Tail::Torn)
+}
+
+/// The marker at `m` is followed by no record (zeros or the end of the
+/// file): a closing marker.
+fn is_closing(file: &LogFile, m: u64, len: u64) -> bool {
+    let next = m + MARKER_FRAME as u64;
+    let mut frame = [0u8; 4];
+    next + 8 > len || (file.read_exact_at(&mut frame, next).is_ok() && frame == [0; 4])
+}
+
+/// Reads the frame at `pos`: the body length and checksum, and whether a
+/// good record is there (a plausible length, inside `len`, and a matching
+/// checksum). `None` when the frame itself is past `len`.
+pub(crate) fn read_frame(
+    file: &LogFile,
+    pos: u64,
+    len: u64,
+    body: &mut Vec<u8>,
+) -> std::io::Result<Option<(u32, bool)>> {
+    let mut frame = [0u8; 8];
+    if pos + 8 > len {
+        return Ok(None);
+    }
+    file.read_exact_at(&mut frame, pos)?;
+    let blen = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    body.clear();
+    if blen == 0 || blen > MAX_RECORD || pos + 8 + u64::from(blen) > len {
+        return Ok(Some((blen, false)));
+    }
+    body.resize(blen as usize, 0);
+    file.read_exact_at(body, pos + 8)?;
+    Ok(Some((blen, crc32(body) == crc)))
+}
+
+/// What one record body holds, for a damage report: its entity, the
+/// sequence numbers of its events and of its snapshot. `None` for a batch
+/// marker; `Err` when the body does not decode.
+pub(crate) fn summarize(body: &[u8]) -> Result<Option<RecordSummary>, JournalError> {
+    let mut d = Dec { buf: body, pos: 0 };
+    let kind = d.u8()?;
+    if kind == KIND_BATCH {
+        return Ok(None);
+    }
+    let key = EntityKey::new(d.string()?, d.string()?);
+    let mut events = Vec::new();
+    let mut snapshot = None;
+    match kind {
+        KIND_WRITE => {
+            for _ in 0..d.u32()? {
+                events.push(d.u64()?);
+                d.u64()?;
+                d.bytes()?;
+                d.bytes()?;
             }
         }
-        tracing::warn!(path = %path.display(), at = pos, dropped = len - pos, "event log: cut off a torn tail (never acknowledged)");
+        KIND_SNAPSHOT => {
+            d.u32()?;
+            snapshot = Some(d.u64()?);
+        }
+        KIND_TRUNCATE => {
+            d.u64()?;
+        }
+        k => return Err(JournalError::Corrupt(format!("unknown record kind {k}"))),
     }
-    Ok(())
+    Ok(Some(RecordSummary {
+        key,
+        events,
+        snapshot,
+    }))
+}
+
+/// One record's entity and what of it the record holds.
+pub(crate) struct RecordSummary {
+    pub(crate) key: EntityKey,
+    /// Sequence numbers of its events.
+    pub(crate) events: Vec<u64>,
+    /// Sequence number of its snapshot (a snapshot record).
+    pub(crate) snapshot: Option<u64>,
 }
 
 impl LogStore {
@@ -558,6 +725,15 @@ impl LogStore {
             .truncate(false)
             .open(&path)
             .map_err(|e| io(&path, e))?;
+        // Shared: stores of one process may overlap (a test reopening), but
+        // `cairn journal cut` (exclusive) must not run beside a node.
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(path)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::debug!(path = %path.display(), error = %e, "event log: no file lock on this file system");
+            }
+        }
         Self::open_file(path, LogFile::Os(file), max_batch, direct)
     }
 
@@ -582,7 +758,8 @@ impl LogStore {
         direct: bool,
     ) -> Result<Arc<LogStore>, JournalError> {
         let mut index = Index::default();
-        let end = recover(&path, &file, &mut index)?.max(HEADER);
+        let (end, covered) = recover(&path, &file, &mut index)?;
+        let end = end.max(HEADER);
         // Whatever follows the good records (zeros, a torn tail) goes, so that
         // no stale byte can be read as data later. The header is (re)written
         // with this format: a format 1 file gains batch markers from now on.
@@ -603,7 +780,9 @@ impl LogStore {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("cairn-log".into())
-            .spawn(move || writer_loop(&writer_shared, rx, end, max_batch.max(1), direct))
+            .spawn(move || {
+                writer_loop(&writer_shared, rx, end, max_batch.max(1), direct, covered);
+            })
             .map_err(|e| JournalError::Io(e.to_string()))?;
         Ok(Arc::new(LogStore {
             shared,
@@ -733,12 +912,19 @@ impl Shared {
 /// parks only when the queue is empty. One thread both writes and syncs: with
 /// a second thread syncing, every submit had to wake the writer and groups
 /// stayed small (docs/BENCHMARKS.md).
+///
+/// When the store is dropped (the queue closes), it writes a closing marker:
+/// a batch marker with no records, holding the end of the data, synced. It
+/// proves that the last group had been synced, so that damage to it is not
+/// mistaken for a torn tail on the next open. `covered` says the data
+/// already ends with a marker (then a store that wrote nothing adds none).
 fn writer_loop(
     shared: &Shared,
     mut rx: mpsc::Receiver<(Op, Ack)>,
     mut end: u64,
     max_batch: usize,
     direct: bool,
+    mut covered: bool,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     // The file is zero-filled up to here (open cut it at the data's end).
@@ -771,45 +957,82 @@ fn writer_loop(
             buf.clear();
         } else {
             let synced = shared.committed.load(Ordering::Acquire);
-            buf[..4].copy_from_slice(&MARKER_BODY.to_le_bytes());
-            buf[8] = KIND_BATCH;
-            buf[9..MARKER_FRAME].copy_from_slice(&synced.to_le_bytes());
-            let crc = crc32(&buf[8..MARKER_FRAME]);
-            buf[4..8].copy_from_slice(&crc.to_le_bytes());
-            let written = match direct.as_mut() {
-                Some(d) => match d.write(end, &buf, &mut zeroed_to) {
-                    Ok(()) => {
-                        durable = true;
-                        Ok(())
-                    }
-                    // A file system that takes O_DIRECT at open but not our
-                    // writes: the first write says so, and nothing was written.
-                    Err(e) if !d.proven && e.raw_os_error() == Some(libc::EINVAL) => {
-                        tracing::info!(path = %shared.path.display(), "event log: direct writes refused; using fdatasync");
-                        direct = None;
-                        zeroed_to = end;
-                        write_buffered(&shared.file, end, &buf, &mut zeroed_to)
-                    }
-                    Err(e) => {
-                        // Unlike a failed pwrite into the page cache, a failed
-                        // synchronous write leaves the disk in an unknown state.
-                        let _ = shared.failed.set(e.to_string());
-                        Err(e)
-                    }
-                },
-                None => write_buffered(&shared.file, end, &buf, &mut zeroed_to),
-            };
-            if let Err(e) = written {
-                // Nothing of this batch is acknowledged; cut the file back.
-                let _ = shared.file.set_len(end);
-                zeroed_to = end;
-                let err = io(&shared.path, e);
-                fail_all(batch, &err);
-                continue;
+            fill_marker(&mut buf, synced);
+            match write_group(shared, &mut direct, end, &buf, &mut zeroed_to) {
+                Ok(d) => durable = d,
+                Err(e) => {
+                    // Nothing of this batch is acknowledged; cut the file back.
+                    let _ = shared.file.set_len(end);
+                    zeroed_to = end;
+                    let err = io(&shared.path, e);
+                    fail_all(batch, &err);
+                    continue;
+                }
             }
+            covered = false;
         }
         end += buf.len() as u64;
         commit(shared, end, durable, batch, results);
+    }
+    if !covered && end > HEADER && shared.failure().is_none() {
+        // Every group was committed: the data up to `end` is durable.
+        buf.clear();
+        buf.resize(MARKER_FRAME, 0);
+        fill_marker(&mut buf, shared.committed.load(Ordering::Acquire));
+        let closed =
+            write_group(shared, &mut direct, end, &buf, &mut zeroed_to).and_then(|durable| {
+                if durable {
+                    Ok(())
+                } else {
+                    shared.file.sync_data()
+                }
+            });
+        if let Err(e) = closed {
+            // The data is durable; only the proof of it for the last group
+            // is missing (damage there would read as a torn tail).
+            tracing::warn!(path = %shared.path.display(), error = %e, "event log: closing marker not written");
+        }
+    }
+}
+
+/// Fills in the batch marker at the start of `buf` (its first
+/// [`MARKER_FRAME`] bytes): the log was durable up to `synced`.
+fn fill_marker(buf: &mut [u8], synced: u64) {
+    buf[..4].copy_from_slice(&MARKER_BODY.to_le_bytes());
+    buf[8] = KIND_BATCH;
+    buf[9..MARKER_FRAME].copy_from_slice(&synced.to_le_bytes());
+    let crc = crc32(&buf[8..MARKER_FRAME]);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Writes a group at `end`: directly (durable when it returns: `Ok(true)`)
+/// or through the page cache (`Ok(false)`: `fdatasync` still needed).
+fn write_group(
+    shared: &Shared,
+    direct: &mut Option<DirectWriter>,
+    end: u64,
+    buf: &[u8],
+    zeroed_to: &mut u64,
+) -> std::io::Result<bool> {
+    let Some(d) = direct.as_mut() else {
+        return write_buffered(&shared.file, end, buf, zeroed_to).map(|()| false);
+    };
+    match d.write(end, buf, zeroed_to) {
+        Ok(()) => Ok(true),
+        // A file system that takes O_DIRECT at open but not our
+        // writes: the first write says so, and nothing was written.
+        Err(e) if !d.proven && e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::info!(path = %shared.path.display(), "event log: direct writes refused; using fdatasync");
+            *direct = None;
+            *zeroed_to = end;
+            write_buffered(&shared.file, end, buf, zeroed_to).map(|()| false)
+        }
+        Err(e) => {
+            // Unlike a failed pwrite into the page cache, a failed
+            // synchronous write leaves the disk in an unknown state.
+            let _ = shared.failed.set(e.to_string());
+            Err(e)
+        }
     }
 }
 
@@ -1365,14 +1588,23 @@ mod tests {
         s.shared.committed.load(Ordering::Acquire)
     }
 
-    /// Writes #1..#3, #4..#5 and #6 as three batches; returns the ends of
-    /// the first two.
-    async fn three_batches(dir: &Path, k: &EntityKey) -> (u64, u64) {
+    /// Writes #1..#3, #4..#5 and #6 as three batches, then closes the log;
+    /// returns the ends of the batches.
+    async fn three_batches(dir: &Path, k: &EntityKey) -> (u64, u64, u64) {
         let s = LogStore::open(dir, 16).unwrap();
         let e1 = append(&s, k, 1..=3).await;
         let e2 = append(&s, k, 4..=5).await;
-        append(&s, k, 6..=6).await;
-        (e1, e2)
+        let e3 = append(&s, k, 6..=6).await;
+        (e1, e2, e3)
+    }
+
+    /// Removes the closing marker at `end` (the end of the last batch), as
+    /// if the process had crashed instead of closing the log.
+    fn crash_instead_of_close(bytes: &mut [u8], end: u64) {
+        let m = end as usize;
+        assert_eq!(bytes[m + 8], KIND_BATCH, "a closing marker at {end}");
+        assert!(bytes[m + MARKER_FRAME..].iter().all(|b| *b == 0));
+        bytes[m..m + MARKER_FRAME].fill(0);
     }
 
     /// Three batches were written, the third one's marker saying the second
@@ -1382,7 +1614,7 @@ mod tests {
     async fn a_lost_page_before_a_later_unsynced_batch_is_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let k = EntityKey::new("t", "a");
-        let (e1, e2) = three_batches(dir.path(), &k).await;
+        let (e1, e2, e3) = three_batches(dir.path(), &k).await;
         let path = dir.path().join("events.log");
         let mut bytes = std::fs::read(&path).unwrap();
         // The third batch's marker, as if written before the second was synced.
@@ -1391,8 +1623,10 @@ mod tests {
         bytes[m + 9..m + 17].copy_from_slice(&e1.to_le_bytes());
         let crc = crc32(&bytes[m + 8..m + 17]);
         bytes[m + 4..m + 8].copy_from_slice(&crc.to_le_bytes());
-        // The second batch's page never reached the disk.
+        // The second batch's page never reached the disk, nor did the log
+        // close.
         bytes[e1 as usize..e2 as usize].fill(0);
+        crash_instead_of_close(&mut bytes, e3);
         std::fs::write(&path, &bytes).unwrap();
         {
             let s = LogStore::open(dir.path(), 16).unwrap();
@@ -1415,13 +1649,16 @@ mod tests {
     async fn damage_to_a_synced_batch_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let k = EntityKey::new("t", "b");
-        let (e1, e2) = three_batches(dir.path(), &k).await;
+        let (e1, e2, _) = three_batches(dir.path(), &k).await;
         let path = dir.path().join("events.log");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[e1 as usize..e2 as usize].fill(0);
         std::fs::write(&path, &bytes).unwrap();
         let e = LogStore::open(dir.path(), 16).err().expect("refused");
-        assert!(matches!(e, JournalError::Corrupt(_)), "{e}");
+        let JournalError::Damaged(d) = &e else {
+            panic!("not reported as damage: {e}");
+        };
+        assert_eq!(d.offset, e1, "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut");
     }
 
@@ -1436,15 +1673,18 @@ mod tests {
             let s = LogStore::open(dir.path(), 16).unwrap();
             append(&s, &k, 1..=1).await
         };
+        // Closing wrote a closing marker at the end.
+        let closed = end + MARKER_FRAME as u64;
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes.len() as u64 >= end + ZERO_STEP, "zero-filled ahead");
-        assert!(bytes[end as usize..].iter().all(|b| *b == 0));
+        assert_eq!(marker_at(&bytes[end as usize..]), Some(end));
+        assert!(bytes[closed as usize..].iter().all(|b| *b == 0));
         let s = LogStore::open(dir.path(), 16).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
-            end,
+            closed,
             "cut back on open"
         );
-        assert_eq!(append(&s, &k, 2..=2).await, end + (end - HEADER));
+        assert_eq!(append(&s, &k, 2..=2).await, closed + (end - HEADER));
     }
 }
