@@ -136,4 +136,10 @@ pub trait Behavior: Send + Sync + 'static {
     fn state_to_json(&self, state: &[u8]) -> Result<Result<String, String>, GuestFault>;
     /// Reply bytes → JSON.
     fn reply_to_json(&self, reply: &[u8]) -> Result<Result<String, String>, GuestFault>;
+    /// Where calls that overrun their inline budget go (wasm behaviors). The
+    /// default, `None`, runs every call inline (native behaviors, whose calls
+    /// are short by construction).
+    fn lane(&self) -> Option<&crate::runtime::Lane> {
+        None
+    }
 }

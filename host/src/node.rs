@@ -28,7 +28,7 @@ use crate::deploy::DeployError;
 use crate::entity::{self, Enqueue, EntityType, Env, Envelope, Outbox};
 use crate::registry::{Registry, RegistryError};
 use crate::replay::{self, FoldOn, Replay, ReplayError, Until};
-use crate::runtime::{LoadError, WasmEngine};
+use crate::runtime::{LoadError, WasmEngine, call_blocking};
 
 pub use crate::types::{AskError, LifecycleEvent, Reply};
 
@@ -656,12 +656,13 @@ impl Node {
     ) -> Result<JsonReply, ReadError> {
         let ty = self.ty(entity_type)?;
         let behavior = ty.behavior();
-        let command = behavior
-            .command_from_json(json)?
+        let command = call_blocking(&*behavior, |b| b.command_from_json(json))?
             .map_err(AskError::MalformedCommand)?;
         let reply = self.ask(entity_type, entity_id, command, options).await?;
         let json = match &reply.reply {
-            Some(bytes) => Some(behavior.reply_to_json(bytes)?.map_err(ReadError::Codec)?),
+            Some(bytes) => Some(
+                call_blocking(&*behavior, |b| b.reply_to_json(bytes))?.map_err(ReadError::Codec)?,
+            ),
             None => None,
         };
         Ok(JsonReply {
@@ -673,34 +674,28 @@ impl Node {
     /// Encodes a JSON command with the type's behavior.
     pub fn command_from_json(&self, entity_type: &str, json: &str) -> Result<Vec<u8>, ReadError> {
         let ty = self.ty(entity_type)?;
-        Ok(ty
-            .behavior()
-            .command_from_json(json)?
-            .map_err(AskError::MalformedCommand)?)
+        Ok(
+            call_blocking(&*ty.behavior(), |b| b.command_from_json(json))?
+                .map_err(AskError::MalformedCommand)?,
+        )
     }
 
     /// Renders an event of a type as JSON.
     pub fn event_to_json(&self, entity_type: &str, event: &[u8]) -> Result<String, ReadError> {
         let ty = self.ty(entity_type)?;
-        ty.behavior()
-            .event_to_json(event)?
-            .map_err(ReadError::Codec)
+        call_blocking(&*ty.behavior(), |b| b.event_to_json(event))?.map_err(ReadError::Codec)
     }
 
     /// Renders reply bytes of a type as JSON.
     pub fn reply_to_json(&self, entity_type: &str, reply: &[u8]) -> Result<String, ReadError> {
         let ty = self.ty(entity_type)?;
-        ty.behavior()
-            .reply_to_json(reply)?
-            .map_err(ReadError::Codec)
+        call_blocking(&*ty.behavior(), |b| b.reply_to_json(reply))?.map_err(ReadError::Codec)
     }
 
     /// Renders state bytes of a type (e.g. a snapshot's) as JSON.
     pub fn state_to_json(&self, entity_type: &str, state: &[u8]) -> Result<String, ReadError> {
         let ty = self.ty(entity_type)?;
-        ty.behavior()
-            .state_to_json(state)?
-            .map_err(ReadError::Codec)
+        call_blocking(&*ty.behavior(), |b| b.state_to_json(state))?.map_err(ReadError::Codec)
     }
 
     /// Events of an entity with `from <= seq <= to`, at most `limit`.
@@ -739,9 +734,7 @@ impl Node {
     ) -> Result<(String, u64), ReadError> {
         let (state, seq) = self.state(entity_type, entity_id).await?;
         let ty = self.ty(entity_type)?;
-        let json = ty
-            .behavior()
-            .state_to_json(&state)?
+        let json = call_blocking(&*ty.behavior(), |b| b.state_to_json(&state))?
             .map_err(ReadError::Codec)?;
         Ok((json, seq))
     }

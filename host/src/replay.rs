@@ -36,7 +36,9 @@ pub(crate) enum Until {
 /// Where the guest's fold runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FoldOn {
-    /// On the calling task (recovery: the entity waits for it anyway).
+    /// On the calling task (recovery: the entity waits for it anyway), under
+    /// the inline budget; a longer fold moves to the guest pool
+    /// (`runtime::call`).
     Caller,
     /// On the low-priority background pool, so that a long replay neither
     /// holds a runtime worker nor takes CPU from commands (validation).
@@ -124,7 +126,17 @@ type Fold = Result<Result<Vec<u8>, FoldError>, GuestFault>;
 
 async fn fold(behavior: &Arc<dyn Behavior>, on: FoldOn, state: &[u8], packed: &[u8]) -> Fold {
     match on {
-        FoldOn::Caller => behavior.fold(state, packed),
+        FoldOn::Caller => {
+            crate::runtime::call(
+                behavior,
+                |b| b.fold(state, packed),
+                || {
+                    let (state, packed) = (state.to_vec(), packed.to_vec());
+                    Box::new(move |b: &dyn Behavior| b.fold(&state, &packed))
+                },
+            )
+            .await
+        }
         FoldOn::Background => {
             let (behavior, state, packed) = (behavior.clone(), state.to_vec(), packed.to_vec());
             crate::runtime::background(move || behavior.fold(&state, &packed))

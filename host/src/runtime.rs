@@ -11,10 +11,23 @@
 //! number of live instances near the number of cores instead of the number of
 //! entities. An instance that traps is dropped, never reused. This module
 //! never touches the journal and never panics on what a guest does.
+//!
+//! Submodules: `pool` decides where a call runs (inline under a short
+//! budget, or on the low-priority guest pool: see [`Lane`]); `stdio`
+//! replaces WASI's blocking stream and poll functions, so that guest output
+//! is captured (and logged here, bounded and rate-limited) and a sleep or a
+//! read of stdin fails the call instead of blocking or panicking.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod pool;
+mod stdio;
+
+pub use pool::{Lane, SLOW_FOR};
+pub(crate) use pool::{call, call_blocking};
+use stdio::{CallIo, GuestIo};
 
 use rand::SeedableRng;
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -111,6 +124,12 @@ pub struct GuestLimits {
     pub memory_limit: usize,
     /// Idle instances kept per behavior.
     pub pool_size: usize,
+    /// How long a call may run inline (on the caller's thread, e.g. a tokio
+    /// worker) before it is interrupted and run again on the guest pool.
+    pub inline_budget: Duration,
+    /// Guest pool threads one behavior may hold at once (0: half the
+    /// pool's threads, at least one).
+    pub pool_per_type: usize,
 }
 
 impl Default for GuestLimits {
@@ -119,6 +138,8 @@ impl Default for GuestLimits {
             call_timeout: Duration::from_secs(1),
             memory_limit: 64 << 20,
             pool_size: 8,
+            inline_budget: Duration::from_millis(10),
+            pool_per_type: 0,
         }
     }
 }
@@ -170,6 +191,11 @@ pub struct WasmEngine {
     engine: Engine,
     linker: Linker<GuestState>,
     stop: Arc<AtomicBool>,
+    /// Epoch ticks since the engine started (a coarse clock for lanes and
+    /// the output rate limit).
+    ticks: Arc<AtomicU64>,
+    /// Where calls that exceed their inline budget run.
+    pool: pool::GuestPool,
 }
 
 impl WasmEngine {
@@ -182,12 +208,19 @@ impl WasmEngine {
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        stdio::shadow_blocking_io(&mut linker, |s: &mut GuestState| GuestIo {
+            table: &mut s.table,
+            io: &mut s.io,
+        })
+        .map_err(|e| LoadError::Engine(e.to_string()))?;
         linker
             .instance(TYPES_IMPORT)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let ticker_stop = stop.clone();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker_ticks = ticks.clone();
         std::thread::Builder::new()
             .name("cairn-epoch".into())
             .spawn(move || {
@@ -197,13 +230,21 @@ impl WasmEngine {
                         Some(e) => e.increment_epoch(),
                         None => break,
                     }
+                    ticker_ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2);
+        let pool = pool::GuestPool::start(threads).map_err(|e| LoadError::Engine(e.to_string()))?;
         Ok(Arc::new(WasmEngine {
             engine,
             linker,
             stop,
+            ticks,
+            pool,
         }))
     }
 
@@ -240,10 +281,18 @@ impl WasmEngine {
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre =
             bindings::EntityPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let per_type = match limits.pool_per_type {
+            0 => (self.pool.threads() / 2).max(1),
+            n => n,
+        };
         let mut behavior = WasmBehavior {
             engine: self.clone(),
             pre,
             pool: Mutex::new(Vec::new()),
+            lane: self
+                .pool
+                .lane(self.ticks.clone(), limits.inline_budget, per_type),
+            output_log: OutputLog::default(),
             limits,
             descriptor: Descriptor {
                 name: String::new(),
@@ -252,7 +301,7 @@ impl WasmEngine {
             },
         };
         let d = behavior
-            .with_instance(0, |b, store| b.call_describe(store))
+            .with_instance(0, "", |b, store| b.call_describe(store))
             .map_err(LoadError::Describe)?;
         behavior.descriptor = Descriptor {
             name: d.name,
@@ -274,11 +323,13 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
-/// Per-store data: the locked-down WASI context and the memory limiter.
+/// Per-store data: the locked-down WASI context, the memory limiter and
+/// the I/O record of the current call.
 struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+    io: CallIo,
 }
 
 impl WasiView for GuestState {
@@ -354,8 +405,25 @@ pub struct WasmBehavior {
     engine: Arc<WasmEngine>,
     pre: bindings::EntityPre<GuestState>,
     pool: Mutex<Vec<Slot>>,
+    lane: Lane,
+    output_log: OutputLog,
     limits: GuestLimits,
     descriptor: Descriptor,
+}
+
+/// Guest output log lines one behavior may write per window.
+const OUTPUT_LINES_PER_WINDOW: u64 = 20;
+/// The rate-limit window, in epoch ticks (1 s).
+const OUTPUT_WINDOW_TICKS: u64 = 200;
+
+/// The rate limit of one behavior's output log lines: at most
+/// [`OUTPUT_LINES_PER_WINDOW`] per window; the calls whose output was not
+/// logged are counted and reported with the next line.
+#[derive(Default)]
+struct OutputLog {
+    window: AtomicU64,
+    lines: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 impl WasmBehavior {
@@ -380,6 +448,7 @@ impl WasmBehavior {
                     memory_limit: self.limits.memory_limit,
                     refused: false,
                 },
+                io: CallIo::default(),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -401,10 +470,13 @@ impl WasmBehavior {
         (self.limits.call_timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
     }
 
-    /// Runs `f` on a pooled instance; a trap drops the instance.
+    /// Runs `f` on a pooled instance; a trap drops the instance. The call's
+    /// deadline is the inline budget when it runs inline (see [`Lane`]),
+    /// else `call_timeout`. `entity_id` ("" if none) labels its output.
     fn with_instance<T>(
         &self,
         timestamp_ms: u64,
+        entity_id: &str,
         f: impl FnOnce(&wit::Guest, &mut Store<GuestState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestFault> {
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
@@ -412,15 +484,24 @@ impl WasmBehavior {
             Some(s) => s,
             None => self.new_slot()?,
         };
+        let inline = pool::inline_ticks();
         slot.clock.store(timestamp_ms, Ordering::Relaxed);
-        slot.store.set_epoch_deadline(self.deadline_ticks());
-        // wasmtime-wasi's synchronous blocking I/O (stdout/stderr writes,
-        // sleeps, stdin) calls `Handle::block_on`, which panics on a tokio
-        // worker. Such a panic unwinds out of the guest call: it fails this
-        // call only, and the instance is dropped.
+        slot.store
+            .set_epoch_deadline(inline.unwrap_or_else(|| self.deadline_ticks()));
+        slot.store.data_mut().io.reset();
+        // Blocking WASI calls are replaced (`stdio`) and never panic; this
+        // is the last line of defence against a panic in wasmtime-wasi.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             f(slot.entity.cairn_entity_behavior(), &mut slot.store)
         }));
+        let interrupted = inline.is_some()
+            && matches!(&result, Ok(Err(e)) if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)));
+        if interrupted {
+            // Run again elsewhere with the full deadline: its output then.
+            pool::note_interrupted();
+        } else {
+            self.log_output(entity_id, &mut slot.store.data_mut().io);
+        }
         let result = match result {
             Ok(r) => r,
             Err(_) if slot.store.data().limiter.refused => {
@@ -428,7 +509,7 @@ impl WasmBehavior {
             }
             Err(_) => {
                 return Err(GuestFault::Trap(
-                    "the guest attempted blocking I/O (printing, sleeping or reading stdin), which behaviors may not do".into(),
+                    "the guest call panicked inside the host's WASI implementation".into(),
                 ));
             }
         };
@@ -445,9 +526,40 @@ impl WasmBehavior {
         }
     }
 
+    /// Logs what the guest wrote to stdout/stderr during a call (at most
+    /// `stdio::OUTPUT_CAP` bytes), within the behavior's rate limit.
+    fn log_output(&self, entity_id: &str, io: &mut CallIo) {
+        if io.out.is_empty() && io.dropped == 0 {
+            return;
+        }
+        let log = &self.output_log;
+        let window = self.engine.ticks.load(Ordering::Relaxed) / OUTPUT_WINDOW_TICKS;
+        if log.window.swap(window, Ordering::Relaxed) != window {
+            log.lines.store(0, Ordering::Relaxed);
+        }
+        if log.lines.fetch_add(1, Ordering::Relaxed) >= OUTPUT_LINES_PER_WINDOW {
+            log.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = log.suppressed.swap(0, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(&io.out);
+        tracing::info!(
+            target: "cairn::guest",
+            entity_type = %self.descriptor.name,
+            entity_id,
+            truncated_bytes = io.dropped,
+            calls_not_logged = suppressed,
+            output = %text.trim_end(),
+            "guest output"
+        );
+    }
+
     fn classify(&self, slot: &Slot, e: wasmtime::Error) -> GuestFault {
         if slot.store.data().limiter.refused {
             return GuestFault::MemoryLimit(self.limits.memory_limit);
+        }
+        if let Some(what) = slot.store.data().io.blocked {
+            return GuestFault::Trap(stdio::blocking_message(what));
         }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => GuestFault::Deadline(self.limits.call_timeout),
@@ -464,8 +576,12 @@ impl Behavior for WasmBehavior {
         &self.descriptor
     }
 
+    fn lane(&self) -> Option<&Lane> {
+        Some(&self.lane)
+    }
+
     fn initial_state(&self) -> Result<Vec<u8>, GuestFault> {
-        self.with_instance(0, |b, s| b.call_initial_state(s))
+        self.with_instance(0, "", |b, s| b.call_initial_state(s))
     }
 
     fn decide(
@@ -479,7 +595,7 @@ impl Behavior for WasmBehavior {
             next_seq: ctx.next_seq,
             timestamp_ms: ctx.timestamp_ms,
         };
-        let out = self.with_instance(ctx.timestamp_ms, |b, s| {
+        let out = self.with_instance(ctx.timestamp_ms, ctx.entity_id, |b, s| {
             b.call_decide(s, wctx, state, command)
         })?;
         Ok(match out {
@@ -510,7 +626,7 @@ impl Behavior for WasmBehavior {
     }
 
     fn fold(&self, state: &[u8], packed: &[u8]) -> Result<Result<Vec<u8>, FoldError>, GuestFault> {
-        let out = self.with_instance(0, |b, s| b.call_fold(s, state, packed))?;
+        let out = self.with_instance(0, "", |b, s| b.call_fold(s, state, packed))?;
         Ok(out.map_err(|e| FoldError {
             index: e.index,
             message: e.message,
@@ -518,18 +634,18 @@ impl Behavior for WasmBehavior {
     }
 
     fn command_from_json(&self, json: &str) -> Result<Result<Vec<u8>, String>, GuestFault> {
-        self.with_instance(0, |b, s| b.call_command_from_json(s, json))
+        self.with_instance(0, "", |b, s| b.call_command_from_json(s, json))
     }
 
     fn event_to_json(&self, event: &[u8]) -> Result<Result<String, String>, GuestFault> {
-        self.with_instance(0, |b, s| b.call_event_to_json(s, event))
+        self.with_instance(0, "", |b, s| b.call_event_to_json(s, event))
     }
 
     fn state_to_json(&self, state: &[u8]) -> Result<Result<String, String>, GuestFault> {
-        self.with_instance(0, |b, s| b.call_state_to_json(s, state))
+        self.with_instance(0, "", |b, s| b.call_state_to_json(s, state))
     }
 
     fn reply_to_json(&self, reply: &[u8]) -> Result<Result<String, String>, GuestFault> {
-        self.with_instance(0, |b, s| b.call_reply_to_json(s, reply))
+        self.with_instance(0, "", |b, s| b.call_reply_to_json(s, reply))
     }
 }

@@ -1,6 +1,8 @@
 //! A behavior that misbehaves on purpose, for the host's isolation tests:
 //! `Panic` panics, `Loop` never returns, `Alloc` allocates without bound.
 //! `Ok` persists one `Done` event and replies "ok"; `Count` replies how many.
+//! `Print` writes lines to stdout and stderr, then acts like `Ok`; `Sleep`
+//! sleeps and `ReadStdin` reads a line (blocking I/O, which the host refuses).
 //! Never deploy this anywhere real.
 
 use cairn_guest::{Context, Decision, Entity};
@@ -22,6 +24,18 @@ pub enum Command {
     Alloc,
     /// Reply with the number of `Done` events.
     Count,
+    /// Print `lines` lines to stdout (and one to stderr), then act like `Ok`.
+    Print {
+        /// How many lines.
+        lines: u32,
+    },
+    /// Sleep, then reply "slept".
+    Sleep {
+        /// For how long.
+        ms: u64,
+    },
+    /// Read a line from stdin and reply with it.
+    ReadStdin,
 }
 
 /// Facts.
@@ -67,6 +81,24 @@ impl Entity for Faulty {
                 }
             }
             Command::Count => Decision::reply(Reply::Count(*state)),
+            Command::Print { lines } => {
+                eprintln!("faulty writes to stderr");
+                for i in 0..lines {
+                    println!("faulty prints line {i}");
+                }
+                Decision::persist([Event::Done]).then_reply(Reply::Text("printed".into()))
+            }
+            Command::Sleep { ms } => {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Decision::reply(Reply::Text("slept".into()))
+            }
+            Command::ReadStdin => {
+                let mut line = String::new();
+                match std::io::stdin().read_line(&mut line) {
+                    Ok(_) => Decision::reply(Reply::Text(line)),
+                    Err(e) => Decision::reply(Reply::Text(format!("stdin failed: {e}"))),
+                }
+            }
         }
     }
 

@@ -672,7 +672,26 @@ async fn process(
         timestamp_ms,
     };
     let key = || EntityKey::new(ty.name.clone(), cell.id.as_ref());
-    let decision = match behavior.decide(&ctx, &live.state, &command) {
+    // Inline under a short budget; a long call moves to the guest pool, so
+    // it cannot hold this runtime worker (runtime::call).
+    let decided = crate::runtime::call(
+        behavior,
+        |b| b.decide(&ctx, &live.state, &command),
+        || {
+            let (id, state, command) = (cell.id.to_string(), live.state.clone(), command.clone());
+            let next_seq = ctx.next_seq;
+            Box::new(move |b: &dyn Behavior| {
+                let ctx = CommandContext {
+                    entity_id: &id,
+                    next_seq,
+                    timestamp_ms,
+                };
+                b.decide(&ctx, &state, &command)
+            })
+        },
+    )
+    .await;
+    let decision = match decided {
         Ok(Ok(d)) => d,
         Ok(Err(err)) => {
             let restart = matches!(err, CommandError::BadState(_));
