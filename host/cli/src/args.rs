@@ -160,6 +160,11 @@ pub enum Command {
     },
     /// Drive a running node with bank-account deposits and print throughput and latency.
     Bench(BenchArgs),
+    /// Check or repair a stopped node's event log (`events.log`).
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
     /// Validate a cairn.toml and print the resolved settings.
     CheckConfig {
         /// The file.
@@ -184,6 +189,32 @@ pub enum CertsCommand {
         /// (localhost and 127.0.0.1 are always included).
         #[arg(long = "name")]
         names: Vec<String>,
+    },
+}
+
+/// `cairn journal ...`: offline, with the node stopped (both take the
+/// log's lock, which a running node holds).
+#[derive(Subcommand)]
+pub enum JournalCommand {
+    /// Report the log: its records, whether it was closed cleanly, a torn
+    /// tail (cut when the node starts) and damage to acknowledged data
+    /// (the node refuses to start); exits with 1 when damaged.
+    Check {
+        /// The node's data directory.
+        #[arg(long, default_value = "cairn-data")]
+        data_dir: PathBuf,
+    },
+    /// Cut the log at damaged acknowledged data, so that the node starts:
+    /// copies events.log to a backup file first (named in the output), then
+    /// drops the damaged record and everything after it, listing the
+    /// entities and sequence numbers lost.
+    Cut {
+        /// The node's data directory.
+        #[arg(long, default_value = "cairn-data")]
+        data_dir: PathBuf,
+        /// The byte offset of the damage, as `cairn journal check` reports it.
+        #[arg(long)]
+        at: u64,
     },
 }
 

@@ -1,15 +1,16 @@
 //! The `cairn` command: runs a node (`cairn node`) and talks to one (`deploy`,
 //! `ask`, `tell`, `events`, `state`, `types`, `tail`, `bench`), manages
-//! certificates (`certs init`) and checks files (`check-config`, `describe`).
+//! certificates (`certs init`), checks files (`check-config`, `describe`) and
+//! checks or cuts a stopped node's event log (`journal check`, `journal cut`).
 //! `cairn --help` lists everything. Everything it does goes through the
 //! libraries: the node and server of `cairn-host`, the client of
 //! `cairn-client`.
 //!
 //! Layout: [`args`] (clap), [`node`] (the node runner), [`deploy`] (deploy,
 //! versions, rollback, types), [`entity`] (ask, tell, events, state, tail),
-//! [`certs`], [`inspect`] (check-config, describe), [`bench`](mod@bench) and its
-//! optional disk probes ([`probe`]), [`output`] (formatting shared by the
-//! commands).
+//! [`certs`], [`inspect`] (check-config, describe), [`journal`] (journal
+//! check and cut), [`bench`](mod@bench) and its optional disk probes
+//! ([`probe`]), [`output`] (formatting shared by the commands).
 
 use std::process::ExitCode;
 
@@ -23,11 +24,12 @@ mod cluster;
 mod deploy;
 mod entity;
 mod inspect;
+mod journal;
 mod node;
 mod output;
 mod probe;
 
-use args::{Cli, Command};
+use args::{Cli, Command, JournalCommand};
 
 /// jemalloc rather than glibc's allocator: the runtime allocates on one
 /// worker thread and frees on another all the time (tasks move between
@@ -56,6 +58,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig { file } => inspect::check_config(&file),
         Command::Describe { file } => inspect::describe(&file),
         Command::Certs { command } => certs::run(command),
+        Command::Journal { command } => match command {
+            JournalCommand::Check { data_dir } => journal::check(&data_dir),
+            JournalCommand::Cut { data_dir, at } => journal::cut(&data_dir, at),
+        },
         Command::Node(args) => {
             // The node's runtime has `node.workers` threads (one per core but
             // one by default, see `NodeConfig::worker_threads`).
@@ -139,7 +145,10 @@ async fn client_command(command: Command) -> Result<()> {
         } => entity::tail(entity_type, from, count, &conn).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Node(args) => node::run(node::config(&args)?, args.log_format).await,
-        Command::CheckConfig { .. } | Command::Describe { .. } | Command::Certs { .. } => {
+        Command::CheckConfig { .. }
+        | Command::Describe { .. }
+        | Command::Certs { .. }
+        | Command::Journal { .. } => {
             anyhow::bail!("not a client command")
         }
     }

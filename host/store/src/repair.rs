@@ -412,8 +412,8 @@ pub struct CutReport {
 /// the offset of the damage [`check_log`] reports (a torn tail needs no cut:
 /// opening the log cuts it).
 pub fn cut_log(dir: &Path, at: u64) -> Result<CutReport, JournalError> {
-    let (path, file) = open_locked(dir)?;
-    let file = LogFile::Os(file);
+    let (path, locked) = open_locked(dir)?;
+    let file = LogFile::Os(locked.try_clone().map_err(|e| io(&path, e))?);
     let found = report(&path, &file)?;
     let Some(damage) = found.damage else {
         return Err(JournalError::Invalid(format!(
@@ -434,10 +434,7 @@ pub fn cut_log(dir: &Path, at: u64) -> Result<CutReport, JournalError> {
         )));
     }
     let backup = backup_path(&path)?;
-    let LogFile::Os(f) = &file else {
-        return Err(JournalError::Invalid("not a file of the system".into()));
-    };
-    copy_synced(&path, f, &backup)?;
+    copy_synced(&path, &locked, &backup)?;
     file.set_len(at).map_err(|e| io(&path, e))?;
     file.sync_all(&path).map_err(|e| io(&path, e))?;
     Ok(CutReport {
