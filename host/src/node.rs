@@ -153,6 +153,8 @@ pub(crate) struct NodeInner {
     timers: Mutex<HashSet<u64>>,
     shutting_down: AtomicBool,
     pub(crate) registry: Registry,
+    /// What each type's journal holds, for deploy validation.
+    pub(crate) exemplars: crate::deploy::Exemplars,
     /// Deploys and rollbacks of a node run one at a time.
     pub(crate) deploying: tokio::sync::Mutex<()>,
     /// Timeouts of `ask`.
@@ -473,6 +475,7 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let engine = WasmEngine::new()?;
         let registry = Registry::open(&config.node.data_dir)?;
+        let exemplars = crate::deploy::Exemplars::open(&config.node.data_dir);
         let deadlines = Deadlines::start().map_err(|e| NodeError::Thread(e.to_string()))?;
         let (lifecycle, _) = broadcast::channel(4096);
         let inner = Arc::new_cyclic(|me: &Weak<NodeInner>| {
@@ -492,6 +495,7 @@ impl Node {
                 timers: Mutex::new(HashSet::new()),
                 shutting_down: AtomicBool::new(false),
                 registry,
+                exemplars,
                 deploying: tokio::sync::Mutex::new(()),
                 deadlines,
                 me: me.clone(),

@@ -396,7 +396,7 @@ fn start_writeback(f: &std::fs::File) {
 
 /// Writes a file through a temporary file, fsync and rename, then syncs the
 /// directory, so that a crash leaves the old or the new contents.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
     let io = |p: &Path| {
         let p = p.to_owned();
         move |source| RegistryError::Io { path: p, source }

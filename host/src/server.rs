@@ -840,6 +840,8 @@ fn validation_report(r: &deploy::ValidationReport) -> api::ValidationReport {
             })
             .collect(),
         differing: r.differing,
+        exemplars: r.exemplars,
+        exemplars_not_kept: r.exemplars_not_kept,
     }
 }
 

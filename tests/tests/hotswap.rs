@@ -334,3 +334,176 @@ async fn a_new_state_schema_rebuilds_state_from_events() -> Result<()> {
     client.close().await;
     Ok(())
 }
+
+/// A node whose bank accounts snapshot every 5 events (the README's
+/// configuration), with `extra` lines added to its `[node]` section.
+fn snapshotting_node(tmp: &std::path::Path, node_keys: &str) -> Result<NodeProc> {
+    let config = tmp.join("cairn.toml");
+    std::fs::write(
+        &config,
+        format!("[node]\n{node_keys}\n[entities.\"bank-account\".snapshot]\nevery = 5\n"),
+    )?;
+    NodeProc::start(&tmp.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+fn refused(
+    r: Result<cairn_host::client::Deployed, ClientError>,
+) -> cairn_host::api::ValidationReport {
+    match r {
+        Err(ClientError::Api(ApiError::ValidationFailed(r))) => *r,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_does_not_hide_events_the_new_version_cannot_read() -> Result<()> {
+    // The README's hot-swap walk-through with snapshots on: the withdrawal
+    // (#2) lies behind the snapshot at #5, and the broken version cannot
+    // decode it.
+    let tmp = tempfile::tempdir()?;
+    let node = snapshotting_node(tmp.path(), "")?;
+    let client = node.client().await?;
+    client.deploy(TYPE, example_bytes("bank-account")?).await?;
+    deposit(&client, "acct-1", 150).await?;
+    client
+        .ask_json(TYPE, "acct-1", r#"{"Withdraw":{"amount":20}}"#)
+        .await?;
+    for _ in 0..3 {
+        deposit(&client, "acct-1", 1).await?;
+    }
+    let at5 = client
+        .state(TYPE, "acct-1", cairn_host::api::StateAt::Seq(5))
+        .await?;
+    assert_eq!(at5.replayed, 0, "no snapshot at #5: the test shows nothing");
+
+    let report = refused(
+        client
+            .deploy_with(TYPE, example_bytes("bank-account-broken")?, false)
+            .await,
+    );
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(report.failures[0].entity_id, "acct-1");
+    assert_eq!(report.failures[0].seq, 2, "{report:?}");
+    assert!(report.failures[0].error.contains("Withdrawn"), "{report:?}");
+    assert_eq!(
+        report.from_snapshot, 0,
+        "a failed entity checks no snapshot"
+    );
+    assert_eq!(client.versions(TYPE).await?.active, Some(1));
+
+    // v2 reads everything: it replays all five events from #1, checks the
+    // state it folds against the snapshot at #5, and decodes the exemplars
+    // (v1's Deposited and Withdrawn).
+    let ok = client
+        .deploy_with(TYPE, example_bytes("bank-account-v2")?, true)
+        .await?;
+    assert_eq!(
+        (
+            ok.report.sampled,
+            ok.report.events,
+            ok.report.from_snapshot,
+            ok.report.exemplars
+        ),
+        (1, 5, 1, 2),
+        "{:?}",
+        ok.report
+    );
+    // The CLI prints what was checked.
+    let v2 = example_wasm("bank-account-v2")?;
+    let (ok, out, err) = node.cli(&["deploy", "--check", TYPE, v2.to_str().unwrap()])?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "replayed 5 events of 1 entities from #1 (1 snapshots checked) and decoded 2 exemplars"
+        ),
+        "{out}"
+    );
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_over_a_snapshot_is_refused() -> Result<()> {
+    // The README's rollback with snapshots on: v2 writes FeeCharged (#4),
+    // one more deposit makes the snapshot at #5, and v1 cannot read #4.
+    let tmp = tempfile::tempdir()?;
+    let node = snapshotting_node(tmp.path(), "")?;
+    let client = node.client().await?;
+    client.deploy(TYPE, example_bytes("bank-account")?).await?;
+    deposit(&client, "acct-1", 150).await?;
+    client
+        .ask_json(TYPE, "acct-1", r#"{"Withdraw":{"amount":20}}"#)
+        .await?;
+    client
+        .deploy(TYPE, example_bytes("bank-account-v2")?)
+        .await?;
+    let (reply, seq) = client
+        .ask_json(TYPE, "acct-1", r#"{"Withdraw":{"amount":40}}"#)
+        .await?;
+    assert_eq!((reply.as_deref(), seq), (Some("\"ok (fee 1)\""), 4));
+    deposit(&client, "acct-1", 1).await?;
+
+    let report = refused(client.rollback(TYPE, Some(1)).await);
+    let f = &report.failures[0];
+    assert_eq!((f.entity_id.as_str(), f.seq), ("acct-1", 4), "{report:?}");
+    assert!(f.error.contains("FeeCharged"), "{report:?}");
+    assert_eq!(client.versions(TYPE).await?.active, Some(2));
+    // The CLI's rollback says so, naming the entity and the event.
+    let (ok, _, err) = node.cli(&["rollback", TYPE, "--to", "1"])?;
+    assert!(!ok);
+    assert!(
+        err.contains("rollback refused") && err.contains("acct-1") && err.contains("#4"),
+        "{err}"
+    );
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_no_sampled_entity_holds_is_found_through_the_exemplars() -> Result<()> {
+    // 1,000 accounts, one of which withdrew; a sample of 10 almost never
+    // draws it, but the exemplar of v1's Withdrawn events is always decoded.
+    let tmp = tempfile::tempdir()?;
+    let node = snapshotting_node(tmp.path(), "deploy_sample = 10")?;
+    let client = Arc::new(node.client().await?);
+    client.deploy(TYPE, example_bytes("bank-account")?).await?;
+    let mut tasks = Vec::new();
+    for part in 0..8 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (part..1000).step_by(8) {
+                deposit(&c, &format!("acct-{i:04}"), 10).await?;
+            }
+            Ok::<_, ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    client
+        .ask_json(TYPE, "acct-0777", r#"{"Withdraw":{"amount":5}}"#)
+        .await?;
+
+    let report = refused(
+        client
+            .deploy_with(TYPE, example_bytes("bank-account-broken")?, false)
+            .await,
+    );
+    assert_eq!(report.sampled, 10, "{report:?}");
+    assert_eq!(report.exemplars, 2, "v1 wrote two kinds: {report:?}");
+    let f = report
+        .failures
+        .iter()
+        .find(|f| f.entity_id == "acct-0777")
+        .unwrap_or_else(|| panic!("the withdrawal was not found: {report:?}"));
+    assert_eq!(f.seq, 2);
+    assert!(f.error.contains("Withdrawn"), "{report:?}");
+    assert_eq!(client.versions(TYPE).await?.active, Some(1));
+
+    // The exemplars survive a restart of the node (kept in exemplars.json),
+    // and a scan after it finds only what is new.
+    let exemplars = std::fs::read_to_string(tmp.path().join("data").join("exemplars.json"))?;
+    assert!(exemplars.contains("Withdrawn"), "{exemplars}");
+    client.close().await;
+    Ok(())
+}

@@ -202,7 +202,7 @@ fn print_deployed(d: &Deployed, entity_type: &str, check: bool, json: bool) {
             t.state_schema,
             &t.hash[..16.min(t.hash.len())]
         );
-        if r.sampled > 0 {
+        if r.sampled > 0 || r.exemplars > 0 {
             println!("validated: {}", r.summary());
         }
     }

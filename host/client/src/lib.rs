@@ -40,6 +40,15 @@ pub enum ClientError {
         /// Why.
         message: String,
     },
+    /// Nothing answered the connection (no node listens there, or it is
+    /// unreachable) within the connect timeout.
+    #[error("no node answering at {addr} (no answer within {}s)", .after.as_secs_f64())]
+    NoAnswer {
+        /// The address tried.
+        addr: SocketAddr,
+        /// How long the client waited.
+        after: Duration,
+    },
     /// The connection was lost or closed by the node.
     #[error("connection lost: {0}")]
     Connection(String),
@@ -85,16 +94,49 @@ pub struct Client {
     node_name: String,
 }
 
+/// How long [`Client::connect`] waits for a node to answer.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Client {
     /// Connects to a node and checks it speaks this protocol. `server_name`
     /// is the name checked in the node's certificate
     /// ([`tls::DEFAULT_SERVER_NAME`] for certificates made by `cairn`).
+    /// Gives up with [`ClientError::NoAnswer`] after
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
     pub async fn connect(
         addr: SocketAddr,
         files: &ClientFiles,
         server_name: &str,
     ) -> Result<Client, ClientError> {
+        Client::connect_within(addr, files, server_name, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// [`Client::connect`] that gives up with [`ClientError::NoAnswer`]
+    /// when the handshake and the protocol check have not finished within
+    /// `timeout` (QUIC over UDP gets no refusal from an address where
+    /// nothing listens: without a bound the client would wait for the
+    /// transport's idle timeout).
+    pub async fn connect_within(
+        addr: SocketAddr,
+        files: &ClientFiles,
+        server_name: &str,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         let config = tls::client_config(files)?;
+        match tokio::time::timeout(timeout, Client::handshake(addr, config, server_name)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::NoAnswer {
+                addr,
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn handshake(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+        server_name: &str,
+    ) -> Result<Client, ClientError> {
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0".parse().expect("valid address")
         } else {

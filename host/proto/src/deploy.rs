@@ -12,7 +12,8 @@ pub struct ValidationReport {
     pub sampled: u64,
     /// Events replayed through the candidate.
     pub events: u64,
-    /// Sampled entities that started from a snapshot of the candidate's schema.
+    /// Sampled entities whose newest snapshot of the candidate's state
+    /// schema was checked against the state the candidate folds from #1.
     pub from_snapshot: u64,
     /// How long the validation took (ms).
     pub millis: u64,
@@ -25,6 +26,12 @@ pub struct ValidationReport {
     pub differences: Vec<StateDifference>,
     /// How many sampled entities have a different state (exact).
     pub differing: u64,
+    /// Exemplars of the type's journal (the first event of each kind each
+    /// version wrote) the candidate decoded. Since protocol version 3.
+    pub exemplars: u64,
+    /// Kinds of event seen beyond the node's exemplar cap, not checked.
+    /// Since protocol version 3.
+    pub exemplars_not_kept: u64,
 }
 
 impl ValidationReport {
@@ -36,9 +43,21 @@ impl ValidationReport {
     /// One line: what was replayed and what went wrong.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "replayed {} events of {} entities in {} ms ({} from a snapshot): {} failed, {} with a different state",
-            self.events, self.sampled, self.millis, self.from_snapshot, self.failed, self.differing
+            "replayed {} events of {} entities from #1 ({} snapshots checked) and decoded {} exemplars in {} ms: {} failed, {} with a different state",
+            self.events,
+            self.sampled,
+            self.from_snapshot,
+            self.exemplars,
+            self.millis,
+            self.failed,
+            self.differing
         );
+        if self.exemplars_not_kept > 0 {
+            s.push_str(&format!(
+                " ({} kinds of event over the exemplar cap not checked)",
+                self.exemplars_not_kept
+            ));
+        }
         if let Some(f) = self.failures.first() {
             s.push_str(&format!(
                 "; first failure: entity `{}` event #{}: {}",

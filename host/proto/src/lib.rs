@@ -44,8 +44,9 @@ pub use wire::{
 /// Version 2 changed the layout of [`ApiError`] (typed variants instead of a
 /// catch-all message). [`Request::Hello`] and [`ApiError::BadRequest`] keep
 /// their positions, so a version-1 client still decodes the node's "version
-/// not supported" answer.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// not supported" answer. Version 3 appended the exemplar counts to
+/// [`ValidationReport`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN identifier of the client protocol (the transport, unchanged between
 /// protocol versions; the version is checked by [`Request::Hello`]).

@@ -43,6 +43,8 @@ fn report() -> ValidationReport {
             candidate: r#"{"cents":7000}"#.into(),
         }],
         differing: 1,
+        exemplars: 3,
+        exemplars_not_kept: 0,
     }
 }
 

@@ -16,7 +16,10 @@ use crate::registry::{
 };
 use crate::runtime::{GuestLimits, LoadError};
 
+mod exemplars;
 mod validate;
+
+pub use exemplars::{Exemplar, ExemplarError, Exemplars, MAX_EXEMPLARS_PER_TYPE};
 
 pub use validate::{
     REPORT_LIST_MAX, ReplayFailure, StateDifference, ValidateError, ValidationReport,
@@ -78,9 +81,11 @@ impl Node {
     }
 
     /// Deploys a component to an entity type. The node compiles and checks
-    /// it, then replays the history of up to `[node] deploy_sample` existing
-    /// entities of the type through it (from their newest snapshot of its
-    /// state schema, or from the start). Any failure refuses the deploy
+    /// it, then replays the whole history (from #1) of up to `[node]
+    /// deploy_sample` existing entities of the type through it, checks the
+    /// state it folds against their snapshots of its state schema, and has
+    /// it decode the exemplars the node keeps of every (version, kind) of
+    /// event in the type's journal. Any failure refuses the deploy
     /// ([`DeployError::Refused`], recorded in the history) and the active
     /// version stays. Otherwise the component is stored (by content; it
     /// survives restarts) as the type's next version and activated: the
@@ -169,15 +174,14 @@ impl Node {
         candidate: &Arc<dyn Behavior>,
     ) -> Result<ValidationReport, DeployError> {
         let active = self.inner.entity_type(entity_type).map(|t| t.behavior());
-        Ok(validate::validate(
-            &self.inner.env.journal,
-            &self.inner.env.snapshots,
+        let inputs = validate::Inputs {
+            journal: &self.inner.env.journal,
+            snapshots: &self.inner.env.snapshots,
+            exemplars: &self.inner.exemplars,
             entity_type,
-            candidate,
-            active.as_ref(),
-            self.inner.config.node.deploy_sample,
-        )
-        .await?)
+            sample: self.inner.config.node.deploy_sample,
+        };
+        Ok(validate::validate(inputs, candidate, active.as_ref()).await?)
     }
 
     /// Runs a registry update (file writes and fsyncs) on a blocking thread,
