@@ -257,6 +257,16 @@ pub struct ConnArgs {
     /// Name to check in the node's certificate.
     #[arg(long, default_value = tls::DEFAULT_SERVER_NAME, global = true)]
     pub server_name: String,
+    /// How long to wait for the node to answer before saying that none
+    /// answers (e.g. `3s`, `500ms`).
+    #[arg(
+        long,
+        env = "CAIRN_CONNECT_TIMEOUT",
+        default_value = "3s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub connect_timeout: std::time::Duration,
     /// Print JSON (one object per line) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -366,10 +376,10 @@ impl ConnArgs {
                 self.certs.display()
             );
         }
-        Client::connect(self.node, &files, &self.server_name)
+        Client::connect_within(self.node, &files, &self.server_name, self.connect_timeout)
             .await
             .map_err(|e| match e {
-                ClientError::Connect { .. } => {
+                ClientError::Connect { .. } | ClientError::NoAnswer { .. } => {
                     anyhow!("{e}\n(is `cairn node` running at {}?)", self.node)
                 }
                 e => e.into(),
