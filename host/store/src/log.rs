@@ -22,7 +22,11 @@
 //! record lies either zeros or a torn tail (pages written after the last sync
 //! reach the disk in any order, so a good record may follow a bad one); the
 //! tail is cut off, as none of it was acknowledged. A bad record that a later
-//! batch marker shows had been synced is corruption and refuses the open.
+//! batch marker shows had been synced is damage to acknowledged data and
+//! refuses the open ([`JournalError::Damaged`]). Closing the store writes a
+//! closing marker (an empty batch's marker) so that this holds for the last
+//! batch too; after a crash, damage in the last group cannot be told from a
+//! torn write of it and is cut (docs/ARCHITECTURE.md, section 5).
 //! Format 1 files (no markers, grown by each write) are read, and continue in
 //! format 2. Snapshot retention trims the index only; the bytes stay in the
 //! file (compaction is future work).
