@@ -351,8 +351,10 @@ struct Abandon<'a> {
 }
 
 impl Drop for Abandon<'_> {
-    /// The drain stopped at an await: during recovery (nothing to finish),
-    /// while its write was persisted (finish it on a task of its own: the
+    /// The drain stopped at an await: during recovery or while a long
+    /// `decide` ran on the guest pool (nothing to finish: the command is
+    /// dropped undecided, the pool call's result discarded), while its
+    /// write was persisted (finish it on a task of its own: the
     /// reply goes nowhere, but followers, timers and sends must still see a
     /// durable write) or while a snapshot was saved (it is skipped). The
     /// entity is then released without its in-memory state, which its next
