@@ -176,6 +176,11 @@ impl NodeInner {
         &self.env.clock
     }
 
+    /// True once [`Node::shutdown`] began.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
     /// Queues an envelope for an entity, creating its cell if needed.
     async fn enqueue(&self, ty: &Arc<EntityType>, id: &str, env: Envelope) -> Result<(), AskError> {
         self.deliver(ty, id, env, false).await
@@ -519,6 +524,7 @@ impl Node {
         node.restore_deployments()
             .await
             .map_err(|e| NodeError::Restore(Box::new(e)))?;
+        crate::deploy::scan_exemplars_in_background(Arc::downgrade(&node.inner));
         Ok(node)
     }
 

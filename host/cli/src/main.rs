@@ -45,10 +45,28 @@ fn main() -> ExitCode {
             // Not `eprintln!`: it panics when stderr cannot be written
             // (a node's log file on a full disk).
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, like `{:#}`, but leaving out a
+/// cause whose text the line already holds (library errors such as
+/// "cannot open storage: {0}" repeat their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Runs a command: a node on a runtime of its own, the offline commands

@@ -7,10 +7,11 @@
 //! Owns [`DeployError`], [`DeployResult`], [`Versions`] and the deploy half
 //! of [`Node`]'s API. Deploys of one node run one at a time.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::behavior::Behavior;
-use crate::node::{Node, RegisterError};
+use crate::node::{Node, NodeInner, RegisterError};
 use crate::registry::{
     DeployAction, DeployOutcome, DeployRecord, Deployment, Registry, RegistryError, sha256_hex,
 };
@@ -45,6 +46,53 @@ pub enum DeployError {
     /// A rollback names a deploy that does not exist, or there is none to go back to.
     #[error("no such version: {0}")]
     NoSuchVersion(String),
+}
+
+/// How often the exemplars of every deployed type are brought up to date
+/// in the background, so that a deploy scans only what was written since.
+const EXEMPLAR_SCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// Keeps the node's exemplars close to the head of each type's journal:
+/// a scan of every deployed type shortly after start (a node upgraded with
+/// a long history pays its one full scan there, not in its first deploy)
+/// and then every [`EXEMPLAR_SCAN_EVERY`]. Its cost is one look at each
+/// event written; a failed scan is retried at the next tick (a deploy scans
+/// the rest itself).
+pub(crate) fn scan_exemplars_in_background(node: Weak<NodeInner>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            EXEMPLAR_SCAN_EVERY,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(node) = node.upgrade() else { break };
+            if node.is_shutting_down() {
+                break;
+            }
+            for d in node.registry.all_active() {
+                let started = std::time::Instant::now();
+                match node
+                    .exemplars
+                    .refresh(&node.env.journal, &d.entity_type)
+                    .await
+                {
+                    Ok(s) if s.scanned > 0 => tracing::debug!(
+                        entity_type = %d.entity_type,
+                        scanned = s.scanned,
+                        exemplars = s.exemplars.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "exemplars brought up to date"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(entity_type = %d.entity_type, error = %e, "exemplar scan failed")
+                    }
+                }
+            }
+        }
+    });
 }
 
 impl From<LoadError> for DeployError {

@@ -29,6 +29,8 @@ struct Args {
     commands: usize,
     history: u64,
     idle_entities: usize,
+    deploy_entities: usize,
+    deploy_events: u64,
 }
 
 fn parse_args() -> Args {
@@ -40,6 +42,8 @@ fn parse_args() -> Args {
         commands: 1_000_000,
         history: 1_000_000,
         idle_entities: 100_000,
+        deploy_entities: 100_000,
+        deploy_events: 100,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -69,6 +73,8 @@ fn parse_args() -> Args {
             ("--commands", Some(v)) => a.commands = v,
             ("--history", Some(v)) => a.history = v as u64,
             ("--idle-entities", Some(v)) => a.idle_entities = v,
+            ("--deploy-entities", Some(v)) => a.deploy_entities = v,
+            ("--deploy-events", Some(v)) => a.deploy_events = v as u64,
             (other, _) => {
                 eprintln!("unknown or incomplete argument `{other}`; see the source header");
                 std::process::exit(2);
@@ -291,8 +297,9 @@ async fn run_phase(phase: &str, a: &Args) -> Result<()> {
         "recovery" => recovery_phase(a, &root, &wasm).await,
         "idle-memory" => idle_memory(a, &root, &wasm).await,
         "hotswap" => hotswap(&root, &wasm).await,
+        "deploy-history" => deploy_history(a, &root, &wasm).await,
         other => Err(anyhow::anyhow!(
-            "unknown phase `{other}`; phases: {PHASES:?}"
+            "unknown phase `{other}`; phases: {PHASES:?} and deploy-history"
         )),
     };
     let _ = std::fs::remove_dir_all(&root);
@@ -593,6 +600,118 @@ async fn hotswap(root: &std::path::Path, wasm: &[u8]) -> Result<()> {
         "p99 during / steady: {:.2}   failed commands: {failed} of {}",
         pct(&during, 0.99) as f64 / pct(&steady, 0.99).max(1) as f64,
         all.len()
+    );
+    node.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Deploy validation on a big type (not in the default run: it writes
+/// `--deploy-entities` x `--deploy-events` events, 10 million by default,
+/// about 1 GB, to the log journal): every entity has deposits, every tenth
+/// a withdrawal too, and nine in ten a snapshot at its last event. Prints
+/// the time of a deploy check of v2 (the first one also scans the whole
+/// journal for exemplars), of a second check (the scan finds nothing new),
+/// of a refused deploy of the broken version, and the node's RSS.
+async fn deploy_history(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result<()> {
+    let (entities, per) = (a.deploy_entities, a.deploy_events.max(2));
+    println!(
+        "\n== Deploy validation: {entities} entities x {per} events ({} events), log journal, deploy_sample 100",
+        entities as u64 * per
+    );
+    let node = Node::open(config(
+        &root.join("deploy-history"),
+        "[defaults.passivation]\nidle_after = \"never\"\n",
+    )?)
+    .await?;
+    node.deploy("bank-account", wasm.to_vec()).await?;
+    let schema = node
+        .descriptor("bank-account")
+        .map_or(1, |d| d.state_schema);
+    let deposited = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 2 })?;
+    let withdrawn = cairn_guest::codec::encode(&bank_account::Event::Withdrawn { amount: 1 })?;
+    let t = Instant::now();
+    let mut pending = Vec::new();
+    for e in 0..entities {
+        let key = EntityKey::new("bank-account", format!("acct-{e:06}"));
+        let withdraws = e % 10 == 0;
+        let events = (1..=per)
+            .map(|seq| EventRecord {
+                seq,
+                timestamp_ms: 0,
+                version: "1.0.0".into(),
+                payload: if withdraws && seq == per {
+                    withdrawn.clone()
+                } else {
+                    deposited.clone()
+                },
+            })
+            .collect();
+        let journal = node.journal().clone();
+        let snapshots = node.snapshots().clone();
+        pending.push(tokio::spawn(async move {
+            journal
+                .append(Write {
+                    key: key.clone(),
+                    events,
+                    ..Write::default()
+                })
+                .await?;
+            if e % 10 != 9 {
+                let balance = 2 * per as i64 - if withdraws { 3 } else { 0 };
+                let state = cairn_guest::codec::encode(&bank_account::State {
+                    balance,
+                    transactions: per,
+                })?;
+                let snapshot = Snapshot {
+                    seq: per,
+                    schema,
+                    timestamp_ms: 0,
+                    state,
+                };
+                snapshots.save(&key, snapshot, 1).await?;
+            }
+            anyhow::Ok(())
+        }));
+        if pending.len() == 256 {
+            for p in pending.drain(..) {
+                p.await??;
+            }
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    println!(
+        "history written                {:>8.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let v2 = cairn_tests::example_bytes("bank-account-v2")?;
+    for label in ["check v2 (first scan)", "check v2 (nothing new)"] {
+        let t = Instant::now();
+        let r = node
+            .deploy_checked("bank-account", v2.clone(), true)
+            .await?;
+        println!(
+            "{label:<30} {:>8.1} ms   ({})",
+            t.elapsed().as_secs_f64() * 1e3,
+            r.report.summary()
+        );
+    }
+    let broken = cairn_tests::example_bytes("bank-account-broken")?;
+    let t = Instant::now();
+    let refused = node.deploy_checked("bank-account", broken, true).await;
+    let summary = match refused {
+        Err(cairn_host::deploy::DeployError::Refused(r)) => r.summary(),
+        other => anyhow::bail!("the broken version was not refused: {other:?}"),
+    };
+    println!(
+        "{:<30} {:>8.1} ms   ({summary})",
+        "check broken (refused)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    println!(
+        "node RSS                       {:>8.1} MiB",
+        rss_bytes() as f64 / (1 << 20) as f64
     );
     node.shutdown(Duration::from_secs(10)).await;
     Ok(())
