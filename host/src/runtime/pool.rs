@@ -16,7 +16,10 @@
 //!    the full `call_timeout`. The caller awaits the result.
 //! 3. Its [`Lane`] (one per behavior) is marked *slow* for [`SLOW_FOR`]: the
 //!    behavior's next calls go straight to the pool, so a looping type pays
-//!    the lost inline budget once a second, not on every call.
+//!    the lost inline budget once a second, not on every call. Pool calls
+//!    are judged by the CPU time they use: one that uses the budget renews
+//!    the flag; a short re-run of an interrupted call clears it (the thread
+//!    was preempted on a busy machine, the guest was not slow).
 //! 4. A lane holds at most `pool_per_type` pool threads at once (a FIFO
 //!    semaphore, acquired before the job is queued), so one type cannot
 //!    occupy every pool thread, and the pool's queue is bounded by the
@@ -170,17 +173,65 @@ impl Lane {
         self.slow_until.fetch_max(until, Ordering::Relaxed);
     }
 
-    /// Runs `f` inline under the budget; on `None` the lane is now slow.
-    fn try_inline<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
-        if self.is_slow() {
-            return None;
-        }
-        let r = run_inline(self.inline_ticks, f);
-        if r.is_none() {
-            self.mark_slow();
-        }
-        r
+    fn clear_slow(&self) {
+        self.slow_until.store(0, Ordering::Relaxed);
     }
+
+    /// Runs `f` inline under the budget, unless the lane is slow.
+    fn try_inline<T>(&self, f: impl FnOnce() -> T) -> Inline<T> {
+        if self.is_slow() {
+            return Inline::Skipped;
+        }
+        match run_inline(self.inline_ticks, f) {
+            Some(r) => Inline::Done(r),
+            None => {
+                self.mark_slow();
+                Inline::Interrupted
+            }
+        }
+    }
+
+    /// Judges a call that ran with the full deadline by the CPU time it
+    /// used, not its wall time (a thread of a busy machine can be
+    /// preempted past the budget in the middle of a 5 µs call): one that
+    /// used the budget keeps the lane slow; a short re-run of an
+    /// interrupted call shows the interruption was the machine's doing and
+    /// clears the flag it set.
+    fn judge(&self, cpu: Duration, after_interrupt: bool) {
+        if cpu >= self.inline_budget {
+            self.mark_slow();
+        } else if after_interrupt {
+            self.clear_slow();
+        }
+    }
+}
+
+/// The outcome of an inline attempt.
+enum Inline<T> {
+    /// The call ran within the budget.
+    Done(T),
+    /// The call overran the budget and was interrupted (the lane is now slow).
+    Interrupted,
+    /// The lane is slow: no attempt was made.
+    Skipped,
+}
+
+/// CPU time used by the calling thread so far (wall time elsewhere than Linux).
+fn thread_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own; it has no
+        // other effect.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        }
+    }
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed()
 }
 
 /// Runs a guest call where a long one cannot stall the async runtime:
@@ -195,9 +246,11 @@ pub(crate) async fn call<T: Send + 'static>(
     let Some(lane) = behavior.lane() else {
         return inline(&**behavior);
     };
-    if let Some(r) = lane.try_inline(|| inline(&**behavior)) {
-        return r;
-    }
+    let after_interrupt = match lane.try_inline(|| inline(&**behavior)) {
+        Inline::Done(r) => return r,
+        Inline::Interrupted => true,
+        Inline::Skipped => false,
+    };
     let job = pooled();
     let permit = lane
         .permits
@@ -209,15 +262,13 @@ pub(crate) async fn call<T: Send + 'static>(
     let b = behavior.clone();
     let sent = lane.tx.send(Box::new(move || {
         let _permit = permit;
-        let start = Instant::now();
+        let start = thread_time();
         // `with_instance` catches what a guest can cause; this keeps a host
         // bug from taking a pool thread with it.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&*b)))
             .unwrap_or_else(|_| Err(GuestFault::Trap("the guest call failed in the host".into())));
-        if let Some(lane) = b.lane()
-            && start.elapsed() >= lane.inline_budget
-        {
-            lane.mark_slow();
+        if let Some(lane) = b.lane() {
+            lane.judge(thread_time().saturating_sub(start), after_interrupt);
         }
         let _ = tx.send(r);
     }));
@@ -239,19 +290,19 @@ pub(crate) fn call_blocking<T>(
     let Some(lane) = behavior.lane() else {
         return f(behavior);
     };
-    if let Some(r) = lane.try_inline(|| f(behavior)) {
-        return r;
-    }
-    let start = Instant::now();
+    let after_interrupt = match lane.try_inline(|| f(behavior)) {
+        Inline::Done(r) => return r,
+        Inline::Interrupted => true,
+        Inline::Skipped => false,
+    };
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let start = thread_time();
     let r = if multi {
         tokio::task::block_in_place(|| f(behavior))
     } else {
         f(behavior)
     };
-    if start.elapsed() >= lane.inline_budget {
-        lane.mark_slow();
-    }
+    lane.judge(thread_time().saturating_sub(start), after_interrupt);
     r
 }
