@@ -695,6 +695,11 @@ def _convert(raw: Any, tp: Any, json_src: bool, depth: int = 0) -> Any:
         raise CodecError(f"invalid type: {_what(raw)}, expected an integer")
     if base is float:
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            if any(isinstance(e, _Float32) for e in extras):
+                try:
+                    return struct.unpack(">f", struct.pack(">f", float(raw)))[0]
+                except OverflowError:
+                    raise CodecError(f"invalid value: {raw}, expected f32") from None
             return float(raw)
         raise CodecError(f"invalid type: {_what(raw)}, expected a float")
     if base is str:
