@@ -596,19 +596,35 @@ async fn a_client_command_fails_fast_when_no_node_answers() -> Result<()> {
     node.client().await?; // its certificates exist
     // A loopback port where nothing listens: QUIC gets no refusal, so only
     // the connect timeout ends the wait.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let certs = node.certs();
     let started = std::time::Instant::now();
     let out = std::process::Command::new(cairn_tests::cairn_bin()?)
-        .args(["ask", "bank-account", "a", r#""GetBalance""#, "--node", &addr])
-        .args(["--certs", certs.to_str().unwrap(), "--connect-timeout", "1s"])
+        .args([
+            "ask",
+            "bank-account",
+            "a",
+            r#""GetBalance""#,
+            "--node",
+            &addr,
+        ])
+        .args([
+            "--certs",
+            certs.to_str().unwrap(),
+            "--connect-timeout",
+            "1s",
+        ])
         .output()?;
     let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("no node answering at {addr} (no answer within 1s)")),
+        err.contains(&format!(
+            "no node answering at {addr} (no answer within 1s)"
+        )),
         "{err}"
     );
     println!("`cairn ask` with no node at {addr}: failed after {took:?}");
