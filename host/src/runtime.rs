@@ -171,6 +171,26 @@ fn lower_thread_priority() {
     }
 }
 
+/// Sets the scheduling priority of every thread of the background pool:
+/// nice 0 with `normal`, else nice 10. A node restoring its components at
+/// start serves nothing yet, so its compiles need not yield; on a busy
+/// machine a nice-10 compile took 13 times as long (docs/BENCHMARKS.md).
+/// Raising a priority back needs `CAP_SYS_NICE` (root); without it the
+/// threads stay at nice 10, which is harmless.
+pub(crate) fn set_background_priority(normal: bool) {
+    background_pool();
+    let nice = if normal { 0 } else { 10 };
+    rayon::broadcast(|_| {
+        #[cfg(target_os = "linux")]
+        // SAFETY: as in `lower_thread_priority`: plain integers, the calling
+        // thread only.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+        }
+        let _ = nice;
+    });
+}
+
 /// Runs `f` on the low-priority background pool and waits for its result.
 pub(crate) async fn background<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

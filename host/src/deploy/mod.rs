@@ -347,12 +347,23 @@ impl Node {
     /// Activates the recorded deploy of every type in the node's registry
     /// (what a restarted node served before). Part of [`Node::open`].
     pub(crate) async fn restore_deployments(&self) -> Result<(), DeployError> {
-        for d in self.inner.registry.all_active() {
-            let wasm = self.inner.registry.component(&d.hash)?;
-            let behavior = self.load(&d.entity_type, wasm).await?;
-            self.inner.install(&d.entity_type, behavior).await?;
+        // The node serves nothing yet: its compiles run at normal priority
+        // (set from a blocking thread: it waits for every pool thread).
+        let priority = |normal| {
+            tokio::task::spawn_blocking(move || crate::runtime::set_background_priority(normal))
+        };
+        let _ = priority(true).await;
+        let restored = async {
+            for d in self.inner.registry.all_active() {
+                let wasm = self.inner.registry.component(&d.hash)?;
+                let behavior = self.load(&d.entity_type, wasm).await?;
+                self.inner.install(&d.entity_type, behavior).await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        let _ = priority(false).await;
+        restored
     }
 
     async fn load(
