@@ -166,7 +166,9 @@ impl Node {
             let (inner, bytes) = (self.inner.clone(), wasm.clone());
             tokio::task::spawn_blocking(move || inner.registry.stage_component(&bytes))
         });
-        let candidate = self.load(entity_type, wasm.clone()).await?;
+        let candidate = self
+            .load(entity_type, wasm.clone(), registered.is_none())
+            .await?;
         if let Some(store) = store {
             store.await.map_err(|e| RegistryError::Io {
                 path: "components".into(),
@@ -296,7 +298,8 @@ impl Node {
             });
         }
         let wasm = self.inner.registry.component(&deployment.hash)?;
-        let candidate = self.load(entity_type, wasm).await?;
+        let first = self.inner.entity_type(entity_type).is_none();
+        let candidate = self.load(entity_type, wasm, first).await?;
         let report = self.validate(entity_type, &candidate).await?;
         if !report.passed() {
             let record = DeployRecord {
@@ -347,29 +350,27 @@ impl Node {
     /// Activates the recorded deploy of every type in the node's registry
     /// (what a restarted node served before). Part of [`Node::open`].
     pub(crate) async fn restore_deployments(&self) -> Result<(), DeployError> {
-        // The node serves nothing yet: its compiles run at normal priority
-        // (set from a blocking thread: it waits for every pool thread).
-        let priority = |normal| {
-            tokio::task::spawn_blocking(move || crate::runtime::set_background_priority(normal))
-        };
-        let _ = priority(true).await;
-        let restored = async {
-            for d in self.inner.registry.all_active() {
-                let wasm = self.inner.registry.component(&d.hash)?;
-                let behavior = self.load(&d.entity_type, wasm).await?;
-                self.inner.install(&d.entity_type, behavior).await?;
-            }
-            Ok(())
+        for d in self.inner.registry.all_active() {
+            let wasm = self.inner.registry.component(&d.hash)?;
+            // The node does not serve the type yet: no need to yield.
+            let behavior = self.load(&d.entity_type, wasm, true).await?;
+            self.inner.install(&d.entity_type, behavior).await?;
         }
-        .await;
-        let _ = priority(false).await;
-        restored
+        Ok(())
     }
 
+    /// Compiles and checks a component on the background pool: at nice 10
+    /// (a hot swap's compile yields to the commands being served), or, when
+    /// `first` (the node serves no version of the type: a restart's restore,
+    /// a type's first deploy, a cluster member activating a type), with the
+    /// pool raised to nice 0 for the compile, because nothing waits on it
+    /// but the type itself and on a busy machine nice 10 starved it
+    /// (docs/BENCHMARKS.md).
     async fn load(
         &self,
         entity_type: &str,
         wasm: Vec<u8>,
+        first: bool,
     ) -> Result<Arc<dyn Behavior>, RegisterError> {
         let settings = self.inner.config.settings_for(entity_type);
         let limits = GuestLimits {
@@ -378,10 +379,19 @@ impl Node {
             ..GuestLimits::default()
         };
         let engine = self.inner.engine.clone();
-        // On the low-priority pool: a deploy's compile yields to commands.
-        let behavior = crate::runtime::background(move || engine.load(&wasm, limits))
-            .await
-            .ok_or_else(|| LoadError::Engine("the compile task failed".into()))??;
+        // Set from a blocking thread: it waits for every pool thread.
+        let priority = |normal| {
+            tokio::task::spawn_blocking(move || crate::runtime::set_background_priority(normal))
+        };
+        if first {
+            let _ = priority(true).await;
+        }
+        let behavior = crate::runtime::background(move || engine.load(&wasm, limits)).await;
+        if first {
+            let _ = priority(false).await;
+        }
+        let behavior =
+            behavior.ok_or_else(|| LoadError::Engine("the compile task failed".into()))??;
         Ok(Arc::new(behavior))
     }
 }
