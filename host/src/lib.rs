@@ -59,6 +59,7 @@ mod deadline;
 pub mod deploy;
 mod entity;
 pub mod node;
+pub mod placement;
 pub mod registry;
 mod replay;
 pub mod runtime;

@@ -26,6 +26,7 @@ use crate::config::{Config, JournalBackend};
 use crate::deadline::Deadlines;
 use crate::deploy::DeployError;
 use crate::entity::{self, Enqueue, EntityType, Env, Envelope, Outbox};
+use crate::placement::{Admission, Delivery, Origin, Placement};
 use crate::registry::{Registry, RegistryError};
 use crate::replay::{self, FoldOn, Replay, ReplayError, Until};
 use crate::runtime::{LoadError, WasmEngine, call_blocking};
@@ -311,7 +312,10 @@ impl NodeInner {
 
 impl Outbox for NodeInner {
     /// Arms a durable timer: at `fire_at_ms` its command goes to the entity,
-    /// which deletes the timer with the command's own write.
+    /// which deletes the timer with the command's own write. In a cluster
+    /// the timer fires here only while this node serves the entity's
+    /// shard; otherwise its command is routed to the owner and the record
+    /// deleted here once it ran there.
     fn schedule_timer(&self, entity_type: &str, id: &str, timer: TimerRecord) {
         {
             let mut armed = self.timers.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,30 +333,29 @@ impl Outbox for NodeInner {
             if timer.fire_at_ms > now {
                 tokio::time::sleep(Duration::from_millis(timer.fire_at_ms - now)).await;
             }
-            if let Some(ty) = node.entity_type(&entity_type) {
-                let env = Envelope::Command {
-                    command: timer.command,
-                    expected_seq: None,
-                    reply: None,
-                    timer_id: Some(timer.timer_id),
-                };
-                if let Err(e) = node.enqueue(&ty, &id, env).await {
-                    node.env
-                        .dead_letter(&ty.name, &id, &format!("timer not delivered: {e}"));
-                }
-            }
-            node.timers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&timer.timer_id);
+            node.fire_timer(&entity_type, &id, timer).await;
         });
     }
 
-    /// Runs a `send` effect (at most once, after the sender's events are durable).
-    fn send(&self, entity_type: String, id: String, command: Vec<u8>) {
+    /// Runs a `send` effect (after the sender's events are durable): on
+    /// this node, or in a cluster on the target's owner, through routing.
+    fn send(&self, from: EntityKey, entity_type: String, id: String, command: Vec<u8>) {
         let Some(node) = self.me.upgrade() else {
             return;
         };
+        if let Some(placement) = &node.env.placement {
+            let events = node.env.clone();
+            let (t, i) = (entity_type.clone(), id.clone());
+            placement.deliver(
+                Delivery {
+                    target: EntityKey::new(entity_type, id),
+                    command,
+                    origin: Origin::Send { from },
+                },
+                Box::new(move |why| events.dead_letter(&t, &i, &why)),
+            );
+            return;
+        }
         tokio::spawn(async move {
             let Some(ty) = node.entity_type(&entity_type) else {
                 node.env.dead_letter(
@@ -372,6 +375,52 @@ impl Outbox for NodeInner {
                 node.env.dead_letter(&ty.name, &id, &e.to_string());
             }
         });
+    }
+}
+
+impl NodeInner {
+    /// A due timer: its command runs on the entity here (its write deletes
+    /// the timer), or, when another node serves the entity's shard now,
+    /// goes there through routing.
+    async fn fire_timer(self: &Arc<Self>, entity_type: &str, id: &str, timer: TimerRecord) {
+        let key = EntityKey::new(entity_type, id);
+        let here = matches!(self.env.admit(&key), Admission::Here(_));
+        match (&self.env.placement, here) {
+            (Some(placement), false) => {
+                let events = self.env.clone();
+                let (t, i) = (entity_type.to_owned(), id.to_owned());
+                placement.deliver(
+                    Delivery {
+                        target: key,
+                        command: timer.command,
+                        origin: Origin::Timer {
+                            timer_id: timer.timer_id,
+                        },
+                    },
+                    Box::new(move |why| {
+                        events.dead_letter(&t, &i, &format!("timer not delivered: {why}"));
+                    }),
+                );
+            }
+            _ => {
+                if let Some(ty) = self.entity_type(entity_type) {
+                    let env = Envelope::Command {
+                        command: timer.command,
+                        expected_seq: None,
+                        reply: None,
+                        timer_id: Some(timer.timer_id),
+                    };
+                    if let Err(e) = self.enqueue(&ty, id, env).await {
+                        self.env
+                            .dead_letter(&ty.name, id, &format!("timer not delivered: {e}"));
+                    }
+                }
+            }
+        }
+        self.timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&timer.timer_id);
     }
 }
 
@@ -442,6 +491,26 @@ impl Node {
         config: Config,
         wrap: impl FnOnce(Arc<dyn Journal>) -> Arc<dyn Journal>,
     ) -> Result<Node, NodeError> {
+        Node::open_placed(config, wrap, None).await
+    }
+
+    /// Opens a cluster member: its journal wrapped by `wrap` (the
+    /// replication), and `placement` deciding which entities it may run
+    /// and routing the commands its timers and sends produce (see
+    /// [`crate::placement`]).
+    pub async fn open_in_cluster(
+        config: Config,
+        wrap: impl FnOnce(Arc<dyn Journal>) -> Arc<dyn Journal>,
+        placement: Arc<dyn Placement>,
+    ) -> Result<Node, NodeError> {
+        Node::open_placed(config, wrap, Some(placement)).await
+    }
+
+    async fn open_placed(
+        config: Config,
+        wrap: impl FnOnce(Arc<dyn Journal>) -> Arc<dyn Journal>,
+        placement: Option<Arc<dyn Placement>>,
+    ) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.node.data_dir)
             .map_err(|e| NodeError::Storage(JournalError::Io(e.to_string())))?;
         check_backend(&config)?;
@@ -452,11 +521,25 @@ impl Node {
                     ..SqliteOptions::default()
                 };
                 let store = SqliteStore::open(&config.node.data_dir, options)?;
-                Node::with_stores(config, wrap(store.clone()), store).await
+                Node::build(
+                    config,
+                    wrap(store.clone()),
+                    store,
+                    Arc::new(SystemClock),
+                    placement,
+                )
+                .await
             }
             JournalBackend::Log => {
                 let store = LogStore::open(&config.node.data_dir, config.node.journal_max_batch)?;
-                Node::with_stores(config, wrap(store.clone()), store).await
+                Node::build(
+                    config,
+                    wrap(store.clone()),
+                    store,
+                    Arc::new(SystemClock),
+                    placement,
+                )
+                .await
             }
         }
     }
@@ -478,6 +561,16 @@ impl Node {
         snapshots: Arc<dyn SnapshotStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Node, NodeError> {
+        Node::build(config, journal, snapshots, clock, None).await
+    }
+
+    async fn build(
+        config: Config,
+        journal: Arc<dyn Journal>,
+        snapshots: Arc<dyn SnapshotStore>,
+        clock: Arc<dyn Clock>,
+        placement: Option<Arc<dyn Placement>>,
+    ) -> Result<Node, NodeError> {
         let engine = WasmEngine::new()?;
         let registry = Registry::open(&config.node.data_dir)?;
         let exemplars = crate::deploy::Exemplars::open(&config.node.data_dir);
@@ -494,6 +587,7 @@ impl Node {
                     lifecycle.clone(),
                     clock,
                     outbox,
+                    placement,
                 )),
                 types: RwLock::new(HashMap::new()),
                 lifecycle,

@@ -914,6 +914,7 @@ fn ask_error(e: AskError) -> ApiError {
         AskError::Guest(fault) => guest_fault(fault),
         AskError::Journal(e) => ApiError::Storage(e.to_string()),
         AskError::ShuttingDown => ApiError::ShuttingDown,
+        AskError::NotHere(why) => ApiError::Unavailable(why),
     }
 }
 

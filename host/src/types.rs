@@ -63,6 +63,11 @@ pub enum AskError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// In a cluster: this node does not serve the entity's shard now (it
+    /// moved, is moving, or this node's lease lapsed); the command did not
+    /// run and nothing was stored.
+    #[error("not served here: {0}")]
+    NotHere(String),
 }
 
 /// Something that happened to an entity or a type, for observers.

@@ -5,6 +5,7 @@
 
 use cairn_store::testkit::{self, drain_feed, ev, seqs, snapshot, write};
 use cairn_store::*;
+use std::sync::Arc;
 
 /// End of the records of an event log file (it is zero-filled past them):
 /// walks the frames (`[u32 length][u32 crc][body]`) after the 12-byte header.
@@ -349,15 +350,85 @@ async fn log_feed_and_reopen() {
 
 /// Three in-process cluster members on 127.0.0.1 with one CA; their
 /// journals are the replicated ones (writes go to the shards' replicas).
+/// There is one shard: its owner writes every entity, its two replicas
+/// hold what it writes.
 struct ThreeMembers {
     _dir: tempfile::TempDir,
     nodes: Vec<cairn_host::Node>,
     _servers: Vec<cairn_host::server::Server>,
+    owner: AsOwner,
+}
+
+/// The first member's replicated journal written as its entities write
+/// it: each write carries the allocation the node admits its entity under.
+/// A write without one is refused (checked below).
+struct AsOwner {
+    index: usize,
+    journal: Arc<dyn Journal>,
+    placement: Arc<cairn_host::cluster::Replication>,
+}
+
+impl Journal for AsOwner {
+    fn append(&self, w: Write) -> BoxFuture<'static, Result<(), JournalError>> {
+        use cairn_host::placement::{Admission, Placement};
+        match self.placement.admit(&w.key) {
+            Admission::Here(fence) => self.journal.append_fenced(w, fence),
+            Admission::Elsewhere(why) => panic!("{}: not admitted on the owner: {why}", w.key),
+        }
+    }
+    fn read(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<EventRecord>, JournalError>> {
+        self.journal.read(key, from, to, limit)
+    }
+    fn read_packed(
+        &self,
+        key: &EntityKey,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<PackedEvents, JournalError>> {
+        self.journal.read_packed(key, from, limit)
+    }
+    fn highest_seq(&self, key: &EntityKey) -> BoxFuture<'static, Result<u64, JournalError>> {
+        self.journal.highest_seq(key)
+    }
+    fn pending_timers(
+        &self,
+    ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
+        self.journal.pending_timers()
+    }
+    fn read_feed(
+        &self,
+        entity_type: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<FeedPage, JournalError>> {
+        self.journal.read_feed(entity_type, from, limit)
+    }
+    fn entity_ids(
+        &self,
+        entity_type: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, JournalError>> {
+        self.journal.entity_ids(entity_type, limit)
+    }
+    fn truncate(
+        &self,
+        key: &EntityKey,
+        after: u64,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.journal.truncate(key, after)
+    }
 }
 
 async fn three_members() -> ThreeMembers {
     use cairn_host::cluster::Replication;
     use cairn_host::config::{ClusterConfig, TlsFiles};
+    use cairn_host::placement::Placement;
     use cairn_host::server::{Server, ServerLimits};
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
@@ -366,6 +437,7 @@ async fn three_members() -> ThreeMembers {
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     let mut clusters = Vec::new();
+    let mut placements = Vec::new();
     let mut seed = None;
     for i in 0..3 {
         let mut config = cairn_host::Config::default();
@@ -373,12 +445,13 @@ async fn three_members() -> ThreeMembers {
         config.node.name = format!("n{i}");
         let cluster = ClusterConfig {
             seeds: seed.into_iter().collect(),
-            shards: 16,
+            shards: 1,
             min_members: 3,
             ..ClusterConfig::default()
         };
         let repl = Replication::new();
-        let node = cairn_host::Node::open_with(config, |j| repl.wrap(j))
+        placements.push(repl.clone());
+        let node = cairn_host::Node::open_in_cluster(config, |j| repl.wrap(j), repl.clone())
             .await
             .unwrap();
         let (server, c) = Server::start_cluster(
@@ -398,43 +471,59 @@ async fn three_members() -> ThreeMembers {
         clusters.push(c);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    let owner = loop {
         let s = clusters[0].status().await;
         let up = s.members.iter().filter(|m| m.state == "up").count();
-        if up == 3 && s.owners.iter().all(|o| *o != 0) {
-            break;
+        let owner = placements.iter().position(|p| {
+            matches!(
+                p.admit(&EntityKey::new("t", "a")),
+                cairn_host::placement::Admission::Here(_)
+            )
+        });
+        if up == 3
+            && let Some(i) = owner
+        {
+            break i;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "three members never came up: {s:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    };
+    let owner = AsOwner {
+        index: owner,
+        journal: nodes[owner].journal().clone(),
+        placement: placements[owner].clone(),
+    };
     ThreeMembers {
         _dir: dir,
         nodes,
         _servers: servers,
+        owner,
     }
 }
 
-/// Every event the first member holds of types `t` and `u` is on both
-/// other members too (their local journals), the same, within 10 s.
+/// Every event the owner holds of types `t` and `u` is on both other
+/// members too (their local journals), the same, within 10 s.
 async fn replicas_hold_the_same(m: &ThreeMembers) {
     for ty in ["t", "u"] {
-        let ids = m.nodes[0]
-            .journal()
-            .entity_ids(ty, usize::MAX)
-            .await
-            .unwrap();
+        let ids = m.owner.journal.entity_ids(ty, usize::MAX).await.unwrap();
         for id in ids {
             let key = EntityKey::new(ty, id);
-            let primary = m.nodes[0]
-                .journal()
+            let primary = m
+                .owner
+                .journal
                 .read(&key, 1, u64::MAX, usize::MAX)
                 .await
                 .unwrap();
             // `min_acks` is 1: the second replica may still be writing.
-            for n in &m.nodes[1..] {
+            let others = m
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != m.owner.index);
+            for (_, n) in others {
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
                 loop {
                     let replica = n
@@ -458,15 +547,50 @@ async fn replicas_hold_the_same(m: &ThreeMembers) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_journal_keeps_the_contract() {
     let m = three_members().await;
-    testkit::journal_semantics(&**m.nodes[0].journal()).await;
+    testkit::journal_semantics(&m.owner).await;
+    replicas_hold_the_same(&m).await;
+    // A write that carries no allocation, or one of another epoch, is
+    // refused before it reaches any replica.
+    let k = EntityKey::new("t", "unfenced");
+    let refused = m.owner.journal.append(write(&k, 1..=1)).await;
+    assert!(
+        matches!(refused, Err(JournalError::Fenced(_))),
+        "{refused:?}"
+    );
+    let stale = Fence { shard: 0, epoch: 0 };
+    let refused = m
+        .owner
+        .journal
+        .append_fenced(write(&k, 1..=1), Some(stale))
+        .await;
+    assert!(
+        matches!(refused, Err(JournalError::Fenced(_))),
+        "{refused:?}"
+    );
+    // The other members do not own the shard: refused there too.
+    use cairn_host::placement::{Admission, Placement};
+    let Admission::Here(fence) = m.owner.placement.admit(&k) else {
+        panic!("the owner does not admit the entity");
+    };
+    for (i, n) in m.nodes.iter().enumerate() {
+        if i != m.owner.index {
+            let refused = n.journal().append_fenced(write(&k, 1..=1), fence).await;
+            assert!(
+                matches!(refused, Err(JournalError::Fenced(_))),
+                "{refused:?}"
+            );
+        }
+    }
+    for n in &m.nodes {
+        assert_eq!(n.journal().highest_seq(&k).await.unwrap(), 0);
+    }
+    let m = three_members().await;
+    testkit::feed_semantics(&m.owner).await;
     replicas_hold_the_same(&m).await;
     let m = three_members().await;
-    testkit::feed_semantics(&**m.nodes[0].journal()).await;
-    replicas_hold_the_same(&m).await;
-    let m = three_members().await;
-    testkit::conflict_in_a_batch(&**m.nodes[0].journal()).await;
+    testkit::conflict_in_a_batch(&m.owner).await;
     replicas_hold_the_same(&m).await;
     // Truncation is local (a member's own unacknowledged tail).
     let m = three_members().await;
-    testkit::truncate_semantics(&**m.nodes[0].journal()).await;
+    testkit::truncate_semantics(&m.owner).await;
 }

@@ -73,7 +73,7 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
     // A cluster member replicates its journal's writes to each shard's replicas.
     let replication = config.cluster.as_ref().map(|_| Replication::new());
     let node = match &replication {
-        Some(r) => Node::open_with(config.clone(), |j| r.wrap(j)).await?,
+        Some(r) => Node::open_in_cluster(config.clone(), |j| r.wrap(j), r.clone()).await?,
         None => Node::open(config.clone()).await?,
     };
     for d in node.deployments() {

@@ -16,6 +16,7 @@
 //! hop otherwise, buffered while the shard moves, `Unavailable` at once if
 //! the owner is down or unreachable.
 
+mod deliver;
 mod gossip;
 mod handoff;
 pub mod peer;
@@ -40,6 +41,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::ClusterConfig;
 use crate::node::Node;
+use crate::placement::Admission;
 use gossip::GossipInput;
 use peer::{PeerRequest, PeerResponse, Peers};
 
@@ -201,6 +203,43 @@ impl Inner {
             .table
             .as_ref()
             .map_or(self.config.shards, |t| t.len())
+    }
+
+    /// The node's admission of an entity (see [`crate::placement`]): this
+    /// node owns the entity's shard in its committed table, holds its
+    /// history (not still fetching it), and its lease is fresh. A shard
+    /// being released still admits: its commands in flight finish, while
+    /// the router holds back new ones.
+    pub(crate) fn admit(&self, key: &cairn_store::EntityKey) -> Admission {
+        let shard = shard_of(&key.entity_type, &key.entity_id, self.shard_count());
+        {
+            let router = self.router();
+            match router.table().get(shard) {
+                Some(a) if a.owner.0 == self.id => {
+                    if router.is_waiting(shard) {
+                        return Admission::Elsewhere(format!(
+                            "shard {} is still arriving on this node",
+                            shard.0
+                        ));
+                    }
+                    if !self.lease_ok() {
+                        return Admission::Elsewhere(
+                            "this node's lease lapsed (it cannot reach the cluster's majority)"
+                                .into(),
+                        );
+                    }
+                    Admission::Here(Some(cairn_store::Fence {
+                        shard: shard.0,
+                        epoch: a.epoch,
+                    }))
+                }
+                Some(a) => Admission::Elsewhere(format!(
+                    "shard {} is owned by node {} (epoch {})",
+                    shard.0, a.owner.0, a.epoch
+                )),
+                None => Admission::Elsewhere(format!("shard {} has no owner yet", shard.0)),
+            }
+        }
     }
 
     /// Runs a request here, counted as in flight for its shard.

@@ -24,19 +24,24 @@ use std::time::Duration;
 
 use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_store::{
-    BoxFuture, EntityKey, EventRecord, FeedPage, Journal, JournalError, PackedEvents, TimerRecord,
-    Write,
+    BoxFuture, EntityKey, EventRecord, FeedPage, Fence, Journal, JournalError, PackedEvents,
+    TimerRecord, Write,
 };
 use tokio::sync::mpsc;
 
 use super::Inner;
 use super::peer::{PeerRequest, PeerResponse};
+use crate::placement::{Admission, Delivery, Placement};
 
 /// The replication of a node's journal, attached to its cluster once that
 /// has started (before, and on a single node, writes are local only).
+///
+/// It is also the node's [`Placement`]: which entities the node may run
+/// (the shards it serves under a fresh lease) and where the commands of
+/// its timers and sends go (through the cluster's routing).
 #[derive(Default)]
 pub struct Replication {
-    cluster: OnceLock<Weak<Inner>>,
+    cluster: Arc<OnceLock<Weak<Inner>>>,
     local: OnceLock<Arc<dyn Journal>>,
 }
 
@@ -65,6 +70,34 @@ impl Replication {
     }
 }
 
+impl Placement for Replication {
+    fn admit(&self, key: &EntityKey) -> Admission {
+        match self.cluster.get().and_then(Weak::upgrade) {
+            Some(inner) => inner.admit(key),
+            None => Admission::Elsewhere("this node has not started its cluster part yet".into()),
+        }
+    }
+
+    fn deliver(&self, delivery: Delivery, undelivered: Box<dyn FnOnce(String) + Send>) {
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            // Timers due at start-up fire before the cluster part attaches.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let inner = loop {
+                if let Some(inner) = cluster.get().and_then(Weak::upgrade) {
+                    break inner;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    undelivered("this node's cluster part did not start".into());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            super::deliver::deliver(&inner, delivery, undelivered).await;
+        });
+    }
+}
+
 /// The replicated journal: writes go to the shard's replicas too; reads are local.
 struct ReplicatedJournal {
     repl: Arc<Replication>,
@@ -73,13 +106,32 @@ struct ReplicatedJournal {
 
 impl Journal for ReplicatedJournal {
     fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>> {
+        self.append_fenced(write, None)
+    }
+
+    /// A write of an entity of this node: refused unless it carries the
+    /// shard's current allocation on this node and the lease holds (see
+    /// [`check_fence`]). Only the deletion of fired timers (no events, no
+    /// new timers) needs no allocation: it stays local.
+    fn append_fenced(
+        &self,
+        write: Write,
+        fence: Option<Fence>,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
         let local = self.local.clone();
         let inner = self.repl.cluster.get().and_then(Weak::upgrade);
         Box::pin(async move {
-            let Some(inner) = inner else {
+            if write.events.is_empty() && write.add_timers.is_empty() {
                 return local.append(write).await;
+            }
+            let Some(inner) = inner else {
+                return Err(JournalError::Fenced(format!(
+                    "{}: this node has not started its cluster part yet",
+                    write.key
+                )));
             };
-            replicated_append(&inner, &local, write).await
+            let epoch = check_fence(&inner, &write.key, fence)?;
+            replicated_append(&inner, &local, write, epoch).await
         })
     }
 
@@ -180,10 +232,45 @@ pub(crate) fn data_members(inner: &Inner) -> Vec<NodeId> {
         .collect()
 }
 
+/// Fencing on the writer's side: the write's allocation must be the
+/// shard's current one in this node's committed table, owned by this node,
+/// and this node's lease must hold now. Returns the epoch the replicas
+/// check in turn.
+fn check_fence(inner: &Inner, key: &EntityKey, fence: Option<Fence>) -> Result<u64, JournalError> {
+    let Some(fence) = fence else {
+        return Err(JournalError::Fenced(format!(
+            "{key}: a write that carries no allocation (not from an entity started by this node)"
+        )));
+    };
+    let current = inner.router().table().get(ShardId(fence.shard));
+    match current {
+        Some(a) if a.owner.0 == inner.id && a.epoch == fence.epoch => {}
+        Some(a) => {
+            return Err(JournalError::Fenced(format!(
+                "{key}: started under epoch {} of shard {}, whose allocation is now epoch {} on node {}",
+                fence.epoch, fence.shard, a.epoch, a.owner.0
+            )));
+        }
+        None => {
+            return Err(JournalError::Fenced(format!(
+                "{key}: shard {} has no allocation",
+                fence.shard
+            )));
+        }
+    }
+    if !inner.lease_ok() {
+        return Err(JournalError::Fenced(format!(
+            "{key}: this node's lease lapsed (it cannot reach the cluster's majority)"
+        )));
+    }
+    Ok(fence.epoch)
+}
+
 async fn replicated_append(
     inner: &Arc<Inner>,
     local: &Arc<dyn Journal>,
     write: Write,
+    epoch: u64,
 ) -> Result<(), JournalError> {
     let settings = inner
         .node
@@ -195,7 +282,6 @@ async fn replicated_append(
         &write.key.entity_id,
         inner.shard_count(),
     );
-    let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
     let replicas = replicas_of(inner, inner.id, settings.replicas);
     if write.events.is_empty() || replicas.is_empty() {
         return local.append(write).await;
@@ -285,6 +371,11 @@ async fn replicated_append(
     // truncation when it comes back).
     let key = write.key.clone();
     let written = match acks.await {
+        // The lease may have lapsed while the replicas answered: then
+        // another node may be promoted, and this one must not append.
+        Ok(()) if !inner.lease_ok() => Err(JournalError::Fenced(format!(
+            "{key}: this node's lease lapsed while its replicas acknowledged the write"
+        ))),
         Ok(()) => local.append(write).await,
         Err(e) => Err(e),
     };

@@ -4,16 +4,19 @@
 //! messages to other entities).
 //!
 //! The node builds one [`Env`] and hands it to every entity; the entity
-//! never sees the node. Ownership checks and fencing epochs of the cluster
-//! belong on this path.
+//! never sees the node. In a cluster it also holds the node's
+//! [`Placement`]: the entity asks it before it starts and before each
+//! command whether this node still serves it, and under which allocation
+//! (the fence its writes carry).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use cairn_store::{Journal, SnapshotStore, TimerRecord};
+use cairn_store::{EntityKey, Journal, SnapshotStore, TimerRecord};
 use tokio::sync::{Notify, broadcast};
 
 use crate::clock::Clock;
+use crate::placement::{Admission, Placement};
 use crate::types::LifecycleEvent;
 
 use super::Runners;
@@ -23,8 +26,8 @@ use super::Runners;
 pub(crate) trait Outbox: Send + Sync + 'static {
     /// Arms a durable timer of an entity (already in the journal).
     fn schedule_timer(&self, entity_type: &str, entity_id: &str, timer: TimerRecord);
-    /// Tells another entity a command (at most once).
-    fn send(&self, entity_type: String, entity_id: String, command: Vec<u8>);
+    /// Tells another entity a command (at most once), from entity `from`.
+    fn send(&self, from: EntityKey, entity_type: String, entity_id: String, command: Vec<u8>);
 }
 
 /// Everything an entity needs from the node that runs it.
@@ -44,6 +47,8 @@ pub(crate) struct Env {
     next_timer: AtomicU64,
     /// Weak: the node owns the environment, not the other way round.
     outbox: Weak<dyn Outbox>,
+    /// Which entities this node may run, in a cluster (`None`: all).
+    pub(crate) placement: Option<Arc<dyn Placement>>,
 }
 
 impl Env {
@@ -54,6 +59,7 @@ impl Env {
         events: broadcast::Sender<LifecycleEvent>,
         clock: Arc<dyn Clock>,
         outbox: Weak<dyn Outbox>,
+        placement: Option<Arc<dyn Placement>>,
     ) -> Env {
         // Timer ids only need to be unique per node: start from the time in
         // ns, above any id an earlier run of the node handed out.
@@ -67,6 +73,7 @@ impl Env {
             clock,
             next_timer: AtomicU64::new(seed),
             outbox,
+            placement,
         }
     }
 
@@ -87,6 +94,22 @@ impl Env {
     /// A fresh timer id.
     pub(crate) fn next_timer_id(&self) -> u64 {
         self.next_timer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// May this node run `key` now, and under which allocation?
+    pub(crate) fn admit(&self, key: &EntityKey) -> Admission {
+        match &self.placement {
+            None => Admission::Here(None),
+            Some(p) => p.admit(key),
+        }
+    }
+
+    /// [`Env::admit`] by type and id, without building a key on a single node.
+    pub(crate) fn admit_entity(&self, entity_type: &str, entity_id: &str) -> Admission {
+        match &self.placement {
+            None => Admission::Here(None),
+            Some(p) => p.admit(&EntityKey::new(entity_type, entity_id)),
+        }
     }
 
     /// The outbox, unless the node is gone.

@@ -34,11 +34,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cairn_store::{BoxFuture, EntityKey, EventRecord, JournalError, Snapshot, TimerRecord, Write};
+use cairn_store::{
+    BoxFuture, EntityKey, EventRecord, Fence, JournalError, Snapshot, TimerRecord, Write,
+};
 use tokio::sync::{Notify, oneshot};
 
 use crate::behavior::{Behavior, CommandContext, CommandError, Effect, GuestFault};
 use crate::config::Overflow;
+use crate::placement::Admission;
 use crate::replay::{self, FoldOn, Replay, Until};
 use crate::types::{AskError, LifecycleEvent, Reply};
 
@@ -87,6 +90,9 @@ pub(crate) struct Loaded {
     seq: u64,
     /// The behavior generation this state was built with.
     generation: u64,
+    /// The allocation the entity was started under (in a cluster): every
+    /// write carries it.
+    fence: Option<Fence>,
 }
 
 /// One entity of a type.
@@ -149,7 +155,7 @@ impl AfterPersist {
             outbox.schedule_timer(&ty.name, id, timer);
         }
         for (t, target, command) in self.sends {
-            outbox.send(t, target, command);
+            outbox.send(EntityKey::new(ty.name.clone(), id), t, target, command);
         }
     }
 }
@@ -388,9 +394,10 @@ async fn persist(
     node: &Env,
     cell: &EntityCell,
     write: Write,
+    fence: Option<Fence>,
     after: AfterPersist,
 ) -> Result<AfterPersist, String> {
-    let append = node.journal.append(write);
+    let append = node.journal.append_fenced(write, fence);
     cell.lock().in_flight = Some(InFlight { append, after });
     let persisted = std::future::poll_fn(|cx| match cell.lock().in_flight.as_mut() {
         Some(f) => f.append.as_mut().poll(cx),
@@ -495,6 +502,29 @@ async fn drain(
             release(node, ty, cell, loaded);
             return;
         }
+        // In a cluster the entity runs only while this node serves its
+        // shard, under the allocation it was started with: a command for
+        // an entity whose shard is not (or no longer) here fails unrun,
+        // and one that came back under a newer allocation recovers again
+        // (its history may have grown elsewhere meanwhile).
+        let fence = match node.admit_entity(&ty.name, &cell.id) {
+            Admission::Here(fence) => fence,
+            Admission::Elsewhere(why) => {
+                loaded = None;
+                let env = match first.take() {
+                    Some(env) => env,
+                    None => match next_envelope(node, &cell, &mut loaded) {
+                        Some(env) => env,
+                        None => return,
+                    },
+                };
+                env.fail(AskError::NotHere(why));
+                continue;
+            }
+        };
+        if loaded.as_ref().is_some_and(|l| l.fence != fence) {
+            loaded = None;
+        }
         // The behavior and its generation are read together, so a command
         // runs on the version its state was checked against; a deploy that
         // lands meanwhile applies from the next command on.
@@ -508,7 +538,7 @@ async fn drain(
                     l.generation = generation;
                     loaded = Some(l);
                 }
-                None => match recover(node, &ty, &behavior, &cell.id, generation).await {
+                None => match recover(node, &ty, &behavior, &cell.id, generation, fence).await {
                     Ok(l) => loaded = Some(l),
                     Err(reason) => {
                         let reason = format!("recovery failed: {reason}");
@@ -523,19 +553,10 @@ async fn drain(
         }
         let env = match first.take() {
             Some(env) => env,
-            None => {
-                let mut inner = cell.lock();
-                let Some(env) = inner.queue.pop_front() else {
-                    inner.running = false;
-                    inner.loaded = loaded;
-                    inner.last_active = Some(node.clock.now());
-                    return;
-                };
-                drop(inner);
-                // The mailbox has room again.
-                cell.space.notify_one();
-                env
-            }
+            None => match next_envelope(node, &cell, &mut loaded) {
+                Some(env) => env,
+                None => return,
+            },
         };
         let Some(live) = loaded.as_mut() else {
             continue;
@@ -564,6 +585,22 @@ async fn drain(
             });
         }
     }
+}
+
+/// The next envelope of the mailbox; when it is empty, the entity goes
+/// idle keeping `loaded` (the drain ends).
+fn next_envelope(node: &Env, cell: &EntityCell, loaded: &mut Option<Loaded>) -> Option<Envelope> {
+    let mut inner = cell.lock();
+    let Some(env) = inner.queue.pop_front() else {
+        inner.running = false;
+        inner.loaded = loaded.take();
+        inner.last_active = Some(node.clock.now());
+        return None;
+    };
+    drop(inner);
+    // The mailbox has room again.
+    cell.space.notify_one();
+    Some(env)
 }
 
 fn restart_limit_reached(node: &Env, ty: &EntityType, cell: &EntityCell) -> bool {
@@ -606,6 +643,7 @@ async fn recover(
     behavior: &Arc<dyn Behavior>,
     id: &str,
     generation: u64,
+    fence: Option<Fence>,
 ) -> Result<Loaded, String> {
     let key = EntityKey::new(ty.name.clone(), id);
     let how = Replay {
@@ -628,6 +666,7 @@ async fn recover(
         state: r.state,
         seq: r.seq,
         generation,
+        fence,
     })
 }
 
@@ -783,7 +822,7 @@ async fn process(
             add_timers: after.timers.clone(),
             remove_timers: timer_id.into_iter().collect(),
         };
-        persist(node, cell, write, after).await?
+        persist(node, cell, write, live.fence, after).await?
     } else {
         after
     };

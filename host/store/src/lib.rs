@@ -185,6 +185,25 @@ pub enum JournalError {
     /// configured (too few replicas acknowledged it); it is not acknowledged.
     #[error("replication: {0}")]
     Replication(String),
+    /// The writer does not run under the shard's current allocation (its
+    /// node no longer owns the shard, the epoch moved on, or its lease
+    /// expired): nothing was stored, and the entity must be run by its
+    /// current owner.
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+/// The allocation an entity's writer runs under in a cluster: the shard of
+/// the entity and the epoch of the shard's allocation when the entity was
+/// started. A replicated journal refuses a write whose allocation is not
+/// the shard's current one on this node ([`JournalError::Fenced`]); local
+/// journals store nothing of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The entity's shard.
+    pub shard: u32,
+    /// The epoch of the shard's allocation the writer was started under.
+    pub epoch: u64,
 }
 
 impl From<rusqlite::Error> for JournalError {
@@ -199,6 +218,18 @@ pub trait Journal: Send + Sync + 'static {
     /// Fails with [`JournalError::Conflict`] (storing nothing) if an event's
     /// sequence number already exists.
     fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>>;
+    /// [`Journal::append`] by a writer that runs under `fence` (an entity
+    /// of a cluster member). Local journals ignore the fence; the
+    /// replicated journal refuses the write unless `fence` is the shard's
+    /// current allocation on this node and its lease holds.
+    fn append_fenced(
+        &self,
+        write: Write,
+        fence: Option<Fence>,
+    ) -> BoxFuture<'static, Result<(), JournalError>> {
+        let _ = fence;
+        self.append(write)
+    }
     /// Events with `from <= seq <= to`, ascending, at most `limit`.
     fn read(
         &self,

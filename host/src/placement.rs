@@ -1,0 +1,63 @@
+//! Where an entity may run: the node's one admission point.
+//!
+//! Every command reaches an entity through the node, whether it came from
+//! a client, a forward, a timer or another entity's `send`. On a single
+//! node every entity runs here. A cluster member is given a [`Placement`]
+//! when it opens ([`crate::Node::open_in_cluster`]): before an entity is
+//! started, and before each of its commands runs, the node asks it whether
+//! this node serves the entity's shard now and under which allocation
+//! ([`Fence`]). The entity keeps that allocation while it lives and every
+//! one of its writes carries it ([`cairn_store::Journal::append_fenced`]),
+//! so an actor left behind on a deposed owner cannot write. Commands that
+//! the node itself produces (a timer firing, a `send`) do not pick their
+//! node: they are handed to [`Placement::deliver`], which routes them like
+//! a client's command.
+
+use cairn_store::{EntityKey, Fence};
+
+/// May this node run an entity now?
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Yes, under this allocation (`None` on a single node).
+    Here(Option<Fence>),
+    /// No: another node owns the entity's shard, the shard is moving, or
+    /// this node's lease lapsed. Why, for the error.
+    Elsewhere(String),
+}
+
+/// A command the node produced itself, to be run wherever its entity lives.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The target entity.
+    pub target: EntityKey,
+    /// The encoded command.
+    pub command: Vec<u8>,
+    /// Where it comes from.
+    pub origin: Origin,
+}
+
+/// Where a [`Delivery`] comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A `send` effect of this entity, after its write was durable.
+    Send {
+        /// The sending entity.
+        from: EntityKey,
+    },
+    /// A durable timer of the target armed on this node, now due: its
+    /// record is deleted here once the command ran on the owner.
+    Timer {
+        /// The timer's id.
+        timer_id: u64,
+    },
+}
+
+/// The cluster's side of admission and routing, as the node sees it.
+pub trait Placement: Send + Sync + 'static {
+    /// May this node run `key` now, and under which allocation?
+    fn admit(&self, key: &EntityKey) -> Admission;
+    /// Runs a command the node produced on the owner of its entity (here
+    /// or on another node), retrying while that is safe; reports what it
+    /// could not deliver through `undelivered`.
+    fn deliver(&self, delivery: Delivery, undelivered: Box<dyn FnOnce(String) + Send>);
+}
