@@ -312,10 +312,8 @@ impl NodeInner {
 
 impl Outbox for NodeInner {
     /// Arms a durable timer: at `fire_at_ms` its command goes to the entity,
-    /// which deletes the timer with the command's own write. In a cluster
-    /// the timer fires here only while this node serves the entity's
-    /// shard; otherwise its command is routed to the owner and the record
-    /// deleted here once it ran there.
+    /// which deletes the timer with the command's own write (in a cluster,
+    /// only on a node that serves the entity's shard then).
     fn schedule_timer(&self, entity_type: &str, id: &str, timer: TimerRecord) {
         {
             let mut armed = self.timers.lock().unwrap_or_else(|p| p.into_inner());
@@ -379,48 +377,48 @@ impl Outbox for NodeInner {
 }
 
 impl NodeInner {
-    /// A due timer: its command runs on the entity here (its write deletes
-    /// the timer), or, when another node serves the entity's shard now,
-    /// goes there through routing.
+    /// A due timer: its command runs on the entity here, and its write
+    /// deletes the timer. In a cluster it fires only while this node
+    /// serves the entity's shard: while the shard is not ready here yet it
+    /// waits; once another node owns the shard it is disarmed here (the
+    /// handoff gave that node the timer, and a node that gets the shard
+    /// back re-arms what it holds then, see [`Node::arm_timers_where`]).
     async fn fire_timer(self: &Arc<Self>, entity_type: &str, id: &str, timer: TimerRecord) {
         let key = EntityKey::new(entity_type, id);
-        let here = matches!(self.env.admit(&key), Admission::Here(_));
-        match (&self.env.placement, here) {
-            (Some(placement), false) => {
-                let events = self.env.clone();
-                let (t, i) = (entity_type.to_owned(), id.to_owned());
-                placement.deliver(
-                    Delivery {
-                        target: key,
-                        command: timer.command,
-                        origin: Origin::Timer {
-                            timer_id: timer.timer_id,
-                        },
-                    },
-                    Box::new(move |why| {
-                        events.dead_letter(&t, &i, &format!("timer not delivered: {why}"));
-                    }),
-                );
-            }
-            _ => {
-                if let Some(ty) = self.entity_type(entity_type) {
-                    let env = Envelope::Command {
-                        command: timer.command,
-                        expected_seq: None,
-                        reply: None,
-                        timer_id: Some(timer.timer_id),
-                    };
-                    if let Err(e) = self.enqueue(&ty, id, env).await {
-                        self.env
-                            .dead_letter(&ty.name, id, &format!("timer not delivered: {e}"));
-                    }
+        let patience = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.env.admit(&key) {
+                Admission::Here(_) => break,
+                Admission::NotYet(_) if Instant::now() < patience => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Admission::NotYet(why) | Admission::Elsewhere(why) => {
+                    tracing::debug!(%key, timer = timer.timer_id, %why, "timer disarmed here");
+                    self.disarm(timer.timer_id);
+                    return;
                 }
             }
         }
+        if let Some(ty) = self.entity_type(entity_type) {
+            let env = Envelope::Command {
+                command: timer.command,
+                expected_seq: None,
+                reply: None,
+                timer_id: Some(timer.timer_id),
+            };
+            if let Err(e) = self.enqueue(&ty, id, env).await {
+                self.env
+                    .dead_letter(&ty.name, id, &format!("timer not delivered: {e}"));
+            }
+        }
+        self.disarm(timer.timer_id);
+    }
+
+    fn disarm(&self, timer_id: u64) {
         self.timers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&timer.timer_id);
+            .remove(&timer_id);
     }
 }
 
@@ -620,6 +618,27 @@ impl Node {
             .map_err(|e| NodeError::Restore(Box::new(e)))?;
         crate::deploy::scan_exemplars_in_background(Arc::downgrade(&node.inner));
         Ok(node)
+    }
+
+    /// Arms the pending timers of the entities `owned` selects (a shard
+    /// that became served here: its timers came with its history). Timers
+    /// armed already are left alone.
+    pub(crate) async fn arm_timers_where(
+        &self,
+        owned: impl Fn(&str, &str) -> bool,
+    ) -> Result<usize, JournalError> {
+        let timers = self.inner.env.journal.pending_timers().await?;
+        let mut n = 0;
+        for (key, timer) in timers {
+            if owned(&key.entity_type, &key.entity_id)
+                && self.inner.entity_type(&key.entity_type).is_some()
+            {
+                self.inner
+                    .schedule_timer(&key.entity_type, &key.entity_id, timer);
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The node's configuration.

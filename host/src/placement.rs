@@ -8,21 +8,25 @@
 //! this node serves the entity's shard now and under which allocation
 //! ([`Fence`]). The entity keeps that allocation while it lives and every
 //! one of its writes carries it ([`cairn_store::Journal::append_fenced`]),
-//! so an actor left behind on a deposed owner cannot write. Commands that
-//! the node itself produces (a timer firing, a `send`) do not pick their
-//! node: they are handed to [`Placement::deliver`], which routes them like
-//! a client's command.
+//! so an actor left behind on a deposed owner cannot write. A `send` does
+//! not pick its node: it is handed to [`Placement::deliver`], which routes
+//! it like a client's command. Durable timers belong to their entity's
+//! shard: they move with it (the handoff carries them) and fire only on a
+//! node that admits their entity.
 
 use cairn_store::{EntityKey, Fence};
 
 /// May this node run an entity now?
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Admission {
     /// Yes, under this allocation (`None` on a single node).
     Here(Option<Fence>),
-    /// No: another node owns the entity's shard, the shard is moving, or
-    /// this node's lease lapsed. Why, for the error.
+    /// No: another node owns the entity's shard. Why, for the error.
     Elsewhere(String),
+    /// Not now: this node owns the shard but cannot serve it yet (its
+    /// history is still arriving, or its lease lapsed). Why, for the error.
+    NotYet(String),
 }
 
 /// A command the node produced itself, to be run wherever its entity lives.
@@ -38,17 +42,12 @@ pub struct Delivery {
 
 /// Where a [`Delivery`] comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Origin {
     /// A `send` effect of this entity, after its write was durable.
     Send {
         /// The sending entity.
         from: EntityKey,
-    },
-    /// A durable timer of the target armed on this node, now due: its
-    /// record is deleted here once the command ran on the owner.
-    Timer {
-        /// The timer's id.
-        timer_id: u64,
     },
 }
 

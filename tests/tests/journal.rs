@@ -373,7 +373,7 @@ impl Journal for AsOwner {
         use cairn_host::placement::{Admission, Placement};
         match self.placement.admit(&w.key) {
             Admission::Here(fence) => self.journal.append_fenced(w, fence),
-            Admission::Elsewhere(why) => panic!("{}: not admitted on the owner: {why}", w.key),
+            other => panic!("{}: not admitted on the owner: {other:?}", w.key),
         }
     }
     fn read(

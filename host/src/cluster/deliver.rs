@@ -1,21 +1,19 @@
-//! Delivery of the commands a node produces itself (a `send` effect, a
-//! timer due for an entity this node no longer serves) through the same
-//! routing as a client's command: run here if this node serves the
-//! target's shard, else one hop to its owner, held while the shard moves.
+//! Delivery of the commands a node produces itself (a `send` effect)
+//! through the same routing as a client's command: run here if this node
+//! serves the target's shard, else one hop to its owner, held while the
+//! shard moves.
 //!
 //! A delivery is retried while the answer says nothing was run or stored
 //! (the owner is unreachable, the shard is moving, the mailbox is full),
 //! for up to [`DELIVERY_PATIENCE`]; any other failure (the target rejected
 //! it, is stopped, its type is unknown, or the outcome is unknown) is a
-//! dead letter with the reason. A timer's record is deleted here once its
-//! command ran on the owner (or was rejected there), so it fires once.
+//! dead letter with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_cluster::shard_of;
 use cairn_proto::{ApiError, Payload, Request, Response};
-use cairn_store::Write;
 use tokio::sync::oneshot;
 
 use super::Inner;
@@ -75,27 +73,12 @@ pub(crate) async fn deliver(
         }
     };
     let dead = match outcome {
-        Attempt::Done(rejected) => {
-            if let Origin::Timer { timer_id } = origin {
-                let write = Write {
-                    key: target.clone(),
-                    remove_timers: vec![timer_id],
-                    ..Write::default()
-                };
-                if let Err(e) = inner.local_journal.append(write).await {
-                    tracing::warn!(%target, error = %e, "cannot delete a delivered timer");
-                }
-            }
-            rejected
-        }
+        Attempt::Done(rejected) => rejected,
         Attempt::Failed(why) | Attempt::Again(why) => Some(why),
     };
     if let Some(why) = dead {
-        let from = match &origin {
-            Origin::Send { from } => format!("send from {from}"),
-            Origin::Timer { timer_id } => format!("timer {timer_id}"),
-        };
-        undelivered(format!("{from}: {why}"));
+        let Origin::Send { from } = &origin;
+        undelivered(format!("send from {from}: {why}"));
     }
 }
 

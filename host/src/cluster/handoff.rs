@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use cairn_cluster::route::Route;
 use cairn_cluster::{Coordinator, Decision, Member, MemberState, NodeId, ShardId, shard_of};
 use cairn_raft::{ClusterState, Command};
-use cairn_store::{EntityKey, EventRecord, Write};
+use cairn_store::{EntityKey, EventRecord, TimerRecord, Write};
 use tokio::sync::oneshot;
 
 use super::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
@@ -356,7 +356,11 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
     }
     if !ready.is_empty() {
         let inner = inner.clone();
-        tokio::spawn(async move { report_ready(&inner, ready).await });
+        tokio::spawn(async move {
+            let shards = ready.iter().map(|(s, _)| *s).collect();
+            report_ready(&inner, ready).await;
+            arm_timers(&inner, shards).await;
+        });
     }
     inner.refresh_down();
     for (shard, owner, (req, tx)) in away {
@@ -468,6 +472,7 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
         r.ready(shard)
     };
     report_ready(&inner, vec![(shard.0, epoch)]).await;
+    arm_timers(&inner, vec![shard.0]).await;
     tracing::info!(
         shard = shard.0,
         from,
@@ -506,20 +511,30 @@ async fn fetch_once(
     // (entities, events imported)
     let mut n = (0, 0);
     let mut sent = std::collections::HashSet::new();
+    let mut timers_here = shard_timers(inner, shard, count).await?;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), read_answer(addr, &mut recv)).await {
             Err(_) => return Err("no answer".into()),
             Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(PeerResponse::Entity(h))) => {
+            Ok(Ok(PeerResponse::Entity(mut h))) => {
                 if authoritative {
                     sent.insert((h.entity_type.clone(), h.entity_id.clone()));
                 }
+                let key = EntityKey::new(h.entity_type.clone(), h.entity_id.clone());
+                let timers = std::mem::take(&mut h.timers);
                 n.1 += import(inner, h, authoritative).await?;
+                let here = timers_here.remove(&key).unwrap_or_default();
+                import_timers(inner, key, timers, &here, authoritative).await?;
                 n.0 += 1;
             }
             Ok(Ok(PeerResponse::Done)) => {
                 if authoritative {
                     drop_unsent(inner, shard, count, &sent).await?;
+                    // Timers held here of entities the owner has none of
+                    // fired there (or were never acknowledged).
+                    for (key, here) in timers_here {
+                        import_timers(inner, key, Vec::new(), &here, true).await?;
+                    }
                 }
                 return Ok(n);
             }
@@ -797,6 +812,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                         .into_iter()
                         .map(|e| (e.seq, e.timestamp_ms, e.version, e.payload))
                         .collect(),
+                    timers: Vec::new(),
                 }),
                 Err(e) => PeerResponse::Error(e.to_string()),
             }
@@ -863,6 +879,15 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
         return;
     }
     let journal = inner.local_journal.clone();
+    // The shard's timers go with its entities' histories (timers of
+    // entities without events in histories of their own).
+    let mut timers = match shard_timers(inner, ShardId(shard), count).await {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = write_answer(send, &PeerResponse::Error(e)).await;
+            return;
+        }
+    };
     for d in inner.node.deployments() {
         let ty = d.entity_type.clone();
         let ids = match journal.entity_ids(&ty, usize::MAX).await {
@@ -891,13 +916,111 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
                     .into_iter()
                     .map(|e| (e.seq, e.timestamp_ms, e.version, e.payload))
                     .collect(),
+                timers: timer_tuples(timers.remove(&key)),
             };
             if !write_answer(send, &PeerResponse::Entity(h)).await {
                 return;
             }
         }
     }
+    for (key, t) in timers {
+        let h = EntityHistory {
+            entity_type: key.entity_type,
+            entity_id: key.entity_id,
+            events: Vec::new(),
+            timers: timer_tuples(Some(t)),
+        };
+        if !write_answer(send, &PeerResponse::Entity(h)).await {
+            return;
+        }
+    }
     let _ = write_answer(send, &PeerResponse::Done).await;
+}
+
+/// Arms the timers of shards that became served here (their timers came
+/// with their histories, or were held here from before a restart).
+async fn arm_timers(inner: &Arc<Inner>, shards: Vec<u32>) {
+    let count = inner.shard_count();
+    let set: std::collections::BTreeSet<u32> = shards.into_iter().collect();
+    if let Err(e) = inner
+        .node
+        .arm_timers_where(|ty, id| set.contains(&shard_of(ty, id, count).0))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot read the pending timers");
+    }
+}
+
+/// The pending timers of a shard's entities in the local journal.
+async fn shard_timers(
+    inner: &Arc<Inner>,
+    shard: ShardId,
+    count: u32,
+) -> Result<std::collections::HashMap<EntityKey, Vec<TimerRecord>>, String> {
+    let mut out: std::collections::HashMap<EntityKey, Vec<TimerRecord>> =
+        std::collections::HashMap::new();
+    for (key, t) in inner
+        .local_journal
+        .pending_timers()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if shard_of(&key.entity_type, &key.entity_id, count) == shard {
+            out.entry(key).or_default().push(t);
+        }
+    }
+    Ok(out)
+}
+
+fn timer_tuples(t: Option<Vec<TimerRecord>>) -> Vec<(u64, u64, Vec<u8>)> {
+    t.unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.timer_id, t.fire_at_ms, t.command))
+        .collect()
+}
+
+/// Makes the local timers of `key` match what the shard's source holds:
+/// from its live owner (`authoritative`) exactly its set (a timer held
+/// here but not there fired there, or was never acknowledged); from
+/// another source, only additions.
+async fn import_timers(
+    inner: &Arc<Inner>,
+    key: EntityKey,
+    fetched: Vec<(u64, u64, Vec<u8>)>,
+    here: &[TimerRecord],
+    authoritative: bool,
+) -> Result<(), String> {
+    let fetched_ids: Vec<u64> = fetched.iter().map(|t| t.0).collect();
+    let add_timers: Vec<TimerRecord> = fetched
+        .into_iter()
+        .filter(|(id, _, _)| !here.iter().any(|t| t.timer_id == *id))
+        .map(|(timer_id, fire_at_ms, command)| TimerRecord {
+            timer_id,
+            fire_at_ms,
+            command,
+        })
+        .collect();
+    let remove_timers: Vec<u64> = if authoritative {
+        here.iter()
+            .map(|t| t.timer_id)
+            .filter(|id| !fetched_ids.contains(id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if add_timers.is_empty() && remove_timers.is_empty() {
+        return Ok(());
+    }
+    inner
+        .local_journal
+        .append(Write {
+            key,
+            events: Vec::new(),
+            add_timers,
+            remove_timers,
+        })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Every node: keeps the active component of each entity type equal to the

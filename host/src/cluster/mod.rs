@@ -217,13 +217,13 @@ impl Inner {
             match router.table().get(shard) {
                 Some(a) if a.owner.0 == self.id => {
                     if router.is_waiting(shard) {
-                        return Admission::Elsewhere(format!(
+                        return Admission::NotYet(format!(
                             "shard {} is still arriving on this node",
                             shard.0
                         ));
                     }
                     if !self.lease_ok() {
-                        return Admission::Elsewhere(
+                        return Admission::NotYet(
                             "this node's lease lapsed (it cannot reach the cluster's majority)"
                                 .into(),
                         );

@@ -133,6 +133,10 @@ pub struct EntityHistory {
     pub entity_id: String,
     /// Its events, ascending, as (seq, timestamp ms, behavior version, payload).
     pub events: Vec<(u64, u64, String, Vec<u8>)>,
+    /// Its pending durable timers as (timer id, fire at ms, command): sent
+    /// by a shard's owner in a handoff; empty from a replica (timers are
+    /// not replicated).
+    pub timers: Vec<(u64, u64, Vec<u8>)>,
 }
 
 /// An answer from a peer.

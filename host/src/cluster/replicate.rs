@@ -74,7 +74,7 @@ impl Placement for Replication {
     fn admit(&self, key: &EntityKey) -> Admission {
         match self.cluster.get().and_then(Weak::upgrade) {
             Some(inner) => inner.admit(key),
-            None => Admission::Elsewhere("this node has not started its cluster part yet".into()),
+            None => Admission::NotYet("this node has not started its cluster part yet".into()),
         }
     }
 

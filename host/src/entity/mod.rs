@@ -509,7 +509,7 @@ async fn drain(
         // (its history may have grown elsewhere meanwhile).
         let fence = match node.admit_entity(&ty.name, &cell.id) {
             Admission::Here(fence) => fence,
-            Admission::Elsewhere(why) => {
+            Admission::Elsewhere(why) | Admission::NotYet(why) => {
                 loaded = None;
                 let env = match first.take() {
                     Some(env) => env,
