@@ -18,7 +18,6 @@
 //! Replicas of a shard: the next `replicas` up members after the owner in
 //! the ring of member ids (so they are on other nodes than the primary).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -71,9 +70,9 @@ impl Replication {
 }
 
 impl Placement for Replication {
-    fn admit(&self, key: &EntityKey) -> Admission {
+    fn admit(&self, key: &EntityKey, live: bool) -> Admission {
         match self.cluster.get().and_then(Weak::upgrade) {
-            Some(inner) => inner.admit(key),
+            Some(inner) => inner.admit(key, live),
             None => Admission::NotYet("this node has not started its cluster part yet".into()),
         }
     }
@@ -242,27 +241,13 @@ fn check_fence(inner: &Inner, key: &EntityKey, fence: Option<Fence>) -> Result<u
             "{key}: a write that carries no allocation (not from an entity started by this node)"
         )));
     };
-    let current = inner.router().table().get(ShardId(fence.shard));
-    match current {
-        Some(a) if a.owner.0 == inner.id && a.epoch == fence.epoch => {}
-        Some(a) => {
-            return Err(JournalError::Fenced(format!(
-                "{key}: started under epoch {} of shard {}, whose allocation is now epoch {} on node {}",
-                fence.epoch, fence.shard, a.epoch, a.owner.0
-            )));
-        }
-        None => {
-            return Err(JournalError::Fenced(format!(
-                "{key}: shard {} has no allocation",
-                fence.shard
-            )));
-        }
-    }
-    if !inner.lease_ok() {
-        return Err(JournalError::Fenced(format!(
-            "{key}: this node's lease lapsed (it cannot reach the cluster's majority)"
-        )));
-    }
+    let rule = cairn_cluster::fence::Fence {
+        shard: ShardId(fence.shard),
+        epoch: fence.epoch,
+    };
+    let lease = inner.lease_ok();
+    cairn_cluster::fence::may_write(inner.router().table(), NodeId(inner.id), rule, lease)
+        .map_err(|refusal| JournalError::Fenced(format!("{key}: {refusal}")))?;
     Ok(fence.epoch)
 }
 
@@ -450,7 +435,7 @@ pub(crate) async fn send_to_replica(
 
 /// The newest epoch each shard's replica has accepted (fencing).
 #[derive(Default)]
-pub(crate) struct Fences(Mutex<HashMap<u32, u64>>);
+pub(crate) struct Fences(Mutex<cairn_cluster::fence::ReplicaFences>);
 
 /// Truncates the entity on the shard's live replicas first (as a write
 /// goes to them first), so that none keeps events the primary dropped.
@@ -494,19 +479,14 @@ async fn replicated_truncate(
 /// newer one (or its committed table has); returns the committed
 /// allocation's epoch on acceptance, the newest seen on refusal.
 fn fence(inner: &Inner, shard: u32, epoch: u64) -> Result<u64, u64> {
-    let committed = inner
-        .router()
-        .table()
-        .get(ShardId(shard))
-        .map_or(0, |a| a.epoch);
-    let mut f = inner.fences.0.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = f.entry(shard).or_default();
-    let newest = (*seen).max(committed);
-    if epoch < newest {
-        return Err(newest);
-    }
-    *seen = epoch;
-    Ok(committed)
+    let committed = inner.router().table().get(ShardId(shard)).map(|a| a.epoch);
+    inner
+        .fences
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .accept(ShardId(shard), epoch, committed)?;
+    Ok(committed.unwrap_or(0))
 }
 
 /// The replica's side of a primary's truncation.
