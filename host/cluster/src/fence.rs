@@ -234,6 +234,12 @@ fn mutant(_: Mutant) -> bool {
     false
 }
 
+/// Is [`Mutant::NoLeaseCheck`] on (for the simulation's append)?
+#[cfg(test)]
+pub(crate) fn mutant_no_lease() -> bool {
+    mutant(Mutant::NoLeaseCheck)
+}
+
 /// Is [`Mutant::StaleGrant`] on (for [`crate::lease`])?
 pub(crate) fn mutant_stale_grant() -> bool {
     mutant(Mutant::StaleGrant)

@@ -51,6 +51,9 @@ fn shard(entity: u32) -> ShardId {
 struct InFlight {
     entity: u32,
     fence: Fence,
+    /// The writer's clock when it sent the renewal of the lease the write
+    /// was checked under: its own append must fall within that lease.
+    lease_sent: u64,
     seq: usize,
     value: u64,
     /// Replica → the step its message arrives.
@@ -533,15 +536,13 @@ impl World {
                     }
                 }
                 if f.acks >= 1 {
-                    // The writer's check again at the time of its own append.
+                    // As the product: the lease the write was checked under
+                    // must still hold at the owner's own append.
                     let n = &mut self.nodes[i];
-                    let ok = fence::may_write(
-                        n.router.table(),
-                        n.id,
-                        f.fence,
-                        n.lease_fresh(now, &lease),
-                    )
-                    .is_ok();
+                    let ok = lease.owner_may_serve(
+                        std::time::Duration::from_millis(f.lease_sent),
+                        std::time::Duration::from_millis(n.clock(now)),
+                    ) || fence::mutant_no_lease();
                     let h = n.journal.entry(f.entity).or_default();
                     if ok && h.len() == f.seq - 1 {
                         h.push(f.value);
@@ -654,9 +655,11 @@ impl World {
                 pending.insert(r.0, step + self.rng.random_range(0..4usize));
             }
         }
+        let lease_sent = self.nodes[at].lease_sent.map_or(0, |(s, _)| s);
         self.nodes[at].in_flight.push(InFlight {
             entity: e,
             fence: f,
+            lease_sent,
             seq,
             value,
             pending,

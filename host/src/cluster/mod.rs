@@ -237,6 +237,22 @@ impl Inner {
         }
     }
 
+    /// When this node sent the renewal of its current lease.
+    pub(crate) fn lease_sent(&self) -> Option<Instant> {
+        self.lease.lock().ok().and_then(|l| *l).map(|(s, _)| s)
+    }
+
+    /// Is this node's table older than the epoch its last grant carried?
+    fn table_behind_grant(&self) -> bool {
+        let granted = self
+            .lease
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .map_or(0, |(_, e)| e);
+        self.router().table().epoch() < granted
+    }
+
     fn never_leased(&self) -> bool {
         self.lease.lock().map(|l| l.is_none()).unwrap_or(false)
     }
@@ -296,10 +312,11 @@ impl Inner {
     /// Runs a request here, counted as in flight for its shard.
     pub(crate) async fn run_local(&self, shard: u32, req: Request) -> Response {
         // A node that just joined may be given shards before its first
-        // renewal comes back: wait for it, briefly. A lease that expired
-        // refuses at once.
+        // renewal comes back, and a grant may carry an epoch its table has
+        // not applied yet (decisions commit while it renews): wait for
+        // either, briefly. A lease that expired refuses at once.
         let deadline = Instant::now() + Duration::from_secs(1);
-        while self.never_leased() && Instant::now() < deadline {
+        while (self.never_leased() || self.table_behind_grant()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if !self.lease_ok() {

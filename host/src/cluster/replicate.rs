@@ -129,8 +129,8 @@ impl Journal for ReplicatedJournal {
                     write.key
                 )));
             };
-            let epoch = check_fence(&inner, &write.key, fence)?;
-            replicated_append(&inner, &local, write, epoch).await
+            let (epoch, lease) = check_fence(&inner, &write.key, fence)?;
+            replicated_append(&inner, &local, write, epoch, lease).await
         })
     }
 
@@ -234,8 +234,13 @@ pub(crate) fn data_members(inner: &Inner) -> Vec<NodeId> {
 /// Fencing on the writer's side: the write's allocation must be the
 /// shard's current one in this node's committed table, owned by this node,
 /// and this node's lease must hold now. Returns the epoch the replicas
-/// check in turn.
-fn check_fence(inner: &Inner, key: &EntityKey, fence: Option<Fence>) -> Result<u64, JournalError> {
+/// check in turn, and when the renewal of the lease that allowed the write
+/// was sent (the write's local append must still fall within that lease).
+fn check_fence(
+    inner: &Inner,
+    key: &EntityKey,
+    fence: Option<Fence>,
+) -> Result<(u64, std::time::Instant), JournalError> {
     let Some(fence) = fence else {
         return Err(JournalError::Fenced(format!(
             "{key}: a write that carries no allocation (not from an entity started by this node)"
@@ -245,10 +250,12 @@ fn check_fence(inner: &Inner, key: &EntityKey, fence: Option<Fence>) -> Result<u
         shard: ShardId(fence.shard),
         epoch: fence.epoch,
     };
+    let sent = inner.lease_sent();
     let lease = inner.lease_ok();
     cairn_cluster::fence::may_write(inner.router().table(), NodeId(inner.id), rule, lease)
         .map_err(|refusal| JournalError::Fenced(format!("{key}: {refusal}")))?;
-    Ok(fence.epoch)
+    let sent = sent.ok_or_else(|| JournalError::Fenced(format!("{key}: no lease")))?;
+    Ok((fence.epoch, sent))
 }
 
 async fn replicated_append(
@@ -256,6 +263,7 @@ async fn replicated_append(
     local: &Arc<dyn Journal>,
     write: Write,
     epoch: u64,
+    lease: std::time::Instant,
 ) -> Result<(), JournalError> {
     let settings = inner
         .node
@@ -356,11 +364,15 @@ async fn replicated_append(
     // truncation when it comes back).
     let key = write.key.clone();
     let written = match acks.await {
-        // The lease may have lapsed while the replicas answered: then
-        // another node may be promoted, and this one must not append.
-        Ok(()) if !inner.lease_ok() => Err(JournalError::Fenced(format!(
-            "{key}: this node's lease lapsed while its replicas acknowledged the write"
-        ))),
+        // The lease the write was checked under may have lapsed while the
+        // replicas answered: then another node may be promoted, and this
+        // one must not append. (A renewal since does not count: it may
+        // have been granted after a failover this node has not applied.)
+        Ok(()) if std::time::Instant::now() >= lease + super::LEASE => {
+            Err(JournalError::Fenced(format!(
+                "{key}: the lease it was written under lapsed while its replicas acknowledged it"
+            )))
+        }
         Ok(()) => local.append(write).await,
         Err(e) => Err(e),
     };
