@@ -843,13 +843,27 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             entity_type,
             entity_id,
             events,
+            add_timers,
+            remove_timers,
         } => {
+            let timers = super::replicate::TimerChanges {
+                add: add_timers
+                    .into_iter()
+                    .map(|(timer_id, fire_at_ms, command)| TimerRecord {
+                        timer_id,
+                        fire_at_ms,
+                        command,
+                    })
+                    .collect(),
+                remove: remove_timers,
+            };
             super::replicate::replica_append(
                 inner,
                 shard,
                 epoch,
                 EntityKey::new(entity_type, entity_id),
                 events,
+                timers,
             )
             .await
         }

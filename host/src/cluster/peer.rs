@@ -93,6 +93,10 @@ pub enum PeerRequest {
         entity_id: String,
         /// The events, ascending, as (seq, timestamp ms, behavior version, payload).
         events: Vec<(u64, u64, String, Vec<u8>)>,
+        /// Durable timers the write adds, as (timer id, fire at ms, command).
+        add_timers: Vec<(u64, u64, Vec<u8>)>,
+        /// Ids of the entity's timers the write deletes (fired).
+        remove_timers: Vec<u64>,
     },
     /// A primary's truncation of an entity for this node as a replica of
     /// `shard` (fenced like [`PeerRequest::Replicate`]).

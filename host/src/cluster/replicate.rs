@@ -18,6 +18,7 @@
 //! Replicas of a shard: the next `replicas` up members after the owner in
 //! the ring of member ids (so they are on other nodes than the primary).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -110,8 +111,9 @@ impl Journal for ReplicatedJournal {
 
     /// A write of an entity of this node: refused unless it carries the
     /// shard's current allocation on this node and the lease holds (see
-    /// [`check_fence`]). Only the deletion of fired timers (no events, no
-    /// new timers) needs no allocation: it stays local.
+    /// [`check_fence`]); its events and timer changes go to the replicas.
+    /// Only a deletion of timers that carries no allocation (the node's own
+    /// bookkeeping) stays local.
     fn append_fenced(
         &self,
         write: Write,
@@ -120,7 +122,7 @@ impl Journal for ReplicatedJournal {
         let local = self.local.clone();
         let inner = self.repl.cluster.get().and_then(Weak::upgrade);
         Box::pin(async move {
-            if write.events.is_empty() && write.add_timers.is_empty() {
+            if fence.is_none() && write.events.is_empty() && write.add_timers.is_empty() {
                 return local.append(write).await;
             }
             let Some(inner) = inner else {
@@ -276,7 +278,10 @@ async fn replicated_append(
         inner.shard_count(),
     );
     let replicas = replicas_of(inner, inner.id, settings.replicas);
-    if write.events.is_empty() || replicas.is_empty() {
+    let timers_only = write.events.is_empty();
+    if replicas.is_empty()
+        || (timers_only && write.add_timers.is_empty() && write.remove_timers.is_empty())
+    {
         return local.append(write).await;
     }
     let live: Vec<u64> = {
@@ -312,10 +317,12 @@ async fn replicated_append(
     // must not reach the replicas (they would hold events the primary
     // refuses). Writes of one entity come one at a time from its actor.
     let have = local.highest_seq(&write.key).await?;
-    if write.events[0].seq != have + 1 {
+    if let Some(first) = write.events.first()
+        && first.seq != have + 1
+    {
         return Err(JournalError::Conflict {
             key: write.key.clone(),
-            seq: write.events[0].seq,
+            seq: first.seq,
         });
     }
     let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
@@ -411,6 +418,12 @@ pub(crate) async fn send_to_replica(
                 .iter()
                 .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
                 .collect(),
+            add_timers: write
+                .add_timers
+                .iter()
+                .map(|t| (t.timer_id, t.fire_at_ms, t.command.clone()))
+                .collect(),
+            remove_timers: write.remove_timers.clone(),
         };
         match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
             Ok(PeerResponse::Done) => return Ok(()),
@@ -599,14 +612,35 @@ pub(crate) async fn replica_append(
     epoch: u64,
     key: EntityKey,
     events: Vec<(u64, u64, String, Vec<u8>)>,
+    timers: TimerChanges,
 ) -> PeerResponse {
     let committed = match fence(inner, shard, epoch) {
         Ok(c) => c,
         Err(newest) => return PeerResponse::Fenced(newest),
     };
     let local = inner.local_journal.clone();
+    // The timer changes go with the events (in the same append), or alone
+    // when the write has no events or this replica holds them already.
+    let timers_alone = |timers: TimerChanges| {
+        let (local, key) = (local.clone(), key.clone());
+        async move {
+            if timers.add.is_empty() && timers.remove.is_empty() {
+                return PeerResponse::Done;
+            }
+            let write = Write {
+                key,
+                events: Vec::new(),
+                add_timers: timers.add,
+                remove_timers: timers.remove,
+            };
+            match local.append(write).await {
+                Ok(()) => PeerResponse::Done,
+                Err(e) => PeerResponse::Error(e.to_string()),
+            }
+        }
+    };
     let Some(first) = events.first().map(|e| e.0) else {
-        return PeerResponse::Done;
+        return timers_alone(timers).await;
     };
     let last = events.last().map_or(first, |e| e.0);
     for _ in 0..2 {
@@ -675,7 +709,7 @@ pub(crate) async fn replica_append(
             }
         }
         if last <= have {
-            return PeerResponse::Done;
+            return timers_alone(timers).await;
         }
         let records: Vec<EventRecord> = events
             .iter()
@@ -691,8 +725,8 @@ pub(crate) async fn replica_append(
             .append(Write {
                 key: key.clone(),
                 events: records,
-                add_timers: Vec::new(),
-                remove_timers: Vec::new(),
+                add_timers: timers.add.clone(),
+                remove_timers: timers.remove.clone(),
             })
             .await
         {
@@ -703,6 +737,15 @@ pub(crate) async fn replica_append(
         }
     }
     PeerResponse::Error(format!("{key}: replica append kept conflicting"))
+}
+
+/// The timer records a replicated write adds and deletes.
+#[derive(Default)]
+pub(crate) struct TimerChanges {
+    /// Timers added.
+    pub(crate) add: Vec<TimerRecord>,
+    /// Ids of timers deleted.
+    pub(crate) remove: Vec<u64>,
 }
 
 /// Gives this node's replicas of `shard` (it owns it) the whole history of
@@ -717,32 +760,53 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>, shard: ShardId, count: u32) -> 
     let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
     let local = inner.local_journal.clone();
     let config = inner.node.config().clone();
+    // The shard's pending timers go with each entity's newest event (or
+    // alone, for an entity that has timers and no events).
+    let mut timers: HashMap<EntityKey, Vec<TimerRecord>> = HashMap::new();
+    for (key, t) in local.pending_timers().await.map_err(|e| e.to_string())? {
+        if shard_of(&key.entity_type, &key.entity_id, count) == shard {
+            timers.entry(key).or_default().push(t);
+        }
+    }
     for d in inner.node.deployments() {
         let ty = d.entity_type;
         let settings = config.settings_for(&ty).replication;
         let set: Vec<u64> = replicas.iter().copied().take(settings.replicas).collect();
         let need = cairn_cluster::replication::acks_needed(settings.min_acks, set.len());
-        let ids = local
+        let mut ids = local
             .entity_ids(&ty, usize::MAX)
             .await
             .map_err(|e| e.to_string())?;
+        ids.extend(
+            timers
+                .keys()
+                .filter(|k| k.entity_type == ty)
+                .map(|k| k.entity_id.clone()),
+        );
+        ids.sort();
+        ids.dedup();
         for id in ids
             .into_iter()
             .filter(|id| shard_of(&ty, id, count) == shard)
         {
             let key = EntityKey::new(ty.clone(), id);
             let have = local.highest_seq(&key).await.map_err(|e| e.to_string())?;
-            if have == 0 {
+            let add_timers = timers.remove(&key).unwrap_or_default();
+            if have == 0 && add_timers.is_empty() {
                 continue;
             }
-            let events = local
-                .read(&key, have, have, 1)
-                .await
-                .map_err(|e| e.to_string())?;
+            let events = if have == 0 {
+                Vec::new()
+            } else {
+                local
+                    .read(&key, have, have, 1)
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
             let write = Write {
                 key: key.clone(),
                 events,
-                add_timers: Vec::new(),
+                add_timers,
                 remove_timers: Vec::new(),
             };
             let mut ok = 0;

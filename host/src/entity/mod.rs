@@ -750,7 +750,7 @@ async fn process(
                     remove_timers: vec![id],
                     ..Write::default()
                 };
-                if let Err(e) = node.journal.append(write).await {
+                if let Err(e) = node.journal.append_fenced(write, live.fence).await {
                     tracing::warn!(error = %e, "cannot remove a fired timer");
                 }
             }
