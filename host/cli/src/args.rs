@@ -47,6 +47,10 @@ pub enum Command {
         /// Only validate and show the report (a dry run): change nothing.
         #[arg(long)]
         check: bool,
+        /// In a cluster: how long to wait until the version is active on
+        /// every member (then it says where it is still pending, and why).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -65,6 +69,10 @@ pub enum Command {
         /// The version (default: the one before the active version).
         #[arg(long)]
         to: Option<u32>,
+        /// In a cluster: how long to wait until the version is active on
+        /// every member (then it says where it is still pending, and why).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
         #[command(flatten)]
         conn: ConnArgs,
     },

@@ -1,7 +1,11 @@
 //! `cairn deploy`, `rollback`, `versions` and `types`: components and their
-//! deploys. A refused deploy prints the validation report and fails.
+//! deploys. A refused deploy prints the validation report and fails. On a
+//! cluster, a deploy or rollback returns once the version is active on
+//! every member (or says, after `--wait`, where it is still pending and
+//! why).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use cairn_client::{ClientError, Deployed};
@@ -11,7 +15,13 @@ use crate::args::ConnArgs;
 use crate::output::{fmt_time, spinner};
 
 /// Deploys (or with `check`, only validates) a component.
-pub async fn deploy(entity_type: &str, file: &Path, check: bool, conn: &ConnArgs) -> Result<()> {
+pub async fn deploy(
+    entity_type: &str,
+    file: &Path,
+    check: bool,
+    wait: Duration,
+    conn: &ConnArgs,
+) -> Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let client = conn.connect().await?;
     let spinner = spinner(&format!(
@@ -22,22 +32,131 @@ pub async fn deploy(entity_type: &str, file: &Path, check: bool, conn: &ConnArgs
     ));
     let r = client.deploy_with(entity_type, wasm, check).await;
     spinner.finish_and_clear();
-    client.close().await;
-    let d = refused_report(r, "deploy", conn.json)?;
+    let d = match refused_report(r, "deploy", conn.json) {
+        Ok(d) => d,
+        Err(e) => {
+            client.close().await;
+            return Err(e);
+        }
+    };
     print_deployed(&d, entity_type, check, conn.json);
-    Ok(())
+    let waited = match (&d.info, check) {
+        (Some(t), false) => active_everywhere(&client, entity_type, &t.hash, wait, conn.json).await,
+        _ => Ok(()),
+    };
+    client.close().await;
+    waited
+}
+
+/// On a cluster: waits until every member runs the component `hash` for
+/// the type (each fetches, validates and compiles it after the deploy is
+/// committed). On a single node it returns at once. After `wait`, fails
+/// naming the members still pending and what their status says of them.
+async fn active_everywhere(
+    client: &cairn_client::Client,
+    entity_type: &str,
+    hash: &str,
+    wait: Duration,
+    json: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    // Not a cluster member: the deploy is active here, done.
+    let Ok(cairn_proto::Response::ClusterStatus(_)) =
+        client.call(&cairn_proto::Request::ClusterStatus).await
+    else {
+        return Ok(());
+    };
+    let spinner = (!json).then(|| spinner("waiting for the cluster's members to activate it"));
+    let pending = loop {
+        let status = match client.call(&cairn_proto::Request::ClusterStatus).await {
+            Ok(cairn_proto::Response::ClusterStatus(s)) => s,
+            Ok(other) => return Err(anyhow!("unexpected answer to a status: {other:?}")),
+            Err(e) => {
+                return Err(anyhow!(
+                    "the deploy is committed, but its progress is unknown: {e}"
+                ));
+            }
+        };
+        let members: Vec<&cairn_proto::MemberStatus> = status
+            .members
+            .iter()
+            .filter(|m| matches!(m.state.as_str(), "up" | "joining"))
+            .collect();
+        let pending: Vec<String> = members
+            .iter()
+            .filter(|m| {
+                !m.active
+                    .iter()
+                    .any(|(ty, _, h)| ty == entity_type && h == hash)
+            })
+            .map(|m| {
+                let why = if !m.reachable {
+                    "unreachable"
+                } else if m.state == "joining" {
+                    "joining"
+                } else {
+                    "fetching, validating or compiling it"
+                };
+                format!("{} ({why})", m.addr)
+            })
+            .collect();
+        if let Some(s) = &spinner {
+            s.set_message(format!(
+                "active on {} of {} members; waiting for {}",
+                members.len() - pending.len(),
+                members.len(),
+                pending.join(", ")
+            ));
+        }
+        if pending.is_empty() || started.elapsed() >= wait {
+            break pending;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    if pending.is_empty() {
+        if !json {
+            println!(
+                "active on every member ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
+    Err(anyhow!(
+        "the deploy is committed, but after {:?} it is not active yet on: {} (they activate it as soon as they can; `cairn versions {entity_type}` shows where it runs)",
+        wait,
+        pending.join(", ")
+    ))
 }
 
 /// Activates an earlier deploy.
-pub async fn rollback(entity_type: &str, to: Option<u32>, conn: &ConnArgs) -> Result<()> {
+pub async fn rollback(
+    entity_type: &str,
+    to: Option<u32>,
+    wait: Duration,
+    conn: &ConnArgs,
+) -> Result<()> {
     let client = conn.connect().await?;
     let spinner = spinner("rolling back: replaying history");
     let r = client.rollback(entity_type, to).await;
     spinner.finish_and_clear();
-    client.close().await;
-    let d = refused_report(r, "rollback", conn.json)?;
+    let d = match refused_report(r, "rollback", conn.json) {
+        Ok(d) => d,
+        Err(e) => {
+            client.close().await;
+            return Err(e);
+        }
+    };
     print_deployed(&d, entity_type, false, conn.json);
-    Ok(())
+    let waited = match &d.info {
+        Some(t) => active_everywhere(&client, entity_type, &t.hash, wait, conn.json).await,
+        None => Ok(()),
+    };
+    client.close().await;
+    waited
 }
 
 /// Lists every deploy of a type and its deploy history.
