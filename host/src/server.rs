@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, broadcast};
 
-use cairn_client::frame::{read_frame, write_frame};
+use cairn_client::frame::{FrameBudget, read_frame_admitted, write_frame};
 use cairn_client::tls::{self, NodeFiles, TlsError};
 use cairn_proto::{
     self as api, ApiError, EventView, FrameError, GuestFaultKind, MAX_FRAME, PEER_ALPN,
@@ -62,6 +62,10 @@ pub struct ServerLimits {
     /// disables it. A latency knob for dedicated machines: it spins a CPU
     /// (docs/BENCHMARKS.md).
     pub keep_awake: Duration,
+    /// Bytes of client request frames being read and served at once: a
+    /// frame's announced size is admitted against it before its body is
+    /// read; one that does not fit now is answered `busy` unread.
+    pub frame_budget: usize,
 }
 
 impl Default for ServerLimits {
@@ -71,6 +75,7 @@ impl Default for ServerLimits {
             max_in_flight: 4096,
             max_streams_per_connection: 256,
             keep_awake: Duration::ZERO,
+            frame_budget: 4 * MAX_FRAME,
         }
     }
 }
@@ -274,6 +279,8 @@ struct Shared {
     cluster: OnceLock<Cluster>,
     connections: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
+    /// Memory for client request frames being read and served.
+    frames: FrameBudget,
     name: String,
     /// Touched when a request is read and when it is answered.
     awake: Option<KeepAwake>,
@@ -286,6 +293,7 @@ impl Shared {
             cluster: OnceLock::new(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            frames: FrameBudget::new(limits.frame_budget.max(MAX_FRAME)),
             name,
             awake: KeepAwake::start(limits.keep_awake),
         })
@@ -334,21 +342,28 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     loop {
-        let req: Request = match read_frame(&mut recv, MAX_FRAME).await {
-            Ok(r) => r,
-            Err(FrameError::Finished) => break,
-            Err(FrameError::Stream(_)) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "bad frame from a client");
-                let _ = write_frame(
-                    &mut send,
-                    &Response::Error(ApiError::BadRequest(e.to_string())),
-                )
-                .await;
-                let _ = recv.stop(0u32.into());
-                break;
-            }
-        };
+        let (req, _frame): (Request, _) =
+            match read_frame_admitted(&mut recv, MAX_FRAME, &shared.frames).await {
+                Ok(r) => r,
+                Err(FrameError::Finished) => break,
+                Err(FrameError::Stream(_)) => break,
+                Err(e @ FrameError::OverBudget { .. }) => {
+                    let _ = write_frame(&mut send, &Response::Error(ApiError::Busy(e.to_string())))
+                        .await;
+                    let _ = recv.stop(0u32.into());
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad frame from a client");
+                    let _ = write_frame(
+                        &mut send,
+                        &Response::Error(ApiError::BadRequest(e.to_string())),
+                    )
+                    .await;
+                    let _ = recv.stop(0u32.into());
+                    break;
+                }
+            };
         match req {
             Request::FollowLifecycle => {
                 follow_lifecycle(&shared, &mut send).await;

@@ -287,6 +287,52 @@ async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Option<R
     Ok(r.ok())
 }
 
+/// A frame's announced size is admitted against the node's frame budget
+/// (4 largest frames, 256 MiB) before its body is read: four streams that
+/// announce 60 MiB and send 1 KiB hold 240 MiB of it; a fifth is answered
+/// `busy` at once, unread; once the four are reset, frames fit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_admitted_against_the_memory_budget_before_they_are_read() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(tmp.path(), &[])?;
+    node.client().await?;
+    let conn = raw_connection(&node).await?;
+    let announce = |len: u32| {
+        let mut b = len.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0u8; 1024]);
+        b
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (mut send, recv) = conn.open_bi().await?;
+        send.write_all(&announce(60 << 20)).await?;
+        held.push((send, recv));
+    }
+    // Let the node read the four headers (and take their share).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&announce(60 << 20)).await?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        cairn_host::client::frame::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
+    )
+    .await??;
+    assert!(
+        matches!(&r, Response::Error(ApiError::Busy(m)) if m.contains("budget")),
+        "{r:?}"
+    );
+    for (mut send, _) in held {
+        send.reset(0u32.into())?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The budget is back: a whole frame of the same size is read and answered.
+    let frame = cairn_host::api::encode(&Request::Types)?;
+    let r = raw_exchange(&conn, &frame).await?;
+    assert!(matches!(r, Some(Response::Types(_))), "{r:?}");
+    node.client().await?.types().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_errors_and_the_node_keeps_serving() -> Result<()> {
     let tmp = tempfile::tempdir()?;

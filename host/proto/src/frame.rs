@@ -38,6 +38,13 @@ pub enum FrameError {
     /// The connection or stream failed (reported by the transport).
     #[error("stream error: {0}")]
     Stream(String),
+    /// The reader's memory budget for frames in flight cannot take this
+    /// one now: it was not read (the stream must be dropped).
+    #[error("frame of {len} bytes refused: the memory budget for frames in flight is used up")]
+    OverBudget {
+        /// The announced body length.
+        len: usize,
+    },
 }
 
 /// Encodes a message as one frame, header included. A body above

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use super::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
 use super::peer::{EntityHistory, PeerRequest, PeerResponse, read_answer, write_answer};
 use super::{Inner, live_entities};
-use cairn_client::frame::read_frame;
+use cairn_client::frame::read_frame_admitted;
 use cairn_proto::{MAX_FRAME, Response};
 
 /// How often the leader looks for shards to allocate or move.
@@ -695,15 +695,19 @@ pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection) {
 /// finishes it; a shard fetch takes its stream for itself.
 async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     loop {
-        let req: PeerRequest = match read_frame(&mut recv, MAX_FRAME).await {
-            Ok(r) => r,
-            Err(cairn_proto::FrameError::Finished | cairn_proto::FrameError::Stream(_)) => break,
-            Err(e) => {
-                let _ = write_answer(&mut send, &PeerResponse::Error(format!("bad request: {e}")))
-                    .await;
-                break;
-            }
-        };
+        let (req, _frame): (PeerRequest, _) =
+            match read_frame_admitted(&mut recv, MAX_FRAME, &inner.frames).await {
+                Ok(r) => r,
+                Err(cairn_proto::FrameError::Finished | cairn_proto::FrameError::Stream(_)) => {
+                    break;
+                }
+                Err(e) => {
+                    let _ =
+                        write_answer(&mut send, &PeerResponse::Error(format!("bad request: {e}")))
+                            .await;
+                    break;
+                }
+            };
         if let PeerRequest::FetchShard { shard, shard_count } = req {
             serve_fetch(&inner, &mut send, shard, shard_count).await;
             break;

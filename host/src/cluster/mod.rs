@@ -47,6 +47,10 @@ use peer::{PeerRequest, PeerResponse, Peers};
 
 /// How long a lease renewal lets this node serve its shards.
 pub const LEASE: Duration = Duration::from_secs(2);
+/// Bytes of peer request frames (replicated writes, forwarded commands)
+/// being read and served at once; a frame that does not fit now is refused
+/// unread, and its sender retries as after any failed call.
+const PEER_FRAME_BUDGET: usize = 8 * cairn_proto::MAX_FRAME;
 /// Most time a forwarded request may take (the ask timeouts are shorter).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -121,6 +125,8 @@ pub(crate) struct Inner {
     pub(crate) fences: replicate::Fences,
     /// Leases this node granted as the log's leader.
     grants: Mutex<Grants>,
+    /// Memory for peer request frames being read and served.
+    pub(crate) frames: cairn_client::frame::FrameBudget,
     /// Entities whose last replicated write failed: a replica may hold it,
     /// so their history is read back from the replicas before the next one.
     pub(crate) dirty: Mutex<std::collections::HashSet<cairn_store::EntityKey>>,
@@ -549,6 +555,7 @@ impl Cluster {
             fences: replicate::Fences::default(),
             grants: Mutex::new(Grants::default()),
             dirty: Mutex::new(std::collections::HashSet::new()),
+            frames: cairn_client::frame::FrameBudget::new(PEER_FRAME_BUDGET),
         });
         if let Some(r) = &replication {
             r.attach(Arc::downgrade(&inner));
