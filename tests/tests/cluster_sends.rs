@@ -39,6 +39,19 @@ async fn deploy_counter(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// Three nodes up, `counter` active on each.
+async fn three_with_counter() -> Result<Cluster> {
+    let c = Cluster::start(3, 3)?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    deploy_counter(&c).await?;
+    Ok(c)
+}
+
 /// A counter's value, read through `client` (routed to its owner). A read
 /// changes nothing, so one refused while a shard moves (`unavailable`,
 /// `busy`) is tried again, for up to 15 s.
@@ -156,14 +169,7 @@ fn live_entities(c: &Cluster) -> Result<Vec<u64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sends_and_commands_run_only_on_owners_and_apply_once() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, 3)?;
-    for n in &c.nodes {
-        wait_status(n, Duration::from_secs(30), "three up members", |s| {
-            up_count(s) == 3
-        })
-        .await?;
-    }
-    deploy_counter(&c).await?;
+    let mut c = three_with_counter().await?;
     let mut clients = Vec::new();
     for n in &c.nodes {
         clients.push(Arc::new(n.client().await?));
@@ -249,14 +255,7 @@ async fn sends_and_commands_run_only_on_owners_and_apply_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timers_move_with_their_shards_and_fire_once() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, 3)?;
-    for n in &c.nodes {
-        wait_status(n, Duration::from_secs(30), "three up members", |s| {
-            up_count(s) == 3
-        })
-        .await?;
-    }
-    deploy_counter(&c).await?;
+    let mut c = three_with_counter().await?;
     let client = c.node(0).client().await?;
     let ids: Vec<String> = (0..100).map(|i| format!("t-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
@@ -318,14 +317,7 @@ async fn timers_move_with_their_shards_and_fire_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timers_survive_the_failover_of_their_owner() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, 3)?;
-    for n in &c.nodes {
-        wait_status(n, Duration::from_secs(30), "three up members", |s| {
-            up_count(s) == 3
-        })
-        .await?;
-    }
-    deploy_counter(&c).await?;
+    let mut c = three_with_counter().await?;
     // Counters whose shard node 1 (not the seed) owns.
     let s = status(c.node(0))?;
     let victim = c.node(1).addr.to_string();
