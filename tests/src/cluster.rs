@@ -174,6 +174,19 @@ pub async fn leave(node: &mut NodeProc, timeout: Duration) -> Result<std::proces
     }
 }
 
+/// Sends SIGTERM to `nodes` at once (one `kill` for all), then waits for
+/// each to exit; returns their exit statuses.
+pub fn sigterm_all(nodes: &mut [&mut NodeProc]) -> Result<Vec<std::process::ExitStatus>> {
+    let pids: Vec<String> = nodes.iter().map(|n| n.child.id().to_string()).collect();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .args(&pids)
+        .status()
+        .context("running kill -TERM")?;
+    ensure!(status.success(), "kill -TERM {pids:?} failed");
+    nodes.iter_mut().map(|n| n.wait()).collect()
+}
+
 /// Waits until every one of `ids` answers its balance through `client`
 /// (up to `timeout`), and returns the balances.
 pub async fn balances_when_served(
