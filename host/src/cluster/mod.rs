@@ -256,6 +256,12 @@ impl Inner {
                                 .into(),
                         );
                     }
+                    // A node stopping for a restart starts no command: the
+                    // ones running finish (its lease still holds), the
+                    // others fail unrun and can be retried.
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return Admission::NotYet("this node is stopping (a restart)".into());
+                    }
                     Admission::Here(Some(cairn_store::Fence {
                         shard: shard.0,
                         epoch: a.epoch,
@@ -615,16 +621,16 @@ impl Cluster {
 
     /// Stops for a restart (SIGTERM, Ctrl-C): nothing is committed, so
     /// that started again on the same data directory the node is the same
-    /// member, with its shards. In order: it gives up its lease at once
-    /// (commands for its shards, from clients or forwarded, are refused
-    /// with `Unavailable`: nothing is stored, they can be retried), stops
-    /// its decision log (a leader's place goes to another voter by
-    /// election; a stopping leader would otherwise grant no lease), waits
-    /// up to [`STOP_DRAIN`] for the commands already running here to
-    /// finish, and tells the gossip it is going (the others hold it down
-    /// at once, not after the failure detector's delay). Its shards are
-    /// unavailable until it is back, or until the failover rules give them
-    /// to a replica.
+    /// member, with its shards. In order: it starts no more commands
+    /// (those for its shards, from clients or forwarded, not yet started,
+    /// fail unrun with `Unavailable`: they can be retried) and renews its
+    /// lease no more; waits up to [`STOP_DRAIN`] for the commands running
+    /// here to finish (their writes are still within the lease); gives up
+    /// its lease; stops its decision log (a leader's place goes to another
+    /// voter by election); and tells the gossip it is going (the others
+    /// hold it down at once, not after the failure detector's delay). Its
+    /// shards are unavailable until it is back, or until the failover rules
+    /// give them to a replica.
     pub async fn stop(&self) {
         stop(&self.inner).await
     }
@@ -1019,12 +1025,8 @@ async fn stop(inner: &Arc<Inner>) {
         return;
     }
     tracing::info!("stopping for a restart: membership kept, shards unavailable until it is back");
-    // No lease: new commands for this node's shards are refused at once.
-    if let Ok(mut l) = inner.lease_until.lock() {
-        *l = Some(Instant::now());
-    }
-    // Out of the decision log: another voter leads if this one did.
-    inner.log.shutdown().await;
+    // From here `admit` starts no command (see there), and the lease is not
+    // renewed: the commands running finish within the lease they hold.
     let deadline = Instant::now() + STOP_DRAIN;
     while !inner.in_flight().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1033,6 +1035,13 @@ async fn stop(inner: &Arc<Inner>) {
     if running > 0 {
         tracing::warn!(running, "commands still running as the node stops");
     }
+    // No lease: nothing more is written for this node's shards, and a
+    // stopped leader grants none.
+    if let Ok(mut l) = inner.lease_until.lock() {
+        *l = Some(Instant::now());
+    }
+    // Out of the decision log: another voter leads if this one did.
+    inner.log.shutdown().await;
     let _ = inner.gossip.send(GossipInput::Leave);
     // Let the gossip's goodbye go out before the endpoint closes.
     tokio::time::sleep(Duration::from_millis(100)).await;
