@@ -262,7 +262,15 @@ impl Load {
                                         t.unavailable += 1
                                     }
                                     e => {
-                                        let kind: String = e.to_string().chars().take(60).collect();
+                                        // The kind of error: its text without
+                                        // entity ids and node ids.
+                                        let kind: String = e
+                                            .to_string()
+                                            .replace(id.as_str(), "ID")
+                                            .chars()
+                                            .filter(|c| !c.is_ascii_digit())
+                                            .take(140)
+                                            .collect();
                                         *t.other.entry(kind).or_default() += 1;
                                     }
                                 }

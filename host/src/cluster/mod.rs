@@ -623,11 +623,12 @@ impl Cluster {
     /// that started again on the same data directory the node is the same
     /// member, with its shards. In order: it starts no more commands
     /// (those for its shards, from clients or forwarded, not yet started,
-    /// fail unrun with `Unavailable`: they can be retried) and renews its
-    /// lease no more; waits up to [`STOP_DRAIN`] for the commands running
-    /// here to finish (their writes are still within the lease); gives up
-    /// its lease; stops its decision log (a leader's place goes to another
-    /// voter by election); and tells the gossip it is going (the others
+    /// fail unrun with `Unavailable`: they can be retried), renews its
+    /// lease no more and stops its decision log; waits up to [`STOP_DRAIN`] for the commands running
+    /// here to finish (their writes are still within the lease), while its
+    /// decision log is already stopped (a leader's place goes to another
+    /// voter by election, and the others renew their leases with it);
+    /// gives up its lease; and tells the gossip it is going (the others
     /// hold it down at once, not after the failure detector's delay). Its
     /// shards are unavailable until it is back, or until the failover rules
     /// give them to a replica.
@@ -1027,6 +1028,10 @@ async fn stop(inner: &Arc<Inner>) {
     tracing::info!("stopping for a restart: membership kept, shards unavailable until it is back");
     // From here `admit` starts no command (see there), and the lease is not
     // renewed: the commands running finish within the lease they hold.
+    // Out of the decision log first: if this node led, the others elect a
+    // leader meanwhile and renew their leases with it (a stopping leader
+    // renews none, so its own would lapse and it would grant none).
+    inner.log.shutdown().await;
     let deadline = Instant::now() + STOP_DRAIN;
     while !inner.in_flight().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1035,13 +1040,10 @@ async fn stop(inner: &Arc<Inner>) {
     if running > 0 {
         tracing::warn!(running, "commands still running as the node stops");
     }
-    // No lease: nothing more is written for this node's shards, and a
-    // stopped leader grants none.
+    // No lease: nothing more is written for this node's shards.
     if let Ok(mut l) = inner.lease_until.lock() {
         *l = Some(Instant::now());
     }
-    // Out of the decision log: another voter leads if this one did.
-    inner.log.shutdown().await;
     let _ = inner.gossip.send(GossipInput::Leave);
     // Let the gossip's goodbye go out before the endpoint closes.
     tokio::time::sleep(Duration::from_millis(100)).await;
