@@ -40,12 +40,21 @@ async fn deploy_counter(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// A counter's value, read through `client` (routed to its owner).
+/// A counter's value, read through `client` (routed to its owner). A read
+/// changes nothing, so one refused while a shard moves (`unavailable`,
+/// `busy`) is tried again, for up to 15 s.
 async fn value(client: &Client, id: &str) -> Result<i64> {
-    let (j, _) = ask_type(client, "counter", id, r#""Get""#)
-        .await
-        .with_context(|| format!("value of {id}"))?;
-    Ok(j.trim().parse()?)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match ask_type(client, "counter", id, r#""Get""#).await {
+            Ok((j, _)) => return Ok(j.trim().parse()?),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading {id}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("value of {id}: {e}")),
+        }
+    }
 }
 
 /// Reads every counter until two rounds 1 s apart agree (sends and timers

@@ -161,8 +161,15 @@ pub enum PeerResponse {
     Response(Response),
     /// Not the owner of the shard: the owner's node id, by this node's table.
     Redirect(u64),
-    /// A lease renewal: granted or not.
-    Lease(bool),
+    /// A lease renewal: granted or not, with the granting leader's
+    /// committed table epoch (the owner serves only once its own table has
+    /// applied it).
+    Lease {
+        /// Granted?
+        granted: bool,
+        /// The leader's committed table epoch at the grant.
+        epoch: u64,
+    },
     /// Load figures.
     Info {
         /// Entities in memory.

@@ -18,7 +18,6 @@
 //! Replicas of a shard: the next `replicas` up members after the owner in
 //! the ring of member ids (so they are on other nodes than the primary).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -71,9 +70,9 @@ impl Replication {
 }
 
 impl Placement for Replication {
-    fn admit(&self, key: &EntityKey) -> Admission {
+    fn admit(&self, key: &EntityKey, live: bool) -> Admission {
         match self.cluster.get().and_then(Weak::upgrade) {
-            Some(inner) => inner.admit(key),
+            Some(inner) => inner.admit(key, live),
             None => Admission::NotYet("this node has not started its cluster part yet".into()),
         }
     }
@@ -130,8 +129,8 @@ impl Journal for ReplicatedJournal {
                     write.key
                 )));
             };
-            let epoch = check_fence(&inner, &write.key, fence)?;
-            replicated_append(&inner, &local, write, epoch).await
+            let (epoch, lease) = check_fence(&inner, &write.key, fence)?;
+            replicated_append(&inner, &local, write, epoch, lease).await
         })
     }
 
@@ -235,35 +234,28 @@ pub(crate) fn data_members(inner: &Inner) -> Vec<NodeId> {
 /// Fencing on the writer's side: the write's allocation must be the
 /// shard's current one in this node's committed table, owned by this node,
 /// and this node's lease must hold now. Returns the epoch the replicas
-/// check in turn.
-fn check_fence(inner: &Inner, key: &EntityKey, fence: Option<Fence>) -> Result<u64, JournalError> {
+/// check in turn, and when the renewal of the lease that allowed the write
+/// was sent (the write's local append must still fall within that lease).
+fn check_fence(
+    inner: &Inner,
+    key: &EntityKey,
+    fence: Option<Fence>,
+) -> Result<(u64, std::time::Instant), JournalError> {
     let Some(fence) = fence else {
         return Err(JournalError::Fenced(format!(
             "{key}: a write that carries no allocation (not from an entity started by this node)"
         )));
     };
-    let current = inner.router().table().get(ShardId(fence.shard));
-    match current {
-        Some(a) if a.owner.0 == inner.id && a.epoch == fence.epoch => {}
-        Some(a) => {
-            return Err(JournalError::Fenced(format!(
-                "{key}: started under epoch {} of shard {}, whose allocation is now epoch {} on node {}",
-                fence.epoch, fence.shard, a.epoch, a.owner.0
-            )));
-        }
-        None => {
-            return Err(JournalError::Fenced(format!(
-                "{key}: shard {} has no allocation",
-                fence.shard
-            )));
-        }
-    }
-    if !inner.lease_ok() {
-        return Err(JournalError::Fenced(format!(
-            "{key}: this node's lease lapsed (it cannot reach the cluster's majority)"
-        )));
-    }
-    Ok(fence.epoch)
+    let rule = cairn_cluster::fence::Fence {
+        shard: ShardId(fence.shard),
+        epoch: fence.epoch,
+    };
+    let sent = inner.lease_sent();
+    let lease = inner.lease_ok();
+    cairn_cluster::fence::may_write(inner.router().table(), NodeId(inner.id), rule, lease)
+        .map_err(|refusal| JournalError::Fenced(format!("{key}: {refusal}")))?;
+    let sent = sent.ok_or_else(|| JournalError::Fenced(format!("{key}: no lease")))?;
+    Ok((fence.epoch, sent))
 }
 
 async fn replicated_append(
@@ -271,6 +263,7 @@ async fn replicated_append(
     local: &Arc<dyn Journal>,
     write: Write,
     epoch: u64,
+    lease: std::time::Instant,
 ) -> Result<(), JournalError> {
     let settings = inner
         .node
@@ -371,11 +364,15 @@ async fn replicated_append(
     // truncation when it comes back).
     let key = write.key.clone();
     let written = match acks.await {
-        // The lease may have lapsed while the replicas answered: then
-        // another node may be promoted, and this one must not append.
-        Ok(()) if !inner.lease_ok() => Err(JournalError::Fenced(format!(
-            "{key}: this node's lease lapsed while its replicas acknowledged the write"
-        ))),
+        // The lease the write was checked under may have lapsed while the
+        // replicas answered: then another node may be promoted, and this
+        // one must not append. (A renewal since does not count: it may
+        // have been granted after a failover this node has not applied.)
+        Ok(()) if std::time::Instant::now() >= lease + super::LEASE => {
+            Err(JournalError::Fenced(format!(
+                "{key}: the lease it was written under lapsed while its replicas acknowledged it"
+            )))
+        }
         Ok(()) => local.append(write).await,
         Err(e) => Err(e),
     };
@@ -450,7 +447,7 @@ pub(crate) async fn send_to_replica(
 
 /// The newest epoch each shard's replica has accepted (fencing).
 #[derive(Default)]
-pub(crate) struct Fences(Mutex<HashMap<u32, u64>>);
+pub(crate) struct Fences(Mutex<cairn_cluster::fence::ReplicaFences>);
 
 /// Truncates the entity on the shard's live replicas first (as a write
 /// goes to them first), so that none keeps events the primary dropped.
@@ -494,19 +491,14 @@ async fn replicated_truncate(
 /// newer one (or its committed table has); returns the committed
 /// allocation's epoch on acceptance, the newest seen on refusal.
 fn fence(inner: &Inner, shard: u32, epoch: u64) -> Result<u64, u64> {
-    let committed = inner
-        .router()
-        .table()
-        .get(ShardId(shard))
-        .map_or(0, |a| a.epoch);
-    let mut f = inner.fences.0.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = f.entry(shard).or_default();
-    let newest = (*seen).max(committed);
-    if epoch < newest {
-        return Err(newest);
-    }
-    *seen = epoch;
-    Ok(committed)
+    let committed = inner.router().table().get(ShardId(shard)).map(|a| a.epoch);
+    inner
+        .fences
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .accept(ShardId(shard), epoch, committed)?;
+    Ok(committed.unwrap_or(0))
 }
 
 /// The replica's side of a primary's truncation.

@@ -507,7 +507,7 @@ async fn drain(
         // an entity whose shard is not (or no longer) here fails unrun,
         // and one that came back under a newer allocation recovers again
         // (its history may have grown elsewhere meanwhile).
-        let fence = match node.admit_entity(&ty.name, &cell.id) {
+        let fence = match node.admit_entity(&ty.name, &cell.id, loaded.is_some()) {
             Admission::Here(fence) => fence,
             Admission::Elsewhere(why) | Admission::NotYet(why) => {
                 loaded = None;
