@@ -28,8 +28,22 @@ use cairn_tests::cluster::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// How long the tests wait for every entity to answer after a start.
-const SERVED_WITHIN: Duration = Duration::from_secs(120);
+/// How long the tests wait for the nodes to start and every entity to
+/// answer (a node compiles its components as it starts: beside CPU
+/// burners and other work, at load 30, that alone took 61 s).
+const SERVED_WITHIN: Duration = Duration::from_secs(180);
+
+/// A client of `node`, waiting up to [`SERVED_WITHIN`] for it to start.
+async fn client_of(node: &cairn_tests::NodeProc) -> Result<Client> {
+    let deadline = Instant::now() + SERVED_WITHIN;
+    loop {
+        match node.client().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
 
 /// Three nodes up, 256 shards allocated, bank-account deployed.
 async fn three_nodes() -> Result<Cluster> {
@@ -145,10 +159,10 @@ async fn the_whole_cluster_stopped_with_sigterm_comes_back_with_every_deposit() 
     // A node takes a while to start by itself (it compiles its components
     // again): measured apart from what the cluster adds.
     for n in &c.nodes {
-        n.client().await?.close().await;
+        client_of(n).await?.close().await;
     }
     let ready = starting.elapsed();
-    let client = c.node(1).client().await?;
+    let client = client_of(c.node(1)).await?;
     let balances = balances_when_served(&client, &ids, SERVED_WITHIN).await?;
     let served = starting.elapsed();
     eprintln!(
@@ -347,7 +361,7 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_deposit() -> Result<
         // it owns shards again.
         wait_status(
             c.node(i),
-            Duration::from_secs(90),
+            SERVED_WITHIN,
             "restarted node sees three up",
             |s| same_members_up(s, 3),
         )
@@ -360,7 +374,7 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_deposit() -> Result<
         )
         .await?;
         let back = t0.elapsed();
-        let fresh = Arc::new(c.node(i).client().await?);
+        let fresh = Arc::new(client_of(c.node(i)).await?);
         clients.write().unwrap_or_else(|p| p.into_inner())[i] = fresh;
         avoid.store(usize::MAX, Ordering::Relaxed);
         eprintln!("{addr}: stopped in {stopped:?}, up with shards {back:?} after SIGTERM");
@@ -455,7 +469,7 @@ async fn a_node_that_left_for_good_refuses_to_start_and_the_others_restart_witho
     for i in 1..3 {
         c.nodes[i].restart()?;
     }
-    let client = c.node(2).client().await?;
+    let client = client_of(c.node(2)).await?;
     let balances = balances_when_served(&client, &ids, SERVED_WITHIN).await?;
     eprintln!(
         "two members served every entity {:?} after they started again",
