@@ -142,6 +142,77 @@ pub async fn wait_status(
     bail!("{what}: not within {timeout:?}; last status {last}\nlog tail:\n{tail}")
 }
 
+/// The committed (or gossip-down) state of each member, by address.
+pub fn states(s: &Value) -> BTreeMap<String, String> {
+    members(s)
+        .iter()
+        .map(|m| {
+            (
+                m["addr"].as_str().unwrap_or("").to_owned(),
+                m["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `cairn cluster leave` on a node (a departure for good), then waits for
+/// the node's process to exit by itself (up to `timeout`).
+pub async fn leave(node: &mut NodeProc, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let (ok, out, err) = node.cli(&["cluster", "leave"])?;
+    ensure!(ok, "cluster leave failed: {out} {err}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = node.exited() {
+            return Ok(status);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not exit within {timeout:?} after cluster leave",
+            node.addr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends SIGTERM to `nodes` at once (one `kill` for all), then waits for
+/// each to exit; returns their exit statuses.
+pub fn sigterm_all(nodes: &mut [&mut NodeProc]) -> Result<Vec<std::process::ExitStatus>> {
+    let pids: Vec<String> = nodes.iter().map(|n| n.child.id().to_string()).collect();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .args(&pids)
+        .status()
+        .context("running kill -TERM")?;
+    ensure!(status.success(), "kill -TERM {pids:?} failed");
+    nodes.iter_mut().map(|n| n.wait()).collect()
+}
+
+/// Waits until every one of `ids` answers its balance through `client`
+/// (up to `timeout`), and returns the balances.
+pub async fn balances_when_served(
+    client: &Client,
+    ids: &[String],
+    timeout: Duration,
+) -> Result<HashMap<String, i64>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = HashMap::new();
+    for id in ids {
+        loop {
+            match balance(client, id).await {
+                Ok(b) => {
+                    out.insert(id.clone(), b);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("{id} is not served {timeout:?} after the start: {e:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Members that are up and reachable.
 pub fn up_count(s: &Value) -> usize {
     members(s)

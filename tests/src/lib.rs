@@ -357,6 +357,12 @@ impl NodeProc {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        self.send_term()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// Sends SIGTERM without waiting (see [`NodeProc::wait`]).
+    pub fn send_term(&self) -> Result<()> {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -364,6 +370,11 @@ impl NodeProc {
         if !status.success() {
             bail!("kill -TERM failed");
         }
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
         Ok(self.child.wait()?)
     }
 }

@@ -307,17 +307,15 @@ async fn a_node_joins_and_one_leaves_under_load_and_no_command_is_lost() -> Resu
     let c4 = c.node(3).client().await?;
     check_balances(&c4, &acked, 10).await?;
 
-    // Check 4: graceful leave of the fourth node (SIGTERM): only its
-    // shards move, and the load loses nothing.
+    // Check 4: graceful leave of the fourth node (`cairn cluster leave`;
+    // SIGTERM is a restart): only its shards move, and the load loses
+    // nothing.
     let before = shards(&status(c.node(0))?);
     let leaving = c.node(3).addr.to_string();
     let load = Load::start(clients.clone(), ids.clone(), 100_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
     c4.close().await;
-    let exit = {
-        let n = &mut c.nodes[3];
-        tokio::task::block_in_place(|| n.terminate())?
-    };
+    let exit = leave(&mut c.nodes[3], Duration::from_secs(90)).await?;
     ensure!(exit.success(), "the leaving node exited with {exit}");
     let after = wait_status(
         c.node(0),

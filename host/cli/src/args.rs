@@ -234,7 +234,8 @@ pub enum ClusterCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Ask a node to leave the cluster gracefully (its shards move first).
+    /// Ask a node to leave the cluster for good (its shards move first; it
+    /// will not start again on its data directory). SIGTERM is a restart.
     Leave {
         /// The node to ask (default: --node).
         addr: Option<SocketAddr>,

@@ -54,7 +54,8 @@ pub fn config(args: &NodeArgs) -> Result<Config> {
     Ok(config)
 }
 
-/// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
+/// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly (a
+/// cluster member keeps its membership: see `Cluster::stop`).
 pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
     init_logging(log_format);
     let data_dir = config.node.data_dir.clone();
@@ -124,9 +125,14 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
         Some(c) => {
             tokio::select! {
                 () = wait_for_signal() => {
-                    // SIGTERM or Ctrl-C: hand the shards off, then go.
-                    c.leave(Duration::from_secs(60)).await;
+                    // SIGTERM or Ctrl-C: a restart, not a departure. The
+                    // node keeps its membership (nothing is committed),
+                    // gives up its lease, lets running commands finish,
+                    // then drains and closes as a single node does. A
+                    // departure for good is `cairn cluster leave`.
+                    c.stop().await;
                 }
+                // After `cairn cluster leave`: the shards were handed off.
                 () = c.left() => {}
                 why = c.failed() => {
                     // Fail-stop: a member that can no longer follow the

@@ -267,7 +267,16 @@ fn run_waiters(
     let inner = inner.clone();
     tokio::spawn(async move {
         for (req, tx) in waiters {
-            let r = inner.run_local(shard, req).await;
+            // Routed again rather than run here: the shard may have been
+            // released to another owner since these commands were held
+            // (the coordinator can move a shard as soon as it has arrived,
+            // before its waiters run), and a command run here then would
+            // write beside the new owner's fetch of the shard: an
+            // acknowledged event the new owner truncates as an
+            // unacknowledged tail.
+            let (again, rx) = oneshot::channel();
+            let route = inner.router().route(ShardId(shard), (req, again));
+            let r = inner.follow(shard, route, rx).await;
             let _ = tx.send(r);
         }
     });

@@ -66,7 +66,27 @@ pub enum ClusterError {
     /// The node's id file could not be read or written.
     #[error("{0}")]
     Io(String),
+    /// This node left the cluster for good (`cairn cluster leave`): its
+    /// decision log says `removed`, or it finished a leave. It does not
+    /// start again on this data directory (its shards were handed off, its
+    /// place in the log is gone); it may join again as a new member from an
+    /// empty data directory.
+    #[error(
+        "node {node} left the cluster for good (cairn cluster leave) and does not start again on {data_dir}: \
+         to join the cluster again as a new member, start it on an empty data directory \
+         with --seed set to a live member"
+    )]
+    Removed {
+        /// The node's id.
+        node: u64,
+        /// Its data directory.
+        data_dir: String,
+    },
 }
+
+/// The file, in `<data_dir>/cluster`, written once a node has left the
+/// cluster for good: a node finding it refuses to start.
+const REMOVED_FILE: &str = "removed";
 
 /// A command waiting in the router: the request and where its answer goes.
 type Waiter = (Request, oneshot::Sender<Response>);
@@ -117,6 +137,9 @@ pub(crate) struct Inner {
     lease: Mutex<Option<(Instant, u64)>>,
     pub(crate) started: Instant,
     leaving: AtomicBool,
+    /// Set when the node stops for a restart ([`Cluster::stop`]): it renews
+    /// no lease and announces itself no more; its membership is kept.
+    stopping: AtomicBool,
     /// Signalled once the node has left the cluster.
     pub(crate) left: Notify,
     /// The journal under the replication (handoff and replicas write here).
@@ -265,6 +288,11 @@ impl Inner {
 
     /// A renewal sent at `sent` was granted with the committed `epoch`.
     fn renewed(&self, sent: Instant, epoch: u64) {
+        // A renewal that comes back after the node began stopping must not
+        // bring its lease back.
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         if let Ok(mut l) = self.lease.lock() {
             match *l {
                 Some((s, e)) if s >= sent => *l = Some((s, e.max(epoch))),
@@ -292,6 +320,12 @@ impl Inner {
         let lease = self.lease_ok();
         let rule = cairn_cluster::fence::admit(&self.router(), shard, lease, live);
         match rule {
+            // A node stopping for a restart starts no command: the ones
+            // running finish (its lease still holds), the others fail
+            // unrun and can be retried.
+            Rule::Here(_) if self.stopping.load(Ordering::SeqCst) => {
+                Admission::NotYet("this node is stopping (a restart)".into())
+            }
             Rule::Here(f) => Admission::Here(Some(cairn_store::Fence {
                 shard: f.shard.0,
                 epoch: f.epoch,
@@ -525,6 +559,23 @@ impl Cluster {
             LogConfig::default(),
         )
         .await?;
+        // A node that left for good does not come back on the same data:
+        // its committed state is `removed` (or its leave finished before
+        // that commit reached it, which the marker file records).
+        let removed = data_dir.join(REMOVED_FILE).exists()
+            || log
+                .state()
+                .borrow()
+                .members
+                .get(&id)
+                .is_some_and(|r| r.state == MemberState::Removed);
+        if removed {
+            log.shutdown().await;
+            return Err(ClusterError::Removed {
+                node: id,
+                data_dir: node.config().node.data_dir.display().to_string(),
+            });
+        }
         let (gossip_tx, gossip_rx) = mpsc::unbounded_channel();
         let local_journal = replication
             .as_ref()
@@ -550,6 +601,7 @@ impl Cluster {
             lease: Mutex::new(None),
             started: Instant::now(),
             leaving: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             left: Notify::new(),
             local_journal,
             fences: replicate::Fences::default(),
@@ -633,11 +685,30 @@ impl Cluster {
         status(&self.inner).await
     }
 
-    /// Leaves gracefully: marks this node leaving (its shards move to the
-    /// others), waits (up to `grace`) until it owns none, then leaves the
-    /// gossip and the decision log.
+    /// Leaves for good (`cairn cluster leave`): marks this node leaving
+    /// (its shards move to the others), waits (up to `grace`) until it owns
+    /// none, then commits it `removed`, leaves the gossip and the decision
+    /// log, and records that it left (it will not start again on this data
+    /// directory, [`ClusterError::Removed`]).
     pub async fn leave(&self, grace: Duration) {
         leave(&self.inner, grace).await
+    }
+
+    /// Stops for a restart (SIGTERM, Ctrl-C): nothing is committed, so
+    /// that started again on the same data directory the node is the same
+    /// member, with its shards. In order: it starts no more commands
+    /// (those for its shards, from clients or forwarded, not yet started,
+    /// fail unrun with `Unavailable`: they can be retried), renews its
+    /// lease no more and stops its decision log; waits up to [`STOP_DRAIN`] for the commands running
+    /// here to finish (their writes are still within the lease), while its
+    /// decision log is already stopped (a leader's place goes to another
+    /// voter by election, and the others renew their leases with it);
+    /// gives up its lease; and tells the gossip it is going (the others
+    /// hold it down at once, not after the failure detector's delay). Its
+    /// shards are unavailable until it is back, or until the failover rules
+    /// give them to a replica.
+    pub async fn stop(&self) {
+        stop(&self.inner).await
     }
 
     /// Resolves once this node has left the cluster (after a `ClusterLeave`).
@@ -658,7 +729,8 @@ impl Cluster {
         let c = self.clone();
         tokio::spawn(async move {
             c.leave(Duration::from_secs(60)).await;
-            c.inner.left.notify_waiters();
+            // A permit is kept if nobody waits yet.
+            c.inner.left.notify_one();
         });
     }
 }
@@ -692,10 +764,30 @@ fn node_id(dir: &Path) -> Result<u64, ClusterError> {
 /// Starts or joins: bootstraps a new log when this node is the first seed
 /// (or has none), else asks the seeds to be added; then keeps announcing
 /// itself to members gossip does not hold live (after a restart, a heal).
+///
+/// A node its own decision log already holds as a member (`up` or
+/// `leaving`: a restart) neither bootstraps nor asks the seeds: it is a
+/// member of the committed view, its log rejoins the others' by itself,
+/// and it only announces itself to the members of that view that are not
+/// removed. A member that was `leaving` when it stopped resumes its leave.
 async fn join(inner: Arc<Inner>) {
     let seeds = inner.config.seeds.clone();
     let first = seeds.first().is_none_or(|s| *s == inner.addr);
-    if first {
+    let committed = inner.member_state(inner.id);
+    let member = matches!(committed, Some(MemberState::Up | MemberState::Leaving));
+    if member {
+        tracing::info!(
+            state = state_name(committed.unwrap_or(MemberState::Up)),
+            "restarting as a member of the committed view: not joining again"
+        );
+        if committed == Some(MemberState::Leaving) {
+            tracing::info!("this member was leaving when it stopped: the leave goes on");
+            let c = Cluster {
+                inner: inner.clone(),
+            };
+            c.leave_in_background();
+        }
+    } else if first {
         if let Err(e) = inner.log.bootstrap(inner.config.shards).await {
             tracing::error!(error = %e, "cannot start the decision log");
         }
@@ -722,22 +814,38 @@ async fn join(inner: Arc<Inner>) {
         tracing::info!("joined the cluster");
     }
     loop {
-        if inner.leaving.load(Ordering::Relaxed) {
+        if inner.leaving.load(Ordering::Relaxed) || inner.stopping.load(Ordering::Relaxed) {
             return;
         }
         let known: Vec<SocketAddr> = {
             let state = inner.log.state();
             let s = state.borrow();
             let v = inner.view();
+            // Members gone for good are not waited on, nor their addresses
+            // among the seeds (unless a member holds that address now).
+            let gone = |addr: &SocketAddr| {
+                let a = addr.to_string();
+                let removed = s
+                    .members
+                    .values()
+                    .any(|r| r.state == MemberState::Removed && r.addr == a);
+                let held = s
+                    .members
+                    .values()
+                    .any(|r| r.state != MemberState::Removed && r.addr == a);
+                removed && !held
+            };
             s.members
                 .iter()
-                .filter(|(id, _)| **id != inner.id && !v.live.contains(id))
+                .filter(|(id, r)| {
+                    **id != inner.id && r.state != MemberState::Removed && !v.live.contains(id)
+                })
                 .filter_map(|(_, r)| r.addr.parse().ok())
                 .chain(
                     seeds
                         .iter()
                         .copied()
-                        .filter(|a| *a != inner.addr && v.live.is_empty()),
+                        .filter(|a| *a != inner.addr && v.live.is_empty() && !gone(a)),
                 )
                 .collect()
         };
@@ -973,5 +1081,49 @@ async fn leave(inner: &Arc<Inner>, grace: Duration) {
     }
     let _ = inner.gossip.send(GossipInput::Leave);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Gone for good: this data directory does not start as the same member
+    // again (its place in the log is gone even if the `removed` commit did
+    // not reach this node before it left).
+    let dir = inner.node.config().node.data_dir.join("cluster");
+    let marker = dir.join(REMOVED_FILE);
+    let written = std::fs::write(&marker, inner.id.to_string())
+        .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+        .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+    if let Err(e) = written {
+        tracing::warn!(path = %marker.display(), error = %e, "cannot record that this node left");
+    }
     tracing::info!("left the cluster");
+}
+
+/// How long a node stopping for a restart waits for the commands running
+/// on it: within the lease its last renewal granted, so that no command of
+/// a stopping node writes after its shards could have failed over.
+pub const STOP_DRAIN: Duration = Duration::from_millis(1_500);
+
+async fn stop(inner: &Arc<Inner>) {
+    if inner.stopping.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tracing::info!("stopping for a restart: membership kept, shards unavailable until it is back");
+    // From here `admit` starts no command (see there), and the lease is not
+    // renewed: the commands running finish within the lease they hold.
+    // Out of the decision log first: if this node led, the others elect a
+    // leader meanwhile and renew their leases with it (a stopping leader
+    // renews none, so its own would lapse and it would grant none).
+    inner.log.shutdown().await;
+    let deadline = Instant::now() + STOP_DRAIN;
+    while !inner.in_flight().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let running: usize = inner.in_flight().values().sum();
+    if running > 0 {
+        tracing::warn!(running, "commands still running as the node stops");
+    }
+    // No lease: nothing more is written for this node's shards.
+    if let Ok(mut l) = inner.lease.lock() {
+        *l = None;
+    }
+    let _ = inner.gossip.send(GossipInput::Leave);
+    // Let the gossip's goodbye go out before the endpoint closes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
