@@ -82,7 +82,10 @@ async fn one_history_per_counter(nodes: &[NodeProc], ids: &[String]) -> Result<(
                 .map(|e| (e.seq, e.payload))
                 .collect();
             for (i, (seq, _)) in h.iter().enumerate() {
-                ensure!(*seq == i as u64 + 1, "{id}: sequence numbers not contiguous");
+                ensure!(
+                    *seq == i as u64 + 1,
+                    "{id}: sequence numbers not contiguous"
+                );
             }
             match first.get(id) {
                 None => {
@@ -240,30 +243,36 @@ async fn timers_move_with_their_shards_and_fire_once() -> Result<()> {
     // A fourth member joins: shards (and their timers) move to it.
     c.add(3, 3)?;
     let joined = c.node(3).addr.to_string();
-    wait_status(c.node(0), Duration::from_secs(60), "the new member owns shards", |s| {
-        members(s)
-            .iter()
-            .any(|m| m["addr"].as_str() == Some(joined.as_str()) && m["shards"].as_u64() > Some(20))
-    })
+    wait_status(
+        c.node(0),
+        Duration::from_secs(60),
+        "the new member owns shards",
+        |s| {
+            members(s).iter().any(|m| {
+                m["addr"].as_str() == Some(joined.as_str()) && m["shards"].as_u64() > Some(20)
+            })
+        },
+    )
     .await?;
     // The second member leaves for good: its shards and timers move.
     let leaving = c.node(1).addr.to_string();
     let (ok, _, err) = c.node(0).cli(&["cluster", "leave", &leaving])?;
     ensure!(ok, "cluster leave failed: {err}");
-    wait_status(c.node(0), Duration::from_secs(60), "the leaver owns no shard", |s| {
-        members(s)
-            .iter()
-            .all(|m| m["addr"].as_str() != Some(leaving.as_str()) || m["shards"].as_u64() == Some(0))
-    })
+    wait_status(
+        c.node(0),
+        Duration::from_secs(60),
+        "the leaver owns no shard",
+        |s| {
+            members(s).iter().all(|m| {
+                m["addr"].as_str() != Some(leaving.as_str()) || m["shards"].as_u64() == Some(0)
+            })
+        },
+    )
     .await?;
     // Every timer is due by now + 16 s.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let values = settled(&client, &ids, Duration::from_secs(30)).await?;
-    let wrong: Vec<(&String, i64)> = ids
-        .iter()
-        .zip(values)
-        .filter(|(_, v)| *v != 1)
-        .collect();
+    let wrong: Vec<(&String, i64)> = ids.iter().zip(values).filter(|(_, v)| *v != 1).collect();
     ensure!(
         wrong.is_empty(),
         "{} of 100 timers did not fire exactly once: {wrong:?}",
