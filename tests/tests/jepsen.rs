@@ -5,10 +5,17 @@
 //! peer transport's fault layer), then a checker judges the history.
 //!
 //! Workload "set-full": element k is a deposit of 1 to entity `s-k`, each
-//! element added once. After healing: every acknowledged element is
-//! present exactly once (balance 1); a failed or indeterminate one is
-//! present at most once; and from every node's journal, every copy of an
-//! entity's history agrees (no two histories, contiguous sequence numbers).
+//! element added once. An answer is ok, fail (an error saying the command
+//! was not applied: `Storage`, `Unavailable`, `NotOwner`, `Busy`, any error
+//! but the unknown outcomes, see `ApiError::may_have_applied`) or info
+//! (`Indeterminate`, `Timeout`, `ShuttingDown`, a lost connection, no
+//! answer in time: the outcome is unknown). After healing: every
+//! acknowledged element is present exactly once (balance 1); an
+//! indeterminate one at most once; a failed one never (a refusal whose
+//! effect later appears is a violation of the error contract, reported
+//! with the error the client was given); and from every node's journal,
+//! every copy of an entity's history agrees (no two histories, contiguous
+//! sequence numbers).
 //!
 //! Workload "bank", beside it on the same cluster and faults: each of
 //! three clients owns four accounts (opened with 100 each) and moves money
@@ -314,14 +321,21 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
 
     // Clients: one per node, each adding its own elements in turn.
     let history: Arc<std::sync::Mutex<HashMap<u64, Outcome>>> = Default::default();
+    // The error each failed element was refused with.
+    let refusals: Arc<std::sync::Mutex<HashMap<u64, String>>> = Default::default();
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for i in 0..3 {
         let (addr, certs) = (c.node(i).addr, c.node(i).certs());
         for _ in 0..2 {
-            let (history, next, stop, certs) =
-                (history.clone(), next.clone(), stop.clone(), certs.clone());
+            let (history, refusals, next, stop, certs) = (
+                history.clone(),
+                refusals.clone(),
+                next.clone(),
+                stop.clone(),
+                certs.clone(),
+            );
             workers.push(tokio::spawn(async move {
                 let files = cairn_host::tls::ClientFiles::in_dir(&certs);
                 let mut client: Option<cairn_host::client::Client> = None;
@@ -348,13 +362,19 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                     let op = ask(cl, &id, r#"{"Deposit":{"amount":1}}"#);
                     let outcome = match tokio::time::timeout(Duration::from_secs(10), op).await {
                         Ok(Ok(_)) => Outcome::Ok,
-                        // Refused before it ran: not applied.
-                        Ok(Err(ClientError::Api(
-                            ApiError::Busy(_) | ApiError::NotOwner { .. },
-                        ))) => Outcome::Fail,
-                        // A typed refusal that may follow a lost forward,
-                        // a timeout, a lost connection: maybe applied.
+                        // The node says it was not applied (and never
+                        // will be): the checker holds it to that.
+                        Ok(Err(ClientError::Api(e))) if !e.may_have_applied() => {
+                            refusals
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(k, e.to_string());
+                            Outcome::Fail
+                        }
+                        // Indeterminate, a timeout, shutting down: maybe
+                        // applied.
                         Ok(Err(ClientError::Api(_))) => Outcome::Info,
+                        // A lost connection, no answer: maybe applied.
                         _ => {
                             client = None;
                             Outcome::Info
@@ -478,8 +498,10 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
 
     // The checker: read every element through a healthy node.
     let client = c.node(0).client().await?;
+    let refusals = refusals.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut lost = Vec::new();
     let mut doubled = Vec::new();
+    let mut refused_but_applied = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     for (k, outcome) in &history {
         let id = format!("s-{k}");
@@ -500,13 +522,28 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
             lost.push(*k);
         }
         if *outcome == Outcome::Fail && b != 0 {
-            doubled.push(*k);
+            refused_but_applied.push(*k);
         }
     }
+    lost.sort_unstable();
+    doubled.sort_unstable();
+    refused_but_applied.sort_unstable();
+    eprintln!(
+        "checker: {} acknowledged lost, {} applied twice, {} refusals later applied",
+        lost.len(),
+        doubled.len(),
+        refused_but_applied.len()
+    );
     ensure!(lost.is_empty(), "acknowledged elements lost: {lost:?}");
+    ensure!(doubled.is_empty(), "elements applied twice: {doubled:?}");
     ensure!(
-        doubled.is_empty(),
-        "elements applied twice or despite a refusal: {doubled:?}"
+        refused_but_applied.is_empty(),
+        "elements applied although the client was told they were not (the error contract broken): {}",
+        refused_but_applied
+            .iter()
+            .map(|k| format!("s-{k} ({})", refusals.get(k).map_or("?", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     client.close().await;
 

@@ -276,11 +276,7 @@ mod tests {
             .collect();
         assert_eq!(
             unknown,
-            [
-                "Timeout { ms: 1 }",
-                "ShuttingDown",
-                "Indeterminate(\"x\")"
-            ]
+            ["Timeout { ms: 1 }", "ShuttingDown", "Indeterminate(\"x\")"]
         );
         // "Not stored, safe to retry" is never "outcome unknown".
         for e in &all {

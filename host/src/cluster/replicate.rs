@@ -345,8 +345,9 @@ async fn replicated_append(
             match rx.recv().await {
                 Some(Ok(())) => ok += 1,
                 Some(Err(e)) => errors.push(e),
+                // Sent: a replica that failed to answer may hold it.
                 None => {
-                    return Err(JournalError::Replication(format!(
+                    return Err(JournalError::Indeterminate(format!(
                         "{}: {ok} of {need} replica acknowledgements: {}",
                         write.key,
                         errors.join("; ")
@@ -359,7 +360,7 @@ async fn replicated_append(
     let acks = async {
         match tokio::time::timeout(settings.ack_timeout, acks).await {
             Ok(r) => r,
-            Err(_) => Err(JournalError::Replication(format!(
+            Err(_) => Err(JournalError::Indeterminate(format!(
                 "{}: fewer than {need} replicas acknowledged within {:?}",
                 write.key, settings.ack_timeout
             ))),
@@ -373,10 +374,16 @@ async fn replicated_append(
     let written = match acks.await {
         // The lease may have lapsed while the replicas answered: then
         // another node may be promoted, and this one must not append.
-        Ok(()) if !inner.lease_ok() => Err(JournalError::Fenced(format!(
+        // The replicas hold it: a later owner imports it.
+        Ok(()) if !inner.lease_ok() => Err(JournalError::Indeterminate(format!(
             "{key}: this node's lease lapsed while its replicas acknowledged the write"
         ))),
-        Ok(()) => local.append(write).await,
+        Ok(()) => local.append(write).await.map_err(|e| match e {
+            e @ JournalError::Indeterminate(_) => e,
+            e => JournalError::Indeterminate(format!(
+                "{key}: on the replicas, but the local append failed: {e}"
+            )),
+        }),
         Err(e) => Err(e),
     };
     if written.is_err() {
