@@ -321,7 +321,7 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
 
     // Clients: one per node, each adding its own elements in turn.
     let history: Arc<std::sync::Mutex<HashMap<u64, Outcome>>> = Default::default();
-    // The error each failed element was refused with.
+    // The error each failed or indeterminate element was answered with.
     let refusals: Arc<std::sync::Mutex<HashMap<u64, String>>> = Default::default();
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -373,7 +373,13 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                         }
                         // Indeterminate, a timeout, shutting down: maybe
                         // applied.
-                        Ok(Err(ClientError::Api(_))) => Outcome::Info,
+                        Ok(Err(ClientError::Api(e))) => {
+                            refusals
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(k, e.to_string());
+                            Outcome::Info
+                        }
                         // A lost connection, no answer: maybe applied.
                         _ => {
                             client = None;
@@ -499,6 +505,18 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
     // The checker: read every element through a healthy node.
     let client = c.node(0).client().await?;
     let refusals = refusals.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // What the errors were, by kind (the text before the first colon).
+    let mut kinds: std::collections::BTreeMap<(bool, &str), usize> = Default::default();
+    for (k, e) in &refusals {
+        let fail = history.get(k) == Some(&Outcome::Fail);
+        *kinds
+            .entry((fail, e.split(':').next().unwrap_or(e)))
+            .or_default() += 1;
+    }
+    for ((fail, kind), n) in &kinds {
+        let side = if *fail { "not applied" } else { "unknown" };
+        eprintln!("  {side}: {n} × {kind}");
+    }
     let mut lost = Vec::new();
     let mut doubled = Vec::new();
     let mut refused_but_applied = Vec::new();
