@@ -242,6 +242,85 @@ async fn bank_client(
     Ok(())
 }
 
+/// The set-full checker: `balances` holds what each element's entity holds
+/// after healing. Every acknowledged element is there once, none twice,
+/// and none the client was told was not applied (the error contract:
+/// such an answer must never be followed by the effect); the violations
+/// name the error each refused element got (from `refusals`).
+fn check_set(
+    history: &HashMap<u64, Outcome>,
+    balances: &HashMap<u64, i64>,
+    refusals: &HashMap<u64, String>,
+) -> Result<()> {
+    let mut lost = Vec::new();
+    let mut doubled = Vec::new();
+    let mut refused_but_applied = Vec::new();
+    for (k, outcome) in history {
+        let b = balances.get(k).copied().unwrap_or(0);
+        if b > 1 {
+            doubled.push(*k);
+        }
+        if *outcome == Outcome::Ok && b != 1 {
+            lost.push(*k);
+        }
+        if *outcome == Outcome::Fail && b != 0 {
+            refused_but_applied.push(*k);
+        }
+    }
+    lost.sort_unstable();
+    doubled.sort_unstable();
+    refused_but_applied.sort_unstable();
+    eprintln!(
+        "checker: {} acknowledged lost, {} applied twice, {} refusals later applied",
+        lost.len(),
+        doubled.len(),
+        refused_but_applied.len()
+    );
+    ensure!(lost.is_empty(), "acknowledged elements lost: {lost:?}");
+    ensure!(doubled.is_empty(), "elements applied twice: {doubled:?}");
+    ensure!(
+        refused_but_applied.is_empty(),
+        "elements applied although the client was told they were not (the error contract broken): {}",
+        refused_but_applied
+            .iter()
+            .map(|k| format!("s-{k} ({})", refusals.get(k).map_or("?", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+#[test]
+fn the_set_checker_reports_a_refusal_that_was_applied_and_accepts_an_unknown_outcome() {
+    let history = HashMap::from([
+        (1, Outcome::Ok),
+        (2, Outcome::Info),
+        (3, Outcome::Info),
+        (4, Outcome::Fail),
+    ]);
+    let refusals = HashMap::from([
+        (2, "outcome unknown (...): replica 3 timed out".to_owned()),
+        (4, "storage: replication: min_acks is 1".to_owned()),
+    ]);
+    // Unknown outcomes may be there or not; a refusal must not be.
+    let fine = HashMap::from([(1, 1), (2, 1), (3, 0), (4, 0)]);
+    check_set(&history, &fine, &refusals).unwrap();
+    let broken = HashMap::from([(1, 1), (2, 0), (3, 1), (4, 1)]);
+    let e = check_set(&history, &broken, &refusals)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("told they were not") && e.contains("s-4 (storage: replication"),
+        "{e}"
+    );
+    // And the older checks still hold.
+    let lost = HashMap::from([(1, 0), (2, 2), (3, 0), (4, 0)]);
+    let e = check_set(&history, &lost, &refusals)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("acknowledged elements lost: [1]"), "{e}");
+}
+
 /// Pauses the bank clients between transfers, reads every account through
 /// `reader` and checks the total and each acknowledged balance.
 async fn check_bank(bank: &Bank, reader: &NodeProc, when: &str) -> Result<()> {
@@ -517,11 +596,9 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
         let side = if *fail { "not applied" } else { "unknown" };
         eprintln!("  {side}: {n} × {kind}");
     }
-    let mut lost = Vec::new();
-    let mut doubled = Vec::new();
-    let mut refused_but_applied = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    for (k, outcome) in &history {
+    let mut balances = HashMap::new();
+    for k in history.keys() {
         let id = format!("s-{k}");
         let b = loop {
             match balance(&client, &id).await {
@@ -533,36 +610,9 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                 Err(e) => return Err(e),
             }
         };
-        if b > 1 {
-            doubled.push(*k);
-        }
-        if *outcome == Outcome::Ok && b != 1 {
-            lost.push(*k);
-        }
-        if *outcome == Outcome::Fail && b != 0 {
-            refused_but_applied.push(*k);
-        }
+        balances.insert(*k, b);
     }
-    lost.sort_unstable();
-    doubled.sort_unstable();
-    refused_but_applied.sort_unstable();
-    eprintln!(
-        "checker: {} acknowledged lost, {} applied twice, {} refusals later applied",
-        lost.len(),
-        doubled.len(),
-        refused_but_applied.len()
-    );
-    ensure!(lost.is_empty(), "acknowledged elements lost: {lost:?}");
-    ensure!(doubled.is_empty(), "elements applied twice: {doubled:?}");
-    ensure!(
-        refused_but_applied.is_empty(),
-        "elements applied although the client was told they were not (the error contract broken): {}",
-        refused_but_applied
-            .iter()
-            .map(|k| format!("s-{k} ({})", refusals.get(k).map_or("?", String::as_str)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    check_set(&history, &balances, &refusals)?;
     client.close().await;
 
     // The journals: one history per entity.
