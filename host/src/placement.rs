@@ -53,8 +53,10 @@ pub enum Origin {
 
 /// The cluster's side of admission and routing, as the node sees it.
 pub trait Placement: Send + Sync + 'static {
-    /// May this node run `key` now, and under which allocation?
-    fn admit(&self, key: &EntityKey) -> Admission;
+    /// May this node run `key` now, and under which allocation? `live`:
+    /// the entity runs here already (it may finish its commands while its
+    /// shard is handed off; nothing new starts then).
+    fn admit(&self, key: &EntityKey, live: bool) -> Admission;
     /// Runs a command the node produced on the owner of its entity (here
     /// or on another node), retrying while that is safe; reports what it
     /// could not deliver through `undelivered`.

@@ -657,6 +657,8 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
         entity_type: "bank-account".into(),
         entity_id: ids[0].clone(),
         events: vec![(2, 0, "forged".into(), b"x".to_vec())],
+        add_timers: Vec::new(),
+        remove_timers: Vec::new(),
     };
     cairn_host::client::frame::write_frame(&mut send, &forged).await?;
     send.finish()?;

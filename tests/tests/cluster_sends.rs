@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use cairn_host::client::Client;
 use cairn_tests::NodeProc;
 use cairn_tests::cluster::{Cluster, ask_type, members, status, up_count, wait_status};
@@ -40,12 +40,42 @@ async fn deploy_counter(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// A counter's value, read through `client` (routed to its owner).
+/// A counter's value, read through `client` (routed to its owner). A read
+/// changes nothing, so one refused while a shard moves (`unavailable`,
+/// `busy`) is tried again, for up to 15 s.
 async fn value(client: &Client, id: &str) -> Result<i64> {
-    let (j, _) = ask_type(client, "counter", id, r#""Get""#)
-        .await
-        .with_context(|| format!("value of {id}"))?;
-    Ok(j.trim().parse()?)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match ask_type(client, "counter", id, r#""Get""#).await {
+            Ok((j, _)) => return Ok(j.trim().parse()?),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading {id}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("value of {id}: {e}")),
+        }
+    }
+}
+
+/// A write that must happen once: tried again only while the answer says
+/// nothing was run or stored (`unavailable`, `busy`, not the owner), for up
+/// to 15 s.
+async fn write_once(client: &Client, id: &str, json: &str) -> Result<()> {
+    use cairn_host::api::ApiError;
+    use cairn_host::client::ClientError;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match ask_type(client, "counter", id, json).await {
+            Ok(_) => return Ok(()),
+            Err(ClientError::Api(
+                e @ (ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::NotOwner { .. }),
+            )) if Instant::now() < deadline => {
+                eprintln!("{id}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("{id} <- {json}: {e}")),
+        }
+    }
 }
 
 /// Reads every counter until two rounds 1 s apart agree (sends and timers
@@ -235,9 +265,7 @@ async fn timers_move_with_their_shards_and_fire_once() -> Result<()> {
         // Due 6 to 16 s from now: some during the moves, most after.
         let delay = 6_000 + (i as u64 % 10) * 1_000;
         let cmd = format!(r#"{{"IncrementLater":{{"by":1,"delay_ms":{delay}}}}}"#);
-        ask_type(&through, "counter", id, &cmd)
-            .await
-            .with_context(|| format!("arming the timer of {id}"))?;
+        write_once(&through, id, &cmd).await?;
         through.close().await;
     }
     // A fourth member joins: shards (and their timers) move to it.
@@ -276,6 +304,57 @@ async fn timers_move_with_their_shards_and_fire_once() -> Result<()> {
     ensure!(
         wrong.is_empty(),
         "{} of 100 timers did not fire exactly once: {wrong:?}",
+        wrong.len()
+    );
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    one_history_per_counter(&c.nodes, &ids).await?;
+    Ok(())
+}
+
+/// Timers are on their shard's replicas: 60 timers armed on counters of
+/// one node's shards, then that node is SIGKILLed before they are due; a
+/// replica takes the shards over and each timer fires exactly once there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timers_survive_the_failover_of_their_owner() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 3)?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    deploy_counter(&c).await?;
+    // Counters whose shard node 1 (not the seed) owns.
+    let s = status(c.node(0))?;
+    let victim = c.node(1).addr.to_string();
+    let candidates: Vec<String> = (0..2_000).map(|i| format!("f-{i}")).collect();
+    let owned = cairn_tests::cluster::owners(&s, "counter", &candidates);
+    let ids: Vec<String> = candidates
+        .into_iter()
+        .filter(|id| owned.get(id) == Some(&victim))
+        .take(60)
+        .collect();
+    ensure!(
+        ids.len() == 60,
+        "node 1 owns too few counters: {}",
+        ids.len()
+    );
+    let client = c.node(0).client().await?;
+    for id in &ids {
+        let cmd = r#"{"IncrementLater":{"by":1,"delay_ms":9000}}"#;
+        write_once(&client, id, cmd).await?;
+    }
+    c.nodes[1].kill();
+    // Failover within a few seconds, then every timer due by 9 s.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let values = settled(&client, &ids, Duration::from_secs(30)).await?;
+    let wrong: Vec<(&String, i64)> = ids.iter().zip(values).filter(|(_, v)| *v != 1).collect();
+    ensure!(
+        wrong.is_empty(),
+        "{} of 60 timers did not fire exactly once after the failover: {wrong:?}",
         wrong.len()
     );
     for n in &mut c.nodes {

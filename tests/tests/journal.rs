@@ -371,7 +371,7 @@ struct AsOwner {
 impl Journal for AsOwner {
     fn append(&self, w: Write) -> BoxFuture<'static, Result<(), JournalError>> {
         use cairn_host::placement::{Admission, Placement};
-        match self.placement.admit(&w.key) {
+        match self.placement.admit(&w.key, false) {
             Admission::Here(fence) => self.journal.append_fenced(w, fence),
             other => panic!("{}: not admitted on the owner: {other:?}", w.key),
         }
@@ -476,7 +476,7 @@ async fn three_members() -> ThreeMembers {
         let up = s.members.iter().filter(|m| m.state == "up").count();
         let owner = placements.iter().position(|p| {
             matches!(
-                p.admit(&EntityKey::new("t", "a")),
+                p.admit(&EntityKey::new("t", "a"), false),
                 cairn_host::placement::Admission::Here(_)
             )
         });
@@ -569,7 +569,7 @@ async fn replicated_journal_keeps_the_contract() {
     );
     // The other members do not own the shard: refused there too.
     use cairn_host::placement::{Admission, Placement};
-    let Admission::Here(fence) = m.owner.placement.admit(&k) else {
+    let Admission::Here(fence) = m.owner.placement.admit(&k, false) else {
         panic!("the owner does not admit the entity");
     };
     for (i, n) in m.nodes.iter().enumerate() {

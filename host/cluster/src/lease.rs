@@ -39,6 +39,22 @@ impl LeaseConfig {
         now < sent + self.duration
     }
 
+    /// [`LeaseConfig::owner_may_serve`], and the owner's table has applied
+    /// the committed epoch its last grant carried (`granted_epoch`). A
+    /// grant is given to any member that asks, also to an owner deposed
+    /// while it was paused or cut off: until its table shows the decisions
+    /// committed meanwhile, it must not serve on its old view.
+    pub fn owner_may_serve_at(
+        &self,
+        sent: Duration,
+        now: Duration,
+        granted_epoch: u64,
+        table_epoch: u64,
+    ) -> bool {
+        self.owner_may_serve(sent, now)
+            && (table_epoch >= granted_epoch || crate::fence::mutant_stale_grant())
+    }
+
     /// May the coordinator, which last granted the owner's lease at
     /// `granted` (its clock), give the owner's shards away at `now`?
     pub fn coordinator_may_reassign(&self, granted: Duration, now: Duration) -> bool {

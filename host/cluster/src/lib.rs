@@ -17,6 +17,8 @@
 //!   decisions, merging the replicas' copies.
 //! - [`route`]: where a command goes on one node: here, to the owner,
 //!   into a bounded handoff buffer, or `Unavailable` when the owner is down.
+//! - [`fence`]: who may start and write an entity: a node's admission,
+//!   the writer's check of its allocation and lease, what a replica accepts.
 //! - [`lease`]: how long an owner may serve without renewing, and when the
 //!   coordinator may reassign its shards (the clock-drift bound).
 //! - [`coordinator`]: proposes decisions from the view and the table and
@@ -27,6 +29,7 @@
 //! decision log) before any node applies them.
 
 pub mod coordinator;
+pub mod fence;
 pub mod lease;
 pub mod member;
 pub mod membership;
@@ -35,6 +38,8 @@ pub mod placement;
 pub mod replication;
 pub mod route;
 pub mod shard;
+#[cfg(test)]
+mod sim;
 pub mod table;
 
 pub use coordinator::Coordinator;

@@ -65,6 +65,16 @@ impl<C> Router<C> {
         }
     }
 
+    /// The node this router routes for.
+    pub fn local(&self) -> NodeId {
+        self.local
+    }
+
+    /// Is this node handing the shard off (between release and the move)?
+    pub fn is_releasing(&self, shard: ShardId) -> bool {
+        self.releasing.contains_key(&shard)
+    }
+
     /// This node's copy of the table.
     pub fn table(&self) -> &ShardTable {
         &self.table

@@ -771,11 +771,15 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             PeerResponse::Done
         }
         PeerRequest::Lease { node } => {
-            let granted = inner.log.is_leader() && inner.lease_ok();
-            if granted {
-                inner.granted(node);
+            let epoch = if inner.log.is_leader() && inner.lease_ok() {
+                inner.grant(node)
+            } else {
+                None
+            };
+            PeerResponse::Lease {
+                granted: epoch.is_some(),
+                epoch: epoch.unwrap_or(0),
             }
-            PeerResponse::Lease(granted)
         }
         PeerRequest::Leave { node } => {
             if inner.log.is_leader() {
@@ -839,13 +843,27 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             entity_type,
             entity_id,
             events,
+            add_timers,
+            remove_timers,
         } => {
+            let timers = super::replicate::TimerChanges {
+                add: add_timers
+                    .into_iter()
+                    .map(|(timer_id, fire_at_ms, command)| TimerRecord {
+                        timer_id,
+                        fire_at_ms,
+                        command,
+                    })
+                    .collect(),
+                remove: remove_timers,
+            };
             super::replicate::replica_append(
                 inner,
                 shard,
                 epoch,
                 EntityKey::new(entity_type, entity_id),
                 events,
+                timers,
             )
             .await
         }
@@ -1153,15 +1171,17 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
     if down.is_empty() {
         return false;
     }
-    let to_ids = |s: &std::collections::BTreeSet<u64>| s.iter().map(|n| NodeId(*n)).collect();
+    let to_ids = |s: &std::collections::BTreeSet<u64>| -> std::collections::BTreeSet<NodeId> {
+        s.iter().map(|n| NodeId(*n)).collect()
+    };
     let (down, unreachable) = (to_ids(&down), to_ids(&unreachable));
     let members = super::replicate::data_members(inner);
-    let expired = |owner: NodeId| {
-        let last = inner
-            .last_grant(owner.0)
-            .map_or(leader_since, |g| g.max(leader_since));
-        last.elapsed() >= bound
-    };
+    // The down members whose leases have certainly expired get no new
+    // grant until this round's decisions are committed (or given up).
+    let barred = inner.bar_expired(down.iter().map(|n| n.0), |last| {
+        last.map_or(leader_since, |g| g.max(leader_since)).elapsed() >= bound
+    });
+    let expired = |owner: NodeId| barred.contains(&owner.0);
     let ready_epoch = |shard: ShardId| inner.log.state().borrow().ready.get(&shard.0).copied();
     let is_ready = |shard: ShardId, epoch: u64| ready_epoch(shard).is_some_and(|e| e >= epoch);
     let decisions =
@@ -1195,14 +1215,16 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
         }
     }
     if decisions.is_empty() {
+        inner.unbar(&barred);
         return false;
     }
     let n = decisions.len();
-    match inner
+    let committed = inner
         .log
         .propose(Command::Decide(decisions), COMMIT_TIMEOUT)
-        .await
-    {
+        .await;
+    inner.unbar(&barred);
+    match committed {
         Ok(_) => {
             tracing::warn!(
                 shards = n,

@@ -82,6 +82,15 @@ pub(crate) struct View {
     pub(crate) unreachable: BTreeSet<u64>,
 }
 
+/// The leases a leader grants.
+#[derive(Default)]
+pub(crate) struct Grants {
+    /// When each node was last granted a lease.
+    last: HashMap<u64, Instant>,
+    /// Nodes whose shards are being failed over: no grant until decided.
+    barred: BTreeSet<u64>,
+}
+
 /// Shared state of the cluster part.
 pub(crate) struct Inner {
     pub(crate) id: u64,
@@ -99,8 +108,9 @@ pub(crate) struct Inner {
     pub(crate) router: Mutex<Router<Waiter>>,
     /// Commands running here, per shard (a release waits for them).
     pub(crate) in_flight: Mutex<HashMap<u32, usize>>,
-    /// Until when this node may serve its shards (lease).
-    lease_until: Mutex<Option<Instant>>,
+    /// When this node sent its last granted lease renewal, and the
+    /// committed table epoch the grant carried.
+    lease: Mutex<Option<(Instant, u64)>>,
     pub(crate) started: Instant,
     leaving: AtomicBool,
     /// Signalled once the node has left the cluster.
@@ -109,8 +119,8 @@ pub(crate) struct Inner {
     pub(crate) local_journal: Arc<dyn cairn_store::Journal>,
     /// Newest epoch accepted per shard as a replica.
     pub(crate) fences: replicate::Fences,
-    /// When this node, as the log's leader, last granted each node's lease.
-    grants: Mutex<HashMap<u64, Instant>>,
+    /// Leases this node granted as the log's leader.
+    grants: Mutex<Grants>,
     /// Entities whose last replicated write failed: a replica may hold it,
     /// so their history is read back from the replicas before the next one.
     pub(crate) dirty: Mutex<std::collections::HashSet<cairn_store::EntityKey>>,
@@ -158,38 +168,101 @@ impl Inner {
         s.members.get(&node).and_then(|r| r.addr.parse().ok())
     }
 
-    /// May this node serve its shards now (its lease is fresh)?
+    /// May this node serve its shards now? Its lease is fresh, and its
+    /// table has applied the committed epoch the grant carried (by
+    /// [`cairn_cluster::lease::LeaseConfig::owner_may_serve_at`]), so an
+    /// owner deposed while it was paused does not serve on its old table.
     pub(crate) fn lease_ok(&self) -> bool {
-        self.lease_until
-            .lock()
-            .map(|l| l.is_some_and(|t| Instant::now() < t))
-            .unwrap_or(false)
+        let Some((sent, epoch)) = self.lease.lock().ok().and_then(|l| *l) else {
+            return false;
+        };
+        let table_epoch = self.router().table().epoch();
+        let config = cairn_cluster::lease::LeaseConfig {
+            duration: LEASE,
+            ..Default::default()
+        };
+        config.owner_may_serve_at(
+            sent.saturating_duration_since(self.started),
+            Instant::now().saturating_duration_since(self.started),
+            epoch,
+            table_epoch,
+        )
     }
 
-    /// Notes a lease granted to `node` now (on the leader).
-    pub(crate) fn granted(&self, node: u64) {
-        if let Ok(mut g) = self.grants.lock() {
-            g.insert(node, Instant::now());
+    /// The committed table's epoch in this node's decision log (what a
+    /// lease grant carries).
+    pub(crate) fn committed_epoch(&self) -> u64 {
+        self.log
+            .state()
+            .borrow()
+            .table
+            .as_ref()
+            .map_or(0, |t| t.epoch())
+    }
+
+    /// Grants `node` a lease now (on the leader), unless a failover of its
+    /// shards is being decided: the grant carries the committed epoch,
+    /// read after the grant is noted, so a failover committed later is
+    /// covered by the lease's expiry and one committed earlier by the
+    /// epoch.
+    pub(crate) fn grant(&self, node: u64) -> Option<u64> {
+        let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        if g.barred.contains(&node) {
+            return None;
+        }
+        g.last.insert(node, Instant::now());
+        Some(self.committed_epoch())
+    }
+
+    /// Bars the grants of the members `expired` selects, for a failover
+    /// of their shards (until [`Inner::unbar`]); returns those barred.
+    pub(crate) fn bar_expired(
+        &self,
+        members: impl Iterator<Item = u64>,
+        expired: impl Fn(Option<Instant>) -> bool,
+    ) -> BTreeSet<u64> {
+        let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let barred: BTreeSet<u64> = members
+            .filter(|m| expired(g.last.get(m).copied()))
+            .collect();
+        g.barred.extend(barred.iter().copied());
+        barred
+    }
+
+    /// Lets barred members be granted leases again.
+    pub(crate) fn unbar(&self, members: &BTreeSet<u64>) {
+        let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        for m in members {
+            g.barred.remove(m);
         }
     }
 
-    /// When this node last granted `node` a lease.
-    pub(crate) fn last_grant(&self, node: u64) -> Option<Instant> {
-        self.grants.lock().ok().and_then(|g| g.get(&node).copied())
+    /// When this node sent the renewal of its current lease.
+    pub(crate) fn lease_sent(&self) -> Option<Instant> {
+        self.lease.lock().ok().and_then(|l| *l).map(|(s, _)| s)
+    }
+
+    /// Is this node's table older than the epoch its last grant carried?
+    fn table_behind_grant(&self) -> bool {
+        let granted = self
+            .lease
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .map_or(0, |(_, e)| e);
+        self.router().table().epoch() < granted
     }
 
     fn never_leased(&self) -> bool {
-        self.lease_until
-            .lock()
-            .map(|l| l.is_none())
-            .unwrap_or(false)
+        self.lease.lock().map(|l| l.is_none()).unwrap_or(false)
     }
 
-    fn renewed(&self, sent: Instant) {
-        if let Ok(mut l) = self.lease_until.lock() {
-            let until = sent + LEASE;
-            if l.is_none_or(|t| t < until) {
-                *l = Some(until);
+    /// A renewal sent at `sent` was granted with the committed `epoch`.
+    fn renewed(&self, sent: Instant, epoch: u64) {
+        if let Ok(mut l) = self.lease.lock() {
+            match *l {
+                Some((s, e)) if s >= sent => *l = Some((s, e.max(epoch))),
+                _ => *l = Some((sent, epoch)),
             }
         }
     }
@@ -205,50 +278,45 @@ impl Inner {
             .map_or(self.config.shards, |t| t.len())
     }
 
-    /// The node's admission of an entity (see [`crate::placement`]): this
-    /// node owns the entity's shard in its committed table, holds its
-    /// history (not still fetching it), and its lease is fresh. A shard
-    /// being released still admits: its commands in flight finish, while
-    /// the router holds back new ones.
-    pub(crate) fn admit(&self, key: &cairn_store::EntityKey) -> Admission {
+    /// The node's admission of an entity (see [`crate::placement`]), by
+    /// the rule of [`cairn_cluster::fence::admit`].
+    pub(crate) fn admit(&self, key: &cairn_store::EntityKey, live: bool) -> Admission {
+        use cairn_cluster::fence::Admission as Rule;
         let shard = shard_of(&key.entity_type, &key.entity_id, self.shard_count());
-        {
-            let router = self.router();
-            match router.table().get(shard) {
-                Some(a) if a.owner.0 == self.id => {
-                    if router.is_waiting(shard) {
-                        return Admission::NotYet(format!(
-                            "shard {} is still arriving on this node",
-                            shard.0
-                        ));
-                    }
-                    if !self.lease_ok() {
-                        return Admission::NotYet(
-                            "this node's lease lapsed (it cannot reach the cluster's majority)"
-                                .into(),
-                        );
-                    }
-                    Admission::Here(Some(cairn_store::Fence {
-                        shard: shard.0,
-                        epoch: a.epoch,
-                    }))
-                }
-                Some(a) => Admission::Elsewhere(format!(
-                    "shard {} is owned by node {} (epoch {})",
-                    shard.0, a.owner.0, a.epoch
-                )),
-                None => Admission::Elsewhere(format!("shard {} has no owner yet", shard.0)),
+        let lease = self.lease_ok();
+        let rule = cairn_cluster::fence::admit(&self.router(), shard, lease, live);
+        match rule {
+            Rule::Here(f) => Admission::Here(Some(cairn_store::Fence {
+                shard: f.shard.0,
+                epoch: f.epoch,
+            })),
+            Rule::Elsewhere { owner, epoch } => Admission::Elsewhere(format!(
+                "shard {} is owned by node {} (epoch {epoch})",
+                shard.0, owner.0
+            )),
+            Rule::Unowned => Admission::Elsewhere(format!("shard {} has no owner yet", shard.0)),
+            Rule::Arriving => {
+                Admission::NotYet(format!("shard {} is still arriving on this node", shard.0))
             }
+            Rule::Releasing => Admission::NotYet(format!(
+                "shard {} is being handed off from this node",
+                shard.0
+            )),
+            Rule::LeaseLapsed => Admission::NotYet(
+                "this node's lease lapsed (it cannot reach the cluster's majority)".into(),
+            ),
+            _ => Admission::NotYet(format!("shard {} cannot be served here now", shard.0)),
         }
     }
 
     /// Runs a request here, counted as in flight for its shard.
     pub(crate) async fn run_local(&self, shard: u32, req: Request) -> Response {
         // A node that just joined may be given shards before its first
-        // renewal comes back: wait for it, briefly. A lease that expired
-        // refuses at once.
+        // renewal comes back, and a grant may carry an epoch its table has
+        // not applied yet (decisions commit while it renews): wait for
+        // either, briefly. A lease that expired refuses at once.
         let deadline = Instant::now() + Duration::from_secs(1);
-        while self.never_leased() && Instant::now() < deadline {
+        while (self.never_leased() || self.table_behind_grant()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if !self.lease_ok() {
@@ -491,13 +559,13 @@ impl Cluster {
             gossip: gossip_tx,
             view: Mutex::new(View::default()),
             in_flight: Mutex::new(HashMap::new()),
-            lease_until: Mutex::new(None),
+            lease: Mutex::new(None),
             started: Instant::now(),
             leaving: AtomicBool::new(false),
             left: Notify::new(),
             local_journal,
             fences: replicate::Fences::default(),
-            grants: Mutex::new(HashMap::new()),
+            grants: Mutex::new(Grants::default()),
             dirty: Mutex::new(std::collections::HashSet::new()),
         });
         if let Some(r) = &replication {
@@ -738,8 +806,9 @@ async fn renew_lease(inner: Arc<Inner>) {
             continue;
         }
         if inner.log.is_leader() {
+            let epoch = inner.committed_epoch();
             if inner.log.confirm_leader(LEASE / 4).await.is_ok() {
-                inner.renewed(sent);
+                inner.renewed(sent, epoch);
             }
             continue;
         }
@@ -747,12 +816,15 @@ async fn renew_lease(inner: Arc<Inner>) {
             continue;
         };
         let Ok(addr) = addr.parse() else { continue };
-        if let Ok(PeerResponse::Lease(true)) = inner
+        if let Ok(PeerResponse::Lease {
+            granted: true,
+            epoch,
+        }) = inner
             .peers
             .call(addr, &PeerRequest::Lease { node: inner.id }, LEASE / 4)
             .await
         {
-            inner.renewed(sent);
+            inner.renewed(sent, epoch);
         }
     }
 }

@@ -93,6 +93,10 @@ pub enum PeerRequest {
         entity_id: String,
         /// The events, ascending, as (seq, timestamp ms, behavior version, payload).
         events: Vec<(u64, u64, String, Vec<u8>)>,
+        /// Durable timers the write adds, as (timer id, fire at ms, command).
+        add_timers: Vec<(u64, u64, Vec<u8>)>,
+        /// Ids of the entity's timers the write deletes (fired).
+        remove_timers: Vec<u64>,
     },
     /// A primary's truncation of an entity for this node as a replica of
     /// `shard` (fenced like [`PeerRequest::Replicate`]).
@@ -161,8 +165,15 @@ pub enum PeerResponse {
     Response(Response),
     /// Not the owner of the shard: the owner's node id, by this node's table.
     Redirect(u64),
-    /// A lease renewal: granted or not.
-    Lease(bool),
+    /// A lease renewal: granted or not, with the granting leader's
+    /// committed table epoch (the owner serves only once its own table has
+    /// applied it).
+    Lease {
+        /// Granted?
+        granted: bool,
+        /// The leader's committed table epoch at the grant.
+        epoch: u64,
+    },
     /// Load figures.
     Info {
         /// Entities in memory.

@@ -71,9 +71,9 @@ impl Replication {
 }
 
 impl Placement for Replication {
-    fn admit(&self, key: &EntityKey) -> Admission {
+    fn admit(&self, key: &EntityKey, live: bool) -> Admission {
         match self.cluster.get().and_then(Weak::upgrade) {
-            Some(inner) => inner.admit(key),
+            Some(inner) => inner.admit(key, live),
             None => Admission::NotYet("this node has not started its cluster part yet".into()),
         }
     }
@@ -111,8 +111,9 @@ impl Journal for ReplicatedJournal {
 
     /// A write of an entity of this node: refused unless it carries the
     /// shard's current allocation on this node and the lease holds (see
-    /// [`check_fence`]). Only the deletion of fired timers (no events, no
-    /// new timers) needs no allocation: it stays local.
+    /// [`check_fence`]); its events and timer changes go to the replicas.
+    /// Only a deletion of timers that carries no allocation (the node's own
+    /// bookkeeping) stays local.
     fn append_fenced(
         &self,
         write: Write,
@@ -121,7 +122,7 @@ impl Journal for ReplicatedJournal {
         let local = self.local.clone();
         let inner = self.repl.cluster.get().and_then(Weak::upgrade);
         Box::pin(async move {
-            if write.events.is_empty() && write.add_timers.is_empty() {
+            if fence.is_none() && write.events.is_empty() && write.add_timers.is_empty() {
                 return local.append(write).await;
             }
             let Some(inner) = inner else {
@@ -130,8 +131,8 @@ impl Journal for ReplicatedJournal {
                     write.key
                 )));
             };
-            let epoch = check_fence(&inner, &write.key, fence)?;
-            replicated_append(&inner, &local, write, epoch).await
+            let (epoch, lease) = check_fence(&inner, &write.key, fence)?;
+            replicated_append(&inner, &local, write, epoch, lease).await
         })
     }
 
@@ -235,35 +236,28 @@ pub(crate) fn data_members(inner: &Inner) -> Vec<NodeId> {
 /// Fencing on the writer's side: the write's allocation must be the
 /// shard's current one in this node's committed table, owned by this node,
 /// and this node's lease must hold now. Returns the epoch the replicas
-/// check in turn.
-fn check_fence(inner: &Inner, key: &EntityKey, fence: Option<Fence>) -> Result<u64, JournalError> {
+/// check in turn, and when the renewal of the lease that allowed the write
+/// was sent (the write's local append must still fall within that lease).
+fn check_fence(
+    inner: &Inner,
+    key: &EntityKey,
+    fence: Option<Fence>,
+) -> Result<(u64, std::time::Instant), JournalError> {
     let Some(fence) = fence else {
         return Err(JournalError::Fenced(format!(
             "{key}: a write that carries no allocation (not from an entity started by this node)"
         )));
     };
-    let current = inner.router().table().get(ShardId(fence.shard));
-    match current {
-        Some(a) if a.owner.0 == inner.id && a.epoch == fence.epoch => {}
-        Some(a) => {
-            return Err(JournalError::Fenced(format!(
-                "{key}: started under epoch {} of shard {}, whose allocation is now epoch {} on node {}",
-                fence.epoch, fence.shard, a.epoch, a.owner.0
-            )));
-        }
-        None => {
-            return Err(JournalError::Fenced(format!(
-                "{key}: shard {} has no allocation",
-                fence.shard
-            )));
-        }
-    }
-    if !inner.lease_ok() {
-        return Err(JournalError::Fenced(format!(
-            "{key}: this node's lease lapsed (it cannot reach the cluster's majority)"
-        )));
-    }
-    Ok(fence.epoch)
+    let rule = cairn_cluster::fence::Fence {
+        shard: ShardId(fence.shard),
+        epoch: fence.epoch,
+    };
+    let sent = inner.lease_sent();
+    let lease = inner.lease_ok();
+    cairn_cluster::fence::may_write(inner.router().table(), NodeId(inner.id), rule, lease)
+        .map_err(|refusal| JournalError::Fenced(format!("{key}: {refusal}")))?;
+    let sent = sent.ok_or_else(|| JournalError::Fenced(format!("{key}: no lease")))?;
+    Ok((fence.epoch, sent))
 }
 
 async fn replicated_append(
@@ -271,6 +265,7 @@ async fn replicated_append(
     local: &Arc<dyn Journal>,
     write: Write,
     epoch: u64,
+    lease: std::time::Instant,
 ) -> Result<(), JournalError> {
     let settings = inner
         .node
@@ -283,7 +278,10 @@ async fn replicated_append(
         inner.shard_count(),
     );
     let replicas = replicas_of(inner, inner.id, settings.replicas);
-    if write.events.is_empty() || replicas.is_empty() {
+    let timers_only = write.events.is_empty();
+    if replicas.is_empty()
+        || (timers_only && write.add_timers.is_empty() && write.remove_timers.is_empty())
+    {
         return local.append(write).await;
     }
     let live: Vec<u64> = {
@@ -319,10 +317,12 @@ async fn replicated_append(
     // must not reach the replicas (they would hold events the primary
     // refuses). Writes of one entity come one at a time from its actor.
     let have = local.highest_seq(&write.key).await?;
-    if write.events[0].seq != have + 1 {
+    if let Some(first) = write.events.first()
+        && first.seq != have + 1
+    {
         return Err(JournalError::Conflict {
             key: write.key.clone(),
-            seq: write.events[0].seq,
+            seq: first.seq,
         });
     }
     let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
@@ -372,12 +372,16 @@ async fn replicated_append(
     // truncation when it comes back).
     let key = write.key.clone();
     let written = match acks.await {
-        // The lease may have lapsed while the replicas answered: then
-        // another node may be promoted, and this one must not append.
+        // The lease the write was checked under may have lapsed while the
+        // replicas answered: then another node may be promoted, and this
+        // one must not append. (A renewal since does not count: it may
+        // have been granted after a failover this node has not applied.)
         // The replicas hold it: a later owner imports it.
-        Ok(()) if !inner.lease_ok() => Err(JournalError::Indeterminate(format!(
-            "{key}: this node's lease lapsed while its replicas acknowledged the write"
-        ))),
+        Ok(()) if std::time::Instant::now() >= lease + super::LEASE => {
+            Err(JournalError::Indeterminate(format!(
+                "{key}: the lease it was written under lapsed while its replicas acknowledged it"
+            )))
+        }
         Ok(()) => local.append(write).await.map_err(|e| match e {
             e @ JournalError::Indeterminate(_) => e,
             e => JournalError::Indeterminate(format!(
@@ -421,6 +425,12 @@ pub(crate) async fn send_to_replica(
                 .iter()
                 .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
                 .collect(),
+            add_timers: write
+                .add_timers
+                .iter()
+                .map(|t| (t.timer_id, t.fire_at_ms, t.command.clone()))
+                .collect(),
+            remove_timers: write.remove_timers.clone(),
         };
         match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
             Ok(PeerResponse::Done) => return Ok(()),
@@ -457,7 +467,7 @@ pub(crate) async fn send_to_replica(
 
 /// The newest epoch each shard's replica has accepted (fencing).
 #[derive(Default)]
-pub(crate) struct Fences(Mutex<HashMap<u32, u64>>);
+pub(crate) struct Fences(Mutex<cairn_cluster::fence::ReplicaFences>);
 
 /// Truncates the entity on the shard's live replicas first (as a write
 /// goes to them first), so that none keeps events the primary dropped.
@@ -501,19 +511,14 @@ async fn replicated_truncate(
 /// newer one (or its committed table has); returns the committed
 /// allocation's epoch on acceptance, the newest seen on refusal.
 fn fence(inner: &Inner, shard: u32, epoch: u64) -> Result<u64, u64> {
-    let committed = inner
-        .router()
-        .table()
-        .get(ShardId(shard))
-        .map_or(0, |a| a.epoch);
-    let mut f = inner.fences.0.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = f.entry(shard).or_default();
-    let newest = (*seen).max(committed);
-    if epoch < newest {
-        return Err(newest);
-    }
-    *seen = epoch;
-    Ok(committed)
+    let committed = inner.router().table().get(ShardId(shard)).map(|a| a.epoch);
+    inner
+        .fences
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .accept(ShardId(shard), epoch, committed)?;
+    Ok(committed.unwrap_or(0))
 }
 
 /// The replica's side of a primary's truncation.
@@ -614,14 +619,35 @@ pub(crate) async fn replica_append(
     epoch: u64,
     key: EntityKey,
     events: Vec<(u64, u64, String, Vec<u8>)>,
+    timers: TimerChanges,
 ) -> PeerResponse {
     let committed = match fence(inner, shard, epoch) {
         Ok(c) => c,
         Err(newest) => return PeerResponse::Fenced(newest),
     };
     let local = inner.local_journal.clone();
+    // The timer changes go with the events (in the same append), or alone
+    // when the write has no events or this replica holds them already.
+    let timers_alone = |timers: TimerChanges| {
+        let (local, key) = (local.clone(), key.clone());
+        async move {
+            if timers.add.is_empty() && timers.remove.is_empty() {
+                return PeerResponse::Done;
+            }
+            let write = Write {
+                key,
+                events: Vec::new(),
+                add_timers: timers.add,
+                remove_timers: timers.remove,
+            };
+            match local.append(write).await {
+                Ok(()) => PeerResponse::Done,
+                Err(e) => PeerResponse::Error(e.to_string()),
+            }
+        }
+    };
     let Some(first) = events.first().map(|e| e.0) else {
-        return PeerResponse::Done;
+        return timers_alone(timers).await;
     };
     let last = events.last().map_or(first, |e| e.0);
     for _ in 0..2 {
@@ -690,7 +716,7 @@ pub(crate) async fn replica_append(
             }
         }
         if last <= have {
-            return PeerResponse::Done;
+            return timers_alone(timers).await;
         }
         let records: Vec<EventRecord> = events
             .iter()
@@ -706,8 +732,8 @@ pub(crate) async fn replica_append(
             .append(Write {
                 key: key.clone(),
                 events: records,
-                add_timers: Vec::new(),
-                remove_timers: Vec::new(),
+                add_timers: timers.add.clone(),
+                remove_timers: timers.remove.clone(),
             })
             .await
         {
@@ -718,6 +744,15 @@ pub(crate) async fn replica_append(
         }
     }
     PeerResponse::Error(format!("{key}: replica append kept conflicting"))
+}
+
+/// The timer records a replicated write adds and deletes.
+#[derive(Default)]
+pub(crate) struct TimerChanges {
+    /// Timers added.
+    pub(crate) add: Vec<TimerRecord>,
+    /// Ids of timers deleted.
+    pub(crate) remove: Vec<u64>,
 }
 
 /// Gives this node's replicas of `shard` (it owns it) the whole history of
@@ -732,32 +767,53 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>, shard: ShardId, count: u32) -> 
     let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
     let local = inner.local_journal.clone();
     let config = inner.node.config().clone();
+    // The shard's pending timers go with each entity's newest event (or
+    // alone, for an entity that has timers and no events).
+    let mut timers: HashMap<EntityKey, Vec<TimerRecord>> = HashMap::new();
+    for (key, t) in local.pending_timers().await.map_err(|e| e.to_string())? {
+        if shard_of(&key.entity_type, &key.entity_id, count) == shard {
+            timers.entry(key).or_default().push(t);
+        }
+    }
     for d in inner.node.deployments() {
         let ty = d.entity_type;
         let settings = config.settings_for(&ty).replication;
         let set: Vec<u64> = replicas.iter().copied().take(settings.replicas).collect();
         let need = cairn_cluster::replication::acks_needed(settings.min_acks, set.len());
-        let ids = local
+        let mut ids = local
             .entity_ids(&ty, usize::MAX)
             .await
             .map_err(|e| e.to_string())?;
+        ids.extend(
+            timers
+                .keys()
+                .filter(|k| k.entity_type == ty)
+                .map(|k| k.entity_id.clone()),
+        );
+        ids.sort();
+        ids.dedup();
         for id in ids
             .into_iter()
             .filter(|id| shard_of(&ty, id, count) == shard)
         {
             let key = EntityKey::new(ty.clone(), id);
             let have = local.highest_seq(&key).await.map_err(|e| e.to_string())?;
-            if have == 0 {
+            let add_timers = timers.remove(&key).unwrap_or_default();
+            if have == 0 && add_timers.is_empty() {
                 continue;
             }
-            let events = local
-                .read(&key, have, have, 1)
-                .await
-                .map_err(|e| e.to_string())?;
+            let events = if have == 0 {
+                Vec::new()
+            } else {
+                local
+                    .read(&key, have, have, 1)
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
             let write = Write {
                 key: key.clone(),
                 events,
-                add_timers: Vec::new(),
+                add_timers,
                 remove_timers: Vec::new(),
             };
             let mut ok = 0;

@@ -96,19 +96,19 @@ impl Env {
         self.next_timer.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// May this node run `key` now, and under which allocation?
+    /// May this node start `key` now, and under which allocation?
     pub(crate) fn admit(&self, key: &EntityKey) -> Admission {
         match &self.placement {
             None => Admission::Here(None),
-            Some(p) => p.admit(key),
+            Some(p) => p.admit(key, false),
         }
     }
 
     /// [`Env::admit`] by type and id, without building a key on a single node.
-    pub(crate) fn admit_entity(&self, entity_type: &str, entity_id: &str) -> Admission {
+    pub(crate) fn admit_entity(&self, entity_type: &str, entity_id: &str, live: bool) -> Admission {
         match &self.placement {
             None => Admission::Here(None),
-            Some(p) => p.admit(&EntityKey::new(entity_type, entity_id)),
+            Some(p) => p.admit(&EntityKey::new(entity_type, entity_id), live),
         }
     }
 

@@ -507,7 +507,7 @@ async fn drain(
         // an entity whose shard is not (or no longer) here fails unrun,
         // and one that came back under a newer allocation recovers again
         // (its history may have grown elsewhere meanwhile).
-        let fence = match node.admit_entity(&ty.name, &cell.id) {
+        let fence = match node.admit_entity(&ty.name, &cell.id, loaded.is_some()) {
             Admission::Here(fence) => fence,
             Admission::Elsewhere(why) | Admission::NotYet(why) => {
                 loaded = None;
@@ -750,7 +750,7 @@ async fn process(
                     remove_timers: vec![id],
                     ..Write::default()
                 };
-                if let Err(e) = node.journal.append(write).await {
+                if let Err(e) = node.journal.append_fenced(write, live.fence).await {
                     tracing::warn!(error = %e, "cannot remove a fired timer");
                 }
             }
