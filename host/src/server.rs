@@ -35,6 +35,7 @@ use crate::node::{
     AskError, AskOptions, LifecycleEvent, Node, PastState, ReadError, RegisterError,
 };
 use crate::registry::{self, Deployment};
+use cairn_store::JournalError;
 
 /// Application error code a node closes a connection with when it is full.
 pub const CLOSE_BUSY: u32 = 1;
@@ -467,18 +468,7 @@ async fn dispatch(shared: &Shared, req: Request) -> Response {
 async fn handle(shared: &Shared, req: Request) -> Response {
     let node = &shared.node;
     let result = match req {
-        Request::Hello { version } => {
-            if version == PROTOCOL_VERSION {
-                Ok(Response::Welcome {
-                    version: PROTOCOL_VERSION,
-                    node: shared.name.clone(),
-                })
-            } else {
-                Err(ApiError::BadRequest(format!(
-                    "protocol version {version} is not supported; this node speaks {PROTOCOL_VERSION}"
-                )))
-            }
-        }
+        Request::Hello { version } => hello(version, &shared.name),
         Request::Deploy {
             entity_type,
             wasm,
@@ -927,9 +917,30 @@ fn ask_error(e: AskError) -> ApiError {
         AskError::MailboxFull => ApiError::MailboxFull,
         AskError::EntityStopped(reason) => ApiError::Stopped { reason },
         AskError::Guest(fault) => guest_fault(fault),
+        // The write may be on a replica (or in the file, unsynced): it may
+        // still become part of the history.
+        AskError::Journal(JournalError::Indeterminate(m)) => ApiError::Indeterminate(m),
+        // Every other journal error stored nothing (a refusal before any
+        // replica was sent the write, or a local write that failed).
         AskError::Journal(e) => ApiError::Storage(e.to_string()),
         AskError::ShuttingDown => ApiError::ShuttingDown,
         AskError::NotHere(why) => ApiError::Unavailable(why),
+    }
+}
+
+/// The answer to a `Hello`: welcome in this node's protocol version, or a
+/// `BadRequest` (whose position every version keeps) naming both versions.
+fn hello(version: u32, node: &str) -> Result<Response, ApiError> {
+    if version == PROTOCOL_VERSION {
+        Ok(Response::Welcome {
+            version: PROTOCOL_VERSION,
+            node: node.to_owned(),
+        })
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "protocol version {version} is not supported; this node speaks {PROTOCOL_VERSION} \
+             (use a client of the node's release)"
+        )))
     }
 }
 
@@ -967,7 +978,7 @@ fn guest_fault(fault: GuestFault) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_store::JournalError;
+    use cairn_proto::Retry;
 
     #[test]
     fn node_errors_become_typed_api_errors() {
@@ -1001,6 +1012,10 @@ mod tests {
             ask_error(AskError::Journal(JournalError::Io("disk full".into()))),
             ApiError::Storage("I/O error: disk full".into())
         );
+        assert_eq!(
+            ask_error(AskError::NotHere("shard 3 moved".into())),
+            ApiError::Unavailable("shard 3 moved".into())
+        );
         assert!(matches!(
             read_error(ReadError::Guest(GuestFault::Deadline(Duration::from_secs(
                 1
@@ -1017,6 +1032,60 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_write_that_may_be_on_a_replica_is_an_unknown_outcome_and_a_refusal_is_not() {
+        // Sent to the replicas (or written, unsynced): outcome unknown.
+        let unknown = ask_error(AskError::Journal(JournalError::Indeterminate(
+            "e-1: 0 of 1 replica acknowledgements: replica 3 unreachable".into(),
+        )));
+        assert_eq!(
+            unknown,
+            ApiError::Indeterminate(
+                "e-1: 0 of 1 replica acknowledgements: replica 3 unreachable".into()
+            )
+        );
+        assert!(unknown.may_have_applied());
+        assert_eq!(unknown.retry(), Retry::WithExpectedSeq);
+        // Refused before anything was sent, or a local failure: nothing
+        // stored, safe to send again.
+        let key = cairn_store::EntityKey::new("t", "e-1");
+        for e in [
+            JournalError::Replication("min_acks is 2 but shard 3 has 1 live replicas".into()),
+            JournalError::Fenced("e-1: this node's lease lapsed".into()),
+            JournalError::Conflict { key, seq: 4 },
+            JournalError::Io("No space left on device".into()),
+        ] {
+            let api = ask_error(AskError::Journal(e.clone()));
+            assert_eq!(api, ApiError::Storage(e.to_string()));
+            assert!(!api.may_have_applied(), "{e}");
+            assert_eq!(api.retry(), Retry::Later, "{e}");
+        }
+        // A timeout may still run: the same advice as an unknown outcome.
+        assert_eq!(
+            ask_error(AskError::Timeout(Duration::from_secs(1))).retry(),
+            Retry::WithExpectedSeq
+        );
+    }
+
+    #[test]
+    fn an_older_client_is_told_which_version_the_node_speaks() {
+        assert_eq!(
+            hello(PROTOCOL_VERSION, "n1"),
+            Ok(Response::Welcome {
+                version: PROTOCOL_VERSION,
+                node: "n1".into()
+            })
+        );
+        let Err(ApiError::BadRequest(m)) = hello(3, "n1") else {
+            panic!("a version-3 hello was not refused");
+        };
+        assert!(
+            m.contains("protocol version 3 is not supported")
+                && m.contains(&format!("speaks {PROTOCOL_VERSION}")),
+            "{m}"
+        );
     }
 
     #[test]

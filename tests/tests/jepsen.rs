@@ -5,10 +5,17 @@
 //! peer transport's fault layer), then a checker judges the history.
 //!
 //! Workload "set-full": element k is a deposit of 1 to entity `s-k`, each
-//! element added once. After healing: every acknowledged element is
-//! present exactly once (balance 1); a failed or indeterminate one is
-//! present at most once; and from every node's journal, every copy of an
-//! entity's history agrees (no two histories, contiguous sequence numbers).
+//! element added once. An answer is ok, fail (an error saying the command
+//! was not applied: `Storage`, `Unavailable`, `NotOwner`, `Busy`, any error
+//! but the unknown outcomes, see `ApiError::may_have_applied`) or info
+//! (`Indeterminate`, `Timeout`, `ShuttingDown`, a lost connection, no
+//! answer in time: the outcome is unknown). After healing: every
+//! acknowledged element is present exactly once (balance 1); an
+//! indeterminate one at most once; a failed one never (a refusal whose
+//! effect later appears is a violation of the error contract, reported
+//! with the error the client was given); and from every node's journal,
+//! every copy of an entity's history agrees (no two histories, contiguous
+//! sequence numbers).
 //!
 //! Workload "bank", beside it on the same cluster and faults: each of
 //! three clients owns four accounts (opened with 100 each) and moves money
@@ -235,6 +242,85 @@ async fn bank_client(
     Ok(())
 }
 
+/// The set-full checker: `balances` holds what each element's entity holds
+/// after healing. Every acknowledged element is there once, none twice,
+/// and none the client was told was not applied (the error contract:
+/// such an answer must never be followed by the effect); the violations
+/// name the error each refused element got (from `refusals`).
+fn check_set(
+    history: &HashMap<u64, Outcome>,
+    balances: &HashMap<u64, i64>,
+    refusals: &HashMap<u64, String>,
+) -> Result<()> {
+    let mut lost = Vec::new();
+    let mut doubled = Vec::new();
+    let mut refused_but_applied = Vec::new();
+    for (k, outcome) in history {
+        let b = balances.get(k).copied().unwrap_or(0);
+        if b > 1 {
+            doubled.push(*k);
+        }
+        if *outcome == Outcome::Ok && b != 1 {
+            lost.push(*k);
+        }
+        if *outcome == Outcome::Fail && b != 0 {
+            refused_but_applied.push(*k);
+        }
+    }
+    lost.sort_unstable();
+    doubled.sort_unstable();
+    refused_but_applied.sort_unstable();
+    eprintln!(
+        "checker: {} acknowledged lost, {} applied twice, {} refusals later applied",
+        lost.len(),
+        doubled.len(),
+        refused_but_applied.len()
+    );
+    ensure!(lost.is_empty(), "acknowledged elements lost: {lost:?}");
+    ensure!(doubled.is_empty(), "elements applied twice: {doubled:?}");
+    ensure!(
+        refused_but_applied.is_empty(),
+        "elements applied although the client was told they were not (the error contract broken): {}",
+        refused_but_applied
+            .iter()
+            .map(|k| format!("s-{k} ({})", refusals.get(k).map_or("?", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+#[test]
+fn the_set_checker_reports_a_refusal_that_was_applied_and_accepts_an_unknown_outcome() {
+    let history = HashMap::from([
+        (1, Outcome::Ok),
+        (2, Outcome::Info),
+        (3, Outcome::Info),
+        (4, Outcome::Fail),
+    ]);
+    let refusals = HashMap::from([
+        (2, "outcome unknown (...): replica 3 timed out".to_owned()),
+        (4, "storage: replication: min_acks is 1".to_owned()),
+    ]);
+    // Unknown outcomes may be there or not; a refusal must not be.
+    let fine = HashMap::from([(1, 1), (2, 1), (3, 0), (4, 0)]);
+    check_set(&history, &fine, &refusals).unwrap();
+    let broken = HashMap::from([(1, 1), (2, 0), (3, 1), (4, 1)]);
+    let e = check_set(&history, &broken, &refusals)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("told they were not") && e.contains("s-4 (storage: replication"),
+        "{e}"
+    );
+    // And the older checks still hold.
+    let lost = HashMap::from([(1, 0), (2, 2), (3, 0), (4, 0)]);
+    let e = check_set(&history, &lost, &refusals)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("acknowledged elements lost: [1]"), "{e}");
+}
+
 /// Pauses the bank clients between transfers, reads every account through
 /// `reader` and checks the total and each acknowledged balance.
 async fn check_bank(bank: &Bank, reader: &NodeProc, when: &str) -> Result<()> {
@@ -314,14 +400,21 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
 
     // Clients: one per node, each adding its own elements in turn.
     let history: Arc<std::sync::Mutex<HashMap<u64, Outcome>>> = Default::default();
+    // The error each failed or indeterminate element was answered with.
+    let refusals: Arc<std::sync::Mutex<HashMap<u64, String>>> = Default::default();
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for i in 0..3 {
         let (addr, certs) = (c.node(i).addr, c.node(i).certs());
         for _ in 0..2 {
-            let (history, next, stop, certs) =
-                (history.clone(), next.clone(), stop.clone(), certs.clone());
+            let (history, refusals, next, stop, certs) = (
+                history.clone(),
+                refusals.clone(),
+                next.clone(),
+                stop.clone(),
+                certs.clone(),
+            );
             workers.push(tokio::spawn(async move {
                 let files = cairn_host::tls::ClientFiles::in_dir(&certs);
                 let mut client: Option<cairn_host::client::Client> = None;
@@ -348,13 +441,25 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                     let op = ask(cl, &id, r#"{"Deposit":{"amount":1}}"#);
                     let outcome = match tokio::time::timeout(Duration::from_secs(10), op).await {
                         Ok(Ok(_)) => Outcome::Ok,
-                        // Refused before it ran: not applied.
-                        Ok(Err(ClientError::Api(
-                            ApiError::Busy(_) | ApiError::NotOwner { .. },
-                        ))) => Outcome::Fail,
-                        // A typed refusal that may follow a lost forward,
-                        // a timeout, a lost connection: maybe applied.
-                        Ok(Err(ClientError::Api(_))) => Outcome::Info,
+                        // The node says it was not applied (and never
+                        // will be): the checker holds it to that.
+                        Ok(Err(ClientError::Api(e))) if !e.may_have_applied() => {
+                            refusals
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(k, e.to_string());
+                            Outcome::Fail
+                        }
+                        // Indeterminate, a timeout, shutting down: maybe
+                        // applied.
+                        Ok(Err(ClientError::Api(e))) => {
+                            refusals
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(k, e.to_string());
+                            Outcome::Info
+                        }
+                        // A lost connection, no answer: maybe applied.
                         _ => {
                             client = None;
                             Outcome::Info
@@ -478,10 +583,22 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
 
     // The checker: read every element through a healthy node.
     let client = c.node(0).client().await?;
-    let mut lost = Vec::new();
-    let mut doubled = Vec::new();
+    let refusals = refusals.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // What the errors were, by kind (the text before the first colon).
+    let mut kinds: std::collections::BTreeMap<(bool, &str), usize> = Default::default();
+    for (k, e) in &refusals {
+        let fail = history.get(k) == Some(&Outcome::Fail);
+        *kinds
+            .entry((fail, e.split(':').next().unwrap_or(e)))
+            .or_default() += 1;
+    }
+    for ((fail, kind), n) in &kinds {
+        let side = if *fail { "not applied" } else { "unknown" };
+        eprintln!("  {side}: {n} × {kind}");
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
-    for (k, outcome) in &history {
+    let mut balances = HashMap::new();
+    for k in history.keys() {
         let id = format!("s-{k}");
         let b = loop {
             match balance(&client, &id).await {
@@ -493,21 +610,9 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                 Err(e) => return Err(e),
             }
         };
-        if b > 1 {
-            doubled.push(*k);
-        }
-        if *outcome == Outcome::Ok && b != 1 {
-            lost.push(*k);
-        }
-        if *outcome == Outcome::Fail && b != 0 {
-            doubled.push(*k);
-        }
+        balances.insert(*k, b);
     }
-    ensure!(lost.is_empty(), "acknowledged elements lost: {lost:?}");
-    ensure!(
-        doubled.is_empty(),
-        "elements applied twice or despite a refusal: {doubled:?}"
-    );
+    check_set(&history, &balances, &refusals)?;
     client.close().await;
 
     // The journals: one history per entity.

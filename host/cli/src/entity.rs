@@ -4,7 +4,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow, bail};
-use cairn_proto::{Payload, Response, StateAt};
+use cairn_client::ClientError;
+use cairn_proto::{Payload, Response, Retry, StateAt};
 
 use crate::args::ConnArgs;
 use crate::output::{fmt_time, now_ms, print_event, spinner};
@@ -27,7 +28,8 @@ pub async fn ask(
             expect_seq,
             timeout,
         )
-        .await?;
+        .await
+        .map_err(|e| with_advice(e, entity_type, entity_id, true))?;
     let reply = match r.reply {
         Some(Payload::Json(j)) => j,
         Some(_) => bail!("the node answered bytes to a JSON command"),
@@ -53,7 +55,8 @@ pub async fn tell(
     let client = conn.connect().await?;
     client
         .tell(entity_type, entity_id, Payload::Json(command))
-        .await?;
+        .await
+        .map_err(|e| with_advice(e, entity_type, entity_id, false))?;
     if conn.json {
         println!("{{\"queued\":true}}");
     } else {
@@ -61,6 +64,27 @@ pub async fn tell(
     }
     client.close().await;
     Ok(())
+}
+
+/// A failed command's error with what to do about it: whether the command
+/// may have been applied (the outcome is unknown) or certainly was not.
+fn with_advice(e: ClientError, entity_type: &str, entity_id: &str, ask: bool) -> anyhow::Error {
+    let advice = match e.retry() {
+        Retry::WithExpectedSeq => {
+            let resend = if ask {
+                "; send it again only with --expect-seq"
+            } else {
+                ""
+            };
+            format!(
+                "the command may or may not have been applied: check `cairn events {entity_type} {entity_id}` before sending it again{resend}"
+            )
+        }
+        Retry::Later => "the command was not applied; it is safe to send it again".into(),
+        Retry::OnOwner(owner) => format!("the command was not applied; send it to {owner}"),
+        _ => return e.into(),
+    };
+    anyhow!("{e}\n  {advice}")
 }
 
 /// Prints an entity's events with `from <= seq <= to`, at most `limit`.
@@ -224,4 +248,44 @@ pub async fn tail(
     }
     client.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::ApiError;
+
+    #[test]
+    fn a_failed_command_says_whether_it_may_have_been_applied() {
+        let unknown = with_advice(
+            ClientError::Api(ApiError::Indeterminate("replica 2 did not answer".into())),
+            "bank-account",
+            "acct-1",
+            true,
+        )
+        .to_string();
+        assert!(unknown.starts_with("outcome unknown"), "{unknown}");
+        assert!(
+            unknown.contains("may or may not have been applied")
+                && unknown.contains("cairn events bank-account acct-1")
+                && unknown.contains("--expect-seq"),
+            "{unknown}"
+        );
+        let refused = with_advice(
+            ClientError::Api(ApiError::Storage("min_acks is 2".into())),
+            "bank-account",
+            "acct-1",
+            false,
+        )
+        .to_string();
+        assert!(refused.contains("was not applied; it is safe"), "{refused}");
+        let never = with_advice(
+            ClientError::Api(ApiError::Rejected("insufficient funds".into())),
+            "bank-account",
+            "acct-1",
+            true,
+        )
+        .to_string();
+        assert_eq!(never, "rejected: insufficient funds");
+    }
 }

@@ -19,7 +19,7 @@ pub mod tls;
 
 use cairn_proto::{
     ApiError, DeployRecord, EventView, FrameError, MAX_FRAME, PROTOCOL_VERSION, Payload, Request,
-    Response, StateAt, TypeInfo, ValidationReport,
+    Response, Retry, StateAt, TypeInfo, ValidationReport,
 };
 
 use crate::frame::{read_frame, write_frame};
@@ -61,6 +61,31 @@ pub enum ClientError {
     /// The node answered something that does not fit the request.
     #[error("unexpected response: {0}")]
     Unexpected(String),
+}
+
+impl ClientError {
+    /// What to do after this error, for a command (`ask`, `tell`): the
+    /// node's advice for its own errors ([`ApiError::retry`]); for a
+    /// failure of the connection, [`Retry::WithExpectedSeq`], since the
+    /// request may have reached the node before the answer was lost;
+    /// [`Retry::Later`] when no node could be reached at all (nothing was
+    /// sent). A read may be sent again whatever the advice.
+    pub fn retry(&self) -> Retry {
+        match self {
+            ClientError::Api(e) => e.retry(),
+            ClientError::Connect { .. } | ClientError::NoAnswer { .. } => Retry::Later,
+            ClientError::Connection(_) => Retry::WithExpectedSeq,
+            ClientError::Frame(FrameError::TooLarge { .. } | FrameError::Encode(_)) => Retry::Never,
+            ClientError::Frame(_) => Retry::WithExpectedSeq,
+            ClientError::Tls(_) | ClientError::Unexpected(_) => Retry::Never,
+        }
+    }
+
+    /// Whether a command that failed with this error may have been applied
+    /// (its outcome is unknown; see [`ClientError::retry`]).
+    pub fn may_have_applied(&self) -> bool {
+        self.retry() == Retry::WithExpectedSeq
+    }
 }
 
 /// The reply to an ask.
@@ -538,4 +563,37 @@ fn deployed(r: Response) -> Result<Deployed, ClientError> {
 fn unexpected(r: &Response) -> ClientError {
     let text = format!("{r:?}");
     ClientError::Unexpected(text.chars().take(200).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_advice_follows_the_node_and_a_lost_answer_is_an_unknown_outcome() {
+        let api = |e| ClientError::Api(e).retry();
+        assert_eq!(
+            api(ApiError::Indeterminate("x".into())),
+            Retry::WithExpectedSeq
+        );
+        assert_eq!(api(ApiError::Timeout { ms: 1 }), Retry::WithExpectedSeq);
+        assert_eq!(api(ApiError::Storage("x".into())), Retry::Later);
+        assert_eq!(api(ApiError::Unavailable("x".into())), Retry::Later);
+        assert_eq!(api(ApiError::Rejected("x".into())), Retry::Never);
+        // Sent, then the connection failed: the node may have run it.
+        assert!(ClientError::Connection("lost".into()).may_have_applied());
+        assert!(ClientError::Frame(FrameError::Truncated).may_have_applied());
+        // Nothing was sent.
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let no_answer = ClientError::NoAnswer {
+            addr,
+            after: Duration::from_secs(3),
+        };
+        assert_eq!(no_answer.retry(), Retry::Later);
+        assert!(!no_answer.may_have_applied());
+        assert_eq!(
+            ClientError::Frame(FrameError::Encode("x".into())).retry(),
+            Retry::Never
+        );
+    }
 }

@@ -1,6 +1,22 @@
 //! Why a request failed, as a client sees it ([`ApiError`]), and what the
 //! client should do about it ([`Retry`]). Every failure a client can act on
 //! differently has its own variant; the message strings are for people.
+//!
+//! The contract for a command (`Ask`, `Tell`) has three outcomes:
+//! - **success**: the command ran and its events are durable (on
+//!   `min_acks` replicas in a cluster);
+//! - **not applied**: every error but the three below. The command did not
+//!   run, or ran and stored nothing; nothing of it can appear later. Those
+//!   a client may simply send again are [`Retry::Later`] (`Busy`,
+//!   `MailboxFull`, `Storage`, `Unavailable`) and [`Retry::OnOwner`]
+//!   (`NotOwner`); the others fail the same way again ([`Retry::Never`]);
+//! - **outcome unknown**: [`ApiError::Indeterminate`], [`ApiError::Timeout`]
+//!   and [`ApiError::ShuttingDown`] ([`Retry::WithExpectedSeq`]). The
+//!   command may have been applied, or may still be (a write that reached a
+//!   replica can be imported by a later resync or failover). Send it again
+//!   only with an expected sequence number, so that a second application is
+//!   refused with a `Conflict`; [`ApiError::may_have_applied`] tells these
+//!   apart.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +50,8 @@ pub enum ApiError {
         /// Where the entity is.
         actual: u64,
     },
-    /// No reply in time; the command may still run.
+    /// No reply in time; the command may still run (the outcome is
+    /// unknown, see [`Retry::WithExpectedSeq`]).
     #[error("timeout: no reply within {ms} ms (the command may still run)")]
     Timeout {
         /// The timeout that passed, in milliseconds.
@@ -58,10 +75,14 @@ pub enum ApiError {
         /// Details.
         message: String,
     },
-    /// The journal failed; for a command, nothing was stored.
+    /// The journal failed or refused the write (e.g. too few live replicas
+    /// for `min_acks`); for a command, nothing was stored, on this node or
+    /// any replica, and nothing of it can appear later: safe to send again.
     #[error("storage: {0}")]
     Storage(String),
-    /// The node is shutting down.
+    /// The node is shutting down. A command it had already started to
+    /// write when it stopped may have been stored, so the outcome is
+    /// unknown ([`Retry::WithExpectedSeq`]).
     #[error("node is shutting down")]
     ShuttingDown,
     /// The component was refused before validation (it does not compile,
@@ -71,16 +92,27 @@ pub enum ApiError {
     /// Replaying history through the new component failed; nothing changed.
     #[error("deploy refused: {}", .0.summary())]
     ValidationFailed(Box<ValidationReport>),
-    /// Reserved for the cluster: another node owns the entity.
+    /// In a cluster: another node owns the entity; the command did not run
+    /// here.
     #[error("not the owner: the entity is owned by {owner}")]
     NotOwner {
         /// The owning node's address.
         owner: String,
     },
-    /// Reserved for the cluster: the entity cannot be served right now
-    /// (e.g. its shard is moving).
+    /// In a cluster: the entity cannot be served right now (its shard is
+    /// moving, its owner is down or unreachable, this node lost its
+    /// lease). The command did not run and nothing was stored: safe to
+    /// send again later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The outcome of the command is unknown: it may or may not have been
+    /// applied, now or later. Its write failed after it was sent to a
+    /// replica (which may keep it, and a resync or failover then imports
+    /// it), or the node forwarding it lost the owner's answer. Send it
+    /// again only with an expected sequence number
+    /// ([`Retry::WithExpectedSeq`]). Added in protocol version 4.
+    #[error("outcome unknown (the command may or may not have been applied): {0}")]
+    Indeterminate(String),
 }
 
 /// What kind of guest failure a [`ApiError::GuestFault`] is.
@@ -119,14 +151,21 @@ impl std::fmt::Display for GuestFaultKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Retry {
-    /// Send the same request again later (after a backoff). After a
-    /// [`ApiError::Timeout`] the command may have run: send it with an
-    /// expected sequence number to avoid running it twice.
+    /// Nothing was applied: send the same request again later (after a
+    /// backoff).
     Later,
     /// Send the request to this node instead.
     OnOwner(String),
     /// Sending the same request again will fail the same way.
     Never,
+    /// The outcome is unknown: the command may have been applied, or may
+    /// still be. Send it again only with an expected sequence number (the
+    /// one the first try carried, or the entity's sequence number as read
+    /// now, after checking whether the command's effect is there): a
+    /// `Conflict` then says the entity moved on, where a plain resend could
+    /// apply it twice. A request that changes nothing (a read) may simply
+    /// be sent again.
+    WithExpectedSeq,
 }
 
 impl ApiError {
@@ -135,10 +174,12 @@ impl ApiError {
         match self {
             ApiError::Busy(_)
             | ApiError::MailboxFull
-            | ApiError::Timeout { .. }
-            | ApiError::Unavailable(_)
-            | ApiError::ShuttingDown => Retry::Later,
+            | ApiError::Storage(_)
+            | ApiError::Unavailable(_) => Retry::Later,
             ApiError::NotOwner { owner } => Retry::OnOwner(owner.clone()),
+            ApiError::Timeout { .. } | ApiError::ShuttingDown | ApiError::Indeterminate(_) => {
+                Retry::WithExpectedSeq
+            }
             ApiError::UnknownEntityType(_)
             | ApiError::BadRequest(_)
             | ApiError::MalformedCommand(_)
@@ -146,10 +187,16 @@ impl ApiError {
             | ApiError::Conflict { .. }
             | ApiError::Stopped { .. }
             | ApiError::GuestFault { .. }
-            | ApiError::Storage(_)
             | ApiError::DeployRefused(_)
             | ApiError::ValidationFailed(_) => Retry::Never,
         }
+    }
+
+    /// Whether a command answered with this error may have been applied
+    /// (now or later): the outcome is unknown. `false` means it was not
+    /// applied and never will be.
+    pub fn may_have_applied(&self) -> bool {
+        self.retry() == Retry::WithExpectedSeq
     }
 }
 
@@ -161,9 +208,8 @@ mod tests {
     fn retry_says_later_for_load_and_never_for_the_request_itself() {
         assert_eq!(ApiError::Busy("x".into()).retry(), Retry::Later);
         assert_eq!(ApiError::MailboxFull.retry(), Retry::Later);
-        assert_eq!(ApiError::Timeout { ms: 5 }.retry(), Retry::Later);
-        assert_eq!(ApiError::ShuttingDown.retry(), Retry::Later);
         assert_eq!(ApiError::Unavailable("moving".into()).retry(), Retry::Later);
+        assert_eq!(ApiError::Storage("min_acks".into()).retry(), Retry::Later);
         assert_eq!(
             ApiError::NotOwner {
                 owner: "10.0.0.2:7400".into()
@@ -183,6 +229,64 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_outcome_is_retried_only_with_an_expected_seq() {
+        for e in [
+            ApiError::Indeterminate("replica 2 did not answer".into()),
+            ApiError::Timeout { ms: 5 },
+            ApiError::ShuttingDown,
+        ] {
+            assert_eq!(e.retry(), Retry::WithExpectedSeq, "{e}");
+            assert!(e.may_have_applied(), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_the_unknown_outcomes_may_have_applied() {
+        // One value of every variant: a variant added later must be placed
+        // on one side of the contract here.
+        let all = [
+            ApiError::Busy("x".into()),
+            ApiError::UnknownEntityType("t".into()),
+            ApiError::BadRequest("x".into()),
+            ApiError::MalformedCommand("x".into()),
+            ApiError::Rejected("x".into()),
+            ApiError::Conflict {
+                expected: 1,
+                actual: 2,
+            },
+            ApiError::Timeout { ms: 1 },
+            ApiError::MailboxFull,
+            ApiError::Stopped { reason: "x".into() },
+            ApiError::GuestFault {
+                kind: GuestFaultKind::Trap,
+                message: "x".into(),
+            },
+            ApiError::Storage("x".into()),
+            ApiError::ShuttingDown,
+            ApiError::DeployRefused("x".into()),
+            ApiError::ValidationFailed(Box::default()),
+            ApiError::NotOwner { owner: "a".into() },
+            ApiError::Unavailable("x".into()),
+            ApiError::Indeterminate("x".into()),
+        ];
+        let unknown: Vec<String> = all
+            .iter()
+            .filter(|e| e.may_have_applied())
+            .map(|e| format!("{e:?}"))
+            .collect();
+        assert_eq!(
+            unknown,
+            ["Timeout { ms: 1 }", "ShuttingDown", "Indeterminate(\"x\")"]
+        );
+        // "Not stored, safe to retry" is never "outcome unknown".
+        for e in &all {
+            if matches!(e.retry(), Retry::Later | Retry::OnOwner(_)) {
+                assert!(!e.may_have_applied(), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn messages_name_the_failure() {
         let e = ApiError::GuestFault {
             kind: GuestFaultKind::Deadline,
@@ -190,5 +294,9 @@ mod tests {
         };
         assert_eq!(e.to_string(), "guest failure (deadline): 1s");
         assert!(ApiError::Timeout { ms: 250 }.to_string().contains("250 ms"));
+        assert_eq!(
+            ApiError::Indeterminate("replica 2 timed out".into()).to_string(),
+            "outcome unknown (the command may or may not have been applied): replica 2 timed out"
+        );
     }
 }

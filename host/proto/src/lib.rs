@@ -45,8 +45,11 @@ pub use wire::{
 /// catch-all message). [`Request::Hello`] and [`ApiError::BadRequest`] keep
 /// their positions, so a version-1 client still decodes the node's "version
 /// not supported" answer. Version 3 appended the exemplar counts to
-/// [`ValidationReport`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// [`ValidationReport`]. Version 4 appended [`ApiError::Indeterminate`]
+/// (a command's outcome is unknown) and made the error contract three-way:
+/// success, not applied, outcome unknown (see [`error`]); a version-3
+/// client could not decode that answer, nor knows not to resend blindly.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// ALPN identifier of the client protocol (the transport, unchanged between
 /// protocol versions; the version is checked by [`Request::Hello`]).

@@ -329,6 +329,10 @@ fn errors() -> Vec<(&'static str, ApiError)> {
             "error-unavailable",
             ApiError::Unavailable("shard moving".into()),
         ),
+        (
+            "error-indeterminate",
+            ApiError::Indeterminate("replica 2: no answer within 5s".into()),
+        ),
     ]
 }
 
@@ -396,4 +400,19 @@ fn a_version_1_hello_still_decodes() {
     // (variants 13 and 2), so a version-1 client can read it.
     let answer = encode(&Response::Error(ApiError::BadRequest("v".into()))).unwrap();
     assert_eq!(&answer[HEADER_LEN..HEADER_LEN + 2], &[13, 2]);
+}
+
+#[test]
+fn version_4_appends_the_unknown_outcome_after_every_older_error() {
+    // Protocol 4 added `Indeterminate` as the last variant (16): every
+    // error of version 3 keeps its position and bytes (checked above), and
+    // a version-3 client is refused at `Hello` before it could meet one.
+    assert_eq!(PROTOCOL_VERSION, 4);
+    let answer = encode(&Response::Error(ApiError::Indeterminate("x".into()))).unwrap();
+    assert_eq!(&answer[HEADER_LEN..HEADER_LEN + 2], &[13, 16]);
+    let hello = encode(&Request::Hello { version: 3 }).unwrap();
+    assert_eq!(
+        decode::<Request>(&hello[HEADER_LEN..]).unwrap(),
+        Request::Hello { version: 3 }
+    );
 }

@@ -392,7 +392,11 @@ impl Inner {
             Route::Forward(owner, (req, _)) => self.forward(owner.0, shard, req).await,
             Route::Buffered => match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
                 Ok(Ok(r)) => r,
-                _ => unavailable("the entity's shard is moving and did not arrive in time"),
+                // Still buffered: it may run once the shard arrives.
+                Err(_) => Response::Error(ApiError::Indeterminate(
+                    "the entity's shard is moving and did not arrive in time; the request stays queued and may still run".into(),
+                )),
+                Ok(Err(_)) => unavailable("the entity's shard is moving and did not arrive in time"),
             },
             Route::Busy(_) => Response::Error(ApiError::Busy(
                 "the entity's shard is moving and its buffer is full; retry later".into(),
@@ -458,6 +462,8 @@ impl Inner {
                 Ok(other) => {
                     return unavailable(&format!("unexpected answer from the owner: {other:?}"));
                 }
+                // Sent, then lost: the owner may have run a command.
+                Err(e) if e.after_sending() => return unknown_outcome(&req, &e.to_string()),
                 Err(e) => return unavailable(&e.to_string()),
             }
         }
@@ -466,6 +472,18 @@ impl Inner {
 
 pub(crate) fn unavailable(why: &str) -> Response {
     Response::Error(ApiError::Unavailable(why.to_owned()))
+}
+
+/// The answer when a request may have run but its answer was lost: for a
+/// command (`Ask`, `Tell`) the outcome is unknown (`Indeterminate`); a
+/// read changed nothing and is only `Unavailable`.
+pub(crate) fn unknown_outcome(req: &Request, why: &str) -> Response {
+    match req {
+        Request::Ask { .. } | Request::Tell { .. } => {
+            Response::Error(ApiError::Indeterminate(why.to_owned()))
+        }
+        _ => unavailable(why),
+    }
 }
 
 /// The entity a request is about, if it must run on the shard's owner.

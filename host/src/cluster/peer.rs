@@ -199,9 +199,22 @@ pub enum PeerError {
     /// The peer answered something undecodable.
     #[error("peer {0}: bad answer: {1}")]
     Protocol(SocketAddr, String),
-    /// The call took too long.
+    /// The call took too long, before the request was all sent.
     #[error("peer {0}: no answer within {1:?}")]
     Timeout(SocketAddr, Duration),
+    /// The request was sent, then no answer came (the connection was lost,
+    /// the stream closed, or the timeout passed): the peer may have acted
+    /// on it.
+    #[error("peer {0}: the request was sent, then {1}")]
+    NoAnswer(SocketAddr, String),
+}
+
+impl PeerError {
+    /// Whether the peer may have received the request and acted on it:
+    /// the failure came after the whole request was written.
+    pub fn after_sending(&self) -> bool {
+        matches!(self, PeerError::NoAnswer(..) | PeerError::Protocol(..))
+    }
 }
 
 /// The fault layer: peers this node neither sends to nor hears from. Used
@@ -336,6 +349,9 @@ impl Peers {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
+        // Set once the whole request is written: a failure after that may
+        // follow the peer's acting on it.
+        let mut sent = false;
         let call = async {
             let conn = self.connection(addr).await?;
             let pooled = self
@@ -356,7 +372,11 @@ impl Peers {
             write_frame(&mut send, req)
                 .await
                 .map_err(|e| PeerError::Unreachable(addr, e.to_string()))?;
-            let answer = read_answer(addr, &mut recv).await?;
+            sent = true;
+            let answer = read_answer(addr, &mut recv).await.map_err(|e| match e {
+                PeerError::Unreachable(a, why) => PeerError::NoAnswer(a, why),
+                e => e,
+            })?;
             if let Ok(mut m) = self.idle.lock() {
                 let pool = m.entry(conn.stable_id()).or_default();
                 if pool.len() < 64 {
@@ -365,9 +385,15 @@ impl Peers {
             }
             Ok(answer)
         };
-        tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| PeerError::Timeout(addr, timeout))?
+        let answer = tokio::time::timeout(timeout, call).await;
+        match answer {
+            Ok(r) => r,
+            Err(_) if sent => Err(PeerError::NoAnswer(
+                addr,
+                format!("no answer within {timeout:?}"),
+            )),
+            Err(_) => Err(PeerError::Timeout(addr, timeout)),
+        }
     }
 
     /// Sends a datagram (gossip, heartbeat), dialing first if needed; lost

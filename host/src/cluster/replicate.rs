@@ -345,8 +345,9 @@ async fn replicated_append(
             match rx.recv().await {
                 Some(Ok(())) => ok += 1,
                 Some(Err(e)) => errors.push(e),
+                // Sent: a replica that failed to answer may hold it.
                 None => {
-                    return Err(JournalError::Replication(format!(
+                    return Err(JournalError::Indeterminate(format!(
                         "{}: {ok} of {need} replica acknowledgements: {}",
                         write.key,
                         errors.join("; ")
@@ -359,7 +360,7 @@ async fn replicated_append(
     let acks = async {
         match tokio::time::timeout(settings.ack_timeout, acks).await {
             Ok(r) => r,
-            Err(_) => Err(JournalError::Replication(format!(
+            Err(_) => Err(JournalError::Indeterminate(format!(
                 "{}: fewer than {need} replicas acknowledged within {:?}",
                 write.key, settings.ack_timeout
             ))),
@@ -375,12 +376,18 @@ async fn replicated_append(
         // replicas answered: then another node may be promoted, and this
         // one must not append. (A renewal since does not count: it may
         // have been granted after a failover this node has not applied.)
+        // The replicas hold it: a later owner imports it.
         Ok(()) if std::time::Instant::now() >= lease + super::LEASE => {
-            Err(JournalError::Fenced(format!(
+            Err(JournalError::Indeterminate(format!(
                 "{key}: the lease it was written under lapsed while its replicas acknowledged it"
             )))
         }
-        Ok(()) => local.append(write).await,
+        Ok(()) => local.append(write).await.map_err(|e| match e {
+            e @ JournalError::Indeterminate(_) => e,
+            e => JournalError::Indeterminate(format!(
+                "{key}: on the replicas, but the local append failed: {e}"
+            )),
+        }),
         Err(e) => Err(e),
     };
     if written.is_err() {

@@ -191,6 +191,14 @@ pub enum JournalError {
     /// current owner.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The write failed after it may have been stored: it was sent to a
+    /// replica that may keep it (a later resync or failover then imports
+    /// it), or its bytes reached the file but the `fsync` failed (a restart
+    /// may find them). It is not acknowledged, and it may or may not
+    /// become part of the history. Every other error of a write means
+    /// nothing of it was stored.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
 }
 
 /// The allocation an entity's writer runs under in a cluster: the shard of

@@ -1238,7 +1238,20 @@ fn commit(
         }),
     };
     if let Err(err) = synced {
-        fail_all(batch, &err);
+        // The batch's bytes are in the file but not known to be durable: a
+        // restart may find them, so its writes have an unknown outcome
+        // (not "nothing stored"). Operations refused on their own were not
+        // written and keep their error.
+        let unknown = JournalError::Indeterminate(format!(
+            "written but not synced, a restart may find it: {err}"
+        ));
+        for ((op, ack), r) in batch.into_iter().zip(results) {
+            let e = match r {
+                Ok(_) => unknown.clone(),
+                Err(e) => e,
+            };
+            let _ = ack.send((Err(e), op));
+        }
         return;
     }
     {

@@ -669,3 +669,63 @@ async fn after_a_crash_only_the_last_group_is_ambiguous() {
         }
     }
 }
+
+/// A write whose bytes reached the file but whose `fdatasync` failed was
+/// not "nothing stored": its pages may reach the disk anyway, and the next
+/// open then finds it. The log answers such a write with
+/// `JournalError::Indeterminate` (never a plain I/O error, which promises
+/// that nothing was stored), and a torn crash at that sync shows the write
+/// can indeed come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_sync_failed_has_an_unknown_outcome() {
+    let mut unknown = 0;
+    let mut came_back = 0;
+    // Every change of the second write (its `pwrite`, zero-filling, sync),
+    // with a few torn crashes each.
+    for k in 0..12u64 {
+        for s in 0..16u64 {
+            let disk = SimDisk::new();
+            let store = LogStore::open_sim(&disk, 16, false).unwrap();
+            store
+                .append(Write {
+                    key: key(0),
+                    events: vec![event(0, 1)],
+                    ..Write::default()
+                })
+                .await
+                .unwrap();
+            disk.crash_after(disk.mutations() + k, Crash::Torn(s));
+            let r = store
+                .append(Write {
+                    key: key(0),
+                    events: vec![event(0, 2)],
+                    ..Write::default()
+                })
+                .await;
+            drop(store);
+            let Some(image) = disk.crash_image() else {
+                assert_eq!(r, Ok(()), "k {k}: no crash, no error");
+                continue;
+            };
+            let reopened = SimDisk::with_image(image);
+            let store = LogStore::open_sim(&reopened, 16, false).unwrap();
+            let high = store.highest_seq(&key(0)).await.unwrap();
+            match r {
+                Err(JournalError::Indeterminate(_)) => {
+                    unknown += 1;
+                    if high == 2 {
+                        came_back += 1;
+                    }
+                }
+                // A sync that completed before the crash acknowledged it.
+                Ok(()) => assert_eq!(high, 2, "k {k} seed {s}: acknowledged, then lost"),
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(unknown > 0, "no write failed at its sync");
+    assert!(
+        came_back > 0,
+        "of {unknown} writes whose sync failed, none was found after the restart"
+    );
+}
