@@ -70,18 +70,14 @@ async fn value(client: &Client, id: &str) -> Result<i64> {
 }
 
 /// A write that must happen once: tried again only while the answer says
-/// nothing was run or stored (`unavailable`, `busy`, not the owner), for up
-/// to 15 s.
+/// it was not applied (the error contract), for up to 15 s.
 async fn write_once(client: &Client, id: &str, json: &str) -> Result<()> {
-    use cairn_host::api::ApiError;
     use cairn_host::client::ClientError;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match ask_type(client, "counter", id, json).await {
             Ok(_) => return Ok(()),
-            Err(ClientError::Api(
-                e @ (ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::NotOwner { .. }),
-            )) if Instant::now() < deadline => {
+            Err(ClientError::Api(e)) if !e.may_have_applied() && Instant::now() < deadline => {
                 eprintln!("{id}: {e}; again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

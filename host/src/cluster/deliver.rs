@@ -4,16 +4,16 @@
 //! shard moves.
 //!
 //! A delivery is retried while the answer says nothing was run or stored
-//! (the owner is unreachable, the shard is moving, the mailbox is full),
-//! for up to [`DELIVERY_PATIENCE`]; any other failure (the target rejected
-//! it, is stopped, its type is unknown, or the outcome is unknown) is a
-//! dead letter with the reason.
+//! (by the error contract: `unavailable`, `busy`, `mailbox full`, not the
+//! owner, a refused write), for up to [`DELIVERY_PATIENCE`]; any other
+//! failure (the target rejected it, is stopped, its type is unknown, or
+//! the outcome is unknown) is a dead letter with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_cluster::shard_of;
-use cairn_proto::{ApiError, Payload, Request, Response};
+use cairn_proto::{ApiError, Payload, Request, Response, Retry};
 use tokio::sync::oneshot;
 
 use super::Inner;
@@ -90,14 +90,14 @@ fn judge(answer: Response) -> Attempt {
             ApiError::MalformedCommand(r) => {
                 Attempt::Done(Some(format!("the target could not decode it: {r}")))
             }
-            ApiError::Unavailable(_)
-            | ApiError::NotOwner { .. }
-            | ApiError::Busy(_)
-            | ApiError::MailboxFull
-            | ApiError::ShuttingDown => Attempt::Again(e.to_string()),
             ApiError::Stopped { reason } => Attempt::Failed(format!("target stopped: {reason}")),
             ApiError::UnknownEntityType(t) => Attempt::Failed(format!("unknown entity type `{t}`")),
-            other => Attempt::Failed(format!("outcome unknown: {other}")),
+            // The error contract: resent only while nothing was applied.
+            e if e.may_have_applied() => Attempt::Failed(format!("outcome unknown: {e}")),
+            e if matches!(e.retry(), Retry::Later | Retry::OnOwner(_)) => {
+                Attempt::Again(e.to_string())
+            }
+            other => Attempt::Failed(other.to_string()),
         },
         Response::Reply { .. } => Attempt::Done(None),
         other => Attempt::Failed(format!("unexpected answer: {other:?}")),
