@@ -15,6 +15,12 @@ use cairn_tests::{NodeProc, example_wasm, python_example_wasm};
 
 const TYPE: &str = "bank-account";
 
+/// How long a restarted node may take to answer: it compiles the Python
+/// component (19 MB) before it listens, 25 s in a debug build on 2 idle
+/// cores and over 60 s beside other builds (there is no compiled-code
+/// cache yet).
+const START_WAIT: Duration = Duration::from_secs(600);
+
 /// Runs `cairn ARGS` against the node; returns its stdout, trimmed.
 fn cairn(node: &NodeProc, args: &[&str]) -> Result<String> {
     let (ok, out, err) = node.cli(args)?;
@@ -89,7 +95,7 @@ async fn restart(node: &mut NodeProc) -> Result<(Client, Follow, Duration)> {
     assert!(status.success(), "the node exited with {status} on SIGTERM");
     let started = Instant::now();
     node.restart()?;
-    let client = node.client().await?;
+    let client = node.client_within(START_WAIT).await?;
     let follow = client.follow_lifecycle().await?;
     Ok((client, follow, started.elapsed()))
 }
