@@ -118,6 +118,47 @@ pub fn example_bytes(name: &str) -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// The Python example behaviors (`examples/python/NAME/NAME_WITH_UNDERSCORES.py`).
+pub const PYTHON_EXAMPLES: &[&str] = &["bank-account"];
+
+/// Builds the named Python example (`examples/python/NAME`) to a component
+/// with `guest-sdk/python/build.py` and returns its path,
+/// `target/wasm/python/NAME.wasm`. On first use the script installs the
+/// pinned componentize-py from PyPI into `target/python-tools` (checked
+/// against the hashes of `guest-sdk/python/requirements-build.txt`); it
+/// rebuilds a component only when its sources changed.
+pub fn python_example_wasm(name: &str) -> Result<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if !PYTHON_EXAMPLES.contains(&name) {
+        bail!("{name} is not a Python example ({PYTHON_EXAMPLES:?})");
+    }
+    let root = workspace_root();
+    let module = root
+        .join("examples")
+        .join("python")
+        .join(name)
+        .join(format!("{}.py", name.replace('-', "_")));
+    let out = root
+        .join("target")
+        .join("wasm")
+        .join("python")
+        .join(format!("{name}.wasm"));
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    let status = Command::new(python)
+        .arg(root.join("guest-sdk").join("python").join("build.py"))
+        .arg(&module)
+        .arg("-o")
+        .arg(&out)
+        .current_dir(&root)
+        .status()
+        .context("running python3 guest-sdk/python/build.py (Python 3.10 or later is needed)")?;
+    if !status.success() {
+        bail!("building the Python example {name} failed (see the output above)");
+    }
+    Ok(out)
+}
+
 /// Starts a node on `dir` with the given `cairn.toml` text and deploys the
 /// named examples, each under its own name, or under another name with
 /// `"type=example"` (e.g. `"faulty-bp=faulty"`).
@@ -305,7 +346,17 @@ impl NodeProc {
 
     /// Connects a client, retrying while the node starts (up to 60 s).
     pub async fn client(&self) -> Result<cairn_host::client::Client> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        self.client_within(std::time::Duration::from_secs(60)).await
+    }
+
+    /// Connects a client, retrying while the node starts (up to `wait`: a
+    /// node compiles its deployed components before it listens, which for
+    /// a Python component takes from seconds to minutes on a busy machine).
+    pub async fn client_within(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<cairn_host::client::Client> {
+        let deadline = std::time::Instant::now() + wait;
         loop {
             let files = cairn_host::tls::ClientFiles::in_dir(&self.certs());
             let r = if files.ca.exists() {
