@@ -386,7 +386,19 @@ async fn disk_fault(fault: Fault) -> Result<()> {
 
     // Every acknowledged deposit is there; nothing beyond the indeterminate.
     for id in &ids {
-        let b = balance(&client, id).await?;
+        // A read changes nothing: one refused while shards still move back
+        // to node 1 is asked again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let b = loop {
+            match balance(&client, id).await {
+                Ok(b) => break b,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("balance of {id}: {e:#}; again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let t = tally.get(id.as_str()).map_or((0, 0), |t| (t.ok, t.maybe));
         ensure!(
             b >= t.0 && b <= t.0 + t.1,

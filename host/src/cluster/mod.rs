@@ -354,15 +354,17 @@ impl Inner {
         // A node that just joined may be given shards before its first
         // renewal comes back, and a grant may carry an epoch its table has
         // not applied yet (decisions commit while it renews): wait for
-        // either, briefly. A lease that expired refuses at once.
-        let deadline = Instant::now() + Duration::from_secs(1);
+        // either, up to one lease. A lease that expired refuses at once.
+        let deadline = Instant::now() + LEASE;
         while (self.never_leased() || self.table_behind_grant()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if !self.lease_ok() {
-            return unavailable(
-                "this node cannot reach the cluster's majority: it serves none of its shards",
-            );
+            return unavailable(if self.table_behind_grant() {
+                "this node's table has not applied the decisions its lease grant carries yet; retry"
+            } else {
+                "this node cannot reach the cluster's majority: it serves none of its shards"
+            });
         }
         *self.in_flight().entry(shard).or_default() += 1;
         let resp = (self.local)(req).await;
