@@ -15,6 +15,10 @@
 //! - `entity` (private): the per-entity actor (mailbox, recovery, command
 //!   loop, snapshots, supervision) over a narrow environment: journal,
 //!   snapshots, lifecycle sink, clock, outbox. It never sees the node.
+//! - `outbox` (private): messages between entities, exactly once: the
+//!   sender's outbox and the receiver's record of what it applied, kept
+//!   in the entity's timers.
+//! - [`placement`]: the admission point a cluster member is opened with.
 //! - `replay` (private): the one replay of an entity's history, used by
 //!   recovery, time travel and validation.
 //! - [`types`]: leaf types: [`Reply`], [`AskError`], [`LifecycleEvent`].
@@ -59,6 +63,7 @@ mod deadline;
 pub mod deploy;
 mod entity;
 pub mod node;
+mod outbox;
 pub mod placement;
 pub mod registry;
 mod replay;

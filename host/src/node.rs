@@ -9,7 +9,7 @@
 //! behind the [`Journal`] and [`SnapshotStore`] traits. A [`Node`] must be
 //! created inside a tokio runtime.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -26,7 +26,8 @@ use crate::config::{Config, JournalBackend};
 use crate::deadline::Deadlines;
 use crate::deploy::DeployError;
 use crate::entity::{self, Enqueue, EntityType, Env, Envelope, Outbox};
-use crate::placement::{Admission, Delivery, Origin, Placement};
+use crate::outbox::{self, Entry, Kind};
+use crate::placement::{Admission, Delivery, DeliveryOutcome, Origin, Placement, SendId};
 use crate::registry::{Registry, RegistryError};
 use crate::replay::{self, FoldOn, Replay, ReplayError, Until};
 use crate::runtime::{LoadError, WasmEngine, call_blocking};
@@ -150,8 +151,13 @@ pub(crate) struct NodeInner {
     pub(crate) env: Arc<Env>,
     types: RwLock<HashMap<String, Arc<EntityType>>>,
     lifecycle: broadcast::Sender<LifecycleEvent>,
-    /// Ids of the timers armed in this process.
-    timers: Mutex<HashSet<u64>>,
+    /// The timers armed in this process (outbox messages included, from
+    /// when they are due until they are delivered), by entity and id.
+    timers: Mutex<HashSet<(EntityKey, u64)>>,
+    /// Outbox messages due for delivery, per sender, by send number (the
+    /// command of the outbox entry); a sender listed here has a delivery
+    /// task running.
+    sending: Mutex<HashMap<EntityKey, BTreeMap<u64, Vec<u8>>>>,
     shutting_down: AtomicBool,
     pub(crate) registry: Registry,
     /// What each type's journal holds, for deploy validation.
@@ -313,78 +319,52 @@ impl NodeInner {
 impl Outbox for NodeInner {
     /// Arms a durable timer: at `fire_at_ms` its command goes to the entity,
     /// which deletes the timer with the command's own write (in a cluster,
-    /// only on a node that serves the entity's shard then).
+    /// only on a node that serves the entity's shard then). An outbox
+    /// message is due at once and goes to its sender's delivery task; a
+    /// mark is never armed.
     fn schedule_timer(&self, entity_type: &str, id: &str, timer: TimerRecord) {
-        {
-            let mut armed = self.timers.lock().unwrap_or_else(|p| p.into_inner());
-            if !armed.insert(timer.timer_id) {
-                return;
-            }
+        if outbox::kind(timer.timer_id) == Kind::Mark {
+            return;
+        }
+        let key = EntityKey::new(entity_type, id);
+        if !self.armed().insert((key.clone(), timer.timer_id)) {
+            return;
         }
         let Some(node) = self.me.upgrade() else {
             return;
         };
-        let entity_type = entity_type.to_owned();
-        let id = id.to_owned();
         tokio::spawn(async move {
             let now = node.clock().wall_ms();
             if timer.fire_at_ms > now {
                 tokio::time::sleep(Duration::from_millis(timer.fire_at_ms - now)).await;
             }
-            node.fire_timer(&entity_type, &id, timer).await;
-        });
-    }
-
-    /// Runs a `send` effect (after the sender's events are durable): on
-    /// this node, or in a cluster on the target's owner, through routing.
-    fn send(&self, from: EntityKey, entity_type: String, id: String, command: Vec<u8>) {
-        let Some(node) = self.me.upgrade() else {
-            return;
-        };
-        if let Some(placement) = &node.env.placement {
-            let events = node.env.clone();
-            let (t, i) = (entity_type.clone(), id.clone());
-            placement.deliver(
-                Delivery {
-                    target: EntityKey::new(entity_type, id),
-                    command,
-                    origin: Origin::Send { from },
-                },
-                Box::new(move |why| events.dead_letter(&t, &i, &why)),
-            );
-            return;
-        }
-        tokio::spawn(async move {
-            let Some(ty) = node.entity_type(&entity_type) else {
-                node.env.dead_letter(
-                    &entity_type,
-                    &id,
-                    &format!("unknown entity type `{entity_type}`"),
-                );
-                return;
-            };
-            let env = Envelope::Command {
-                command,
-                expected_seq: None,
-                reply: None,
-                timer_id: None,
-            };
-            if let Err(e) = node.enqueue(&ty, &id, env).await {
-                node.env.dead_letter(&ty.name, &id, &e.to_string());
-            }
+            node.fire_timer(key, timer).await;
         });
     }
 }
 
+/// Longest pause between two attempts to deliver an outbox message.
+const MAX_DELIVERY_PAUSE: Duration = Duration::from_secs(5);
+
+/// How long one attempt to deliver an outbox message on this node waits.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl NodeInner {
+    fn armed(&self) -> std::sync::MutexGuard<'_, HashSet<(EntityKey, u64)>> {
+        self.timers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKey, BTreeMap<u64, Vec<u8>>>> {
+        self.sending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A due timer: its command runs on the entity here, and its write
     /// deletes the timer. In a cluster it fires only while this node
     /// serves the entity's shard: while the shard is not ready here yet it
     /// waits; once another node owns the shard it is disarmed here (the
     /// handoff gave that node the timer, and a node that gets the shard
     /// back re-arms what it holds then, see [`Node::arm_timers_where`]).
-    async fn fire_timer(self: &Arc<Self>, entity_type: &str, id: &str, timer: TimerRecord) {
-        let key = EntityKey::new(entity_type, id);
+    async fn fire_timer(self: &Arc<Self>, key: EntityKey, timer: TimerRecord) {
         let patience = Instant::now() + Duration::from_secs(60);
         loop {
             match self.env.admit(&key) {
@@ -394,31 +374,231 @@ impl NodeInner {
                 }
                 Admission::NotYet(why) | Admission::Elsewhere(why) => {
                     tracing::debug!(%key, timer = timer.timer_id, %why, "timer disarmed here");
-                    self.disarm(timer.timer_id);
+                    self.disarm(&key, timer.timer_id);
                     return;
                 }
             }
         }
-        if let Some(ty) = self.entity_type(entity_type) {
+        if let Kind::Outbox(n) = outbox::kind(timer.timer_id) {
+            self.queue_send(key, n, timer.command);
+            return;
+        }
+        if let Some(ty) = self.entity_type(&key.entity_type) {
             let env = Envelope::Command {
                 command: timer.command,
                 expected_seq: None,
                 reply: None,
                 timer_id: Some(timer.timer_id),
+                from: None,
             };
-            if let Err(e) = self.enqueue(&ty, id, env).await {
-                self.env
-                    .dead_letter(&ty.name, id, &format!("timer not delivered: {e}"));
+            if let Err(e) = self.enqueue(&ty, &key.entity_id, env).await {
+                self.env.dead_letter(
+                    &ty.name,
+                    &key.entity_id,
+                    &format!("timer not delivered: {e}"),
+                );
             }
         }
-        self.disarm(timer.timer_id);
+        self.disarm(&key, timer.timer_id);
     }
 
-    fn disarm(&self, timer_id: u64) {
-        self.timers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&timer_id);
+    fn disarm(&self, key: &EntityKey, timer_id: u64) {
+        self.armed().remove(&(key.clone(), timer_id));
+    }
+
+    /// Queues send `n` of `sender` for delivery, starting the sender's
+    /// delivery task if none runs.
+    fn queue_send(self: &Arc<Self>, sender: EntityKey, n: u64, command: Vec<u8>) {
+        let start = {
+            let mut sending = self.sending();
+            let fresh = !sending.contains_key(&sender);
+            sending.entry(sender.clone()).or_default().insert(n, command);
+            fresh
+        };
+        if start {
+            tokio::spawn(self.clone().deliver_outbox(sender));
+        }
+    }
+
+    /// Delivers `sender`'s outbox one message at a time, in send order,
+    /// while this node serves the sender: each until its target's owner
+    /// applied it (or had before) or refused it for good (a dead letter),
+    /// then deletes it from the outbox. Ends when the outbox is empty, or
+    /// when the sender is served elsewhere (that node delivers the rest).
+    async fn deliver_outbox(self: Arc<Self>, sender: EntityKey) {
+        // The whole outbox as the journal holds it: after a restart or a
+        // handoff its messages are armed one by one, and the oldest must
+        // go first (the receiver keeps only the highest applied).
+        if let Ok(timers) = self.env.journal.entity_timers(&sender).await {
+            let mut armed = self.armed();
+            let mut sending = self.sending();
+            let queue = sending.entry(sender.clone()).or_default();
+            for t in timers {
+                if let Kind::Outbox(n) = outbox::kind(t.timer_id) {
+                    armed.insert((sender.clone(), t.timer_id));
+                    queue.entry(n).or_insert(t.command);
+                }
+            }
+        }
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let next = {
+                let mut sending = self.sending();
+                let head = sending
+                    .get(&sender)
+                    .and_then(|q| q.first_key_value())
+                    .map(|(n, c)| (*n, c.clone()));
+                if head.is_none() || self.shutting_down.load(Ordering::Relaxed) {
+                    sending.remove(&sender);
+                    return;
+                }
+                head
+            };
+            let Some((n, command)) = next else { return };
+            match self.env.admit(&sender) {
+                Admission::Here(_) => {}
+                Admission::NotYet(why) => {
+                    tracing::debug!(%sender, %why, "outbox waits for its sender's shard");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Admission::Elsewhere(why) => {
+                    tracing::debug!(%sender, %why, "outbox left with its sender's shard");
+                    let left = self.sending().remove(&sender).unwrap_or_default();
+                    for n in left.keys() {
+                        self.disarm(&sender, outbox::outbox_id(*n));
+                    }
+                    return;
+                }
+            }
+            let (target, outcome) = match Entry::decode(&command) {
+                None => (
+                    sender.clone(),
+                    DeliveryOutcome::Refused("its outbox entry is unreadable".into()),
+                ),
+                Some(entry) => {
+                    let target = entry.target.clone();
+                    (target, self.deliver_once(&sender, n, entry).await)
+                }
+            };
+            match outcome {
+                DeliveryOutcome::Retry(why) => {
+                    tracing::debug!(%sender, send = n, %target, %why, "delivery retried");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_DELIVERY_PAUSE);
+                    continue;
+                }
+                DeliveryOutcome::Refused(why) => self.env.dead_letter(
+                    &target.entity_type,
+                    &target.entity_id,
+                    &format!("send #{n} from {sender}: {why}"),
+                ),
+                _ => {}
+            }
+            pause = Duration::from_millis(50);
+            self.forget(&sender, n).await;
+            if let Some(q) = self.sending().get_mut(&sender) {
+                q.remove(&n);
+            }
+            self.disarm(&sender, outbox::outbox_id(n));
+        }
+    }
+
+    /// One attempt to deliver send `n` of `sender`: through the cluster's
+    /// routing, or to the entity here on a single node.
+    async fn deliver_once(&self, sender: &EntityKey, n: u64, entry: Entry) -> DeliveryOutcome {
+        let id = SendId {
+            from: sender.clone(),
+            seq: n,
+        };
+        if let Some(placement) = &self.env.placement {
+            return placement
+                .deliver(Delivery {
+                    target: entry.target,
+                    command: entry.command,
+                    origin: Origin::Send(id),
+                })
+                .await;
+        }
+        let (t, i) = (&entry.target.entity_type, &entry.target.entity_id);
+        match self
+            .ask_from(t, i, entry.command, id, DELIVERY_TIMEOUT)
+            .await
+        {
+            Ok(_) => DeliveryOutcome::Delivered,
+            Err(e) => outcome_of(e),
+        }
+    }
+
+    /// Deletes a delivered message from its sender's outbox, through the
+    /// sender's mailbox (so under the allocation its writes carry). If
+    /// that fails the message stays in the journal, and is delivered again
+    /// (and recognised) when it is next armed.
+    async fn forget(&self, sender: &EntityKey, n: u64) {
+        let Some(ty) = self.entity_type(&sender.entity_type) else {
+            return;
+        };
+        let (done, rx) = oneshot::channel();
+        let env = Envelope::Forget {
+            timer_id: outbox::outbox_id(n),
+            done,
+        };
+        let forgotten = match self.enqueue(&ty, &sender.entity_id, env).await {
+            Ok(()) => rx.await.unwrap_or(Err(AskError::ShuttingDown)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = forgotten {
+            tracing::debug!(%sender, send = n, error = %e, "a delivered message stays in the outbox");
+        }
+    }
+
+    /// Runs send `from` of another entity on entity `entity_id` here:
+    /// applied at most once (the entity answers a message it applied
+    /// before without running it again).
+    async fn ask_from(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+        from: SendId,
+        timeout: Duration,
+    ) -> Result<Reply, AskError> {
+        let ty = self
+            .entity_type(entity_type)
+            .ok_or_else(|| AskError::UnknownEntityType(entity_type.to_owned()))?;
+        let (tx, rx) = oneshot::channel();
+        let env = Envelope::Command {
+            command,
+            expected_seq: None,
+            reply: Some(tx),
+            timer_id: None,
+            from: Some(from),
+        };
+        let work = std::pin::pin!(async {
+            self.enqueue(&ty, entity_id, env).await?;
+            rx.await.map_err(|_| AskError::ShuttingDown)?
+        });
+        self.deadlines
+            .timeout(timeout, work)
+            .await
+            .map_err(|_| AskError::Timeout(timeout))?
+    }
+}
+
+/// What a failed delivery on this node means for the message.
+fn outcome_of(e: AskError) -> DeliveryOutcome {
+    match e {
+        AskError::UnknownEntityType(t) => {
+            DeliveryOutcome::Refused(format!("unknown entity type `{t}`"))
+        }
+        AskError::InvalidEntityId(r) => DeliveryOutcome::Refused(format!("invalid entity id: {r}")),
+        AskError::EntityStopped(r) => DeliveryOutcome::Refused(format!("target stopped: {r}")),
+        AskError::Rejected(r) => DeliveryOutcome::Refused(format!("rejected by the target: {r}")),
+        AskError::MalformedCommand(r) => {
+            DeliveryOutcome::Refused(format!("the target could not decode it: {r}"))
+        }
+        AskError::Guest(f) => DeliveryOutcome::Refused(format!("the target failed: {f}")),
+        other => DeliveryOutcome::Retry(other.to_string()),
     }
 }
 
@@ -590,6 +770,7 @@ impl Node {
                 types: RwLock::new(HashMap::new()),
                 lifecycle,
                 timers: Mutex::new(HashSet::new()),
+                sending: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
                 registry,
                 exemplars,
@@ -739,6 +920,7 @@ impl Node {
             expected_seq: options.expected_seq,
             reply: Some(tx),
             timer_id: None,
+            from: None,
         };
         let work = std::pin::pin!(async {
             self.inner.deliver(&ty, entity_id, env, true).await?;
@@ -749,6 +931,23 @@ impl Node {
             .timeout(options.timeout, work)
             .await
             .map_err(|_| AskError::Timeout(options.timeout))?
+    }
+
+    /// Runs a message of another entity (send `from`, delivered by the
+    /// sender's node) and waits for its reply: applied at most once, so a
+    /// delivery repeated after a lost answer, a crash, a failover or a
+    /// handoff is answered without running again (its reply is then empty).
+    pub async fn deliver_send(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+        from: SendId,
+        timeout: Duration,
+    ) -> Result<Reply, AskError> {
+        self.inner
+            .ask_from(entity_type, entity_id, command, from, timeout)
+            .await
     }
 
     /// Queues a command without waiting for it to run. Fails only if it
@@ -765,6 +964,7 @@ impl Node {
             expected_seq: None,
             reply: None,
             timer_id: None,
+            from: None,
         };
         self.inner.enqueue(&ty, entity_id, env).await
     }

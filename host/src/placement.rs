@@ -44,12 +44,38 @@ pub struct Delivery {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Origin {
-    /// A `send` effect of this entity, after its write was durable.
-    Send {
-        /// The sending entity.
-        from: EntityKey,
-    },
+    /// A `send` effect of an entity, from its outbox.
+    Send(SendId),
 }
+
+/// Which send a message is: the sending entity and the number of the send
+/// among its sends (from 1). The receiver applies each at most once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SendId {
+    /// The sending entity.
+    pub from: EntityKey,
+    /// The send's number.
+    pub seq: u64,
+}
+
+/// What came of one attempt to deliver a [`Delivery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryOutcome {
+    /// The target's owner applied it (or had applied it before).
+    Delivered,
+    /// It will never be applied (the target's type is unknown, the
+    /// behavior rejected it or could not decode it, the target is
+    /// stopped): a dead letter, with the reason.
+    Refused(String),
+    /// It did not get through this time (no owner now, a refused write,
+    /// a lost answer): try again later. Safe, as the receiver recognises
+    /// a message it applied already.
+    Retry(String),
+}
+
+/// A boxed, sendable future.
+pub type DeliveryFuture = std::pin::Pin<Box<dyn std::future::Future<Output = DeliveryOutcome> + Send>>;
 
 /// The cluster's side of admission and routing, as the node sees it.
 pub trait Placement: Send + Sync + 'static {
@@ -57,8 +83,8 @@ pub trait Placement: Send + Sync + 'static {
     /// the entity runs here already (it may finish its commands while its
     /// shard is handed off; nothing new starts then).
     fn admit(&self, key: &EntityKey, live: bool) -> Admission;
-    /// Runs a command the node produced on the owner of its entity (here
-    /// or on another node), retrying while that is safe; reports what it
-    /// could not deliver through `undelivered`.
-    fn deliver(&self, delivery: Delivery, undelivered: Box<dyn FnOnce(String) + Send>);
+    /// Makes one attempt to run a command the node produced on the owner
+    /// of its entity (here or on another node), through the cluster's
+    /// routing; the caller retries.
+    fn deliver(&self, delivery: Delivery) -> DeliveryFuture;
 }

@@ -512,6 +512,26 @@ async fn handle(shared: &Shared, req: Request) -> Response {
             )
             .await
         }
+        Request::Deliver {
+            entity_type,
+            entity_id,
+            command,
+            from_type,
+            from_id,
+            send,
+        } => {
+            let from = crate::placement::SendId {
+                from: cairn_store::EntityKey::new(from_type, from_id),
+                seq: send,
+            };
+            node.deliver_send(&entity_type, &entity_id, command, from, DELIVER_TIMEOUT)
+                .await
+                .map(|r| Response::Reply {
+                    reply: r.reply.map(Payload::Bytes),
+                    seq: r.seq,
+                })
+                .map_err(ask_error)
+        }
         Request::Tell {
             entity_type,
             entity_id,
@@ -581,6 +601,9 @@ fn encode(node: &Node, entity_type: &str, command: Payload) -> Result<Vec<u8>, A
         _ => Err(ApiError::BadRequest("unknown payload kind".into())),
     }
 }
+
+/// How long a delivered message may wait for its receiver.
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn ask(
     node: &Node,

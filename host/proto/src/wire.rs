@@ -135,6 +135,24 @@ pub enum Request {
     /// Ask this node to leave its cluster gracefully: its shards hand off,
     /// then it stops.
     ClusterLeave,
+    /// Run a message of one entity to another (a `send` effect), as the
+    /// node serving the sender delivers it from the sender's outbox. The
+    /// receiver applies each `(from, send)` at most once, so the sender's
+    /// node resends it until it is answered. Answered with `Reply`.
+    Deliver {
+        /// Entity type of the receiver.
+        entity_type: String,
+        /// Entity id of the receiver.
+        entity_id: String,
+        /// The encoded command.
+        command: Vec<u8>,
+        /// Entity type of the sender.
+        from_type: String,
+        /// Entity id of the sender.
+        from_id: String,
+        /// The number of the send among the sender's sends (from 1).
+        send: u64,
+    },
 }
 
 /// One member of a cluster, as [`Response::ClusterStatus`] reports it.

@@ -149,6 +149,17 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-cluster-status", Request::ClusterStatus),
         ("request-cluster-leave", Request::ClusterLeave),
         (
+            "request-deliver",
+            Request::Deliver {
+                entity_type: "counter".into(),
+                entity_id: "c-7".into(),
+                command: vec![1, 2, 3],
+                from_type: "counter".into(),
+                from_id: "c-3".into(),
+                send: 12,
+            },
+        ),
+        (
             "request-follow-events",
             Request::FollowEvents {
                 entity_type: ty(),

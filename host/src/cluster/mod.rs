@@ -481,7 +481,7 @@ pub(crate) fn unavailable(why: &str) -> Response {
 /// read changed nothing and is only `Unavailable`.
 pub(crate) fn unknown_outcome(req: &Request, why: &str) -> Response {
     match req {
-        Request::Ask { .. } | Request::Tell { .. } => {
+        Request::Ask { .. } | Request::Tell { .. } | Request::Deliver { .. } => {
             Response::Error(ApiError::Indeterminate(why.to_owned()))
         }
         _ => unavailable(why),
@@ -497,6 +497,11 @@ fn entity_of(req: &Request) -> Option<(&str, &str)> {
             ..
         }
         | Request::Tell {
+            entity_type,
+            entity_id,
+            ..
+        }
+        | Request::Deliver {
             entity_type,
             entity_id,
             ..

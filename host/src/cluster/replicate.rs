@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 use super::Inner;
 use super::peer::{PeerRequest, PeerResponse};
-use crate::placement::{Admission, Delivery, Placement};
+use crate::placement::{Admission, Delivery, DeliveryFuture, DeliveryOutcome, Placement};
 
 /// The replication of a node's journal, attached to its cluster once that
 /// has started (before, and on a single node, writes are local only).
@@ -78,23 +78,16 @@ impl Placement for Replication {
         }
     }
 
-    fn deliver(&self, delivery: Delivery, undelivered: Box<dyn FnOnce(String) + Send>) {
+    fn deliver(&self, delivery: Delivery) -> DeliveryFuture {
         let cluster = self.cluster.clone();
-        tokio::spawn(async move {
-            // Timers due at start-up fire before the cluster part attaches.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            let inner = loop {
-                if let Some(inner) = cluster.get().and_then(Weak::upgrade) {
-                    break inner;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    undelivered("this node's cluster part did not start".into());
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            super::deliver::deliver(&inner, delivery, undelivered).await;
-        });
+        Box::pin(async move {
+            // Outbox messages due at start-up fire before the cluster part
+            // attaches.
+            match cluster.get().and_then(Weak::upgrade) {
+                Some(inner) => super::deliver::deliver_once(&inner, delivery).await,
+                None => DeliveryOutcome::Retry("this node's cluster part has not started yet".into()),
+            }
+        })
     }
 }
 
@@ -163,6 +156,13 @@ impl Journal for ReplicatedJournal {
         &self,
     ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
         self.local.pending_timers()
+    }
+
+    fn entity_timers(
+        &self,
+        key: &EntityKey,
+    ) -> BoxFuture<'static, Result<Vec<TimerRecord>, JournalError>> {
+        self.local.entity_timers(key)
     }
 
     fn read_feed(

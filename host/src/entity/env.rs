@@ -1,7 +1,7 @@
 //! The narrow environment an entity runs in: the storage it reads and
 //! writes, where its lifecycle events go, the clock it reads, and the
-//! [`Outbox`] that runs what a command asks for once it is durable (timers,
-//! messages to other entities).
+//! [`Outbox`] that arms what a command's write scheduled once it is durable
+//! (timers, and messages to other entities: see `crate::outbox`).
 //!
 //! The node builds one [`Env`] and hands it to every entity; the entity
 //! never sees the node. In a cluster it also holds the node's
@@ -24,10 +24,9 @@ use super::Runners;
 /// What runs a command's effects once its write is durable. The node
 /// implements it; the entity only calls it.
 pub(crate) trait Outbox: Send + Sync + 'static {
-    /// Arms a durable timer of an entity (already in the journal).
+    /// Arms a durable timer of an entity (already in the journal): a
+    /// scheduled command, or a message of its outbox.
     fn schedule_timer(&self, entity_type: &str, entity_id: &str, timer: TimerRecord);
-    /// Tells another entity a command (at most once), from entity `from`.
-    fn send(&self, from: EntityKey, entity_type: String, entity_id: String, command: Vec<u8>);
 }
 
 /// Everything an entity needs from the node that runs it.

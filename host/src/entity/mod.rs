@@ -41,7 +41,8 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::behavior::{Behavior, CommandContext, CommandError, Effect, GuestFault};
 use crate::config::Overflow;
-use crate::placement::Admission;
+use crate::outbox::{Entry, Marks};
+use crate::placement::{Admission, SendId};
 use crate::replay::{self, FoldOn, Replay, Until};
 use crate::types::{AskError, LifecycleEvent, Reply};
 
@@ -62,10 +63,17 @@ pub(crate) enum Envelope {
         expected_seq: Option<u64>,
         reply: Option<oneshot::Sender<Result<Reply, AskError>>>,
         timer_id: Option<u64>,
+        /// A message of another entity: applied at most once.
+        from: Option<SendId>,
     },
     /// Read the current state and sequence number, in mailbox order.
     Peek {
         reply: oneshot::Sender<Result<(Vec<u8>, u64), AskError>>,
+    },
+    /// Delete a delivered message from this entity's outbox.
+    Forget {
+        timer_id: u64,
+        done: oneshot::Sender<Result<(), AskError>>,
     },
 }
 
@@ -80,6 +88,9 @@ impl Envelope {
             Envelope::Peek { reply } => {
                 let _ = reply.send(Err(err));
             }
+            Envelope::Forget { done, .. } => {
+                let _ = done.send(Err(err));
+            }
         }
     }
 }
@@ -93,6 +104,8 @@ pub(crate) struct Loaded {
     /// The allocation the entity was started under (in a cluster): every
     /// write carries it.
     fence: Option<Fence>,
+    /// Its sends and the messages it applied, read on first need.
+    marks: Option<Marks>,
 }
 
 /// One entity of a type.
@@ -129,13 +142,12 @@ struct InFlight {
 }
 
 /// What a command does once its write is durable: notify followers, reply,
-/// arm its timers and send its messages.
+/// arm its timers and its outbox's new messages.
 struct AfterPersist {
     events: bool,
     reply: Option<oneshot::Sender<Result<Reply, AskError>>>,
     answer: Reply,
     timers: Vec<TimerRecord>,
-    sends: Vec<(String, String, Vec<u8>)>,
 }
 
 impl AfterPersist {
@@ -146,16 +158,13 @@ impl AfterPersist {
         if let Some(tx) = self.reply {
             let _ = tx.send(Ok(self.answer));
         }
-        if self.timers.is_empty() && self.sends.is_empty() {
+        if self.timers.is_empty() {
             return;
         }
-        // Without the node nothing can deliver them; timers stay journaled.
+        // Without the node nothing can fire them; they stay journaled.
         let Some(outbox) = env.outbox() else { return };
         for timer in self.timers {
             outbox.schedule_timer(&ty.name, id, timer);
-        }
-        for (t, target, command) in self.sends {
-            outbox.send(EntityKey::new(ty.name.clone(), id), t, target, command);
         }
     }
 }
@@ -667,6 +676,7 @@ async fn recover(
         seq: r.seq,
         generation,
         fence,
+        marks: None,
     })
 }
 
@@ -679,9 +689,20 @@ async fn process(
     live: &mut Loaded,
     env: Envelope,
 ) -> Result<(), String> {
-    let (command, expected_seq, reply, timer_id) = match env {
+    let key = || EntityKey::new(ty.name.clone(), cell.id.as_ref());
+    let (command, expected_seq, reply, timer_id, from) = match env {
         Envelope::Peek { reply } => {
             let _ = reply.send(Ok((live.state.clone(), live.seq)));
+            return Ok(());
+        }
+        Envelope::Forget { timer_id, done } => {
+            let write = Write {
+                key: key(),
+                remove_timers: vec![timer_id],
+                ..Write::default()
+            };
+            let forgotten = node.journal.append_fenced(write, live.fence).await;
+            let _ = done.send(forgotten.map_err(AskError::Journal));
             return Ok(());
         }
         Envelope::Command {
@@ -689,7 +710,8 @@ async fn process(
             expected_seq,
             reply,
             timer_id,
-        } => (command, expected_seq, reply, timer_id),
+            from,
+        } => (command, expected_seq, reply, timer_id, from),
     };
     let mut reply = reply;
     let mut answer = |r: Result<Reply, AskError>| {
@@ -697,6 +719,24 @@ async fn process(
             let _ = tx.send(r);
         }
     };
+    // A message applied here before (delivered again after a lost answer,
+    // a crash, a failover or a handoff) is answered, not run again.
+    if let Some(id) = &from {
+        match marks(node, &mut live.marks, &key()).await {
+            Ok(m) if m.applied(&id.from, id.seq) => {
+                answer(Ok(Reply {
+                    reply: None,
+                    seq: live.seq,
+                }));
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                answer(Err(AskError::Journal(e)));
+                return Ok(());
+            }
+        }
+    }
     if let Some(expected) = expected_seq
         && expected != live.seq
     {
@@ -712,7 +752,6 @@ async fn process(
         next_seq: live.seq + 1,
         timestamp_ms,
     };
-    let key = || EntityKey::new(ty.name.clone(), cell.id.as_ref());
     // Inline under a short budget; a long call moves to the guest pool, so
     // it cannot hold this runtime worker (runtime::call).
     let decided = crate::runtime::call(
@@ -795,7 +834,10 @@ async fn process(
                 entity_type,
                 entity_id,
                 command,
-            } => sends.push((entity_type, entity_id, command)),
+            } => sends.push(Entry {
+                target: EntityKey::new(entity_type, entity_id),
+                command,
+            }),
         }
     }
     let n = events.len() as u64;
@@ -805,6 +847,29 @@ async fn process(
         answer(Err(AskError::Guest(fault)));
         return Err(reason);
     }
+    // Sends join the outbox in this write; a message that changed
+    // something is recorded as applied in it too.
+    let receipt = from.as_ref().filter(|_| n > 0 || !timers.is_empty() || !sends.is_empty());
+    let mut add_timers = Vec::new();
+    if !sends.is_empty() || receipt.is_some() {
+        let m = match marks(node, &mut live.marks, &key()).await {
+            Ok(m) => m,
+            Err(e) => {
+                answer(Err(AskError::Journal(e)));
+                return Ok(());
+            }
+        };
+        for (seq, entry) in m.next_sends(sends.len() as u64).zip(&sends) {
+            timers.push(entry.record(seq, timestamp_ms));
+        }
+        if !sends.is_empty() {
+            add_timers.push(m.sent_record(sends.len() as u64));
+        }
+        if let Some(id) = receipt {
+            add_timers.push(m.received_record(&id.from, id.seq));
+        }
+    }
+    add_timers.extend(timers.iter().cloned());
     let after = AfterPersist {
         events: n > 0,
         reply,
@@ -813,16 +878,19 @@ async fn process(
             seq: live.seq + n,
         },
         timers,
-        sends,
     };
-    let after = if n > 0 || !after.timers.is_empty() || timer_id.is_some() {
+    let after = if n > 0 || !add_timers.is_empty() || timer_id.is_some() {
         let write = Write {
             key: key(),
             events,
-            add_timers: after.timers.clone(),
+            add_timers,
             remove_timers: timer_id.into_iter().collect(),
         };
-        persist(node, cell, write, live.fence, after).await?
+        let after = persist(node, cell, write, live.fence, after).await?;
+        if let Some(m) = live.marks.as_mut() {
+            m.written(sends.len() as u64, receipt.map(|id| (&id.from, id.seq)));
+        }
+        after
     } else {
         after
     };
@@ -851,6 +919,19 @@ async fn process(
         }
     }
     Ok(())
+}
+
+/// The entity's [`Marks`], read from its timers on first need.
+async fn marks<'a>(
+    node: &Env,
+    marks: &'a mut Option<Marks>,
+    key: &EntityKey,
+) -> Result<&'a mut Marks, JournalError> {
+    if marks.is_none() {
+        let timers = node.journal.entity_timers(key).await?;
+        *marks = Some(Marks::from_timers(&timers));
+    }
+    Ok(marks.get_or_insert_with(Marks::default))
 }
 
 /// How many envelopes wait in the cell's mailbox, and whether a drain runs.

@@ -259,6 +259,23 @@ pub trait Journal: Send + Sync + 'static {
     fn pending_timers(
         &self,
     ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>>;
+    /// The pending timers of one entity (by default picked out of
+    /// [`Journal::pending_timers`]).
+    fn entity_timers(
+        &self,
+        key: &EntityKey,
+    ) -> BoxFuture<'static, Result<Vec<TimerRecord>, JournalError>> {
+        let all = self.pending_timers();
+        let key = key.clone();
+        Box::pin(async move {
+            Ok(all
+                .await?
+                .into_iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, t)| t)
+                .collect())
+        })
+    }
     /// Events of `entity_type` committed at or after cursor `from`, in commit
     /// order, at most about `limit` (a backend may return a few more to
     /// finish one write), and the cursor to resume from. The cursor is

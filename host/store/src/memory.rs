@@ -129,6 +129,19 @@ impl Journal for MemoryStore {
         ready(Ok(v))
     }
 
+    fn entity_timers(
+        &self,
+        key: &EntityKey,
+    ) -> BoxFuture<'static, Result<Vec<TimerRecord>, JournalError>> {
+        let d = self.lock();
+        let v = d
+            .timers
+            .range((key.clone(), 0)..=(key.clone(), u64::MAX))
+            .map(|(_, t)| t.clone())
+            .collect();
+        ready(Ok(v))
+    }
+
     fn read_feed(
         &self,
         entity_type: &str,
