@@ -350,3 +350,114 @@ async fn timers_survive_the_failover_of_their_owner() -> Result<()> {
     one_history_per_counter(&c.nodes, &ids).await?;
     Ok(())
 }
+
+/// A `Forward` asked until it is answered: tried again while the answer
+/// says nothing was applied, for up to 30 s. Ok(true): acknowledged;
+/// Ok(false): it may or may not have been applied (its send with it).
+async fn forward(client: &Client, sender: &str, target: &str) -> Result<bool> {
+    use cairn_host::client::ClientError;
+    let json = format!(r#"{{"Forward":{{"entity_id":"{target}","by":1}}}}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ask_type(client, "counter", sender, &json).await {
+            Ok(_) => return Ok(true),
+            Err(ClientError::Api(e)) if !e.may_have_applied() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(ClientError::Api(e)) if e.may_have_applied() => {
+                eprintln!("{sender} -> {target}: {e}");
+                return Ok(false);
+            }
+            Err(e) => return Err(anyhow::anyhow!("{sender} -> {target}: {e}")),
+        }
+    }
+}
+
+/// Sends are journaled with their sender's command and applied exactly
+/// once: 600 `Forward`s from 30 senders to 60 counters spread over the
+/// members, while the member owning a third of both is SIGKILLed (its
+/// replicas take over the senders' outboxes and the receivers' records of
+/// what they applied) and then a fourth member joins (shards of both
+/// move). Every acknowledged forward's increment lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sends_apply_exactly_once_across_failover_and_handoff() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut c = three_with_counter().await?;
+    let targets: Vec<String> = (0..60).map(|i| format!("x-{i}")).collect();
+    let senders: Vec<String> = (0..30).map(|i| format!("y-{i}")).collect();
+    let s = status(c.node(0))?;
+    let victim = c.node(1).addr.to_string();
+    let on_victim = |ids: &[String]| {
+        let owned = cairn_tests::cluster::owners(&s, "counter", ids);
+        ids.iter()
+            .filter(|id| owned.get(*id) == Some(&victim))
+            .count()
+    };
+    let (vs, vt) = (on_victim(&senders), on_victim(&targets));
+    eprintln!("the victim owns {vs} of 30 senders and {vt} of 60 targets");
+    ensure!(vs > 0 && vt > 0, "the victim owns no sender or no target");
+
+    // Through the members that stay up.
+    let clients = [
+        Arc::new(c.node(0).client().await?),
+        Arc::new(c.node(2).client().await?),
+    ];
+    let mut tasks = Vec::new();
+    for w in 0..6usize {
+        let clients = clients.clone();
+        let (targets, senders) = (targets.clone(), senders.clone());
+        tasks.push(tokio::spawn(async move {
+            // target -> (acknowledged, outcome unknown)
+            let mut tally: HashMap<String, (u64, u64)> = HashMap::new();
+            for k in (w..600).step_by(6) {
+                let (sender, target) = (&senders[k % 30], &targets[(k * 7) % 60]);
+                let acked = forward(&clients[k % 2], sender, target).await?;
+                let t = tally.entry(target.clone()).or_default();
+                if acked {
+                    t.0 += 1;
+                } else {
+                    t.1 += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(tally)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.nodes[1].kill();
+    eprintln!("killed {victim}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.add(3, 3)?;
+    eprintln!("a fourth member joins");
+    let mut tally: HashMap<String, (u64, u64)> = HashMap::new();
+    for t in tasks {
+        for (id, (a, u)) in t.await?? {
+            let e = tally.entry(id).or_default();
+            e.0 += a;
+            e.1 += u;
+        }
+    }
+    let unknown: u64 = tally.values().map(|t| t.1).sum();
+    eprintln!("forwards with an unknown outcome: {unknown} of 600");
+    ensure!(unknown <= 30, "{unknown} of 600 forwards had an unknown outcome");
+
+    let values = settled(&clients[0], &targets, Duration::from_secs(60)).await?;
+    let mut wrong = Vec::new();
+    for (id, v) in targets.iter().zip(&values) {
+        let (acked, unknown) = tally.get(id).copied().unwrap_or_default();
+        if !(acked..=acked + unknown).contains(&(*v as u64)) {
+            wrong.push(format!("{id} = {v} ({acked} acknowledged, {unknown} unknown)"));
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "sends lost or applied twice: {}",
+        wrong.join(", ")
+    );
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    let all: Vec<String> = targets.iter().chain(&senders).cloned().collect();
+    one_history_per_counter(&c.nodes, &all).await?;
+    Ok(())
+}
