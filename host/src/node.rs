@@ -412,7 +412,10 @@ impl NodeInner {
         let start = {
             let mut sending = self.sending();
             let fresh = !sending.contains_key(&sender);
-            sending.entry(sender.clone()).or_default().insert(n, command);
+            sending
+                .entry(sender.clone())
+                .or_default()
+                .insert(n, command);
             fresh
         };
         if start {

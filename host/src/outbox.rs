@@ -142,10 +142,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 
 /// The id of the mark that holds the highest send applied from `sender`.
 fn received_id(sender: &EntityKey) -> u64 {
-    let h = fnv1a(&[
-        sender.entity_type.as_bytes(),
-        sender.entity_id.as_bytes(),
-    ]);
+    let h = fnv1a(&[sender.entity_type.as_bytes(), sender.entity_id.as_bytes()]);
     MARK_BASE + 1 + h % (NEVER - MARK_BASE)
 }
 
@@ -278,7 +275,10 @@ mod tests {
             .record(6, 0),
         ];
         let back = Marks::from_timers(&timers);
-        assert_eq!(back.sent, 6, "an outbox entry beyond the count still counts");
+        assert_eq!(
+            back.sent, 6,
+            "an outbox entry beyond the count still counts"
+        );
         assert!(back.applied(&a, 9) && !back.applied(&a, 10));
         assert!(back.applied(&b, 1) && !back.applied(&b, 3));
         assert!(!back.applied(&EntityKey::new("t", "c"), 1));

@@ -75,7 +75,8 @@ pub enum DeliveryOutcome {
 }
 
 /// A boxed, sendable future.
-pub type DeliveryFuture = std::pin::Pin<Box<dyn std::future::Future<Output = DeliveryOutcome> + Send>>;
+pub type DeliveryFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = DeliveryOutcome> + Send>>;
 
 /// The cluster's side of admission and routing, as the node sees it.
 pub trait Placement: Send + Sync + 'static {

@@ -439,14 +439,19 @@ async fn sends_apply_exactly_once_across_failover_and_handoff() -> Result<()> {
     }
     let unknown: u64 = tally.values().map(|t| t.1).sum();
     eprintln!("forwards with an unknown outcome: {unknown} of 600");
-    ensure!(unknown <= 30, "{unknown} of 600 forwards had an unknown outcome");
+    ensure!(
+        unknown <= 30,
+        "{unknown} of 600 forwards had an unknown outcome"
+    );
 
     let values = settled(&clients[0], &targets, Duration::from_secs(60)).await?;
     let mut wrong = Vec::new();
     for (id, v) in targets.iter().zip(&values) {
         let (acked, unknown) = tally.get(id).copied().unwrap_or_default();
         if !(acked..=acked + unknown).contains(&(*v as u64)) {
-            wrong.push(format!("{id} = {v} ({acked} acknowledged, {unknown} unknown)"));
+            wrong.push(format!(
+                "{id} = {v} ({acked} acknowledged, {unknown} unknown)"
+            ));
         }
     }
     ensure!(

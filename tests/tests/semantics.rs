@@ -472,3 +472,95 @@ fn a_node_serves_on_a_second_runtime() -> Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// Messages between entities, exactly once (issue 28): the receiver
+/// applies each send of a sender once, whatever the order of the copies it
+/// is handed (as after a lost answer, a crash or a failover), and still
+/// knows what it applied after a restart. A send that cannot be delivered
+/// is a dead letter with its reason, and leaves its sender's outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_apply_once_and_undeliverable_ones_are_dead_letters() -> Result<()> {
+    use cairn_host::placement::SendId;
+    let dir = tempfile::tempdir()?;
+    let wait = Duration::from_secs(5);
+    let send = |id: &str, seq: u64| SendId {
+        from: EntityKey::new("counter", id),
+        seq,
+    };
+    let get = |node: Node| async move {
+        node.ask_json("counter", "r", r#""Get""#, AskOptions::default())
+            .await
+            .map(|r| r.reply)
+    };
+    {
+        let node = start_node(dir.path(), "", &["counter"]).await?;
+        let inc = node.command_from_json("counter", r#"{"Increment":{"by":5}}"#)?;
+        for (sender, seq) in [("s", 1), ("s", 1), ("s", 2), ("s", 1), ("t", 1), ("s", 2)] {
+            node.deliver_send("counter", "r", inc.clone(), send(sender, seq), wait)
+                .await?;
+        }
+        assert_eq!(
+            get(node.clone()).await?.as_deref(),
+            Some("15"),
+            "three distinct sends of six copies"
+        );
+        node.shutdown(Duration::from_secs(1)).await;
+    }
+    let node = start_node(dir.path(), "", &["counter"]).await?;
+    let inc = node.command_from_json("counter", r#"{"Increment":{"by":5}}"#)?;
+    node.deliver_send("counter", "r", inc.clone(), send("s", 2), wait)
+        .await?;
+    node.deliver_send("counter", "r", inc, send("s", 3), wait)
+        .await?;
+    assert_eq!(
+        get(node.clone()).await?.as_deref(),
+        Some("20"),
+        "after a restart a copy of send 2 is recognised, send 3 applies"
+    );
+    node.shutdown(Duration::from_secs(1)).await;
+
+    // `relay` runs the counter, whose `Forward` sends to type `counter`,
+    // which this node does not have.
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path(), "", &["relay=counter"]).await?;
+    let mut events = node.lifecycle();
+    node.ask_json(
+        "relay",
+        "a",
+        r#"{"Forward":{"entity_id":"b","by":1}}"#,
+        AskOptions::default(),
+    )
+    .await?;
+    let dead = wait_for(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::DeadLetter { .. })
+    })
+    .await?;
+    let LifecycleEvent::DeadLetter {
+        entity_type,
+        entity_id,
+        reason,
+    } = dead
+    else {
+        unreachable!("matched above")
+    };
+    assert_eq!((entity_type.as_str(), entity_id.as_str()), ("counter", "b"));
+    assert!(
+        reason.contains("from relay/a") && reason.contains("unknown entity type `counter`"),
+        "{reason}"
+    );
+    let key = EntityKey::new("relay", "a");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let timers = node.journal().entity_timers(&key).await?;
+        // What stays is the sender's count of sends, which never fires.
+        if timers.iter().all(|t| t.fire_at_ms == u64::MAX) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead letter stayed in the outbox: {timers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -43,7 +43,9 @@ fn judge(answer: Response) -> DeliveryOutcome {
     match answer {
         Response::Reply { .. } => DeliveryOutcome::Delivered,
         Response::Error(e) => match e {
-            ApiError::Rejected(r) => DeliveryOutcome::Refused(format!("rejected by the target: {r}")),
+            ApiError::Rejected(r) => {
+                DeliveryOutcome::Refused(format!("rejected by the target: {r}"))
+            }
             ApiError::MalformedCommand(r) => {
                 DeliveryOutcome::Refused(format!("the target could not decode it: {r}"))
             }
@@ -53,7 +55,9 @@ fn judge(answer: Response) -> DeliveryOutcome {
             ApiError::UnknownEntityType(t) => {
                 DeliveryOutcome::Refused(format!("unknown entity type `{t}`"))
             }
-            ApiError::GuestFault { .. } => DeliveryOutcome::Refused(format!("the target failed: {e}")),
+            ApiError::GuestFault { .. } => {
+                DeliveryOutcome::Refused(format!("the target failed: {e}"))
+            }
             // Resent whatever happened: the receiver recognises a message
             // it applied already.
             e if e.may_have_applied() || matches!(e.retry(), Retry::Later | Retry::OnOwner(_)) => {

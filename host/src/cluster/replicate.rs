@@ -85,7 +85,9 @@ impl Placement for Replication {
             // attaches.
             match cluster.get().and_then(Weak::upgrade) {
                 Some(inner) => super::deliver::deliver_once(&inner, delivery).await,
-                None => DeliveryOutcome::Retry("this node's cluster part has not started yet".into()),
+                None => {
+                    DeliveryOutcome::Retry("this node's cluster part has not started yet".into())
+                }
             }
         })
     }

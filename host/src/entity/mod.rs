@@ -849,7 +849,9 @@ async fn process(
     }
     // Sends join the outbox in this write; a message that changed
     // something is recorded as applied in it too.
-    let receipt = from.as_ref().filter(|_| n > 0 || !timers.is_empty() || !sends.is_empty());
+    let receipt = from
+        .as_ref()
+        .filter(|_| n > 0 || !timers.is_empty() || !sends.is_empty());
     let mut add_timers = Vec::new();
     if !sends.is_empty() || receipt.is_some() {
         let m = match marks(node, &mut live.marks, &key()).await {
