@@ -21,6 +21,41 @@ const CHUNK: usize = 4096;
 /// Chunks read ahead, in parallel, while one is folded (sequence stops only).
 const READ_AHEAD: usize = 2;
 
+/// Most bytes of events handed to one `fold` call (one event larger than
+/// this goes alone): the guest holds the batch besides the state in its
+/// memory, 64 MiB by default, so a chunk of large events is folded in parts.
+const FOLD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Splits a chunk of packed events (numbered from `first`) into parts of
+/// at most about `max` bytes each.
+fn split(chunk: PackedEvents, first: u64, max: usize) -> Vec<PackedEvents> {
+    if chunk.packed.len() <= max {
+        return vec![chunk];
+    }
+    let mut parts = Vec::new();
+    let mut part = PackedEvents::default();
+    let mut rest = chunk.packed.as_slice();
+    let mut seq = first;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            break;
+        }
+        if part.count > 0 && part.packed.len() + 4 + len > max {
+            parts.push(std::mem::take(&mut part));
+        }
+        part.packed.extend_from_slice(&rest[..4 + len]);
+        part.count += 1;
+        part.last_seq = seq;
+        seq += 1;
+        rest = &tail[len..];
+    }
+    if part.count > 0 {
+        parts.push(part);
+    }
+    parts
+}
+
 /// Where a replay stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Until {
@@ -270,30 +305,33 @@ pub(crate) async fn replay(
                 last: chunk.last_seq,
             });
         }
-        match fold(behavior, how.fold_on, &state, &chunk.packed).await {
-            Ok(Ok(next)) => state = next,
-            Ok(Err(e)) => {
-                return Err(ReplayError::Event {
-                    seq: seq + 1 + u64::from(e.index),
-                    message: e.message,
-                    replayed: replayed + u64::from(e.index),
-                });
+        for part in split(chunk, seq + 1, FOLD_BYTES) {
+            match fold(behavior, how.fold_on, &state, &part.packed).await {
+                Ok(Ok(next)) => state = next,
+                Ok(Err(e)) => {
+                    return Err(ReplayError::Event {
+                        seq: seq + 1 + u64::from(e.index),
+                        message: e.message,
+                        replayed: replayed + u64::from(e.index),
+                    });
+                }
+                Err(fault) => {
+                    return Err(locate_fault(
+                        behavior,
+                        how.fold_on,
+                        state,
+                        seq,
+                        replayed,
+                        &part,
+                        fault,
+                    )
+                    .await);
+                }
             }
-            Err(fault) => {
-                return Err(locate_fault(
-                    behavior,
-                    how.fold_on,
-                    state,
-                    seq,
-                    replayed,
-                    &chunk,
-                    fault,
-                )
-                .await);
-            }
+            seq += part.count as u64;
+            replayed += part.count as u64;
         }
-        seq = to;
-        replayed += chunk.count as u64;
+        debug_assert_eq!(seq, to);
         if !more {
             break;
         }
@@ -348,5 +386,26 @@ async fn locate_fault(
         seq: seq + 1,
         message: fault.to_string(),
         replayed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_chunks_fold_in_parts_of_bounded_size() {
+        let mut chunk = PackedEvents::default();
+        for (i, len) in [3usize, 5, 20, 2, 2, 9].iter().enumerate() {
+            chunk.push(11 + i as u64, &vec![i as u8; *len]).unwrap();
+        }
+        let whole = chunk.clone();
+        assert_eq!(split(chunk.clone(), 11, 1 << 20), vec![whole]);
+        let parts = split(chunk.clone(), 11, 16);
+        let sizes: Vec<(usize, u64)> = parts.iter().map(|p| (p.count, p.last_seq)).collect();
+        // 7+9 | 24 (alone: larger than the bound) | 6+6 | 13
+        assert_eq!(sizes, [(2, 12), (1, 13), (2, 15), (1, 16)]);
+        let joined: Vec<u8> = parts.iter().flat_map(|p| p.packed.clone()).collect();
+        assert_eq!(joined, chunk.packed);
     }
 }

@@ -21,7 +21,9 @@ use cairn_store::{EntityKey, EventRecord, TimerRecord, Write};
 use tokio::sync::oneshot;
 
 use super::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
-use super::peer::{EntityHistory, PeerRequest, PeerResponse, read_answer, write_answer};
+use super::peer::{
+    EntityHistory, PeerRequest, PeerResponse, read_answer, read_chunk, write_answer,
+};
 use super::{Inner, live_entities};
 use cairn_client::frame::read_frame_admitted;
 use cairn_proto::{MAX_FRAME, Response};
@@ -521,6 +523,8 @@ async fn fetch_once(
     let mut n = (0, 0);
     let mut sent = std::collections::HashSet::new();
     let mut timers_here = shard_timers(inner, shard, count).await?;
+    // The entity whose chunks are arriving, and the last seq they held.
+    let mut current: Option<(EntityKey, u64)> = None;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), read_answer(addr, &mut recv)).await {
             Err(_) => return Err("no answer".into()),
@@ -530,13 +534,32 @@ async fn fetch_once(
                     sent.insert((h.entity_type.clone(), h.entity_id.clone()));
                 }
                 let key = EntityKey::new(h.entity_type.clone(), h.entity_id.clone());
+                let last = h.events.last().map(|e| e.0);
+                if current.as_ref().map(|c| &c.0) != Some(&key) {
+                    if let Some((done, last)) = current.take()
+                        && authoritative
+                    {
+                        cut_to(inner, &done, last).await?;
+                    }
+                    n.0 += 1;
+                }
                 let timers = std::mem::take(&mut h.timers);
                 n.1 += import(inner, h, authoritative).await?;
-                let here = timers_here.remove(&key).unwrap_or_default();
-                import_timers(inner, key, timers, &here, authoritative).await?;
-                n.0 += 1;
+                // Only an entity's first chunk carries its timers.
+                if let Some(here) = timers_here.remove(&key) {
+                    import_timers(inner, key.clone(), timers, &here, authoritative).await?;
+                } else if !timers.is_empty() {
+                    import_timers(inner, key.clone(), timers, &[], authoritative).await?;
+                }
+                let before = current.as_ref().map_or(0, |c| c.1);
+                current = Some((key, last.unwrap_or(before)));
             }
             Ok(Ok(PeerResponse::Done)) => {
+                if let Some((done, last)) = current.take()
+                    && authoritative
+                {
+                    cut_to(inner, &done, last).await?;
+                }
                 if authoritative {
                     drop_unsent(inner, shard, count, &sent).await?;
                     // Timers held here of entities the owner has none of
@@ -597,12 +620,17 @@ pub(crate) async fn import(
     let key = EntityKey::new(h.entity_type, h.entity_id);
     let journal = inner.local_journal.clone();
     let mut have = journal.highest_seq(&key).await.map_err(|e| e.to_string())?;
-    if authoritative && have > 0 {
+    // `h` may be one chunk of the history: compare the events both hold,
+    // by sequence number.
+    if let (Some(first), Some(last)) = (h.events.first().map(|e| e.0), h.events.last().map(|e| e.0))
+        && first <= have
+    {
+        let upto = have.min(last);
         let held = journal
-            .read(&key, 1, have, usize::MAX)
+            .read(&key, first, upto, usize::MAX)
             .await
             .map_err(|e| e.to_string())?;
-        let common = held
+        let agreed = held
             .iter()
             .zip(h.events.iter())
             .take_while(|(mine, theirs)| {
@@ -610,30 +638,18 @@ pub(crate) async fn import(
                     == (theirs.0, theirs.1, &theirs.2, &theirs.3)
             })
             .count() as u64;
-        if common < have {
+        let common = first - 1 + agreed;
+        if common < upto {
+            if !authoritative {
+                tracing::error!(%key, seq = common + 1, "two histories: the shard's copies differ");
+                return Err(format!("{key}: two histories at #{}", common + 1));
+            }
             journal
                 .truncate(&key, common)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::warn!(%key, dropped = have - common, "an unacknowledged tail truncated to the owner's history");
             have = common;
-        }
-    }
-    // The copy here must be a prefix of the one fetched: a different event
-    // at the same seq means two histories, and nothing is imported.
-    let overlap = h.events.iter().filter(|e| e.0 <= have).count() as u64;
-    if overlap > 0 {
-        let held = journal
-            .read(&key, 1, have, usize::MAX)
-            .await
-            .map_err(|e| e.to_string())?;
-        for (mine, theirs) in held.iter().zip(h.events.iter()) {
-            if (mine.seq, mine.timestamp_ms, &mine.version, &mine.payload)
-                != (theirs.0, theirs.1, &theirs.2, &theirs.3)
-            {
-                tracing::error!(%key, seq = mine.seq, "two histories: the shard's copies differ");
-                return Err(format!("{key}: two histories at #{}", mine.seq));
-            }
         }
     }
     let events: Vec<EventRecord> = h
@@ -664,6 +680,19 @@ pub(crate) async fn import(
         .await
         .map_err(|e| e.to_string())?;
     Ok(n)
+}
+
+/// After the last chunk of an entity's history from the shard's
+/// authoritative source: what this node holds beyond `last` was never
+/// acknowledged, and goes.
+async fn cut_to(inner: &Arc<Inner>, key: &EntityKey, last: u64) -> Result<(), String> {
+    let journal = &inner.local_journal;
+    let have = journal.highest_seq(key).await.map_err(|e| e.to_string())?;
+    if have > last {
+        journal.truncate(key, last).await.map_err(|e| e.to_string())?;
+        tracing::warn!(%key, dropped = have - last, "an unacknowledged tail truncated to the owner's history");
+    }
+    Ok(())
 }
 
 /// Serves one accepted peer connection: datagrams to gossip, each stream
@@ -815,13 +844,10 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
         PeerRequest::FetchEntity {
             entity_type,
             entity_id,
+            from,
         } => {
             let key = EntityKey::new(entity_type.clone(), entity_id.clone());
-            match inner
-                .local_journal
-                .read(&key, 1, i64::MAX as u64, usize::MAX)
-                .await
-            {
+            match read_chunk(&inner.local_journal, &key, from, i64::MAX as u64).await {
                 Ok(events) => PeerResponse::Entity(EntityHistory {
                     entity_type,
                     entity_id,
@@ -932,25 +958,40 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
             .into_iter()
             .filter(|id| shard_of(&ty, id, count).0 == shard)
         {
+            // In chunks of bounded size, the first with the timers.
             let key = EntityKey::new(ty.clone(), id.clone());
-            let events = match journal.read(&key, 1, i64::MAX as u64, usize::MAX).await {
-                Ok(e) => e,
-                Err(e) => {
-                    let _ = write_answer(send, &PeerResponse::Error(e.to_string())).await;
+            let mut from = 1;
+            let mut first = true;
+            loop {
+                let events = match read_chunk(&journal, &key, from, i64::MAX as u64).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = write_answer(send, &PeerResponse::Error(e.to_string())).await;
+                        return;
+                    }
+                };
+                // Without events its timers go alone, with the rest below.
+                let Some(last) = events.last().map(|e| e.seq) else {
+                    break;
+                };
+                from = last + 1;
+                let h = EntityHistory {
+                    entity_type: ty.clone(),
+                    entity_id: id.clone(),
+                    events: events
+                        .into_iter()
+                        .map(|e| (e.seq, e.timestamp_ms, e.version, e.payload))
+                        .collect(),
+                    timers: if first {
+                        timer_tuples(timers.remove(&key))
+                    } else {
+                        Vec::new()
+                    },
+                };
+                first = false;
+                if !write_answer(send, &PeerResponse::Entity(h)).await {
                     return;
                 }
-            };
-            let h = EntityHistory {
-                entity_type: ty.clone(),
-                entity_id: id,
-                events: events
-                    .into_iter()
-                    .map(|e| (e.seq, e.timestamp_ms, e.version, e.payload))
-                    .collect(),
-                timers: timer_tuples(timers.remove(&key)),
-            };
-            if !write_answer(send, &PeerResponse::Entity(h)).await {
-                return;
             }
         }
     }

@@ -17,10 +17,46 @@ use cairn_client::frame::{read_frame, write_frame};
 use cairn_client::tls::NODE_NAME;
 use cairn_proto::{FrameError, MAX_FRAME, Request, Response};
 use cairn_raft::Command;
+use cairn_store::{EntityKey, EventRecord, Journal, JournalError};
 use serde::{Deserialize, Serialize};
 
 /// How long a dial may take before the peer counts as unreachable.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// About the most bytes of events one frame of history carries (a handoff,
+/// a failover's fetch, a replica's gap, a read-back), so an entity's
+/// history of any size moves in bounded frames; one event larger than this
+/// travels alone.
+pub(crate) const HISTORY_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Events of `key` with `from <= seq <= to`, ascending, until about
+/// [`HISTORY_CHUNK`] bytes (at least one event if there is any).
+pub(crate) async fn read_chunk(
+    journal: &Arc<dyn Journal>,
+    key: &EntityKey,
+    from: u64,
+    to: u64,
+) -> Result<Vec<EventRecord>, JournalError> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut next = from;
+    while next <= to && bytes < HISTORY_CHUNK {
+        let page = journal.read(key, next, to, 16).await?;
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        next = last + 1;
+        for e in page {
+            bytes += e.payload.len() + e.version.len() + 16;
+            next = e.seq + 1;
+            out.push(e);
+            if bytes >= HISTORY_CHUNK {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// A request from one node to another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -112,14 +148,17 @@ pub enum PeerRequest {
         /// Events above this sequence number go.
         after: u64,
     },
-    /// One entity's whole history (a primary reading back what its
-    /// replicas hold after a write of it failed): answered by
-    /// [`PeerResponse::Entity`].
+    /// A part of one entity's history (a primary reading back what its
+    /// replicas hold after a write of it failed): its events from `from`
+    /// on, about [`HISTORY_CHUNK`] bytes of them at most, answered by
+    /// [`PeerResponse::Entity`] (no events: nothing from `from` on).
     FetchEntity {
         /// Entity type.
         entity_type: String,
         /// Entity id.
         entity_id: String,
+        /// The first sequence number wanted.
+        from: u64,
     },
     /// A component by its sha256, for a cluster-wide deploy.
     Component {

@@ -30,7 +30,7 @@ use cairn_store::{
 use tokio::sync::mpsc;
 
 use super::Inner;
-use super::peer::{PeerRequest, PeerResponse};
+use super::peer::{PeerError, PeerRequest, PeerResponse, read_chunk};
 use crate::placement::{Admission, Delivery, DeliveryFuture, DeliveryOutcome, Placement};
 
 /// The replication of a node's journal, attached to its cluster once that
@@ -416,52 +416,73 @@ pub(crate) async fn send_to_replica(
     let addr = inner
         .addr_of(replica)
         .ok_or_else(|| format!("no address for replica {replica}"))?;
-    let mut events = write.events.clone();
-    for _ in 0..3 {
-        let req = PeerRequest::Replicate {
-            shard: shard.0,
-            epoch,
-            entity_type: write.key.entity_type.clone(),
-            entity_id: write.key.entity_id.clone(),
-            events: events
-                .iter()
-                .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
-                .collect(),
-            add_timers: write
+    let events = &write.events;
+    let replicate = |events: &[EventRecord], timers: bool| PeerRequest::Replicate {
+        shard: shard.0,
+        epoch,
+        entity_type: write.key.entity_type.clone(),
+        entity_id: write.key.entity_id.clone(),
+        events: events
+            .iter()
+            .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
+            .collect(),
+        add_timers: if timers {
+            write
                 .add_timers
                 .iter()
                 .map(|t| (t.timer_id, t.fire_at_ms, t.command.clone()))
-                .collect(),
-            remove_timers: write.remove_timers.clone(),
-        };
-        match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
-            Ok(PeerResponse::Done) => return Ok(()),
-            Ok(PeerResponse::Gap(have)) => {
+                .collect()
+        } else {
+            Vec::new()
+        },
+        remove_timers: if timers {
+            write.remove_timers.clone()
+        } else {
+            Vec::new()
+        },
+    };
+    let answer = |r: Result<PeerResponse, PeerError>| match r {
+        Ok(PeerResponse::Fenced(e)) => Err(format!(
+            "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
+        )),
+        Ok(PeerResponse::Error(e)) => Err(e),
+        Ok(other) => Ok(other),
+        Err(e) => Err(e.to_string()),
+    };
+    for _ in 0..3 {
+        let req = replicate(events, true);
+        match answer(inner.peers.call(addr, &req, Duration::from_secs(10)).await)? {
+            PeerResponse::Done => return Ok(()),
+            PeerResponse::Gap(have) => {
+                // Filled from the local journal in chunks of bounded size,
+                // then the write is sent again.
                 let first = events.first().map_or(1, |e| e.seq);
                 if have + 1 >= first {
                     return Err(format!("replica {replica} reports a gap it does not have"));
                 }
-                let mut missing = local
-                    .read(&write.key, have + 1, first - 1, usize::MAX)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if missing.len() as u64 != first - 1 - have {
-                    return Err(format!(
-                        "{}: cannot fill replica {replica}'s gap",
-                        write.key
-                    ));
+                let mut next = have + 1;
+                while next < first {
+                    let chunk = read_chunk(local, &write.key, next, first - 1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match chunk.first().map(|e| e.seq) {
+                        Some(s) if s == next => {}
+                        _ => {
+                            return Err(format!(
+                                "{}: cannot fill replica {replica}'s gap at #{next}",
+                                write.key
+                            ));
+                        }
+                    }
+                    next = chunk.last().map_or(next, |e| e.seq + 1);
+                    let req = replicate(&chunk, false);
+                    match answer(inner.peers.call(addr, &req, Duration::from_secs(10)).await)? {
+                        PeerResponse::Done => {}
+                        other => return Err(format!("filling a gap: unexpected answer {other:?}")),
+                    }
                 }
-                missing.extend(write.events.iter().cloned());
-                events = missing;
             }
-            Ok(PeerResponse::Fenced(e)) => {
-                return Err(format!(
-                    "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
-                ));
-            }
-            Ok(PeerResponse::Error(e)) => return Err(e),
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
-            Err(e) => return Err(e.to_string()),
+            other => return Err(format!("unexpected answer {other:?}")),
         }
     }
     Err(format!("replica {replica} kept reporting gaps"))
@@ -555,25 +576,29 @@ async fn reconcile(
     let addr = inner
         .addr_of(owner)
         .ok_or_else(|| format!("no address for the owner {owner}"))?;
-    let req = PeerRequest::FetchEntity {
-        entity_type: key.entity_type.clone(),
-        entity_id: key.entity_id.clone(),
-    };
-    let mut truth: Vec<EventRecord> =
+    let mut truth: Vec<EventRecord> = Vec::new();
+    loop {
+        let req = PeerRequest::FetchEntity {
+            entity_type: key.entity_type.clone(),
+            entity_id: key.entity_id.clone(),
+            from: truth.last().map_or(1, |e| e.seq + 1),
+        };
         match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
-            Ok(PeerResponse::Entity(h)) => h
-                .events
-                .into_iter()
-                .map(|(seq, timestamp_ms, version, payload)| EventRecord {
-                    seq,
-                    timestamp_ms,
-                    version,
-                    payload,
-                })
-                .collect(),
+            Ok(PeerResponse::Entity(h)) if h.events.is_empty() => break,
+            Ok(PeerResponse::Entity(h)) => {
+                truth.extend(h.events.into_iter().map(
+                    |(seq, timestamp_ms, version, payload)| EventRecord {
+                        seq,
+                        timestamp_ms,
+                        version,
+                        payload,
+                    },
+                ))
+            }
             Ok(other) => return Err(format!("the owner answered {other:?}")),
             Err(e) => return Err(format!("the owner is unreachable: {e}")),
-        };
+        }
+    }
     // The owner sends a write before it appends it locally.
     for e in write {
         match truth.last().map_or(0, |l| l.seq) {
@@ -850,16 +875,25 @@ async fn resync(
         let addr = inner
             .addr_of(r)
             .ok_or_else(|| err(format!("no address for replica {r}")))?;
-        let req = PeerRequest::FetchEntity {
-            entity_type: key.entity_type.clone(),
-            entity_id: key.entity_id.clone(),
-        };
-        match inner.peers.call(addr, &req, Duration::from_secs(5)).await {
-            Ok(PeerResponse::Entity(h)) => {
-                super::handoff::import(inner, h, false).await.map_err(err)?;
+        // Chunk by chunk: each is imported before the next is asked for.
+        let mut from = 1;
+        loop {
+            let req = PeerRequest::FetchEntity {
+                entity_type: key.entity_type.clone(),
+                entity_id: key.entity_id.clone(),
+                from,
+            };
+            match inner.peers.call(addr, &req, Duration::from_secs(5)).await {
+                Ok(PeerResponse::Entity(h)) => {
+                    let Some(last) = h.events.last().map(|e| e.0) else {
+                        break;
+                    };
+                    from = last + 1;
+                    super::handoff::import(inner, h, false).await.map_err(err)?;
+                }
+                Ok(other) => return Err(err(format!("replica {r}: {other:?}"))),
+                Err(e) => return Err(err(format!("replica {r} unreachable: {e}"))),
             }
-            Ok(other) => return Err(err(format!("replica {r}: {other:?}"))),
-            Err(e) => return Err(err(format!("replica {r} unreachable: {e}"))),
         }
     }
     let have = local.highest_seq(key).await?;
