@@ -18,7 +18,10 @@ hashes of ``requirements-build.txt`` (componentize-py, from PyPI), into
 rebuilt only when an input changed (the behavior's directory, the SDK, the
 WIT, the tool): its inputs' digest is kept in ``<output>.inputs``.
 
-``--install-only`` installs the tool and exits. Standard library only.
+``--install-only`` installs the tool and exits. ``--wasi=import`` leaves
+componentize-py's WASI imports in place (25 interfaces, sockets included): a
+Cairn node refuses such a component at deploy, naming an interface it does
+not grant; the option exists to test that check. Standard library only.
 """
 
 from __future__ import annotations
@@ -110,10 +113,12 @@ def _py_files(d: Path) -> list[Path]:
     )
 
 
-def inputs_digest(module: Path, entity: str | None) -> str:
+def inputs_digest(module: Path, entity: str | None, wasi: str = "stub") -> str:
     """A digest of everything the component is built from."""
     h = hashlib.sha256()
     h.update(f"componentize-py {tool_version()}\nentity {entity}\nmodule {module.name}\n".encode())
+    if wasi != "stub":
+        h.update(f"wasi {wasi}\n".encode())
     h.update(Path(__file__).read_bytes())
     for d in (WIT_DIR, SDK_DIR / "cairn_guest", module.parent):
         for p in sorted(d.rglob("*.wit")) + _py_files(d):
@@ -122,13 +127,15 @@ def inputs_digest(module: Path, entity: str | None) -> str:
     return h.hexdigest()
 
 
-def build(module: Path, output: Path, entity: str | None, force: bool, quiet: bool) -> bool:
+def build(
+    module: Path, output: Path, entity: str | None, force: bool, quiet: bool, wasi: str = "stub"
+) -> bool:
     """Builds ``module`` into ``output``; returns False when it was up to date."""
     module = module.resolve()
     output = output.resolve()
     if module.suffix != ".py" or not module.is_file():
         raise BuildError(f"{module} is not a Python file")
-    digest = inputs_digest(module, entity)
+    digest = inputs_digest(module, entity, wasi)
     stamp = output.with_name(output.name + ".inputs")
     if not force and output.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         if not quiet:
@@ -162,7 +169,7 @@ def build(module: Path, output: Path, entity: str | None, force: bool, quiet: bo
             sys.executable, "-c",
             "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
             "-d", str(WIT_DIR), "-w", WORLD,
-            "componentize", "--stub-wasi",
+            "componentize", *(["--stub-wasi"] if wasi == "stub" else []),
             "-p", str(app), "-p", str(module.parent),
             APP_MODULE, "-o", str(partial),
         ]  # fmt: skip
@@ -189,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entity", help="the Entity subclass to export, if the module defines several")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--install-only", action="store_true", help="install the pinned tool and exit")
+    p.add_argument(
+        "--wasi",
+        choices=("stub", "import"),
+        default="stub",
+        help="stub: every WASI call traps, the component imports only the entity types (default); "
+        "import: keep componentize-py's WASI imports (a node refuses them; for tests)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.module is None:
             p.error("the behavior's module is required")
         out = a.output or a.module.with_suffix(".wasm")
-        build(a.module, out, a.entity, a.force, a.quiet)
+        build(a.module, out, a.entity, a.force, a.quiet, a.wasi)
     except BuildError as e:
         print(f"build.py: {e}", file=sys.stderr)
         return 1

@@ -136,15 +136,16 @@ pub fn python_example_wasm(name: &str) -> Result<PathBuf> {
         .join("python")
         .join(name)
         .join(format!("{}.py", name.replace('-', "_")));
-    python_module_wasm(&module, name)
+    python_module_wasm(&module, name, &[])
 }
 
 /// Builds any Python behavior module (a `.py` file defining one
 /// `cairn_guest.Entity`, e.g. a test's hostile guest under
 /// `tests/fixtures/python`) with `guest-sdk/python/build.py` to
-/// `target/wasm/python/OUT_NAME.wasm` and returns that path. Builds run one
-/// at a time per process and only when the sources changed.
-pub fn python_module_wasm(module: &Path, out_name: &str) -> Result<PathBuf> {
+/// `target/wasm/python/OUT_NAME.wasm` and returns that path; `args` go to
+/// build.py (e.g. `--wasi=import`). Builds run one at a time per process
+/// and only when the sources changed.
+pub fn python_module_wasm(module: &Path, out_name: &str, args: &[&str]) -> Result<PathBuf> {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let root = workspace_root();
     let out = root
@@ -159,6 +160,7 @@ pub fn python_module_wasm(module: &Path, out_name: &str) -> Result<PathBuf> {
         .arg(module)
         .arg("-o")
         .arg(&out)
+        .args(args)
         .current_dir(&root)
         .status()
         .context("running python3 guest-sdk/python/build.py (Python 3.10 or later is needed)")?;
