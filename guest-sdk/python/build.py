@@ -50,49 +50,56 @@ class BuildError(Exception):
     """A build step failed; the message says which and why."""
 
 
-def tool_version() -> str:
-    """The componentize-py version pinned by the lock file."""
-    m = re.search(r"^componentize-py==([^\s\\]+)", LOCK.read_text(), re.M)
+def pinned_version(lock: Path, package: str) -> str:
+    """The version of ``package`` that ``lock`` pins."""
+    m = re.search(rf"^{re.escape(package)}==([^\s\\]+)", lock.read_text(), re.M)
     if not m:
-        raise BuildError(f"{LOCK} pins no componentize-py version")
+        raise BuildError(f"{lock} pins no {package} version")
     return m.group(1)
 
 
-def tools_dir() -> Path:
-    """Where the pinned tool is installed."""
+def tool_version() -> str:
+    """The componentize-py version pinned by the lock file."""
+    return pinned_version(LOCK, "componentize-py")
+
+
+def tools_base() -> Path:
+    """Where pinned Python tools are installed (``target/python-tools``)."""
     env = os.environ.get("CAIRN_PYTHON_TOOLS")
-    base = Path(env) if env else REPO / "target" / "python-tools"
-    return base / f"componentize-py-{tool_version()}"
+    return Path(env) if env else REPO / "target" / "python-tools"
 
 
-def install_tools(quiet: bool = False) -> Path:
-    """Installs the pinned componentize-py (hash-checked) unless the same
-    lock is already installed; returns the directory to put on sys.path."""
-    dest = tools_dir()
-    lock_digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
+def tools_dir() -> Path:
+    """Where the pinned build tool is installed."""
+    return tools_base() / f"componentize-py-{tool_version()}"
+
+
+def install_locked(lock: Path, dest: Path, what: str, quiet: bool = False) -> Path:
+    """Installs the wheels ``lock`` pins (hash-checked, no dependency
+    resolution: the lock lists every package) into ``dest`` unless the same
+    lock is already installed there; returns ``dest``, to put on sys.path."""
+    lock_digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     stamp = dest / ".cairn-lock-sha256"
     if stamp.is_file() and stamp.read_text().strip() == lock_digest:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if not quiet:
-        print(f"installing componentize-py {tool_version()} into {dest}", file=sys.stderr)
+        print(f"installing {what} into {dest}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix=".install-", dir=dest.parent) as tmp:
         staging = Path(tmp) / "tools"
         cmd = [
             sys.executable, "-m", "pip", "install",
             "--require-hashes", "--no-deps", "--only-binary=:all:",
             "--disable-pip-version-check", "--no-input", "--quiet",
-            "--target", str(staging), "-r", str(LOCK),
+            "--target", str(staging), "-r", str(lock),
         ]  # fmt: skip
         env = dict(os.environ, PIP_REQUIRE_VIRTUALENV="0", PIP_ROOT_USER_ACTION="ignore")
         r = subprocess.run(cmd, env=env)
         if r.returncode != 0:
-            raise BuildError(
-                f"installing componentize-py failed (pip exited with {r.returncode}): {' '.join(cmd)}"
-            )
+            raise BuildError(f"installing {what} failed (pip exited with {r.returncode}): {' '.join(cmd)}")
         (staging / ".cairn-lock-sha256").write_text(lock_digest + "\n")
-        # Another build may have finished the same install meanwhile.
+        # Another process may have finished the same install meanwhile.
         if dest.exists():
             shutil.rmtree(dest)
         try:
@@ -103,6 +110,12 @@ def install_tools(quiet: bool = False) -> Path:
     if not quiet:
         print(f"installed in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return dest
+
+
+def install_tools(quiet: bool = False) -> Path:
+    """Installs the pinned componentize-py (hash-checked) unless the same
+    lock is already installed; returns the directory to put on sys.path."""
+    return install_locked(LOCK, tools_dir(), f"componentize-py {tool_version()}", quiet)
 
 
 def _py_files(d: Path) -> list[Path]:
