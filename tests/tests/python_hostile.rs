@@ -69,7 +69,7 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
     let bank = python_example_wasm("bank-account")?;
     let tmp = tempfile::tempdir()?;
     let node = NodeProc::start(&tmp.path().join("data"), &[])?;
-    node.client().await?;
+    let client = node.client().await?;
     for (ty, wasm) in [("bank-account", &bank), ("hostile", &hostile)] {
         let started = Instant::now();
         let out = cairn(&node, &["deploy", ty, wasm.to_str().context("path")?])?;
@@ -84,34 +84,26 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
     // An infinite loop: the call's deadline (1 s by default) ends it. The
     // bank account answers meanwhile.
     let looping = {
-        let (bin, addr, certs) = (cairn_tests::cairn_bin()?, node.addr, node.certs());
-        std::thread::spawn(move || {
-            std::process::Command::new(bin)
-                .args(["ask", "hostile", "h-loop", r#""Loop""#, "--timeout", "60s"])
-                .arg("--node")
-                .arg(addr.to_string())
-                .arg("--certs")
-                .arg(certs)
-                .output()
-        })
+        let client = client.clone();
+        tokio::spawn(async move { client.ask_json("hostile", "h-loop", r#""Loop""#).await })
     };
-    // Deposits while the looping ask is out (it lasts at least the 1 s
-    // deadline; each deposit is a CLI process and a QUIC handshake).
-    let mut answered = 0;
+    // Deposits (over the same QUIC connection) while the looping ask is out.
+    let (mut answered, mut slowest) = (0, Duration::ZERO);
     while !looping.is_finished() {
-        bank_deposit(&node, "acct-2")?;
+        let started = Instant::now();
+        let (reply, _) = client
+            .ask_json("bank-account", "acct-2", r#"{"Deposit":{"amount":1}}"#)
+            .await?;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(reply.as_deref(), Some("\"ok\""));
         answered += 1;
     }
-    let out = looping.join().expect("the looping ask panicked")?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "the loop returned: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let err = match looping.await? {
+        Ok(reply) => panic!("the loop returned {reply:?}"),
+        Err(e) => format!("{e:#}"),
+    };
     eprintln!(
-        "hostile Loop: {}; bank-account answered {answered} deposits meanwhile",
-        err.trim()
+        "hostile Loop: {err}; bank-account answered {answered} deposits meanwhile, the slowest in {slowest:?}"
     );
     assert!(err.contains("exceeded its deadline"), "{err}");
     assert!(answered >= 2, "{answered} deposits while the loop ran");
