@@ -18,7 +18,10 @@ hashes of ``requirements-build.txt`` (componentize-py, from PyPI), into
 rebuilt only when an input changed (the behavior's directory, the SDK, the
 WIT, the tool): its inputs' digest is kept in ``<output>.inputs``.
 
-``--install-only`` installs the tool and exits. Standard library only.
+``--install-only`` installs the tool and exits. ``--wasi=import`` leaves
+componentize-py's WASI imports in place (25 interfaces, sockets included): a
+Cairn node refuses such a component at deploy, naming an interface it does
+not grant; the option exists to test that check. Standard library only.
 """
 
 from __future__ import annotations
@@ -47,49 +50,56 @@ class BuildError(Exception):
     """A build step failed; the message says which and why."""
 
 
-def tool_version() -> str:
-    """The componentize-py version pinned by the lock file."""
-    m = re.search(r"^componentize-py==([^\s\\]+)", LOCK.read_text(), re.M)
+def pinned_version(lock: Path, package: str) -> str:
+    """The version of ``package`` that ``lock`` pins."""
+    m = re.search(rf"^{re.escape(package)}==([^\s\\]+)", lock.read_text(), re.M)
     if not m:
-        raise BuildError(f"{LOCK} pins no componentize-py version")
+        raise BuildError(f"{lock} pins no {package} version")
     return m.group(1)
 
 
-def tools_dir() -> Path:
-    """Where the pinned tool is installed."""
+def tool_version() -> str:
+    """The componentize-py version pinned by the lock file."""
+    return pinned_version(LOCK, "componentize-py")
+
+
+def tools_base() -> Path:
+    """Where pinned Python tools are installed (``target/python-tools``)."""
     env = os.environ.get("CAIRN_PYTHON_TOOLS")
-    base = Path(env) if env else REPO / "target" / "python-tools"
-    return base / f"componentize-py-{tool_version()}"
+    return Path(env) if env else REPO / "target" / "python-tools"
 
 
-def install_tools(quiet: bool = False) -> Path:
-    """Installs the pinned componentize-py (hash-checked) unless the same
-    lock is already installed; returns the directory to put on sys.path."""
-    dest = tools_dir()
-    lock_digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
+def tools_dir() -> Path:
+    """Where the pinned build tool is installed."""
+    return tools_base() / f"componentize-py-{tool_version()}"
+
+
+def install_locked(lock: Path, dest: Path, what: str, quiet: bool = False) -> Path:
+    """Installs the wheels ``lock`` pins (hash-checked, no dependency
+    resolution: the lock lists every package) into ``dest`` unless the same
+    lock is already installed there; returns ``dest``, to put on sys.path."""
+    lock_digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     stamp = dest / ".cairn-lock-sha256"
     if stamp.is_file() and stamp.read_text().strip() == lock_digest:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if not quiet:
-        print(f"installing componentize-py {tool_version()} into {dest}", file=sys.stderr)
+        print(f"installing {what} into {dest}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix=".install-", dir=dest.parent) as tmp:
         staging = Path(tmp) / "tools"
         cmd = [
             sys.executable, "-m", "pip", "install",
             "--require-hashes", "--no-deps", "--only-binary=:all:",
             "--disable-pip-version-check", "--no-input", "--quiet",
-            "--target", str(staging), "-r", str(LOCK),
+            "--target", str(staging), "-r", str(lock),
         ]  # fmt: skip
         env = dict(os.environ, PIP_REQUIRE_VIRTUALENV="0", PIP_ROOT_USER_ACTION="ignore")
         r = subprocess.run(cmd, env=env)
         if r.returncode != 0:
-            raise BuildError(
-                f"installing componentize-py failed (pip exited with {r.returncode}): {' '.join(cmd)}"
-            )
+            raise BuildError(f"installing {what} failed (pip exited with {r.returncode}): {' '.join(cmd)}")
         (staging / ".cairn-lock-sha256").write_text(lock_digest + "\n")
-        # Another build may have finished the same install meanwhile.
+        # Another process may have finished the same install meanwhile.
         if dest.exists():
             shutil.rmtree(dest)
         try:
@@ -102,6 +112,12 @@ def install_tools(quiet: bool = False) -> Path:
     return dest
 
 
+def install_tools(quiet: bool = False) -> Path:
+    """Installs the pinned componentize-py (hash-checked) unless the same
+    lock is already installed; returns the directory to put on sys.path."""
+    return install_locked(LOCK, tools_dir(), f"componentize-py {tool_version()}", quiet)
+
+
 def _py_files(d: Path) -> list[Path]:
     return sorted(
         p
@@ -110,10 +126,12 @@ def _py_files(d: Path) -> list[Path]:
     )
 
 
-def inputs_digest(module: Path, entity: str | None) -> str:
+def inputs_digest(module: Path, entity: str | None, wasi: str = "stub") -> str:
     """A digest of everything the component is built from."""
     h = hashlib.sha256()
     h.update(f"componentize-py {tool_version()}\nentity {entity}\nmodule {module.name}\n".encode())
+    if wasi != "stub":
+        h.update(f"wasi {wasi}\n".encode())
     h.update(Path(__file__).read_bytes())
     for d in (WIT_DIR, SDK_DIR / "cairn_guest", module.parent):
         for p in sorted(d.rglob("*.wit")) + _py_files(d):
@@ -122,13 +140,15 @@ def inputs_digest(module: Path, entity: str | None) -> str:
     return h.hexdigest()
 
 
-def build(module: Path, output: Path, entity: str | None, force: bool, quiet: bool) -> bool:
+def build(
+    module: Path, output: Path, entity: str | None, force: bool, quiet: bool, wasi: str = "stub"
+) -> bool:
     """Builds ``module`` into ``output``; returns False when it was up to date."""
     module = module.resolve()
     output = output.resolve()
     if module.suffix != ".py" or not module.is_file():
         raise BuildError(f"{module} is not a Python file")
-    digest = inputs_digest(module, entity)
+    digest = inputs_digest(module, entity, wasi)
     stamp = output.with_name(output.name + ".inputs")
     if not force and output.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         if not quiet:
@@ -162,7 +182,7 @@ def build(module: Path, output: Path, entity: str | None, force: bool, quiet: bo
             sys.executable, "-c",
             "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
             "-d", str(WIT_DIR), "-w", WORLD,
-            "componentize", "--stub-wasi",
+            "componentize", *(["--stub-wasi"] if wasi == "stub" else []),
             "-p", str(app), "-p", str(module.parent),
             APP_MODULE, "-o", str(partial),
         ]  # fmt: skip
@@ -189,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entity", help="the Entity subclass to export, if the module defines several")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--install-only", action="store_true", help="install the pinned tool and exit")
+    p.add_argument(
+        "--wasi",
+        choices=("stub", "import"),
+        default="stub",
+        help="stub: every WASI call traps, the component imports only the entity types (default); "
+        "import: keep componentize-py's WASI imports (a node refuses them; for tests)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -198,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.module is None:
             p.error("the behavior's module is required")
         out = a.output or a.module.with_suffix(".wasm")
-        build(a.module, out, a.entity, a.force, a.quiet)
+        build(a.module, out, a.entity, a.force, a.quiet, a.wasi)
     except BuildError as e:
         print(f"build.py: {e}", file=sys.stderr)
         return 1

@@ -119,7 +119,7 @@ pub fn example_bytes(name: &str) -> Result<Vec<u8>> {
 }
 
 /// The Python example behaviors (`examples/python/NAME/NAME_WITH_UNDERSCORES.py`).
-pub const PYTHON_EXAMPLES: &[&str] = &["bank-account"];
+pub const PYTHON_EXAMPLES: &[&str] = &["bank-account", "standing-order", "standing-order-v2"];
 
 /// Builds the named Python example (`examples/python/NAME`) to a component
 /// with `guest-sdk/python/build.py` and returns its path,
@@ -128,33 +128,47 @@ pub const PYTHON_EXAMPLES: &[&str] = &["bank-account"];
 /// against the hashes of `guest-sdk/python/requirements-build.txt`); it
 /// rebuilds a component only when its sources changed.
 pub fn python_example_wasm(name: &str) -> Result<PathBuf> {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if !PYTHON_EXAMPLES.contains(&name) {
         bail!("{name} is not a Python example ({PYTHON_EXAMPLES:?})");
     }
-    let root = workspace_root();
-    let module = root
+    let module = workspace_root()
         .join("examples")
         .join("python")
         .join(name)
         .join(format!("{}.py", name.replace('-', "_")));
+    python_module_wasm(&module, name, &[])
+}
+
+/// Builds any Python behavior module (a `.py` file defining one
+/// `cairn_guest.Entity`, e.g. a test's hostile guest under
+/// `tests/fixtures/python`) with `guest-sdk/python/build.py` to
+/// `target/wasm/python/OUT_NAME.wasm` and returns that path; `args` go to
+/// build.py (e.g. `--wasi=import`). Builds run one at a time per process
+/// and only when the sources changed.
+pub fn python_module_wasm(module: &Path, out_name: &str, args: &[&str]) -> Result<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let root = workspace_root();
     let out = root
         .join("target")
         .join("wasm")
         .join("python")
-        .join(format!("{name}.wasm"));
+        .join(format!("{out_name}.wasm"));
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
     let status = Command::new(python)
         .arg(root.join("guest-sdk").join("python").join("build.py"))
-        .arg(&module)
+        .arg(module)
         .arg("-o")
         .arg(&out)
+        .args(args)
         .current_dir(&root)
         .status()
         .context("running python3 guest-sdk/python/build.py (Python 3.10 or later is needed)")?;
     if !status.success() {
-        bail!("building the Python example {name} failed (see the output above)");
+        bail!(
+            "building the Python behavior {} failed (see the output above)",
+            module.display()
+        );
     }
     Ok(out)
 }
