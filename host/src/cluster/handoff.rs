@@ -22,7 +22,8 @@ use tokio::sync::oneshot;
 
 use super::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
 use super::peer::{
-    EntityHistory, PeerRequest, PeerResponse, read_answer, read_chunk, write_answer,
+    EntityHistory, PeerFailure, PeerRequest, PeerResponse, failed, read_answer, read_chunk,
+    write_answer,
 };
 use super::{Inner, live_entities};
 use cairn_client::frame::read_frame_admitted;
@@ -205,7 +206,7 @@ async fn call_owner(inner: &Arc<Inner>, owner: u64, req: PeerRequest) -> Result<
         .ok_or_else(|| format!("no address for node {owner}"))?;
     match inner.peers.call(addr, &req, Duration::from_secs(15)).await {
         Ok(PeerResponse::Done) => Ok(()),
-        Ok(PeerResponse::Error(e)) => Err(e),
+        Ok(PeerResponse::Failed(e)) => Err(e.to_string()),
         Ok(other) => Err(format!("{other:?}")),
         Err(e) => Err(e.to_string()),
     }
@@ -570,7 +571,7 @@ async fn fetch_once(
                 }
                 return Ok(n);
             }
-            Ok(Ok(PeerResponse::Error(e))) => return Err(e),
+            Ok(Ok(PeerResponse::Failed(e))) => return Err(e.to_string()),
             Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
         }
     }
@@ -689,7 +690,10 @@ async fn cut_to(inner: &Arc<Inner>, key: &EntityKey, last: u64) -> Result<(), St
     let journal = &inner.local_journal;
     let have = journal.highest_seq(key).await.map_err(|e| e.to_string())?;
     if have > last {
-        journal.truncate(key, last).await.map_err(|e| e.to_string())?;
+        journal
+            .truncate(key, last)
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::warn!(%key, dropped = have - last, "an unacknowledged tail truncated to the owner's history");
     }
     Ok(())
@@ -741,7 +745,7 @@ async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: qu
                 }
                 Err(e) => {
                     let _ =
-                        write_answer(&mut send, &PeerResponse::Error(format!("bad request: {e}")))
+                        write_answer(&mut send, &failed(PeerFailure::BadRequest(e.to_string())))
                             .await;
                     break;
                 }
@@ -768,7 +772,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             if inner.log.is_leader() {
                 match inner.log.add_member(node, addr).await {
                     Ok(()) => PeerResponse::Done,
-                    Err(e) => PeerResponse::Error(e.to_string()),
+                    Err(e) => failed(PeerFailure::Log(e.to_string())),
                 }
             } else {
                 to_leader(inner, PeerRequest::Join { node, addr }).await
@@ -779,7 +783,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             if inner.log.is_leader() {
                 match inner.log.propose(cmd, COMMIT_TIMEOUT).await {
                     Ok(_) => PeerResponse::Done,
-                    Err(e) => PeerResponse::Error(e.to_string()),
+                    Err(e) => failed(PeerFailure::Log(e.to_string())),
                 }
             } else {
                 PeerResponse::NotLeader(inner.log.leader().map(|l| l.1))
@@ -806,7 +810,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
         }
         PeerRequest::Release { shards } => match release(inner, &shards).await {
             Ok(()) => PeerResponse::Done,
-            Err(e) => PeerResponse::Error(e),
+            Err(e) => failed(PeerFailure::Release(e)),
         },
         PeerRequest::Resume { shards } => {
             resume(inner, &shards);
@@ -827,7 +831,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             if inner.log.is_leader() {
                 match inner.log.remove_member(node).await {
                     Ok(()) => PeerResponse::Done,
-                    Err(e) => PeerResponse::Error(e.to_string()),
+                    Err(e) => failed(PeerFailure::Log(e.to_string())),
                 }
             } else {
                 to_leader(inner, PeerRequest::Leave { node }).await
@@ -838,9 +842,11 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
         },
         PeerRequest::Component { sha256 } => match inner.node.component_by_hash(&sha256) {
             Some(b) => PeerResponse::Component(b),
-            None => PeerResponse::Error(format!("no component {sha256} here")),
+            None => failed(PeerFailure::NoComponent(sha256)),
         },
-        PeerRequest::FetchShard { .. } => PeerResponse::Error("fetch is a stream".into()),
+        PeerRequest::FetchShard { .. } => failed(PeerFailure::BadRequest(
+            "a shard fetch is a stream of its own".into(),
+        )),
         PeerRequest::FetchEntity {
             entity_type,
             entity_id,
@@ -857,7 +863,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                         .collect(),
                     timers: Vec::new(),
                 }),
-                Err(e) => PeerResponse::Error(e.to_string()),
+                Err(e) => failed(PeerFailure::Storage(e.to_string())),
             }
         }
         PeerRequest::Truncate {
@@ -911,28 +917,24 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
 
 async fn to_leader(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
     let Some((_, addr)) = inner.log.leader() else {
-        return PeerResponse::Error("no leader yet".into());
+        return failed(PeerFailure::NoLeader("none elected yet".into()));
     };
     let Ok(addr) = addr.parse() else {
-        return PeerResponse::Error("bad leader address".into());
+        return failed(PeerFailure::NoLeader(format!("bad leader address {addr}")));
     };
     if addr == inner.addr {
-        return PeerResponse::Error("leadership is changing".into());
+        return failed(PeerFailure::NoLeader("leadership is changing".into()));
     }
     match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
         Ok(r) => r,
-        Err(e) => PeerResponse::Error(e.to_string()),
+        Err(e) => failed(PeerFailure::Unreachable(e.to_string())),
     }
 }
 
 /// The old owner sends the history of every entity of a released shard.
 async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u32, count: u32) {
     if inner.router().serves(ShardId(shard)) {
-        let _ = write_answer(
-            send,
-            &PeerResponse::Error(format!("shard {shard} is still served here")),
-        )
-        .await;
+        let _ = write_answer(send, &failed(PeerFailure::StillServed(shard))).await;
         return;
     }
     let journal = inner.local_journal.clone();
@@ -941,7 +943,7 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
     let mut timers = match shard_timers(inner, ShardId(shard), count).await {
         Ok(t) => t,
         Err(e) => {
-            let _ = write_answer(send, &PeerResponse::Error(e)).await;
+            let _ = write_answer(send, &failed(PeerFailure::Storage(e))).await;
             return;
         }
     };
@@ -950,7 +952,7 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
         let ids = match journal.entity_ids(&ty, usize::MAX).await {
             Ok(ids) => ids,
             Err(e) => {
-                let _ = write_answer(send, &PeerResponse::Error(e.to_string())).await;
+                let _ = write_answer(send, &failed(PeerFailure::Storage(e.to_string()))).await;
                 return;
             }
         };
@@ -966,7 +968,8 @@ async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u3
                 let events = match read_chunk(&journal, &key, from, i64::MAX as u64).await {
                     Ok(e) => e,
                     Err(e) => {
-                        let _ = write_answer(send, &PeerResponse::Error(e.to_string())).await;
+                        let _ =
+                            write_answer(send, &failed(PeerFailure::Storage(e.to_string()))).await;
                         return;
                     }
                 };

@@ -30,7 +30,7 @@ use cairn_store::{
 use tokio::sync::mpsc;
 
 use super::Inner;
-use super::peer::{PeerError, PeerRequest, PeerResponse, read_chunk};
+use super::peer::{PeerError, PeerFailure, PeerRequest, PeerResponse, failed, read_chunk};
 use crate::placement::{Admission, Delivery, DeliveryFuture, DeliveryOutcome, Placement};
 
 /// The replication of a node's journal, attached to its cluster once that
@@ -445,7 +445,7 @@ pub(crate) async fn send_to_replica(
         Ok(PeerResponse::Fenced(e)) => Err(format!(
             "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
         )),
-        Ok(PeerResponse::Error(e)) => Err(e),
+        Ok(PeerResponse::Failed(e)) => Err(e.to_string()),
         Ok(other) => Ok(other),
         Err(e) => Err(e.to_string()),
     };
@@ -557,7 +557,7 @@ pub(crate) async fn replica_truncate(
     }
     match inner.local_journal.truncate(&key, after).await {
         Ok(()) => PeerResponse::Done,
-        Err(e) => PeerResponse::Error(e.to_string()),
+        Err(e) => failed(PeerFailure::Storage(e.to_string())),
     }
 }
 
@@ -585,16 +585,14 @@ async fn reconcile(
         };
         match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
             Ok(PeerResponse::Entity(h)) if h.events.is_empty() => break,
-            Ok(PeerResponse::Entity(h)) => {
-                truth.extend(h.events.into_iter().map(
-                    |(seq, timestamp_ms, version, payload)| EventRecord {
-                        seq,
-                        timestamp_ms,
-                        version,
-                        payload,
-                    },
-                ))
-            }
+            Ok(PeerResponse::Entity(h)) => truth.extend(h.events.into_iter().map(
+                |(seq, timestamp_ms, version, payload)| EventRecord {
+                    seq,
+                    timestamp_ms,
+                    version,
+                    payload,
+                },
+            )),
             Ok(other) => return Err(format!("the owner answered {other:?}")),
             Err(e) => return Err(format!("the owner is unreachable: {e}")),
         }
@@ -669,7 +667,7 @@ pub(crate) async fn replica_append(
             };
             match local.append(write).await {
                 Ok(()) => PeerResponse::Done,
-                Err(e) => PeerResponse::Error(e.to_string()),
+                Err(e) => failed(PeerFailure::Storage(e.to_string())),
             }
         }
     };
@@ -680,7 +678,7 @@ pub(crate) async fn replica_append(
     for _ in 0..2 {
         let have = match local.highest_seq(&key).await {
             Ok(h) => h,
-            Err(e) => return PeerResponse::Error(e.to_string()),
+            Err(e) => return failed(PeerFailure::Storage(e.to_string())),
         };
         if first > have + 1 {
             return PeerResponse::Gap(have);
@@ -692,7 +690,7 @@ pub(crate) async fn replica_append(
         if first <= have {
             let held = match local.read(&key, first, last.min(have), usize::MAX).await {
                 Ok(h) => h,
-                Err(e) => return PeerResponse::Error(e.to_string()),
+                Err(e) => return failed(PeerFailure::Storage(e.to_string())),
             };
             let same = held.iter().all(|h| {
                 events.iter().any(|(seq, ts, version, payload)| {
@@ -730,16 +728,16 @@ pub(crate) async fn replica_append(
                         tracing::warn!(%key, dropped, epoch, "an unacknowledged tail truncated to the owner's history");
                         PeerResponse::Done
                     }
-                    Err(e) => {
-                        PeerResponse::Error(format!("{key}: not reconciled with the owner: {e}"))
-                    }
+                    Err(e) => failed(PeerFailure::Replica(format!(
+                        "{key}: not reconciled with the owner: {e}"
+                    ))),
                 };
             }
             if !same {
                 tracing::error!(%key, first, have, "replica holds a different history; refused");
-                return PeerResponse::Error(format!(
+                return failed(PeerFailure::Replica(format!(
                     "{key}: this replica holds other events at #{first}..#{have} (an unacknowledged write); not acknowledged"
-                ));
+                )));
             }
         }
         if last <= have {
@@ -767,10 +765,12 @@ pub(crate) async fn replica_append(
             Ok(()) => return PeerResponse::Done,
             // A concurrent fill wrote some of them: look again.
             Err(JournalError::Conflict { .. }) => continue,
-            Err(e) => return PeerResponse::Error(e.to_string()),
+            Err(e) => return failed(PeerFailure::Storage(e.to_string())),
         }
     }
-    PeerResponse::Error(format!("{key}: replica append kept conflicting"))
+    failed(PeerFailure::Replica(format!(
+        "{key}: replica append kept conflicting"
+    )))
 }
 
 /// The timer records a replicated write adds and deletes.
