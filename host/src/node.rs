@@ -9,7 +9,7 @@
 //! behind the [`Journal`] and [`SnapshotStore`] traits. A [`Node`] must be
 //! created inside a tokio runtime.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ use crate::config::{Config, JournalBackend};
 use crate::deadline::Deadlines;
 use crate::deploy::DeployError;
 use crate::entity::{self, Enqueue, EntityType, Env, Envelope, Outbox};
+use cairn_cluster::messages::Outbox as SendQueue;
+
 use crate::outbox::{self, Entry, Kind};
 use crate::placement::{Admission, Delivery, DeliveryOutcome, Origin, Placement, SendId};
 use crate::registry::{Registry, RegistryError};
@@ -157,7 +159,7 @@ pub(crate) struct NodeInner {
     /// Outbox messages due for delivery, per sender, by send number (the
     /// command of the outbox entry); a sender listed here has a delivery
     /// task running.
-    sending: Mutex<HashMap<EntityKey, BTreeMap<u64, Vec<u8>>>>,
+    sending: Mutex<HashMap<EntityKey, SendQueue<Vec<u8>>>>,
     shutting_down: AtomicBool,
     pub(crate) registry: Registry,
     /// What each type's journal holds, for deploy validation.
@@ -354,7 +356,7 @@ impl NodeInner {
         self.timers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKey, BTreeMap<u64, Vec<u8>>>> {
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKey, SendQueue<Vec<u8>>>> {
         self.sending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -412,10 +414,7 @@ impl NodeInner {
         let start = {
             let mut sending = self.sending();
             let fresh = !sending.contains_key(&sender);
-            sending
-                .entry(sender.clone())
-                .or_default()
-                .insert(n, command);
+            sending.entry(sender.clone()).or_default().add(n, command);
             fresh
         };
         if start {
@@ -439,7 +438,7 @@ impl NodeInner {
             for t in timers {
                 if let Kind::Outbox(n) = outbox::kind(t.timer_id) {
                     armed.insert((sender.clone(), t.timer_id));
-                    queue.entry(n).or_insert(t.command);
+                    queue.add(n, t.command);
                 }
             }
         }
@@ -449,8 +448,8 @@ impl NodeInner {
                 let mut sending = self.sending();
                 let head = sending
                     .get(&sender)
-                    .and_then(|q| q.first_key_value())
-                    .map(|(n, c)| (*n, c.clone()));
+                    .and_then(|q| q.next())
+                    .map(|(n, c)| (n, c.clone()));
                 if head.is_none() || self.shutting_down.load(Ordering::Relaxed) {
                     sending.remove(&sender);
                     return;
@@ -468,8 +467,8 @@ impl NodeInner {
                 Admission::Elsewhere(why) => {
                     tracing::debug!(%sender, %why, "outbox left with its sender's shard");
                     let left = self.sending().remove(&sender).unwrap_or_default();
-                    for n in left.keys() {
-                        self.disarm(&sender, outbox::outbox_id(*n));
+                    for n in left.numbers() {
+                        self.disarm(&sender, outbox::outbox_id(n));
                     }
                     return;
                 }
@@ -501,7 +500,7 @@ impl NodeInner {
             pause = Duration::from_millis(50);
             self.forget(&sender, n).await;
             if let Some(q) = self.sending().get_mut(&sender) {
-                q.remove(&n);
+                q.done(n);
             }
             self.disarm(&sender, outbox::outbox_id(n));
         }
@@ -569,16 +568,31 @@ impl NodeInner {
         let ty = self
             .entity_type(entity_type)
             .ok_or_else(|| AskError::UnknownEntityType(entity_type.to_owned()))?;
+        self.ask_entity(&ty, entity_id, command, None, Some(from), timeout)
+            .await
+    }
+
+    /// Runs a command on an entity and waits for its reply, up to
+    /// `timeout`: on the calling task when the entity is idle.
+    async fn ask_entity(
+        &self,
+        ty: &Arc<EntityType>,
+        entity_id: &str,
+        command: Vec<u8>,
+        expected_seq: Option<u64>,
+        from: Option<SendId>,
+        timeout: Duration,
+    ) -> Result<Reply, AskError> {
         let (tx, rx) = oneshot::channel();
         let env = Envelope::Command {
             command,
-            expected_seq: None,
+            expected_seq,
             reply: Some(tx),
             timer_id: None,
-            from: Some(from),
+            from,
         };
         let work = std::pin::pin!(async {
-            self.enqueue(&ty, entity_id, env).await?;
+            self.deliver(ty, entity_id, env, true).await?;
             rx.await.map_err(|_| AskError::ShuttingDown)?
         });
         self.deadlines
@@ -917,23 +931,16 @@ impl Node {
         options: AskOptions,
     ) -> Result<Reply, AskError> {
         let ty = self.ty(entity_type)?;
-        let (tx, rx) = oneshot::channel();
-        let env = Envelope::Command {
-            command,
-            expected_seq: options.expected_seq,
-            reply: Some(tx),
-            timer_id: None,
-            from: None,
-        };
-        let work = std::pin::pin!(async {
-            self.inner.deliver(&ty, entity_id, env, true).await?;
-            rx.await.map_err(|_| AskError::ShuttingDown)?
-        });
         self.inner
-            .deadlines
-            .timeout(options.timeout, work)
+            .ask_entity(
+                &ty,
+                entity_id,
+                command,
+                options.expected_seq,
+                None,
+                options.timeout,
+            )
             .await
-            .map_err(|_| AskError::Timeout(options.timeout))?
     }
 
     /// Runs a message of another entity (send `from`, delivered by the

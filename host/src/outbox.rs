@@ -22,10 +22,11 @@
 //! A sender's outbox is delivered in order, one message at a time (the
 //! node's delivery worker), by whichever node serves the sender. Sends are
 //! numbered per sender, so "the highest applied" is enough for the
-//! receiver: when message n arrives, every earlier one was answered.
+//! receiver: when message n arrives, every earlier one was answered. Both
+//! rules are `cairn_cluster::messages` ([`Inbox`], `Outbox`), run by its
+//! seeded simulation.
 
-use std::collections::HashMap;
-
+use cairn_cluster::messages::Inbox;
 use cairn_store::{EntityKey, TimerRecord};
 
 /// First id of the outbox range.
@@ -153,7 +154,7 @@ pub(crate) struct Marks {
     /// Sends the entity made so far (the last one's number).
     sent: u64,
     /// For each sender, the highest send applied here.
-    received: HashMap<EntityKey, u64>,
+    received: Inbox<EntityKey>,
 }
 
 impl Marks {
@@ -172,8 +173,7 @@ impl Marks {
                 }
                 Kind::Mark => {
                     if let Some((sender, n)) = decode_received(&t.command) {
-                        let e = marks.received.entry(sender).or_default();
-                        *e = (*e).max(n);
+                        marks.received.record(sender, n);
                     }
                 }
             }
@@ -183,7 +183,7 @@ impl Marks {
 
     /// Was send `n` of `sender` applied here already?
     pub(crate) fn applied(&self, sender: &EntityKey, n: u64) -> bool {
-        self.received.get(sender).is_some_and(|&m| n <= m)
+        self.received.applied(sender, n)
     }
 
     /// The numbers the next `k` sends get.
@@ -220,8 +220,7 @@ impl Marks {
     pub(crate) fn written(&mut self, sends: u64, received: Option<(&EntityKey, u64)>) {
         self.sent += sends;
         if let Some((sender, n)) = received {
-            let e = self.received.entry(sender.clone()).or_default();
-            *e = (*e).max(n);
+            self.received.record(sender.clone(), n);
         }
     }
 }

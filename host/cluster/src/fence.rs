@@ -210,6 +210,12 @@ pub enum Mutant {
     /// A lease grant makes an owner serve although its table has not
     /// applied the epoch the grant carried.
     StaleGrant,
+    /// A receiver applies every copy of a message
+    /// ([`crate::messages::Inbox`]).
+    SendWithoutDedup,
+    /// A sender's outbox hands out its newest send first
+    /// ([`crate::messages::Outbox`]).
+    SendsOutOfOrder,
 }
 
 #[cfg(test)]
@@ -232,6 +238,11 @@ fn mutant(m: Mutant) -> bool {
 #[inline(always)]
 fn mutant(_: Mutant) -> bool {
     false
+}
+
+/// Is mutant `m` on (always false outside this crate's tests)?
+pub(crate) fn is_mutant(m: Mutant) -> bool {
+    mutant(m)
 }
 
 /// Is [`Mutant::NoLeaseCheck`] on (for the simulation's append)?

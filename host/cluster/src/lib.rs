@@ -19,6 +19,9 @@
 //!   into a bounded handoff buffer, or `Unavailable` when the owner is down.
 //! - [`fence`]: who may start and write an entity: a node's admission,
 //!   the writer's check of its allocation and lease, what a replica accepts.
+//! - [`messages`]: messages between entities exactly once: a sender's
+//!   outbox delivered oldest first, a receiver's record of the highest
+//!   send applied from each sender.
 //! - [`lease`]: how long an owner may serve without renewing, and when the
 //!   coordinator may reassign its shards (the clock-drift bound).
 //! - [`coordinator`]: proposes decisions from the view and the table and
@@ -33,6 +36,7 @@ pub mod fence;
 pub mod lease;
 pub mod member;
 pub mod membership;
+pub mod messages;
 pub mod phi;
 pub mod placement;
 pub mod replication;
