@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 
 use super::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
 use super::peer::{
-    EntityHistory, PeerFailure, PeerRequest, PeerResponse, failed, read_answer, read_chunk,
-    write_answer,
+    EntityHistory, PEER_PROTOCOL_VERSION, PeerFailure, PeerRequest, PeerResponse, failed,
+    read_answer, read_chunk, write_answer,
 };
 use super::{Inner, live_entities};
 use cairn_client::frame::read_frame_admitted;
@@ -764,9 +764,16 @@ async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: qu
 
 async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
     match req {
-        PeerRequest::Hello => PeerResponse::Hello {
+        PeerRequest::Hello { version } if version != PEER_PROTOCOL_VERSION => {
+            failed(PeerFailure::Version {
+                ours: PEER_PROTOCOL_VERSION,
+                theirs: version,
+            })
+        }
+        PeerRequest::Hello { .. } => PeerResponse::Hello {
             node: inner.id,
             boot: inner.boot.load(std::sync::atomic::Ordering::Relaxed),
+            version: PEER_PROTOCOL_VERSION,
         },
         PeerRequest::Join { node, addr } => {
             if inner.log.is_leader() {

@@ -43,7 +43,7 @@ use crate::config::ClusterConfig;
 use crate::node::Node;
 use crate::placement::Admission;
 use gossip::GossipInput;
-use peer::{PeerRequest, PeerResponse, Peers};
+use peer::{PEER_PROTOCOL_VERSION, PeerFailure, PeerRequest, PeerResponse, Peers};
 
 /// How long a lease renewal lets this node serve its shards.
 pub const LEASE: Duration = Duration::from_secs(2);
@@ -875,10 +875,29 @@ async fn join(inner: Arc<Inner>) {
                 .collect()
         };
         for addr in known {
-            if let Ok(PeerResponse::Hello { node, boot }) = inner
+            let hello = PeerRequest::Hello {
+                version: PEER_PROTOCOL_VERSION,
+            };
+            let answer = inner
                 .peers
-                .call(addr, &PeerRequest::Hello, Duration::from_millis(500))
-                .await
+                .call(addr, &hello, Duration::from_millis(500))
+                .await;
+            let (node, boot) = match answer {
+                Ok(PeerResponse::Hello {
+                    node,
+                    boot,
+                    version,
+                }) if version == PEER_PROTOCOL_VERSION => (node, boot),
+                Ok(PeerResponse::Hello { version, .. }) => {
+                    tracing::error!(%addr, version, ours = PEER_PROTOCOL_VERSION, "a peer speaks another peer protocol version: not joined");
+                    continue;
+                }
+                Ok(PeerResponse::Failed(e @ PeerFailure::Version { .. })) => {
+                    tracing::error!(%addr, error = %e, "a peer refused this node's peer protocol version: not joined");
+                    continue;
+                }
+                _ => continue,
+            };
             {
                 inner.view().addrs.insert(node, addr);
                 let _ = inner

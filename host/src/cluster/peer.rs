@@ -23,6 +23,13 @@ use serde::{Deserialize, Serialize};
 /// How long a dial may take before the peer counts as unreachable.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The peer protocol's version, checked when a node introduces itself
+/// ([`PeerRequest::Hello`]); members of a cluster must speak the same one.
+/// Bumped on any change of the layout of [`PeerRequest`] or
+/// [`PeerResponse`] (their frames are committed in
+/// `host/tests/fixtures/peer`).
+pub(crate) const PEER_PROTOCOL_VERSION: u32 = 1;
+
 /// About the most bytes of events one frame of history carries (a handoff,
 /// a failover's fetch, a replica's gap, a read-back), so an entity's
 /// history of any size moves in bounded frames; one event larger than this
@@ -61,8 +68,13 @@ pub(crate) async fn read_chunk(
 /// A request from one node to another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// Who are you? (The gossip identity, to announce to a seed.)
-    Hello,
+    /// Who are you? (The gossip identity, to announce to a seed.) With
+    /// the asker's [`PEER_PROTOCOL_VERSION`]: a peer of another version
+    /// answers [`PeerFailure::Version`].
+    Hello {
+        /// The asker's peer protocol version.
+        version: u32,
+    },
     /// A node asks to join; the receiver passes it on to the log's leader.
     Join {
         /// The new node.
@@ -213,6 +225,14 @@ pub enum PeerFailure {
     /// A peer this call needed (the leader) could not be reached.
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The asker speaks another version of the peer protocol.
+    #[error("peer protocol version {theirs} is not this node's {ours}")]
+    Version {
+        /// This node's version.
+        ours: u32,
+        /// The asker's.
+        theirs: u32,
+    },
 }
 
 /// The answer of a call that failed.
@@ -229,6 +249,8 @@ pub enum PeerResponse {
         node: u64,
         /// Its run.
         boot: u64,
+        /// Its peer protocol version.
+        version: u32,
     },
     /// Done, nothing to add.
     Done,
@@ -535,7 +557,7 @@ mod fixtures {
 
     fn requests() -> Vec<(&'static str, PeerRequest)> {
         vec![
-            ("request-hello", PeerRequest::Hello),
+            ("request-hello", PeerRequest::Hello { version: 1 }),
             (
                 "request-join",
                 PeerRequest::Join {
@@ -619,7 +641,14 @@ mod fixtures {
 
     fn responses() -> Vec<(&'static str, PeerResponse)> {
         let mut out = vec![
-            ("response-hello", PeerResponse::Hello { node: 7, boot: 99 }),
+            (
+                "response-hello",
+                PeerResponse::Hello {
+                    node: 7,
+                    boot: 99,
+                    version: 1,
+                },
+            ),
             ("response-done", PeerResponse::Done),
             (
                 "response-not-leader",
@@ -671,6 +700,7 @@ mod fixtures {
                 "unreachable",
                 PeerFailure::Unreachable("connection lost".into()),
             ),
+            ("version", PeerFailure::Version { ours: 1, theirs: 2 }),
         ];
         for (name, f) in failures {
             let name: &'static str = Box::leak(format!("failed-{name}").into_boxed_str());
