@@ -33,8 +33,9 @@ use cairn_store::{EntityKey, TimerRecord};
 const OUTBOX_BASE: u64 = 1 << 62;
 /// First id of the marks range; also the id of the send counter.
 const MARK_BASE: u64 = 1 << 63;
-/// A mark never fires.
-const NEVER: u64 = u64::MAX;
+/// A mark never fires: its fire time is the largest every backend stores
+/// (SQLite keeps times as signed 64-bit integers).
+const NEVER: u64 = i64::MAX as u64;
 
 /// What a timer id stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +145,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 /// The id of the mark that holds the highest send applied from `sender`.
 fn received_id(sender: &EntityKey) -> u64 {
     let h = fnv1a(&[sender.entity_type.as_bytes(), sender.entity_id.as_bytes()]);
-    MARK_BASE + 1 + h % (NEVER - MARK_BASE)
+    MARK_BASE + 1 + h % (u64::MAX - MARK_BASE)
 }
 
 /// What an entity knows of its own sends and of the messages it applied,
