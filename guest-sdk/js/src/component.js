@@ -1,0 +1,77 @@
+// The glue between a behavior and the WIT exports of cairn:entity/behavior
+// (wit/entity.wit) in a component built by componentize-js (build.mjs
+// imports it in the generated entry; natively, tests use the Bridge).
+//
+// componentize-js's conventions: functions and record fields in camelCase,
+// list<u8> as Uint8Array, u64 as BigInt, option as a value or undefined,
+// variants as { tag, val }, and a `result` error as a thrown value (its
+// `payload` when it has one). An exception raised by the behavior's own code
+// is not caught: it becomes a trap, the host fails the command and restarts
+// the entity from its journal, as with a Rust panic.
+
+import { Bridge, CommandError, FoldError, JsonError } from './bridge.js';
+import { Context } from './entity.js';
+
+/** A thrown result error: componentize-js lowers `payload`. */
+class WitError extends Error {
+  constructor(payload) {
+    super(typeof payload === 'string' ? payload : JSON.stringify(payload));
+    this.payload = payload;
+  }
+}
+
+const num = (b) => (typeof b === 'bigint' && b <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(b) : b);
+
+function jsonCall(f) {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof JsonError) throw new WitError(e.message);
+    throw e;
+  }
+}
+
+/** The object exported as `behavior` for `entity` (made by defineEntity). */
+export function behaviorExports(entity) {
+  const bridge = new Bridge(entity);
+  return {
+    describe() {
+      return bridge.describe();
+    },
+    initialState() {
+      return bridge.initialState();
+    },
+    decide(ctx, state, command) {
+      const c = new Context(ctx.entityId, num(ctx.nextSeq), num(ctx.timestampMs));
+      let d;
+      try {
+        d = bridge.decide(c, state, command);
+      } catch (e) {
+        if (e instanceof CommandError) throw new WitError({ tag: e.case, val: e.message });
+        throw e;
+      }
+      return {
+        events: d.events,
+        reply: d.reply,
+        effects: d.effects.map((f) =>
+          f.kind === 'send'
+            ? { tag: 'send', val: { entityType: f.entityType, entityId: f.entityId, command: f.command } }
+            : { tag: 'schedule', val: { delayMs: BigInt(f.delayMs), command: f.command } },
+        ),
+        state: d.state,
+      };
+    },
+    fold(state, events) {
+      try {
+        return bridge.fold(state, events);
+      } catch (e) {
+        if (e instanceof FoldError) throw new WitError({ index: e.index, message: e.detail });
+        throw e;
+      }
+    },
+    commandFromJson: (json) => jsonCall(() => bridge.commandFromJson(json)),
+    eventToJson: (event) => jsonCall(() => bridge.eventToJson(event)),
+    stateToJson: (state) => jsonCall(() => bridge.stateToJson(state)),
+    replyToJson: (reply) => jsonCall(() => bridge.replyToJson(reply)),
+  };
+}
