@@ -1,0 +1,304 @@
+//! The JavaScript bank account (`examples/js/bank-account`, built by
+//! `guest-sdk/js/build.mjs` with the pinned componentize-js) on a real
+//! `cairn node` process, driven with the CLI: the guide's walk-through with
+//! every figure the Rust one checks (deposits, the refused withdrawal, the
+//! balance replies, the journal as JSON, time travel), recovery after a
+//! restart from events and then from a snapshot; and a hot swap of a Rust v1
+//! history to the JavaScript behavior and back, validated by the replay
+//! check. The same structure as `python_guest.rs`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cairn_host::api::Response;
+use cairn_host::client::{Client, Follow};
+use cairn_tests::{NodeProc, example_wasm, js_example_wasm};
+
+const TYPE: &str = "bank-account";
+
+/// How long a restarted node may take to answer: it compiles the JavaScript
+/// component (12 MB, SpiderMonkey) before it listens, tens of seconds in a
+/// debug build beside other builds (there is no compiled-code cache yet).
+const START_WAIT: Duration = Duration::from_secs(600);
+
+/// Runs `cairn ARGS` against the node; returns its stdout, trimmed.
+fn cairn(node: &NodeProc, args: &[&str]) -> Result<String> {
+    let (ok, out, err) = node.cli(args)?;
+    if !ok {
+        let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
+        bail!("cairn {} failed: {err}\nnode log:\n{log}", args.join(" "));
+    }
+    Ok(out.trim().to_owned())
+}
+
+fn ask(node: &NodeProc, id: &str, json: &str) -> Result<String> {
+    cairn(node, &["ask", TYPE, id, json])
+}
+
+/// Deploys `wasm` as the bank account; returns the CLI's line and how long
+/// the deploy took (the node compiles the component).
+fn deploy(node: &NodeProc, wasm: &std::path::Path) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    let out = cairn(node, &["deploy", TYPE, wasm.to_str().context("path")?])?;
+    Ok((out, started.elapsed()))
+}
+
+/// The JSON events of an entity, as the CLI prints them (`#N time vX json`).
+fn events(node: &NodeProc, id: &str) -> Result<Vec<(String, String)>> {
+    let out = cairn(node, &["events", TYPE, id])?;
+    out.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                [seq, _time, version, json @ ..] => {
+                    Ok((format!("{seq} {version}"), json.join(" ").trim().to_owned()))
+                }
+                _ => bail!("unexpected events line {line:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Waits on a lifecycle follow for the `started` event of `id`; returns its detail.
+async fn started(follow: &mut Follow, id: &str) -> Result<String> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(120), follow.next())
+            .await
+            .context("no started event within 120 s")?;
+        match next {
+            Some(Ok(Response::Lifecycle {
+                kind,
+                entity_id,
+                detail,
+                ..
+            })) if kind == "started" && entity_id.as_deref() == Some(id) => return Ok(detail),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("the lifecycle stream ended"),
+        }
+    }
+}
+
+/// Reads `key=value` from a lifecycle detail.
+fn detail_value<'a>(detail: &'a str, key: &str) -> &'a str {
+    detail
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+/// SIGTERM, start again on the same directory; a client following the
+/// lifecycle, and how long the node took to answer (it compiles the
+/// deployed component again).
+async fn restart(node: &mut NodeProc) -> Result<(Client, Follow, Duration)> {
+    let status = node.terminate()?;
+    assert!(status.success(), "the node exited with {status} on SIGTERM");
+    let started = Instant::now();
+    node.restart()?;
+    let client = node.client_within(START_WAIT).await?;
+    let follow = client.follow_lifecycle().await?;
+    Ok((client, follow, started.elapsed()))
+}
+
+fn balance_of(state: &str) -> Result<i64> {
+    let v: serde_json::Value =
+        serde_json::from_str(state).with_context(|| format!("state {state}"))?;
+    v["balance"].as_i64().context("no balance in the state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_bank_account_walk_through() -> Result<()> {
+    let built = Instant::now();
+    let wasm = js_example_wasm(TYPE)?;
+    eprintln!(
+        "build of the JavaScript bank account (or up-to-date check): {:?}, {} bytes",
+        built.elapsed(),
+        std::fs::metadata(&wasm)?.len()
+    );
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("cairn.toml");
+    std::fs::write(&config, "[entities.\"bank-account\".snapshot]\nevery = 5\n")?;
+    let mut node = NodeProc::start(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().context("path")?],
+    )?;
+    node.client().await?;
+
+    let (out, took) = deploy(&node, &wasm)?;
+    eprintln!("deploy of the JavaScript bank account (compile + checks): {took:?}");
+    assert!(
+        out.starts_with("deployed bank-account #1: bank-account 1.0.0 (state schema 1)"),
+        "{out}"
+    );
+
+    // Phase 1: transactions.
+    let walk = Instant::now();
+    for amount in [100, 50] {
+        let (ok, out, err) = node.cli(&[
+            "tell",
+            TYPE,
+            "acct-1",
+            &format!("{{\"Deposit\":{{\"amount\":{amount}}}}}"),
+        ])?;
+        assert!(ok && out.contains("queued"), "{out}{err}");
+    }
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Withdraw":{"amount":30}}"#)?,
+        "\"ok\""
+    );
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Withdraw":{"amount":999}}"#)?,
+        "\"insufficient funds (balance: 120)\""
+    );
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "120");
+    // A command the behavior refuses, and one it cannot decode.
+    let (ok, _, err) = node.cli(&["ask", TYPE, "acct-1", r#"{"Deposit":{"amount":-5}}"#])?;
+    assert!(
+        !ok && err.contains("amount must be positive, got -5"),
+        "{err}"
+    );
+    let (ok, _, err) = node.cli(&["ask", TYPE, "acct-1", r#"{"Steal":{"amount":5}}"#])?;
+    assert!(
+        !ok && err.contains("not a valid bank-account command"),
+        "{err}"
+    );
+
+    assert_eq!(
+        events(&node, "acct-1")?,
+        [
+            ("#1 v1.0.0", r#"{"Deposited":{"amount":100}}"#),
+            ("#2 v1.0.0", r#"{"Deposited":{"amount":50}}"#),
+            ("#3 v1.0.0", r#"{"Withdrawn":{"amount":30}}"#),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    let state = cairn(&node, &["state", TYPE, "acct-1", "--at-seq", "2"])?;
+    assert_eq!(balance_of(&state)?, 150, "{state}");
+    let state = cairn(&node, &["state", TYPE, "acct-1"])?;
+    let state: serde_json::Value = serde_json::from_str(state.lines().next().unwrap_or(""))?;
+    assert_eq!(
+        state,
+        serde_json::json!({"balance": 120, "transactions": 3})
+    );
+
+    // Phase 2: the node restarts on the same data directory and recovers
+    // acct-1 from its 3 events.
+    let (client, mut follow, took) = restart(&mut node).await?;
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "120");
+    eprintln!("restart until the JavaScript bank account answered: {took:?} + first ask");
+    let detail = started(&mut follow, "acct-1").await?;
+    assert_eq!(detail_value(&detail, "replayed"), "3", "{detail}");
+    follow.stop();
+    client.close().await;
+
+    // Phase 3: a snapshot every 5 events; 7 deposits of 10.
+    for _ in 0..7 {
+        assert_eq!(
+            ask(&node, "acct-2", r#"{"Deposit":{"amount":10}}"#)?,
+            "\"ok\""
+        );
+    }
+    assert_eq!(ask(&node, "acct-2", r#""GetBalance""#)?, "70");
+    assert_eq!(events(&node, "acct-2")?.len(), 7);
+    let (client, mut follow, _) = restart(&mut node).await?;
+    assert_eq!(ask(&node, "acct-2", r#""GetBalance""#)?, "70");
+    let detail = started(&mut follow, "acct-2").await?;
+    assert_eq!(detail_value(&detail, "snapshot"), "5", "{detail}");
+    assert_eq!(detail_value(&detail, "replayed"), "2", "{detail}");
+    let state = cairn(&node, &["state", TYPE, "acct-2", "--at-seq", "5"])?;
+    assert_eq!(balance_of(&state)?, 50, "{state}");
+    follow.stop();
+    client.close().await;
+    eprintln!(
+        "walk-through with the JavaScript bank account, two restarts included: {:?}",
+        walk.elapsed()
+    );
+    let status = node.terminate()?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_history_hot_swaps_to_js_and_back() -> Result<()> {
+    let rust = example_wasm(TYPE)?;
+    let js = js_example_wasm(TYPE)?;
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    node.client().await?;
+    let (out, _) = deploy(&node, &rust)?;
+    assert!(out.starts_with("deployed bank-account #1"), "{out}");
+
+    // History written by the Rust v1.
+    for cmd in [
+        r#"{"Deposit":{"amount":100}}"#,
+        r#"{"Deposit":{"amount":50}}"#,
+        r#"{"Withdraw":{"amount":30}}"#,
+    ] {
+        assert_eq!(ask(&node, "acct-1", cmd)?, "\"ok\"");
+    }
+    for _ in 0..7 {
+        assert_eq!(
+            ask(&node, "acct-2", r#"{"Deposit":{"amount":10}}"#)?,
+            "\"ok\""
+        );
+    }
+
+    // The JavaScript behavior reads every event the Rust one wrote: the deploy
+    // replays both histories from #1 and checks the exemplars.
+    let (ok, out, err) = node.cli(&["deploy", TYPE, js.to_str().context("path")?])?;
+    assert!(ok, "deploy of the JavaScript bank account failed: {err}");
+    assert!(out.starts_with("deployed bank-account #2"), "{out}");
+    let (_, types, _) = node.cli(&["types"])?;
+    let js_hash = sha256_prefix(&std::fs::read(&js)?);
+    assert!(types.contains(&js_hash), "{types}");
+
+    // It serves both entities, on the state the Rust version left.
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Withdraw":{"amount":999}}"#)?,
+        "\"insufficient funds (balance: 120)\""
+    );
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Withdraw":{"amount":20}}"#)?,
+        "\"ok\""
+    );
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "100");
+    assert_eq!(ask(&node, "acct-2", r#""GetBalance""#)?, "70");
+    // A new entity, and time travel through Rust-written events in JavaScript.
+    assert_eq!(
+        ask(&node, "acct-3", r#"{"Deposit":{"amount":5}}"#)?,
+        "\"ok\""
+    );
+    let state = cairn(&node, &["state", TYPE, "acct-1", "--at-seq", "2"])?;
+    assert_eq!(balance_of(&state)?, 150, "{state}");
+    assert_eq!(
+        events(&node, "acct-1")?
+            .into_iter()
+            .map(|(_, json)| json)
+            .collect::<Vec<_>>(),
+        [
+            r#"{"Deposited":{"amount":100}}"#,
+            r#"{"Deposited":{"amount":50}}"#,
+            r#"{"Withdrawn":{"amount":30}}"#,
+            r#"{"Withdrawn":{"amount":20}}"#,
+        ]
+    );
+
+    // And back: the Rust bank account replays the events JavaScript wrote.
+    let (ok, out, err) = node.cli(&["deploy", TYPE, rust.to_str().context("path")?])?;
+    assert!(
+        ok,
+        "deploy of the Rust bank account over JavaScript failed: {err}"
+    );
+    assert!(out.starts_with("deployed bank-account #3"), "{out}");
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "100");
+    assert_eq!(ask(&node, "acct-3", r#""GetBalance""#)?, "5");
+    Ok(())
+}
+
+/// The first 16 hex digits of a sha256, as `cairn types` prints them.
+fn sha256_prefix(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
