@@ -20,6 +20,15 @@ class WitError extends Error {
   }
 }
 
+/** A list<u8> argument as a Uint8Array (componentize-js may hand over an Array or an ArrayBuffer). */
+function bytes(x) {
+  if (x instanceof Uint8Array) return x;
+  if (x instanceof ArrayBuffer) return new Uint8Array(x);
+  if (ArrayBuffer.isView(x)) return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+  if (Array.isArray(x)) return Uint8Array.from(x);
+  throw new TypeError(`expected bytes from the host, got ${Object.prototype.toString.call(x)}`);
+}
+
 const num = (b) => (typeof b === 'bigint' && b <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(b) : b);
 
 function jsonCall(f) {
@@ -45,7 +54,7 @@ export function behaviorExports(entity) {
       const c = new Context(ctx.entityId, num(ctx.nextSeq), num(ctx.timestampMs));
       let d;
       try {
-        d = bridge.decide(c, state, command);
+        d = bridge.decide(c, bytes(state), bytes(command));
       } catch (e) {
         if (e instanceof CommandError) throw new WitError({ tag: e.case, val: e.message });
         throw e;
@@ -63,15 +72,15 @@ export function behaviorExports(entity) {
     },
     fold(state, events) {
       try {
-        return bridge.fold(state, events);
+        return bridge.fold(bytes(state), bytes(events));
       } catch (e) {
         if (e instanceof FoldError) throw new WitError({ index: e.index, message: e.detail });
         throw e;
       }
     },
     commandFromJson: (json) => jsonCall(() => bridge.commandFromJson(json)),
-    eventToJson: (event) => jsonCall(() => bridge.eventToJson(event)),
-    stateToJson: (state) => jsonCall(() => bridge.stateToJson(state)),
-    replyToJson: (reply) => jsonCall(() => bridge.replyToJson(reply)),
+    eventToJson: (event) => jsonCall(() => bridge.eventToJson(bytes(event))),
+    stateToJson: (state) => jsonCall(() => bridge.stateToJson(bytes(state))),
+    replyToJson: (reply) => jsonCall(() => bridge.replyToJson(bytes(reply))),
   };
 }

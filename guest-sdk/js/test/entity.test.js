@@ -228,3 +228,16 @@ test('a definition without its parts is refused', () => {
   assert.throws(() => defineEntity({ name: 'x' }), /`version` is required/);
   assert.throws(() => defineEntity({ name: 'x', version: '1', State: {}, Command, Event, onCommand() {}, onEvent() {} }), /must be a codec schema/);
 });
+
+test('the WIT glue takes the bytes componentize-js hands over: Array, ArrayBuffer or Uint8Array', () => {
+  const x = behaviorExports(Sum);
+  const ctx = { entityId: 'x', nextSeq: 1n, timestampMs: 0n };
+  const cmd = encode(Command.Add(2));
+  for (const [state, command] of [
+    [[0], Array.from(cmd)],
+    [new Uint8Array([0]).buffer, cmd.slice().buffer],
+  ]) {
+    assert.deepEqual(x.decide(ctx, state, command).state, encode(2));
+  }
+  assert.equal(x.stateToJson([5]), '5');
+});
