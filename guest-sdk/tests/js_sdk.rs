@@ -41,7 +41,10 @@ fn node_test(dir: &str) {
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse::<u32>().ok())
         .unwrap_or(0);
-    assert!(passed > 0, "node --test {dir}/ ran no test:\n{stdout}{stderr}");
+    assert!(
+        passed > 0,
+        "node --test {dir}/ ran no test:\n{stdout}{stderr}"
+    );
     assert!(
         stdout.contains("# fail 0") && stdout.contains("# skipped 0"),
         "{stdout}"

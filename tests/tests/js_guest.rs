@@ -301,4 +301,3 @@ fn sha256_prefix(bytes: &[u8]) -> String {
     let d = sha2::Sha256::digest(bytes);
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
-
