@@ -419,11 +419,20 @@ class IntSchema extends Schema {
     super(name);
     this.lo = lo;
     this.hi = hi;
+    // Bounds as numbers, for the common case without BigInt (an interpreter
+    // pays for every BigInt): exact for every safe integer.
+    this.loN = Number(lo);
+    this.hiN = Number(hi);
   }
   check(v) {
+    if (typeof v === 'number' && Number.isInteger(v) && v >= this.loN && v <= this.hiN && Number.isSafeInteger(v)) return;
     if (!isInt(v)) throw new CodecError(`invalid type: ${describe(v)}, expected ${this._name}`);
     const b = BigInt(v);
     if (b < this.lo || b > this.hi) throw new CodecError(`invalid value: integer \`${v}\`, expected ${this._name}`);
+  }
+  _accepts(v) {
+    if (typeof v === 'number') return Number.isInteger(v) && v >= this.loN && v <= this.hiN;
+    return typeof v === 'bigint' && v >= this.lo && v <= this.hi;
   }
   _enc(w, v) {
     this.check(v);
@@ -433,6 +442,7 @@ class IntSchema extends Schema {
     if (typeof raw !== 'number' && typeof raw !== 'bigint') {
       throw new CodecError(`invalid type: ${what(raw)}, expected ${this._name}`);
     }
+    if (typeof raw === 'number' && raw >= this.loN && raw <= this.hiN && Number.isSafeInteger(raw)) return raw;
     const b = typeof raw === 'bigint' ? raw : BigInt(raw);
     if (b < this.lo || b > this.hi) throw new CodecError(`invalid value: integer \`${raw}\`, expected ${this._name}`);
     return raw;
@@ -482,6 +492,9 @@ class Simple extends Schema {
     this.test = test;
     this.expected = expected;
     this.toJson = toJson;
+  }
+  _accepts(v) {
+    return this.test(v);
   }
   _enc(w, v) {
     if (!this.test(v)) throw new CodecError(`invalid type: ${describe(v)}, expected ${this.expected}`);
@@ -784,13 +797,13 @@ class Fields {
     }
   }
   conv(raw, json, depth, out) {
-    const seen = new Set();
+    // `out` holds no field yet (a fresh object, or a variant's `type` only).
+    const seen = (name) => Object.prototype.hasOwnProperty.call(out, name);
     if (raw instanceof RawMap) {
       for (const [k, x] of raw.pairs) {
         const f = typeof k === 'string' ? this.byName.get(k) : undefined;
         if (!f) continue; // an unknown field: skipped
-        if (seen.has(f.name)) throw new CodecError(`duplicate field \`${f.name}\``);
-        seen.add(f.name);
+        if (seen(f.name)) throw new CodecError(`duplicate field \`${f.name}\``);
         out[f.name] = f.schema._conv(x, json, depth + 1);
       }
     } else if (Array.isArray(raw) && !json) {
@@ -800,14 +813,13 @@ class Fields {
       }
       raw.forEach((x, i) => {
         const f = this.list[i];
-        seen.add(f.name);
         out[f.name] = f.schema._conv(x, json, depth + 1);
       });
     } else {
       throw new CodecError(`invalid type: ${what(raw)}, expected struct ${this.owner}`);
     }
     for (const f of this.list) {
-      if (seen.has(f.name)) continue;
+      if (seen(f.name)) continue;
       if (f.hasDefault) out[f.name] = f.makeDefault();
       else if (f.optional) out[f.name] = null;
       else throw new CodecError(`missing field \`${f.name}\``);
@@ -1010,6 +1022,10 @@ class UntaggedSchema extends Schema {
   }
   pick(v) {
     for (const a of this.alts) {
+      if (a._accepts) {
+        if (a._accepts(v)) return a;
+        continue;
+      }
       try {
         a._enc(new Writer(), v, 0);
         return a;
@@ -1110,15 +1126,24 @@ export function isSchema(s) {
 // ---------------------------------------------------------------------------
 
 /** Encodes `value` as a `schema` (default `t.any`; union values built by constructors carry their schema). */
+let scratch = new Writer();
+
 export function encode(value, schema = t.any) {
-  const w = new Writer();
+  // One writer reused across calls (its buffer grows once); a nested call
+  // (a schema calling encode) gets its own.
+  const w = scratch ?? new Writer();
+  scratch = null;
+  w.len = 0;
   try {
     resolveSchema(schema)._enc(w, value, 0);
+    return w.finish();
   } catch (e) {
     if (e instanceof RangeError) throw new CodecError('value nested too deeply');
     throw e;
+  } finally {
+    if (w.buf.length <= 1 << 20) scratch = w;
+    else scratch = new Writer(); // do not keep a huge buffer alive
   }
-  return w.finish();
 }
 
 /** Decodes `bytes` as a `schema` (default `t.any`). Bytes after the value are ignored, as in Rust. */
