@@ -12,6 +12,18 @@
 import { Bridge, CommandError, FoldError, JsonError } from './bridge.js';
 import { Context } from './entity.js';
 
+// The component links no WASI (build.mjs disables StarlingMonkey's stdio):
+// console output is dropped here, so a console.log in a behavior fails nothing.
+if (typeof globalThis.console === 'object' && globalThis.console) {
+  for (const k of ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dir', 'table']) {
+    try {
+      globalThis.console[k] = () => {};
+    } catch {
+      // a frozen console: leave it
+    }
+  }
+}
+
 /** A thrown result error: componentize-js lowers `payload`. */
 class WitError extends Error {
   constructor(payload) {
