@@ -55,12 +55,16 @@ export class Outcome {
     return this.effects.filter((e) => e.kind === 'send').map((e) => [e.entityType, e.entityId, decode(e.command, schema)]);
   }
 
-  /** Asserts the persisted events are exactly `events`. */
+  /**
+   * Asserts the persisted events are exactly `events` (compared as their
+   * schema reads them back, so a field left out of an expected event is
+   * its default, a missing option `null`).
+   */
   expectEvents(...events) {
     const ev = this._entity.Event;
     assert.deepStrictEqual(
       plain(this.events),
-      plain(events),
+      events.map((e) => normalize(e, ev)),
       `expected events ${events.map((e) => show(e, ev)).join(', ') || 'none'}, got ${this.events.map((e) => show(e, ev)).join(', ') || 'none'}${this.rejected ? ` (rejected: ${this.rejection})` : ''}`,
     );
     return this;
@@ -69,7 +73,7 @@ export class Outcome {
   /** Asserts the reply equals `reply`. */
   expectReply(reply) {
     assert.ok(this.hasReply, `expected reply ${JSON.stringify(reply)}, got no reply${this.rejected ? ` (rejected: ${this.rejection})` : ''}`);
-    assert.deepStrictEqual(plain(this.reply), plain(reply));
+    assert.deepStrictEqual(plain(this.reply), normalize(reply, this._entity.Reply));
     return this;
   }
 
@@ -83,6 +87,15 @@ export class Outcome {
     assert.ok(this.rejected, `expected a rejection, got ${this.events.length} events and reply ${String(this.reply)}`);
     assert.ok(this.rejection.includes(containing), `expected a rejection containing ${JSON.stringify(containing)}, got ${JSON.stringify(this.rejection)}`);
     return this;
+  }
+}
+
+/** `v` as `schema` reads it back (defaults filled in), or as given if it does not encode. */
+function normalize(v, schema) {
+  try {
+    return plain(decode(encode(v, schema), schema));
+  } catch {
+    return plain(v);
   }
 }
 
