@@ -301,3 +301,41 @@ fn sha256_prefix(bytes: &[u8]) -> String {
     let d = sha2::Sha256::digest(bytes);
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
+
+/// The top-level imports of a component (nested modules and components
+/// are skipped).
+fn component_imports(bytes: &[u8]) -> Result<Vec<String>> {
+    use wasmparser::{Encoding, Parser, Payload};
+    let mut depth = 0usize;
+    let mut imports = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload? {
+            Payload::Version { encoding, .. } => {
+                if depth == 0 && encoding != Encoding::Component {
+                    bail!("not a component");
+                }
+                depth += 1;
+            }
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(section) if depth == 1 => {
+                for import in section {
+                    imports.push(import?.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(imports)
+}
+
+#[test]
+fn the_js_component_imports_only_the_entity_types() -> Result<()> {
+    let wasm = js_example_wasm(TYPE)?;
+    let imports = component_imports(&std::fs::read(&wasm)?)?;
+    // No WASI at all: build.mjs disables every feature of the JS engine.
+    assert_eq!(imports, ["cairn:entity/types@0.1.0"], "{}", wasm.display());
+    // The same reading of a std Rust guest (wasm32-wasip2) finds its WASI imports.
+    let rust = component_imports(&std::fs::read(example_wasm(TYPE)?)?)?;
+    assert!(rust.iter().any(|i| i.starts_with("wasi:cli/")), "{rust:?}");
+    Ok(())
+}
