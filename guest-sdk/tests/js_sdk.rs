@@ -60,3 +60,8 @@ fn the_js_sdk_passes_its_tests() {
 fn the_js_bank_account_passes_its_tests() {
     node_test("examples/js/bank-account");
 }
+
+#[test]
+fn the_js_bank_account_v2_passes_its_tests() {
+    node_test("examples/js/bank-account-v2");
+}

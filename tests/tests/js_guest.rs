@@ -5,7 +5,8 @@
 //! balance replies, the journal as JSON, time travel), recovery after a
 //! restart from events and then from a snapshot; and a hot swap of a Rust v1
 //! history to the JavaScript behavior and back, validated by the replay
-//! check. The same structure as `python_guest.rs`.
+//! check; a Rust v1 history upcast by a JavaScript v2, read by the Rust v2,
+//! and the rollback to v1 refused. The same structure as `python_guest.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -292,6 +293,77 @@ async fn rust_history_hot_swaps_to_js_and_back() -> Result<()> {
     assert!(out.starts_with("deployed bank-account #3"), "{out}");
     assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "100");
     assert_eq!(ask(&node, "acct-3", r#""GetBalance""#)?, "5");
+    Ok(())
+}
+
+/// The JSON of an entity's events with the version that wrote each.
+fn events_with_versions(node: &NodeProc, id: &str) -> Result<Vec<String>> {
+    Ok(events(node, id)?
+        .into_iter()
+        .map(|(seq_version, json)| format!("{seq_version} {json}"))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_v1_history_upcasts_in_js_v2_rust_v2_reads_it_and_v1_is_refused() -> Result<()> {
+    let v1 = example_wasm(TYPE)?;
+    let v2 = example_wasm("bank-account-v2")?;
+    let js_v2 = js_example_wasm("bank-account-v2")?;
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    node.client().await?;
+    let (out, _) = deploy(&node, &v1)?;
+    assert!(out.starts_with("deployed bank-account #1"), "{out}");
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Deposit":{"amount":150}}"#)?,
+        "\"ok\""
+    );
+
+    // JavaScript v2 replays the Rust v1 event through its upcast (the deploy
+    // check), shows it in the new shape, and writes its own new events.
+    let (out, took) = deploy(&node, &js_v2)?;
+    eprintln!("deploy of the JavaScript bank account v2: {took:?}");
+    assert!(
+        out.starts_with("deployed bank-account #2: bank-account 2.0.0"),
+        "{out}"
+    );
+    assert_eq!(
+        events_with_versions(&node, "acct-1")?,
+        [r#"#1 v1.0.0 {"Credited":{"amount":150,"source":"deposit"}}"#]
+    );
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Withdraw":{"amount":100}}"#)?,
+        "\"ok (fee 1)\""
+    );
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "49");
+    assert_eq!(
+        events_with_versions(&node, "acct-1")?,
+        [
+            r#"#1 v1.0.0 {"Credited":{"amount":150,"source":"deposit"}}"#,
+            r#"#2 v2.0.0 {"Withdrawn":{"amount":100,"fee_waived":false}}"#,
+            r#"#3 v2.0.0 {"FeeCharged":{"amount":1}}"#,
+        ]
+    );
+
+    // Rust v2 reads what JavaScript v2 wrote.
+    let (out, _) = deploy(&node, &v2)?;
+    assert!(
+        out.starts_with("deployed bank-account #3: bank-account 2.0.0"),
+        "{out}"
+    );
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "49");
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Deposit":{"amount":10}}"#)?,
+        "\"ok\""
+    );
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "59");
+
+    // Rust v1 cannot read `Credited` or `FeeCharged`: the replay check refuses it.
+    let (ok, out, err) = node.cli(&["deploy", TYPE, v1.to_str().context("path")?])?;
+    assert!(!ok, "a rollback to v1 was accepted: {out}");
+    assert!(err.contains("deploy refused"), "{err}");
+    assert!(err.contains("unknown variant"), "{err}");
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "59");
     Ok(())
 }
 
