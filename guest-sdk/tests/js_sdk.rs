@@ -65,3 +65,8 @@ fn the_js_bank_account_passes_its_tests() {
 fn the_js_bank_account_v2_passes_its_tests() {
     node_test("examples/js/bank-account-v2");
 }
+
+#[test]
+fn the_js_counter_passes_its_tests() {
+    node_test("examples/js/counter");
+}

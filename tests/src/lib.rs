@@ -160,7 +160,7 @@ pub fn python_example_wasm(name: &str) -> Result<PathBuf> {
 }
 
 /// The JavaScript example behaviors (`examples/js/NAME/NAME_WITH_UNDERSCORES.js`).
-pub const JS_EXAMPLES: &[&str] = &["bank-account", "bank-account-v2"];
+pub const JS_EXAMPLES: &[&str] = &["bank-account", "bank-account-v2", "counter"];
 
 /// Builds the named JavaScript example (`examples/js/NAME`) to a component
 /// with `guest-sdk/js/build.mjs` and returns its path,

@@ -6,7 +6,9 @@
 //! restart from events and then from a snapshot; and a hot swap of a Rust v1
 //! history to the JavaScript behavior and back, validated by the replay
 //! check; a Rust v1 history upcast by a JavaScript v2, read by the Rust v2,
-//! and the rollback to v1 refused. The same structure as `python_guest.rs`.
+//! and the rollback to v1 refused; the JavaScript counter's `send` and
+//! `schedule` on a node, over a Rust counter's history and back. The same
+//! structure as `python_guest.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -364,6 +366,79 @@ async fn a_rust_v1_history_upcasts_in_js_v2_rust_v2_reads_it_and_v1_is_refused()
     assert!(err.contains("deploy refused"), "{err}");
     assert!(err.contains("unknown variant"), "{err}");
     assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "59");
+    Ok(())
+}
+
+/// Asks a counter for its value until it is `want` (effects run after the
+/// command that asked for them has replied).
+fn counter_reaches(node: &NodeProc, id: &str, want: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = cairn(node, &["ask", "counter", id, r#""Get""#])?;
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("counter {id} is {got}, not {want}, after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_js_counter_sends_and_schedules_on_a_rust_counters_history() -> Result<()> {
+    let rust = example_wasm("counter")?;
+    let js = js_example_wasm("counter")?;
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    node.client().await?;
+    let ask_counter = |id: &str, json: &str| cairn(&node, &["ask", "counter", id, json]);
+    let out = cairn(
+        &node,
+        &["deploy", "counter", rust.to_str().context("path")?],
+    )?;
+    assert!(out.starts_with("deployed counter #1"), "{out}");
+    assert_eq!(ask_counter("c1", r#"{"Increment":{"by":2}}"#)?, "2");
+    assert_eq!(ask_counter("c1", r#"{"Batch":{"count":3}}"#)?, "5");
+
+    // The JavaScript counter takes over the history the Rust one wrote.
+    let out = cairn(&node, &["deploy", "counter", js.to_str().context("path")?])?;
+    assert!(
+        out.starts_with("deployed counter #2: counter 1.0.0"),
+        "{out}"
+    );
+    assert_eq!(ask_counter("c1", r#""Get""#)?, "5");
+    // A send: c1 replies with its value, then c2 gets Increment { by: 3 }.
+    assert_eq!(
+        ask_counter("c1", r#"{"Forward":{"entity_id":"c2","by":3}}"#)?,
+        "5"
+    );
+    counter_reaches(&node, "c2", "3", Duration::from_secs(30))?;
+    // A schedule: c1 increments itself by 4 after 300 ms.
+    let asked = Instant::now();
+    assert_eq!(
+        ask_counter("c1", r#"{"IncrementLater":{"by":4,"delay_ms":300}}"#)?,
+        "5"
+    );
+    counter_reaches(&node, "c1", "9", Duration::from_secs(30))?;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "the timer fired early"
+    );
+    let (ok, _, err) = node.cli(&["ask", "counter", "c1", r#"{"Batch":{"count":0}}"#])?;
+    assert!(
+        !ok && err.contains("count must be between 1 and 1000"),
+        "{err}"
+    );
+
+    // And back to Rust, which replays what the JavaScript counter wrote.
+    let out = cairn(
+        &node,
+        &["deploy", "counter", rust.to_str().context("path")?],
+    )?;
+    assert!(out.starts_with("deployed counter #3"), "{out}");
+    assert_eq!(ask_counter("c1", r#""Get""#)?, "9");
+    assert_eq!(ask_counter("c2", r#""Get""#)?, "3");
     Ok(())
 }
 
