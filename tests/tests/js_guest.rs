@@ -3,19 +3,19 @@
 //! `cairn node` process, driven with the CLI: the guide's walk-through with
 //! every figure the Rust one checks (deposits, the refused withdrawal, the
 //! balance replies, the journal as JSON, time travel), recovery after a
-//! restart from events and then from a snapshot; and a hot swap of a Rust v1
-//! history to the JavaScript behavior and back, validated by the replay
-//! check; a Rust v1 history upcast by a JavaScript v2, read by the Rust v2,
-//! and the rollback to v1 refused; the JavaScript counter's `send` and
-//! `schedule` on a node, over a Rust counter's history and back. The same
-//! structure as `python_guest.rs`.
+//! restart from events and then from a snapshot; a hot swap of a Rust v1
+//! history to the JavaScript behavior and back, and of a Python history to
+//! it, validated by the replay check; a Rust v1 history upcast by a
+//! JavaScript v2, read by the Rust v2, and the rollback to v1 refused; the
+//! JavaScript counter's `send` and `schedule` on a node, over a Rust
+//! counter's history and back. The same structure as `python_guest.rs`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cairn_host::api::Response;
 use cairn_host::client::{Client, Follow};
-use cairn_tests::{NodeProc, example_wasm, js_example_wasm};
+use cairn_tests::{NodeProc, example_wasm, js_example_wasm, python_example_wasm};
 
 const TYPE: &str = "bank-account";
 
@@ -295,6 +295,40 @@ async fn rust_history_hot_swaps_to_js_and_back() -> Result<()> {
     assert!(out.starts_with("deployed bank-account #3"), "{out}");
     assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "100");
     assert_eq!(ask(&node, "acct-3", r#""GetBalance""#)?, "5");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_history_hot_swaps_to_js() -> Result<()> {
+    let python = python_example_wasm(TYPE)?;
+    let js = js_example_wasm(TYPE)?;
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    node.client().await?;
+    let (out, _) = deploy(&node, &python)?;
+    assert!(out.starts_with("deployed bank-account #1"), "{out}");
+    for cmd in [
+        r#"{"Deposit":{"amount":100}}"#,
+        r#"{"Deposit":{"amount":50}}"#,
+        r#"{"Withdraw":{"amount":30}}"#,
+    ] {
+        assert_eq!(ask(&node, "acct-1", cmd)?, "\"ok\"");
+    }
+    // The JavaScript behavior replays the events the Python one wrote (the
+    // deploy's replay check) and goes on from the same state.
+    let (out, _) = deploy(&node, &js)?;
+    assert!(out.starts_with("deployed bank-account #2"), "{out}");
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Withdraw":{"amount":999}}"#)?,
+        "\"insufficient funds (balance: 120)\""
+    );
+    assert_eq!(
+        ask(&node, "acct-1", r#"{"Deposit":{"amount":5}}"#)?,
+        "\"ok\""
+    );
+    assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "125");
+    let state = cairn(&node, &["state", TYPE, "acct-1", "--at-seq", "3"])?;
+    assert_eq!(balance_of(&state)?, 120, "{state}");
     Ok(())
 }
 
