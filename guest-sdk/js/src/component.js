@@ -12,14 +12,48 @@
 import { Bridge, CommandError, FoldError, JsonError } from './bridge.js';
 import { Context } from './entity.js';
 
-// The component links no WASI (build.mjs disables StarlingMonkey's stdio):
-// console output is dropped here, so a console.log in a behavior fails nothing.
-if (typeof globalThis.console === 'object' && globalThis.console) {
-  for (const k of ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dir', 'table']) {
+/** The clock a behavior sees: the timestamp of the command being decided. */
+let clockMs = 0;
+
+/**
+ * Makes the JavaScript globals safe in a component that links no WASI
+ * (build.mjs disables every feature of the engine; guest-globals.js, which
+ * the generated entry imports first, calls this once at build time, before
+ * the snapshot and before any behavior code):
+ * - console output is dropped, so a console.log fails nothing;
+ * - `Date.now()` and `new Date()` read the timestamp of the command being
+ *   decided (`ctx.timestampMs`, recorded by the host, so replays see the
+ *   same time; 0 outside a command), like the host's WASI clocks for Rust
+ *   guests. Without this they trap: the engine has no clock.
+ * `Math.random()` needs nothing: the engine seeds it at build time, so it
+ * gives the same sequence in every instance, which suits behaviors.
+ * Not called natively: tests keep node's own globals.
+ */
+export function installGuestGlobals() {
+  if (typeof globalThis.console === 'object' && globalThis.console) {
+    for (const k of ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dir', 'table']) {
+      try {
+        globalThis.console[k] = () => {};
+      } catch {
+        // a frozen console: leave it
+      }
+    }
+  }
+  const RealDate = globalThis.Date;
+  class CairnDate extends RealDate {
+    constructor(...args) {
+      super(...(args.length ? args : [clockMs]));
+    }
+    static now() {
+      return clockMs;
+    }
+  }
+  globalThis.Date = CairnDate;
+  if (typeof globalThis.performance === 'object' && globalThis.performance) {
     try {
-      globalThis.console[k] = () => {};
+      globalThis.performance.now = () => 0;
     } catch {
-      // a frozen console: leave it
+      // leave it
     }
   }
 }
@@ -64,6 +98,7 @@ export function behaviorExports(entity) {
     },
     decide(ctx, state, command) {
       const c = new Context(ctx.entityId, num(ctx.nextSeq), num(ctx.timestampMs));
+      clockMs = Number(ctx.timestampMs);
       let d;
       try {
         d = bridge.decide(c, bytes(state), bytes(command));

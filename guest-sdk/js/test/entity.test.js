@@ -241,3 +241,32 @@ test('the WIT glue takes the bytes componentize-js hands over: Array, ArrayBuffe
   }
   assert.equal(x.stateToJson([5]), '5');
 });
+
+test('in a component, Date reads the command timestamp', async () => {
+  const { installGuestGlobals } = await import('../src/component.js');
+  const saved = { Date: globalThis.Date, log: console.log, now: globalThis.performance.now };
+  try {
+    installGuestGlobals();
+    const Clock = defineEntity({
+      name: 'clock',
+      version: '1',
+      State: t.i64,
+      Command: t.union('C', { Now: null }),
+      Event: t.union('E', {}),
+      Reply: t.tuple(t.f64, t.string),
+      initialState: () => 0,
+      onCommand: () => {
+        console.log('dropped by the component glue');
+        return Decision.reply([Date.now(), new Date().toISOString()]);
+      },
+      onEvent: (s) => s,
+    });
+    const x = behaviorExports(Clock);
+    const d = x.decide({ entityId: 'c', nextSeq: 1n, timestampMs: 1_700_000_000_123n }, encode(0), encode('Now'));
+    assert.deepEqual(decode(d.reply), [1_700_000_000_123, '2023-11-14T22:13:20.123Z']);
+  } finally {
+    globalThis.Date = saved.Date;
+    console.log = saved.log;
+    globalThis.performance.now = saved.now;
+  }
+});
