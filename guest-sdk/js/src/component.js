@@ -22,9 +22,10 @@ let clockMs = 0;
  * the snapshot and before any behavior code):
  * - console output is dropped, so a console.log fails nothing;
  * - `Date.now()` and `new Date()` read the timestamp of the command being
- *   decided (`ctx.timestampMs`, recorded by the host, so replays see the
- *   same time; 0 outside a command), like the host's WASI clocks for Rust
- *   guests. Without this they trap: the engine has no clock.
+ *   decided (`ctx.timestampMs`, recorded by the host) while `onCommand`
+ *   runs, and 0 otherwise (`onEvent` must not depend on a clock), like the
+ *   host's WASI clocks for Rust guests. Without this they trap: the engine
+ *   has no clock.
  * `Math.random()` needs nothing: the engine seeds it at build time, so it
  * gives the same sequence in every instance, which suits behaviors.
  * Not called natively: tests keep node's own globals.
@@ -88,7 +89,21 @@ function jsonCall(f) {
 
 /** The object exported as `behavior` for `entity` (made by defineEntity). */
 export function behaviorExports(entity) {
-  const bridge = new Bridge(entity);
+  // The clock shows the command's timestamp while onCommand runs, and 0
+  // otherwise (onEvent, live or in recovery, must not depend on it).
+  const clocked = Object.create(entity, {
+    onCommand: {
+      value(ctx, state, command) {
+        clockMs = ctx.timestampMs;
+        try {
+          return entity.onCommand(ctx, state, command);
+        } finally {
+          clockMs = 0;
+        }
+      },
+    },
+  });
+  const bridge = new Bridge(clocked);
   return {
     describe() {
       return bridge.describe();
@@ -98,7 +113,6 @@ export function behaviorExports(entity) {
     },
     decide(ctx, state, command) {
       const c = new Context(ctx.entityId, num(ctx.nextSeq), num(ctx.timestampMs));
-      clockMs = Number(ctx.timestampMs);
       let d;
       try {
         d = bridge.decide(c, bytes(state), bytes(command));

@@ -264,6 +264,7 @@ test('in a component, Date reads the command timestamp', async () => {
     const x = behaviorExports(Clock);
     const d = x.decide({ entityId: 'c', nextSeq: 1n, timestampMs: 1_700_000_000_123n }, encode(0), encode('Now'));
     assert.deepEqual(decode(d.reply), [1_700_000_000_123, '2023-11-14T22:13:20.123Z']);
+    assert.equal(Date.now(), 0, 'outside onCommand the clock shows 0');
   } finally {
     globalThis.Date = saved.Date;
     console.log = saved.log;
