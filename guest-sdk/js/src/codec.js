@@ -17,9 +17,11 @@
 //   t.option(T), t.list(T), t.tuple(A, B), t.map(K, V), t.bytes, t.bool, t.string,
 //   t.f64, t.f32, t.i8 … t.i64, t.u8 … t.u64, t.unit, t.unitStruct(name), t.any
 //
-// Integers: a JS number when it is a safe integer, else a BigInt (both
-// encode; decoding gives a BigInt only beyond 2^53). The bytes of an integer
-// depend only on its value, never on the declared width, which only bounds it.
+// Integers: JS numbers (t.i64 …), or BigInts with t.big.i64 / t.big.u64;
+// both encode for either. A value beyond 2^53 decodes only into t.big.*
+// (a number would lose it), with an error that says so. The bytes of an
+// integer depend only on its value, never on the declared width, which only
+// bounds it. t.any decodes to a number when safe, else a BigInt.
 // No dependency: componentize-js bundles what is imported.
 
 export class CodecError extends Error {
@@ -415,10 +417,13 @@ function isInt(v) {
 }
 
 class IntSchema extends Schema {
-  constructor(name, lo, hi) {
-    super(name);
+  constructor(name, lo, hi, big = false) {
+    super(big ? `big ${name}` : name);
+    this.width = name;
     this.lo = lo;
     this.hi = hi;
+    /** Decodes to a BigInt always (t.big.*); otherwise to a number, refusing what a number cannot hold exactly. */
+    this.big = big;
     // Bounds as numbers, for the common case without BigInt (an interpreter
     // pays for every BigInt): exact for every safe integer.
     this.loN = Number(lo);
@@ -440,12 +445,16 @@ class IntSchema extends Schema {
   }
   _conv(raw) {
     if (typeof raw !== 'number' && typeof raw !== 'bigint') {
-      throw new CodecError(`invalid type: ${what(raw)}, expected ${this._name}`);
+      throw new CodecError(`invalid type: ${what(raw)}, expected ${this.width}`);
     }
-    if (typeof raw === 'number' && raw >= this.loN && raw <= this.hiN && Number.isSafeInteger(raw)) return raw;
+    if (!this.big && typeof raw === 'number' && raw >= this.loN && raw <= this.hiN) return raw;
     const b = typeof raw === 'bigint' ? raw : BigInt(raw);
-    if (b < this.lo || b > this.hi) throw new CodecError(`invalid value: integer \`${raw}\`, expected ${this._name}`);
-    return raw;
+    if (b < this.lo || b > this.hi) throw new CodecError(`invalid value: integer \`${raw}\`, expected ${this.width}`);
+    if (this.big) return b;
+    // A value of the width that a JS number cannot hold exactly (beyond 2^53).
+    throw new CodecError(
+      `invalid value: integer \`${raw}\` is beyond JavaScript's safe integers (2^53 - 1), expected ${this.width}; declare it t.big.${this.width} to get a BigInt`,
+    );
   }
   _json(v, out) {
     this.check(v);
@@ -1081,7 +1090,7 @@ function resolveSchema(s) {
   throw new TypeError(`not a codec schema: ${describe(s)} (use t.i64, t.string, t.struct(...), ...)`);
 }
 
-const int = (name, lo, hi) => new IntSchema(name, lo, hi);
+const int = (name, lo, hi, big = false) => new IntSchema(name, lo, hi, big);
 
 /** The schema constructors. */
 export const t = Object.freeze({
@@ -1093,6 +1102,8 @@ export const t = Object.freeze({
   u16: int('u16', 0n, 2n ** 16n - 1n),
   u32: int('u32', 0n, 2n ** 32n - 1n),
   u64: int('u64', 0n, U64_MAX),
+  /** 64-bit integers decoded as BigInts, for values beyond 2^53 (the bytes are the same). */
+  big: Object.freeze({ i64: int('i64', I64_MIN, 2n ** 63n - 1n, true), u64: int('u64', 0n, U64_MAX, true) }),
   f64: new FloatSchema(false),
   f32: new FloatSchema(true),
   bool: new Simple('bool', (v) => typeof v === 'boolean', 'a boolean', String),

@@ -105,8 +105,8 @@ const FIXTURE_VALUES = {
   lists: [{ empty: [], words: ['', 'a'], bytes: [0, 127, 128, 255], nested: [[], [1, -1]], sixteen: [...Array(16).keys()] }, Lists],
   scalars: [{ yes: true, no: false, half: 0.5, single: -1.25, letter: 'é', unit: null, pair: [-3, true], meters: 70_000, marker: null }, Scalars],
   order: [{ zebra: 1, apple: 2, mango: 3 }, Order],
-  ints_i64: [I64_EDGES, t.list(t.i64)],
-  ints_u64: [U64_EDGES, t.list(t.u64)],
+  ints_i64: [I64_EDGES.map(BigInt), t.list(t.big.i64)],
+  ints_u64: [U64_EDGES.map(BigInt), t.list(t.big.u64)],
   strings: [
     ['', 'héllo wörld ✓ 🦀', 'quote " backslash \\ newline \n tab \t nul \0', 'x'.repeat(31), 'x'.repeat(32), 'x'.repeat(255), 'x'.repeat(256)],
     t.list(t.string),
@@ -146,4 +146,15 @@ for (const [name, [value, schema]] of Object.entries(FIXTURE_VALUES)) {
 test('negative zero keeps its sign', () => {
   const floats = decode(fixture('floats_f64'), t.list(t.f64));
   assert.ok(Object.is(floats[1], -0));
+});
+
+test('beyond 2^53 an integer needs t.big: a number would lose it', () => {
+  const bytes = encode(2n ** 53n + 1n, t.i64);
+  assert.throws(() => decode(bytes, t.i64), /beyond JavaScript's safe integers .* t\.big\.i64/);
+  assert.equal(decode(bytes, t.big.i64), 2n ** 53n + 1n);
+  assert.equal(decode(encode(5, t.big.u64), t.big.u64), 5n);
+  assert.equal(decode(encode(2 ** 53 - 1, t.i64), t.i64), 2 ** 53 - 1);
+  assert.throws(() => fromJson('9007199254740993', t.i64), /t\.big\.i64/);
+  assert.equal(fromJson('9007199254740993', t.big.i64), 9007199254740993n);
+  assert.throws(() => decode(encode(-1), t.big.u64), /expected u64/);
 });
