@@ -165,6 +165,18 @@ async fn js_bank_account_walk_through() -> Result<()> {
         !ok && err.contains("not a valid bank-account command"),
         "{err}"
     );
+    // An i64 that a JS number cannot hold exactly is refused as malformed,
+    // not rounded (and does not trap the behavior).
+    let (ok, _, err) = node.cli(&[
+        "ask",
+        TYPE,
+        "acct-1",
+        r#"{"Deposit":{"amount":9007199254740993}}"#,
+    ])?;
+    assert!(
+        !ok && err.contains("beyond JavaScript's safe integers"),
+        "{err}"
+    );
 
     assert_eq!(
         events(&node, "acct-1")?,
