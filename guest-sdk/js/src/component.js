@@ -30,8 +30,8 @@ let clockMs = 0;
  * gives the same sequence in every instance, which suits behaviors.
  * Not called natively: tests keep node's own globals.
  */
-export function installGuestGlobals() {
-  if (typeof globalThis.console === 'object' && globalThis.console) {
+export function installGuestGlobals({ keepConsole = false } = {}) {
+  if (!keepConsole && typeof globalThis.console === 'object' && globalThis.console) {
     for (const k of ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dir', 'table']) {
       try {
         globalThis.console[k] = () => {};
