@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use cairn_host::api::Response;
 use cairn_host::client::{Client, Follow};
-use cairn_tests::{NodeProc, example_wasm, js_example_wasm, python_example_wasm};
+use cairn_tests::{NodeProc, build_js, example_wasm, js_example_wasm, python_example_wasm};
 
 const TYPE: &str = "bank-account";
 
@@ -341,6 +341,70 @@ async fn a_python_history_hot_swaps_to_js() -> Result<()> {
     assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "125");
     let state = cairn(&node, &["state", TYPE, "acct-1", "--at-seq", "3"])?;
     assert_eq!(balance_of(&state)?, 120, "{state}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_output_reaches_the_node_log_with_console_and_is_dropped_without() -> Result<()> {
+    let root = cairn_tests::workspace_root();
+    let module = root.join("tests/fixtures/js-logging/logging.js");
+    let quiet = root.join("target/wasm/js/logging.wasm");
+    let loud = root.join("target/wasm/js/logging-console.wasm");
+    build_js(&module, &quiet, &[])?;
+    build_js(&module, &loud, &["--console"])?;
+    // With --console the engine's stdio is linked: WASI the host grants,
+    // nothing else.
+    let imports = component_imports(&std::fs::read(&loud)?)?;
+    assert!(
+        imports.iter().any(|i| i.starts_with("wasi:cli/stdout@")),
+        "{imports:?}"
+    );
+    for import in &imports {
+        let base = import.split('@').next().unwrap_or(import);
+        assert!(
+            cairn_host::runtime::ALLOWED_IMPORTS.contains(&base),
+            "{import} is not granted by the host"
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let node = NodeProc::start(&tmp.path().join("data"), &[])?;
+    node.client().await?;
+    let log = || std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
+    cairn(&node, &["deploy", "quiet", quiet.to_str().context("path")?])?;
+    cairn(&node, &["deploy", "loud", loud.to_str().context("path")?])?;
+    let say = r#"{"Say":{"text":"hello"}}"#;
+    assert_eq!(cairn(&node, &["ask", "quiet", "q1", say])?, "1");
+    assert_eq!(cairn(&node, &["ask", "loud", "l1", say])?, "1");
+    assert_eq!(cairn(&node, &["ask", "loud", "l1", say])?, "2");
+    // The guest's lines, with the command's timestamp as its clock.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(log().contains("said hello at") && log().contains("count 1")) {
+        if Instant::now() > deadline {
+            bail!("no guest output in the node log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines: Vec<String> = log()
+        .lines()
+        .filter(|l| l.contains("said hello"))
+        .map(str::to_owned)
+        .collect();
+    // Only the --console build's entity (`l1`) wrote to the log.
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l.contains("\"l1\"")),
+        "{lines:?}"
+    );
+    assert!(
+        !log()
+            .lines()
+            .any(|l| l.contains("cairn::guest") && l.contains("\"q1\"")),
+        "{}",
+        log()
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("said hello at 0")),
+        "the clock read 0 in onCommand: {lines:?}"
+    );
     Ok(())
 }
 
