@@ -103,6 +103,9 @@ export function installTools(quiet = false) {
     }
   } finally {
     rmSync(staging, { recursive: true, force: true });
+    // npm's download cache (about 130 MB) is only worth a reinstall after a
+    // lock change, which is rare: do not keep it.
+    rmSync(join(dirname(dest), '.npm-cache'), { recursive: true, force: true });
   }
   log(quiet, `installed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   return dest;
