@@ -173,6 +173,61 @@ pub fn python_module_wasm(module: &Path, out_name: &str, args: &[&str]) -> Resul
     Ok(out)
 }
 
+/// The JavaScript example behaviors (`examples/js/NAME/NAME_WITH_UNDERSCORES.js`).
+pub const JS_EXAMPLES: &[&str] = &["bank-account", "bank-account-v2", "counter"];
+
+/// Builds the named JavaScript example (`examples/js/NAME`) to a component
+/// with `guest-sdk/js/build.mjs` and returns its path,
+/// `target/wasm/js/NAME.wasm`. On first use the script installs the pinned
+/// componentize-js (with `npm ci` from `guest-sdk/js/tools/package-lock.json`,
+/// integrity-checked) into `target/js-tools`; it rebuilds a component only
+/// when its sources changed. Needs `node` and `npm` (Node 20): without them
+/// this fails with a message saying so, it never skips.
+pub fn js_example_wasm(name: &str) -> Result<PathBuf> {
+    if !JS_EXAMPLES.contains(&name) {
+        bail!("{name} is not a JavaScript example ({JS_EXAMPLES:?})");
+    }
+    let root = workspace_root();
+    let module = root
+        .join("examples")
+        .join("js")
+        .join(name)
+        .join(format!("{}.js", name.replace('-', "_")));
+    let out = root
+        .join("target")
+        .join("wasm")
+        .join("js")
+        .join(format!("{name}.wasm"));
+    build_js(&module, &out, &[])?;
+    Ok(out)
+}
+
+/// Builds the JavaScript behavior `module` into `out` with
+/// `guest-sdk/js/build.mjs` and its extra `args` (e.g. `--console`), one
+/// build at a time per process (the first one installs the pinned tools).
+pub fn build_js(module: &Path, out: &Path, args: &[&str]) -> Result<()> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let root = workspace_root();
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let node = std::env::var_os("NODE").unwrap_or_else(|| "node".into());
+    let status = Command::new(node)
+        .arg(root.join("guest-sdk").join("js").join("build.mjs"))
+        .arg(module)
+        .arg("-o")
+        .arg(out)
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .context("running node guest-sdk/js/build.mjs (Node 20 with npm is needed)")?;
+    if !status.success() {
+        bail!(
+            "building the JavaScript behavior {} failed (see the output above)",
+            module.display()
+        );
+    }
+    Ok(())
+}
+
 /// Starts a node on `dir` with the given `cairn.toml` text and deploys the
 /// named examples, each under its own name, or under another name with
 /// `"type=example"` (e.g. `"faulty-bp=faulty"`).
