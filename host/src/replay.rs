@@ -23,8 +23,10 @@ const READ_AHEAD: usize = 2;
 
 /// Most bytes of events handed to one `fold` call (one event larger than
 /// this goes alone): the guest holds the batch besides the state in its
-/// memory, 64 MiB by default, so a chunk of large events is folded in parts.
-const FOLD_BYTES: usize = 8 * 1024 * 1024;
+/// memory (64 MiB by default) and must fold it within one call's deadline
+/// (1 s by default, on a busy machine too), so a chunk of large events is
+/// folded in parts.
+const FOLD_BYTES: usize = 1024 * 1024;
 
 /// Splits a chunk of packed events (numbered from `first`) into parts of
 /// at most about `max` bytes each.

@@ -37,8 +37,7 @@ macro_rules! contract {
 contract! {
     rust: example_wasm("bank-account"),
     python: python_example_wasm("bank-account"),
-    // A JavaScript bank account, once its SDK builds one, e.g.:
-    // js: cairn_tests::js_example_wasm("bank-account"),
+    javascript: cairn_tests::js_example_wasm("bank-account"),
 }
 
 const BANK: &str = "bank-account";
