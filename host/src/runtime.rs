@@ -16,15 +16,22 @@
 //! budget, or on the low-priority guest pool: see [`Lane`]); `stdio`
 //! replaces WASI's blocking stream and poll functions, so that guest output
 //! is captured (and logged here, bounded and rate-limited) and a sleep or a
-//! read of stdin fails the call instead of blocking or panicking.
+//! read of stdin fails the call instead of blocking or panicking; `imports`
+//! reads a component's imports and exports before it is compiled and says
+//! which imports the host grants; `cache` keeps compiled code on disk, so a
+//! restarted node does not compile its components again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod cache;
+mod imports;
 mod pool;
 mod stdio;
 
+pub use cache::CodeSource;
+pub use imports::granted;
 pub use pool::{Lane, SLOW_FOR};
 pub(crate) use pool::{call, call_blocking};
 use stdio::{CallIo, GuestIo};
@@ -58,9 +65,11 @@ use bindings::exports::cairn::entity::behavior as wit;
 /// How often the epoch ticker advances; guest deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// WASI interfaces a behavior may import (without their `@version`). A std
-/// Rust guest for `wasm32-wasip2` imports these even when it uses none; the
-/// host satisfies them with a locked-down context. Anything else is refused.
+/// Interfaces a behavior may import (without their `@version`). A std
+/// Rust guest for `wasm32-wasip2` imports these WASI interfaces even when it
+/// uses none; the host satisfies them with a locked-down context. WASI is
+/// granted at any `0.2.x` version, the entity types at `0.1.x` (see
+/// [`granted`]). Anything else is refused at deploy, before the compile.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     // Types-only interface of the entity world (no functions).
     "cairn:entity/types",
@@ -99,9 +108,13 @@ pub enum LoadError {
     /// The bytes are not a valid WebAssembly component (or could not be compiled).
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
-    /// The component imports something Cairn does not provide.
-    #[error("component imports `{0}`, which Cairn does not provide to behaviors")]
-    ForbiddenImport(String),
+    /// The component imports interfaces Cairn does not grant to behaviors
+    /// (every such import, in order). Found before the compile.
+    #[error(
+        "component imports {}, which Cairn does not grant to behaviors (it grants WASI 0.2.x cli, clocks, filesystem types, io and random, locked down, and cairn:entity/types@0.1.x; build Python guests with WASI stubbed)",
+        .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )]
+    ForbiddenImports(Vec<String>),
     /// The component does not export the entity world.
     #[error(
         "component does not export `{BEHAVIOR_EXPORT}` (is it built with the Cairn guest SDK for this WIT version?): {0}"
@@ -216,11 +229,26 @@ pub struct WasmEngine {
     ticks: Arc<AtomicU64>,
     /// Where calls that exceed their inline budget run.
     pool: pool::GuestPool,
+    /// Compiled code on disk, if the engine has a directory for it.
+    cache: Option<cache::CodeCache>,
 }
 
 impl WasmEngine {
-    /// Creates the engine and starts the epoch ticker thread.
+    /// Creates the engine and starts the epoch ticker thread. Every load
+    /// compiles (no compiled-code cache).
     pub fn new() -> Result<Arc<WasmEngine>, LoadError> {
+        WasmEngine::build(None)
+    }
+
+    /// [`WasmEngine::new`] with a compiled-code cache in `dir` (a node's
+    /// `<data_dir>/compiled`): a component compiled once by this engine is
+    /// loaded from there afterwards, also by the next process (see the
+    /// `cache` module for the files and why loading them is sound).
+    pub fn with_code_cache(dir: &std::path::Path) -> Result<Arc<WasmEngine>, LoadError> {
+        WasmEngine::build(Some(dir.to_owned()))
+    }
+
+    fn build(cache_dir: Option<std::path::PathBuf>) -> Result<Arc<WasmEngine>, LoadError> {
         background_pool();
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -259,13 +287,41 @@ impl WasmEngine {
             .unwrap_or(2)
             .max(2);
         let pool = pool::GuestPool::start(threads).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let cache = cache_dir.map(|dir| cache::CodeCache::open(dir, &engine));
         Ok(Arc::new(WasmEngine {
             engine,
             linker,
             stop,
             ticks,
             pool,
+            cache,
         }))
+    }
+
+    /// Compiles a component, or loads its compiled code from the cache.
+    fn compile(&self, bytes: &[u8]) -> Result<(Component, CodeSource), LoadError> {
+        let hash = self
+            .cache
+            .as_ref()
+            .map(|_| crate::registry::sha256_hex(bytes));
+        if let (Some(cache), Some(hash)) = (&self.cache, &hash)
+            && let Some(c) = cache.load(&self.engine, hash)
+        {
+            return Ok((c, CodeSource::Cache));
+        }
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let (Some(cache), Some(hash)) = (&self.cache, &hash) {
+            tracing::info!(
+                component = %hash,
+                bytes = bytes.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "component compiled"
+            );
+            cache.store(hash, &component);
+        }
+        Ok((component, CodeSource::Compiled))
     }
 
     /// Compiles and checks a component, then asks it to describe itself.
@@ -279,14 +335,32 @@ impl WasmEngine {
                 "the file is not a WebAssembly component (wrong magic or version; core modules are not accepted)".into(),
             ));
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        // Imports and exports are checked before the compile (which takes
+        // seconds for a component carrying an interpreter).
+        let surface = imports::surface(bytes)
+            .map_err(|e| LoadError::Compile(format!("cannot read the component: {e}")))?;
+        let refused = imports::refused(&surface);
+        if !refused.is_empty() {
+            return Err(LoadError::ForbiddenImports(refused));
+        }
+        if !surface.exports.iter().any(|n| n == BEHAVIOR_EXPORT) {
+            return Err(LoadError::WrongWorld(format!(
+                "it exports {:?}",
+                surface.exports
+            )));
+        }
+        let (component, code_source) = self.compile(bytes)?;
+        // The compiled component's own view, in case the top-level read
+        // above and wasmtime ever disagree.
         let ty = component.component_type();
-        for (name, _) in ty.imports(&self.engine) {
-            let base = name.split('@').next().unwrap_or(name);
-            if !ALLOWED_IMPORTS.contains(&base) {
-                return Err(LoadError::ForbiddenImport(name.to_owned()));
-            }
+        let refused: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n)
+            .filter(|n| !granted(n))
+            .map(str::to_owned)
+            .collect();
+        if !refused.is_empty() {
+            return Err(LoadError::ForbiddenImports(refused));
         }
         if !ty.exports(&self.engine).any(|(n, _)| n == BEHAVIOR_EXPORT) {
             let found: Vec<String> = ty
@@ -314,6 +388,7 @@ impl WasmEngine {
                 .lane(self.ticks.clone(), limits.inline_budget, per_type),
             output_log: OutputLog::default(),
             limits,
+            code_source,
             descriptor: Descriptor {
                 name: String::new(),
                 version: String::new(),
@@ -428,6 +503,7 @@ pub struct WasmBehavior {
     lane: Lane,
     output_log: OutputLog,
     limits: GuestLimits,
+    code_source: CodeSource,
     descriptor: Descriptor,
 }
 
@@ -447,6 +523,16 @@ struct OutputLog {
 }
 
 impl WasmBehavior {
+    /// Whether this behavior's code was compiled or loaded from the cache.
+    pub fn code_source(&self) -> CodeSource {
+        self.code_source
+    }
+
+    /// The limits its instances run under.
+    pub fn limits(&self) -> GuestLimits {
+        self.limits
+    }
+
     fn new_slot(&self) -> Result<Slot, GuestFault> {
         let clock = Arc::new(AtomicU64::new(0));
         let wasi = WasiCtxBuilder::new()
