@@ -755,3 +755,83 @@ impl Behavior for WasmBehavior {
         self.with_instance(0, "", |b, s| b.call_reply_to_json(s, reply))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_encoder::{
+        ComponentImportSection, ComponentTypeRef, ComponentTypeSection, ComponentValType,
+        InstanceType, PrimitiveValType,
+    };
+
+    /// A component importing each name as an instance with one function,
+    /// `get-random-u64: func() -> u64` (the shape of `wasi:random/random`).
+    fn component_importing(names: &[&str]) -> Vec<u8> {
+        let mut inst = InstanceType::new();
+        inst.ty()
+            .function()
+            .params(std::iter::empty::<(&str, ComponentValType)>())
+            .result(Some(ComponentValType::Primitive(PrimitiveValType::U64)));
+        inst.export("get-random-u64", ComponentTypeRef::Func(0));
+        let mut types = ComponentTypeSection::new();
+        types.instance(&inst);
+        let mut imports = ComponentImportSection::new();
+        for name in names {
+            imports.import(*name, ComponentTypeRef::Instance(0));
+        }
+        let mut c = wasm_encoder::Component::new();
+        c.section(&types);
+        c.section(&imports);
+        c.finish()
+    }
+
+    #[test]
+    fn every_import_not_granted_is_named_before_the_compile() {
+        let engine = WasmEngine::new().expect("engine");
+        let bytes = component_importing(&[
+            "wasi:random/random@0.2.3",
+            "wasi:sockets/tcp@0.2.9",
+            "wasi:cli/stdout@0.3.0",
+            "wasi:http/outgoing-handler@0.2.0",
+        ]);
+        let Err(e) = engine.load(&bytes, GuestLimits::default()) else {
+            panic!("loaded");
+        };
+        assert!(
+            matches!(&e, LoadError::ForbiddenImports(n) if n == &[
+                "wasi:sockets/tcp@0.2.9",
+                "wasi:cli/stdout@0.3.0",
+                "wasi:http/outgoing-handler@0.2.0",
+            ]),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`wasi:sockets/tcp@0.2.9`, `wasi:cli/stdout@0.3.0`"),
+            "{msg}"
+        );
+        assert!(!msg.contains("random@0.2.3"), "{msg}");
+        // A component with granted imports only passes the import check
+        // (this one then lacks the behavior export).
+        let bytes = component_importing(&["wasi:random/random@0.2.3"]);
+        let Err(e) = engine.load(&bytes, GuestLimits::default()) else {
+            panic!("loaded");
+        };
+        assert!(matches!(e, LoadError::WrongWorld(_)), "{e:?}");
+    }
+
+    #[test]
+    fn wasi_0_2_of_another_patch_than_the_hosts_links() {
+        let engine = WasmEngine::new().expect("engine");
+        for version in ["0.2.0", "0.2.3", "0.2.9", "0.2.12", "0.2.99"] {
+            let name = format!("wasi:random/random@{version}");
+            assert!(granted(&name));
+            let bytes = component_importing(&[&name]);
+            let component = Component::new(&engine.engine, &bytes).expect("compiles");
+            engine
+                .linker
+                .instantiate_pre(&component)
+                .unwrap_or_else(|e| panic!("{name} does not link: {e:#}"));
+        }
+    }
+}
