@@ -389,6 +389,7 @@ impl WasmEngine {
             output_log: OutputLog::default(),
             limits,
             code_source,
+            peak_memory: Arc::new(AtomicU64::new(0)),
             descriptor: Descriptor {
                 name: String::new(),
                 version: String::new(),
@@ -441,6 +442,9 @@ impl WasiView for GuestState {
 struct Limiter {
     memory_limit: usize,
     refused: bool,
+    /// The largest linear memory any instance of the behavior was granted
+    /// (shared by its instances; written only when a memory grows).
+    peak: Arc<AtomicU64>,
 }
 
 impl ResourceLimiter for Limiter {
@@ -454,6 +458,7 @@ impl ResourceLimiter for Limiter {
             self.refused = true;
             return Ok(false);
         }
+        self.peak.fetch_max(desired as u64, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -504,6 +509,7 @@ pub struct WasmBehavior {
     output_log: OutputLog,
     limits: GuestLimits,
     code_source: CodeSource,
+    peak_memory: Arc<AtomicU64>,
     descriptor: Descriptor,
 }
 
@@ -533,6 +539,14 @@ impl WasmBehavior {
         self.limits
     }
 
+    /// The largest linear memory, in bytes, that any of its instances has
+    /// had so far (a single memory; what `memory_limit` is compared with).
+    /// For sizing `memory_limit`: the Python bank account starts near
+    /// 20 MiB (docs/BENCHMARKS.md).
+    pub fn peak_memory(&self) -> u64 {
+        self.peak_memory.load(Ordering::Relaxed)
+    }
+
     fn new_slot(&self) -> Result<Slot, GuestFault> {
         let clock = Arc::new(AtomicU64::new(0));
         let wasi = WasiCtxBuilder::new()
@@ -553,6 +567,7 @@ impl WasmBehavior {
                 limiter: Limiter {
                     memory_limit: self.limits.memory_limit,
                     refused: false,
+                    peak: self.peak_memory.clone(),
                 },
                 io: CallIo::default(),
             },

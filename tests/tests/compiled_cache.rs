@@ -107,7 +107,10 @@ async fn a_restarted_node_serves_python_from_its_compiled_code_cache() -> Result
     let started = Instant::now();
     let (ok, out, err) = node.cli(&["deploy", TYPE, wasm.to_str().context("path")?])?;
     assert!(ok, "{out}{err}\n{}", log_of(&node));
-    eprintln!("deploy (first compile, checks, cache write): {:?}", started.elapsed());
+    eprintln!(
+        "deploy (first compile, checks, cache write): {:?}",
+        started.elapsed()
+    );
     let log = log_of(&node);
     assert!(log.contains(COMPILED) && log.contains(WRITTEN), "{log}");
     let (code, meta) = cache_files(&data)?;
@@ -154,6 +157,9 @@ async fn a_restarted_node_serves_python_from_its_compiled_code_cache() -> Result
     std::fs::write(data.join("compiled"), b"not a directory")?;
     let (_, log) = restart_until_first_reply(&mut node, "acct-1", "50", COMPILE_WAIT).await?;
     assert!(log.contains(COMPILED), "{log}");
-    assert!(log.contains("could not write the compiled-code cache"), "{log}");
+    assert!(
+        log.contains("could not write the compiled-code cache"),
+        "{log}"
+    );
     Ok(())
 }

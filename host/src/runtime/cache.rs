@@ -152,7 +152,10 @@ impl CodeCache {
                 .is_some_and(|(_, key)| key == self.engine_key);
             if tmp || (ours && !current) {
                 let _ = std::fs::remove_file(entry.path());
-                tracing::info!(file = name, "removed a compiled-code cache file of another engine");
+                tracing::info!(
+                    file = name,
+                    "removed a compiled-code cache file of another engine"
+                );
             }
         }
     }
@@ -192,12 +195,19 @@ impl CodeCache {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return if code_path.exists() {
-                    Err(Miss::Bad("the code has no .meta (a crash while writing it?)".into()))
+                    Err(Miss::Bad(
+                        "the code has no .meta (a crash while writing it?)".into(),
+                    ))
                 } else {
                     Err(Miss::Absent)
                 };
             }
-            Err(e) => return Err(Miss::Bad(format!("cannot read {}: {e}", meta_path.display()))),
+            Err(e) => {
+                return Err(Miss::Bad(format!(
+                    "cannot read {}: {e}",
+                    meta_path.display()
+                )));
+            }
         };
         let (len, crc) = self.parse_meta(&meta, hash).map_err(Miss::Bad)?;
         let code = std::fs::read(&code_path)
