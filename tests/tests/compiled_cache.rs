@@ -51,16 +51,22 @@ fn cache_files(data: &Path) -> Result<(Vec<std::path::PathBuf>, Vec<std::path::P
     Ok((code, meta))
 }
 
-/// Connects as soon as the node listens (it restores its components first),
-/// polling every 10 ms.
+/// Connects as soon as the node listens (it restores its components
+/// first). Each attempt gives up quickly: QUIC gets no refusal from a port
+/// where nothing listens, and a handshake that started before the node
+/// listened would complete only at the client's retransmission, about 1 s
+/// later, which would be measured as the node's start. Attempts grow from
+/// 100 ms (up to 2 s), so a slow handshake on a busy machine still ends.
 async fn connect(node: &mut NodeProc, wait: Duration) -> Result<Client> {
     let deadline = Instant::now() + wait;
+    let mut attempt = Duration::from_millis(100);
     loop {
         let files = cairn_host::tls::ClientFiles::in_dir(&node.certs());
-        if files.ca.exists()
-            && let Ok(c) = Client::connect(node.addr, &files, "localhost").await
-        {
-            return Ok(c);
+        if files.ca.exists() {
+            match Client::connect_within(node.addr, &files, "localhost", attempt).await {
+                Ok(c) => return Ok(c),
+                Err(_) => attempt = (attempt * 3 / 2).min(Duration::from_secs(2)),
+            }
         }
         if let Some(status) = node.exited() {
             bail!("the node exited with {status}\n{}", log_of(node));
