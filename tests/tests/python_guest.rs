@@ -15,10 +15,11 @@ use cairn_tests::{NodeProc, example_wasm, python_example_wasm};
 
 const TYPE: &str = "bank-account";
 
-/// How long a restarted node may take to answer: it compiles the Python
-/// component (19 MB) before it listens, 25 s in a debug build on 2 idle
-/// cores and over 60 s beside other builds (there is no compiled-code
-/// cache yet).
+/// How long a restarted node may take to answer. It loads the Python
+/// component's compiled code from its cache (well under 1 s,
+/// `tests/tests/compiled_cache.rs`); the bound stays generous, as without a
+/// usable cache it compiles the 19 MB component before it listens: 25 s in
+/// a debug build on 2 idle cores, over 60 s beside other builds.
 const START_WAIT: Duration = Duration::from_secs(600);
 
 /// Runs `cairn ARGS` against the node; returns its stdout, trimmed.
@@ -88,8 +89,7 @@ fn detail_value<'a>(detail: &'a str, key: &str) -> &'a str {
 }
 
 /// SIGTERM, start again on the same directory; a client following the
-/// lifecycle, and how long the node took to answer (it compiles the
-/// deployed component again).
+/// lifecycle, and how long the node took to answer.
 async fn restart(node: &mut NodeProc) -> Result<(Client, Follow, Duration)> {
     let status = node.terminate()?;
     assert!(status.success(), "the node exited with {status} on SIGTERM");
