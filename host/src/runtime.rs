@@ -565,8 +565,8 @@ impl WasmBehavior {
 
     /// The largest linear memory, in bytes, that any of its instances has
     /// had so far (a single memory; what `memory_limit` is compared with).
-    /// For sizing `memory_limit`: the Python bank account starts near
-    /// 20 MiB (docs/BENCHMARKS.md).
+    /// For sizing `memory_limit`: the Python bank account's instances
+    /// reach 12.9 MiB (docs/BENCHMARKS.md).
     pub fn peak_memory(&self) -> u64 {
         self.peak_memory.load(Ordering::Relaxed)
     }
