@@ -766,7 +766,8 @@ impl Node {
         clock: Arc<dyn Clock>,
         placement: Option<Arc<dyn Placement>>,
     ) -> Result<Node, NodeError> {
-        let engine = WasmEngine::new()?;
+        // Compiled code is kept beside the components it was compiled from.
+        let engine = WasmEngine::with_code_cache(&config.node.data_dir.join("compiled"))?;
         let registry = Registry::open(&config.node.data_dir)?;
         let exemplars = crate::deploy::Exemplars::open(&config.node.data_dir);
         let deadlines = Deadlines::start().map_err(|e| NodeError::Thread(e.to_string()))?;

@@ -16,15 +16,22 @@
 //! budget, or on the low-priority guest pool: see [`Lane`]); `stdio`
 //! replaces WASI's blocking stream and poll functions, so that guest output
 //! is captured (and logged here, bounded and rate-limited) and a sleep or a
-//! read of stdin fails the call instead of blocking or panicking.
+//! read of stdin fails the call instead of blocking or panicking; `imports`
+//! reads a component's imports and exports before it is compiled and says
+//! which imports the host grants; `cache` keeps compiled code on disk, so a
+//! restarted node does not compile its components again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod cache;
+mod imports;
 mod pool;
 mod stdio;
 
+pub use cache::CodeSource;
+pub use imports::granted;
 pub use pool::{Lane, SLOW_FOR};
 pub(crate) use pool::{call, call_blocking};
 use stdio::{CallIo, GuestIo};
@@ -58,9 +65,11 @@ use bindings::exports::cairn::entity::behavior as wit;
 /// How often the epoch ticker advances; guest deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// WASI interfaces a behavior may import (without their `@version`). A std
-/// Rust guest for `wasm32-wasip2` imports these even when it uses none; the
-/// host satisfies them with a locked-down context. Anything else is refused.
+/// Interfaces a behavior may import (without their `@version`). A std
+/// Rust guest for `wasm32-wasip2` imports these WASI interfaces even when it
+/// uses none; the host satisfies them with a locked-down context. WASI is
+/// granted at any `0.2.x` version, the entity types at `0.1.x` (see
+/// [`granted`]). Anything else is refused at deploy, before the compile.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     // Types-only interface of the entity world (no functions).
     "cairn:entity/types",
@@ -99,9 +108,13 @@ pub enum LoadError {
     /// The bytes are not a valid WebAssembly component (or could not be compiled).
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
-    /// The component imports something Cairn does not provide.
-    #[error("component imports `{0}`, which Cairn does not provide to behaviors")]
-    ForbiddenImport(String),
+    /// The component imports interfaces Cairn does not grant to behaviors
+    /// (every such import, in order). Found before the compile.
+    #[error(
+        "component imports {}, which Cairn does not grant to behaviors (it grants WASI 0.2.x cli, clocks, filesystem types, io and random, locked down, and cairn:entity/types@0.1.x; build Python guests with WASI stubbed)",
+        .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )]
+    ForbiddenImports(Vec<String>),
     /// The component does not export the entity world.
     #[error(
         "component does not export `{BEHAVIOR_EXPORT}` (is it built with the Cairn guest SDK for this WIT version?): {0}"
@@ -216,11 +229,26 @@ pub struct WasmEngine {
     ticks: Arc<AtomicU64>,
     /// Where calls that exceed their inline budget run.
     pool: pool::GuestPool,
+    /// Compiled code on disk, if the engine has a directory for it.
+    cache: Option<cache::CodeCache>,
 }
 
 impl WasmEngine {
-    /// Creates the engine and starts the epoch ticker thread.
+    /// Creates the engine and starts the epoch ticker thread. Every load
+    /// compiles (no compiled-code cache).
     pub fn new() -> Result<Arc<WasmEngine>, LoadError> {
+        WasmEngine::build(None)
+    }
+
+    /// [`WasmEngine::new`] with a compiled-code cache in `dir` (a node's
+    /// `<data_dir>/compiled`): a component compiled once by this engine is
+    /// loaded from there afterwards, also by the next process (see the
+    /// `cache` module for the files and why loading them is sound).
+    pub fn with_code_cache(dir: &std::path::Path) -> Result<Arc<WasmEngine>, LoadError> {
+        WasmEngine::build(Some(dir.to_owned()))
+    }
+
+    fn build(cache_dir: Option<std::path::PathBuf>) -> Result<Arc<WasmEngine>, LoadError> {
         background_pool();
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -259,13 +287,41 @@ impl WasmEngine {
             .unwrap_or(2)
             .max(2);
         let pool = pool::GuestPool::start(threads).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let cache = cache_dir.map(|dir| cache::CodeCache::open(dir, &engine));
         Ok(Arc::new(WasmEngine {
             engine,
             linker,
             stop,
             ticks,
             pool,
+            cache,
         }))
+    }
+
+    /// Compiles a component, or loads its compiled code from the cache.
+    fn compile(&self, bytes: &[u8]) -> Result<(Component, CodeSource), LoadError> {
+        let hash = self
+            .cache
+            .as_ref()
+            .map(|_| crate::registry::sha256_hex(bytes));
+        if let (Some(cache), Some(hash)) = (&self.cache, &hash)
+            && let Some(c) = cache.load(&self.engine, hash)
+        {
+            return Ok((c, CodeSource::Cache));
+        }
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let (Some(cache), Some(hash)) = (&self.cache, &hash) {
+            tracing::info!(
+                component = %hash,
+                bytes = bytes.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "component compiled"
+            );
+            cache.store(hash, &component);
+        }
+        Ok((component, CodeSource::Compiled))
     }
 
     /// Compiles and checks a component, then asks it to describe itself.
@@ -279,14 +335,32 @@ impl WasmEngine {
                 "the file is not a WebAssembly component (wrong magic or version; core modules are not accepted)".into(),
             ));
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        // Imports and exports are checked before the compile (which takes
+        // seconds for a component carrying an interpreter).
+        let surface = imports::surface(bytes)
+            .map_err(|e| LoadError::Compile(format!("cannot read the component: {e}")))?;
+        let refused = imports::refused(&surface);
+        if !refused.is_empty() {
+            return Err(LoadError::ForbiddenImports(refused));
+        }
+        if !surface.exports.iter().any(|n| n == BEHAVIOR_EXPORT) {
+            return Err(LoadError::WrongWorld(format!(
+                "it exports {:?}",
+                surface.exports
+            )));
+        }
+        let (component, code_source) = self.compile(bytes)?;
+        // The compiled component's own view, in case the top-level read
+        // above and wasmtime ever disagree.
         let ty = component.component_type();
-        for (name, _) in ty.imports(&self.engine) {
-            let base = name.split('@').next().unwrap_or(name);
-            if !ALLOWED_IMPORTS.contains(&base) {
-                return Err(LoadError::ForbiddenImport(name.to_owned()));
-            }
+        let refused: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n)
+            .filter(|n| !granted(n))
+            .map(str::to_owned)
+            .collect();
+        if !refused.is_empty() {
+            return Err(LoadError::ForbiddenImports(refused));
         }
         if !ty.exports(&self.engine).any(|(n, _)| n == BEHAVIOR_EXPORT) {
             let found: Vec<String> = ty
@@ -314,6 +388,8 @@ impl WasmEngine {
                 .lane(self.ticks.clone(), limits.inline_budget, per_type),
             output_log: OutputLog::default(),
             limits,
+            code_source,
+            peak_memory: Arc::new(AtomicU64::new(0)),
             descriptor: Descriptor {
                 name: String::new(),
                 version: String::new(),
@@ -366,6 +442,9 @@ impl WasiView for GuestState {
 struct Limiter {
     memory_limit: usize,
     refused: bool,
+    /// The largest linear memory any instance of the behavior was granted
+    /// (shared by its instances; written only when a memory grows).
+    peak: Arc<AtomicU64>,
 }
 
 impl ResourceLimiter for Limiter {
@@ -379,6 +458,7 @@ impl ResourceLimiter for Limiter {
             self.refused = true;
             return Ok(false);
         }
+        self.peak.fetch_max(desired as u64, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -428,7 +508,33 @@ pub struct WasmBehavior {
     lane: Lane,
     output_log: OutputLog,
     limits: GuestLimits,
+    code_source: CodeSource,
+    peak_memory: Arc<AtomicU64>,
     descriptor: Descriptor,
+}
+
+/// Events a fold may apply per `call_timeout` of deadline: a fold of `n`
+/// events gets `ceil(n / FOLD_EVENTS_PER_TIMEOUT)` times `call_timeout`.
+/// Recovery and validation fold up to 4,096 events per call; a Python guest
+/// applies one in 10–70 µs (up to 290 ms per call on a loaded machine, and
+/// several times that on the nice-10 guest pool beside CPU burners), where a
+/// Rust guest takes 13 ns. One `call_timeout` per 1,024 events keeps the
+/// deadline a per-event bound (1 ms per event with the default 1 s) and
+/// still stops a looping fold (a 4,096-event chunk after 4 s by default).
+pub const FOLD_EVENTS_PER_TIMEOUT: usize = 1024;
+
+/// The deadline multiplier of a fold of `packed` (length-prefixed events).
+fn fold_deadline_scale(packed: &[u8]) -> u32 {
+    let mut events = 0usize;
+    let mut at = 0usize;
+    while let Some(len) = packed.get(at..at + 4) {
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        events += 1;
+        at = at.saturating_add(4).saturating_add(len);
+    }
+    u32::try_from(events.div_ceil(FOLD_EVENTS_PER_TIMEOUT))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// Guest output log lines one behavior may write per window.
@@ -447,6 +553,24 @@ struct OutputLog {
 }
 
 impl WasmBehavior {
+    /// Whether this behavior's code was compiled or loaded from the cache.
+    pub fn code_source(&self) -> CodeSource {
+        self.code_source
+    }
+
+    /// The limits its instances run under.
+    pub fn limits(&self) -> GuestLimits {
+        self.limits
+    }
+
+    /// The largest linear memory, in bytes, that any of its instances has
+    /// had so far (a single memory; what `memory_limit` is compared with).
+    /// For sizing `memory_limit`: the Python bank account's instances
+    /// reach 12.9 MiB (docs/BENCHMARKS.md).
+    pub fn peak_memory(&self) -> u64 {
+        self.peak_memory.load(Ordering::Relaxed)
+    }
+
     fn new_slot(&self) -> Result<Slot, GuestFault> {
         let clock = Arc::new(AtomicU64::new(0));
         let wasi = WasiCtxBuilder::new()
@@ -467,13 +591,14 @@ impl WasmBehavior {
                 limiter: Limiter {
                     memory_limit: self.limits.memory_limit,
                     refused: false,
+                    peak: self.peak_memory.clone(),
                 },
                 io: CallIo::default(),
             },
         );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(self.deadline_ticks(1));
         let entity = self
             .pre
             .instantiate(&mut store)
@@ -485,9 +610,11 @@ impl WasmBehavior {
         })
     }
 
-    fn deadline_ticks(&self) -> u64 {
+    /// `scale` times `call_timeout`, in epoch ticks.
+    fn deadline_ticks(&self, scale: u32) -> u64 {
         let tick = EPOCH_TICK.as_micros().max(1);
-        (self.limits.call_timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
+        let timeout = self.limits.call_timeout.saturating_mul(scale.max(1));
+        (timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
     }
 
     /// Runs `f` on a pooled instance; a trap drops the instance. The call's
@@ -495,6 +622,18 @@ impl WasmBehavior {
     /// else `call_timeout`. `entity_id` ("" if none) labels its output.
     fn with_instance<T>(
         &self,
+        timestamp_ms: u64,
+        entity_id: &str,
+        f: impl FnOnce(&wit::Guest, &mut Store<GuestState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestFault> {
+        self.with_instance_for(1, timestamp_ms, entity_id, f)
+    }
+
+    /// [`WasmBehavior::with_instance`] with a deadline of `scale` times
+    /// `call_timeout` off the inline path (a fold of many events).
+    fn with_instance_for<T>(
+        &self,
+        scale: u32,
         timestamp_ms: u64,
         entity_id: &str,
         f: impl FnOnce(&wit::Guest, &mut Store<GuestState>) -> wasmtime::Result<T>,
@@ -507,7 +646,7 @@ impl WasmBehavior {
         let inline = pool::inline_ticks();
         slot.clock.store(timestamp_ms, Ordering::Relaxed);
         slot.store
-            .set_epoch_deadline(inline.unwrap_or_else(|| self.deadline_ticks()));
+            .set_epoch_deadline(inline.unwrap_or_else(|| self.deadline_ticks(scale)));
         slot.store.data_mut().io.reset();
         // Blocking WASI calls are replaced (`stdio`) and never panic; this
         // is the last line of defence against a panic in wasmtime-wasi.
@@ -542,7 +681,7 @@ impl WasmBehavior {
                 }
                 Ok(v)
             }
-            Err(e) => Err(self.classify(&slot, e)),
+            Err(e) => Err(self.classify(&slot, e, scale)),
         }
     }
 
@@ -574,7 +713,7 @@ impl WasmBehavior {
         );
     }
 
-    fn classify(&self, slot: &Slot, e: wasmtime::Error) -> GuestFault {
+    fn classify(&self, slot: &Slot, e: wasmtime::Error, scale: u32) -> GuestFault {
         if slot.store.data().limiter.refused {
             return GuestFault::MemoryLimit(self.limits.memory_limit);
         }
@@ -582,7 +721,9 @@ impl WasmBehavior {
             return GuestFault::Trap(stdio::blocking_message(what));
         }
         match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => GuestFault::Deadline(self.limits.call_timeout),
+            Some(wasmtime::Trap::Interrupt) => {
+                GuestFault::Deadline(self.limits.call_timeout.saturating_mul(scale.max(1)))
+            }
             Some(wasmtime::Trap::UnreachableCodeReached) => {
                 GuestFault::Trap("unreachable code reached (a panic or abort in the guest)".into())
             }
@@ -646,7 +787,8 @@ impl Behavior for WasmBehavior {
     }
 
     fn fold(&self, state: &[u8], packed: &[u8]) -> Result<Result<Vec<u8>, FoldError>, GuestFault> {
-        let out = self.with_instance(0, "", |b, s| b.call_fold(s, state, packed))?;
+        let scale = fold_deadline_scale(packed);
+        let out = self.with_instance_for(scale, 0, "", |b, s| b.call_fold(s, state, packed))?;
         Ok(out.map_err(|e| FoldError {
             index: e.index,
             message: e.message,
@@ -667,5 +809,104 @@ impl Behavior for WasmBehavior {
 
     fn reply_to_json(&self, reply: &[u8]) -> Result<Result<String, String>, GuestFault> {
         self.with_instance(0, "", |b, s| b.call_reply_to_json(s, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_encoder::{
+        ComponentImportSection, ComponentTypeRef, ComponentTypeSection, ComponentValType,
+        InstanceType, PrimitiveValType,
+    };
+
+    /// A component importing each name as an instance with one function,
+    /// `get-random-u64: func() -> u64` (the shape of `wasi:random/random`).
+    fn component_importing(names: &[&str]) -> Vec<u8> {
+        let mut inst = InstanceType::new();
+        inst.ty()
+            .function()
+            .params(std::iter::empty::<(&str, ComponentValType)>())
+            .result(Some(ComponentValType::Primitive(PrimitiveValType::U64)));
+        inst.export("get-random-u64", ComponentTypeRef::Func(0));
+        let mut types = ComponentTypeSection::new();
+        types.instance(&inst);
+        let mut imports = ComponentImportSection::new();
+        for name in names {
+            imports.import(*name, ComponentTypeRef::Instance(0));
+        }
+        let mut c = wasm_encoder::Component::new();
+        c.section(&types);
+        c.section(&imports);
+        c.finish()
+    }
+
+    #[test]
+    fn every_import_not_granted_is_named_before_the_compile() {
+        let engine = WasmEngine::new().expect("engine");
+        let bytes = component_importing(&[
+            "wasi:random/random@0.2.3",
+            "wasi:sockets/tcp@0.2.9",
+            "wasi:cli/stdout@0.3.0",
+            "wasi:http/outgoing-handler@0.2.0",
+        ]);
+        let Err(e) = engine.load(&bytes, GuestLimits::default()) else {
+            panic!("loaded");
+        };
+        assert!(
+            matches!(&e, LoadError::ForbiddenImports(n) if n == &[
+                "wasi:sockets/tcp@0.2.9",
+                "wasi:cli/stdout@0.3.0",
+                "wasi:http/outgoing-handler@0.2.0",
+            ]),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`wasi:sockets/tcp@0.2.9`, `wasi:cli/stdout@0.3.0`"),
+            "{msg}"
+        );
+        assert!(!msg.contains("random@0.2.3"), "{msg}");
+        // A component with granted imports only passes the import check
+        // (this one then lacks the behavior export).
+        let bytes = component_importing(&["wasi:random/random@0.2.3"]);
+        let Err(e) = engine.load(&bytes, GuestLimits::default()) else {
+            panic!("loaded");
+        };
+        assert!(matches!(e, LoadError::WrongWorld(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_fold_gets_one_call_timeout_per_1024_events() {
+        let pack = |n: usize| {
+            let mut p = Vec::new();
+            for _ in 0..n {
+                p.extend_from_slice(&3u32.to_le_bytes());
+                p.extend_from_slice(b"abc");
+            }
+            p
+        };
+        assert_eq!(fold_deadline_scale(&pack(0)), 1);
+        assert_eq!(fold_deadline_scale(&pack(1)), 1);
+        assert_eq!(fold_deadline_scale(&pack(1024)), 1);
+        assert_eq!(fold_deadline_scale(&pack(1025)), 2);
+        assert_eq!(fold_deadline_scale(&pack(4096)), 4);
+        // Garbage lengths end the count, never panic.
+        assert_eq!(fold_deadline_scale(&[0xff; 11]), 1);
+    }
+
+    #[test]
+    fn wasi_0_2_of_another_patch_than_the_hosts_links() {
+        let engine = WasmEngine::new().expect("engine");
+        for version in ["0.2.0", "0.2.3", "0.2.9", "0.2.12", "0.2.99"] {
+            let name = format!("wasi:random/random@{version}");
+            assert!(granted(&name));
+            let bytes = component_importing(&[&name]);
+            let component = Component::new(&engine.engine, &bytes).expect("compiles");
+            engine
+                .linker
+                .instantiate_pre(&component)
+                .unwrap_or_else(|e| panic!("{name} does not link: {e:#}"));
+        }
     }
 }

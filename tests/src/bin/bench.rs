@@ -5,6 +5,13 @@
 //! entity.
 //!
 //! Run: `cargo run --release -p cairn-tests --bin cairn-bench [-- --quick]`
+//!
+//! Phases outside the default run, each with `--phase NAME`:
+//! `deploy-history` (deploy validation on a big type) and `python` (the
+//! Python bank account, `examples/python/bank-account`: deploy to active
+//! with and without the compiled-code cache, `decide` and `fold` per call,
+//! durable commands in-process, recovery of a 10,000-event entity with and
+//! without a snapshot, RSS per 1,000 live entities with 10,000 live).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +133,12 @@ async fn bank_node(dir: &std::path::Path, toml: &str, wasm: &[u8], native: bool)
 
 /// Runs `commands` deposits from `callers` concurrent tasks over `entities`.
 async fn throughput(label: &str, node: &Node, a: &Args) -> Result<f64> {
-    let deposit = node.command_from_json("bank-account", r#"{"Deposit":{"amount":1}}"#)?;
+    throughput_of(label, node, "bank-account", a).await
+}
+
+/// [`throughput`] on entity type `ty`.
+async fn throughput_of(label: &str, node: &Node, ty: &'static str, a: &Args) -> Result<f64> {
+    let deposit = node.command_from_json(ty, r#"{"Deposit":{"amount":1}}"#)?;
     // Callers take the next command from one counter, so all of them stay
     // busy until the last command (a caller that fell behind does not leave
     // a tail of low concurrency that would understate the rate).
@@ -150,7 +162,7 @@ async fn throughput(label: &str, node: &Node, a: &Args) -> Result<f64> {
                 let id = format!("acct-{}", i % entities);
                 let t = Instant::now();
                 match node
-                    .ask("bank-account", &id, deposit.clone(), AskOptions::default())
+                    .ask(ty, &id, deposit.clone(), AskOptions::default())
                     .await
                 {
                     Ok(_) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
@@ -185,8 +197,14 @@ async fn throughput(label: &str, node: &Node, a: &Args) -> Result<f64> {
 
 /// Writes `n` Deposited(1) events for one entity straight into the journal.
 async fn write_history(node: &Node, id: &str, n: u64) -> Result<()> {
+    write_history_of(node, "bank-account", id, n).await
+}
+
+/// [`write_history`] for an entity of type `ty` (the Python bank account
+/// reads the Rust one's events: the codec is the same).
+async fn write_history_of(node: &Node, ty: &str, id: &str, n: u64) -> Result<()> {
     let payload = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 1 })?;
-    let key = EntityKey::new("bank-account", id);
+    let key = EntityKey::new(ty, id);
     let mut seq = 1;
     let mut pending = Vec::new();
     while seq <= n {
@@ -218,14 +236,18 @@ async fn write_history(node: &Node, id: &str, n: u64) -> Result<()> {
 }
 
 async fn recovery(label: &str, node: &Node, id: &str) -> Result<()> {
+    recovery_of(label, node, "bank-account", id).await
+}
+
+async fn recovery_of(label: &str, node: &Node, ty: &str, id: &str) -> Result<()> {
     let mut lc = node.lifecycle();
-    let get = node.command_from_json("bank-account", r#""GetBalance""#)?;
+    let get = node.command_from_json(ty, r#""GetBalance""#)?;
     let t = Instant::now();
     let opts = AskOptions {
         timeout: Duration::from_secs(600),
         expected_seq: None,
     };
-    node.ask("bank-account", id, get, opts).await?;
+    node.ask(ty, id, get, opts).await?;
     let secs = t.elapsed().as_secs_f64();
     let (snap, replayed) = loop {
         if let LifecycleEvent::Started {
@@ -298,8 +320,9 @@ async fn run_phase(phase: &str, a: &Args) -> Result<()> {
         "idle-memory" => idle_memory(a, &root, &wasm).await,
         "hotswap" => hotswap(&root, &wasm).await,
         "deploy-history" => deploy_history(a, &root, &wasm).await,
+        "python" => python(&root).await,
         other => Err(anyhow::anyhow!(
-            "unknown phase `{other}`; phases: {PHASES:?} and deploy-history"
+            "unknown phase `{other}`; phases: {PHASES:?}, deploy-history and python"
         )),
     };
     let _ = std::fs::remove_dir_all(&root);
@@ -712,6 +735,236 @@ async fn deploy_history(a: &Args, root: &std::path::Path, wasm: &[u8]) -> Result
     println!(
         "node RSS                       {:>8.1} MiB",
         rss_bytes() as f64 / (1 << 20) as f64
+    );
+    node.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Percentiles of per-call times in ns.
+fn ns_summary(mut ns: Vec<u64>) -> String {
+    ns.sort_unstable();
+    let p = |q: f64| ns[((ns.len() as f64 - 1.0) * q).round() as usize] as f64 / 1e3;
+    format!(
+        "p50 {:>8.1} µs   p99 {:>8.1} µs   ({} calls)",
+        p(0.5),
+        p(0.99),
+        ns.len()
+    )
+}
+
+/// The Python bank account (`examples/python/bank-account`, built with
+/// `guest-sdk/python/build.py`), log journal, one process.
+async fn python(root: &std::path::Path) -> Result<()> {
+    use cairn_host::behavior::{Behavior, CommandContext};
+    use cairn_host::runtime::{GuestLimits, WasmEngine};
+
+    const TY: &str = "py-bank";
+    const HISTORY: u64 = 10_000;
+    const LIVE: usize = 10_000;
+    let path = cairn_tests::python_example_wasm("bank-account")?;
+    let wasm = std::fs::read(&path)?;
+    println!(
+        "\n== Python bank account ({:.1} MB component), log journal",
+        wasm.len() as f64 / 1e6
+    );
+    let dir = root.join("python");
+    let toml = "[node]\njournal = \"log\"\n[defaults.passivation]\nidle_after = \"never\"\n[defaults.snapshot]\nevery = 0\n";
+
+    // Deploy -> active: the first compile, then the same bytes (cached code)
+    // to a second type, then a restart that restores both from the cache.
+    let node = Node::open(config(&dir, toml)?).await?;
+    let t = Instant::now();
+    node.deploy(TY, wasm.clone()).await?;
+    let first = t.elapsed();
+    let t = Instant::now();
+    node.deploy("py-bank-b", wasm.clone()).await?;
+    let cached = t.elapsed();
+    println!(
+        "deploy -> active: first compile {:.2} s; same component, code cached {:.0} ms",
+        first.as_secs_f64(),
+        cached.as_secs_f64() * 1e3
+    );
+
+    // decide and fold per call, on a behavior loaded from the cache.
+    {
+        let engine = WasmEngine::with_code_cache(&dir.join("compiled"))?;
+        let t = Instant::now();
+        let b = engine.load(&wasm, GuestLimits::default())?;
+        println!(
+            "load from the cache ({}): {:.0} ms (with describe)",
+            b.code_source().as_str(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        let mut state = b.initial_state()?;
+        let deposit = b
+            .command_from_json(r#"{"Deposit":{"amount":1}}"#)?
+            .map_err(anyhow::Error::msg)?;
+        let get = b
+            .command_from_json(r#""GetBalance""#)?
+            .map_err(anyhow::Error::msg)?;
+        let mut deposit_ns = Vec::new();
+        let mut get_ns = Vec::new();
+        for i in 0..3000u64 {
+            let ctx = CommandContext {
+                entity_id: "bench",
+                next_seq: i + 1,
+                timestamp_ms: 1,
+            };
+            let t = Instant::now();
+            let d = b.decide(&ctx, &state, &deposit)?;
+            let el = t.elapsed().as_nanos() as u64;
+            let d = d.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            if i >= 500 {
+                deposit_ns.push(el);
+            }
+            state = d.state.unwrap_or(state);
+            let t = Instant::now();
+            let r = b.decide(&ctx, &state, &get)?;
+            let el = t.elapsed().as_nanos() as u64;
+            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            if i >= 500 {
+                get_ns.push(el);
+            }
+        }
+        println!(
+            "decide Deposit (event + fold inside): {}",
+            ns_summary(deposit_ns)
+        );
+        println!(
+            "decide GetBalance (reply only):        {}",
+            ns_summary(get_ns)
+        );
+        let event = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 1 })?;
+        let initial = b.initial_state()?;
+        let mut one = cairn_store::PackedEvents::default();
+        one.push(1, &event)?;
+        let mut fold_ns = Vec::new();
+        for i in 0..2000 {
+            let t = Instant::now();
+            let r = b.fold(&initial, &one.packed)?;
+            let el = t.elapsed().as_nanos() as u64;
+            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            if i >= 200 {
+                fold_ns.push(el);
+            }
+        }
+        println!(
+            "fold of 1 event:                       {}",
+            ns_summary(fold_ns)
+        );
+        let mut many = cairn_store::PackedEvents::default();
+        for s in 1..=4096 {
+            many.push(s, &event)?;
+        }
+        let mut per_event = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let r = b.fold(&initial, &many.packed)?;
+            per_event.push(t.elapsed().as_nanos() as u64 / 4096);
+            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        println!(
+            "fold of 4,096 events (one call), per event: {}",
+            ns_summary(per_event)
+        );
+        println!(
+            "largest linear memory of an instance: {:.1} MiB (default cap {} MiB)",
+            b.peak_memory() as f64 / (1 << 20) as f64,
+            GuestLimits::default().memory_limit >> 20
+        );
+    }
+
+    // Durable deposits through ask, in-process.
+    let args = |callers: usize, commands: usize, entities: usize| Args {
+        phase: None,
+        passthrough: Vec::new(),
+        entities,
+        callers,
+        commands,
+        history: 0,
+        idle_entities: 0,
+        deploy_entities: 0,
+        deploy_events: 0,
+    };
+    throughput_of("python, 16 callers", &node, TY, &args(16, 20_000, 1_000)).await?;
+    throughput_of("python, 1 caller", &node, TY, &args(1, 5_000, 1_000)).await?;
+
+    // Recovery of a 10,000-event entity, with and without a snapshot.
+    write_history_of(&node, TY, "long", HISTORY).await?;
+    write_history_of(&node, TY, "long-snap", HISTORY).await?;
+    let state = cairn_guest::codec::encode(&bank_account::State {
+        balance: (HISTORY - 100) as i64,
+        transactions: HISTORY - 100,
+    })?;
+    let schema = node.descriptor(TY).map_or(1, |d| d.state_schema);
+    node.snapshots()
+        .save(
+            &EntityKey::new(TY, "long-snap"),
+            Snapshot {
+                seq: HISTORY - 100,
+                schema,
+                timestamp_ms: 0,
+                state,
+            },
+            1,
+        )
+        .await?;
+    node.shutdown(Duration::from_secs(10)).await;
+    let t = Instant::now();
+    let node = Node::open(config(&dir, toml)?).await?;
+    println!(
+        "node open with 2 Python types deployed (code from the cache): {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    recovery_of("python: recovery, no snapshot", &node, TY, "long").await?;
+    recovery_of(
+        "python: recovery, snapshot at 9,900",
+        &node,
+        TY,
+        "long-snap",
+    )
+    .await?;
+
+    // RSS of live entities.
+    let get = node.command_from_json(TY, r#""GetBalance""#)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_bytes();
+    let mut marks = Vec::new();
+    for chunk in 0..LIVE / 1000 {
+        let mut tasks = Vec::new();
+        for c in 0..16 {
+            let node = node.clone();
+            let get = get.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut i = c;
+                while i < 1000 {
+                    let _ = node
+                        .ask(
+                            TY,
+                            &format!("live-{:08}", chunk * 1000 + i),
+                            get.clone(),
+                            AskOptions::default(),
+                        )
+                        .await;
+                    i += 16;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        marks.push(rss_bytes());
+    }
+    let live = node.live_entities(TY);
+    let after = *marks.last().unwrap_or(&before);
+    println!(
+        "{live} live Python entities: RSS {:.0} MiB (before them {:.0} MiB): {:.0} KiB per 1,000 entities; first 1,000: {:.0} KiB",
+        after as f64 / (1 << 20) as f64,
+        before as f64 / (1 << 20) as f64,
+        (after.saturating_sub(before)) as f64 / 1024.0 / (LIVE / 1000) as f64,
+        marks
+            .first()
+            .map_or(0.0, |m| m.saturating_sub(before) as f64 / 1024.0)
     );
     node.shutdown(Duration::from_secs(10)).await;
     Ok(())
