@@ -173,8 +173,9 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
         "a component importing WASI sockets was deployed: {out}"
     );
     assert!(
-        err.contains("component imports `wasi:sockets/")
-            && err.contains("which Cairn does not provide"),
+        err.contains("component imports `wasi:sockets/network@0.2.9`")
+            && err.contains("`wasi:sockets/tcp@0.2.9`")
+            && err.contains("which Cairn does not grant"),
         "{err}"
     );
     let types = cairn(&node, &["types"])?;
