@@ -185,6 +185,13 @@ async fn rust_v1_hot_swaps_to_python_v2_under_load_then_to_js_v3_and_refuses_the
     );
     assert!(d.report.passed(), "{}", d.report.summary());
     assert_eq!(d.report.from_snapshot, 0, "an old-schema snapshot was used");
+    // Every account's state is a new shape: the report shows it differing.
+    assert_eq!(
+        d.report.differing as usize,
+        expected.len(),
+        "{}",
+        d.report.summary()
+    );
 
     // No command lost, none doubled: every account's journal and balance.
     let (mut by_v1, mut by_v2) = (0, 0);
