@@ -70,3 +70,8 @@ fn the_js_bank_account_v2_passes_its_tests() {
 fn the_js_counter_passes_its_tests() {
     node_test("examples/js/counter");
 }
+
+#[test]
+fn the_js_bank_account_v3_passes_its_tests() {
+    node_test("examples/js/bank-account-v3");
+}

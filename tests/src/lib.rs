@@ -119,7 +119,12 @@ pub fn example_bytes(name: &str) -> Result<Vec<u8>> {
 }
 
 /// The Python example behaviors (`examples/python/NAME/NAME_WITH_UNDERSCORES.py`).
-pub const PYTHON_EXAMPLES: &[&str] = &["bank-account", "standing-order", "standing-order-v2"];
+pub const PYTHON_EXAMPLES: &[&str] = &[
+    "bank-account",
+    "bank-account-v2",
+    "standing-order",
+    "standing-order-v2",
+];
 
 /// Builds the named Python example (`examples/python/NAME`) to a component
 /// with `guest-sdk/python/build.py` and returns its path,
@@ -174,7 +179,12 @@ pub fn python_module_wasm(module: &Path, out_name: &str, args: &[&str]) -> Resul
 }
 
 /// The JavaScript example behaviors (`examples/js/NAME/NAME_WITH_UNDERSCORES.js`).
-pub const JS_EXAMPLES: &[&str] = &["bank-account", "bank-account-v2", "counter"];
+pub const JS_EXAMPLES: &[&str] = &[
+    "bank-account",
+    "bank-account-v2",
+    "bank-account-v3",
+    "counter",
+];
 
 /// Builds the named JavaScript example (`examples/js/NAME`) to a component
 /// with `guest-sdk/js/build.mjs` and returns its path,
