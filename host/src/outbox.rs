@@ -126,25 +126,9 @@ impl Entry {
     }
 }
 
-/// FNV-1a, 64 bits: a hash that stays the same across builds and machines
-/// (a mark's id is stored).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // Separates the parts, so ("ab", "c") and ("a", "bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The id of the mark that holds the highest send applied from `sender`.
 fn received_id(sender: &EntityKey) -> u64 {
-    let h = fnv1a(&[sender.entity_type.as_bytes(), sender.entity_id.as_bytes()]);
+    let h = cairn_cluster::shard::key_hash(&sender.entity_type, &sender.entity_id);
     MARK_BASE + 1 + h % (u64::MAX - MARK_BASE)
 }
 

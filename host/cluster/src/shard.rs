@@ -29,11 +29,17 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-/// The shard of an entity; `shard_count` 0 counts as 1.
-pub fn shard_of(entity_type: &str, entity_id: &str, shard_count: u32) -> ShardId {
+/// A stable 64-bit hash of an entity's key (FNV-1a of type, 0xff, id):
+/// the same on every build and machine, so it may be stored.
+pub fn key_hash(entity_type: &str, entity_id: &str) -> u64 {
     let h = fnv1a(FNV_OFFSET, entity_type.as_bytes());
     let h = fnv1a(h, &[0xff]);
-    let h = fnv1a(h, entity_id.as_bytes());
+    fnv1a(h, entity_id.as_bytes())
+}
+
+/// The shard of an entity; `shard_count` 0 counts as 1.
+pub fn shard_of(entity_type: &str, entity_id: &str, shard_count: u32) -> ShardId {
+    let h = key_hash(entity_type, entity_id);
     ShardId((h % u64::from(shard_count.max(1))) as u32)
 }
 
