@@ -8,9 +8,11 @@
 use std::collections::BTreeSet;
 
 use crate::member::Member;
+use crate::member::NodeId;
 use crate::placement::{self, Move};
+use crate::replication::replica_set;
 use crate::shard::ShardId;
-use crate::table::{Decision, ShardTable, TableError};
+use crate::table::{Decision, Replicas, ShardTable, TableError};
 
 /// The coordinator of one entity type's shards.
 #[derive(Clone, Debug)]
@@ -18,6 +20,8 @@ pub struct Coordinator {
     table: ShardTable,
     members: Vec<Member>,
     max_moves: usize,
+    /// Replicas per shard, for the sets of shards it allocates.
+    replicas: usize,
     /// Shards moved whose new owner has not reported the handoff done.
     handoffs: BTreeSet<ShardId>,
     /// Proposed, not yet committed.
@@ -33,6 +37,7 @@ impl Coordinator {
             table,
             members: Vec::new(),
             max_moves: max_moves.max(1),
+            replicas: 0,
             handoffs: BTreeSet::new(),
             pending: Vec::new(),
             pending_moves: Vec::new(),
@@ -42,6 +47,12 @@ impl Coordinator {
     /// The committed table.
     pub fn table(&self) -> &ShardTable {
         &self.table
+    }
+
+    /// Replicas per shard: each allocation it proposes names that many
+    /// members (of those that may own shards) as the shard's replica set.
+    pub fn set_replicas(&mut self, replicas: usize) {
+        self.replicas = replicas;
     }
 
     /// The view the next proposal is made from.
@@ -67,6 +78,12 @@ impl Coordinator {
         }
         let moves = placement::plan(&self.table, &self.members, &self.handoffs, self.max_moves);
         let mut epoch = self.table.epoch();
+        let holders: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|m| m.can_own())
+            .map(|m| m.id)
+            .collect();
         self.pending = moves
             .iter()
             .map(|m| {
@@ -75,6 +92,7 @@ impl Coordinator {
                     shard: m.shard,
                     owner: m.to,
                     epoch,
+                    replicas: Replicas::new(replica_set(&holders, m.to, self.replicas)),
                 }
             })
             .collect();

@@ -266,6 +266,7 @@ mod tests {
             shard: ShardId(shard),
             owner: NodeId(owner),
             epoch,
+            replicas: crate::table::Replicas::default(),
         }
     }
 

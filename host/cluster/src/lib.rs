@@ -49,4 +49,4 @@ pub mod table;
 pub use coordinator::Coordinator;
 pub use member::{Member, MemberState, NodeId};
 pub use shard::{ShardId, shard_of};
-pub use table::{Allocation, Decision, ShardTable, TableError};
+pub use table::{Allocation, Decision, MAX_REPLICAS, Replicas, ShardTable, TableError};

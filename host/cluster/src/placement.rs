@@ -145,6 +145,7 @@ mod tests {
                 shard: m.shard,
                 owner: m.to,
                 epoch,
+                replicas: crate::table::Replicas::default(),
             })
             .unwrap();
         }

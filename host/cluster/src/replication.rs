@@ -1,24 +1,30 @@
-//! The replication rules without I/O: which nodes replicate a shard, how
-//! many acknowledgements a write needs, when and to whom a down owner's
-//! shards fail over, and how the new owner merges the replicas' copies.
-//! The node's replicated journal and coordinator call these;
-//! `tests/replication.rs` runs them in a seeded simulation with crashes.
+//! The replication rules without I/O: which nodes should replicate a
+//! shard, how many acknowledgements a write needs (also while its replica
+//! set changes), when and to whom a down owner's shards fail over, and how
+//! the new owner merges the replicas' copies. The node's replicated journal
+//! and coordinator call these; `tests/replication.rs` runs them in a seeded
+//! simulation with crashes.
 //!
 //! The invariant they keep, with `min_acks >= 1`: a write reaches the
-//! primary's journal only after `min_acks` replicas hold it durably, and a
-//! shard fails over only when every replica is live, to one of them, which
-//! first merges every other replica's copy. Then every acknowledged event
-//! is in the new owner's history, and no node holds an event the new
-//! owner's history contradicts (each copy is a prefix of the primary's).
+//! primary's journal only after `min_acks` members of the shard's committed
+//! replica set hold it durably (and, while the set changes, `min_acks` of
+//! the set it moves to as well); a new member is given the shard's whole
+//! history before the change is committed. A shard fails over only to a
+//! live member of its committed set, and only when so many members of the
+//! set are live that any `min_acks` of them include one (so the live ones
+//! hold every acknowledged event between them); the new owner first merges
+//! their copies. Then every acknowledged event is in the new owner's
+//! history, and no node holds an event the new owner's history contradicts
+//! (each copy is a prefix of the primary's).
 
 use std::collections::BTreeSet;
 
 use crate::member::NodeId;
-use crate::table::{Decision, ShardTable};
+use crate::table::{Decision, Replicas, ShardTable};
 
-/// The replicas of a shard whose primary is `owner`: the next `replicas`
-/// of `members` (ascending ids, those that may hold data) after the owner
-/// in the ring of ids; never the owner.
+/// The replicas a shard whose primary is `owner` should have: the next
+/// `replicas` of `members` (ascending ids, those that may hold data) after
+/// the owner in the ring of ids; never the owner.
 pub fn replica_set(members: &[NodeId], owner: NodeId, replicas: usize) -> Vec<NodeId> {
     let start = members.iter().position(|id| *id > owner).unwrap_or(0);
     members
@@ -38,14 +44,59 @@ pub fn acks_needed(min_acks: usize, replica_set_len: usize) -> usize {
     min_acks.min(replica_set_len)
 }
 
+/// Is a write acknowledged? `sets` are the replica sets it must reach with
+/// the acknowledgements each needs: the committed set, and while the set
+/// changes, the one it moves to too. `acked` are the nodes that hold it.
+pub fn acknowledged(sets: &[(&[NodeId], usize)], acked: &[NodeId]) -> bool {
+    sets.iter()
+        .all(|(set, need)| set.iter().filter(|n| acked.contains(n)).count() >= *need)
+}
+
+/// How a type replicates: the first `replicas` members of a shard's set
+/// get its writes, and `min_acks` of them must hold one to acknowledge it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Replicas of the type's writes (a prefix of the shard's set).
+    pub replicas: usize,
+    /// Acknowledgements a write needs.
+    pub min_acks: usize,
+}
+
+/// May a shard whose owner is gone be promoted, with these members of its
+/// committed `set` live? Every acknowledged write of a type is on
+/// `min_acks` members of its prefix of the set, so the prefix needs
+/// `len - min_acks + 1` live members: then any `min_acks` of the prefix
+/// include a live one. (With `min_acks = 0` acknowledged writes may be on
+/// the owner only; all of the prefix must then be live, which keeps what
+/// the replicas hold.) No policy: every member must be live.
+pub fn may_promote(set: &[NodeId], policies: &[Policy], live: &dyn Fn(NodeId) -> bool) -> bool {
+    if set.is_empty() {
+        return false;
+    }
+    let enough = |prefix: &[NodeId], min_acks: usize| {
+        let need = acks_needed(min_acks, prefix.len()).max(1);
+        let up = prefix.iter().filter(|n| live(**n)).count();
+        up + need > prefix.len()
+    };
+    if policies.is_empty() {
+        return enough(set, set.len());
+    }
+    policies
+        .iter()
+        .all(|p| enough(&set[..p.replicas.min(set.len())], p.min_acks))
+}
+
 /// What the coordinator knows when it looks for shards to fail over.
 pub struct FailoverView<'a> {
-    /// The committed table.
+    /// The committed table (with each shard's committed replica set).
     pub table: &'a ShardTable,
-    /// Members that may hold data (ascending ids), as for [`replica_set`].
+    /// Members that may hold data (ascending ids), to choose the promoted
+    /// owner's replica set from.
     pub members: &'a [NodeId],
-    /// Replicas per shard.
+    /// Replicas per shard, for the promoted owner's set.
     pub replicas: usize,
+    /// How each deployed type replicates.
+    pub policies: &'a [Policy],
     /// Members declared down.
     pub down: &'a BTreeSet<NodeId>,
     /// Members that cannot be heard now.
@@ -53,19 +104,22 @@ pub struct FailoverView<'a> {
     /// Has this (down) owner's lease certainly expired?
     pub lease_expired: &'a dyn Fn(NodeId) -> bool,
     /// Did the owner of `shard` under allocation `epoch` take it over
-    /// completely (its history merged or fetched)? One that died before
-    /// has not got the history its replicas would need.
+    /// completely (its history merged or fetched, its replicas caught
+    /// up)? One that died before has not got the history its replicas
+    /// would need.
     pub ready: &'a dyn Fn(crate::shard::ShardId, u64) -> bool,
 }
 
 /// The failover decisions: each shard of a down owner whose lease has
 /// expired, and which that owner had taken over completely, goes, with the
-/// table's next epoch, to the first replica in the ring, provided every
-/// replica of the shard is live (so that merging their copies finds every
-/// acknowledged event). Empty when nothing may move.
+/// table's next epoch, to the first live member of its committed replica
+/// set, provided enough of the set is live ([`may_promote`]). The new
+/// owner's replica set is chosen from the live members. Empty when nothing
+/// may move.
 pub fn promotions(view: &FailoverView<'_>) -> Vec<Decision> {
     let mut epoch = view.table.epoch();
     let mut out = Vec::new();
+    let live = |n: NodeId| !view.down.contains(&n) && !view.unreachable.contains(&n);
     for (shard, a) in view.table.iter() {
         let Some(a) = a else { continue };
         if !view.down.contains(&a.owner)
@@ -74,16 +128,25 @@ pub fn promotions(view: &FailoverView<'_>) -> Vec<Decision> {
         {
             continue;
         }
-        let set = replica_set(view.members, a.owner, view.replicas);
-        let live = |n: &NodeId| !view.down.contains(n) && !view.unreachable.contains(n);
-        if set.is_empty() || !set.iter().all(live) {
+        let set = a.replicas.as_slice();
+        if !may_promote(set, view.policies, &live) {
             continue;
         }
+        let Some(to) = set.iter().copied().find(|n| live(*n)) else {
+            continue;
+        };
+        let candidates: Vec<NodeId> = view
+            .members
+            .iter()
+            .copied()
+            .filter(|n| live(*n) && *n != a.owner)
+            .collect();
         epoch += 1;
         out.push(Decision::Assign {
             shard,
-            owner: set[0],
+            owner: to,
             epoch,
+            replicas: Replicas::new(replica_set(&candidates, to, view.replicas)),
         });
     }
     out
@@ -128,6 +191,34 @@ mod tests {
         assert_eq!(replica_set(&m, NodeId(25), 3), ids(&[30, 40, 10]));
         assert_eq!(replica_set(&m[..1], NodeId(10), 2), ids(&[]));
         assert_eq!(acks_needed(2, 1), 1);
+    }
+
+    #[test]
+    fn a_write_needs_every_set_it_must_reach() {
+        let (old, new) = (ids(&[1, 2]), ids(&[2, 3]));
+        let sets = [(&old[..], 1), (&new[..], 1)];
+        assert!(!acknowledged(&sets, &ids(&[1])));
+        assert!(acknowledged(&sets, &ids(&[1, 3])));
+        assert!(acknowledged(&sets, &ids(&[2])));
+        assert!(!acknowledged(&[(&old[..], 2)], &ids(&[2, 3])));
+    }
+
+    #[test]
+    fn promotion_needs_a_live_member_in_every_possible_ack_quorum() {
+        let set = ids(&[1, 2, 3]);
+        let live = |up: &'static [u64]| move |n: NodeId| up.contains(&n.0);
+        let p = |replicas, min_acks| Policy { replicas, min_acks };
+        // min_acks 2 of 3: any two live members meet every ack quorum.
+        assert!(may_promote(&set, &[p(3, 2)], &live(&[1, 3])));
+        assert!(!may_promote(&set, &[p(3, 2)], &live(&[3])));
+        // min_acks 1: all three must be live.
+        assert!(!may_promote(&set, &[p(3, 1)], &live(&[1, 2])));
+        // A type with one replica writes to the first member only.
+        assert!(may_promote(&set, &[p(1, 1)], &live(&[1])));
+        assert!(!may_promote(&set, &[p(1, 1), p(3, 3)], &live(&[2, 3])));
+        // min_acks 0 keeps every replica's copy; no set, no promotion.
+        assert!(!may_promote(&set, &[p(3, 0)], &live(&[1, 2])));
+        assert!(!may_promote(&[], &[p(3, 1)], &live(&[1])));
     }
 
     #[test]

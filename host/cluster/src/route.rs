@@ -109,6 +109,17 @@ impl<C> Router<C> {
         Ok(away)
     }
 
+    /// Applies a committed change of a shard's replica set (same owner,
+    /// same epoch): nothing is routed differently.
+    pub fn set_replicas(
+        &mut self,
+        shard: ShardId,
+        epoch: u64,
+        replicas: crate::table::Replicas,
+    ) -> Result<(), TableError> {
+        self.table.set_replicas(shard, epoch, replicas)
+    }
+
     /// Starts handing a shard off: from now on its commands wait here until
     /// the move is applied. False if this node does not own it.
     pub fn release(&mut self, shard: ShardId) -> bool {
@@ -222,6 +233,7 @@ mod tests {
             shard: ShardId(shard),
             owner: NodeId(owner),
             epoch,
+            replicas: crate::table::Replicas::default(),
         }
     }
 

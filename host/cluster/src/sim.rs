@@ -30,10 +30,10 @@ use rand::{RngExt, SeedableRng};
 use crate::fence::{self, Admission, Fence, Mutant, ReplicaFences};
 use crate::lease::LeaseConfig;
 use crate::member::NodeId;
-use crate::replication::{FailoverView, merge, promotions, replica_set};
+use crate::replication::{FailoverView, Policy, merge, promotions, replica_set};
 use crate::route::{Route, Router};
 use crate::shard::ShardId;
-use crate::table::{Decision, ShardTable};
+use crate::table::{Allocation, Decision, Replicas, ShardTable};
 
 const NODES: u64 = 4;
 const SHARDS: u32 = 3;
@@ -124,7 +124,7 @@ struct World {
     /// Shards whose owner holds their whole history under its epoch.
     ready: BTreeSet<(ShardId, u64)>,
     /// The owner before each allocation (where a move reads the history).
-    previous: BTreeMap<(ShardId, u64), NodeId>,
+    previous: BTreeMap<(ShardId, u64), Allocation>,
     acked: BTreeMap<u32, Vec<(usize, u64)>>,
     next_value: u64,
     stats: Stats,
@@ -195,6 +195,7 @@ impl World {
                 shard: ShardId(s),
                 owner,
                 epoch,
+                replicas: Replicas::new(replica_set(&ids(), owner, REPLICAS)),
             });
             w.ready.insert((ShardId(s), epoch));
         }
@@ -215,7 +216,7 @@ impl World {
         self.trace(|| format!("commit {d:?}"));
         let Decision::Assign { shard, epoch, .. } = d;
         if let Some(a) = self.table.get(shard) {
-            self.previous.insert((shard, epoch), a.owner);
+            self.previous.insert((shard, epoch), a);
         }
         self.table
             .apply(d)
@@ -359,6 +360,10 @@ impl World {
             table: &self.table,
             members: &members,
             replicas: REPLICAS,
+            policies: &[Policy {
+                replicas: REPLICAS,
+                min_acks: 1,
+            }],
             down: &silent,
             unreachable: &BTreeSet::new(),
             lease_expired: &expired,
@@ -387,6 +392,7 @@ impl World {
                     shard: s,
                     owner: to,
                     epoch,
+                    replicas: Replicas::new(replica_set(&ids(), to, REPLICAS)),
                 });
                 self.stats.moves += 1;
             }
@@ -415,19 +421,20 @@ impl World {
                 // truth: what this node holds beyond it was never
                 // acknowledged); a failover merges the old owner's replicas'
                 // copies, a restart every member's; all must be readable.
+                let prev = self.previous.get(&(s, a.epoch)).copied();
                 let from = if self.nodes[i].read_back.contains(&s) {
                     me
                 } else {
-                    self.previous.get(&(s, a.epoch)).copied().unwrap_or(me)
+                    prev.map_or(me, |p| p.owner)
                 };
                 let old = &self.nodes[(from.0 - 1) as usize];
                 let sources: Vec<usize> = if from != me && old.runs(step) {
                     vec![(from.0 - 1) as usize]
                 } else if from != me {
-                    let mut v: Vec<usize> = replica_set(&ids(), from, REPLICAS)
-                        .iter()
-                        .map(|r| (r.0 - 1) as usize)
-                        .collect();
+                    // The old owner's committed replica set.
+                    let set = prev.map(|p| p.replicas).unwrap_or_default();
+                    let mut v: Vec<usize> =
+                        set.as_slice().iter().map(|r| (r.0 - 1) as usize).collect();
                     v.push(i);
                     v
                 } else {
@@ -460,11 +467,12 @@ impl World {
                 }
                 // Its own copy, then its replicas' (each through its fence:
                 // a replica that has seen a newer allocation refuses).
-                let set = replica_set(&ids(), me, REPLICAS);
+                let set = a.replicas;
+                let set = set.as_slice();
                 let mut caught_up = true;
                 for (e, h) in histories {
                     self.nodes[i].journal.insert(e, h.clone());
-                    for r in &set {
+                    for r in set {
                         let n = &mut self.nodes[(r.0 - 1) as usize];
                         let committed = n.router.table().get(s).map(|a| a.epoch);
                         if !n.runs(step) || n.fences.accept(s, a.epoch, committed).is_err() {
@@ -617,8 +625,13 @@ impl World {
         n.actors.insert(e, f);
         if n.dirty.contains(&e) {
             // Read back from the replicas before writing again.
-            let me = n.id;
-            let set = replica_set(&ids(), me, REPLICAS);
+            let set = n
+                .router
+                .table()
+                .get(s)
+                .map(|a| a.replicas)
+                .unwrap_or_default();
+            let set = set.as_slice();
             if set
                 .iter()
                 .any(|r| !self.nodes[(r.0 - 1) as usize].runs(step))
@@ -650,7 +663,13 @@ impl World {
         let value = self.next_value;
         self.next_value += 1;
         let mut pending = BTreeMap::new();
-        for r in replica_set(&ids(), n.id, REPLICAS) {
+        let set = n
+            .router
+            .table()
+            .get(s)
+            .map(|a| a.replicas)
+            .unwrap_or_default();
+        for r in set.as_slice().iter().copied() {
             if self.rng.random_bool(0.9) {
                 pending.insert(r.0, step + self.rng.random_range(0..4usize));
             }

@@ -3,17 +3,76 @@
 //! grow, per shard and for the table as a whole; a node applying a decision
 //! whose epoch is not newer than what it holds refuses it (a stale or
 //! replayed decision can never move a shard back).
+//!
+//! An allocation also names the shard's replica set: the members that hold
+//! a copy of its history and whose acknowledgements count for a write. The
+//! set changes only by a committed decision: with a new owner
+//! ([`Decision::Assign`]), or for the same owner ([`ShardTable::set_replicas`],
+//! proposed by the owner once the new members hold the shard's history).
 
 use crate::member::NodeId;
 use crate::shard::ShardId;
 
-/// Who owns a shard, since which epoch.
+/// The most replicas a shard can have.
+pub const MAX_REPLICAS: usize = 7;
+
+/// A shard's replica set, in order (the first live one is promoted on
+/// failover); never holds the owner, never a node twice.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Replicas {
+    len: u8,
+    ids: [NodeId; MAX_REPLICAS],
+}
+
+impl Replicas {
+    /// The set of `ids` in order, without repeats, at most [`MAX_REPLICAS`].
+    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> Replicas {
+        let mut r = Replicas::default();
+        for id in ids {
+            if (r.len as usize) < MAX_REPLICAS && !r.contains(id) {
+                r.ids[r.len as usize] = id;
+                r.len += 1;
+            }
+        }
+        r
+    }
+
+    /// The members, in order.
+    pub fn as_slice(&self) -> &[NodeId] {
+        &self.ids[..self.len as usize]
+    }
+
+    /// Is `id` a member?
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.as_slice().contains(&id)
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// No members.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// Who owns a shard, since which epoch, and who replicates it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Allocation {
     /// The owner.
     pub owner: NodeId,
     /// The epoch of the decision that made it the owner.
     pub epoch: u64,
+    /// The committed replica set.
+    pub replicas: Replicas,
 }
 
 /// A committed decision of the coordinator.
@@ -28,6 +87,8 @@ pub enum Decision {
         owner: NodeId,
         /// The table's next epoch.
         epoch: u64,
+        /// Its replica set from then on.
+        replicas: Replicas,
     },
 }
 
@@ -46,6 +107,17 @@ pub enum TableError {
     /// The shard is outside the table.
     #[error("no such shard: {0}")]
     NoSuchShard(ShardId),
+    /// A change of replica set made for an allocation that is no longer
+    /// the shard's (it moved since).
+    #[error("{shard}: the replica change was made under epoch {got}, the shard is at {have:?}")]
+    Superseded {
+        /// The shard.
+        shard: ShardId,
+        /// The allocation epoch the change was made under.
+        got: u64,
+        /// The shard's allocation epoch now.
+        have: Option<u64>,
+    },
 }
 
 /// The shard table of one entity type.
@@ -107,6 +179,7 @@ impl ShardTable {
                 shard,
                 owner,
                 epoch,
+                replicas,
             } => {
                 if epoch <= self.epoch {
                     return Err(TableError::StaleEpoch {
@@ -118,10 +191,40 @@ impl ShardTable {
                     .shards
                     .get_mut(shard.0 as usize)
                     .ok_or(TableError::NoSuchShard(shard))?;
-                *slot = Some(Allocation { owner, epoch });
+                *slot = Some(Allocation {
+                    owner,
+                    epoch,
+                    replicas,
+                });
                 self.epoch = epoch;
                 Ok(())
             }
+        }
+    }
+
+    /// Applies a committed change of a shard's replica set, made by its
+    /// owner under the allocation of `epoch`: refused if the shard has
+    /// moved since. The owner and the epoch stay.
+    pub fn set_replicas(
+        &mut self,
+        shard: ShardId,
+        epoch: u64,
+        replicas: Replicas,
+    ) -> Result<(), TableError> {
+        let slot = self
+            .shards
+            .get_mut(shard.0 as usize)
+            .ok_or(TableError::NoSuchShard(shard))?;
+        match slot {
+            Some(a) if a.epoch == epoch && !replicas.contains(a.owner) => {
+                a.replicas = replicas;
+                Ok(())
+            }
+            _ => Err(TableError::Superseded {
+                shard,
+                got: epoch,
+                have: slot.map(|a| a.epoch),
+            }),
         }
     }
 }
@@ -137,6 +240,7 @@ mod tests {
             shard: ShardId(shard),
             owner: NodeId(owner),
             epoch,
+            replicas: Replicas::new([NodeId(owner + 1)]),
         };
         t.apply(assign(0, 1, 1)).unwrap();
         t.apply(assign(1, 2, 2)).unwrap();
@@ -151,5 +255,17 @@ mod tests {
         );
         assert_eq!(t.epoch(), 2);
         assert_eq!(t.owned_by(NodeId(1)), 1);
+        // A replica change under the current allocation applies; one made
+        // under an older allocation, or naming the owner, does not.
+        let set = Replicas::new([NodeId(3), NodeId(4), NodeId(3)]);
+        assert_eq!(set.as_slice(), [NodeId(3), NodeId(4)]);
+        t.set_replicas(ShardId(0), 1, set).unwrap();
+        assert_eq!(t.get(ShardId(0)).map(|a| a.replicas), Some(set));
+        assert!(t.set_replicas(ShardId(1), 1, set).is_err());
+        assert!(
+            t.set_replicas(ShardId(0), 1, Replicas::new([NodeId(1)]))
+                .is_err()
+        );
+        assert_eq!(t.epoch(), 2, "a replica change takes no epoch");
     }
 }

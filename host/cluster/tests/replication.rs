@@ -21,8 +21,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use cairn_cluster::replication::{FailoverView, acks_needed, merge, promotions, replica_set};
-use cairn_cluster::{Decision, NodeId, ShardId, ShardTable};
+use cairn_cluster::replication::{
+    FailoverView, Policy, acks_needed, merge, promotions, replica_set,
+};
+use cairn_cluster::{Decision, NodeId, Replicas, ShardId, ShardTable};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -98,6 +100,7 @@ impl World {
                     shard: ShardId(s),
                     owner,
                     epoch: u64::from(s) + 1,
+                    replicas: Replicas::new(replica_set(&members(), owner, REPLICAS)),
                 })
                 .expect("fresh table");
         }
@@ -262,6 +265,10 @@ impl World {
             table: &self.table,
             members: &members,
             replicas: REPLICAS,
+            policies: &[Policy {
+                replicas: REPLICAS,
+                min_acks: MIN_ACKS,
+            }],
             down: &down,
             unreachable: &unreachable,
             lease_expired: &lease_expired,
@@ -286,6 +293,7 @@ impl World {
                         shard,
                         owner: *to,
                         epoch,
+                        replicas: Replicas::new(replica_set(&members, *to, REPLICAS)),
                     });
                 }
             }

@@ -133,6 +133,7 @@ impl World {
             shard,
             owner,
             epoch,
+            ..
         } = *d
         else {
             return Ok(());

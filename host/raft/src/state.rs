@@ -50,6 +50,17 @@ pub enum Command {
     /// allocation, a handoff or a failover), as (shard, allocation epoch):
     /// only such a shard may fail over from its owner.
     Ready(Vec<(u32, u64)>),
+    /// The owner of `shard` under the allocation of `epoch` gave these
+    /// members the shard's whole history: they are its replica set from
+    /// now on. Skipped (`ignored`) if the shard has moved since.
+    Replicas {
+        /// The shard.
+        shard: u32,
+        /// The allocation epoch the owner made the change under.
+        epoch: u64,
+        /// The new replica set.
+        replicas: cairn_cluster::Replicas,
+    },
 }
 
 /// A deploy committed cluster-wide.
@@ -170,6 +181,17 @@ impl ClusterState {
                     *e = (*e).max(*epoch);
                 }
             }
+            Command::Replicas {
+                shard,
+                epoch,
+                replicas,
+            } => {
+                let applied = self
+                    .table
+                    .as_mut()
+                    .map(|t| t.set_replicas(cairn_cluster::ShardId(*shard), *epoch, *replicas));
+                out.ignored = !matches!(applied, Some(Ok(())));
+            }
         }
         self.last_applied = index;
         out
@@ -194,6 +216,7 @@ mod tests {
             shard: ShardId(shard),
             owner: NodeId(owner),
             epoch,
+            replicas: cairn_cluster::Replicas::new([NodeId(owner + 1)]),
         }
     }
 
@@ -212,6 +235,18 @@ mod tests {
         let table = s.table.as_ref().unwrap();
         assert_eq!(table.len(), 4);
         assert_eq!(table.epoch(), 2);
+        // A replica change under the shard's allocation applies; one made
+        // under an older one is skipped.
+        let set = cairn_cluster::Replicas::new([NodeId(3)]);
+        let change = |epoch| Command::Replicas {
+            shard: 1,
+            epoch,
+            replicas: set,
+        };
+        assert!(s.apply(4, &change(1)).ignored);
+        assert!(!s.apply(4, &change(2)).ignored);
+        let table = s.table.as_ref().unwrap();
+        assert_eq!(table.get(ShardId(1)).map(|a| a.replicas), Some(set));
         let d = DeployEntry {
             entity_type: "t".into(),
             deploy: 1,

@@ -126,6 +126,7 @@ fn assign(shard: u32, owner: u64, epoch: u64) -> Decision {
         shard: ShardId(shard),
         owner: NodeId(owner),
         epoch,
+        replicas: cairn_cluster::Replicas::default(),
     }
 }
 
