@@ -172,6 +172,14 @@ impl ShardTable {
             .count()
     }
 
+    /// Shards whose committed replica set names `node`.
+    pub fn replicated_by(&self, node: NodeId) -> usize {
+        self.shards
+            .iter()
+            .filter(|a| a.is_some_and(|a| a.replicas.contains(node)))
+            .count()
+    }
+
     /// Applies a committed decision.
     pub fn apply(&mut self, decision: Decision) -> Result<(), TableError> {
         match decision {

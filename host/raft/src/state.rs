@@ -102,6 +102,11 @@ pub struct ClusterState {
     /// Shard → the newest allocation epoch whose owner reported it holds
     /// the shard's whole history.
     pub ready: BTreeMap<u32, u64>,
+    /// Shard → the allocation its current one replaced: where its new
+    /// owner reads the history from (the old owner, or on failover the
+    /// old owner's committed replica set), even if that node never saw
+    /// the old allocation applied (it was behind the log).
+    pub previous: BTreeMap<u32, cairn_cluster::Allocation>,
     /// Log index of the last applied entry (0 = none; index 0 itself is
     /// openraft's initial membership entry, which carries no command).
     pub last_applied: u64,
@@ -138,8 +143,19 @@ impl ClusterState {
             }
             Command::Decide(decisions) => {
                 for d in decisions {
+                    let shard = match *d {
+                        cairn_cluster::Decision::Assign { shard, .. } => Some(shard),
+                        _ => None,
+                    };
                     let ok = match self.table.as_mut() {
-                        Some(t) => t.apply(*d).is_ok(),
+                        Some(t) => {
+                            let was = shard.and_then(|s| t.get(s));
+                            let ok = t.apply(*d).is_ok();
+                            if ok && let (Some(s), Some(was)) = (shard, was) {
+                                self.previous.insert(s.0, was);
+                            }
+                            ok
+                        }
                         None => false,
                     };
                     if !ok {

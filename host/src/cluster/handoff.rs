@@ -135,6 +135,7 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
             continue;
         }
         let mut c = Coordinator::new(table, inner.config.max_moves);
+        c.set_replicas(super::replicate::max_replicas(&inner));
         c.set_members(members);
         let (decisions, moves) = c.propose();
         if decisions.is_empty() {
@@ -309,7 +310,7 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
     let Some(table) = &state.table else {
         return;
     };
-    let mut changes: Vec<(ShardId, NodeId, u64)> = Vec::new();
+    let mut changes: Vec<(ShardId, cairn_cluster::Allocation)> = Vec::new();
     let mut fetches = Vec::new();
     let mut away = Vec::new();
     let mut ready = Vec::new();
@@ -331,16 +332,27 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             if let Some(a) = a
                 && router.table().get(shard) != Some(a)
             {
-                changes.push((shard, a.owner, a.epoch));
+                changes.push((shard, a));
             }
         }
-        changes.sort_by_key(|c| c.2);
-        for (shard, owner, epoch) in changes {
-            let before = router.table().get(shard).map(|a| (a.owner, a.epoch));
+        changes.sort_by_key(|c| c.1.epoch);
+        for (shard, a) in changes {
+            let before = router.table().get(shard);
+            // The same allocation with another replica set: the owner's
+            // committed change (nothing is routed differently).
+            if let Some(b) = before
+                && (b.owner, b.epoch) == (a.owner, a.epoch)
+            {
+                if let Err(e) = router.set_replicas(shard, a.epoch, a.replicas) {
+                    tracing::warn!(error = %e, "replica change not applied");
+                }
+                continue;
+            }
             match router.apply(Decision::Assign {
                 shard,
-                owner,
-                epoch,
+                owner: a.owner,
+                epoch: a.epoch,
+                replicas: a.replicas,
             }) {
                 Ok(fwd) => away.extend(fwd.into_iter().map(|(o, w)| (shard, o, w))),
                 Err(e) => {
@@ -348,18 +360,30 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
                     continue;
                 }
             }
-            if owner.0 != inner.id {
+            if a.owner.0 != inner.id {
                 continue;
             }
+            let epoch = a.epoch;
+            // The allocation this one replaced, as the log says: this node
+            // may not have applied it (it was behind the log).
+            let before = match (before, state.previous.get(&shard.0).copied()) {
+                (Some(b), Some(p)) if b.epoch < p.epoch && p.owner.0 != inner.id => Some(p),
+                (b, _) => b,
+            };
             // Back here under a newer epoch without this node having seen
             // the owners in between (its view jumped, as after a restart):
             // what they wrote is read back before it serves.
-            let jumped = before.map_or(restart, |(_, e)| e < epoch);
+            let jumped = before.map_or(restart, |b| b.epoch < epoch);
             match before {
-                Some((b, _)) if b.0 != inner.id => fetches.push((shard, b.0, epoch)),
+                Some(b) if b.owner.0 != inner.id => fetches.push((shard, b, epoch)),
                 _ if jumped => {
                     router.hold(shard);
-                    fetches.push((shard, inner.id, epoch));
+                    let me = cairn_cluster::Allocation {
+                        owner: NodeId(inner.id),
+                        epoch,
+                        replicas: cairn_cluster::Replicas::default(),
+                    };
+                    fetches.push((shard, me, epoch));
                 }
                 None => ready.push((shard.0, epoch)),
                 Some(_) => {}
@@ -382,15 +406,20 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             let _ = tx.send(r);
         });
     }
-    for (shard, from, epoch) in fetches {
-        tokio::spawn(fetch(inner.clone(), shard, from, epoch));
+    for (shard, before, epoch) in fetches {
+        tokio::spawn(fetch(inner.clone(), shard, before, epoch));
     }
 }
 
 /// The new owner's side (of the allocation under `epoch`): read the
-/// shard's history from the old owner, then serve what waited. A newer
-/// allocation of the shard has its own fetch, and this one gives way.
-async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
+/// shard's history from the old owner (`before`, the allocation it had),
+/// or on failover from the live members of its committed replica set;
+/// then serve what waited, and once its own committed replica set holds
+/// the history, report the shard ready (only then may it fail over from
+/// this node). A newer allocation of the shard has its own fetch, and
+/// this one gives way.
+async fn fetch(inner: Arc<Inner>, shard: ShardId, before: cairn_cluster::Allocation, epoch: u64) {
+    let from = before.owner.0;
     let started = Instant::now();
     let count = inner.shard_count();
     let imported;
@@ -415,9 +444,16 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
             others = all.len();
             all.into_iter().filter(|n| !down.contains(n)).collect()
         } else if failover {
-            super::replicate::replicas_of(&inner, from, super::replicate::max_replicas(&inner))
-                .into_iter()
-                .filter(|r| *r != inner.id)
+            // The old owner's committed set: enough of it is live (the
+            // failover's rule), and the live ones hold every acknowledged
+            // event between them.
+            let down = inner.view().down.clone();
+            before
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|n| n.0)
+                .filter(|r| *r != inner.id && !down.contains(r))
                 .collect()
         } else {
             vec![from]
@@ -464,18 +500,6 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // This node's replicas of the shard are not the old owner's: they get
-    // the whole history before the shard serves (so that every event is on
-    // `min_acks` of them).
-    let mut tries = 0;
-    while let Err(e) = super::replicate::catch_up(&inner, shard, count).await {
-        tries += 1;
-        tracing::warn!(shard = shard.0, error = %e, "replicas not caught up yet");
-        if tries >= 20 || !inner.router().awaits(shard, epoch) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
     let waiters = {
         let mut r = inner.router();
         if !r.awaits(shard, epoch) {
@@ -483,7 +507,6 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
         }
         r.ready(shard)
     };
-    report_ready(&inner, vec![(shard.0, epoch)]).await;
     arm_timers(&inner, vec![shard.0]).await;
     tracing::info!(
         shard = shard.0,
@@ -497,6 +520,32 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, from: u64, epoch: u64) {
         "shard arrived"
     );
     run_waiters(&inner, shard.0, waiters);
+    // The committed replica set of this allocation is not the old owner's:
+    // it gets the whole history (writes meanwhile reach it through their
+    // gap fills) before the shard is reported ready.
+    let mut tries = 0u32;
+    loop {
+        let Some(a) = inner
+            .router()
+            .table()
+            .get(shard)
+            .filter(|a| a.epoch == epoch && a.owner.0 == inner.id)
+        else {
+            return;
+        };
+        let set: Vec<u64> = a.replicas.as_slice().iter().map(|n| n.0).collect();
+        match super::replicate::catch_up_to(&inner, shard, count, &set, epoch).await {
+            Ok(()) => break,
+            Err(e) => {
+                tries += 1;
+                if tries % 20 == 1 {
+                    tracing::warn!(shard = shard.0, error = %e, "replicas not caught up yet; the shard is not ready for failover");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    report_ready(&inner, vec![(shard.0, epoch)]).await;
 }
 
 async fn fetch_once(
@@ -1253,6 +1302,7 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
             table: &table,
             members: &members,
             replicas: r,
+            policies: &super::replicate::policies(inner),
             down: &down,
             unreachable: &unreachable,
             lease_expired: &expired,

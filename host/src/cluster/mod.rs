@@ -20,6 +20,7 @@ mod deliver;
 mod gossip;
 mod handoff;
 pub mod peer;
+mod replicas;
 mod replicate;
 
 pub use replicate::Replication;
@@ -153,6 +154,8 @@ pub(crate) struct Inner {
     /// Entities whose last replicated write failed: a replica may hold it,
     /// so their history is read back from the replicas before the next one.
     pub(crate) dirty: Mutex<std::collections::HashSet<cairn_store::EntityKey>>,
+    /// Changes of replica set this node makes as an owner.
+    pub(crate) changes: replicas::Changes,
 }
 
 impl Inner {
@@ -162,6 +165,11 @@ impl Inner {
 
     pub(crate) fn router(&self) -> MutexGuard<'_, Router<Waiter>> {
         self.router.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Is this node stopping (for a restart or a departure)?
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst) || self.leaving.load(Ordering::SeqCst)
     }
 
     /// The committed lifecycle state of a member.
@@ -632,6 +640,7 @@ impl Cluster {
             fences: replicate::Fences::default(),
             grants: Mutex::new(Grants::default()),
             dirty: Mutex::new(std::collections::HashSet::new()),
+            changes: replicas::Changes::default(),
             frames: cairn_client::frame::FrameBudget::new(PEER_FRAME_BUDGET),
         });
         if let Some(r) = &replication {
@@ -642,6 +651,7 @@ impl Cluster {
         tokio::spawn(handoff::watch_table(inner.clone()));
         tokio::spawn(handoff::sync_deploys(inner.clone()));
         tokio::spawn(handoff::coordinate(inner.clone()));
+        tokio::spawn(replicas::maintain(inner.clone()));
         tokio::spawn(renew_lease(inner.clone()));
         tokio::spawn(join(inner.clone()));
         tokio::spawn(watch_faults(inner.clone(), data_dir.join("faults")));
@@ -1080,13 +1090,16 @@ async fn leave(inner: &Arc<Inner>, grace: Duration) {
             .await
             .is_ok();
         }
+        // It owns no shard and is in no committed replica set (the owners
+        // move their sets off a leaving member, each after catching the
+        // new member up): its disk holds nothing the cluster needs.
         let owned = inner
             .log
             .state()
             .borrow()
             .table
             .as_ref()
-            .map_or(0, |t| t.owned_by(me));
+            .map_or(0, |t| t.owned_by(me) + t.replicated_by(me));
         let others = inner
             .log
             .state()

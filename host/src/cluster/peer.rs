@@ -28,7 +28,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bumped on any change of the layout of [`PeerRequest`] or
 /// [`PeerResponse`] (their frames are committed in
 /// `host/tests/fixtures/peer`).
-pub(crate) const PEER_PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// About the most bytes of events one frame of history carries (a handoff,
 /// a failover's fetch, a replica's gap, a read-back), so an entity's
@@ -557,7 +557,7 @@ mod fixtures {
 
     fn requests() -> Vec<(&'static str, PeerRequest)> {
         vec![
-            ("request-hello", PeerRequest::Hello { version: 1 }),
+            ("request-hello", PeerRequest::Hello { version: 2 }),
             (
                 "request-join",
                 PeerRequest::Join {
@@ -569,6 +569,26 @@ mod fixtures {
             (
                 "request-propose",
                 PeerRequest::Propose(Command::Init { shards: 256 }),
+            ),
+            (
+                "request-propose-decide",
+                PeerRequest::Propose(Command::Decide(vec![cairn_cluster::Decision::Assign {
+                    shard: cairn_cluster::ShardId(5),
+                    owner: cairn_cluster::NodeId(2),
+                    epoch: 12,
+                    replicas: cairn_cluster::Replicas::new([
+                        cairn_cluster::NodeId(3),
+                        cairn_cluster::NodeId(1),
+                    ]),
+                }])),
+            ),
+            (
+                "request-propose-replicas",
+                PeerRequest::Propose(Command::Replicas {
+                    shard: 5,
+                    epoch: 12,
+                    replicas: cairn_cluster::Replicas::new([cairn_cluster::NodeId(4)]),
+                }),
             ),
             (
                 "request-forward",

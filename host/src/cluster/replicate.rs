@@ -15,8 +15,9 @@
 //! became a replica) answers with the sequence number it has; the primary
 //! sends the missing events from its own journal with the write.
 //!
-//! Replicas of a shard: the next `replicas` up members after the owner in
-//! the ring of member ids (so they are on other nodes than the primary).
+//! Replicas of a shard: the committed replica set of its allocation (and,
+//! while its owner moves it to another set, that set too: see
+//! `replicas.rs`); a type with fewer `replicas` uses a prefix of it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -214,14 +215,31 @@ pub(crate) fn max_replicas(inner: &Inner) -> usize {
         .unwrap_or(config.defaults.replication.replicas)
 }
 
-/// The replicas of `shard` when `owner` is its primary: the next
-/// `replicas` members (committed `up` or `leaving`) after the owner in the
-/// ring of ids.
-pub(crate) fn replicas_of(inner: &Inner, owner: u64, replicas: usize) -> Vec<u64> {
-    cairn_cluster::replication::replica_set(&data_members(inner), NodeId(owner), replicas)
-        .into_iter()
-        .map(|n| n.0)
-        .collect()
+/// How each deployed type replicates (the failover's rule needs all).
+pub(crate) fn policies(inner: &Inner) -> Vec<cairn_cluster::replication::Policy> {
+    let config = inner.node.config();
+    let mut out: Vec<cairn_cluster::replication::Policy> = inner
+        .node
+        .deployments()
+        .iter()
+        .map(|d| {
+            let r = config.settings_for(&d.entity_type).replication;
+            cairn_cluster::replication::Policy {
+                replicas: r.replicas,
+                min_acks: r.min_acks,
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        let r = config.defaults.replication;
+        out.push(cairn_cluster::replication::Policy {
+            replicas: r.replicas,
+            min_acks: r.min_acks,
+        });
+    }
+    out.sort_by_key(|p| (p.replicas, p.min_acks));
+    out.dedup();
+    out
 }
 
 /// Members that may hold a shard's data: committed `up` or `leaving`, by id.
@@ -279,7 +297,12 @@ async fn replicated_append(
         &write.key.entity_id,
         inner.shard_count(),
     );
-    let replicas = replicas_of(inner, inner.id, settings.replicas);
+    // Held until the write is settled: a change of replica set waits for
+    // the writes that count the old set alone (see `replicas.rs`).
+    let gate = inner.changes.gate(shard.0);
+    let _gate = gate.read().await;
+    let sets = super::replicas::write_sets(inner, shard, &settings);
+    let replicas = super::replicas::members_of(&sets);
     let timers_only = write.events.is_empty();
     if replicas.is_empty()
         || (timers_only && write.add_timers.is_empty() && write.remove_timers.is_empty())
@@ -296,16 +319,14 @@ async fn replicated_append(
     };
     // A cluster smaller than `replicas + 1` has fewer replicas per shard;
     // `min_acks` counts at most those (a one-node cluster writes locally).
-    let min_acks = cairn_cluster::replication::acks_needed(settings.min_acks, replicas.len());
-    if live.len() < min_acks {
-        return Err(JournalError::Replication(format!(
-            "{}: min_acks is {} but shard {} has {} live replicas of {}; the write is refused",
-            write.key,
-            min_acks,
-            shard.0,
-            live.len(),
-            replicas.len()
-        )));
+    for (set, need) in &sets {
+        let up = set.iter().filter(|r| live.contains(r)).count();
+        if up < *need {
+            return Err(JournalError::Replication(format!(
+                "{}: min_acks is {} but shard {} has {} live replicas of {:?}; the write is refused",
+                write.key, need, shard.0, up, set
+            )));
+        }
     }
     if inner
         .dirty
@@ -334,24 +355,35 @@ async fn replicated_append(
         let write = write.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let r = send_to_replica(&inner, &local, r, shard, epoch, &write).await;
-            let _ = tx.send(r).await;
+            let res = send_to_replica(&inner, &local, r, shard, epoch, &write).await;
+            let _ = tx.send((r, res)).await;
         });
     }
     drop(tx);
-    let need = min_acks;
+    let need: usize = sets.iter().map(|(_, n)| *n).max().unwrap_or(0);
     let acks = async {
-        let mut ok = 0;
+        let mut acked: Vec<NodeId> = Vec::new();
         let mut errors = Vec::new();
-        while ok < need {
+        let done = |acked: &[NodeId]| {
+            let sets: Vec<(Vec<NodeId>, usize)> = sets
+                .iter()
+                .map(|(s, n)| (s.iter().map(|r| NodeId(*r)).collect(), *n))
+                .collect();
+            let refs: Vec<(&[NodeId], usize)> =
+                sets.iter().map(|(s, n)| (s.as_slice(), *n)).collect();
+            cairn_cluster::replication::acknowledged(&refs, acked)
+        };
+        while !done(&acked) {
             match rx.recv().await {
-                Some(Ok(())) => ok += 1,
-                Some(Err(e)) => errors.push(e),
+                Some((r, Ok(()))) => acked.push(NodeId(r)),
+                Some((_, Err(e))) => errors.push(e),
                 // Sent: a replica that failed to answer may hold it.
                 None => {
                     return Err(JournalError::Indeterminate(format!(
-                        "{}: {ok} of {need} replica acknowledgements: {}",
+                        "{}: {} replica acknowledgements, {need} needed from each of {:?}: {}",
                         write.key,
+                        acked.len(),
+                        sets.iter().map(|(s, _)| s).collect::<Vec<_>>(),
                         errors.join("; ")
                     )));
                 }
@@ -501,8 +533,7 @@ async fn replicated_truncate(
 ) -> Result<(), JournalError> {
     let shard = shard_of(&key.entity_type, &key.entity_id, inner.shard_count());
     let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
-    let replicas = replicas_of(inner, inner.id, max_replicas(inner));
-    for r in replicas {
+    for r in super::replicas::all_replicas(inner, shard) {
         let addr = inner
             .addr_of(r)
             .ok_or_else(|| JournalError::Replication(format!("no address for replica {r}")))?;
@@ -782,16 +813,22 @@ pub(crate) struct TimerChanges {
     pub(crate) remove: Vec<u64>,
 }
 
-/// Gives this node's replicas of `shard` (it owns it) the whole history of
-/// its entities: the newest event of each, which a replica lacking earlier
-/// ones answers with a gap the primary fills. Fails unless `min_acks` of
-/// the replicas hold each entity's history.
-pub(crate) async fn catch_up(inner: &Arc<Inner>, shard: ShardId, count: u32) -> Result<(), String> {
-    let replicas = replicas_of(inner, inner.id, max_replicas(inner));
+/// Gives the members of `replicas` (a replica set of `shard`, which this
+/// node owns under the allocation of `epoch`) the whole history of its
+/// entities and their pending timers: the newest event of each, which a
+/// member lacking earlier ones answers with a gap the primary fills. Fails
+/// unless `min_acks` of each type's prefix of the set hold each entity's
+/// history.
+pub(crate) async fn catch_up_to(
+    inner: &Arc<Inner>,
+    shard: ShardId,
+    count: u32,
+    replicas: &[u64],
+    epoch: u64,
+) -> Result<(), String> {
     if replicas.is_empty() {
         return Ok(());
     }
-    let epoch = inner.router().table().get(shard).map_or(0, |a| a.epoch);
     let local = inner.local_journal.clone();
     let config = inner.node.config().clone();
     // The shard's pending timers go with each entity's newest event (or
@@ -871,7 +908,7 @@ async fn resync(
     shard: ShardId,
 ) -> Result<(), JournalError> {
     let err = |m: String| JournalError::Replication(format!("{key}: {m}"));
-    for r in replicas_of(inner, inner.id, max_replicas(inner)) {
+    for r in super::replicas::all_replicas(inner, shard) {
         let addr = inner
             .addr_of(r)
             .ok_or_else(|| err(format!("no address for replica {r}")))?;
@@ -906,7 +943,7 @@ async fn resync(
             add_timers: Vec::new(),
             remove_timers: Vec::new(),
         };
-        for r in replicas_of(inner, inner.id, max_replicas(inner)) {
+        for r in super::replicas::all_replicas(inner, shard) {
             let _ = send_to_replica(inner, local, r, shard, epoch, &write).await;
         }
     }
