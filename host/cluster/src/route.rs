@@ -111,13 +111,12 @@ impl<C> Router<C> {
 
     /// Applies a committed change of a shard's replica set (same owner,
     /// same epoch): nothing is routed differently.
-    pub fn set_replicas(
+    pub fn adopt(
         &mut self,
         shard: ShardId,
-        epoch: u64,
-        replicas: crate::table::Replicas,
+        allocation: crate::table::Allocation,
     ) -> Result<(), TableError> {
-        self.table.set_replicas(shard, epoch, replicas)
+        self.table.adopt(shard, allocation)
     }
 
     /// Starts handing a shard off: from now on its commands wait here until

@@ -73,6 +73,10 @@ pub struct Allocation {
     pub epoch: u64,
     /// The committed replica set.
     pub replicas: Replicas,
+    /// How many times the replica set changed under this allocation (a
+    /// change is made against a count, so a late proposal made before
+    /// other changes can never apply).
+    pub changes: u32,
 }
 
 /// A committed decision of the coordinator.
@@ -172,6 +176,52 @@ impl ShardTable {
             .count()
     }
 
+    /// The decision log's rule for an owner's change of replica set: the
+    /// change was made under the shard's current allocation (`epoch`) and
+    /// after the `changes` it has seen, so no later change came in between
+    /// (a proposal delayed past a crash and a newer change of the same
+    /// owner is refused, also when the set went back to what it was).
+    pub fn change_replicas(
+        &mut self,
+        shard: ShardId,
+        epoch: u64,
+        changes: u32,
+        replicas: Replicas,
+    ) -> Result<(), TableError> {
+        let have = self.get(shard);
+        if have.is_none_or(|a| a.epoch != epoch || a.changes != changes) {
+            return Err(TableError::Superseded {
+                shard,
+                got: epoch,
+                have: have.map(|a| a.epoch),
+            });
+        }
+        self.set_replicas(shard, epoch, replicas)
+    }
+
+    /// A node's copy of the table takes a committed allocation of the same
+    /// owner and epoch with its newer replica set.
+    pub fn adopt(&mut self, shard: ShardId, allocation: Allocation) -> Result<(), TableError> {
+        let slot = self
+            .shards
+            .get_mut(shard.0 as usize)
+            .ok_or(TableError::NoSuchShard(shard))?;
+        match slot {
+            Some(a)
+                if (a.owner, a.epoch) == (allocation.owner, allocation.epoch)
+                    && a.changes <= allocation.changes =>
+            {
+                *a = allocation;
+                Ok(())
+            }
+            _ => Err(TableError::Superseded {
+                shard,
+                got: allocation.epoch,
+                have: slot.map(|a| a.epoch),
+            }),
+        }
+    }
+
     /// Shards whose committed replica set names `node`.
     pub fn replicated_by(&self, node: NodeId) -> usize {
         self.shards
@@ -203,6 +253,7 @@ impl ShardTable {
                     owner,
                     epoch,
                     replicas,
+                    changes: 0,
                 });
                 self.epoch = epoch;
                 Ok(())
@@ -226,6 +277,7 @@ impl ShardTable {
         match slot {
             Some(a) if a.epoch == epoch && !replicas.contains(a.owner) => {
                 a.replicas = replicas;
+                a.changes += 1;
                 Ok(())
             }
             _ => Err(TableError::Superseded {
@@ -275,5 +327,15 @@ mod tests {
                 .is_err()
         );
         assert_eq!(t.epoch(), 2, "a replica change takes no epoch");
+        // Through the log: against the count of changes seen. A proposal
+        // made before the change above is refused, even for the old set.
+        let old = Replicas::new([NodeId(2)]);
+        assert!(t.change_replicas(ShardId(0), 1, 0, old).is_err());
+        t.change_replicas(ShardId(0), 1, 1, old).unwrap();
+        assert!(t.change_replicas(ShardId(0), 1, 1, set).is_err());
+        assert_eq!(
+            t.get(ShardId(0)).map(|a| (a.replicas, a.changes)),
+            Some((old, 2))
+        );
     }
 }

@@ -52,12 +52,15 @@ pub enum Command {
     Ready(Vec<(u32, u64)>),
     /// The owner of `shard` under the allocation of `epoch` gave these
     /// members the shard's whole history: they are its replica set from
-    /// now on. Skipped (`ignored`) if the shard has moved since.
+    /// now on. Skipped (`ignored`) if the shard has moved or its set has
+    /// changed since (`changes`), or if a member named is not `up`.
     Replicas {
         /// The shard.
         shard: u32,
         /// The allocation epoch the owner made the change under.
         epoch: u64,
+        /// The allocation's count of changes the owner started from.
+        changes: u32,
         /// The new replica set.
         replicas: cairn_cluster::Replicas,
     },
@@ -200,17 +203,51 @@ impl ClusterState {
             Command::Replicas {
                 shard,
                 epoch,
+                changes,
                 replicas,
             } => {
-                let applied = self
-                    .table
-                    .as_mut()
-                    .map(|t| t.set_replicas(cairn_cluster::ShardId(*shard), *epoch, *replicas));
-                out.ignored = !matches!(applied, Some(Ok(())));
+                // A member that is leaving (or gone) never joins a set: it
+                // may exit as soon as no set names it.
+                let up = replicas.as_slice().iter().all(|n| {
+                    self.members
+                        .get(&n.0)
+                        .is_some_and(|r| r.state == cairn_cluster::MemberState::Up)
+                });
+                let applied = match self.table.as_mut() {
+                    Some(t) if up => t
+                        .change_replicas(
+                            cairn_cluster::ShardId(*shard),
+                            *epoch,
+                            *changes,
+                            *replicas,
+                        )
+                        .is_ok(),
+                    _ => false,
+                };
+                out.ignored = !applied;
             }
         }
         self.last_applied = index;
         out
+    }
+
+    /// Shards for which `node` holds data the cluster still needs: it owns
+    /// them or is in their committed replica set, or it owned or
+    /// replicated the allocation a shard's current one replaced and the
+    /// new owner has not reported the shard ready (it may still read the
+    /// history from there). A member leaving for good waits until none.
+    pub fn holds_data(&self, node: u64) -> usize {
+        let Some(t) = &self.table else { return 0 };
+        let me = cairn_cluster::NodeId(node);
+        t.iter()
+            .filter(|(shard, a)| {
+                let Some(a) = a else { return false };
+                let names =
+                    |a: &cairn_cluster::Allocation| a.owner == me || a.replicas.contains(me);
+                let ready = self.ready.get(&shard.0).is_some_and(|e| *e >= a.epoch);
+                names(a) || (!ready && self.previous.get(&shard.0).is_some_and(names))
+            })
+            .count()
     }
 
     /// The newest deploy of `entity_type`, if any.
@@ -257,10 +294,21 @@ mod tests {
         let change = |epoch| Command::Replicas {
             shard: 1,
             epoch,
+            changes: 0,
             replicas: set,
         };
         assert!(s.apply(4, &change(1)).ignored);
+        assert!(s.apply(4, &change(2)).ignored, "node 3 is not a member");
+        s.apply(
+            4,
+            &Command::Member {
+                node: 3,
+                addr: "a".into(),
+                state: cairn_cluster::MemberState::Up,
+            },
+        );
         assert!(!s.apply(4, &change(2)).ignored);
+        assert!(s.apply(4, &change(2)).ignored, "a second time: superseded");
         let table = s.table.as_ref().unwrap();
         assert_eq!(table.get(ShardId(1)).map(|a| a.replicas), Some(set));
         let d = DeployEntry {

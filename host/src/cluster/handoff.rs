@@ -343,7 +343,7 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             if let Some(b) = before
                 && (b.owner, b.epoch) == (a.owner, a.epoch)
             {
-                if let Err(e) = router.set_replicas(shard, a.epoch, a.replicas) {
+                if let Err(e) = router.adopt(shard, a) {
                     tracing::warn!(error = %e, "replica change not applied");
                 }
                 continue;
@@ -382,6 +382,7 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
                         owner: NodeId(inner.id),
                         epoch,
                         replicas: cairn_cluster::Replicas::default(),
+                        changes: 0,
                     };
                     fetches.push((shard, me, epoch));
                 }

@@ -1075,7 +1075,6 @@ async fn leave(inner: &Arc<Inner>, grace: Duration) {
     }
     tracing::info!("leaving the cluster: handing off shards");
     let deadline = Instant::now() + grace;
-    let me = NodeId(inner.id);
     let mut marked = false;
     while Instant::now() < deadline {
         if !marked {
@@ -1092,14 +1091,9 @@ async fn leave(inner: &Arc<Inner>, grace: Duration) {
         }
         // It owns no shard and is in no committed replica set (the owners
         // move their sets off a leaving member, each after catching the
-        // new member up): its disk holds nothing the cluster needs.
-        let owned = inner
-            .log
-            .state()
-            .borrow()
-            .table
-            .as_ref()
-            .map_or(0, |t| t.owned_by(me) + t.replicated_by(me));
+        // new member up), and no new owner may still read from it: its
+        // disk holds nothing the cluster needs.
+        let owned = inner.log.state().borrow().holds_data(inner.id);
         let others = inner
             .log
             .state()

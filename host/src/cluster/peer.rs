@@ -587,6 +587,7 @@ mod fixtures {
                 PeerRequest::Propose(Command::Replicas {
                     shard: 5,
                     epoch: 12,
+                    changes: 1,
                     replicas: cairn_cluster::Replicas::new([cairn_cluster::NodeId(4)]),
                 }),
             ),

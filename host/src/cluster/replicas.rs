@@ -13,9 +13,10 @@
 //! 2. It gives every member of the new set the shard's whole history and
 //!    pending timers (a member joining the set is caught up before it
 //!    counts alone).
-//! 3. It commits `Command::Replicas` under its allocation's epoch (refused
-//!    if the shard moved meanwhile); once the change is in its table, the
-//!    writes count the new set only.
+//! 3. It commits `Command::Replicas` under its allocation's epoch and the
+//!    count of changes it started from (refused if the shard moved or its
+//!    set changed meanwhile, or if a member named is no longer `up`); once
+//!    the change is in its table, the writes count the new set only.
 //!
 //! So every acknowledged event is on `min_acks` members of the committed
 //! set at every moment, which is what failover relies on
@@ -231,14 +232,15 @@ pub(crate) async fn maintain(inner: Arc<Inner>) {
                 continue;
             }
             started += 1;
-            change(&inner, shard, a.epoch, a.replicas, should).await;
+            change(&inner, shard, a, should).await;
         }
     }
 }
 
-/// One change of `shard`'s replica set from `from` to `to`, under the
-/// allocation of `epoch` (see the module's header for the order).
-async fn change(inner: &Arc<Inner>, shard: ShardId, epoch: u64, from: Replicas, to: Replicas) {
+/// One change of `shard`'s replica set from that of allocation `a` to
+/// `to` (see the module's header for the order).
+async fn change(inner: &Arc<Inner>, shard: ShardId, a: cairn_cluster::Allocation, to: Replicas) {
+    let (epoch, from) = (a.epoch, a.replicas);
     inner.changes.start(shard.0, epoch, to);
     // Writes that count `from` alone finish before the history is read.
     drop(inner.changes.gate(shard.0).write().await);
@@ -253,6 +255,7 @@ async fn change(inner: &Arc<Inner>, shard: ShardId, epoch: u64, from: Replicas, 
     let cmd = cairn_raft::Command::Replicas {
         shard: shard.0,
         epoch,
+        changes: a.changes,
         replicas: to,
     };
     match super::handoff::propose(inner, cmd).await {
