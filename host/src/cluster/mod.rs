@@ -956,9 +956,12 @@ async fn renew_lease(inner: Arc<Inner>) {
             // A stale table: no lease, so this node stops acknowledging.
             continue;
         }
+        // A renewal counts from when it was sent, so a slow answer (a busy
+        // machine) still extends the lease: each attempt may take up to
+        // half the lease, and two in a row fit in it.
         if inner.log.is_leader() {
             let epoch = inner.committed_epoch();
-            if inner.log.confirm_leader(LEASE / 4).await.is_ok() {
+            if inner.log.confirm_leader(LEASE / 2).await.is_ok() {
                 inner.renewed(sent, epoch);
             }
             continue;
@@ -972,7 +975,7 @@ async fn renew_lease(inner: Arc<Inner>) {
             epoch,
         }) = inner
             .peers
-            .call(addr, &PeerRequest::Lease { node: inner.id }, LEASE / 4)
+            .call(addr, &PeerRequest::Lease { node: inner.id }, LEASE / 2)
             .await
         {
             inner.renewed(sent, epoch);
