@@ -7,6 +7,7 @@
 //! target is missing (a fresh machine), it is added with `rustup`.
 
 pub mod cluster;
+pub mod guest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

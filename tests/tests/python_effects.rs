@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cairn_tests::guest::cairn;
 use cairn_tests::{NodeProc, example_wasm, python_example_wasm};
 
 const ORDER: &str = "standing-order";
@@ -26,16 +27,6 @@ const START_WAIT: Duration = Duration::from_secs(600);
 
 /// How long a chain of timers and sends may take to show its effect.
 const EFFECT_WAIT: Duration = Duration::from_secs(60);
-
-/// Runs `cairn ARGS` against the node; returns its stdout, trimmed.
-fn cairn(node: &NodeProc, args: &[&str]) -> Result<String> {
-    let (ok, out, err) = node.cli(args)?;
-    if !ok {
-        let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
-        bail!("cairn {} failed: {err}\nnode log:\n{log}", args.join(" "));
-    }
-    Ok(out.trim().to_owned())
-}
 
 fn ask(node: &NodeProc, ty: &str, id: &str, json: &str) -> Result<String> {
     cairn(node, &["ask", ty, id, json])

@@ -6,11 +6,11 @@
 //! restart from events and then from a snapshot; and a hot swap of a Rust v1
 //! history to the Python behavior and back, validated by the replay check.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use cairn_host::api::Response;
+use anyhow::{Context, Result};
 use cairn_host::client::{Client, Follow};
+use cairn_tests::guest::{balance_of, cairn, detail_value, started};
 use cairn_tests::{NodeProc, example_wasm, python_example_wasm};
 
 const TYPE: &str = "bank-account";
@@ -22,88 +22,20 @@ const TYPE: &str = "bank-account";
 /// a debug build on 2 idle cores, over 60 s beside other builds.
 const START_WAIT: Duration = Duration::from_secs(600);
 
-/// Runs `cairn ARGS` against the node; returns its stdout, trimmed.
-fn cairn(node: &NodeProc, args: &[&str]) -> Result<String> {
-    let (ok, out, err) = node.cli(args)?;
-    if !ok {
-        let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
-        bail!("cairn {} failed: {err}\nnode log:\n{log}", args.join(" "));
-    }
-    Ok(out.trim().to_owned())
-}
-
 fn ask(node: &NodeProc, id: &str, json: &str) -> Result<String> {
     cairn(node, &["ask", TYPE, id, json])
 }
 
-/// Deploys `wasm` as the bank account; returns the CLI's line and how long
-/// the deploy took (the node compiles the component).
 fn deploy(node: &NodeProc, wasm: &std::path::Path) -> Result<(String, Duration)> {
-    let started = Instant::now();
-    let out = cairn(node, &["deploy", TYPE, wasm.to_str().context("path")?])?;
-    Ok((out, started.elapsed()))
+    cairn_tests::guest::deploy(node, TYPE, wasm)
 }
 
-/// The JSON events of an entity, as the CLI prints them (`#N time vX json`).
 fn events(node: &NodeProc, id: &str) -> Result<Vec<(String, String)>> {
-    let out = cairn(node, &["events", TYPE, id])?;
-    out.lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            match f.as_slice() {
-                [seq, _time, version, json @ ..] => {
-                    Ok((format!("{seq} {version}"), json.join(" ").trim().to_owned()))
-                }
-                _ => bail!("unexpected events line {line:?}"),
-            }
-        })
-        .collect()
+    cairn_tests::guest::events(node, TYPE, id)
 }
 
-/// Waits on a lifecycle follow for the `started` event of `id`; returns its detail.
-async fn started(follow: &mut Follow, id: &str) -> Result<String> {
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(120), follow.next())
-            .await
-            .context("no started event within 120 s")?;
-        match next {
-            Some(Ok(Response::Lifecycle {
-                kind,
-                entity_id,
-                detail,
-                ..
-            })) if kind == "started" && entity_id.as_deref() == Some(id) => return Ok(detail),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("the lifecycle stream ended"),
-        }
-    }
-}
-
-/// Reads `key=value` from a lifecycle detail.
-fn detail_value<'a>(detail: &'a str, key: &str) -> &'a str {
-    detail
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or("")
-}
-
-/// SIGTERM, start again on the same directory; a client following the
-/// lifecycle, and how long the node took to answer.
 async fn restart(node: &mut NodeProc) -> Result<(Client, Follow, Duration)> {
-    let status = node.terminate()?;
-    assert!(status.success(), "the node exited with {status} on SIGTERM");
-    let started = Instant::now();
-    node.restart()?;
-    let client = node.client_within(START_WAIT).await?;
-    let follow = client.follow_lifecycle().await?;
-    Ok((client, follow, started.elapsed()))
-}
-
-fn balance_of(state: &str) -> Result<i64> {
-    let v: serde_json::Value =
-        serde_json::from_str(state).with_context(|| format!("state {state}"))?;
-    v["balance"].as_i64().context("no balance in the state")
+    cairn_tests::guest::restart(node, START_WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
