@@ -89,8 +89,10 @@ pub struct FoldError {
 
 /// The guest itself failed: it trapped, ran out of time or memory. The
 /// instance is discarded; the entity is restarted by its supervisor.
+///
+/// Exhaustive: `cairn-server` translates every variant into the client
+/// protocol, so a new one must be given its translation there.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum GuestFault {
     /// The call ran past its deadline.
     #[error("guest call exceeded its deadline of {0:?}")]

@@ -1,6 +1,7 @@
 //! Cairn host: runs event-sourced entity behaviors compiled to WebAssembly
-//! components, with a durable journal, snapshots, recovery and supervision,
-//! served over QUIC.
+//! components, with a durable journal, snapshots, recovery and supervision.
+//! It is the single-node engine, without network I/O: serving it over QUIC
+//! is `cairn-server`, its part in a cluster is `cairn-driver`.
 //!
 //! # Layout
 //!
@@ -28,19 +29,16 @@
 //!   limits; [`behavior`]: the byte-level behavior trait it implements.
 //! - [`registry`]: deployed components by content, the deploy history.
 //! - [`config`]: the `cairn.toml` file.
-//! - [`cluster`]: the node's part in a cluster: the peer protocol, gossip
-//!   and phi heartbeats, the decision log, routing to shard owners and
-//!   handoff (rules from `cairn-cluster`, the log from `cairn-raft`).
-//! - [`server`]: serves a node over QUIC and translates node errors into the
-//!   protocol's; `awake` (private): the optional thread that keeps a CPU
-//!   awake after requests (off by default).
 //! - `deadline` (private): the coarse timer behind `ask` timeouts.
 //!
 //! Other crates of the workspace: storage (journal, snapshots, timers) is
-//! `cairn-store`; re-exported for their paths here, [`api`] is `cairn-proto`
-//! (the client protocol: messages, errors, framing on bytes) and [`client`]
-//! is `cairn-client` (the Rust client, frame I/O on quinn streams), with
-//! [`tls`] its certificate and TLS module. The `cairn` command is `cairn-cli`.
+//! `cairn-store`; re-exported for its path here, [`api`] is `cairn-proto`
+//! (the client protocol: messages, errors, framing on bytes). The node's
+//! part in a cluster (the peer protocol, gossip and phi heartbeats, the
+//! decision log, routing to shard owners, handoff, replication) is
+//! `cairn-driver`; serving a node over QUIC is `cairn-server`; the Rust
+//! client and the certificates are `cairn-client`. The `cairn` command is
+//! `cairn-cli`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -54,10 +52,8 @@
 //! # Ok(()) }
 //! ```
 
-mod awake;
 pub mod behavior;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 mod deadline;
 pub mod deploy;
@@ -68,11 +64,8 @@ pub mod placement;
 pub mod registry;
 mod replay;
 pub mod runtime;
-pub mod server;
 pub mod types;
 
-pub use cairn_client as client;
-pub use cairn_client::tls;
 pub use cairn_proto as api;
 
 pub use config::Config;

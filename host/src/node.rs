@@ -34,6 +34,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::replay::{self, FoldOn, Replay, ReplayError, Until};
 use crate::runtime::{LoadError, WasmEngine, call_blocking};
 
+use crate::types::MemberChange;
 pub use crate::types::{AskError, LifecycleEvent, Reply};
 
 /// Longest entity id accepted, in bytes.
@@ -125,8 +126,10 @@ pub enum RegisterError {
 }
 
 /// Why reading an entity failed.
+///
+/// Exhaustive: `cairn-server` translates every variant into the client
+/// protocol, so a new one must be given its translation there.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ReadError {
     /// No behavior is registered for the type.
     #[error("unknown entity type `{0}`")]
@@ -681,7 +684,7 @@ impl Node {
     }
 
     /// [`Node::open`] with the journal wrapped by `wrap` (a cluster member
-    /// replicates its writes: [`crate::cluster::Replication::wrap`]).
+    /// replicates its writes: `cairn_driver::Replication::wrap`).
     pub async fn open_with(
         config: Config,
         wrap: impl FnOnce(Arc<dyn Journal>) -> Arc<dyn Journal>,
@@ -821,8 +824,9 @@ impl Node {
 
     /// Arms the pending timers of the entities `owned` selects (a shard
     /// that became served here: its timers came with its history). Timers
-    /// armed already are left alone.
-    pub(crate) async fn arm_timers_where(
+    /// armed already are left alone. Returns how many were armed. For the
+    /// cluster driver: a single node arms all its timers when it opens.
+    pub async fn arm_timers_where(
         &self,
         owned: impl Fn(&str, &str) -> bool,
     ) -> Result<usize, JournalError> {
@@ -1133,9 +1137,14 @@ impl Node {
         self.inner.registry.component(sha256).ok()
     }
 
-    /// Publishes a lifecycle event (the cluster's member events).
-    pub(crate) fn emit(&self, event: LifecycleEvent) {
-        self.inner.env.emit(event);
+    /// Publishes a cluster member's change on the node's lifecycle stream
+    /// (a [`LifecycleEvent::Member`]; the cluster driver reports what its
+    /// gossip and failure detector see). `addr` is the member's peer
+    /// address, empty if unknown.
+    pub fn emit_member(&self, change: MemberChange, node: u64, addr: String) {
+        self.inner
+            .env
+            .emit(LifecycleEvent::Member { change, node, addr });
     }
 
     /// What an entity's mailbox holds now; `None` if it is not in memory.

@@ -41,8 +41,10 @@ pub struct Delivery {
 }
 
 /// Where a [`Delivery`] comes from.
+///
+/// Exhaustive: the cluster driver (`cairn-driver`) routes every origin, so
+/// a new one must be handled there.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Origin {
     /// A `send` effect of an entity, from its outbox.
     Send(SendId),

@@ -56,8 +56,10 @@ pub enum RegistryError {
 }
 
 /// What a deploy, check or rollback was.
+///
+/// Exhaustive: `cairn-server` translates every variant into the client
+/// protocol, so a new one must be given its translation there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum DeployAction {
     /// A new component was deployed.
     Deploy,
@@ -66,8 +68,10 @@ pub enum DeployAction {
 }
 
 /// How a deploy or rollback ended.
+///
+/// Exhaustive: `cairn-server` translates every variant into the client
+/// protocol, so a new one must be given its translation there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum DeployOutcome {
     /// The version is active.
     Activated,

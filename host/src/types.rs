@@ -21,8 +21,10 @@ pub struct Reply {
 }
 
 /// Why a command got no reply from its behavior.
+///
+/// Exhaustive: `cairn-server` translates every variant into the client
+/// protocol, so a new one must be given its translation there.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum AskError {
     /// No behavior is registered for the entity type.
     #[error("unknown entity type `{0}`")]
@@ -71,8 +73,10 @@ pub enum AskError {
 }
 
 /// Something that happened to an entity or a type, for observers.
+///
+/// Exhaustive: `cairn-server` translates every variant into the client
+/// protocol, so a new one must be given its translation there.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum LifecycleEvent {
     /// An entity was recovered and is live.
     Started {

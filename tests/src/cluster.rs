@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cairn_client::{Client, ClientError};
 use cairn_host::api::{ApiError, Payload, Request, Response};
-use cairn_host::client::{Client, ClientError};
 use serde_json::Value;
 
 use crate::{NodeProc, cairn_bin, example_wasm, free_addr};

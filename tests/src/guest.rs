@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cairn_client::{Client, Follow};
 use cairn_host::api::Response;
-use cairn_host::client::{Client, Follow};
 
 use crate::NodeProc;
 

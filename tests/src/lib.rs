@@ -425,22 +425,19 @@ impl NodeProc {
     }
 
     /// Connects a client, retrying while the node starts (up to 60 s).
-    pub async fn client(&self) -> Result<cairn_host::client::Client> {
+    pub async fn client(&self) -> Result<cairn_client::Client> {
         self.client_within(std::time::Duration::from_secs(60)).await
     }
 
     /// Connects a client, retrying while the node starts (up to `wait`: a
     /// node compiles its deployed components before it listens, which for
     /// a Python component takes from seconds to minutes on a busy machine).
-    pub async fn client_within(
-        &self,
-        wait: std::time::Duration,
-    ) -> Result<cairn_host::client::Client> {
+    pub async fn client_within(&self, wait: std::time::Duration) -> Result<cairn_client::Client> {
         let deadline = std::time::Instant::now() + wait;
         loop {
-            let files = cairn_host::tls::ClientFiles::in_dir(&self.certs());
+            let files = cairn_client::tls::ClientFiles::in_dir(&self.certs());
             let r = if files.ca.exists() {
-                cairn_host::client::Client::connect(self.addr, &files, "localhost")
+                cairn_client::Client::connect(self.addr, &files, "localhost")
                     .await
                     .map_err(anyhow::Error::from)
             } else {

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cairn_client::{Client, ClientError};
 use cairn_host::api::{ApiError, Response};
-use cairn_host::client::{Client, ClientError};
 use cairn_tests::cluster::*;
 use cairn_tests::{NodeProc, example_wasm, free_addr};
 use serde_json::Value;
@@ -114,22 +114,22 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
 
     // Check 7: a peer without a node certificate is refused. A client
     // certificate of the same CA, on the peer protocol:
-    let files = cairn_host::tls::NodeFiles {
+    let files = cairn_client::tls::NodeFiles {
         ca: c.certs.join("ca.pem"),
         cert: c.certs.join("client.pem"),
         key: c.certs.join("client.key"),
     };
-    let config = cairn_host::tls::peer_client_config(&files)?;
+    let config = cairn_client::tls::peer_client_config(&files)?;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     ep.set_default_client_config(config);
     let conn = ep
-        .connect(c.node(0).addr, cairn_host::tls::NODE_NAME)?
+        .connect(c.node(0).addr, cairn_client::tls::NODE_NAME)?
         .await?;
     let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await?;
     match closed {
         quinn::ConnectionError::ApplicationClosed(a) => {
             ensure!(
-                a.error_code == quinn::VarInt::from_u32(cairn_host::server::CLOSE_REFUSED),
+                a.error_code == quinn::VarInt::from_u32(cairn_server::CLOSE_REFUSED),
                 "closed with {a:?}"
             )
         }
@@ -638,18 +638,18 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
 
     // A forged write of an old epoch, from a peer with a node certificate,
     // is fenced off.
-    let files = cairn_host::tls::NodeFiles {
+    let files = cairn_client::tls::NodeFiles {
         ca: c.certs.join("ca.pem"),
         cert: c.certs.join("node.pem"),
         key: c.certs.join("node.key"),
     };
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    ep.set_default_client_config(cairn_host::tls::peer_client_config(&files)?);
+    ep.set_default_client_config(cairn_client::tls::peer_client_config(&files)?);
     let conn = ep
-        .connect(c.node(1).addr, cairn_host::tls::NODE_NAME)?
+        .connect(c.node(1).addr, cairn_client::tls::NODE_NAME)?
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let forged = cairn_host::cluster::peer::PeerRequest::Replicate {
+    let forged = cairn_driver::peer::PeerRequest::Replicate {
         shard: cairn_cluster::shard_of("bank-account", &ids[0], 256).0,
         epoch: 0,
         entity_type: "bank-account".into(),
@@ -658,12 +658,12 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
         add_timers: Vec::new(),
         remove_timers: Vec::new(),
     };
-    cairn_host::client::frame::write_frame(&mut send, &forged).await?;
+    cairn_client::frame::write_frame(&mut send, &forged).await?;
     send.finish()?;
-    let answer: cairn_host::cluster::peer::PeerResponse =
-        cairn_host::client::frame::read_frame(&mut recv, 1 << 20).await?;
+    let answer: cairn_driver::peer::PeerResponse =
+        cairn_client::frame::read_frame(&mut recv, 1 << 20).await?;
     ensure!(
-        matches!(answer, cairn_host::cluster::peer::PeerResponse::Fenced(e) if e > 0),
+        matches!(answer, cairn_driver::peer::PeerResponse::Fenced(e) if e > 0),
         "a write of epoch 0 was not fenced: {answer:?}"
     );
     conn.close(0u32.into(), b"done");

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cairn_host::client::Client;
+use cairn_client::Client;
 use cairn_tests::cluster::{Cluster, ask_type, members, owners, status, up_count, wait_status};
 
 const TYPE: &str = "shopping-cart";

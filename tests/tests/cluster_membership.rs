@@ -53,9 +53,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cairn_client::tls::ClientFiles;
+use cairn_client::{Client, ClientError};
 use cairn_cluster::NodeId;
-use cairn_host::client::{Client, ClientError};
-use cairn_host::tls::ClientFiles;
 use cairn_tests::NodeProc;
 use cairn_tests::cluster::*;
 use serde_json::Value;

@@ -22,8 +22,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use cairn_client::{Client, ClientError};
 use cairn_host::api::ApiError;
-use cairn_host::client::{Client, ClientError};
 use cairn_tests::cluster::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use cairn_host::client::Client;
+use cairn_client::Client;
 use cairn_tests::NodeProc;
 use cairn_tests::cluster::{Cluster, ask_type, members, status, up_count, wait_status};
 
@@ -72,7 +72,7 @@ async fn value(client: &Client, id: &str) -> Result<i64> {
 /// A write that must happen once: tried again only while the answer says
 /// it was not applied (the error contract), for up to 15 s.
 async fn write_once(client: &Client, id: &str, json: &str) -> Result<()> {
-    use cairn_host::client::ClientError;
+    use cairn_client::ClientError;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match ask_type(client, "counter", id, json).await {
@@ -355,7 +355,7 @@ async fn timers_survive_the_failover_of_their_owner() -> Result<()> {
 /// says nothing was applied, for up to 30 s. Ok(true): acknowledged;
 /// Ok(false): it may or may not have been applied (its send with it).
 async fn forward(client: &Client, sender: &str, target: &str) -> Result<bool> {
-    use cairn_host::client::ClientError;
+    use cairn_client::ClientError;
     let json = format!(r#"{{"Forward":{{"entity_id":"{target}","by":1}}}}"#);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cairn_host::client::Client;
+use cairn_client::Client;
 use cairn_tests::{NodeProc, python_example_wasm};
 
 const TYPE: &str = "bank-account";
@@ -61,7 +61,7 @@ async fn connect(node: &mut NodeProc, wait: Duration) -> Result<Client> {
     let deadline = Instant::now() + wait;
     let mut attempt = Duration::from_millis(100);
     loop {
-        let files = cairn_host::tls::ClientFiles::in_dir(&node.certs());
+        let files = cairn_client::tls::ClientFiles::in_dir(&node.certs());
         if files.ca.exists() {
             match Client::connect_within(node.addr, &files, "localhost", attempt).await {
                 Ok(c) => return Ok(c),

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cairn_client::{Client, Follow};
 use cairn_host::api::{Payload, Response, StateAt};
-use cairn_host::client::{Client, Follow};
 use cairn_tests::{NodeProc, example_wasm, python_example_wasm};
 
 /// The bank accounts under contract, one line each:

@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use cairn_client::{Client, ClientError};
 use cairn_host::api::ApiError;
-use cairn_host::client::{Client, ClientError};
 use cairn_tests::cluster::*;
 
 /// Runs a command of the test's disk setup; its output on failure.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use cairn_client::{Client, ClientError};
 use cairn_host::api::{ApiError, DeployAction, DeployOutcome, Payload};
-use cairn_host::client::{Client, ClientError};
 use cairn_tests::{NodeProc, example_bytes, example_wasm};
 
 const TYPE: &str = "bank-account";
@@ -346,9 +346,7 @@ fn snapshotting_node(tmp: &std::path::Path, node_keys: &str) -> Result<NodeProc>
     NodeProc::start(&tmp.join("data"), &["--config", config.to_str().unwrap()])
 }
 
-fn refused(
-    r: Result<cairn_host::client::Deployed, ClientError>,
-) -> cairn_host::api::ValidationReport {
+fn refused(r: Result<cairn_client::Deployed, ClientError>) -> cairn_host::api::ValidationReport {
     match r {
         Err(ClientError::Api(ApiError::ValidationFailed(r))) => *r,
         other => panic!("not refused: {other:?}"),

@@ -37,8 +37,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use cairn_client::{Client, ClientError};
 use cairn_host::api::{ApiError, Payload, Request, Response};
-use cairn_host::client::{Client, ClientError};
 use cairn_tests::NodeProc;
 use cairn_tests::cluster::*;
 
@@ -75,7 +75,7 @@ fn account(client: usize, j: usize) -> String {
 async fn step(
     client: &mut Option<Client>,
     addr: std::net::SocketAddr,
-    files: &cairn_host::tls::ClientFiles,
+    files: &cairn_client::tls::ClientFiles,
     id: &str,
     json: &str,
     expected: u64,
@@ -165,7 +165,7 @@ async fn bank_client(
     bank: Arc<Bank>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let files = cairn_host::tls::ClientFiles::in_dir(&certs);
+    let files = cairn_client::tls::ClientFiles::in_dir(&certs);
     let mut client = None;
     let mut seqs = [0u64; ACCOUNTS];
     let mut bal = [0i64; ACCOUNTS];
@@ -416,15 +416,15 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                 certs.clone(),
             );
             workers.push(tokio::spawn(async move {
-                let files = cairn_host::tls::ClientFiles::in_dir(&certs);
-                let mut client: Option<cairn_host::client::Client> = None;
+                let files = cairn_client::tls::ClientFiles::in_dir(&certs);
+                let mut client: Option<cairn_client::Client> = None;
                 let deadline = Instant::now() + Duration::from_secs(900);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let Some(cl) = &client else {
                         // (Re)connect to this worker's node; it may be down.
                         let c = tokio::time::timeout(
                             Duration::from_secs(2),
-                            cairn_host::client::Client::connect(addr, &files, "localhost"),
+                            cairn_client::Client::connect(addr, &files, "localhost"),
                         )
                         .await;
                         match c {

@@ -355,7 +355,7 @@ async fn log_feed_and_reopen() {
 struct ThreeMembers {
     _dir: tempfile::TempDir,
     nodes: Vec<cairn_host::Node>,
-    _servers: Vec<cairn_host::server::Server>,
+    _servers: Vec<cairn_server::Server>,
     owner: AsOwner,
 }
 
@@ -365,7 +365,7 @@ struct ThreeMembers {
 struct AsOwner {
     index: usize,
     journal: Arc<dyn Journal>,
-    placement: Arc<cairn_host::cluster::Replication>,
+    placement: Arc<cairn_driver::Replication>,
 }
 
 impl Journal for AsOwner {
@@ -426,14 +426,14 @@ impl Journal for AsOwner {
 }
 
 async fn three_members() -> ThreeMembers {
-    use cairn_host::cluster::Replication;
+    use cairn_driver::Replication;
     use cairn_host::config::{ClusterConfig, TlsFiles};
     use cairn_host::placement::Placement;
-    use cairn_host::server::{Server, ServerLimits};
+    use cairn_server::{Server, ServerLimits};
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    cairn_host::tls::init(&certs, &[]).unwrap();
-    let files: TlsFiles = cairn_host::tls::node_files(&certs).into();
+    cairn_client::tls::init(&certs, &[]).unwrap();
+    let files: TlsFiles = cairn_server::tls_files(cairn_client::tls::node_files(&certs));
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     let mut clusters = Vec::new();

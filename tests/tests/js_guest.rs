@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cairn_host::client::{Client, Follow};
+use cairn_client::{Client, Follow};
 use cairn_tests::guest::{balance_of, cairn, detail_value, started};
 use cairn_tests::{NodeProc, build_js, example_wasm, js_example_wasm, python_example_wasm};
 

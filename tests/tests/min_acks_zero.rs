@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use cairn_client::{Client, ClientError};
 use cairn_host::api::ApiError;
-use cairn_host::client::{Client, ClientError};
 use cairn_tests::cluster::*;
 
 /// What became of one deposit.

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
+use cairn_client::tls::ClientFiles;
+use cairn_client::{Client, ClientError};
 use cairn_host::api::{ApiError, Payload, Request, Response, StateAt};
-use cairn_host::client::{Client, ClientError};
-use cairn_host::tls::ClientFiles;
 use cairn_tests::{NodeProc, example_wasm};
 
 const TYPE: &str = "bank-account";
@@ -250,7 +250,7 @@ async fn a_client_without_a_certificate_of_the_ca_is_refused() -> Result<()> {
     node.client().await?;
     // A complete setup from another CA: its client certificate is not trusted.
     let other = tmp.path().join("other");
-    cairn_host::tls::init(&other, &[])?;
+    cairn_client::tls::init(&other, &[])?;
     let mixed = ClientFiles {
         ca: node.certs().join("ca.pem"),
         cert: other.join("client.pem"),
@@ -267,7 +267,7 @@ async fn a_client_without_a_certificate_of_the_ca_is_refused() -> Result<()> {
 }
 
 async fn raw_connection(node: &NodeProc) -> Result<quinn::Connection> {
-    let config = cairn_host::tls::client_config(&ClientFiles::in_dir(&node.certs()))?;
+    let config = cairn_client::tls::client_config(&ClientFiles::in_dir(&node.certs()))?;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     ep.set_default_client_config(config);
     Ok(ep.connect(node.addr, "localhost")?.await?)
@@ -281,7 +281,7 @@ async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Option<R
     let _ = send.finish();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        cairn_host::client::frame::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
+        cairn_client::frame::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
     )
     .await?;
     Ok(r.ok())
@@ -314,7 +314,7 @@ async fn frames_are_admitted_against_the_memory_budget_before_they_are_read() ->
     send.write_all(&announce(60 << 20)).await?;
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        cairn_host::client::frame::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
+        cairn_client::frame::read_frame::<Response>(&mut recv, cairn_host::api::MAX_FRAME),
     )
     .await??;
     assert!(
@@ -481,7 +481,7 @@ async fn limits_answer_busy_instead_of_falling_over() -> Result<()> {
 /// Reads a follow stream until `want` events have arrived; returns them with
 /// the cursor after each batch.
 async fn read_feed(
-    follow: &mut cairn_host::client::Follow,
+    follow: &mut cairn_client::Follow,
     want: usize,
 ) -> Result<Vec<(cairn_host::api::EventView, u64)>> {
     let mut got = Vec::new();

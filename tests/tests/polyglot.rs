@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cairn_client::{Client, ClientError};
 use cairn_host::api::{ApiError, StateAt};
-use cairn_host::client::{Client, ClientError};
 use cairn_tests::{NodeProc, example_bytes, js_example_wasm, python_example_wasm};
 
 const TYPE: &str = "bank-account";

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cairn_host::client::{Client, Follow};
+use cairn_client::{Client, Follow};
 use cairn_tests::guest::{balance_of, cairn, detail_value, started};
 use cairn_tests::{NodeProc, example_wasm, python_example_wasm};
 

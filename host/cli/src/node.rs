@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cairn_client::tls;
-use cairn_host::cluster::Replication;
+use cairn_driver::Replication;
 use cairn_host::config::{ClusterConfig, Config, JournalBackend, TlsFiles};
 use cairn_host::node::Node;
-use cairn_host::server::{Server, ServerLimits};
+use cairn_server::{Server, ServerLimits};
 
 use crate::args::{JournalArg, LogFormat, NodeArgs};
 
@@ -68,7 +68,7 @@ pub async fn run(config: Config, log_format: LogFormat) -> Result<()> {
             if tls::ensure_dev(&dir)? {
                 tracing::info!(dir = %dir.display(), "created development certificates");
             }
-            tls::node_files(&dir).into()
+            cairn_server::tls_files(tls::node_files(&dir))
         }
     };
     // A cluster member replicates its journal's writes to each shard's replicas.

@@ -51,8 +51,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cairn_client::Client;
 use cairn_host::api::{ClusterStatus, Payload, Request, Response};
-use cairn_host::client::Client;
 use cairn_tests::{NodeProc, example_wasm, free_addr};
 
 /// The entity type driven.

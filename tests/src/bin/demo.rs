@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use cairn_client::{Client, Follow};
 use cairn_host::api::Response;
-use cairn_host::client::{Client, Follow};
 use cairn_tests::NodeProc;
 
 const TYPE: &str = "bank-account";

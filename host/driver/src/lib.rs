@@ -1,11 +1,14 @@
-//! The node's part in a cluster: the peer protocol on the node's QUIC
-//! endpoint, membership and failure detection, the decision log, and the
-//! routing of client requests to the owner of their shard.
+//! Cairn's cluster driver: a node's part in a cluster: the peer protocol on
+//! the node's QUIC endpoint, membership and failure detection, the decision
+//! log, the routing of client requests to the owner of their shard, handoff
+//! and replication.
 //!
-//! The rules are the sans-IO state machines of `cairn-cluster` (routing,
-//! placement, the coordinator, gossip, phi) and the Raft log of
-//! `cairn-raft`; this module only drives them with tasks, sockets and the
-//! clock:
+//! The node itself is `cairn-host` (a single-node engine without network
+//! I/O); the QUIC server that owns the endpoint and hands this crate its
+//! peer connections is `cairn-server`. The rules are the sans-IO state
+//! machines of `cairn-cluster` (routing, placement, the coordinator, gossip,
+//! phi) and the Raft log of `cairn-raft`; this crate only drives them with
+//! tasks, sockets and the clock:
 //! - [`peer`]: the messages, the connection pool, the fault layer.
 //! - `gossip`: SWIM membership and phi-accrual heartbeats over datagrams.
 //! - `handoff`: the coordinator loop on the log's leader, the table
@@ -40,9 +43,9 @@ use cairn_raft::{DecisionLog, LogConfig, RaftTransport, TransportError};
 use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::config::ClusterConfig;
-use crate::node::Node;
-use crate::placement::Admission;
+use cairn_host::config::ClusterConfig;
+use cairn_host::node::Node;
+use cairn_host::placement::Admission;
 use gossip::GossipInput;
 use peer::{PEER_PROTOCOL_VERSION, PeerFailure, PeerRequest, PeerResponse, Peers};
 
@@ -320,7 +323,7 @@ impl Inner {
             .map_or(self.config.shards, |t| t.len())
     }
 
-    /// The node's admission of an entity (see [`crate::placement`]), by
+    /// The node's admission of an entity (see [`cairn_host::placement`]), by
     /// the rule of [`cairn_cluster::fence::admit`].
     pub(crate) fn admit(&self, key: &cairn_store::EntityKey, live: bool) -> Admission {
         use cairn_cluster::fence::Admission as Rule;

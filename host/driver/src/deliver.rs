@@ -1,5 +1,5 @@
 //! Delivery of the messages a node's entities send each other (their
-//! outbox, see `crate::outbox`) through the same routing as a client's
+//! outbox, see `cairn_host::outbox`) through the same routing as a client's
 //! command: run here if this node serves the target's shard, else one hop
 //! to its owner, held while the shard moves.
 //!
@@ -13,8 +13,8 @@ use cairn_cluster::shard_of;
 use cairn_proto::{ApiError, Request, Response, Retry};
 use tokio::sync::oneshot;
 
-use super::Inner;
-use crate::placement::{Delivery, DeliveryOutcome, Origin};
+use crate::Inner;
+use cairn_host::placement::{Delivery, DeliveryOutcome, Origin};
 
 /// Makes one attempt to run `delivery` on the owner of its target.
 pub(crate) async fn deliver_once(inner: &Arc<Inner>, delivery: Delivery) -> DeliveryOutcome {

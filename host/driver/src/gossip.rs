@@ -14,8 +14,8 @@ use cairn_cluster::phi::{PhiConfig, PhiDetector};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Inner;
-use crate::types::{LifecycleEvent, MemberChange};
+use crate::Inner;
+use cairn_host::types::MemberChange;
 
 /// First byte of a datagram: a gossip message.
 pub(crate) const TAG_GOSSIP: u8 = 0;
@@ -146,11 +146,11 @@ fn member_up(inner: &Inner, node: u64, addr: Option<SocketAddr>) {
     };
     inner.refresh_down();
     tracing::info!(node, ?addr, "member up");
-    inner.node.emit(LifecycleEvent::Member {
-        change: MemberChange::Up,
+    inner.node.emit_member(
+        MemberChange::Up,
         node,
-        addr: addr.map(|a| a.to_string()).unwrap_or_default(),
-    });
+        addr.map(|a| a.to_string()).unwrap_or_default(),
+    );
 }
 
 fn member_down(inner: &Inner, node: u64) {
@@ -170,15 +170,15 @@ fn member_down(inner: &Inner, node: u64) {
         )
     });
     tracing::warn!(node, ?addr, leaving, "member down");
-    inner.node.emit(LifecycleEvent::Member {
-        change: if leaving {
+    inner.node.emit_member(
+        if leaving {
             MemberChange::Left
         } else {
             MemberChange::Down
         },
         node,
-        addr: addr.map(|a| a.to_string()).unwrap_or_default(),
-    });
+        addr.map(|a| a.to_string()).unwrap_or_default(),
+    );
 }
 
 /// Sends a heartbeat to every known member and re-evaluates reachability.
@@ -220,15 +220,15 @@ async fn heartbeats(inner: &Arc<Inner>) {
     }
     for (node, reachable, addr) in changes {
         tracing::info!(node, reachable, "reachability changed");
-        inner.node.emit(LifecycleEvent::Member {
-            change: if reachable {
+        inner.node.emit_member(
+            if reachable {
                 MemberChange::Reachable
             } else {
                 MemberChange::Unreachable
             },
             node,
-            addr: addr.map(|a| a.to_string()).unwrap_or_default(),
-        });
+            addr.map(|a| a.to_string()).unwrap_or_default(),
+        );
     }
 }
 

@@ -30,9 +30,9 @@ use cairn_store::{
 };
 use tokio::sync::mpsc;
 
-use super::Inner;
-use super::peer::{PeerError, PeerFailure, PeerRequest, PeerResponse, failed, read_chunk};
-use crate::placement::{Admission, Delivery, DeliveryFuture, DeliveryOutcome, Placement};
+use crate::Inner;
+use crate::peer::{PeerError, PeerFailure, PeerRequest, PeerResponse, failed, read_chunk};
+use cairn_host::placement::{Admission, Delivery, DeliveryFuture, DeliveryOutcome, Placement};
 
 /// The replication of a node's journal, attached to its cluster once that
 /// has started (before, and on a single node, writes are local only).
@@ -52,7 +52,7 @@ impl Replication {
         Arc::new(Replication::default())
     }
 
-    /// Wraps the node's local journal (for [`crate::Node::open_with`]).
+    /// Wraps the node's local journal (for [`cairn_host::Node::open_with`]).
     pub fn wrap(self: &Arc<Self>, local: Arc<dyn Journal>) -> Arc<dyn Journal> {
         let _ = self.local.set(local.clone());
         Arc::new(ReplicatedJournal {

@@ -1,6 +1,11 @@
-//! Serves a [`Node`] over QUIC: one quinn endpoint, mutual TLS, the client
-//! protocol of [`crate::api`] (the `cairn-proto` crate), with the frame I/O
-//! and TLS configuration of the `cairn-client` crate.
+//! Cairn's QUIC front door: serves a [`Node`] over QUIC: one quinn
+//! endpoint, mutual TLS, the client protocol of `cairn-proto`, with the
+//! frame I/O and TLS configuration of the `cairn-client` crate.
+//!
+//! It is also where a node, its part in a cluster and its server are put
+//! together: [`Server::start_cluster`] starts the cluster driver
+//! (`cairn-driver`) on the server's endpoint, hands it the peer connections
+//! and gives it this server's handler for the requests it runs locally.
 //!
 //! Owns connection handling, the per-stream request loop, the limits (at most
 //! `max_connections` connections: more are closed with "busy"; at most
@@ -9,6 +14,10 @@
 //! and the conversion of the node's validation reports and deploy records
 //! into the protocol's own types. Nothing a client sends can panic the node: bad frames get an
 //! error response and the stream is closed, the connection and the node go on.
+//! `awake` (private): the optional thread that keeps a CPU awake after
+//! requests (off by default, `ServerLimits::keep_awake`).
+
+mod awake;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,16 +35,17 @@ use cairn_proto::{
     PROTOCOL_VERSION, Payload, Request, Response, StateAt, TypeInfo,
 };
 
-use crate::awake::KeepAwake;
-use crate::behavior::GuestFault;
-use crate::cluster::{Cluster, LocalHandler, Replication};
-use crate::config::{ClusterConfig, TlsFiles};
-use crate::deploy::{self, DeployError, DeployResult};
-use crate::node::{
+use cairn_driver::{Cluster, LocalHandler, Replication};
+use cairn_host::behavior::GuestFault;
+use cairn_host::config::{ClusterConfig, TlsFiles};
+use cairn_host::deploy::{self, DeployError, DeployResult};
+use cairn_host::node::{
     AskError, AskOptions, LifecycleEvent, Node, PastState, ReadError, RegisterError,
 };
-use crate::registry::{self, Deployment};
+use cairn_host::registry::{self, Deployment};
 use cairn_store::JournalError;
+
+use crate::awake::KeepAwake;
 
 /// Application error code a node closes a connection with when it is full.
 pub const CLOSE_BUSY: u32 = 1;
@@ -136,7 +146,7 @@ impl Server {
         replication: Option<Arc<Replication>>,
     ) -> Result<(Server, Cluster), ServerError> {
         let (endpoint, local_addr) = bind(files, listen, limits)?;
-        let peer_config = tls::peer_client_config(&NodeFiles::from(files.clone()))?;
+        let peer_config = tls::peer_client_config(&node_files(files))?;
         let shared = Shared::new(node.clone(), limits, name);
         let weak = Arc::downgrade(&shared);
         let local: LocalHandler = Arc::new(move |req| {
@@ -219,7 +229,7 @@ fn bind(
     listen: SocketAddr,
     limits: ServerLimits,
 ) -> Result<(quinn::Endpoint, SocketAddr), ServerError> {
-    let mut config = tls::server_config(&NodeFiles::from(files.clone()))?;
+    let mut config = tls::server_config(&node_files(files))?;
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.max_streams_per_connection.into());
     transport.max_concurrent_uni_streams(0u32.into());
@@ -520,7 +530,7 @@ async fn handle(shared: &Shared, req: Request) -> Response {
             from_id,
             send,
         } => {
-            let from = crate::placement::SendId {
+            let from = cairn_host::placement::SendId {
                 from: cairn_store::EntityKey::new(from_type, from_id),
                 seq: send,
             };
@@ -893,23 +903,22 @@ fn deploy_record(r: &registry::DeployRecord) -> api::DeployRecord {
     }
 }
 
-impl From<TlsFiles> for NodeFiles {
-    fn from(f: TlsFiles) -> NodeFiles {
-        NodeFiles {
-            ca: f.ca,
-            cert: f.cert,
-            key: f.key,
-        }
+/// A certificate directory's node files (`cairn_client::tls::node_files`)
+/// as the node's configuration names them ([`TlsFiles`]).
+pub fn tls_files(f: NodeFiles) -> TlsFiles {
+    TlsFiles {
+        ca: f.ca,
+        cert: f.cert,
+        key: f.key,
     }
 }
 
-impl From<NodeFiles> for TlsFiles {
-    fn from(f: NodeFiles) -> TlsFiles {
-        TlsFiles {
-            ca: f.ca,
-            cert: f.cert,
-            key: f.key,
-        }
+/// The node's certificate files as `cairn-client` names them.
+fn node_files(f: &TlsFiles) -> NodeFiles {
+    NodeFiles {
+        ca: f.ca.clone(),
+        cert: f.cert.clone(),
+        key: f.key.clone(),
     }
 }
 

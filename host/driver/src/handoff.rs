@@ -20,12 +20,12 @@ use cairn_raft::{ClusterState, Command};
 use cairn_store::{EntityKey, EventRecord, TimerRecord, Write};
 use tokio::sync::oneshot;
 
-use super::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
-use super::peer::{
+use crate::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
+use crate::peer::{
     EntityHistory, PEER_PROTOCOL_VERSION, PeerFailure, PeerRequest, PeerResponse, failed,
     read_answer, read_chunk, write_answer,
 };
-use super::{Inner, live_entities};
+use crate::{Inner, live_entities};
 use cairn_client::frame::read_frame_admitted;
 use cairn_proto::{MAX_FRAME, Response};
 
@@ -1256,7 +1256,7 @@ async fn fetch_component(inner: &Arc<Inner>, sha256: &str) -> Result<Vec<u8>, St
         };
         if let Ok(PeerResponse::Component(b)) =
             inner.peers.call(addr, &req, Duration::from_secs(30)).await
-            && crate::registry::sha256_hex(&b) == sha256
+            && cairn_host::registry::sha256_hex(&b) == sha256
         {
             return Ok(b);
         }

@@ -27,7 +27,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// ([`PeerRequest::Hello`]); members of a cluster must speak the same one.
 /// Bumped on any change of the layout of [`PeerRequest`] or
 /// [`PeerResponse`] (their frames are committed in
-/// `host/tests/fixtures/peer`).
+/// `host/driver/tests/fixtures/peer`).
 pub(crate) const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// About the most bytes of events one frame of history carries (a handoff,
@@ -541,12 +541,12 @@ pub async fn write_answer(send: &mut quinn::SendStream, answer: &PeerResponse) -
 
 #[cfg(test)]
 mod fixtures {
-    //! Frozen frames of the peer protocol: `host/tests/fixtures/peer/*.bin`
+    //! Frozen frames of the peer protocol: `host/driver/tests/fixtures/peer/*.bin`
     //! holds one committed frame (header included) per request and answer
     //! below. Members of a cluster run the same build (a rolling upgrade to
     //! an incompatible layout is not supported yet), but a change of layout
     //! must be deliberate: this test fails on any. Regenerate with
-    //! `CAIRN_BLESS_FIXTURES=1 cargo test -p cairn-host --lib fixtures`.
+    //! `CAIRN_BLESS_FIXTURES=1 cargo test -p cairn-driver --lib fixtures`.
 
     use std::path::PathBuf;
 

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use cairn_cluster::{MemberState, NodeId, Replicas, ShardId};
 
-use super::Inner;
-use crate::config::ReplicationSettings;
+use crate::Inner;
+use cairn_host::config::ReplicationSettings;
 
 /// How long a member must have been down (gossip) before owners move
 /// their replica sets off it: shorter outages (a restart, a pause, phi
