@@ -38,6 +38,34 @@ pub fn replica_set(members: &[NodeId], owner: NodeId, replicas: usize) -> Vec<No
         .collect()
 }
 
+/// The replica set an owner should move its shard to, if it differs from
+/// the `committed` one: the next `want` of `holders` (the members that may
+/// hold data now) after `owner` in the ring. A committed member that is
+/// merely down (not `departed`: it has not left the cluster) keeps its
+/// place when no other member can take it, so a set never shrinks because
+/// a member crashed (`min_acks` keeps counting it, and refuses writes
+/// rather than acknowledging them with fewer copies). `None` when the set
+/// has the same members.
+pub fn next_set(
+    committed: &[NodeId],
+    holders: &[NodeId],
+    departed: &dyn Fn(NodeId) -> bool,
+    owner: NodeId,
+    want: usize,
+) -> Option<Replicas> {
+    let mut next = replica_set(holders, owner, want);
+    for n in committed {
+        if next.len() >= want {
+            break;
+        }
+        if !next.contains(n) && !departed(*n) && *n != owner {
+            next.push(*n);
+        }
+    }
+    let same = next.len() == committed.len() && next.iter().all(|n| committed.contains(n));
+    (!same).then(|| Replicas::new(next))
+}
+
 /// Acknowledgements a write waits for: `min_acks`, but at most the replicas
 /// the shard has (a small cluster has fewer).
 pub fn acks_needed(min_acks: usize, replica_set_len: usize) -> usize {
@@ -191,6 +219,46 @@ mod tests {
         assert_eq!(replica_set(&m, NodeId(25), 3), ids(&[30, 40, 10]));
         assert_eq!(replica_set(&m[..1], NodeId(10), 2), ids(&[]));
         assert_eq!(acks_needed(2, 1), 1);
+    }
+
+    #[test]
+    fn a_set_follows_the_members_but_never_shrinks_for_a_crash() {
+        let none = |_: NodeId| false;
+        // The set the ring gives: no change.
+        assert_eq!(
+            next_set(&ids(&[2, 3]), &ids(&[1, 2, 3, 4]), &none, NodeId(1), 2),
+            None
+        );
+        assert_eq!(
+            next_set(&ids(&[4, 3]), &ids(&[1, 2, 3, 4]), &none, NodeId(2), 2)
+                .map(|r| r.as_slice().to_vec()),
+            None,
+            "same members in another order: no change"
+        );
+        // A member joined (3): the ring puts it in the set.
+        assert_eq!(
+            next_set(&ids(&[4, 1]), &ids(&[1, 2, 3, 4]), &none, NodeId(2), 2)
+                .map(|r| r.as_slice().to_vec()),
+            Some(ids(&[3, 4]))
+        );
+        // Node 3 crashed (not in the holders, not departed): with nobody
+        // to take its place it stays; with node 4 there, 4 replaces it.
+        assert_eq!(
+            next_set(&ids(&[2, 3]), &ids(&[1, 2]), &none, NodeId(1), 2),
+            None
+        );
+        assert_eq!(
+            next_set(&ids(&[2, 3]), &ids(&[1, 2, 4]), &none, NodeId(1), 2)
+                .map(|r| r.as_slice().to_vec()),
+            Some(ids(&[2, 4]))
+        );
+        // Node 3 left for good: the set shrinks.
+        let left = |n: NodeId| n == NodeId(3);
+        assert_eq!(
+            next_set(&ids(&[2, 3]), &ids(&[1, 2]), &left, NodeId(1), 2)
+                .map(|r| r.as_slice().to_vec()),
+            Some(ids(&[2]))
+        );
     }
 
     #[test]

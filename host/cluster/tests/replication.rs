@@ -77,7 +77,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_cluster::replication::{
-    FailoverView, Policy, acknowledged, acks_needed, may_promote, merge, promotions, replica_set,
+    FailoverView, Policy, acknowledged, acks_needed, may_promote, merge, next_set, promotions,
+    replica_set,
 };
 use cairn_cluster::{Decision, NodeId, Replicas, ShardId, ShardTable};
 use rand::rngs::StdRng;
@@ -539,12 +540,20 @@ impl World {
         if self.rules != Rules::ForgottenProposal && self.forgotten_proposal(shard) {
             return;
         }
-        let live: Vec<NodeId> = self
-            .data_members()
-            .into_iter()
-            .filter(|n| self.alive(*n))
-            .collect();
-        let desired = Replicas::new(replica_set(&live, owner, self.replicas));
+        let members = self.data_members();
+        let live: Vec<NodeId> = members.iter().copied().filter(|n| self.alive(*n)).collect();
+        // The product's rule: the ring of live members, but a member that
+        // is merely down (still a member) keeps its place when no other
+        // can take it.
+        let departed = |n: NodeId| !members.contains(&n);
+        let desired = next_set(
+            a.replicas.as_slice(),
+            &live,
+            &departed,
+            owner,
+            self.replicas,
+        )
+        .unwrap_or(a.replicas);
         let Some(mut c) = self.changes.get(&shard).copied() else {
             if desired != a.replicas {
                 self.changes.insert(

@@ -3,7 +3,9 @@
 //! with a new owner (the coordinator's `Assign`), or, for the same owner,
 //! by the owner itself, when the set it should have (the next members in
 //! the ring of committed `up` members, leaving out those down for longer
-//! than [`DOWN_GRACE`]) differs from the committed one.
+//! than [`DOWN_GRACE`]; a member merely down keeps its place when no other
+//! can take it, `cairn_cluster::replication::next_set`) differs from the
+//! committed one.
 //!
 //! The owner's change, in order:
 //! 1. From now on every write of the shard must be acknowledged by the
@@ -181,15 +183,23 @@ pub(crate) async fn maintain(inner: Arc<Inner>) {
                 .get(&n)
                 .is_some_and(|t| t.elapsed() >= DOWN_GRACE)
         };
-        let holders: Vec<NodeId> = {
+        let (holders, departed): (Vec<NodeId>, std::collections::BTreeSet<u64>) = {
             let state = inner.log.state();
             let s = state.borrow();
-            s.members
-                .iter()
-                .filter(|(id, r)| r.state == MemberState::Up && !gone(**id))
-                .map(|(id, _)| NodeId(*id))
-                .collect()
+            (
+                s.members
+                    .iter()
+                    .filter(|(id, r)| r.state == MemberState::Up && !gone(**id))
+                    .map(|(id, _)| NodeId(*id))
+                    .collect(),
+                s.members
+                    .iter()
+                    .filter(|(_, r)| r.state != MemberState::Up)
+                    .map(|(id, _)| *id)
+                    .collect(),
+            )
         };
+        let departed = |n: NodeId| departed.contains(&n.0);
         let want = super::replicate::max_replicas(&inner);
         let me = NodeId(inner.id);
         let (table, ready) = {
@@ -219,14 +229,21 @@ pub(crate) async fn maintain(inner: Arc<Inner>) {
             if a.owner != me || !served {
                 continue;
             }
-            let should = Replicas::new(cairn_cluster::replication::replica_set(&holders, me, want));
-            if should == a.replicas || should.is_empty() && a.replicas.is_empty() {
+            let Some(should) = cairn_cluster::replication::next_set(
+                a.replicas.as_slice(),
+                &holders,
+                &departed,
+                me,
+                want,
+            ) else {
                 continue;
-            }
-            // Every new member must be reachable to be caught up.
+            };
+            // Every new member must be reachable to be caught up (one that
+            // keeps its place may be down: it holds what it held).
             if !should
                 .as_slice()
                 .iter()
+                .filter(|n| !a.replicas.contains(**n))
                 .all(|n| live.contains(&n.0) && !down.contains(&n.0))
             {
                 continue;

@@ -881,7 +881,10 @@ pub(crate) async fn catch_up_to(
                 remove_timers: Vec::new(),
             };
             let mut ok = 0;
-            for r in &set {
+            // A member gossip holds down is not waited for (it counts as
+            // not caught up).
+            let down = inner.view().down.clone();
+            for r in set.iter().filter(|r| !down.contains(r)) {
                 if send_to_replica(inner, &local, *r, shard, epoch, &write)
                     .await
                     .is_ok()
