@@ -366,8 +366,12 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             let epoch = a.epoch;
             // The allocation this one replaced, as the log says: this node
             // may not have applied it (it was behind the log).
+            let taken_over = state.ready.get(&shard.0).is_some_and(|e| *e >= epoch);
             let before = match (before, state.previous.get(&shard.0).copied()) {
                 (Some(b), Some(p)) if b.epoch < p.epoch && p.owner.0 != inner.id => Some(p),
+                // A restart before this node had taken the shard over: the
+                // history is still where it was to be read from.
+                (None, Some(p)) if !taken_over && p.owner.0 != inner.id => Some(p),
                 (b, _) => b,
             };
             // Back here under a newer epoch without this node having seen
@@ -375,7 +379,11 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             // what they wrote is read back before it serves.
             let jumped = before.map_or(restart, |b| b.epoch < epoch);
             match before {
-                Some(b) if b.owner.0 != inner.id => fetches.push((shard, b, epoch)),
+                Some(b) if b.owner.0 != inner.id => {
+                    // (Already waiting after a move; after a restart, held.)
+                    router.hold(shard);
+                    fetches.push((shard, b, epoch));
+                }
                 _ if jumped => {
                     router.hold(shard);
                     let me = cairn_cluster::Allocation {
@@ -428,70 +436,81 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, before: cairn_cluster::Allocat
         if !inner.router().awaits(shard, epoch) {
             return;
         }
-        // A live old owner hands its shard over; a dead one's history is
-        // merged from every other replica (each holds a prefix of it, and
-        // together they hold every acknowledged event).
+        // A live old owner hands its shard over (all of it is read from
+        // there); a dead one's history is merged from the members of its
+        // committed replica set that answer, once they are enough that
+        // every acknowledged event is among them (`may_promote` over the
+        // copies read, this node's own included).
         let failover = from == inner.id || inner.view().down.contains(&from);
-        let mut others = 0;
-        let sources: Vec<u64> = if from == inner.id {
-            // Owners this node may not have seen: every live member holding
-            // data (each holds a prefix of the shard's history).
-            let down = inner.view().down.clone();
-            let all: Vec<u64> = super::replicate::data_members(&inner)
-                .into_iter()
+        let restart = from == inner.id;
+        let sources: Vec<u64> = if restart {
+            // A restart, or a view that jumped: this node's own journal
+            // holds every event it acknowledged (it appends after its
+            // replicas). What the members of the committed set hold beyond
+            // it was never acknowledged; it is read back so that no
+            // sequence number is used twice, from the members that answer
+            // (a tail on one that does not is reconciled by the next write
+            // that reaches it).
+            let set = inner
+                .router()
+                .table()
+                .get(shard)
+                .map(|a| a.replicas)
+                .unwrap_or_default();
+            set.as_slice()
+                .iter()
                 .map(|n| n.0)
                 .filter(|n| *n != inner.id)
-                .collect();
-            others = all.len();
-            all.into_iter().filter(|n| !down.contains(n)).collect()
+                .collect()
         } else if failover {
-            // The old owner's committed set: enough of it is live (the
-            // failover's rule), and the live ones hold every acknowledged
-            // event between them.
-            let down = inner.view().down.clone();
             before
                 .replicas
                 .as_slice()
                 .iter()
                 .map(|n| n.0)
-                .filter(|r| *r != inner.id && !down.contains(r))
+                .filter(|r| *r != inner.id)
                 .collect()
         } else {
             vec![from]
         };
-        if sources.is_empty() && others > 0 {
-            // Nobody to read the owners' writes back from yet.
-            tracing::warn!(
-                shard = shard.0,
-                "no live member to read the shard back from yet"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
-        }
         let mut n = (0, 0);
-        let mut failed = None;
+        let mut read = vec![inner.id];
+        let mut failures = Vec::new();
         for src in &sources {
             match fetch_once(&inner, shard, *src, count, !failover).await {
                 Ok((entities, events)) => {
                     n.0 += entities;
                     n.1 += events;
+                    read.push(*src);
                 }
                 Err(e) => {
-                    failed = Some((*src, e));
-                    break;
+                    failures.push((*src, e));
+                    if !failover {
+                        break;
+                    }
                 }
             }
         }
-        match failed {
-            None => {
-                imported = n;
-                break;
-            }
-            Some((src, e)) => {
-                tracing::warn!(shard = shard.0, from, src, failover, error = %e, "shard history not fetched yet");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+        let enough = if restart {
+            true
+        } else if failover {
+            let policies = super::replicate::policies(&inner);
+            cairn_cluster::replication::may_promote(
+                before.replicas.as_slice(),
+                &policies,
+                &|m: NodeId| read.contains(&m.0),
+            )
+        } else {
+            failures.is_empty()
+        };
+        for (src, e) in &failures {
+            tracing::warn!(shard = shard.0, from, src, failover, enough, error = %e, "shard history not read from a member");
         }
+        if enough {
+            imported = n;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let fetched = started.elapsed();
     while inner
