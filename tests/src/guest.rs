@@ -53,13 +53,13 @@ pub fn events(node: &NodeProc, entity_type: &str, id: &str) -> Result<Vec<(Strin
         .collect()
 }
 
-/// Waits on a lifecycle follow for the `started` event of `id`; returns
-/// its detail.
-pub async fn started(follow: &mut Follow, id: &str) -> Result<String> {
+/// Waits on a lifecycle follow, at most `within` for each event, for the
+/// `started` event of `id`; returns its detail.
+pub async fn started(follow: &mut Follow, id: &str, within: Duration) -> Result<String> {
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(120), follow.next())
+        let next = tokio::time::timeout(within, follow.next())
             .await
-            .context("no started event within 120 s")?;
+            .with_context(|| format!("no started event within {within:?}"))?;
         match next {
             Some(Ok(Response::Lifecycle {
                 kind,

@@ -111,7 +111,7 @@ async fn python_bank_account_walk_through() -> Result<()> {
     let (client, mut follow, took) = restart(&mut node).await?;
     assert_eq!(ask(&node, "acct-1", r#""GetBalance""#)?, "120");
     eprintln!("restart until the Python bank account answered: {took:?} + first ask");
-    let detail = started(&mut follow, "acct-1").await?;
+    let detail = started(&mut follow, "acct-1", Duration::from_secs(120)).await?;
     assert_eq!(detail_value(&detail, "replayed"), "3", "{detail}");
     follow.stop();
     client.close().await;
@@ -127,7 +127,7 @@ async fn python_bank_account_walk_through() -> Result<()> {
     assert_eq!(events(&node, "acct-2")?.len(), 7);
     let (client, mut follow, _) = restart(&mut node).await?;
     assert_eq!(ask(&node, "acct-2", r#""GetBalance""#)?, "70");
-    let detail = started(&mut follow, "acct-2").await?;
+    let detail = started(&mut follow, "acct-2", Duration::from_secs(120)).await?;
     assert_eq!(detail_value(&detail, "snapshot"), "5", "{detail}");
     assert_eq!(detail_value(&detail, "replayed"), "2", "{detail}");
     let state = cairn(&node, &["state", TYPE, "acct-2", "--at-seq", "5"])?;

@@ -364,15 +364,14 @@ async fn replicated_append(
     let acks = async {
         let mut acked: Vec<NodeId> = Vec::new();
         let mut errors = Vec::new();
-        let done = |acked: &[NodeId]| {
-            let sets: Vec<(Vec<NodeId>, usize)> = sets
-                .iter()
-                .map(|(s, n)| (s.iter().map(|r| NodeId(*r)).collect(), *n))
-                .collect();
-            let refs: Vec<(&[NodeId], usize)> =
-                sets.iter().map(|(s, n)| (s.as_slice(), *n)).collect();
-            cairn_cluster::replication::acknowledged(&refs, acked)
-        };
+        // Built once per write, not once per acknowledgement.
+        let node_sets: Vec<(Vec<NodeId>, usize)> = sets
+            .iter()
+            .map(|(s, n)| (s.iter().map(|r| NodeId(*r)).collect(), *n))
+            .collect();
+        let refs: Vec<(&[NodeId], usize)> =
+            node_sets.iter().map(|(s, n)| (s.as_slice(), *n)).collect();
+        let done = |acked: &[NodeId]| cairn_cluster::replication::acknowledged(&refs, acked);
         while !done(&acked) {
             match rx.recv().await {
                 Some((r, Ok(()))) => acked.push(NodeId(r)),

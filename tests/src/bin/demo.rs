@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cairn_client::{Client, Follow};
-use cairn_host::api::Response;
 use cairn_tests::NodeProc;
+use cairn_tests::guest::started;
 
 const TYPE: &str = "bank-account";
 
@@ -47,26 +47,6 @@ fn expect(what: &str, got: &str, want: &str) -> Result<()> {
         bail!("{what}: expected {want}, got {got}");
     }
     Ok(())
-}
-
-/// Waits on a lifecycle follow for the `started` event of `id`; returns its detail.
-async fn started(follow: &mut Follow, id: &str) -> Result<String> {
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), follow.next())
-            .await
-            .context("no started event within 30 s")?;
-        match next {
-            Some(Ok(Response::Lifecycle {
-                kind,
-                entity_id,
-                detail,
-                ..
-            })) if kind == "started" && entity_id.as_deref() == Some(id) => return Ok(detail),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("the lifecycle stream ended"),
-        }
-    }
 }
 
 /// Reads `key=value` from a lifecycle detail.
@@ -189,7 +169,7 @@ async fn main() -> Result<()> {
     println!("\n── Phase 2: recovery (the node restarts on the same data directory) ──");
     let (client, mut follow) = restart(&mut node).await?;
     let r = cairn(&node, &["ask", TYPE, "acct-1", r#""GetBalance""#])?;
-    let detail = started(&mut follow, "acct-1").await?;
+    let detail = started(&mut follow, "acct-1", Duration::from_secs(30)).await?;
     let replayed = detail_value(&detail, "replayed");
     println!("  Recovered balance: {r} (replayed {replayed} events)");
     expect("recovered balance", &r, "120")?;
@@ -214,7 +194,7 @@ async fn main() -> Result<()> {
     expect("events of acct-2", &count.to_string(), "7")?;
     let (client, mut follow) = restart(&mut node).await?;
     let r = cairn(&node, &["ask", TYPE, "acct-2", r#""GetBalance""#])?;
-    let detail = started(&mut follow, "acct-2").await?;
+    let detail = started(&mut follow, "acct-2", Duration::from_secs(30)).await?;
     let (snap, replayed) = (
         detail_value(&detail, "snapshot"),
         detail_value(&detail, "replayed"),
