@@ -671,17 +671,21 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
     // Node 3 dies: min_acks 2 cannot be met (one live replica): refused,
     // with a clear error, and nothing of it acknowledged; min_acks 1 goes on.
     c.nodes[2].kill();
-    wait_status(
-        c.node(0),
-        Duration::from_secs(5),
-        "node 3 unreachable",
-        |s| {
-            members(s)
-                .iter()
-                .any(|m| m["addr"] == a3.as_str() && m["reachable"] == false)
-        },
-    )
-    .await?;
+    // Every live node must see it: an owner that has not noticed yet sends
+    // the write to the dead replica and can only answer "indeterminate".
+    for i in 0..2 {
+        wait_status(
+            c.node(i),
+            Duration::from_secs(10),
+            "node 3 unreachable",
+            |s| {
+                members(s)
+                    .iter()
+                    .any(|m| m["addr"] == a3.as_str() && m["reachable"] == false)
+            },
+        )
+        .await?;
+    }
     let live: Vec<&String> = ids
         .iter()
         .filter(|id| owners[*id] != a3 && strict_owners[*id] != a3)

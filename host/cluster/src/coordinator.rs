@@ -7,10 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use crate::member::Member;
 use crate::member::NodeId;
+use crate::member::{Member, MemberState};
 use crate::placement::{self, Move};
-use crate::replication::replica_set;
+use crate::replication::placed_set;
 use crate::shard::ShardId;
 use crate::table::{Decision, Replicas, ShardTable, TableError};
 
@@ -84,15 +84,38 @@ impl Coordinator {
             .filter(|m| m.can_own())
             .map(|m| m.id)
             .collect();
+        // A member that is down but has not left keeps its place in a set
+        // that would otherwise be short (see `placed_set`).
+        let departed = |n: NodeId| {
+            !self.members.iter().any(|m| {
+                m.id == n
+                    && !matches!(
+                        m.state,
+                        MemberState::Leaving | MemberState::Exiting | MemberState::Removed
+                    )
+            })
+        };
         self.pending = moves
             .iter()
             .map(|m| {
                 epoch += 1;
+                let mut keep: Vec<NodeId> = self
+                    .table
+                    .get(m.shard)
+                    .map(|a| a.replicas.as_slice().to_vec())
+                    .unwrap_or_default();
+                keep.extend(m.from);
                 Decision::Assign {
                     shard: m.shard,
                     owner: m.to,
                     epoch,
-                    replicas: Replicas::new(replica_set(&holders, m.to, self.replicas)),
+                    replicas: Replicas::new(placed_set(
+                        &holders,
+                        &keep,
+                        &departed,
+                        m.to,
+                        self.replicas,
+                    )),
                 }
             })
             .collect();

@@ -53,17 +53,35 @@ pub fn next_set(
     owner: NodeId,
     want: usize,
 ) -> Option<Replicas> {
-    let mut next = replica_set(holders, owner, want);
-    for n in committed {
-        if next.len() >= want {
-            break;
-        }
-        if !next.contains(n) && !departed(*n) && *n != owner {
-            next.push(*n);
-        }
-    }
+    let next = placed_set(holders, committed, departed, owner, want);
     let same = next.len() == committed.len() && next.iter().all(|n| committed.contains(n));
     (!same).then(|| Replicas::new(next))
+}
+
+/// The replica set of a shard placed on `owner`: the next `want` of
+/// `holders` (members that may hold data now) after `owner` in the ring,
+/// then, while that is short, the members of `keep` (the shard's current
+/// set, then its current owner) that have not `departed`, in that order.
+/// A handoff or a failover made while a member is down thus keeps the set
+/// as long as `replicas` says, and `min_acks` refuses writes rather than
+/// counting fewer copies; only a member that left is dropped for good.
+pub fn placed_set(
+    holders: &[NodeId],
+    keep: &[NodeId],
+    departed: &dyn Fn(NodeId) -> bool,
+    owner: NodeId,
+    want: usize,
+) -> Vec<NodeId> {
+    let mut set = replica_set(holders, owner, want);
+    for n in keep {
+        if set.len() >= want {
+            break;
+        }
+        if !set.contains(n) && !departed(*n) && *n != owner {
+            set.push(*n);
+        }
+    }
+    set
 }
 
 /// Acknowledgements a write waits for: `min_acks`, but at most the replicas
@@ -142,8 +160,9 @@ pub struct FailoverView<'a> {
 /// expired, and which that owner had taken over completely, goes, with the
 /// table's next epoch, to the first live member of its committed replica
 /// set, provided enough of the set is live ([`may_promote`]). The new
-/// owner's replica set is chosen from the live members. Empty when nothing
-/// may move.
+/// owner's replica set is chosen from the live members, filled up to
+/// `replicas` with the old set and the old owner while they have not left
+/// ([`placed_set`]). Empty when nothing may move.
 pub fn promotions(view: &FailoverView<'_>) -> Vec<Decision> {
     let mut epoch = view.table.epoch();
     let mut out = Vec::new();
@@ -169,12 +188,15 @@ pub fn promotions(view: &FailoverView<'_>) -> Vec<Decision> {
             .copied()
             .filter(|n| live(*n) && *n != a.owner)
             .collect();
+        let mut keep = set.to_vec();
+        keep.push(a.owner);
+        let departed = |n: NodeId| !view.members.contains(&n);
         epoch += 1;
         out.push(Decision::Assign {
             shard,
             owner: to,
             epoch,
-            replicas: Replicas::new(replica_set(&candidates, to, view.replicas)),
+            replicas: Replicas::new(placed_set(&candidates, &keep, &departed, to, view.replicas)),
         });
     }
     out
@@ -259,6 +281,71 @@ mod tests {
                 .map(|r| r.as_slice().to_vec()),
             Some(ids(&[2]))
         );
+    }
+
+    #[test]
+    fn a_move_or_failover_while_a_member_is_down_keeps_the_set_full() {
+        let none = |_: NodeId| false;
+        // 3 nodes, node 3 down: shard of owner 2 (set [3, 1]) moves to 1.
+        // The live ring gives [2]; node 3 keeps its place.
+        assert_eq!(
+            placed_set(&ids(&[1, 2]), &ids(&[3, 1, 2]), &none, NodeId(1), 2),
+            ids(&[2, 3])
+        );
+        // Failover of down owner 3 (set [1, 2]) to 1: the old owner fills.
+        assert_eq!(
+            placed_set(&ids(&[1, 2]), &ids(&[1, 2, 3]), &none, NodeId(1), 2),
+            ids(&[2, 3])
+        );
+        // Enough live members: the ring alone.
+        assert_eq!(
+            placed_set(&ids(&[1, 2, 4]), &ids(&[3, 2]), &none, NodeId(1), 2),
+            ids(&[2, 4])
+        );
+        // A member that left does not come back.
+        let left = |n: NodeId| n == NodeId(3);
+        assert_eq!(
+            placed_set(&ids(&[1, 2]), &ids(&[3, 1]), &left, NodeId(1), 2),
+            ids(&[2])
+        );
+    }
+
+    #[test]
+    fn a_failover_in_a_small_cluster_keeps_the_old_owner_in_the_set() {
+        let mut table = ShardTable::new(1);
+        table
+            .apply(Decision::Assign {
+                shard: crate::shard::ShardId(0),
+                owner: NodeId(3),
+                epoch: 1,
+                replicas: Replicas::new(ids(&[1, 2])),
+            })
+            .unwrap();
+        let down: BTreeSet<NodeId> = [NodeId(3)].into();
+        let policies = [Policy {
+            replicas: 2,
+            min_acks: 1,
+        }];
+        let decisions = promotions(&FailoverView {
+            table: &table,
+            members: &ids(&[1, 2, 3]),
+            replicas: 2,
+            policies: &policies,
+            down: &down,
+            unreachable: &BTreeSet::new(),
+            lease_expired: &|_| true,
+            ready: &|_, _| true,
+        });
+        let [
+            Decision::Assign {
+                owner, replicas, ..
+            },
+        ] = decisions[..]
+        else {
+            panic!("one promotion: {decisions:?}");
+        };
+        assert_eq!(owner, NodeId(1));
+        assert_eq!(replicas.as_slice(), &ids(&[2, 3])[..]);
     }
 
     #[test]

@@ -135,6 +135,9 @@ enum Rules {
     /// A replica change commits naming a member that left after the owner
     /// proposed it.
     CommitNamesLeftMember,
+    /// A promoted owner's set is chosen from the live members only, so a
+    /// crash in a small cluster shrinks it (and `min_acks` with it).
+    ShrinkOnFailover,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -805,11 +808,49 @@ impl World {
                 });
             }
         }
+        if self.rules == Rules::ShrinkOnFailover {
+            // The promoted owner's set from the live members alone.
+            for d in &mut decisions {
+                if let Decision::Assign {
+                    owner, replicas, ..
+                } = d
+                {
+                    let live: Vec<NodeId> = members
+                        .iter()
+                        .copied()
+                        .filter(|n| !down.contains(n))
+                        .collect();
+                    *replicas = Replicas::new(replica_set(&live, *owner, self.replicas));
+                }
+            }
+        }
         for d in decisions {
-            let Decision::Assign { shard, owner, .. } = d else {
+            let Decision::Assign {
+                shard,
+                owner,
+                replicas,
+                ..
+            } = d
+            else {
                 continue;
             };
             let old = self.table.get(shard).ok_or("unowned")?;
+            // `replicas` is a promise: a crash does not shrink the set
+            // below what the members that may hold the shard allow (live
+            // members, and the old set and owner while they have not left).
+            let may_hold: BTreeSet<NodeId> = ids(&old.replicas)
+                .iter()
+                .copied()
+                .chain([old.owner])
+                .chain(members.iter().copied().filter(|n| !down.contains(n)))
+                .filter(|n| *n != owner && members.contains(n))
+                .collect();
+            if replicas.len() < self.replicas.min(may_hold.len()) {
+                return Err(format!(
+                    "failover of shard {} to {owner:?} gave it the set {replicas:?}; {may_hold:?} may hold it",
+                    shard.0
+                ));
+            }
             self.table.apply(d).map_err(|e| e.to_string())?;
             self.takeovers.insert(
                 shard.0,
@@ -1096,7 +1137,7 @@ fn schedules() -> u64 {
         .unwrap_or(20_000)
 }
 
-const BROKEN: [Rules; 12] = [
+const BROKEN: [Rules; 13] = [
     Rules::AckBeforeReplicas,
     Rules::PromoteWithReplicaDown,
     Rules::NoResync,
@@ -1109,6 +1150,7 @@ const BROKEN: [Rules; 12] = [
     Rules::LeaveDuringTakeover,
     Rules::ForgottenProposal,
     Rules::CommitNamesLeftMember,
+    Rules::ShrinkOnFailover,
 ];
 
 /// `CAIRN_SIM_RULES=<name>` replays a seed under one of the broken rules.
