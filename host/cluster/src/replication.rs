@@ -202,6 +202,40 @@ pub fn promotions(view: &FailoverView<'_>) -> Vec<Decision> {
     out
 }
 
+/// What a node taking a shard over does with one source's pending timers
+/// of an entity ([`timer_merge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerMerge {
+    /// The source's set replaces the local one.
+    Replace,
+    /// The source's timers the local set lacks are added.
+    Add,
+    /// The source's timers are older than the local ones: left alone.
+    Keep,
+}
+
+/// The timers rule of a take-over. A timer's removal is written with the
+/// events of the command it fired (and an arming with the events of the
+/// command that scheduled it), so an entity's pending timers go with its
+/// history: from the live old owner (`from_owner`) the set is exactly its
+/// set; from a replica's copy on failover, a copy longer than the local
+/// history (`source_last > local_last`) brings its set whole (a timer it no
+/// longer holds fired, and its events came with the copy); a copy as long
+/// adds what it holds (a timers-only change may have reached one copy and
+/// not the other: firing twice is preferred to never); a shorter copy's
+/// timers are older and are not looked at (else a timer that fired would be
+/// armed again and fire twice).
+pub fn timer_merge(local_last: u64, source_last: u64, from_owner: bool) -> TimerMerge {
+    if from_owner {
+        return TimerMerge::Replace;
+    }
+    match source_last.cmp(&local_last) {
+        std::cmp::Ordering::Greater => TimerMerge::Replace,
+        std::cmp::Ordering::Equal => TimerMerge::Add,
+        std::cmp::Ordering::Less => TimerMerge::Keep,
+    }
+}
+
 /// Two copies of an entity's history disagree at this position (0-based):
 /// the rules above were broken somewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -346,6 +380,15 @@ mod tests {
         };
         assert_eq!(owner, NodeId(1));
         assert_eq!(replicas.as_slice(), &ids(&[2, 3])[..]);
+    }
+
+    #[test]
+    fn timers_follow_the_longer_history() {
+        assert_eq!(timer_merge(9, 3, true), TimerMerge::Replace);
+        assert_eq!(timer_merge(3, 4, false), TimerMerge::Replace);
+        assert_eq!(timer_merge(4, 4, false), TimerMerge::Add);
+        assert_eq!(timer_merge(5, 4, false), TimerMerge::Keep);
+        assert_eq!(timer_merge(0, 0, false), TimerMerge::Add);
     }
 
     #[test]

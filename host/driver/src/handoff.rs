@@ -593,8 +593,8 @@ async fn fetch_once(
     let mut n = (0, 0);
     let mut sent = std::collections::HashSet::new();
     let mut timers_here = shard_timers(inner, shard, count).await?;
-    // The entity whose chunks are arriving, and the last seq they held.
-    let mut current: Option<(EntityKey, u64)> = None;
+    // The entity whose chunks are arriving.
+    let mut current: Option<Arriving> = None;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), read_answer(addr, &mut recv)).await {
             Err(_) => return Err("no answer".into()),
@@ -604,31 +604,34 @@ async fn fetch_once(
                     sent.insert((h.entity_type.clone(), h.entity_id.clone()));
                 }
                 let key = EntityKey::new(h.entity_type.clone(), h.entity_id.clone());
-                let last = h.events.last().map(|e| e.0);
-                if current.as_ref().map(|c| &c.0) != Some(&key) {
-                    if let Some((done, last)) = current.take()
-                        && authoritative
-                    {
-                        cut_to(inner, &done, last).await?;
+                if current.as_ref().map(|c| &c.key) != Some(&key) {
+                    if let Some(done) = current.take() {
+                        let here = timers_here.remove(&done.key).unwrap_or_default();
+                        done.settle(inner, &here, authoritative).await?;
                     }
                     n.0 += 1;
+                    let before = inner
+                        .local_journal
+                        .highest_seq(&key)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    current = Some(Arriving {
+                        key: key.clone(),
+                        before,
+                        last: 0,
+                        // Only an entity's first chunk carries its timers.
+                        timers: std::mem::take(&mut h.timers),
+                    });
                 }
-                let timers = std::mem::take(&mut h.timers);
+                if let (Some(c), Some(last)) = (current.as_mut(), h.events.last()) {
+                    c.last = last.0;
+                }
                 n.1 += import(inner, h, authoritative).await?;
-                // Only an entity's first chunk carries its timers.
-                if let Some(here) = timers_here.remove(&key) {
-                    import_timers(inner, key.clone(), timers, &here, authoritative).await?;
-                } else if !timers.is_empty() {
-                    import_timers(inner, key.clone(), timers, &[], authoritative).await?;
-                }
-                let before = current.as_ref().map_or(0, |c| c.1);
-                current = Some((key, last.unwrap_or(before)));
             }
             Ok(Ok(PeerResponse::Done)) => {
-                if let Some((done, last)) = current.take()
-                    && authoritative
-                {
-                    cut_to(inner, &done, last).await?;
+                if let Some(done) = current.take() {
+                    let here = timers_here.remove(&done.key).unwrap_or_default();
+                    done.settle(inner, &here, authoritative).await?;
                 }
                 if authoritative {
                     drop_unsent(inner, shard, count, &sent).await?;
@@ -642,6 +645,40 @@ async fn fetch_once(
             }
             Ok(Ok(PeerResponse::Failed(e))) => return Err(e.to_string()),
             Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
+        }
+    }
+}
+
+/// One entity of a shard being read from a source.
+struct Arriving {
+    key: EntityKey,
+    /// The local history's last sequence number before the source's.
+    before: u64,
+    /// The source's last sequence number (0: it has timers only).
+    last: u64,
+    /// The source's pending timers of the entity.
+    timers: Vec<(u64, u64, Vec<u8>)>,
+}
+
+impl Arriving {
+    /// Once all of the entity's chunks are in: from the live owner
+    /// (`authoritative`) the local copy becomes exactly the owner's (its
+    /// unacknowledged tail cut); the timers follow
+    /// `cairn_cluster::replication::timer_merge`.
+    async fn settle(
+        self,
+        inner: &Arc<Inner>,
+        here: &[TimerRecord],
+        authoritative: bool,
+    ) -> Result<(), String> {
+        use cairn_cluster::replication::{TimerMerge, timer_merge};
+        if authoritative {
+            cut_to(inner, &self.key, self.last).await?;
+        }
+        match timer_merge(self.before, self.last, authoritative) {
+            TimerMerge::Replace => import_timers(inner, self.key, self.timers, here, true).await,
+            TimerMerge::Add => import_timers(inner, self.key, self.timers, here, false).await,
+            TimerMerge::Keep => Ok(()),
         }
     }
 }

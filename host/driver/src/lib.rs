@@ -401,8 +401,23 @@ impl Inner {
         rx: oneshot::Receiver<Response>,
     ) -> Response {
         match route {
-            Route::Local((req, _)) => self.run_local(shard, req).await,
             Route::Forward(owner, (req, _)) => self.forward(owner.0, shard, req).await,
+            route => self.settle(shard, route, rx).await,
+        }
+    }
+
+    /// Answers a request routed anywhere but to another node (`forward`
+    /// calls it, so it must never forward: a redirect back here would
+    /// nest calls without bound).
+    async fn settle(
+        self: &Arc<Self>,
+        shard: u32,
+        route: Route<Waiter>,
+        rx: oneshot::Receiver<Response>,
+    ) -> Response {
+        match route {
+            Route::Local((req, _)) => self.run_local(shard, req).await,
+            Route::Forward(..) => unavailable("the entity's shard is routed elsewhere; retry"),
             Route::Buffered => match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
                 Ok(Ok(r)) => r,
                 // Still buffered: it may run once the shard arrives.
@@ -428,7 +443,10 @@ impl Inner {
     }
 
     /// Sends a request to the owner, following redirects while the tables
-    /// of the nodes converge (bounded in time).
+    /// of the nodes converge (bounded in time, one deadline for the whole
+    /// chase). A redirect back to this node routes the request here again;
+    /// when this node's table still names another owner the chase goes on
+    /// in this loop, never by a nested call.
     pub(crate) async fn forward(
         self: &Arc<Self>,
         owner: u64,
@@ -437,7 +455,26 @@ impl Inner {
     ) -> Response {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut owner = owner;
+        let mut req = req;
         loop {
+            if owner == self.id {
+                let (tx, rx) = oneshot::channel();
+                match self
+                    .router()
+                    .route(cairn_cluster::ShardId(shard), (req, tx))
+                {
+                    Route::Forward(o, (r, _)) => {
+                        if Instant::now() > deadline {
+                            return unavailable("the entity's owner kept changing; retry");
+                        }
+                        owner = o.0;
+                        req = r;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    route => return self.settle(shard, route, rx).await,
+                }
+            }
             let Some(addr) = self.addr_of(owner) else {
                 return unavailable("the owner of the entity's shard has no known address");
             };
@@ -462,15 +499,10 @@ impl Inner {
                         Some(m) if m != owner => m,
                         _ => o,
                     };
-                    if owner == self.id {
-                        // The shard came here: route it again locally.
-                        let (tx, rx) = oneshot::channel();
-                        let route = self
-                            .router()
-                            .route(cairn_cluster::ShardId(shard), (req, tx));
-                        return Box::pin(self.follow(shard, route, rx)).await;
+                    // The shard came here: the loop routes it locally.
+                    if owner != self.id {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Ok(other) => {
                     return unavailable(&format!("unexpected answer from the owner: {other:?}"));
