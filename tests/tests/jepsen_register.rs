@@ -76,9 +76,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cairn_host::api::{ApiError, Payload, Request, Response};
-use cairn_client::{Client, ClientError};
 use cairn_client::tls::ClientFiles;
+use cairn_client::{Client, ClientError};
+use cairn_host::api::{ApiError, Payload, Request, Response};
 use cairn_tests::cluster::*;
 use serde_json::Value;
 

@@ -459,10 +459,10 @@ impl Inner {
         loop {
             if owner == self.id {
                 let (tx, rx) = oneshot::channel();
-                match self
+                let route = self
                     .router()
-                    .route(cairn_cluster::ShardId(shard), (req, tx))
-                {
+                    .route(cairn_cluster::ShardId(shard), (req, tx));
+                match route {
                     Route::Forward(o, (r, _)) => {
                         if Instant::now() > deadline {
                             return unavailable("the entity's owner kept changing; retry");
