@@ -654,6 +654,7 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
         epoch: 0,
         entity_type: "bank-account".into(),
         entity_id: ids[0].clone(),
+        prev: None,
         events: vec![(2, 0, "forged".into(), b"x".to_vec())],
         add_timers: Vec::new(),
         remove_timers: Vec::new(),

@@ -1000,6 +1000,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             epoch,
             entity_type,
             entity_id,
+            prev,
             events,
             add_timers,
             remove_timers,
@@ -1020,6 +1021,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                 shard,
                 epoch,
                 EntityKey::new(entity_type, entity_id),
+                prev,
                 events,
                 timers,
             )

@@ -28,7 +28,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bumped on any change of the layout of [`PeerRequest`] or
 /// [`PeerResponse`] (their frames are committed in
 /// `host/driver/tests/fixtures/peer`).
-pub(crate) const PEER_PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PEER_PROTOCOL_VERSION: u32 = 3;
 
 /// About the most bytes of events one frame of history carries (a handoff,
 /// a failover's fetch, a replica's gap, a read-back), so an entity's
@@ -139,6 +139,12 @@ pub enum PeerRequest {
         entity_type: String,
         /// Entity id.
         entity_id: String,
+        /// The primary's event just before the first of `events`, as
+        /// (seq, the digest of `replicate::event_digest`): the replica appends
+        /// only onto the same event (else its copy holds a write that was
+        /// never acknowledged, and is reconciled first). `None` when the
+        /// events start at #1 or there are none.
+        prev: Option<(u64, u32)>,
         /// The events, ascending, as (seq, timestamp ms, behavior version, payload).
         events: Vec<(u64, u64, String, Vec<u8>)>,
         /// Durable timers the write adds, as (timer id, fire at ms, command).
@@ -627,6 +633,7 @@ mod fixtures {
                     epoch: 41,
                     entity_type: "counter".into(),
                     entity_id: "c-1".into(),
+                    prev: Some((2, 0x1234_5678)),
                     events: vec![(3, 1_764_000_000_000, "1.0.0".into(), vec![0, 1])],
                     add_timers: vec![(5, 1_764_000_001_000, vec![2])],
                     remove_timers: vec![4],

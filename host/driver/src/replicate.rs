@@ -448,30 +448,50 @@ pub(crate) async fn send_to_replica(
         .addr_of(replica)
         .ok_or_else(|| format!("no address for replica {replica}"))?;
     let events = &write.events;
-    let replicate = |events: &[EventRecord], timers: bool| PeerRequest::Replicate {
-        shard: shard.0,
-        epoch,
-        entity_type: write.key.entity_type.clone(),
-        entity_id: write.key.entity_id.clone(),
-        events: events
-            .iter()
-            .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
-            .collect(),
-        add_timers: if timers {
-            write
-                .add_timers
-                .iter()
-                .map(|t| (t.timer_id, t.fire_at_ms, t.command.clone()))
-                .collect()
-        } else {
-            Vec::new()
-        },
-        remove_timers: if timers {
-            write.remove_timers.clone()
-        } else {
-            Vec::new()
-        },
+    // The local event before the write's first (the replica checks it).
+    let prev_of = |first: u64| {
+        let local = local.clone();
+        let key = write.key.clone();
+        async move {
+            if first <= 1 {
+                return Ok(None);
+            }
+            match local.read(&key, first - 1, first - 1, 1).await {
+                Ok(e) => Ok(e.first().map(|e| (e.seq, event_digest(e)))),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     };
+    let prev = match events.first() {
+        Some(e) => prev_of(e.seq).await?,
+        None => None,
+    };
+    let replicate =
+        |prev: Option<(u64, u32)>, events: &[EventRecord], timers: bool| PeerRequest::Replicate {
+            shard: shard.0,
+            epoch,
+            entity_type: write.key.entity_type.clone(),
+            entity_id: write.key.entity_id.clone(),
+            prev,
+            events: events
+                .iter()
+                .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
+                .collect(),
+            add_timers: if timers {
+                write
+                    .add_timers
+                    .iter()
+                    .map(|t| (t.timer_id, t.fire_at_ms, t.command.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            remove_timers: if timers {
+                write.remove_timers.clone()
+            } else {
+                Vec::new()
+            },
+        };
     let answer = |r: Result<PeerResponse, PeerError>| match r {
         Ok(PeerResponse::Fenced(e)) => Err(format!(
             "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
@@ -481,7 +501,7 @@ pub(crate) async fn send_to_replica(
         Err(e) => Err(e.to_string()),
     };
     for _ in 0..3 {
-        let req = replicate(events, true);
+        let req = replicate(prev, events, true);
         match answer(inner.peers.call(addr, &req, Duration::from_secs(10)).await)? {
             PeerResponse::Done => return Ok(()),
             PeerResponse::Gap(have) => {
@@ -505,8 +525,9 @@ pub(crate) async fn send_to_replica(
                             ));
                         }
                     }
+                    let chunk_prev = prev_of(next).await?;
                     next = chunk.last().map_or(next, |e| e.seq + 1);
-                    let req = replicate(&chunk, false);
+                    let req = replicate(chunk_prev, &chunk, false);
                     match answer(inner.peers.call(addr, &req, Duration::from_secs(10)).await)? {
                         PeerResponse::Done => {}
                         other => return Err(format!("filling a gap: unexpected answer {other:?}")),
@@ -673,6 +694,7 @@ pub(crate) async fn replica_append(
     shard: u32,
     epoch: u64,
     key: EntityKey,
+    prev: Option<(u64, u32)>,
     events: Vec<(u64, u64, String, Vec<u8>)>,
     timers: TimerChanges,
 ) -> PeerResponse {
@@ -717,19 +739,36 @@ pub(crate) async fn replica_append(
         // different one at the same seq is a write that was never
         // acknowledged (it failed, the primary moved on); refuse rather
         // than acknowledge a history this replica does not hold.
-        if first <= have {
-            let held = match local.read(&key, first, last.min(have), usize::MAX).await {
-                Ok(h) => h,
-                Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+        // The event the write follows must be the same here too: a copy
+        // that holds another event there (a write never acknowledged)
+        // would otherwise grow on a history the primary does not have.
+        let follows = match prev {
+            Some((p, digest)) if p == first - 1 && p >= 1 && p <= have => {
+                match local.read(&key, p, p, 1).await {
+                    Ok(h) => h.first().is_some_and(|e| event_digest(e) == digest),
+                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                }
+            }
+            _ => true,
+        };
+        if first <= have || !follows {
+            let held = if first <= have {
+                match local.read(&key, first, last.min(have), usize::MAX).await {
+                    Ok(h) => h,
+                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                }
+            } else {
+                Vec::new()
             };
-            let same = held.iter().all(|h| {
-                events.iter().any(|(seq, ts, version, payload)| {
-                    *seq == h.seq
-                        && *ts == h.timestamp_ms
-                        && *version == h.version
-                        && *payload == h.payload
-                })
-            });
+            let same = follows
+                && held.iter().all(|h| {
+                    events.iter().any(|(seq, ts, version, payload)| {
+                        *seq == h.seq
+                            && *ts == h.timestamp_ms
+                            && *version == h.version
+                            && *payload == h.payload
+                    })
+                });
             // The owner under the committed epoch is the truth: what this
             // replica holds beyond it was never acknowledged (with
             // `min_acks >= 1` a write reaches the owner's journal only
@@ -801,6 +840,18 @@ pub(crate) async fn replica_append(
     failed(PeerFailure::Replica(format!(
         "{key}: replica append kept conflicting"
     )))
+}
+
+/// A digest of one event (its timestamp, behavior version and payload) by
+/// which a replica checks that a write follows the event it holds at that
+/// sequence number (`PeerRequest::Replicate::prev`).
+pub fn event_digest(e: &EventRecord) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&e.timestamp_ms.to_le_bytes());
+    h.update(&(e.version.len() as u64).to_le_bytes());
+    h.update(e.version.as_bytes());
+    h.update(&e.payload);
+    h.finalize()
 }
 
 /// The timer records a replicated write adds and deletes.
