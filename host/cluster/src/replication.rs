@@ -202,6 +202,38 @@ pub fn promotions(view: &FailoverView<'_>) -> Vec<Decision> {
     out
 }
 
+/// What a replica does with a primary's write of an entity's events
+/// `first..` ([`replica_write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaWrite {
+    /// Append the events it lacks (none when it holds them all).
+    Append,
+    /// It lacks events before `first`: the primary fills from `have + 1`.
+    Gap(u64),
+    /// Its copy differs from the primary's where the write overlaps it, or
+    /// at the event just before it: it holds a write that was never
+    /// acknowledged. Nothing is appended until the copy is reconciled with
+    /// the owner's history (or the write is refused).
+    Diverged,
+}
+
+/// The replica's rule for a write of the events from `first` onto its copy
+/// of `have` events: `follows` says its event at `first - 1` is the one the
+/// primary names (true when `first` is 1), `overlap_same` that the events
+/// it holds from `first` on are the write's. Checking the event before the
+/// write, and not only the overlap, is what keeps a copy that kept an
+/// unacknowledged event from growing on it when the primary's next write
+/// (or a catch-up, which sends the newest event) starts just after it.
+pub fn replica_write(have: u64, first: u64, follows: bool, overlap_same: bool) -> ReplicaWrite {
+    if first > have + 1 {
+        return ReplicaWrite::Gap(have);
+    }
+    if !follows || (first <= have && !overlap_same) {
+        return ReplicaWrite::Diverged;
+    }
+    ReplicaWrite::Append
+}
+
 /// What a node taking a shard over does with one source's pending timers
 /// of an entity ([`timer_merge`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,6 +412,16 @@ mod tests {
         };
         assert_eq!(owner, NodeId(1));
         assert_eq!(replicas.as_slice(), &ids(&[2, 3])[..]);
+    }
+
+    #[test]
+    fn a_replica_appends_only_onto_the_primarys_history() {
+        assert_eq!(replica_write(3, 6, true, true), ReplicaWrite::Gap(3));
+        assert_eq!(replica_write(3, 4, true, true), ReplicaWrite::Append);
+        assert_eq!(replica_write(3, 4, false, true), ReplicaWrite::Diverged);
+        assert_eq!(replica_write(5, 4, true, true), ReplicaWrite::Append);
+        assert_eq!(replica_write(5, 4, true, false), ReplicaWrite::Diverged);
+        assert_eq!(replica_write(0, 1, true, true), ReplicaWrite::Append);
     }
 
     #[test]

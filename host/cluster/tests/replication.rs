@@ -6,9 +6,12 @@
 //! modelled: a crash loses nothing that was appended.
 //!
 //! What happens, interleaved over the steps:
-//! - Writes: the owner sends its history with the write to its replicas
-//!   (messages are lost); a replica refuses a write that overlaps a
-//!   different tail. The owner appends and acknowledges once
+//! - Writes: the owner sends the new event, naming the one before it, to
+//!   its replicas (messages are lost); a replica lacking earlier events
+//!   gets them as a gap's fill, and refuses a write whose preceding or
+//!   overlapping events differ from its copy (the product's
+//!   `replica_write`). A catch-up sends the newest event the same way and
+//!   reconciles a copy that diverged. The owner appends and acknowledges once
 //!   `acknowledged` holds for the sets it counts; it may crash in the
 //!   middle. After a failed write or a restart it reads back every copy it
 //!   may have written to (all must answer) before it writes again.
@@ -68,7 +71,9 @@
 //! before it had taken the shard over, merging from `replica_set` of the
 //! current members instead of the committed set, committing a new set
 //! before catching it up, counting only the committed set in joint mode,
-//! and a retiring member leaving while a committed set names it.
+//! a retiring member leaving while a committed set names it, a failover's
+//! set shrunk to the live members, and a replica that checks only the
+//! events a write overlaps (not the one before it).
 //!
 //! A failing schedule prints its seed; `CAIRN_SIM_SEED=N` replays it with a
 //! trace (`CAIRN_SIM_RULES=<broken rule>` under a broken rule), and
@@ -77,8 +82,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_cluster::replication::{
-    FailoverView, Policy, acknowledged, acks_needed, may_promote, merge, next_set, promotions,
-    replica_set,
+    FailoverView, Policy, ReplicaWrite, acknowledged, acks_needed, may_promote, merge, next_set,
+    promotions, replica_set, replica_write,
 };
 use cairn_cluster::{Decision, NodeId, Replicas, ShardId, ShardTable};
 use rand::rngs::StdRng;
@@ -138,6 +143,9 @@ enum Rules {
     /// A promoted owner's set is chosen from the live members only, so a
     /// crash in a small cluster shrinks it (and `min_acks` with it).
     ShrinkOnFailover,
+    /// A replica checks only the events a write overlaps, not the one
+    /// before it.
+    NoPrevCheck,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -381,28 +389,54 @@ impl World {
     /// with the write, as a gap fill would send it): appends what it lacks,
     /// refuses a write that overlaps a different tail. Returns whether it
     /// acknowledges.
-    fn replicate(&mut self, replica: NodeId, shard: u32, events: &[u64]) -> bool {
-        let copy = &mut self.nodes[replica.0 as usize].journal[shard as usize];
-        let common = copy.len().min(events.len());
-        if copy[..common] != events[..common] {
-            self.stats.refused_overlaps += 1;
-            return false;
+    /// The primary sends `history[from..]` (with its event before, `prev`)
+    /// to `replica`, which applies the product's rule
+    /// ([`replica_write`]); a gap is filled from the primary's history the
+    /// same way. False when the replica refuses: its copy diverged.
+    fn replicate(&mut self, replica: NodeId, shard: u32, history: &[u64], from: usize) -> bool {
+        let mut from = from;
+        for _ in 0..3 {
+            let copy = &self.nodes[replica.0 as usize].journal[shard as usize];
+            let have = copy.len();
+            let follows = self.rules == Rules::NoPrevCheck
+                || from == 0
+                || have < from
+                || copy[from - 1] == history[from - 1];
+            let end = have.min(history.len());
+            let overlap_same = from >= end || copy[from..end] == history[from..end];
+            match replica_write(have as u64, from as u64 + 1, follows, overlap_same) {
+                ReplicaWrite::Gap(h) => from = h as usize,
+                ReplicaWrite::Diverged => {
+                    self.stats.refused_overlaps += 1;
+                    return false;
+                }
+                ReplicaWrite::Append => {
+                    let copy = &mut self.nodes[replica.0 as usize].journal[shard as usize];
+                    if history.len() > copy.len() {
+                        copy.extend_from_slice(&history[copy.len()..]);
+                    }
+                    return true;
+                }
+            }
         }
-        if events.len() > copy.len() {
-            copy.extend_from_slice(&events[copy.len()..]);
-        }
-        true
+        false
     }
 
     /// The owner gives the live members of `set` its whole history of
-    /// `shard` (some messages are lost); the owner's history is the truth
-    /// under its allocation, so a member truncates a tail that differs (an
-    /// unacknowledged write) before it appends. Returns who holds it.
+    /// `shard` (some messages are lost), as the product's catch-up does:
+    /// its newest event, then a gap's fill; a member whose copy diverged
+    /// (an unacknowledged write) is reconciled with the owner's history,
+    /// the truth under its allocation: truncated to what both share, then
+    /// given the rest. Returns who holds it.
     fn catch_up(&mut self, owner: NodeId, shard: u32, set: &[NodeId]) -> Vec<NodeId> {
         let history = self.copy(owner, shard).to_vec();
         let mut holders = Vec::new();
         for &r in set {
             if !self.alive(r) || !self.rng.random_bool(0.8) {
+                continue;
+            }
+            if self.replicate(r, shard, &history, history.len().saturating_sub(1)) {
+                holders.push(r);
                 continue;
             }
             let copy = &mut self.nodes[r.0 as usize].journal[shard as usize];
@@ -411,13 +445,9 @@ impl World {
                 .zip(&history)
                 .take_while(|(a, b)| a == b)
                 .count();
-            if common < copy.len().min(history.len()) {
-                copy.truncate(common);
-                self.stats.truncated += 1;
-            }
-            if history.len() > copy.len() {
-                copy.extend_from_slice(&history[copy.len()..]);
-            }
+            copy.truncate(common);
+            copy.extend_from_slice(&history[common..]);
+            self.stats.truncated += 1;
             holders.push(r);
         }
         holders
@@ -496,7 +526,7 @@ impl World {
         }
         let mut acks = Vec::new();
         for &r in &targets {
-            if self.alive(r) && self.rng.random_bool(0.8) && self.replicate(r, shard, &history) {
+            if self.alive(r) && self.rng.random_bool(0.8) && self.replicate(r, shard, &history, pos) {
                 acks.push(r);
             }
         }
@@ -1137,7 +1167,7 @@ fn schedules() -> u64 {
         .unwrap_or(20_000)
 }
 
-const BROKEN: [Rules; 13] = [
+const BROKEN: [Rules; 14] = [
     Rules::AckBeforeReplicas,
     Rules::PromoteWithReplicaDown,
     Rules::NoResync,
@@ -1151,6 +1181,7 @@ const BROKEN: [Rules; 13] = [
     Rules::ForgottenProposal,
     Rules::CommitNamesLeftMember,
     Rules::ShrinkOnFailover,
+    Rules::NoPrevCheck,
 ];
 
 /// `CAIRN_SIM_RULES=<name>` replays a seed under one of the broken rules.

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
+use cairn_cluster::replication::{ReplicaWrite, replica_write};
 use cairn_store::{
     BoxFuture, EntityKey, EventRecord, FeedPage, Fence, Journal, JournalError, PackedEvents,
     TimerRecord, Write,
@@ -732,18 +733,10 @@ pub(crate) async fn replica_append(
             Ok(h) => h,
             Err(e) => return failed(PeerFailure::Storage(e.to_string())),
         };
-        if first > have + 1 {
-            return PeerResponse::Gap(have);
-        }
-        // What this replica already holds must be the same events: a
-        // different one at the same seq is a write that was never
-        // acknowledged (it failed, the primary moved on); refuse rather
-        // than acknowledge a history this replica does not hold.
-        // The event the write follows must be the same here too: a copy
-        // that holds another event there (a write never acknowledged)
-        // would otherwise grow on a history the primary does not have.
+        // The event the write follows, and what this replica already holds
+        // of the write, must be the primary's (`replica_write`).
         let follows = match prev {
-            Some((p, digest)) if p == first - 1 && p >= 1 && p <= have => {
+            Some((p, digest)) if p + 1 == first && p >= 1 && p <= have => {
                 match local.read(&key, p, p, 1).await {
                     Ok(h) => h.first().is_some_and(|e| event_digest(e) == digest),
                     Err(e) => return failed(PeerFailure::Storage(e.to_string())),
@@ -751,61 +744,60 @@ pub(crate) async fn replica_append(
             }
             _ => true,
         };
-        if first <= have || !follows {
-            let held = if first <= have {
-                match local.read(&key, first, last.min(have), usize::MAX).await {
-                    Ok(h) => h,
-                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
-                }
-            } else {
-                Vec::new()
-            };
-            let same = follows
-                && held.iter().all(|h| {
+        let overlap_same = if first <= have {
+            match local.read(&key, first, last.min(have), usize::MAX).await {
+                Ok(held) => held.iter().all(|h| {
                     events.iter().any(|(seq, ts, version, payload)| {
                         *seq == h.seq
                             && *ts == h.timestamp_ms
                             && *version == h.version
                             && *payload == h.payload
                     })
-                });
-            // The owner under the committed epoch is the truth: what this
-            // replica holds beyond it was never acknowledged (with
-            // `min_acks >= 1` a write reaches the owner's journal only
-            // after its replicas, and a failover merges every replica).
-            let owner = inner
-                .router()
-                .table()
-                .get(ShardId(shard))
-                .map(|a| a.owner.0)
-                .filter(|o| *o != inner.id);
-            if !same
-                && epoch == committed
-                && let Some(owner) = owner
-            {
-                let records: Vec<EventRecord> = events
-                    .iter()
-                    .map(|(seq, ts, version, payload)| EventRecord {
-                        seq: *seq,
-                        timestamp_ms: *ts,
-                        version: version.clone(),
-                        payload: payload.clone(),
-                    })
-                    .collect();
-                return match reconcile(inner, owner, &key, &records).await {
-                    Ok(dropped) => {
-                        tracing::warn!(%key, dropped, epoch, "an unacknowledged tail truncated to the owner's history");
-                        PeerResponse::Done
-                    }
-                    Err(e) => failed(PeerFailure::Replica(format!(
-                        "{key}: not reconciled with the owner: {e}"
-                    ))),
-                };
+                }),
+                Err(e) => return failed(PeerFailure::Storage(e.to_string())),
             }
-            if !same {
+        } else {
+            true
+        };
+        match replica_write(have, first, follows, overlap_same) {
+            ReplicaWrite::Gap(have) => return PeerResponse::Gap(have),
+            ReplicaWrite::Append => {}
+            ReplicaWrite::Diverged => {
+                // The owner under the committed epoch is the truth: what
+                // this replica holds beyond it was never acknowledged (with
+                // `min_acks >= 1` a write reaches the owner's journal only
+                // after its replicas, and a failover merges every replica).
+                let owner = inner
+                    .router()
+                    .table()
+                    .get(ShardId(shard))
+                    .map(|a| a.owner.0)
+                    .filter(|o| *o != inner.id);
+                if epoch == committed
+                    && let Some(owner) = owner
+                {
+                    let records: Vec<EventRecord> = events
+                        .iter()
+                        .map(|(seq, ts, version, payload)| EventRecord {
+                            seq: *seq,
+                            timestamp_ms: *ts,
+                            version: version.clone(),
+                            payload: payload.clone(),
+                        })
+                        .collect();
+                    return match reconcile(inner, owner, &key, &records).await {
+                        Ok(dropped) => {
+                            tracing::warn!(%key, dropped, epoch, "an unacknowledged tail truncated to the owner's history");
+                            PeerResponse::Done
+                        }
+                        Err(e) => failed(PeerFailure::Replica(format!(
+                            "{key}: not reconciled with the owner: {e}"
+                        ))),
+                    };
+                }
                 tracing::error!(%key, first, have, "replica holds a different history; refused");
                 return failed(PeerFailure::Replica(format!(
-                    "{key}: this replica holds other events at #{first}..#{have} (an unacknowledged write); not acknowledged"
+                    "{key}: this replica holds other events at or before #{first} (an unacknowledged write); not acknowledged"
                 )));
             }
         }
