@@ -378,3 +378,31 @@ pub async fn ask_type(
         )))),
     }
 }
+
+/// Sends a signal (`-STOP`, `-CONT`) to a process.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
+    let s = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?;
+    ensure!(s.success(), "kill {sig} {pid}");
+    Ok(())
+}
+
+/// A log line without its terminal colour codes (CSI sequences: ESC `[`
+/// up to a final byte in `@..~`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}

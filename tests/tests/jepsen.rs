@@ -50,14 +50,6 @@ enum Outcome {
     Info,
 }
 
-/// Sends `SIGSTOP` or `SIGCONT` to a process.
-fn signal(pid: u32, sig: &str) -> Result<()> {
-    let s = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()?;
-    ensure!(s.success(), "kill {sig} {pid}");
-    Ok(())
-}
 
 /// Bank clients, accounts per client, and each account's opening balance.
 const BANK_CLIENTS: usize = 3;

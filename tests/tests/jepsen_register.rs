@@ -879,14 +879,6 @@ async fn client(i: usize, seed: u64, certs: std::path::PathBuf, shared: Arc<Shar
     }
 }
 
-/// Sends a signal (`-STOP`, `-CONT`) to a process.
-fn signal(pid: u32, sig: &str) -> Result<()> {
-    let s = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()?;
-    ensure!(s.success(), "kill {sig} {pid}");
-    Ok(())
-}
 
 /// Cuts `a` from `b` and `b` from `a` (each node's fault file lists the
 /// other side).
@@ -1488,23 +1480,6 @@ async fn diagnose(
     out
 }
 
-/// A log line without its terminal colour codes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
 
 /// [`one_history_per_entity`] over some of the cluster's nodes: every copy
 /// of an entity's history contiguous from 1, and the copies agree.

@@ -776,15 +776,7 @@ pub(crate) async fn replica_append(
                 if epoch == committed
                     && let Some(owner) = owner
                 {
-                    let records: Vec<EventRecord> = events
-                        .iter()
-                        .map(|(seq, ts, version, payload)| EventRecord {
-                            seq: *seq,
-                            timestamp_ms: *ts,
-                            version: version.clone(),
-                            payload: payload.clone(),
-                        })
-                        .collect();
+                    let records: Vec<EventRecord> = events.iter().map(record).collect();
                     return match reconcile(inner, owner, &key, &records).await {
                         Ok(dropped) => {
                             tracing::warn!(%key, dropped, epoch, "an unacknowledged tail truncated to the owner's history");
@@ -804,16 +796,8 @@ pub(crate) async fn replica_append(
         if last <= have {
             return timers_alone(timers).await;
         }
-        let records: Vec<EventRecord> = events
-            .iter()
-            .filter(|e| e.0 > have)
-            .map(|(seq, ts, version, payload)| EventRecord {
-                seq: *seq,
-                timestamp_ms: *ts,
-                version: version.clone(),
-                payload: payload.clone(),
-            })
-            .collect();
+        let records: Vec<EventRecord> =
+            events.iter().filter(|e| e.0 > have).map(record).collect();
         match local
             .append(Write {
                 key: key.clone(),
@@ -832,6 +816,16 @@ pub(crate) async fn replica_append(
     failed(PeerFailure::Replica(format!(
         "{key}: replica append kept conflicting"
     )))
+}
+
+/// An event as the peer protocol carries it, as a journal record.
+fn record((seq, ts, version, payload): &(u64, u64, String, Vec<u8>)) -> EventRecord {
+    EventRecord {
+        seq: *seq,
+        timestamp_ms: *ts,
+        version: version.clone(),
+        payload: payload.clone(),
+    }
 }
 
 /// A digest of one event (its timestamp, behavior version and payload) by

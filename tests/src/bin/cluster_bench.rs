@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use cairn_client::Client;
 use cairn_host::api::{ClusterStatus, Payload, Request, Response};
+use cairn_tests::cluster::strip_ansi;
 use cairn_tests::{NodeProc, example_wasm, free_addr};
 
 /// The entity type driven.
@@ -945,23 +946,6 @@ fn log_lines(dir: &Path) -> Result<Vec<String>> {
     Ok(text.lines().map(strip_ansi).collect())
 }
 
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            // CSI: ESC [ ... final byte in @..~
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
 
 /// The number after `key=` in a log line (`key=123` or `key="123"`).
 fn field(line: &str, key: &str) -> Option<u64> {
