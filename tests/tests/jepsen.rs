@@ -50,7 +50,6 @@ enum Outcome {
     Info,
 }
 
-
 /// Bank clients, accounts per client, and each account's opening balance.
 const BANK_CLIENTS: usize = 3;
 const ACCOUNTS: usize = 4;

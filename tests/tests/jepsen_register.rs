@@ -879,7 +879,6 @@ async fn client(i: usize, seed: u64, certs: std::path::PathBuf, shared: Arc<Shar
     }
 }
 
-
 /// Cuts `a` from `b` and `b` from `a` (each node's fault file lists the
 /// other side).
 fn partition(c: &Cluster, a: &[usize], b: &[usize]) -> Result<()> {
@@ -1479,7 +1478,6 @@ async fn diagnose(
     }
     out
 }
-
 
 /// [`one_history_per_entity`] over some of the cluster's nodes: every copy
 /// of an entity's history contiguous from 1, and the copies agree.

@@ -526,7 +526,8 @@ impl World {
         }
         let mut acks = Vec::new();
         for &r in &targets {
-            if self.alive(r) && self.rng.random_bool(0.8) && self.replicate(r, shard, &history, pos) {
+            if self.alive(r) && self.rng.random_bool(0.8) && self.replicate(r, shard, &history, pos)
+            {
                 acks.push(r);
             }
         }

@@ -23,8 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_cluster::replication::{ReplicaWrite, replica_write};
+use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_store::{
     BoxFuture, EntityKey, EventRecord, FeedPage, Fence, Journal, JournalError, PackedEvents,
     TimerRecord, Write,
@@ -796,8 +796,7 @@ pub(crate) async fn replica_append(
         if last <= have {
             return timers_alone(timers).await;
         }
-        let records: Vec<EventRecord> =
-            events.iter().filter(|e| e.0 > have).map(record).collect();
+        let records: Vec<EventRecord> = events.iter().filter(|e| e.0 > have).map(record).collect();
         match local
             .append(Write {
                 key: key.clone(),

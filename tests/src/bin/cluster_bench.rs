@@ -946,7 +946,6 @@ fn log_lines(dir: &Path) -> Result<Vec<String>> {
     Ok(text.lines().map(strip_ansi).collect())
 }
 
-
 /// The number after `key=` in a log line (`key=123` or `key="123"`).
 fn field(line: &str, key: &str) -> Option<u64> {
     let pat = format!("{key}=");
