@@ -18,7 +18,10 @@ use crate::{NodeProc, cairn_bin, example_wasm, free_addr};
 pub struct Cluster {
     /// The directory of everything (removed when dropped).
     pub root: tempfile::TempDir,
-    /// The cluster's certificates.
+    /// The cluster's CA (`ca.pem`, `ca.key`), where node certificates are
+    /// issued from.
+    pub ca: PathBuf,
+    /// A client's certificates (`ca.pem`, `client.pem`, `client.key`).
     pub certs: PathBuf,
     /// The nodes, in start order.
     pub nodes: Vec<NodeProc>,
@@ -43,16 +46,17 @@ impl Cluster {
             root.disable_cleanup(true);
             eprintln!("cluster directory kept: {}", root.path().display());
         }
-        let certs = root.path().join("certs");
+        let ca = root.path().join("certs");
         let out = std::process::Command::new(cairn_bin()?)
             .args(["certs", "init", "--dir"])
-            .arg(&certs)
+            .arg(&ca)
             .output()?;
         ensure!(out.status.success(), "certs init failed: {out:?}");
         let seed = free_addr([127, 0, 0, 1])?;
         let mut c = Cluster {
             root,
-            certs,
+            certs: ca.join("client"),
+            ca,
             nodes: Vec::new(),
             seed,
             toml: toml.map(str::to_owned),
@@ -71,12 +75,15 @@ impl Cluster {
             free_addr([127, 0, 0, (i + 1) as u8])?
         };
         let dir = self.root.path().join(format!("n{}", i + 1));
-        // The node's certificates go where `NodeProc` looks for the client's.
+        // Each node its own certificate (naming its node id), issued by the
+        // cluster's CA, in its directory; a client's beside it, where
+        // `NodeProc` looks for them. A restart keeps both.
         let tls = dir.join("tls");
-        std::fs::create_dir_all(&tls)?;
-        for f in std::fs::read_dir(&self.certs)? {
-            let f = f?;
-            std::fs::copy(f.path(), tls.join(f.file_name()))?;
+        if !tls.join("node.pem").exists() {
+            self.issue_node(&tls, None)?;
+            for f in ["client.pem", "client.key"] {
+                std::fs::copy(self.certs.join(f), tls.join(f))?;
+            }
         }
         let seed = self.seed.to_string();
         let tls_s = tls.to_string_lossy().into_owned();
@@ -90,6 +97,22 @@ impl Cluster {
         }
         let node = NodeProc::start_on(&dir, addr, &args)?;
         self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Issues a node certificate of the cluster's CA into `out` (`ca.pem`,
+    /// `node.pem`, `node.key`), naming node `id` (a random one if `None`).
+    pub fn issue_node(&self, out: &std::path::Path, id: Option<u64>) -> Result<()> {
+        let mut cmd = std::process::Command::new(cairn_bin()?);
+        cmd.args(["certs", "node", "--ca"])
+            .arg(&self.ca)
+            .arg("--out")
+            .arg(out);
+        if let Some(id) = id {
+            cmd.args(["--id", &id.to_string()]);
+        }
+        let done = cmd.output()?;
+        ensure!(done.status.success(), "certs node failed: {done:?}");
         Ok(())
     }
 

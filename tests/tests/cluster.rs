@@ -135,6 +135,60 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
         }
         other => bail!("expected a refusal, got {other:?}"),
     }
+    // Check 8: a peer speaks for itself only. A node certificate of the
+    // cluster's CA naming node 4242 (no member) may connect, but every
+    // request naming a member, and every proposal for one, is refused.
+    let members_now = members(&status(c.node(0))?);
+    let member: u64 = members_now
+        .iter()
+        .find_map(|m| m["id"].as_u64())
+        .context("a member id")?;
+    let impostor = c.root.path().join("impostor");
+    c.issue_node(&impostor, Some(4242))?;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(cairn_client::tls::peer_client_config(
+        &cairn_client::tls::node_files(&impostor),
+    )?);
+    let conn = ep
+        .connect(c.node(1).addr, cairn_client::tls::NODE_NAME)?
+        .await?;
+    use cairn_driver::peer::{PeerFailure, PeerRequest, PeerResponse};
+    let claims = [
+        PeerRequest::Lease { node: member },
+        PeerRequest::Join {
+            node: member,
+            addr: "127.0.0.1:9".into(),
+        },
+        PeerRequest::Leave { node: member },
+    ];
+    for req in claims {
+        let answer = peer_call(&conn, &req).await?;
+        ensure!(
+            matches!(
+                answer,
+                PeerResponse::Failed(PeerFailure::Identity { certified: 4242, claimed })
+                    if claimed == member
+            ),
+            "{req:?} from node 4242 was not refused: {answer:?}"
+        );
+    }
+    let remove = PeerRequest::Propose(cairn_raft::Command::Member {
+        node: member,
+        addr: "127.0.0.1:9".into(),
+        state: cairn_raft::MemberState::Removed,
+    });
+    let answer = peer_call(&conn, &remove).await?;
+    ensure!(
+        matches!(answer, PeerResponse::Failed(PeerFailure::Refused(_))),
+        "a proposal to remove node {member} from node 4242 was not refused: {answer:?}"
+    );
+    conn.close(0u32.into(), b"done");
+    let s = status(c.node(0))?;
+    ensure!(
+        members(&s).len() == 3 && up_count(&s) == 3,
+        "the impostor changed the membership: {s}"
+    );
+
     // A node with certificates of another CA never becomes a member.
     let stranger_dir = c.root.path().join("stranger");
     let seed = c.seed.to_string();
@@ -154,7 +208,44 @@ async fn three_nodes_form_a_cluster_route_from_any_node_and_refuse_non_nodes() -
         !status(&stranger).map(|s| up_count(&s) > 1).unwrap_or(false),
         "the stranger sees the cluster"
     );
+    // Its data directory is its node's: started with the certificate of
+    // another node id, it refuses to start, naming both.
+    let mut stranger = stranger;
+    stranger.kill();
+    let other = c.root.path().join("other-node");
+    c.issue_node(&other, Some(4343))?;
+    let out = std::process::Command::new(cairn_tests::cairn_bin()?)
+        .arg("node")
+        .arg("--data-dir")
+        .arg(&stranger_dir)
+        .arg("--listen")
+        .arg(free_addr([127, 0, 0, 9])?.to_string())
+        .args(["--seed", &seed, "--certs"])
+        .arg(&other)
+        .output()?;
+    let err = strip_ansi(&String::from_utf8_lossy(&out.stderr))
+        + &strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        !out.status.success() && err.contains("belongs to node") && err.contains("node 4343"),
+        "a node started on another node's data directory: {err}"
+    );
     Ok(())
+}
+
+/// One call on a raw peer connection.
+async fn peer_call(
+    conn: &quinn::Connection,
+    req: &cairn_driver::peer::PeerRequest,
+) -> Result<cairn_driver::peer::PeerResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    cairn_client::frame::write_frame(&mut send, req).await?;
+    send.finish()?;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        cairn_client::frame::read_frame(&mut recv, 1 << 20),
+    )
+    .await??;
+    Ok(answer)
 }
 
 /// Waits until `cairn versions` shows the behavior version starting with
@@ -638,11 +729,9 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
 
     // A forged write of an old epoch, from a peer with a node certificate,
     // is fenced off.
-    let files = cairn_client::tls::NodeFiles {
-        ca: c.certs.join("ca.pem"),
-        cert: c.certs.join("node.pem"),
-        key: c.certs.join("node.key"),
-    };
+    let forger = c.root.path().join("forger");
+    c.issue_node(&forger, None)?;
+    let files = cairn_client::tls::node_files(&forger);
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     ep.set_default_client_config(cairn_client::tls::peer_client_config(&files)?);
     let conn = ep

@@ -433,13 +433,12 @@ async fn three_members() -> ThreeMembers {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     cairn_client::tls::init(&certs, &[]).unwrap();
-    let files: TlsFiles = cairn_server::tls_files(cairn_client::tls::node_files(&certs));
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     let mut clusters = Vec::new();
     let mut placements = Vec::new();
     let mut seed = None;
-    for i in 0..3 {
+    for i in 0..3u64 {
         let mut config = cairn_host::Config::default();
         config.node.data_dir = dir.path().join(format!("n{i}"));
         config.node.name = format!("n{i}");
@@ -449,6 +448,10 @@ async fn three_members() -> ThreeMembers {
             min_members: 3,
             ..ClusterConfig::default()
         };
+        // Each member its own certificate, naming its node id.
+        let own = dir.path().join(format!("certs-n{i}"));
+        cairn_client::tls::issue_node(&certs, &own, 100 + i, &[]).unwrap();
+        let files: TlsFiles = cairn_server::tls_files(cairn_client::tls::node_files(&own));
         let repl = Replication::new();
         placements.push(repl.clone());
         let node = cairn_host::Node::open_in_cluster(config, |j| repl.wrap(j), repl.clone())

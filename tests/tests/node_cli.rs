@@ -253,13 +253,18 @@ async fn a_client_without_a_certificate_of_the_ca_is_refused() -> Result<()> {
     cairn_client::tls::init(&other, &[])?;
     let mixed = ClientFiles {
         ca: node.certs().join("ca.pem"),
-        cert: other.join("client.pem"),
-        key: other.join("client.key"),
+        cert: other.join("client/client.pem"),
+        key: other.join("client/client.key"),
     };
     let r = Client::connect(node.addr, &mixed, "localhost").await;
     assert!(r.is_err(), "a foreign client certificate was accepted");
     // And a client that does not trust the node's CA refuses the node.
-    let r = Client::connect(node.addr, &ClientFiles::in_dir(&other), "localhost").await;
+    let r = Client::connect(
+        node.addr,
+        &ClientFiles::in_dir(&other.join("client")),
+        "localhost",
+    )
+    .await;
     assert!(r.is_err(), "a node with an unknown CA was trusted");
     // The node still serves a proper client.
     node.client().await?.types().await?;

@@ -188,7 +188,8 @@ pub enum Command {
 /// The `certs` commands.
 #[derive(Subcommand)]
 pub enum CertsCommand {
-    /// Create a CA, a node certificate and a client certificate in DIR.
+    /// Create a CA in DIR, a first node's certificate in DIR/node and a
+    /// client's in DIR/client (neither holds the CA's key).
     Init {
         /// Where to write them.
         #[arg(long, default_value = "cairn-certs")]
@@ -197,6 +198,32 @@ pub enum CertsCommand {
         /// (localhost and 127.0.0.1 are always included).
         #[arg(long = "name")]
         names: Vec<String>,
+    },
+    /// Issue one more node's certificate (naming its node id) with the CA
+    /// of `--ca`, into OUT: one per cluster member.
+    Node {
+        /// The CA's directory (`ca.pem`, `ca.key`: a `certs init` DIR).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write the node's `ca.pem`, `node.pem`, `node.key`.
+        #[arg(long)]
+        out: PathBuf,
+        /// The node id the certificate names (a new random one if absent).
+        /// A node takes its id from its certificate.
+        #[arg(long)]
+        id: Option<u64>,
+        /// Extra DNS names or IP addresses for the certificate.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Issue one more client's certificate with the CA of `--ca`, into OUT.
+    Client {
+        /// The CA's directory (`ca.pem`, `ca.key`: a `certs init` DIR).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write the client's `ca.pem`, `client.pem`, `client.key`.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

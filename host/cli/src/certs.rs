@@ -1,4 +1,5 @@
-//! `cairn certs`: creates a CA with node and client certificates.
+//! `cairn certs`: creates a CA, and issues node certificates (each naming
+//! its node id) and client certificates with it.
 
 use anyhow::Result;
 use cairn_client::tls;
@@ -9,14 +10,26 @@ use crate::args::CertsCommand;
 pub fn run(command: CertsCommand) -> Result<()> {
     match command {
         CertsCommand::Init { dir, names } => {
-            tls::init(&dir, &names)?;
-            println!("created in {}:", dir.display());
-            println!("  ca.pem ca.key        the CA (keep ca.key secret)");
-            println!("  node.pem node.key    the node: [node.tls] ca/cert/key in cairn.toml");
+            let id = tls::init(&dir, &names)?;
+            let d = dir.display();
+            println!("created in {d}:");
+            println!("  ca.pem ca.key   the CA: keep ca.key off the nodes and clients");
             println!(
-                "  client.pem client.key  a client: cairn --certs {}",
-                dir.display()
+                "  node/           node {id}: [node.tls] in cairn.toml, or cairn node --certs {d}/node"
             );
+            println!("  client/         a client: cairn --certs {d}/client");
+            println!("more nodes: cairn certs node --ca {d} --out DIR (one per member)");
+            Ok(())
+        }
+        CertsCommand::Node { ca, out, id, names } => {
+            let id = id.unwrap_or_else(tls::random_node_id);
+            tls::issue_node(&ca, &out, id, &names)?;
+            println!("node {id}: ca.pem node.pem node.key in {}", out.display());
+            Ok(())
+        }
+        CertsCommand::Client { ca, out } => {
+            tls::issue_client(&ca, &out)?;
+            println!("client: ca.pem client.pem client.key in {}", out.display());
             Ok(())
         }
     }

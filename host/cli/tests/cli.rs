@@ -38,13 +38,46 @@ fn certs_init_creates_files_and_refuses_to_overwrite() {
     for f in [
         "ca.pem",
         "ca.key",
-        "node.pem",
-        "node.key",
-        "client.pem",
-        "client.key",
+        "node/ca.pem",
+        "node/node.pem",
+        "node/node.key",
+        "client/ca.pem",
+        "client/client.pem",
+        "client/client.key",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
+    assert!(!dir.join("node/ca.key").exists() && !dir.join("client/ca.key").exists());
+    // One more node, with the id it is given, and one more client.
+    let n2 = dir.join("n2");
+    let (ok, out, err) = cairn(&[
+        "certs",
+        "node",
+        "--ca",
+        d,
+        "--out",
+        n2.to_str().unwrap(),
+        "--id",
+        "77",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("node 77"), "{out}");
+    assert!(n2.join("node.pem").exists() && !n2.join("ca.key").exists());
+    let (ok, _, err) = cairn(&[
+        "certs",
+        "node",
+        "--ca",
+        d,
+        "--out",
+        n2.to_str().unwrap(),
+        "--id",
+        "78",
+    ]);
+    assert!(!ok && err.contains("already holds certificates"), "{err}");
+    let c2 = dir.join("c2");
+    let (ok, _, err) = cairn(&["certs", "client", "--ca", d, "--out", c2.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(c2.join("client.key").exists());
     let (ok, _, err) = cairn(&["certs", "init", "--dir", d]);
     assert!(!ok);
     assert!(err.contains("already holds certificates"), "{err}");

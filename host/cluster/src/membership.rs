@@ -107,6 +107,22 @@ impl Membership {
         r.map_err(|e| MembershipError(e.to_string()))
     }
 
+    /// A datagram from the peer whose certificate names node `sender`: it
+    /// is refused unless its header names that node as its source (a peer
+    /// speaks for itself only; what it says of others is hearsay, which
+    /// SWIM weighs by itself). Garbage is refused, nothing else changes.
+    pub fn handle_data_from(&mut self, data: &[u8], sender: u64) -> Result<(), MembershipError> {
+        let header = foca::Codec::<PeerId>::decode_header(&mut PostcardCodec, data)
+            .map_err(|e| MembershipError(format!("undecodable header: {e}")))?;
+        if header.src.node != sender {
+            return Err(MembershipError(format!(
+                "a datagram from node {sender} claims to come from node {}",
+                header.src.node
+            )));
+        }
+        self.handle_data(data)
+    }
+
     /// A datagram from a peer. Garbage is refused, nothing else changes.
     pub fn handle_data(&mut self, data: &[u8]) -> Result<(), MembershipError> {
         let r = self.foca.handle_data(data, &mut self.out);

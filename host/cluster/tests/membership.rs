@@ -17,6 +17,7 @@ use rand::{RngExt, SeedableRng};
 
 enum Event {
     Deliver {
+        from: u64,
         to: u64,
         data: Vec<u8>,
     },
@@ -107,7 +108,14 @@ impl Net {
             let same_side = self.group[i as usize] == self.group[to.node as usize];
             if same_side {
                 let delay = Duration::from_micros(self.rng.random_range(50..2_000));
-                self.push(self.now + delay, Event::Deliver { to: to.node, data });
+                self.push(
+                    self.now + delay,
+                    Event::Deliver {
+                        from: i,
+                        to: to.node,
+                        data,
+                    },
+                );
             }
         }
         for (after, timer) in timers {
@@ -134,10 +142,11 @@ impl Net {
                 continue;
             };
             let node = match e {
-                Event::Deliver { to, data } => {
+                Event::Deliver { from, to, data } => {
                     if let Some(m) = self.nodes[to as usize].as_mut() {
                         // A datagram for an earlier run of the node is refused, like garbage.
-                        let _ = m.handle_data(&data);
+                        // The sender is the one its certificate names, as on the wire.
+                        let _ = m.handle_data_from(&data, from);
                     }
                     to
                 }
@@ -285,6 +294,37 @@ fn garbage_is_refused_and_changes_nothing() {
         assert!(m.handle_data(junk).is_err());
     }
     assert!(m.members().is_empty());
+}
+
+#[test]
+fn a_datagram_claiming_another_sender_is_refused() {
+    let mut a = Membership::new(
+        PeerId {
+            node: 1,
+            boot: 0,
+            addr: addr(1),
+        },
+        3,
+        7,
+    );
+    let mut b = Membership::new(
+        PeerId {
+            node: 2,
+            boot: 0,
+            addr: addr(2),
+        },
+        3,
+        8,
+    );
+    a.join(b.identity()).unwrap();
+    let (to, data) = a.poll_transmit().expect("an announce");
+    assert_eq!(to.node, 2);
+    // Relayed by node 3 (or forged by it): refused, nothing learned.
+    assert!(b.handle_data_from(&data, 3).is_err());
+    assert!(b.members().is_empty());
+    // From node 1 itself: node 1 is learned.
+    b.handle_data_from(&data, 1).unwrap();
+    assert!(b.members().contains(&NodeId(1)), "{:?}", b.members());
 }
 
 fn addr(node: u64) -> std::net::SocketAddr {

@@ -26,8 +26,9 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// What the gossip task is given.
 pub(crate) enum GossipInput {
-    /// A datagram from a peer (tag stripped).
-    Data(Vec<u8>),
+    /// A datagram from a peer (tag stripped), with the node id its
+    /// certificate names.
+    Data(u64, Vec<u8>),
     /// Announce this node to a member found by `Hello`.
     Join(PeerId),
     /// Leave the cluster (tell the others), then stop.
@@ -72,8 +73,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Gossi
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             input = rx.recv() => match input {
-                Some(GossipInput::Data(d)) => {
-                    if let Err(e) = m.handle_data(&d) {
+                Some(GossipInput::Data(peer, d)) => {
+                    if let Err(e) = m.handle_data_from(&d, peer) {
                         tracing::debug!(error = %e, "gossip datagram refused");
                     }
                 }
@@ -232,12 +233,17 @@ async fn heartbeats(inner: &Arc<Inner>) {
     }
 }
 
-/// A heartbeat datagram arrived.
-pub(crate) fn heartbeat(inner: &Inner, data: &[u8]) {
+/// A heartbeat datagram arrived from member `peer` (by its certificate);
+/// one naming another node is dropped.
+pub(crate) fn heartbeat(inner: &Inner, data: &[u8], peer: u64) {
     let Ok(bytes) = <[u8; 8]>::try_from(data) else {
         return;
     };
     let node = u64::from_le_bytes(bytes);
+    if node != peer {
+        tracing::debug!(peer, node, "a heartbeat naming another node dropped");
+        return;
+    }
     let now = inner.started.elapsed();
     inner
         .view()

@@ -805,9 +805,9 @@ async fn cut_to(inner: &Arc<Inner>, key: &EntityKey, last: u64) -> Result<(), St
     Ok(())
 }
 
-/// Serves one accepted peer connection: datagrams to gossip, each stream
-/// one call.
-pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection) {
+/// Serves one accepted peer connection of member `peer` (the node id its
+/// certificate names): datagrams to gossip, each stream one call.
+pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection, peer: u64) {
     let remote = conn.remote_address();
     loop {
         tokio::select! {
@@ -818,9 +818,9 @@ pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection) {
                     }
                     match d.first() {
                         Some(&TAG_GOSSIP) => {
-                            let _ = inner.gossip.send(GossipInput::Data(d[1..].to_vec()));
+                            let _ = inner.gossip.send(GossipInput::Data(peer, d[1..].to_vec()));
                         }
-                        Some(&TAG_HEARTBEAT) => gossip::heartbeat(&inner, &d[1..]),
+                        Some(&TAG_HEARTBEAT) => gossip::heartbeat(&inner, &d[1..], peer),
                         _ => {}
                     }
                 }
@@ -831,7 +831,7 @@ pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection) {
                     if inner.peers.faults.is_blocked(remote) {
                         continue;
                     }
-                    tokio::spawn(serve_call(inner.clone(), send, recv));
+                    tokio::spawn(serve_call(inner.clone(), send, recv, peer));
                 }
                 Err(_) => break,
             },
@@ -841,7 +841,12 @@ pub(crate) async fn serve_peer(inner: Arc<Inner>, conn: quinn::Connection) {
 
 /// Serves the calls of one stream, one after the other, until the peer
 /// finishes it; a shard fetch takes its stream for itself.
-async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_call(
+    inner: Arc<Inner>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: u64,
+) {
     loop {
         let (req, _frame): (PeerRequest, _) =
             match read_frame_admitted(&mut recv, MAX_FRAME, &inner.frames).await {
@@ -860,7 +865,7 @@ async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: qu
             serve_fetch(&inner, &mut send, shard, shard_count).await;
             break;
         }
-        let answer = answer(&inner, req).await;
+        let answer = answer(&inner, req, peer).await;
         if !write_answer(&mut send, &answer).await {
             break;
         }
@@ -868,7 +873,20 @@ async fn serve_call(inner: Arc<Inner>, mut send: quinn::SendStream, mut recv: qu
     let _ = send.finish();
 }
 
-async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
+/// The answer to `req` from member `peer`. A peer speaks for itself only:
+/// a join, a lease, a leave or a decision-log message naming another node
+/// than its certificate's is refused, and so is a proposal the committed
+/// state says it may not make ([`cairn_raft::ClusterState::may_propose`]).
+/// Joins and leaves are not passed on to the leader (the leader could not
+/// tell who sent them): a member that is not the leader names it.
+async fn answer(inner: &Arc<Inner>, req: PeerRequest, peer: u64) -> PeerResponse {
+    let not_itself = |claimed: u64| {
+        tracing::warn!(peer, claimed, "a peer spoke for another node: refused");
+        failed(PeerFailure::Identity {
+            certified: peer,
+            claimed,
+        })
+    };
     match req {
         PeerRequest::Hello { version } if version != PEER_PROTOCOL_VERSION => {
             failed(PeerFailure::Version {
@@ -881,6 +899,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             boot: inner.boot.load(std::sync::atomic::Ordering::Relaxed),
             version: PEER_PROTOCOL_VERSION,
         },
+        PeerRequest::Join { node, .. } if node != peer => not_itself(node),
         PeerRequest::Join { node, addr } => {
             if inner.log.is_leader() {
                 match inner.log.add_member(node, addr).await {
@@ -888,11 +907,16 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                     Err(e) => failed(PeerFailure::Log(e.to_string())),
                 }
             } else {
-                to_leader(inner, PeerRequest::Join { node, addr }).await
+                not_leader(inner)
             }
         }
-        PeerRequest::Raft(b) => PeerResponse::Raft(inner.log.handle(&b).await),
+        PeerRequest::Raft(b) => PeerResponse::Raft(inner.log.handle_from(&b, peer).await),
         PeerRequest::Propose(cmd) => {
+            let allowed = inner.log.state().borrow().may_propose(peer, &cmd);
+            if let Err(e) = allowed {
+                tracing::warn!(peer, error = %e, "a proposal refused");
+                return failed(PeerFailure::Refused(e));
+            }
             if inner.log.is_leader() {
                 match inner.log.propose(cmd, COMMIT_TIMEOUT).await {
                     Ok(_) => PeerResponse::Done,
@@ -929,6 +953,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
             resume(inner, &shards);
             PeerResponse::Done
         }
+        PeerRequest::Lease { node } if node != peer => not_itself(node),
         PeerRequest::Lease { node } => {
             let epoch = if inner.log.is_leader() && inner.lease_ok() {
                 inner.grant(node)
@@ -940,6 +965,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                 epoch: epoch.unwrap_or(0),
             }
         }
+        PeerRequest::Leave { node } if node != peer => not_itself(node),
         PeerRequest::Leave { node } => {
             if inner.log.is_leader() {
                 match inner.log.remove_member(node).await {
@@ -947,7 +973,7 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
                     Err(e) => failed(PeerFailure::Log(e.to_string())),
                 }
             } else {
-                to_leader(inner, PeerRequest::Leave { node }).await
+                not_leader(inner)
             }
         }
         PeerRequest::Info => PeerResponse::Info {
@@ -1030,20 +1056,9 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
     }
 }
 
-async fn to_leader(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
-    let Some((_, addr)) = inner.log.leader() else {
-        return failed(PeerFailure::NoLeader("none elected yet".into()));
-    };
-    let Ok(addr) = addr.parse() else {
-        return failed(PeerFailure::NoLeader(format!("bad leader address {addr}")));
-    };
-    if addr == inner.addr {
-        return failed(PeerFailure::NoLeader("leadership is changing".into()));
-    }
-    match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
-        Ok(r) => r,
-        Err(e) => failed(PeerFailure::Unreachable(e.to_string())),
-    }
+/// Not the leader: the leader's address if known.
+fn not_leader(inner: &Arc<Inner>) -> PeerResponse {
+    PeerResponse::NotLeader(inner.log.leader().map(|l| l.1))
 }
 
 /// The old owner sends the history of every entity of a released shard.

@@ -86,6 +86,20 @@ pub enum ClusterError {
         /// Its data directory.
         data_dir: String,
     },
+    /// The data directory belongs to another node than the one the
+    /// node's certificate names.
+    #[error(
+        "the data directory {data_dir} belongs to node {kept}, but the node certificate names node {cert}: \
+         start with that node's certificate, or from an empty data directory"
+    )]
+    Identity {
+        /// The id kept in the data directory.
+        kept: u64,
+        /// The id the certificate names.
+        cert: u64,
+        /// The data directory.
+        data_dir: String,
+    },
 }
 
 /// The file, in `<data_dir>/cluster`, written once a node has left the
@@ -569,7 +583,7 @@ struct LogTransport(Arc<Peers>);
 impl RaftTransport for LogTransport {
     fn call(
         &self,
-        _target: u64,
+        target: u64,
         addr: &str,
         rpc: Vec<u8>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send + 'static>>
@@ -582,6 +596,13 @@ impl RaftTransport for LogTransport {
                 .call(addr, &PeerRequest::Raft(rpc), Duration::from_secs(2))
                 .await
             {
+                // Only the member itself answers for it.
+                Ok(PeerResponse::Raft(_)) if peers.node_at(addr) != Some(target) => {
+                    Err(TransportError::Unreachable(format!(
+                        "{addr} is node {:?}, not node {target}",
+                        peers.node_at(addr)
+                    )))
+                }
                 Ok(PeerResponse::Raft(b)) => Ok(b),
                 Ok(other) => Err(TransportError::Other(format!(
                     "unexpected answer {other:?}"
@@ -599,10 +620,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Joins (or starts) the cluster of `config` with `node`, on `endpoint`
-    /// (whose peer connections the server hands to [`Cluster::serve_peer`]).
+    /// Joins (or starts) the cluster of `config` with `node` as member `id`
+    /// (the id its node certificate names), on `endpoint` (whose peer
+    /// connections the server hands to [`Cluster::serve_peer`]).
     pub async fn start(
         node: Node,
+        id: u64,
         endpoint: quinn::Endpoint,
         peer_config: quinn::ClientConfig,
         listen: SocketAddr,
@@ -613,7 +636,7 @@ impl Cluster {
         let data_dir = node.config().node.data_dir.join("cluster");
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| ClusterError::Io(format!("{}: {e}", data_dir.display())))?;
-        let id = node_id(&data_dir)?;
+        let id = node_id(&data_dir, id)?;
         let addr = config.advertise.unwrap_or(listen);
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -744,10 +767,11 @@ impl Cluster {
         .await
     }
 
-    /// Serves one accepted peer connection (ALPN `cairn-peer/1`, node
-    /// certificate checked by the caller).
-    pub async fn serve_peer(&self, conn: quinn::Connection) {
-        handoff::serve_peer(self.inner.clone(), conn).await
+    /// Serves one accepted peer connection (ALPN `cairn-peer/1`) of the
+    /// member `peer`, the node id its certificate names (checked by the
+    /// caller): every id the peer claims in a request must be that one.
+    pub async fn serve_peer(&self, conn: quinn::Connection, peer: u64) {
+        handoff::serve_peer(self.inner.clone(), conn, peer).await
     }
 
     /// The cluster as this node sees it.
@@ -805,27 +829,32 @@ impl Cluster {
     }
 }
 
-/// This node's id: random on first start, kept in the data directory.
-fn node_id(dir: &Path) -> Result<u64, ClusterError> {
+/// This node's id: the one its certificate names, kept in the data
+/// directory on first start; a data directory of another node is refused.
+fn node_id(dir: &Path, cert: u64) -> Result<u64, ClusterError> {
     let path = dir.join("node-id");
     match std::fs::read_to_string(&path) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| ClusterError::Io(format!("{}: not a node id", path.display()))),
+        Ok(s) => {
+            let kept: u64 = s
+                .trim()
+                .parse()
+                .map_err(|_| ClusterError::Io(format!("{}: not a node id", path.display())))?;
+            if kept != cert {
+                return Err(ClusterError::Identity {
+                    kept,
+                    cert,
+                    data_dir: dir.parent().unwrap_or(dir).display().to_string(),
+                });
+            }
+            Ok(kept)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = loop {
-                let id: u64 = rand::random::<u64>() >> 1;
-                if id != 0 {
-                    break id;
-                }
-            };
             let tmp = dir.join("node-id.tmp");
-            std::fs::write(&tmp, id.to_string())
+            std::fs::write(&tmp, cert.to_string())
                 .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(|e| ClusterError::Io(format!("{}: {e}", path.display())))?;
-            Ok(id)
+            Ok(cert)
         }
         Err(e) => Err(ClusterError::Io(format!("{}: {e}", path.display()))),
     }
@@ -869,8 +898,23 @@ async fn join(inner: Arc<Inner>) {
                     node: inner.id,
                     addr: inner.addr.to_string(),
                 };
-                match inner.peers.call(*seed, &req, Duration::from_secs(10)).await {
+                let mut answer = inner.peers.call(*seed, &req, Duration::from_secs(10)).await;
+                // A member that is not the leader names it: a node asks
+                // the leader itself (joins are not passed on).
+                if let Ok(PeerResponse::NotLeader(Some(leader))) = &answer
+                    && let Ok(leader) = leader.parse::<SocketAddr>()
+                    && leader != inner.addr
+                {
+                    answer = inner
+                        .peers
+                        .call(leader, &req, Duration::from_secs(10))
+                        .await;
+                }
+                match answer {
                     Ok(PeerResponse::Done) => break 'joined,
+                    Ok(PeerResponse::Failed(e @ PeerFailure::Identity { .. })) => {
+                        tracing::error!(%seed, error = %e, "the cluster refused this node's identity");
+                    }
                     Ok(other) => tracing::debug!(%seed, ?other, "join not accepted yet"),
                     Err(e) => tracing::debug!(%seed, error = %e, "seed not reachable"),
                 }
@@ -932,7 +976,14 @@ async fn join(inner: Arc<Inner>) {
                     node,
                     boot,
                     version,
-                }) if version == PEER_PROTOCOL_VERSION => (node, boot),
+                }) if version == PEER_PROTOCOL_VERSION => {
+                    let certified = inner.peers.node_at(addr);
+                    if certified != Some(node) {
+                        tracing::error!(%addr, node, ?certified, "a peer claims another node id than its certificate's: not joined");
+                        continue;
+                    }
+                    (node, boot)
+                }
                 Ok(PeerResponse::Hello { version, .. }) => {
                     tracing::error!(%addr, version, ours = PEER_PROTOCOL_VERSION, "a peer speaks another peer protocol version: not joined");
                     continue;

@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cairn_client::frame::{read_frame, write_frame};
-use cairn_client::tls::NODE_NAME;
+use cairn_client::tls::{NODE_NAME, node_id_of};
 use cairn_proto::{FrameError, MAX_FRAME, Request, Response};
 use cairn_raft::Command;
 use cairn_store::{EntityKey, EventRecord, Journal, JournalError};
+use quinn::rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 /// How long a dial may take before the peer counts as unreachable.
@@ -28,7 +29,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bumped on any change of the layout of [`PeerRequest`] or
 /// [`PeerResponse`] (their frames are committed in
 /// `host/driver/tests/fixtures/peer`).
-pub(crate) const PEER_PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PEER_PROTOCOL_VERSION: u32 = 4;
 
 /// About the most bytes of events one frame of history carries (a handoff,
 /// a failover's fetch, a replica's gap, a read-back), so an entity's
@@ -239,6 +240,18 @@ pub enum PeerFailure {
         /// The asker's.
         theirs: u32,
     },
+    /// The asker's request names another node than the one its
+    /// certificate names (a join, a lease, a leave for someone else).
+    #[error("node {certified} cannot speak for node {claimed}")]
+    Identity {
+        /// The node id the asker's certificate names.
+        certified: u64,
+        /// The node id the request names.
+        claimed: u64,
+    },
+    /// The leader refused the asker's proposal (it may not make it).
+    #[error("proposal refused: {0}")]
+    Refused(cairn_raft::ProposalRefused),
 }
 
 /// The answer of a call that failed.
@@ -351,6 +364,8 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// The node id each dialed peer's certificate names.
+    ids: Mutex<HashMap<SocketAddr, u64>>,
     /// Idle call streams per connection (by its stable id), reused so that
     /// a call costs no stream setup.
     idle: Mutex<HashMap<usize, Vec<(quinn::SendStream, quinn::RecvStream)>>>,
@@ -372,6 +387,7 @@ impl Peers {
             endpoint,
             config,
             conns: Mutex::new(HashMap::new()),
+            ids: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
         }
@@ -395,10 +411,31 @@ impl Peers {
             .await
             .map_err(|_| PeerError::Unreachable(addr, "dial timed out".into()))?
             .map_err(|e| PeerError::Unreachable(addr, e.to_string()))?;
+        // The handshake checked the certificate against the CA; a member
+        // is a node certificate naming its node id.
+        let certified = conn
+            .peer_identity()
+            .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|c| c.first().and_then(node_id_of));
+        let Some(id) = certified else {
+            conn.close(0u32.into(), b"not a node certificate naming a node id");
+            return Err(PeerError::Unreachable(
+                addr,
+                "its certificate names no node id".into(),
+            ));
+        };
+        if let Ok(mut m) = self.ids.lock() {
+            m.insert(addr, id);
+        }
         if let Ok(mut m) = self.conns.lock() {
             m.insert(addr, conn.clone());
         }
         Ok(conn)
+    }
+
+    /// The node id the certificate of the peer last dialed at `addr` names.
+    pub fn node_at(&self, addr: SocketAddr) -> Option<u64> {
+        self.ids.lock().ok()?.get(&addr).copied()
     }
 
     fn cached(&self, addr: SocketAddr) -> Option<quinn::Connection> {
@@ -729,6 +766,20 @@ mod fixtures {
                 PeerFailure::Unreachable("connection lost".into()),
             ),
             ("version", PeerFailure::Version { ours: 1, theirs: 2 }),
+            (
+                "identity",
+                PeerFailure::Identity {
+                    certified: 3,
+                    claimed: 4,
+                },
+            ),
+            (
+                "refused",
+                PeerFailure::Refused(cairn_raft::ProposalRefused::NotItself {
+                    sender: 3,
+                    named: 4,
+                }),
+            ),
         ];
         for (name, f) in failures {
             let name: &'static str = Box::leak(format!("failed-{name}").into_boxed_str());

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use cairn_cluster::{Decision, MemberState, NodeId, ShardTable};
-pub use state::{ClusterState, Command, DeployEntry, MemberRecord, Outcome};
+pub use state::{ClusterState, Command, DeployEntry, MemberRecord, Outcome, ProposalRefused};
 
 openraft::declare_raft_types!(
     /// openraft's type configuration of the decision log.
@@ -550,12 +550,39 @@ impl DecisionLog {
     /// transport, runs it on this node's raft, returns the encoded answer.
     /// Garbage in → an encoded error answer, never a panic.
     pub async fn handle(&self, rpc: &[u8]) -> Vec<u8> {
+        self.handle_rpc(rpc, None).await
+    }
+
+    /// [`DecisionLog::handle`] for an rpc from the node `sender` (the node
+    /// id its certificate names): refused unless the rpc's sender, and the
+    /// candidate or leader its vote names, is that node.
+    pub async fn handle_from(&self, rpc: &[u8], sender: u64) -> Vec<u8> {
+        self.handle_rpc(rpc, Some(sender)).await
+    }
+
+    async fn handle_rpc(&self, rpc: &[u8], sender: Option<u64>) -> Vec<u8> {
         use wire::{Reply, Rpc};
         let raft = &self.inner.raft;
+        let claims = |env: &wire::Envelope| {
+            let voted = match &env.rpc {
+                Rpc::Append(r) => r.vote.leader_id().voted_for(),
+                Rpc::Vote(r) => r.vote.leader_id().voted_for(),
+                Rpc::Snapshot(r) => r.vote.leader_id().voted_for(),
+            };
+            std::iter::once(env.from).chain(voted).collect::<Vec<u64>>()
+        };
         let reply = match wire::decode_request(rpc) {
             Err(e) => {
                 tracing::debug!(error = %e, "raft: undecodable rpc");
                 Reply::BadMessage(e)
+            }
+            Ok(env) if sender.is_some_and(|s| claims(&env).iter().any(|c| *c != s)) => {
+                tracing::warn!(from = env.from, sender = ?sender, "raft: an rpc speaking for another node refused");
+                Reply::BadMessage(format!(
+                    "an rpc from node {} speaks for node(s) {:?}",
+                    sender.unwrap_or_default(),
+                    claims(&env)
+                ))
             }
             Ok(env) if env.to != self.inner.id => {
                 tracing::warn!(from = env.from, to = env.to, "raft: rpc for another node");

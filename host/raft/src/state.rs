@@ -128,7 +128,94 @@ pub struct Outcome {
     pub ignored: bool,
 }
 
+/// Why a member's proposal is refused by [`ClusterState::may_propose`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposalRefused {
+    /// The command (`Init`, the coordinator's decisions) is only ever
+    /// proposed by the leader itself.
+    #[error("only the decision log's leader commits this command")]
+    LeaderOnly,
+    /// The command speaks for another member than its sender.
+    #[error("node {sender} cannot speak for node {named}")]
+    NotItself {
+        /// The member that sent the proposal (by its certificate).
+        sender: u64,
+        /// The member the command names.
+        named: u64,
+    },
+    /// A member may only mark itself leaving or removed.
+    #[error("a member cannot propose the state {0:?} for itself")]
+    State(MemberState),
+    /// The command is about a shard allocation the sender does not own.
+    #[error("node {sender} does not own shard {shard} under epoch {epoch}")]
+    NotOwner {
+        /// The sender.
+        sender: u64,
+        /// The shard.
+        shard: u32,
+        /// The epoch claimed.
+        epoch: u64,
+    },
+}
+
 impl ClusterState {
+    /// Whether the leader commits `cmd` proposed by member `sender` (the
+    /// node id of the sender's certificate): a member speaks for itself
+    /// only. It may deploy, report what it runs, mark itself leaving or
+    /// removed, and report readiness or a replica-set change of a shard
+    /// it owns under the epoch named (a report for an allocation already
+    /// replaced is left to [`ClusterState::apply`], which ignores it; one
+    /// for an epoch not committed yet is refused). The coordinator's
+    /// decisions, `Init` and every other member state are the leader's own.
+    pub fn may_propose(&self, sender: u64, cmd: &Command) -> Result<(), ProposalRefused> {
+        let owns = |shard: u32, epoch: u64| {
+            let current = self
+                .table
+                .as_ref()
+                .and_then(|t| t.get(cairn_cluster::ShardId(shard)));
+            match current {
+                Some(a) if a.epoch < epoch => false,
+                Some(a) if a.epoch == epoch => a.owner.0 == sender,
+                Some(_) => true,
+                None => false,
+            }
+        };
+        let not_owner = |shard, epoch| ProposalRefused::NotOwner {
+            sender,
+            shard,
+            epoch,
+        };
+        match cmd {
+            Command::Init { .. } | Command::Decide(_) => Err(ProposalRefused::LeaderOnly),
+            Command::Deploy(_) => Ok(()),
+            Command::Member { node, state, .. } => {
+                if *node != sender {
+                    Err(ProposalRefused::NotItself {
+                        sender,
+                        named: *node,
+                    })
+                } else if matches!(state, MemberState::Leaving | MemberState::Removed) {
+                    Ok(())
+                } else {
+                    Err(ProposalRefused::State(*state))
+                }
+            }
+            Command::Activated { node, .. } if *node != sender => Err(ProposalRefused::NotItself {
+                sender,
+                named: *node,
+            }),
+            Command::Activated { .. } => Ok(()),
+            Command::Ready(shards) => match shards.iter().find(|(s, e)| !owns(*s, *e)) {
+                Some((s, e)) => Err(not_owner(*s, *e)),
+                None => Ok(()),
+            },
+            Command::Replicas { shard, epoch, .. } if !owns(*shard, *epoch) => {
+                Err(not_owner(*shard, *epoch))
+            }
+            Command::Replicas { .. } => Ok(()),
+        }
+    }
+
     /// Applies `cmd`, committed at log index `index`. Deterministic: the
     /// same state and command give the same result on every node.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
@@ -337,5 +424,68 @@ mod tests {
         assert_eq!(s.last_applied, 7);
         let bytes = postcard::to_allocvec(&s).unwrap();
         assert_eq!(postcard::from_bytes::<ClusterState>(&bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn a_member_proposes_for_itself_only() {
+        let mut s = ClusterState::default();
+        s.apply(1, &Command::Init { shards: 4 });
+        s.apply(2, &Command::Decide(vec![assign(1, 2, 5)]));
+        let member = |node, state| Command::Member {
+            node,
+            addr: "a".into(),
+            state,
+        };
+        assert_eq!(s.may_propose(2, &member(2, MemberState::Leaving)), Ok(()));
+        assert_eq!(s.may_propose(2, &member(2, MemberState::Removed)), Ok(()));
+        assert_eq!(
+            s.may_propose(2, &member(3, MemberState::Removed)),
+            Err(ProposalRefused::NotItself {
+                sender: 2,
+                named: 3
+            })
+        );
+        assert_eq!(
+            s.may_propose(2, &member(2, MemberState::Up)),
+            Err(ProposalRefused::State(MemberState::Up))
+        );
+        assert!(s.may_propose(2, &Command::Init { shards: 4 }).is_err());
+        assert!(
+            s.may_propose(2, &Command::Decide(vec![assign(1, 2, 6)]))
+                .is_err()
+        );
+        let activated = |node| Command::Activated {
+            node,
+            entity_type: "t".into(),
+            deploy: 1,
+            sha256: "ab".into(),
+        };
+        assert_eq!(s.may_propose(3, &activated(3)), Ok(()));
+        assert!(s.may_propose(3, &activated(2)).is_err());
+        // Readiness of shard 1: its owner under epoch 5 only; an older
+        // epoch is harmless (apply keeps the newest), a newer one refused.
+        assert_eq!(s.may_propose(2, &Command::Ready(vec![(1, 5)])), Ok(()));
+        assert_eq!(
+            s.may_propose(3, &Command::Ready(vec![(1, 5)])),
+            Err(ProposalRefused::NotOwner {
+                sender: 3,
+                shard: 1,
+                epoch: 5
+            })
+        );
+        assert_eq!(s.may_propose(3, &Command::Ready(vec![(1, 4)])), Ok(()));
+        assert!(s.may_propose(2, &Command::Ready(vec![(1, 6)])).is_err());
+        assert!(
+            s.may_propose(2, &Command::Ready(vec![(0, 1)])).is_err(),
+            "unallocated"
+        );
+        let replicas = |epoch| Command::Replicas {
+            shard: 1,
+            epoch,
+            changes: 0,
+            replicas: cairn_cluster::Replicas::new([NodeId(3)]),
+        };
+        assert_eq!(s.may_propose(2, &replicas(5)), Ok(()));
+        assert!(s.may_propose(3, &replicas(5)).is_err());
     }
 }

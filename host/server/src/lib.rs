@@ -147,6 +147,8 @@ impl Server {
     ) -> Result<(Server, Cluster), ServerError> {
         let (endpoint, local_addr) = bind(files, listen, limits)?;
         let peer_config = tls::peer_client_config(&node_files(files))?;
+        // A member's id is the one its certificate names.
+        let id = tls::node_id_in(&files.cert)?;
         let shared = Shared::new(node.clone(), limits, name);
         let weak = Arc::downgrade(&shared);
         let local: LocalHandler = Arc::new(move |req| {
@@ -160,6 +162,7 @@ impl Server {
         });
         let c = Cluster::start(
             node,
+            id,
             endpoint.clone(),
             peer_config,
             local_addr,
@@ -259,29 +262,35 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
 }
 
 /// A peer connection: only for a cluster member, only with a node
-/// certificate (a client certificate of the same CA is refused).
+/// certificate naming its node id (a client certificate of the same CA,
+/// or a node certificate without an id, is refused). The driver checks
+/// every id the peer claims against the certificate's.
 async fn serve_peer(shared: &Shared, conn: quinn::Connection) {
-    let node_cert = conn
-        .peer_identity()
-        .and_then(|i| {
-            i.downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|certs| certs.first().map(tls::is_node_certificate))
-        .unwrap_or(false);
+    let certs = conn.peer_identity().and_then(|i| {
+        i.downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    let node_cert = certs
+        .as_ref()
+        .and_then(|c| c.first())
+        .is_some_and(|c| tls::is_node_certificate(c));
+    let peer_id = certs
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(tls::node_id_of);
     let Some(cluster) = shared.cluster.get() else {
         conn.close(CLOSE_REFUSED.into(), b"this node is not in a cluster");
         return;
     };
-    if !node_cert {
-        tracing::warn!(remote = %conn.remote_address(), "peer refused: not a node certificate");
+    let Some(peer_id) = peer_id.filter(|_| node_cert) else {
+        tracing::warn!(remote = %conn.remote_address(), "peer refused: not a node certificate naming a node id");
         conn.close(
             CLOSE_REFUSED.into(),
-            b"refused: not a cluster node certificate",
+            b"refused: not a cluster node certificate naming a node id",
         );
         return;
-    }
-    cluster.serve_peer(conn).await;
+    };
+    cluster.serve_peer(conn, peer_id).await;
 }
 
 struct Shared {

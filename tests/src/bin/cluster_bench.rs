@@ -430,12 +430,19 @@ impl Cluster {
             _ => free_addr([127, 0, 0, (i + 1) as u8])?,
         };
         let dir = self.root.path().join(format!("n{}", i + 1));
-        // The node's certificates go where `NodeProc` looks for the client's.
+        // Each node its own certificate (naming its node id), and a
+        // client's beside it, where `NodeProc` looks for them.
         let tls = dir.join("tls");
-        std::fs::create_dir_all(&tls)?;
-        for f in std::fs::read_dir(&self.certs)? {
-            let f = f?;
-            std::fs::copy(f.path(), tls.join(f.file_name()))?;
+        let out = std::process::Command::new(cairn_bin()?)
+            .args(["certs", "node", "--ca"])
+            .arg(&self.certs)
+            .arg("--out")
+            .arg(&tls)
+            .output()
+            .context("running cairn certs node")?;
+        ensure!(out.status.success(), "certs node failed: {out:?}");
+        for f in ["client.pem", "client.key"] {
+            std::fs::copy(self.certs.join("client").join(f), tls.join(f))?;
         }
         let (seed, tls_s, min_s) = (
             self.seed.to_string(),
