@@ -182,10 +182,11 @@ pub fn issue_node(ca_dir: &Path, out: &Path, id: u64, names: &[String]) -> Resul
     }
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(sans)?;
-    params.subject_alt_names.push(SanType::URI(
-        rcgen::string::Ia5String::try_from(format!("{NODE_URI_PREFIX}{id}"))
-            .map_err(rcgen::Error::from)?,
-    ));
+    params
+        .subject_alt_names
+        .push(SanType::URI(rcgen::string::Ia5String::try_from(format!(
+            "{NODE_URI_PREFIX}{id}"
+        ))?));
     params
         .distinguished_name
         .push(DnType::CommonName, format!("Cairn node {id}"));

@@ -619,20 +619,35 @@ pub struct Cluster {
     inner: Arc<Inner>,
 }
 
+/// The node's side of the peer transport, as the server set it up.
+pub struct PeerEndpoint {
+    /// The node's one QUIC endpoint (whose peer connections the server
+    /// hands to [`Cluster::serve_peer`]).
+    pub endpoint: quinn::Endpoint,
+    /// How this node dials its peers (its node certificate).
+    pub dial: quinn::ClientConfig,
+    /// The address the endpoint listens on.
+    pub listen: SocketAddr,
+    /// The node id the node's certificate names: its id as a member.
+    pub id: u64,
+}
+
 impl Cluster {
-    /// Joins (or starts) the cluster of `config` with `node` as member `id`
-    /// (the id its node certificate names), on `endpoint` (whose peer
-    /// connections the server hands to [`Cluster::serve_peer`]).
+    /// Joins (or starts) the cluster of `config` with `node`, as the member
+    /// its certificate names, on `peer`'s endpoint.
     pub async fn start(
         node: Node,
-        id: u64,
-        endpoint: quinn::Endpoint,
-        peer_config: quinn::ClientConfig,
-        listen: SocketAddr,
+        peer: PeerEndpoint,
         config: ClusterConfig,
         local: LocalHandler,
         replication: Option<Arc<Replication>>,
     ) -> Result<Cluster, ClusterError> {
+        let PeerEndpoint {
+            endpoint,
+            dial: peer_config,
+            listen,
+            id,
+        } = peer;
         let data_dir = node.config().node.data_dir.join("cluster");
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| ClusterError::Io(format!("{}: {e}", data_dir.display())))?;

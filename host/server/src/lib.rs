@@ -160,18 +160,15 @@ impl Server {
                 }
             })
         });
-        let c = Cluster::start(
-            node,
+        let peer = cairn_driver::PeerEndpoint {
+            endpoint: endpoint.clone(),
+            dial: peer_config,
+            listen: local_addr,
             id,
-            endpoint.clone(),
-            peer_config,
-            local_addr,
-            cluster,
-            local,
-            replication,
-        )
-        .await
-        .map_err(|e| ServerError::Cluster(e.to_string()))?;
+        };
+        let c = Cluster::start(node, peer, cluster, local, replication)
+            .await
+            .map_err(|e| ServerError::Cluster(e.to_string()))?;
         let _ = shared.cluster.set(c.clone());
         Ok((Server::serve(endpoint, local_addr, shared), c))
     }
