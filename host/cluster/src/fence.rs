@@ -216,6 +216,10 @@ pub enum Mutant {
     /// A sender's outbox hands out its newest send first
     /// ([`crate::messages::Outbox`]).
     SendsOutOfOrder,
+    /// An old owner serves a released shard again once its move has not
+    /// been applied for a while, without a committed settle
+    /// ([`crate::route::Router::settled`]): the move may still commit.
+    ResumeByTimer,
 }
 
 #[cfg(test)]
@@ -324,7 +328,7 @@ mod tests {
             admit(&r, ShardId(1), true, false),
             Admission::Elsewhere { .. }
         ));
-        r.release(ShardId(0));
+        r.release(ShardId(0), r.table().epoch() + 1, 0);
         assert_eq!(admit(&r, ShardId(0), true, false), Admission::Releasing);
         assert!(matches!(
             admit(&r, ShardId(0), true, true),

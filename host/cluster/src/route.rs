@@ -6,7 +6,13 @@
 //! Handoff: before a move is committed, the old owner releases the shard
 //! ([`Router::release`]): it takes no new command for it (they wait, as
 //! the command in flight finishes) and, once the move is applied, hands
-//! what waited to the new owner. The new owner waits until the shard's
+//! what waited to the new owner. A release names the epoch of the move's
+//! decision; a move that is not committed (its leader died, its commit
+//! timed out) is settled through the log, never by a timer: a committed
+//! settle raises the table's epoch to the move's, after which the move can
+//! never apply, and only then does the old owner serve the shard again
+//! ([`Router::settle`]). A move committed late is thus either applied
+//! before the settle (the shard left) or never. The new owner waits until the shard's
 //! history is here ([`Router::ready`]). Commands waiting on either side
 //! are buffered, up to a bound, and kept in arrival order. A full buffer hands the command
 //! back (the caller answers `Busy`); nothing is dropped silently. A command
@@ -48,6 +54,11 @@ pub struct Router<C> {
     waiting: BTreeMap<ShardId, VecDeque<C>>,
     /// Shards this node is giving away, with what waits for the move.
     releasing: BTreeMap<ShardId, VecDeque<C>>,
+    /// For each shard in `releasing`: the epoch of the move's decision and
+    /// when the release began (the driver's clock, in ms).
+    released: BTreeMap<ShardId, (u64, u64)>,
+    /// A deliberately broken rule (the simulation's).
+    mutant: Option<crate::fence::Mutant>,
     capacity: usize,
 }
 
@@ -61,6 +72,8 @@ impl<C> Router<C> {
             down: BTreeSet::new(),
             waiting: BTreeMap::new(),
             releasing: BTreeMap::new(),
+            released: BTreeMap::new(),
+            mutant: None,
             capacity,
         }
     }
@@ -93,6 +106,7 @@ impl<C> Router<C> {
                 self.waiting.entry(shard).or_default();
             }
             // Given back before the move away was committed: serve again.
+            self.released.remove(&shard);
             let kept = self.releasing.remove(&shard).unwrap_or_default();
             if !kept.is_empty() {
                 self.waiting.entry(shard).or_default().extend(kept);
@@ -100,6 +114,7 @@ impl<C> Router<C> {
             return Ok(Vec::new());
         }
         let mut away: Vec<(NodeId, C)> = Vec::new();
+        self.released.remove(&shard);
         for q in [self.releasing.remove(&shard), self.waiting.remove(&shard)]
             .into_iter()
             .flatten()
@@ -119,25 +134,74 @@ impl<C> Router<C> {
         self.table.adopt(shard, allocation)
     }
 
-    /// Starts handing a shard off: from now on its commands wait here until
-    /// the move is applied. False if this node does not own it.
-    pub fn release(&mut self, shard: ShardId) -> bool {
-        if self.table.get(shard).is_none_or(|a| a.owner != self.local) {
+    /// Starts handing a shard off for a move decided at `epoch`, at `now`
+    /// (ms, the caller's clock): from now on its commands wait here until
+    /// the move is applied, or until a committed settle shows it never
+    /// will ([`Router::settle`]). False if this node does not own it, or
+    /// if the table has reached `epoch` already (that move is decided).
+    pub fn release(&mut self, shard: ShardId, epoch: u64, now: u64) -> bool {
+        if self.table.get(shard).is_none_or(|a| a.owner != self.local)
+            || self.table.epoch() >= epoch
+        {
             return false;
         }
         let waited = self.waiting.remove(&shard).unwrap_or_default();
         self.releasing.entry(shard).or_default().extend(waited);
+        let e = self.released.entry(shard).or_insert((epoch, now));
+        // Released again for a later attempt: the newest decision counts.
+        if epoch > e.0 {
+            *e = (epoch, now);
+        }
         true
     }
 
-    /// Undoes [`Router::release`] when the move was not committed: the
-    /// shard serves here again; returns what waited, in arrival order, to
-    /// run now.
-    pub fn unrelease(&mut self, shard: ShardId) -> Vec<C> {
-        self.releasing
-            .remove(&shard)
-            .map(Vec::from)
-            .unwrap_or_default()
+    /// Applies a committed settle of `epoch` (the table's epoch rises to
+    /// it, see [`ShardTable::raise_epoch`]), then serves again every shard
+    /// released for a move whose decision can no longer apply: the table
+    /// has reached the move's epoch and still names this node. Returns what
+    /// waited, by shard, in arrival order, to route again.
+    pub fn settle(&mut self, epoch: u64) -> Vec<(ShardId, Vec<C>)> {
+        self.table.raise_epoch(epoch);
+        self.settled()
+    }
+
+    /// Released shards whose move can no longer apply (the table reached
+    /// its epoch without moving them) serve again; what waited, by shard.
+    /// Called after every table change.
+    pub fn settled(&mut self) -> Vec<(ShardId, Vec<C>)> {
+        self.settled_at(0)
+    }
+
+    /// [`Router::settled`], at `now` (ms): the correct rule does not look
+    /// at the time; [`crate::fence::Mutant::ResumeByTimer`] does.
+    pub fn settled_at(&mut self, now: u64) -> Vec<(ShardId, Vec<C>)> {
+        let epoch = self.table.epoch();
+        let by_timer = self.mutant == Some(crate::fence::Mutant::ResumeByTimer);
+        let done: Vec<ShardId> = self
+            .released
+            .iter()
+            .filter(|(_, (e, since))| *e <= epoch || (by_timer && now >= since + 10))
+            .map(|(s, _)| *s)
+            .collect();
+        let mut out = Vec::new();
+        for shard in done {
+            self.released.remove(&shard);
+            if let Some(q) = self.releasing.remove(&shard) {
+                out.push((shard, Vec::from(q)));
+            }
+        }
+        out
+    }
+
+    /// The epochs of moves this node released a shard for at or before
+    /// `before` (ms) that are still undecided here: the driver has them
+    /// settled through the log.
+    pub fn overdue(&self, before: u64) -> BTreeSet<u64> {
+        self.released
+            .values()
+            .filter(|(_, since)| *since <= before)
+            .map(|(e, _)| *e)
+            .collect()
     }
 
     /// Holds a shard owned here until [`Router::ready`]: its commands wait
@@ -149,6 +213,11 @@ impl<C> Router<C> {
         }
         self.waiting.entry(shard).or_default();
         true
+    }
+
+    /// Switches a deliberately broken rule on (the simulations only).
+    pub fn break_rule(&mut self, mutant: crate::fence::Mutant) {
+        self.mutant = Some(mutant);
     }
 
     /// The failure detector's view: which nodes are down.
@@ -249,7 +318,7 @@ mod tests {
         assert_eq!(rb.route(ShardId(3), 3), Route::Unavailable(3));
         // Shard 0 moves to b: a releases it first (commands wait), then
         // hands what waited to b, which waits for the history, bounded.
-        assert!(ra.release(ShardId(0)));
+        assert!(ra.release(ShardId(0), 2, 0));
         assert_eq!(ra.route(ShardId(0), 10), Route::Buffered);
         assert_eq!(ra.apply(assign(0, 2, 2)).unwrap(), vec![(b, 10)]);
         rb.apply(assign(0, 2, 2)).unwrap();
@@ -267,6 +336,44 @@ mod tests {
         // A down owner: commands fail at once.
         ra.set_down([b].into());
         assert_eq!(ra.route(ShardId(0), 9), Route::Unavailable(9));
+    }
+
+    #[test]
+    fn a_move_not_committed_is_settled_through_the_log() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let mut ra: Router<u32> = Router::new(a, 4, 4);
+        ra.apply(assign(0, 1, 1)).unwrap();
+        // Released for a move of epoch 2 at t=100: commands wait.
+        assert!(ra.release(ShardId(0), 2, 100));
+        assert!(!ra.release(ShardId(1), 2, 100), "not owned here");
+        assert_eq!(ra.route(ShardId(0), 1), Route::Buffered);
+        assert!(ra.overdue(99).is_empty());
+        assert_eq!(ra.overdue(100), [2].into());
+        // Nothing but time passes: still released (a timer decides nothing).
+        assert_eq!(ra.settled(), vec![]);
+        assert!(!ra.serves(ShardId(0)));
+        // A settle below the move's epoch decides nothing either.
+        assert_eq!(ra.settle(1), vec![]);
+        // The settle of epoch 2 is committed: the move can never apply;
+        // the shard serves again and what waited comes back.
+        assert_eq!(ra.settle(2), vec![(ShardId(0), vec![1])]);
+        assert!(ra.serves(ShardId(0)));
+        assert!(ra.overdue(u64::MAX).is_empty());
+        // The late move is stale now: the table refuses it.
+        assert!(ra.apply(assign(0, 2, 2)).is_err());
+        assert_eq!(ra.route(ShardId(0), 2), Route::Local(2));
+        // A release for an epoch the table has reached is refused.
+        assert!(!ra.release(ShardId(0), 2, 200));
+        // Another decision reaching the move's epoch settles it too.
+        assert!(ra.release(ShardId(0), 3, 300));
+        ra.apply(assign(2, 1, 3)).unwrap();
+        assert_eq!(ra.settled(), vec![(ShardId(0), vec![])]);
+        // A move applied while released: the shard leaves, nothing to settle.
+        assert!(ra.release(ShardId(0), 4, 400));
+        assert_eq!(ra.route(ShardId(0), 3), Route::Buffered);
+        assert_eq!(ra.apply(assign(0, 2, 4)).unwrap(), vec![(b, 3)]);
+        assert_eq!(ra.settled(), vec![]);
+        assert!(ra.overdue(u64::MAX).is_empty());
     }
 
     #[test]

@@ -378,6 +378,7 @@ impl World {
             let to = NodeId(self.rng.random_range(1..=NODES));
             let Some(a) = self.table.get(s) else { return };
             let (logged, ready) = (self.log.len(), self.ready.contains(&(s, a.epoch)));
+            let epoch = self.table.epoch() + 1;
             let from = self.node(a.owner);
             let idle = !from.in_flight.iter().any(|f| shard(f.entity) == s);
             if a.owner != to
@@ -385,9 +386,8 @@ impl World {
                 && from.applied == logged
                 && idle
                 && ready
-                && from.router.release(s)
+                && from.router.release(s, epoch, step as u64)
             {
-                let epoch = self.table.epoch() + 1;
                 self.commit(Decision::Assign {
                     shard: s,
                     owner: to,

@@ -96,6 +96,15 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// The epoch the decision takes the table to.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Decision::Assign { epoch, .. } => *epoch,
+        }
+    }
+}
+
 /// Why a decision cannot be applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -153,6 +162,19 @@ impl ShardTable {
     /// The epoch of the newest decision applied.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Raises the table's epoch to `epoch` without moving anything (a
+    /// committed settle, see [`crate::route::Router::settle`]): every
+    /// decision of that epoch or below that is not applied yet never
+    /// applies. Returns whether the epoch rose.
+    pub fn raise_epoch(&mut self, epoch: u64) -> bool {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            true
+        } else {
+            false
+        }
     }
 
     /// The allocation of a shard.

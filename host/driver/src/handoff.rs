@@ -141,6 +141,9 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
         if decisions.is_empty() {
             continue;
         }
+        // The batch's newest epoch: the old owners hold the shards released
+        // until the table reaches it (the move applied, or settled).
+        let epoch = decisions.iter().map(Decision::epoch).max().unwrap_or(0);
         let mut by_owner: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for m in &moves {
             if let Some(from) = m.from {
@@ -148,23 +151,24 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
             }
         }
         let round = Instant::now();
-        let mut released = Vec::new();
+        let mut released = false;
         let mut ok = true;
         for (owner, shards) in by_owner {
             let r = if owner == inner.id {
-                release(&inner, &shards).await
+                release(&inner, &shards, epoch).await
             } else {
                 call_owner(
                     &inner,
                     owner,
                     PeerRequest::Release {
                         shards: shards.clone(),
+                        epoch,
                     },
                 )
                 .await
             };
             match r {
-                Ok(()) => released.push((owner, shards)),
+                Ok(()) => released = true,
                 Err(e) => {
                     tracing::info!(owner, error = %e, "release refused; no move this round");
                     ok = false;
@@ -191,12 +195,16 @@ pub(crate) async fn coordinate(inner: Arc<Inner>) {
                 Err(e) => tracing::warn!(error = %e, "shard decisions not committed"),
             }
         }
-        for (owner, shards) in released {
-            if owner == inner.id {
-                resume(&inner, &shards);
-            } else {
-                let _ = call_owner(&inner, owner, PeerRequest::Resume { shards }).await;
-            }
+        // The batch may still commit (its proposal can be in the log): the
+        // old owners serve again only once a committed settle has decided
+        // it (or their own overdue releases have one committed later).
+        if released
+            && let Err(e) = inner
+                .log
+                .propose(Command::Settle { epoch }, COMMIT_TIMEOUT)
+                .await
+        {
+            tracing::warn!(epoch, error = %e, "the move not committed is not settled yet: its old owners will have it settled");
         }
     }
 }
@@ -215,7 +223,10 @@ async fn call_owner(inner: &Arc<Inner>, owner: u64, req: PeerRequest) -> Result<
 
 /// The old owner's side of a move: stop taking commands for the shards,
 /// let those in flight finish, unload their entities.
-pub(crate) async fn release(inner: &Arc<Inner>, shards: &[u32]) -> Result<(), String> {
+/// `epoch` is the move's decision's: the shards stay released until this
+/// node's table reaches it (the move applied, or a committed settle shows
+/// it never will, see `cairn_cluster::route::Router::settle`).
+pub(crate) async fn release(inner: &Arc<Inner>, shards: &[u32], epoch: u64) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let count = inner.shard_count();
     for &shard in shards {
@@ -226,7 +237,12 @@ pub(crate) async fn release(inner: &Arc<Inner>, shards: &[u32]) -> Result<(), St
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        inner.router().release(ShardId(shard));
+        let now = inner.started.elapsed().as_millis() as u64;
+        if !inner.router().release(ShardId(shard), epoch, now) {
+            return Err(format!(
+                "shard {shard} is not this node's, or the table has passed epoch {epoch}"
+            ));
+        }
     }
     let set: std::collections::BTreeSet<u32> = shards.iter().copied().collect();
     loop {
@@ -245,18 +261,50 @@ pub(crate) async fn release(inner: &Arc<Inner>, shards: &[u32]) -> Result<(), St
             return Ok(());
         }
         if Instant::now() > deadline {
-            resume(inner, shards);
+            // Released they stay, until the move is settled.
             return Err("commands of the shards did not finish in time".into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-/// The move was not committed: serve the shards here again.
-pub(crate) fn resume(inner: &Arc<Inner>, shards: &[u32]) {
-    for &shard in shards {
-        let waiters = inner.router().unrelease(ShardId(shard));
-        run_waiters(inner, shard, waiters);
+/// Shards released for moves the table has decided (settled, or passed
+/// without moving them) serve here again: what waited is routed again.
+pub(crate) fn resume_settled(inner: &Arc<Inner>, epoch: u64) {
+    let settled = inner.router().settle(epoch);
+    for (shard, waiters) in settled {
+        run_waiters(inner, shard.0, waiters);
+    }
+}
+
+/// How long a release may wait for its move before this node has it
+/// settled through the log (its coordinator may have died with it).
+const RELEASE_OVERDUE: Duration = Duration::from_secs(12);
+
+/// Every node: has the moves it released shards for, and that neither
+/// committed nor were settled in time, settled through the log (the
+/// leader that asked for them may be gone). Safe at any time: a settle only
+/// decides that a pending move can no longer commit.
+pub(crate) async fn settle_overdue(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if inner.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let before = inner
+            .started
+            .elapsed()
+            .saturating_sub(RELEASE_OVERDUE)
+            .as_millis() as u64;
+        let due = inner.router().overdue(before);
+        for epoch in due {
+            match propose(&inner, Command::Settle { epoch }).await {
+                Ok(()) => tracing::info!(epoch, "an overdue move settled"),
+                Err(e) => tracing::debug!(epoch, error = %e, "an overdue move not settled yet"),
+            }
+        }
     }
 }
 
@@ -407,6 +455,9 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
             arm_timers(&inner, shards).await;
         });
     }
+    // Moves released here that the committed table has decided without
+    // moving their shards (a settle, or later decisions) serve here again.
+    resume_settled(inner, table.epoch());
     inner.refresh_down();
     for (shard, owner, (req, tx)) in away {
         let inner = inner.clone();
@@ -945,14 +996,10 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest, peer: u64) -> PeerResponse
                 route => PeerResponse::Response(inner.follow(shard, route, rx).await),
             }
         }
-        PeerRequest::Release { shards } => match release(inner, &shards).await {
+        PeerRequest::Release { shards, epoch } => match release(inner, &shards, epoch).await {
             Ok(()) => PeerResponse::Done,
             Err(e) => failed(PeerFailure::Release(e)),
         },
-        PeerRequest::Resume { shards } => {
-            resume(inner, &shards);
-            PeerResponse::Done
-        }
         PeerRequest::Lease { node } if node != peer => not_itself(node),
         PeerRequest::Lease { node } => {
             let epoch = if inner.log.is_leader() && inner.lease_ok() {

@@ -724,6 +724,7 @@ impl Cluster {
         tokio::spawn(handoff::watch_table(inner.clone()));
         tokio::spawn(handoff::sync_deploys(inner.clone()));
         tokio::spawn(handoff::coordinate(inner.clone()));
+        tokio::spawn(handoff::settle_overdue(inner.clone()));
         tokio::spawn(replicas::maintain(inner.clone()));
         tokio::spawn(renew_lease(inner.clone()));
         tokio::spawn(join(inner.clone()));

@@ -100,15 +100,14 @@ pub enum PeerRequest {
     },
     /// The coordinator asks the owner to stop serving these shards before
     /// their move is committed (it answers once the commands in flight are
-    /// done and the entities passivated).
+    /// done and the entities passivated). They stay released until the
+    /// owner's table reaches `epoch`: the move applied, or a committed
+    /// settle shows it never will.
     Release {
         /// The shards.
         shards: Vec<u32>,
-    },
-    /// The coordinator gives released shards back (their move was not committed).
-    Resume {
-        /// The shards.
-        shards: Vec<u32>,
+        /// The newest epoch of the move's batch of decisions.
+        epoch: u64,
     },
     /// The new owner asks for a shard's history: answered by a stream of
     /// [`PeerResponse::Entity`] frames, then [`PeerResponse::Done`].
@@ -626,6 +625,10 @@ mod fixtures {
                 }])),
             ),
             (
+                "request-propose-settle",
+                PeerRequest::Propose(Command::Settle { epoch: 12 }),
+            ),
+            (
                 "request-propose-replicas",
                 PeerRequest::Propose(Command::Replicas {
                     shard: 5,
@@ -650,9 +653,11 @@ mod fixtures {
             ),
             (
                 "request-release",
-                PeerRequest::Release { shards: vec![1, 9] },
+                PeerRequest::Release {
+                    shards: vec![1, 9],
+                    epoch: 12,
+                },
             ),
-            ("request-resume", PeerRequest::Resume { shards: vec![9] }),
             (
                 "request-fetch-shard",
                 PeerRequest::FetchShard {

@@ -64,6 +64,15 @@ pub enum Command {
         /// The new replica set.
         replicas: cairn_cluster::Replicas,
     },
+    /// The table's epoch rises to `epoch` (if below) without moving any
+    /// shard: a decision of that epoch or below not applied yet never
+    /// applies. Committed for a move whose commit failed (its batch may
+    /// still be in the log), so that its old owner serves its shards again
+    /// only once the move's fate is decided (`Router::settle`).
+    Settle {
+        /// The epoch of the undecided move.
+        epoch: u64,
+    },
 }
 
 /// A deploy committed cluster-wide.
@@ -187,7 +196,9 @@ impl ClusterState {
         };
         match cmd {
             Command::Init { .. } | Command::Decide(_) => Err(ProposalRefused::LeaderOnly),
-            Command::Deploy(_) => Ok(()),
+            // Any member: a settle only decides that a pending move can no
+            // longer commit (an old owner's overdue release).
+            Command::Deploy(_) | Command::Settle { .. } => Ok(()),
             Command::Member { node, state, .. } => {
                 if *node != sender {
                     Err(ProposalRefused::NotItself {
@@ -280,6 +291,9 @@ impl ClusterState {
             } => {
                 self.active
                     .insert((entity_type.clone(), *node), (*deploy, sha256.clone()));
+            }
+            Command::Settle { epoch } => {
+                out.ignored = !self.table.as_mut().is_some_and(|t| t.raise_epoch(*epoch));
             }
             Command::Ready(shards) => {
                 for (shard, epoch) in shards {
@@ -487,5 +501,22 @@ mod tests {
         };
         assert_eq!(s.may_propose(2, &replicas(5)), Ok(()));
         assert!(s.may_propose(3, &replicas(5)).is_err());
+        // Any member may have a move settled: the table's epoch rises, a
+        // decision of that epoch committed later is refused, nothing moves.
+        assert_eq!(s.may_propose(3, &Command::Settle { epoch: 7 }), Ok(()));
+        assert!(!s.apply(8, &Command::Settle { epoch: 7 }).ignored);
+        assert!(s.apply(9, &Command::Settle { epoch: 6 }).ignored);
+        let late = s.apply(10, &Command::Decide(vec![assign(1, 3, 7)]));
+        assert_eq!(late.refused, vec![assign(1, 3, 7)]);
+        let t = s.table.as_ref().unwrap();
+        assert_eq!(
+            (t.epoch(), t.get(ShardId(1)).map(|a| a.owner)),
+            (7, Some(NodeId(2)))
+        );
+        assert!(
+            s.apply(11, &Command::Decide(vec![assign(1, 3, 8)]))
+                .refused
+                .is_empty()
+        );
     }
 }
