@@ -25,6 +25,7 @@ mod handoff;
 pub mod peer;
 mod replicas;
 mod replicate;
+mod tail;
 
 pub use replicate::Replication;
 
@@ -162,6 +163,9 @@ pub(crate) struct Inner {
     pub(crate) left: Notify,
     /// The journal under the replication (handoff and replicas write here).
     pub(crate) local_journal: Arc<dyn cairn_store::Journal>,
+    /// The newest event of each entity of `local_journal`, when it is the
+    /// replication's tail cache.
+    pub(crate) tails: Option<Arc<tail::TailCache>>,
     /// Newest epoch accepted per shard as a replica.
     pub(crate) fences: replicate::Fences,
     /// Leases this node granted as the log's leader.
@@ -710,6 +714,7 @@ impl Cluster {
             stopping: AtomicBool::new(false),
             left: Notify::new(),
             local_journal,
+            tails: replication.as_ref().and_then(|r| r.tails()),
             fences: replicate::Fences::default(),
             grants: Mutex::new(Grants::default()),
             dirty: Mutex::new(std::collections::HashSet::new()),

@@ -35,6 +35,8 @@ use crate::Inner;
 use crate::peer::{PeerError, PeerFailure, PeerRequest, PeerResponse, failed, read_chunk};
 use cairn_host::placement::{Admission, Delivery, DeliveryFuture, DeliveryOutcome, Placement};
 
+use crate::tail::TailCache;
+
 /// The replication of a node's journal, attached to its cluster once that
 /// has started (before, and on a single node, writes are local only).
 ///
@@ -45,6 +47,7 @@ use cairn_host::placement::{Admission, Delivery, DeliveryFuture, DeliveryOutcome
 pub struct Replication {
     cluster: Arc<OnceLock<Weak<Inner>>>,
     local: OnceLock<Arc<dyn Journal>>,
+    tails: OnceLock<Arc<TailCache>>,
 }
 
 impl Replication {
@@ -55,6 +58,10 @@ impl Replication {
 
     /// Wraps the node's local journal (for [`cairn_host::Node::open_with`]).
     pub fn wrap(self: &Arc<Self>, local: Arc<dyn Journal>) -> Arc<dyn Journal> {
+        // Every local write goes through the tail cache.
+        let tails = TailCache::new(local);
+        let _ = self.tails.set(tails.clone());
+        let local: Arc<dyn Journal> = tails;
         let _ = self.local.set(local.clone());
         Arc::new(ReplicatedJournal {
             repl: self.clone(),
@@ -65,6 +72,11 @@ impl Replication {
     /// The local journal under the replication, if wrapped.
     pub(crate) fn local(&self) -> Option<Arc<dyn Journal>> {
         self.local.get().cloned()
+    }
+
+    /// The newest event of each entity of the local journal, if wrapped.
+    pub(crate) fn tails(&self) -> Option<Arc<TailCache>> {
+        self.tails.get().cloned()
     }
 
     pub(crate) fn attach(&self, inner: Weak<Inner>) {
@@ -451,16 +463,16 @@ pub(crate) async fn send_to_replica(
     let events = &write.events;
     // The local event before the write's first (the replica checks it).
     let prev_of = |first: u64| {
-        let local = local.clone();
+        let (inner, local) = (inner.clone(), local.clone());
         let key = write.key.clone();
         async move {
             if first <= 1 {
-                return Ok(None);
+                return Ok::<_, String>(None);
             }
-            match local.read(&key, first - 1, first - 1, 1).await {
-                Ok(e) => Ok(e.first().map(|e| (e.seq, event_digest(e)))),
-                Err(e) => Err(e.to_string()),
-            }
+            let digest = digest_at(&inner, &local, &key, first - 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(digest.map(|d| (first - 1, d)))
         }
     };
     let prev = match events.first() {
@@ -737,8 +749,8 @@ pub(crate) async fn replica_append(
         // of the write, must be the primary's (`replica_write`).
         let follows = match prev {
             Some((p, digest)) if p + 1 == first && p >= 1 && p <= have => {
-                match local.read(&key, p, p, 1).await {
-                    Ok(h) => h.first().is_some_and(|e| event_digest(e) == digest),
+                match digest_at(inner, &local, &key, p).await {
+                    Ok(held) => held == Some(digest),
                     Err(e) => return failed(PeerFailure::Storage(e.to_string())),
                 }
             }
@@ -815,6 +827,22 @@ pub(crate) async fn replica_append(
     failed(PeerFailure::Replica(format!(
         "{key}: replica append kept conflicting"
     )))
+}
+
+/// The digest of `key`'s event at `seq` in the local journal (`None`: no
+/// such event): from the tail cache when it is the entity's newest, else
+/// read.
+async fn digest_at(
+    inner: &Inner,
+    local: &Arc<dyn Journal>,
+    key: &EntityKey,
+    seq: u64,
+) -> Result<Option<u32>, JournalError> {
+    if let Some(d) = inner.tails.as_ref().and_then(|t| t.digest_at(key, seq)) {
+        return Ok(Some(d));
+    }
+    let held = local.read(key, seq, seq, 1).await?;
+    Ok(held.first().map(event_digest))
 }
 
 /// An event as the peer protocol carries it, as a journal record.
