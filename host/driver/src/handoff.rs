@@ -278,8 +278,10 @@ pub(crate) fn resume_settled(inner: &Arc<Inner>, epoch: u64) {
 }
 
 /// How long a release may wait for its move before this node has it
-/// settled through the log (its coordinator may have died with it).
-const RELEASE_OVERDUE: Duration = Duration::from_secs(12);
+/// settled through the log (its coordinator may have died with it): longer
+/// than a release's drain (10 s) and a commit (`COMMIT_TIMEOUT`) together,
+/// so that a move on its way is not settled for nothing.
+const RELEASE_OVERDUE: Duration = Duration::from_secs(20);
 
 /// Every node: has the moves it released shards for, and that neither
 /// committed nor were settled in time, settled through the log (the
