@@ -220,6 +220,9 @@ pub enum Mutant {
     /// been applied for a while, without a committed settle
     /// ([`crate::route::Router::settled`]): the move may still commit.
     ResumeByTimer,
+    /// The leader grants a lease to a member whose shards it is failing
+    /// over ([`crate::lease::LeaseGrants::grant`]).
+    GrantWhileBarred,
 }
 
 #[cfg(test)]

@@ -62,6 +62,73 @@ impl LeaseConfig {
     }
 }
 
+/// The leases a leader grants: when it last granted each member, and the
+/// members barred from new grants while a failover of their shards is
+/// being decided. All times are the leader's clock, passed in.
+///
+/// A failover decides that a down owner's lease has certainly expired
+/// ([`LeaseConfig::coordinator_may_reassign`]), then commits the
+/// promotions, which takes a while. A grant to that owner in between (it
+/// was paused, not dead, and wakes up) would carry the committed epoch of
+/// before the promotions and let it serve again beside the promoted owner.
+/// So the leader bars the members it fails over until the decisions are
+/// committed or given up ([`LeaseGrants::unbar`]); a barred member's
+/// renewal is refused, and once the promotions are committed the next
+/// grant carries their epoch.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseGrants {
+    last: std::collections::BTreeMap<u64, Duration>,
+    barred: std::collections::BTreeSet<u64>,
+}
+
+impl LeaseGrants {
+    /// Grants `node` a lease at `now`, unless it is barred.
+    pub fn grant(&mut self, node: u64, now: Duration) -> bool {
+        if self.barred.contains(&node)
+            && !crate::fence::is_mutant(crate::fence::Mutant::GrantWhileBarred)
+        {
+            return false;
+        }
+        self.last.insert(node, now);
+        true
+    }
+
+    /// When `node` was last granted a lease, if ever by this leader.
+    pub fn last(&self, node: u64) -> Option<Duration> {
+        self.last.get(&node).copied()
+    }
+
+    /// Bars, among `down`, the members whose leases have certainly expired
+    /// at `now`: granted last (or, if later or never, when this node became
+    /// the leader, `since`, as a former leader's grants are unknown here)
+    /// at least `duration + max_drift` ago. Returns those barred: the
+    /// failover may give their shards away.
+    pub fn bar_expired(
+        &mut self,
+        config: &LeaseConfig,
+        down: impl Iterator<Item = u64>,
+        since: Duration,
+        now: Duration,
+    ) -> std::collections::BTreeSet<u64> {
+        let expired: std::collections::BTreeSet<u64> = down
+            .filter(|m| {
+                let from = self.last(*m).map_or(since, |g| g.max(since));
+                config.coordinator_may_reassign(from, now)
+            })
+            .collect();
+        self.barred.extend(expired.iter().copied());
+        expired
+    }
+
+    /// The failover's decisions are committed (or given up): the members
+    /// may be granted leases again.
+    pub fn unbar(&mut self, members: &std::collections::BTreeSet<u64>) {
+        for m in members {
+            self.barred.remove(m);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +173,39 @@ mod tests {
         let owner_now = Duration::from_secs_f64(real.as_secs_f64() * 0.95);
         assert!(broken.coordinator_may_reassign(Duration::ZERO, real));
         assert!(broken.owner_may_serve(Duration::ZERO, owner_now));
+    }
+
+    #[test]
+    fn a_member_failed_over_is_refused_grants_until_the_decision() {
+        let lease = LeaseConfig::default();
+        let ms = Duration::from_millis;
+        let mut g = LeaseGrants::default();
+        assert!(g.grant(1, ms(1_000)));
+        assert!(g.grant(2, ms(1_000)));
+        // Node 1 granted at 1.0 s: not expired at 3.1 s, expired at 3.2 s.
+        assert!(
+            g.bar_expired(&lease, [1].into_iter(), ms(0), ms(3_100))
+                .is_empty()
+        );
+        assert!(g.grant(1, ms(3_100)), "not barred yet");
+        let barred = g.bar_expired(&lease, [1, 2].into_iter(), ms(0), ms(5_300));
+        assert_eq!(barred, [1, 2].into());
+        // A new leader counts from its start for grants it never saw.
+        let mut fresh = LeaseGrants::default();
+        assert!(
+            fresh
+                .bar_expired(&lease, [3].into_iter(), ms(10_000), ms(12_000))
+                .is_empty()
+        );
+        assert_eq!(
+            fresh.bar_expired(&lease, [3].into_iter(), ms(10_000), ms(12_200)),
+            [3].into()
+        );
+        // Barred: refused until unbarred.
+        assert!(!g.grant(1, ms(5_400)));
+        assert_eq!(g.last(1), Some(ms(3_100)));
+        g.unbar(&[1].into());
+        assert!(g.grant(1, ms(5_500)));
+        assert!(!g.grant(2, ms(5_500)));
     }
 }

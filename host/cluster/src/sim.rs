@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::fence::{self, Admission, Fence, Mutant, ReplicaFences};
-use crate::lease::LeaseConfig;
+use crate::lease::{LeaseConfig, LeaseGrants};
 use crate::member::NodeId;
 use crate::replication::{FailoverView, Policy, merge, promotions, replica_set};
 use crate::route::{Route, Router};
@@ -119,8 +119,12 @@ struct World {
     nodes: Vec<Node>,
     log: Vec<Decision>,
     table: ShardTable,
-    /// When the coordinator last granted each node's lease (real time).
-    grants: BTreeMap<u64, u64>,
+    /// The leases the coordinator granted (real time), by the product's
+    /// [`LeaseGrants`].
+    grants: LeaseGrants,
+    /// A failover decided and not committed yet: the step it commits at,
+    /// its decisions and the members barred for it.
+    failing_over: Option<(usize, Vec<Decision>, BTreeSet<u64>)>,
     /// Shards whose owner holds their whole history under its epoch.
     ready: BTreeSet<(ShardId, u64)>,
     /// The owner before each allocation (where a move reads the history).
@@ -180,7 +184,8 @@ impl World {
             nodes,
             log: Vec::new(),
             table: ShardTable::new(SHARDS),
-            grants: BTreeMap::new(),
+            grants: LeaseGrants::default(),
+            failing_over: None,
             ready: BTreeSet::new(),
             previous: BTreeMap::new(),
             acked: BTreeMap::new(),
@@ -286,8 +291,11 @@ impl World {
         for i in 0..self.nodes.len() {
             if self.nodes[i].runs(step) && self.rng.random_bool(0.8) {
                 let sent = self.nodes[i].clock(now);
-                self.nodes[i].lease_sent = Some((sent, self.table.epoch()));
-                self.grants.insert(self.nodes[i].id.0, now);
+                let id = self.nodes[i].id.0;
+                // A member being failed over is refused.
+                if self.grants.grant(id, std::time::Duration::from_millis(now)) {
+                    self.nodes[i].lease_sent = Some((sent, self.table.epoch()));
+                }
             }
         }
     }
@@ -344,17 +352,30 @@ impl World {
             .filter(|n| !n.runs(step))
             .map(|n| n.id)
             .collect();
-        let grants = self.grants.clone();
+        // A failover's decisions commit a few steps after they are made
+        // (a proposal takes time); meanwhile the coordinator does nothing
+        // else, and the members it fails over get no lease.
+        if let Some((at, decisions, barred)) = self.failing_over.take() {
+            if step < at {
+                self.failing_over = Some((at, decisions, barred));
+                return;
+            }
+            for d in decisions {
+                self.commit(d);
+                self.stats.failovers += 1;
+            }
+            self.grants.unbar(&barred);
+            return;
+        }
         let lease = self.lease;
         let ready = self.ready.clone();
-        let expired = |n: NodeId| {
-            grants.get(&n.0).is_none_or(|g| {
-                lease.coordinator_may_reassign(
-                    std::time::Duration::from_millis(*g),
-                    std::time::Duration::from_millis(now),
-                )
-            })
-        };
+        let barred = self.grants.bar_expired(
+            &lease,
+            silent.iter().map(|n| n.0),
+            std::time::Duration::ZERO,
+            std::time::Duration::from_millis(now),
+        );
+        let expired = |n: NodeId| barred.contains(&n.0);
         let is_ready = |s: ShardId, e: u64| ready.contains(&(s, e));
         let view = FailoverView {
             table: &self.table,
@@ -369,10 +390,13 @@ impl World {
             lease_expired: &expired,
             ready: &is_ready,
         };
-        for d in promotions(&view) {
-            self.commit(d);
-            self.stats.failovers += 1;
+        let decisions = promotions(&view);
+        if !decisions.is_empty() {
+            let at = step + self.rng.random_range(0..=3);
+            self.failing_over = Some((at, decisions, barred));
+            return;
         }
+        self.grants.unbar(&barred);
         if self.rng.random_bool(0.15) {
             let s = ShardId(self.rng.random_range(0..SHARDS));
             let to = NodeId(self.rng.random_range(1..=NODES));
@@ -804,6 +828,7 @@ fn broken_rules_are_caught() {
     for m in [
         Mutant::NoLeaseCheck,
         Mutant::StaleGrant,
+        Mutant::GrantWhileBarred,
         Mutant::ReplicaWithoutFence,
         Mutant::StartWhileReleasing,
     ] {

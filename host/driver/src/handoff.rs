@@ -1398,7 +1398,6 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
     let Some(table) = inner.log.state().borrow().table.clone() else {
         return false;
     };
-    let bound = super::LEASE + cairn_cluster::lease::LeaseConfig::default().max_drift;
     let r = super::replicate::max_replicas(inner);
     let (down, unreachable) = {
         let v = inner.view();
@@ -1414,9 +1413,7 @@ async fn failover(inner: &Arc<Inner>, leader_since: Instant) -> bool {
     let members = super::replicate::data_members(inner);
     // The down members whose leases have certainly expired get no new
     // grant until this round's decisions are committed (or given up).
-    let barred = inner.bar_expired(down.iter().map(|n| n.0), |last| {
-        last.map_or(leader_since, |g| g.max(leader_since)).elapsed() >= bound
-    });
+    let barred = inner.bar_expired(down.iter().map(|n| n.0), leader_since);
     let expired = |owner: NodeId| barred.contains(&owner.0);
     let ready_epoch = |shard: ShardId| inner.log.state().borrow().ready.get(&shard.0).copied();
     let is_ready = |shard: ShardId, epoch: u64| ready_epoch(shard).is_some_and(|e| e >= epoch);

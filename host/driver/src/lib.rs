@@ -125,15 +125,6 @@ pub(crate) struct View {
     pub(crate) unreachable: BTreeSet<u64>,
 }
 
-/// The leases a leader grants.
-#[derive(Default)]
-pub(crate) struct Grants {
-    /// When each node was last granted a lease.
-    last: HashMap<u64, Instant>,
-    /// Nodes whose shards are being failed over: no grant until decided.
-    barred: BTreeSet<u64>,
-}
-
 /// Shared state of the cluster part.
 pub(crate) struct Inner {
     pub(crate) id: u64,
@@ -169,7 +160,8 @@ pub(crate) struct Inner {
     /// Newest epoch accepted per shard as a replica.
     pub(crate) fences: replicate::Fences,
     /// Leases this node granted as the log's leader.
-    grants: Mutex<Grants>,
+    /// The leases this node grants as the leader (on `started`'s clock).
+    grants: Mutex<cairn_cluster::lease::LeaseGrants>,
     /// Memory for peer request frames being read and served.
     pub(crate) frames: cairn_client::frame::FrameBudget,
     /// Entities whose last replicated write failed: a replica may hold it,
@@ -265,34 +257,33 @@ impl Inner {
     /// epoch.
     pub(crate) fn grant(&self, node: u64) -> Option<u64> {
         let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        if g.barred.contains(&node) {
-            return None;
-        }
-        g.last.insert(node, Instant::now());
-        Some(self.committed_epoch())
+        g.grant(node, self.started.elapsed())
+            .then(|| self.committed_epoch())
     }
 
-    /// Bars the grants of the members `expired` selects, for a failover
-    /// of their shards (until [`Inner::unbar`]); returns those barred.
+    /// Bars, among the `down` members, those whose leases have certainly
+    /// expired (`LeaseGrants::bar_expired`, counting from `leader_since`
+    /// for grants of an earlier leader), for a failover of their shards
+    /// (until [`Inner::unbar`]); returns those barred.
     pub(crate) fn bar_expired(
         &self,
-        members: impl Iterator<Item = u64>,
-        expired: impl Fn(Option<Instant>) -> bool,
+        down: impl Iterator<Item = u64>,
+        leader_since: Instant,
     ) -> BTreeSet<u64> {
+        let config = cairn_cluster::lease::LeaseConfig {
+            duration: LEASE,
+            ..cairn_cluster::lease::LeaseConfig::default()
+        };
+        let since = leader_since.saturating_duration_since(self.started);
+        let now = self.started.elapsed();
         let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let barred: BTreeSet<u64> = members
-            .filter(|m| expired(g.last.get(m).copied()))
-            .collect();
-        g.barred.extend(barred.iter().copied());
-        barred
+        g.bar_expired(&config, down, since, now)
     }
 
     /// Lets barred members be granted leases again.
     pub(crate) fn unbar(&self, members: &BTreeSet<u64>) {
         let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        for m in members {
-            g.barred.remove(m);
-        }
+        g.unbar(members);
     }
 
     /// When this node sent the renewal of its current lease.
@@ -716,7 +707,7 @@ impl Cluster {
             local_journal,
             tails: replication.as_ref().and_then(|r| r.tails()),
             fences: replicate::Fences::default(),
-            grants: Mutex::new(Grants::default()),
+            grants: Mutex::new(cairn_cluster::lease::LeaseGrants::default()),
             dirty: Mutex::new(std::collections::HashSet::new()),
             changes: replicas::Changes::default(),
             frames: cairn_client::frame::FrameBudget::new(PEER_FRAME_BUDGET),
