@@ -63,6 +63,26 @@ pub async fn read_frame_admitted<T: DeserializeOwned>(
     Ok((read_body(recv, n).await?, permit))
 }
 
+/// [`read_frame_admitted`] for an answer the reader asked for: it waits
+/// until `budget` can take the body's announced size (rather than
+/// refusing it), then reads it. The budget must hold a frame of `max`
+/// bytes, or a frame that large waits for ever.
+pub async fn read_frame_waiting<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    budget: &FrameBudget,
+) -> Result<(T, OwnedSemaphorePermit), FrameError> {
+    let n = read_header(recv, max).await?;
+    let kib = u32::try_from(n.div_ceil(1024)).map_err(|_| FrameError::OverBudget { len: n })?;
+    let permit = budget
+        .kib
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| FrameError::OverBudget { len: n })?;
+    Ok((read_body(recv, n).await?, permit))
+}
+
 async fn read_header(recv: &mut quinn::RecvStream, max: usize) -> Result<usize, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::gossip::{self, GossipInput, TAG_GOSSIP, TAG_HEARTBEAT};
 use crate::peer::{
     EntityHistory, PEER_PROTOCOL_VERSION, PeerFailure, PeerRequest, PeerResponse, failed,
-    read_answer, read_chunk, write_answer,
+    read_chunk, write_answer,
 };
 use crate::{Inner, live_entities};
 use cairn_client::frame::read_frame_admitted;
@@ -649,7 +649,12 @@ async fn fetch_once(
     // The entity whose chunks are arriving.
     let mut current: Option<Arriving> = None;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), read_answer(addr, &mut recv)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            inner.peers.read_answer(addr, &mut recv),
+        )
+        .await
+        {
             Err(_) => return Err("no answer".into()),
             Ok(Err(e)) => return Err(e.to_string()),
             Ok(Ok(PeerResponse::Entity(mut h))) => {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use cairn_client::frame::{read_frame, write_frame};
+use cairn_client::frame::{FrameBudget, read_frame_waiting, write_frame};
 use cairn_client::tls::{NODE_NAME, node_id_of};
 use cairn_proto::{FrameError, MAX_FRAME, Request, Response};
 use cairn_raft::Command;
@@ -365,6 +365,9 @@ pub struct Peers {
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     /// The node id each dialed peer's certificate names.
     ids: Mutex<HashMap<SocketAddr, u64>>,
+    /// The memory the answers being read may take: an answer's announced
+    /// size is taken from it before its bytes are read.
+    answers: FrameBudget,
     /// Idle call streams per connection (by its stable id), reused so that
     /// a call costs no stream setup.
     idle: Mutex<HashMap<usize, Vec<(quinn::SendStream, quinn::RecvStream)>>>,
@@ -387,6 +390,7 @@ impl Peers {
             config,
             conns: Mutex::new(HashMap::new()),
             ids: Mutex::new(HashMap::new()),
+            answers: FrameBudget::new(ANSWER_BUDGET),
             idle: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
         }
@@ -514,10 +518,13 @@ impl Peers {
                 .await
                 .map_err(|e| PeerError::Unreachable(addr, e.to_string()))?;
             sent = true;
-            let answer = read_answer(addr, &mut recv).await.map_err(|e| match e {
-                PeerError::Unreachable(a, why) => PeerError::NoAnswer(a, why),
-                e => e,
-            })?;
+            let answer = self
+                .read_answer(addr, &mut recv)
+                .await
+                .map_err(|e| match e {
+                    PeerError::Unreachable(a, why) => PeerError::NoAnswer(a, why),
+                    e => e,
+                })?;
             if let Ok(mut m) = self.idle.lock() {
                 let pool = m.entry(conn.stable_id()).or_default();
                 if pool.len() < 64 {
@@ -560,12 +567,31 @@ impl Peers {
     }
 }
 
-/// Reads one answer frame of a call.
-pub async fn read_answer(
+impl Peers {
+    /// Reads one answer frame of a call, admitted against the budget of
+    /// answers being read.
+    pub async fn read_answer(
+        &self,
+        addr: SocketAddr,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<PeerResponse, PeerError> {
+        answer_of(
+            addr,
+            read_frame_waiting(recv, MAX_FRAME, &self.answers)
+                .await
+                .map(|(r, _)| r),
+        )
+    }
+}
+
+/// The memory answers being read from peers may take at once.
+const ANSWER_BUDGET: usize = 8 * MAX_FRAME;
+
+fn answer_of(
     addr: SocketAddr,
-    recv: &mut quinn::RecvStream,
+    read: Result<PeerResponse, FrameError>,
 ) -> Result<PeerResponse, PeerError> {
-    match read_frame::<PeerResponse>(recv, MAX_FRAME).await {
+    match read {
         Ok(r) => Ok(r),
         Err(FrameError::Stream(e)) => Err(PeerError::Unreachable(addr, e)),
         Err(FrameError::Finished) => Err(PeerError::Unreachable(
