@@ -53,14 +53,7 @@ pub async fn read_frame_admitted<T: DeserializeOwned>(
     max: usize,
     budget: &FrameBudget,
 ) -> Result<(T, OwnedSemaphorePermit), FrameError> {
-    let n = read_header(recv, max).await?;
-    let kib = u32::try_from(n.div_ceil(1024)).map_err(|_| FrameError::OverBudget { len: n })?;
-    let permit = budget
-        .kib
-        .clone()
-        .try_acquire_many_owned(kib)
-        .map_err(|_| FrameError::OverBudget { len: n })?;
-    Ok((read_body(recv, n).await?, permit))
+    read_admitted(recv, max, budget, false).await
 }
 
 /// [`read_frame_admitted`] for an answer the reader asked for: it waits
@@ -72,14 +65,26 @@ pub async fn read_frame_waiting<T: DeserializeOwned>(
     max: usize,
     budget: &FrameBudget,
 ) -> Result<(T, OwnedSemaphorePermit), FrameError> {
+    read_admitted(recv, max, budget, true).await
+}
+
+/// Reads a header, takes the body's size from `budget` (waiting for room
+/// if `wait`, else refusing at once), then reads the body.
+async fn read_admitted<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    budget: &FrameBudget,
+    wait: bool,
+) -> Result<(T, OwnedSemaphorePermit), FrameError> {
     let n = read_header(recv, max).await?;
-    let kib = u32::try_from(n.div_ceil(1024)).map_err(|_| FrameError::OverBudget { len: n })?;
-    let permit = budget
-        .kib
-        .clone()
-        .acquire_many_owned(kib)
-        .await
-        .map_err(|_| FrameError::OverBudget { len: n })?;
+    let over = || FrameError::OverBudget { len: n };
+    let kib = u32::try_from(n.div_ceil(1024)).map_err(|_| over())?;
+    let kibs = budget.kib.clone();
+    let permit = if wait {
+        kibs.acquire_many_owned(kib).await.map_err(|_| over())?
+    } else {
+        kibs.try_acquire_many_owned(kib).map_err(|_| over())?
+    };
     Ok((read_body(recv, n).await?, permit))
 }
 
