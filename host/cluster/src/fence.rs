@@ -223,6 +223,13 @@ pub enum Mutant {
     /// The leader grants a lease to a member whose shards it is failing
     /// over ([`crate::lease::LeaseGrants::grant`]).
     GrantWhileBarred,
+    /// A primary counts one replica acknowledgement more than it has
+    /// ([`crate::write::PrimaryWrite::progress`]).
+    AckBeforeReplicas,
+    /// A primary appends a write its replicas acknowledged although the
+    /// lease it was admitted under lapsed meanwhile
+    /// ([`crate::write::PrimaryWrite::may_append`]).
+    AppendAfterLapse,
 }
 
 #[cfg(test)]
@@ -250,12 +257,6 @@ fn mutant(_: Mutant) -> bool {
 /// Is mutant `m` on (always false outside this crate's tests)?
 pub(crate) fn is_mutant(m: Mutant) -> bool {
     mutant(m)
-}
-
-/// Is [`Mutant::NoLeaseCheck`] on (for the simulation's append)?
-#[cfg(test)]
-pub(crate) fn mutant_no_lease() -> bool {
-    mutant(Mutant::NoLeaseCheck)
 }
 
 /// Is [`Mutant::StaleGrant`] on (for [`crate::lease`])?

@@ -22,6 +22,9 @@
 //! - [`messages`]: messages between entities exactly once: a sender's
 //!   outbox delivered oldest first, a receiver's record of the highest
 //!   send applied from each sender.
+//! - [`write`]: the primary's side of one replicated write: whether it is
+//!   sent, when the replicas' answers acknowledge it, whether the primary
+//!   may still append it.
 //! - [`lease`]: how long an owner may serve without renewing, and when the
 //!   coordinator may reassign its shards (the clock-drift bound).
 //! - [`coordinator`]: proposes decisions from the view and the table and
@@ -45,6 +48,7 @@ pub mod shard;
 #[cfg(test)]
 mod sim;
 pub mod table;
+pub mod write;
 
 pub use coordinator::Coordinator;
 pub use member::{Member, MemberState, NodeId};

@@ -227,16 +227,20 @@ impl Inner {
             return false;
         };
         let table_epoch = self.router().table().epoch();
-        let config = cairn_cluster::lease::LeaseConfig {
-            duration: LEASE,
-            ..Default::default()
-        };
-        config.owner_may_serve_at(
+        self.lease_config().owner_may_serve_at(
             sent.saturating_duration_since(self.started),
             Instant::now().saturating_duration_since(self.started),
             epoch,
             table_epoch,
         )
+    }
+
+    /// The cluster's lease settings.
+    pub(crate) fn lease_config(&self) -> cairn_cluster::lease::LeaseConfig {
+        cairn_cluster::lease::LeaseConfig {
+            duration: LEASE,
+            ..Default::default()
+        }
     }
 
     /// The committed table's epoch in this node's decision log (what a
@@ -270,10 +274,7 @@ impl Inner {
         down: impl Iterator<Item = u64>,
         leader_since: Instant,
     ) -> BTreeSet<u64> {
-        let config = cairn_cluster::lease::LeaseConfig {
-            duration: LEASE,
-            ..cairn_cluster::lease::LeaseConfig::default()
-        };
+        let config = self.lease_config();
         let since = leader_since.saturating_duration_since(self.started);
         let now = self.started.elapsed();
         let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());

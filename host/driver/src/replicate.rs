@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use cairn_cluster::replication::{ReplicaWrite, replica_write};
+use cairn_cluster::write::{Plan, Progress, WriteRefused, WriteView, plan};
 use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_store::{
     BoxFuture, EntityKey, EventRecord, FeedPage, Fence, Journal, JournalError, PackedEvents,
@@ -315,125 +316,124 @@ async fn replicated_append(
     let gate = inner.changes.gate(shard.0);
     let _gate = gate.read().await;
     let sets = super::replicas::write_sets(inner, shard, &settings);
-    let replicas = super::replicas::members_of(&sets);
-    let timers_only = write.events.is_empty();
-    if replicas.is_empty()
-        || (timers_only && write.add_timers.is_empty() && write.remove_timers.is_empty())
-    {
-        return local.append(write).await;
-    }
-    let live: Vec<u64> = {
+    let sets: Vec<(Vec<NodeId>, usize)> = sets
+        .into_iter()
+        .map(|(set, need)| (set.into_iter().map(NodeId).collect(), need))
+        .collect();
+    // Only a deletion of timers (nothing a replica keeps) stays local.
+    let replicated =
+        !(write.events.is_empty() && write.add_timers.is_empty() && write.remove_timers.is_empty());
+    let live: Vec<NodeId> = {
         let v = inner.view();
-        replicas
-            .iter()
-            .copied()
-            .filter(|r| !v.down.contains(r) && !v.unreachable.contains(r))
+        sets.iter()
+            .flat_map(|(set, _)| set.iter().copied())
+            .filter(|r| !v.down.contains(&r.0) && !v.unreachable.contains(&r.0))
             .collect()
     };
-    // A cluster smaller than `replicas + 1` has fewer replicas per shard;
-    // `min_acks` counts at most those (a one-node cluster writes locally).
-    for (set, need) in &sets {
-        let up = set.iter().filter(|r| live.contains(r)).count();
-        if up < *need {
-            return Err(JournalError::Replication(format!(
-                "{}: min_acks is {} but shard {} has {} live replicas of {:?}; the write is refused",
-                write.key, need, shard.0, up, set
-            )));
-        }
-    }
-    if inner
+    // The local history's end, read only for a write that may be sent.
+    let have = if sets.is_empty() || !replicated {
+        0
+    } else {
+        local.highest_seq(&write.key).await?
+    };
+    let dirty = inner
         .dirty
         .lock()
         .map(|d| d.contains(&write.key))
-        .unwrap_or(false)
-    {
-        return resync(inner, local, &write.key, shard).await;
-    }
-    // A write that does not follow the local history is a conflict: it
-    // must not reach the replicas (they would hold events the primary
-    // refuses). Writes of one entity come one at a time from its actor.
-    let have = local.highest_seq(&write.key).await?;
-    if let Some(first) = write.events.first()
-        && first.seq != have + 1
-    {
-        return Err(JournalError::Conflict {
-            key: write.key.clone(),
-            seq: first.seq,
-        });
-    }
-    let (tx, mut rx) = mpsc::channel(replicas.len().max(1));
-    for r in live {
+        .unwrap_or(false);
+    // Decided apart from the awaits below (the view is not `Send`).
+    let planned = plan(&WriteView {
+        sets: &sets,
+        live: &|r: NodeId| live.contains(&r),
+        dirty,
+        have,
+        first: write.events.first().map(|e| e.seq),
+        replicated,
+        lease_sent: lease.saturating_duration_since(inner.started),
+    });
+    let (to, mut progress) = match planned {
+        Ok(Plan::Local) => return local.append(write).await,
+        Ok(Plan::Resync) => return resync(inner, local, &write.key, shard).await,
+        Ok(Plan::Send(to, progress)) => (to, progress),
+        Err(WriteRefused::Conflict { first, .. }) => {
+            return Err(JournalError::Conflict {
+                key: write.key.clone(),
+                seq: first,
+            });
+        }
+        Err(refused) => {
+            return Err(JournalError::Replication(format!(
+                "{}: shard {}: {refused}; the write is refused",
+                write.key, shard.0
+            )));
+        }
+    };
+    let (tx, mut rx) = mpsc::channel(to.len().max(1));
+    for r in to {
         let inner = inner.clone();
         let local = local.clone();
         let write = write.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let res = send_to_replica(&inner, &local, r, shard, epoch, &write).await;
+            let res = send_to_replica(&inner, &local, r.0, shard, epoch, &write).await;
             let _ = tx.send((r, res)).await;
         });
     }
     drop(tx);
-    let need: usize = sets.iter().map(|(_, n)| *n).max().unwrap_or(0);
     let acks = async {
-        let mut acked: Vec<NodeId> = Vec::new();
         let mut errors = Vec::new();
-        // Built once per write, not once per acknowledgement.
-        let node_sets: Vec<(Vec<NodeId>, usize)> = sets
-            .iter()
-            .map(|(s, n)| (s.iter().map(|r| NodeId(*r)).collect(), *n))
-            .collect();
-        let refs: Vec<(&[NodeId], usize)> =
-            node_sets.iter().map(|(s, n)| (s.as_slice(), *n)).collect();
-        let done = |acked: &[NodeId]| cairn_cluster::replication::acknowledged(&refs, acked);
-        while !done(&acked) {
-            match rx.recv().await {
-                Some((r, Ok(()))) => acked.push(NodeId(r)),
-                Some((_, Err(e))) => errors.push(e),
+        loop {
+            match progress.progress() {
+                Progress::Acknowledged => return Ok(progress),
                 // Sent: a replica that failed to answer may hold it.
+                Progress::Short => {
+                    return Err(JournalError::Indeterminate(format!(
+                        "{}: {} replica acknowledgements of {:?}: {}",
+                        write.key,
+                        progress.acked().len(),
+                        progress.sets(),
+                        errors.join("; ")
+                    )));
+                }
+                Progress::Waiting => {}
+            }
+            match rx.recv().await {
+                Some((r, Ok(()))) => progress.answer(r, true),
+                Some((r, Err(e))) => {
+                    progress.answer(r, false);
+                    errors.push(e);
+                }
                 None => {
                     return Err(JournalError::Indeterminate(format!(
-                        "{}: {} replica acknowledgements, {need} needed from each of {:?}: {}",
-                        write.key,
-                        acked.len(),
-                        sets.iter().map(|(s, _)| s).collect::<Vec<_>>(),
-                        errors.join("; ")
+                        "{}: the replicas' answers were lost",
+                        write.key
                     )));
                 }
             }
         }
-        Ok(())
     };
     let acks = async {
         match tokio::time::timeout(settings.ack_timeout, acks).await {
             Ok(r) => r,
             Err(_) => Err(JournalError::Indeterminate(format!(
-                "{}: fewer than {need} replicas acknowledged within {:?}",
+                "{}: too few replicas acknowledged within {:?}",
                 write.key, settings.ack_timeout
             ))),
         }
     };
-    // The replicas first, then the local journal: an event on the primary
-    // is always on `min_acks` replicas too, so a failed primary never
-    // holds an event the promoted replica lacks (its tail needs no
-    // truncation when it comes back).
+    // The replicas first, then the local journal (`cairn_cluster::write`).
     let key = write.key.clone();
     let written = match acks.await {
-        // The lease the write was checked under may have lapsed while the
-        // replicas answered: then another node may be promoted, and this
-        // one must not append. (A renewal since does not count: it may
-        // have been granted after a failover this node has not applied.)
         // The replicas hold it: a later owner imports it.
-        Ok(()) if std::time::Instant::now() >= lease + super::LEASE => {
-            Err(JournalError::Indeterminate(format!(
-                "{key}: the lease it was written under lapsed while its replicas acknowledged it"
-            )))
-        }
-        Ok(()) => local.append(write).await.map_err(|e| match e {
-            e @ JournalError::Indeterminate(_) => e,
-            e => JournalError::Indeterminate(format!(
-                "{key}: on the replicas, but the local append failed: {e}"
-            )),
-        }),
+        Ok(acked) => match acked.may_append(&inner.lease_config(), inner.started.elapsed()) {
+            Err(refused) => Err(JournalError::Indeterminate(format!("{key}: {refused}"))),
+            Ok(()) => local.append(write).await.map_err(|e| match e {
+                e @ JournalError::Indeterminate(_) => e,
+                e => JournalError::Indeterminate(format!(
+                    "{key}: on the replicas, but the local append failed: {e}"
+                )),
+            }),
+        },
         Err(e) => Err(e),
     };
     if written.is_err() {
