@@ -6,10 +6,14 @@
 
 The module (a ``.py`` file) must define one ``cairn_guest.Entity`` subclass
 (or name it with ``--entity``). The component exports
-``cairn:entity/behavior@0.1.0`` (``wit/entity.wit``) and, built with
-componentize-py's ``--stub-wasi``, imports nothing but the entity types: WASI
-calls trap inside the guest (``print`` is sent nowhere, see
-``cairn_guest.component``).
+``cairn:entity/behavior@0.1.0`` (``wit/entity.wit``) and imports the entity
+types and the WASI 0.2 interfaces componentize-py's CPython uses: stdout and
+stderr (a ``print`` and an uncaught exception's traceback land in the node's
+log), clocks (the command's timestamp), random, a file system without any
+directory, and sockets. A Cairn node does not grant sockets; the build adds
+a ``cairn:deny-by-default`` custom section naming them, which asks the node
+to link them to stubs that deny every use (a socket call raises
+``PermissionError``).
 
 The build tool is installed on first use, pinned and checked against the
 hashes of ``requirements-build.txt`` (componentize-py, from PyPI), into
@@ -18,10 +22,13 @@ hashes of ``requirements-build.txt`` (componentize-py, from PyPI), into
 rebuilt only when an input changed (the behavior's directory, the SDK, the
 WIT, the tool): its inputs' digest is kept in ``<output>.inputs``.
 
-``--install-only`` installs the tool and exits. ``--wasi=import`` leaves
-componentize-py's WASI imports in place (25 interfaces, sockets included): a
-Cairn node refuses such a component at deploy, naming an interface it does
-not grant; the option exists to test that check. Standard library only.
+``--install-only`` installs the tool and exits. ``--wasi`` chooses how WASI
+is handled: ``host`` (the default, above); ``stub``, componentize-py's
+``--stub-wasi``: every WASI call traps inside the guest and the component
+imports nothing but the entity types (``print`` goes to a sink, a
+traceback is lost); ``import``, WASI imports without the section: a node
+refuses the component at deploy, naming the socket interfaces (the option
+exists to test that check). Standard library only.
 """
 
 from __future__ import annotations
@@ -44,6 +51,22 @@ WIT_DIR = REPO / "wit"
 WORLD = "entity"
 #: The module componentize-py wraps; it defines ``Behavior`` for the export.
 APP_MODULE = "cairn_component_app"
+#: The component custom section that asks a node for deny-all stubs
+#: (``cairn_host::runtime::DENY_BY_DEFAULT_SECTION``).
+DENY_SECTION = "cairn:deny-by-default"
+#: What the section asks for: the WASI socket interfaces CPython imports
+#: (``cairn_host::runtime::DENY_BY_DEFAULT``).
+DENY_BY_DEFAULT = (
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+)
+#: The ``--wasi`` choices, the default first.
+WASI_MODES = ("host", "stub", "import")
 
 
 class BuildError(Exception):
@@ -118,6 +141,32 @@ def install_tools(quiet: bool = False) -> Path:
     return install_locked(LOCK, tools_dir(), f"componentize-py {tool_version()}", quiet)
 
 
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def custom_section(name: str, data: bytes) -> bytes:
+    """A WebAssembly custom section (id 0): valid at any place of a
+    component's top level, so it can be appended to a finished component."""
+    raw = name.encode()
+    body = _leb128(len(raw)) + raw + data
+    return b"\x00" + _leb128(len(body)) + body
+
+
+def deny_by_default_section() -> bytes:
+    """The section that asks a node to link :data:`DENY_BY_DEFAULT` to
+    stubs that deny every use."""
+    return custom_section(DENY_SECTION, "\n".join(DENY_BY_DEFAULT).encode() + b"\n")
+
+
 def _py_files(d: Path) -> list[Path]:
     return sorted(
         p
@@ -126,12 +175,11 @@ def _py_files(d: Path) -> list[Path]:
     )
 
 
-def inputs_digest(module: Path, entity: str | None, wasi: str = "stub") -> str:
+def inputs_digest(module: Path, entity: str | None, wasi: str = "host") -> str:
     """A digest of everything the component is built from."""
     h = hashlib.sha256()
     h.update(f"componentize-py {tool_version()}\nentity {entity}\nmodule {module.name}\n".encode())
-    if wasi != "stub":
-        h.update(f"wasi {wasi}\n".encode())
+    h.update(f"wasi {wasi}\n".encode())
     h.update(Path(__file__).read_bytes())
     for d in (WIT_DIR, SDK_DIR / "cairn_guest", module.parent):
         for p in sorted(d.rglob("*.wit")) + _py_files(d):
@@ -141,11 +189,13 @@ def inputs_digest(module: Path, entity: str | None, wasi: str = "stub") -> str:
 
 
 def build(
-    module: Path, output: Path, entity: str | None, force: bool, quiet: bool, wasi: str = "stub"
+    module: Path, output: Path, entity: str | None, force: bool, quiet: bool, wasi: str = "host"
 ) -> bool:
     """Builds ``module`` into ``output``; returns False when it was up to date."""
     module = module.resolve()
     output = output.resolve()
+    if wasi not in WASI_MODES:
+        raise BuildError(f"--wasi={wasi}: expected one of {', '.join(WASI_MODES)}")
     if module.suffix != ".py" or not module.is_file():
         raise BuildError(f"{module} is not a Python file")
     digest = inputs_digest(module, entity, wasi)
@@ -166,9 +216,11 @@ def build(
         entity_arg = repr(entity) if entity else "None"
         (app / f"{APP_MODULE}.py").write_text(
             f'"""Generated by guest-sdk/python/build.py: exports {module.stem}."""\n'
-            "from cairn_guest.component import behavior_class, find_entity\n"
-            f"import {module.stem} as _behavior\n"
-            f"Behavior = behavior_class(find_entity(_behavior, {entity_arg}))\n"
+            "from cairn_guest.component import behavior_class, drop_output, find_entity\n"
+            # With WASI stubbed, a write to stdout would trap: drop output.
+            + ("drop_output()\n" if wasi == "stub" else "")
+            + f"import {module.stem} as _behavior\n"
+            + f"Behavior = behavior_class(find_entity(_behavior, {entity_arg}))\n"
         )
         # componentize-py adds a virtualenv's site-packages to the path (or
         # the interpreter's, failing that): point it at an empty one, so
@@ -194,6 +246,9 @@ def build(
             raise BuildError(
                 f"componentize-py failed to build {module} (exit {r.returncode}):\n{r.stdout}{r.stderr}"
             )
+        if wasi == "host":
+            with partial.open("ab") as f:
+                f.write(deny_by_default_section())
         partial.replace(output)
     stamp.write_text(digest + "\n")
     if not quiet:
@@ -211,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--install-only", action="store_true", help="install the pinned tool and exit")
     p.add_argument(
         "--wasi",
-        choices=("stub", "import"),
-        default="stub",
-        help="stub: every WASI call traps, the component imports only the entity types (default); "
-        "import: keep componentize-py's WASI imports (a node refuses them; for tests)",
+        choices=WASI_MODES,
+        default="host",
+        help="host: keep componentize-py's WASI imports and ask the node for deny-all socket stubs "
+        "(output reaches the node's log; default); stub: every WASI call traps, the component imports "
+        "only the entity types (output is dropped); import: WASI imports without asking for socket "
+        "stubs (a node refuses the component; for tests)",
     )
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)

@@ -3,8 +3,10 @@
 //!
 //! Owns the one wasmtime [`Engine`] of a node (with its epoch ticker), the
 //! [`Linker`] with a locked-down WASI (no preopened directories, no environment,
-//! no network, no stdin; clocks that show the command's timestamp and seeded
-//! randomness, so guests are deterministic), and [`WasmBehavior`]: a compiled
+//! no network: the socket interfaces deny every use and are linked only for
+//! components that ask, see [`DENY_BY_DEFAULT`]; no stdin; clocks that show the
+//! command's timestamp and seeded randomness, so guests are deterministic),
+//! and [`WasmBehavior`]: a compiled
 //! component plus a pool of ready instances that any entity can borrow for one
 //! call. Behaviors are pure functions over bytes, so an instance holds no
 //! entity's state and can serve every entity of its type; that keeps the
@@ -16,7 +18,8 @@
 //! budget, or on the low-priority guest pool: see [`Lane`]); `stdio`
 //! replaces WASI's blocking stream and poll functions, so that guest output
 //! is captured (and logged here, bounded and rate-limited) and a sleep or a
-//! read of stdin fails the call instead of blocking or panicking; `imports`
+//! read of stdin fails the call instead of blocking or panicking; `sockets`
+//! makes every socket creation fail with `access-denied`; `imports`
 //! reads a component's imports and exports before it is compiled and says
 //! which imports the host grants; `cache` keeps compiled code on disk, so a
 //! restarted node does not compile its components again.
@@ -28,10 +31,11 @@ use std::time::Duration;
 mod cache;
 mod imports;
 mod pool;
+mod sockets;
 mod stdio;
 
 pub use cache::CodeSource;
-pub use imports::granted;
+pub use imports::{DENY_BY_DEFAULT_SECTION, granted, granted_to};
 pub use pool::{Lane, SLOW_FOR};
 pub(crate) use pool::{call, call_blocking};
 use stdio::{CallIo, GuestIo};
@@ -95,6 +99,23 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
+/// Interfaces linked to deny-all stubs, only for a component that lists
+/// them in its [`DENY_BY_DEFAULT_SECTION`] custom section (see
+/// [`granted_to`]): componentize-py's CPython imports WASI sockets, which
+/// a behavior must not use. The host links wasmtime-wasi's sockets with a
+/// context that allows no TCP, no UDP, no name lookup and no address, so
+/// every socket call fails with `access-denied` (a Python `OSError`) and
+/// nothing reaches the network. Granted at any `0.2.x` version.
+pub const DENY_BY_DEFAULT: &[&str] = &[
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
 /// The types-only interface behaviors import (it defines no functions).
 const TYPES_IMPORT: &str = "cairn:entity/types@0.1.0";
 
@@ -111,7 +132,7 @@ pub enum LoadError {
     /// The component imports interfaces Cairn does not grant to behaviors
     /// (every such import, in order). Found before the compile.
     #[error(
-        "component imports {}, which Cairn does not grant to behaviors (it grants WASI 0.2.x cli, clocks, filesystem types, io and random, locked down, and cairn:entity/types@0.1.x; build Python guests with WASI stubbed)",
+        "component imports {}, which Cairn does not grant to behaviors (it grants WASI 0.2.x cli, clocks, filesystem types, io and random, locked down, and cairn:entity/types@0.1.x; and wasi:sockets as deny-all stubs only to a component whose `cairn:deny-by-default` custom section lists them, as guest-sdk/python/build.py writes)",
         .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
     )]
     ForbiddenImports(Vec<String>),
@@ -261,6 +282,10 @@ impl WasmEngine {
             io: &mut s.io,
         })
         .map_err(|e| LoadError::Engine(e.to_string()))?;
+        sockets::deny_socket_creation(&mut linker, |s: &mut GuestState| sockets::DenySockets {
+            table: &mut s.table,
+        })
+        .map_err(|e| LoadError::Engine(e.to_string()))?;
         linker
             .instance(TYPES_IMPORT)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
@@ -356,7 +381,7 @@ impl WasmEngine {
         let refused: Vec<String> = ty
             .imports(&self.engine)
             .map(|(n, _)| n)
-            .filter(|n| !granted(n))
+            .filter(|n| !granted_to(n, &surface.deny_by_default))
             .map(str::to_owned)
             .collect();
         if !refused.is_empty() {
@@ -579,9 +604,14 @@ impl WasmBehavior {
             .secure_random(rand::rngs::StdRng::seed_from_u64(0x0c41_2e00))
             .insecure_random(rand::rngs::StdRng::seed_from_u64(0x0c41_2e01))
             .insecure_random_seed(0x0c41_2e02)
+            // Sockets (linked only for components that ask, see
+            // DENY_BY_DEFAULT): every use is denied. The address check's
+            // default already refuses every address; it is set anyway, so
+            // that no default can change that.
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(std::future::ready(false)))
             .build();
         let mut store = Store::new(
             &self.engine.engine,
@@ -686,9 +716,10 @@ impl WasmBehavior {
     }
 
     /// Logs what the guest wrote to stdout/stderr during a call (at most
-    /// `stdio::OUTPUT_CAP` bytes), within the behavior's rate limit.
+    /// `stdio::OUTPUT_CAP` bytes from its start and `stdio::TAIL_CAP` from
+    /// its end), within the behavior's rate limit.
     fn log_output(&self, entity_id: &str, io: &mut CallIo) {
-        if io.out.is_empty() && io.dropped == 0 {
+        if io.is_empty() {
             return;
         }
         let log = &self.output_log;
@@ -701,14 +732,14 @@ impl WasmBehavior {
             return;
         }
         let suppressed = log.suppressed.swap(0, Ordering::Relaxed);
-        let text = String::from_utf8_lossy(&io.out);
+        let text = io.text();
         tracing::info!(
             target: "cairn::guest",
             entity_type = %self.descriptor.name,
             entity_id,
             truncated_bytes = io.dropped,
             calls_not_logged = suppressed,
-            output = %text.trim_end(),
+            output = %text,
             "guest output"
         );
     }
@@ -720,14 +751,25 @@ impl WasmBehavior {
         if let Some(what) = slot.store.data().io.blocked {
             return GuestFault::Trap(stdio::blocking_message(what));
         }
-        match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => {
-                GuestFault::Deadline(self.limits.call_timeout.saturating_mul(scale.max(1)))
+        let exit = e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|x| x.0);
+        let what = match (e.downcast_ref::<wasmtime::Trap>(), exit) {
+            (Some(wasmtime::Trap::Interrupt), _) => {
+                return GuestFault::Deadline(self.limits.call_timeout.saturating_mul(scale.max(1)));
             }
-            Some(wasmtime::Trap::UnreachableCodeReached) => {
-                GuestFault::Trap("unreachable code reached (a panic or abort in the guest)".into())
+            (Some(wasmtime::Trap::UnreachableCodeReached), _) => {
+                "unreachable code reached (a panic or abort in the guest)".to_owned()
             }
-            _ => GuestFault::Trap(format!("{e:#}")),
+            // `wasi:cli/exit` (the Python SDK exits after printing an
+            // uncaught exception's traceback).
+            (None, Some(code)) => format!("the guest exited with status {code} during the call"),
+            _ => format!("{e:#}"),
+        };
+        // What the guest wrote last says why, when it says anything: a
+        // Python exception's last traceback line, a Rust panic message.
+        // The whole output is in the node's log (`log_output`).
+        match slot.store.data().io.last_line() {
+            Some(line) => GuestFault::Trap(format!("{what}; the guest's last output: {line}")),
+            None => GuestFault::Trap(what),
         }
     }
 }

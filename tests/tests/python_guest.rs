@@ -276,6 +276,46 @@ async fn an_import_the_host_does_not_grant_is_refused_by_name() -> Result<()> {
         "{msg}"
     );
     assert!(!msg.contains("stdout"), "{msg}");
+    // The same imports with a `cairn:deny-by-default` section naming the
+    // socket interfaces (what build.py appends) pass the import check:
+    // sockets are then linked to stubs that deny every use (this
+    // component then lacks the behavior export). Naming only TCP leaves
+    // UDP refused.
+    let asking = |names: &str| {
+        let mut c = component_importing(&[
+            "wasi:cli/stdout@0.2.9",
+            "wasi:sockets/tcp@0.2.9",
+            "wasi:sockets/udp@0.2.9",
+        ]);
+        let name = cairn_host::runtime::DENY_BY_DEFAULT_SECTION;
+        let mut body = vec![name.len() as u8];
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(names.as_bytes());
+        c.extend_from_slice(&[0x00, body.len() as u8]);
+        c.extend_from_slice(&body);
+        c
+    };
+    let r = node
+        .deploy("py", asking("wasi:sockets/tcp\nwasi:sockets/udp\n"))
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(DeployError::Register(RegisterError::Load(
+                LoadError::WrongWorld(_)
+            )))
+        ),
+        "{r:?}"
+    );
+    let r = node.deploy("py", asking("wasi:sockets/tcp")).await;
+    let msg = r
+        .as_ref()
+        .map(|_| String::new())
+        .unwrap_or_else(|e| e.to_string());
+    assert!(
+        msg.contains("component imports `wasi:sockets/udp@0.2.9`, which"),
+        "{msg}"
+    );
     // A granted WASI interface at another 0.2.x version than the host's
     // passes the import check (this one then lacks the behavior export).
     let r = node

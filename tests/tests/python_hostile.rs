@@ -1,13 +1,15 @@
 //! Hostile Python guests on a real `cairn node` process
 //! (`tests/fixtures/python/hostile/hostile.py`, built by
 //! `guest-sdk/python/build.py` like any behavior), beside the Python bank
-//! account: an infinite loop, unbounded allocation, a socket connection
-//! (a WASI call the host does not grant: the component is built with WASI
-//! stubbed), an import that needs the file system, a print loop; and the
-//! same module built with its WASI imports, refused at deploy. Each fails
-//! only its own command (or deploy), with a clear message; the hostile entity
-//! serves its next command; the bank account keeps answering, also while a
-//! loop runs; the node's log shows no panic.
+//! account: an infinite loop, unbounded allocation, TCP and UDP sockets and
+//! a name lookup (the component asks for deny-all socket stubs: every use
+//! fails), an import that needs the file system, an uncaught exception, a
+//! print loop; and the same module built with its WASI imports but without
+//! asking for the stubs, refused at deploy. Each fails only its own command
+//! (or deploy), with a clear message; a failing command's traceback and a
+//! print's output land in the node's log, bounded; the hostile entity serves
+//! its next command; the bank account keeps answering, also while a loop
+//! runs; the node's log shows no panic.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,64 @@ fn hostile_fails(node: &NodeProc, id: &str, json: &str) -> Result<(String, Durat
     Ok((err.trim().to_owned(), took))
 }
 
+/// The node's last guest-output entry for entity `id` (the log line and
+/// the guest's lines that follow it), if any.
+fn guest_output(node: &NodeProc, id: &str) -> Option<String> {
+    guest_outputs(node)
+        .into_iter()
+        .rev()
+        .find(|e| e.contains(&format!("entity_id=\"{id}\"")))
+}
+
+/// Every guest-output entry of the node's log, in order, without colours.
+fn guest_outputs(node: &NodeProc) -> Vec<String> {
+    let mut entries: Vec<String> = Vec::new();
+    for line in strip_ansi(&log(node)).lines() {
+        // An entry starts with its timestamp ("2026-12-07T..."); a guest's
+        // output spans the lines up to the next entry.
+        if line.len() > 20 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b'T' {
+            entries.push(line.to_owned());
+        } else if let Some(last) = entries.last_mut() {
+            last.push('\n');
+            last.push_str(line);
+        }
+    }
+    entries.retain(|e| e.contains(" guest output "));
+    entries
+}
+
+/// Waits (up to 30 s) for [`guest_output`] of `id`.
+fn wait_for_output(node: &NodeProc, id: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(entry) = guest_output(node, id) {
+            return Ok(entry);
+        }
+        if Instant::now() > deadline {
+            bail!("no guest output of {id} in the node log:\n{}", log(node));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `text` without ANSI colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn bank_deposit(node: &NodeProc, id: &str) -> Result<()> {
     let out = cairn(
         node,
@@ -64,7 +124,8 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
         .join("hostile")
         .join("hostile.py");
     let hostile = python_module_wasm(&module, "hostile", &[])?;
-    // The same module with componentize-py's WASI imports left in.
+    // The same module with componentize-py's WASI imports, without the
+    // section that asks for deny-all socket stubs.
     let unstubbed = python_module_wasm(&module, "hostile-wasi", &["--wasi=import"])?;
     let bank = python_example_wasm("bank-account")?;
     let tmp = tempfile::tempdir()?;
@@ -112,18 +173,49 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
     let (err, _) = hostile_fails(&node, "h-alloc", r#""Allocate""#)?;
     assert!(err.contains("exceeded its memory limit"), "{err}");
 
-    // A socket: WASI is stubbed in the component, so the call traps. (The
-    // message cannot say more: the stub is an `unreachable`, and the
-    // guest's stderr is stubbed too; see guest-sdk/python/README.md.)
+    // Sockets: linked to deny-all stubs, so each use raises in Python; the
+    // SDK writes the traceback and ends the call, and the error quotes the
+    // exception.
     let (err, _) = hostile_fails(&node, "h-net", r#""Connect""#)?;
-    assert!(err.contains("guest trapped"), "{err}");
+    assert!(
+        err.contains("guest trapped")
+            && err.contains("PermissionError: [Errno 2] Permission denied"),
+        "{err}"
+    );
+    let (err, _) = hostile_fails(&node, "h-udp", r#""SendUdp""#)?;
+    assert!(err.contains("PermissionError"), "{err}");
+    let (err, _) = hostile_fails(&node, "h-dns", r#"{"Resolve":{"host":"example.com"}}"#)?;
+    assert!(err.contains("socket.gaierror"), "{err}");
 
-    // An import of a module not snapshotted at build time.
+    // An import of a module not snapshotted at build time (no file system).
     let (err, _) = hostile_fails(&node, "h-import", r#"{"ImportLate":{"module":"sqlite3"}}"#)?;
-    assert!(err.contains("guest trapped"), "{err}");
+    assert!(
+        err.contains("ModuleNotFoundError: No module named 'sqlite3'"),
+        "{err}"
+    );
 
-    // A print loop: the output goes to a sink; the command does what its
-    // logic says.
+    // An uncaught exception: the command fails naming it, and what the
+    // command printed and the traceback are in the node's log.
+    let (err, _) = hostile_fails(&node, "h-fail", r#"{"Fail":{"message":"boom 42"}}"#)?;
+    assert!(err.contains("ValueError: boom 42"), "{err}");
+    let fail_log = wait_for_output(&node, "h-fail")?;
+    for wanted in [
+        "about to fail with boom 42",
+        "Traceback (most recent call last):",
+        "hostile.py\", line",
+        "in on_command",
+        "ValueError: boom 42",
+    ] {
+        assert!(fail_log.contains(wanted), "{wanted:?} not in {fail_log}");
+    }
+    // The socket failure's traceback too.
+    let net_log = wait_for_output(&node, "h-net")?;
+    assert!(net_log.contains("PermissionError"), "{net_log}");
+
+    // A print loop: the command does what its logic says; the node's log
+    // gets the start and the end of its output and a count of the rest,
+    // not 20,000 lines.
+    let started = Instant::now();
     assert_eq!(
         cairn(
             &node,
@@ -131,10 +223,59 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
         )?,
         "\"printed\""
     );
+    eprintln!("20,000 prints took {:?}", started.elapsed());
+    let print_log = wait_for_output(&node, "h-print")?;
+    assert!(
+        print_log.contains("hostile prints line 0\n")
+            && print_log.contains("hostile prints line 19999")
+            && print_log.contains(" bytes not kept ...]"),
+        "{print_log}"
+    );
+    assert!(print_log.len() < 6 * 1024, "{} bytes", print_log.len());
+    // A flood of printing commands, 100 at once: at most 20 output entries
+    // a second per behavior reach the log (the rest are counted).
+    let started = Instant::now();
+    let asks: Vec<_> = (0..100)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .ask_json(
+                        "hostile",
+                        &format!("h-flood-{i}"),
+                        r#"{"Print":{"lines":50}}"#,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for ask in asks {
+        let (reply, _) = ask.await??;
+        assert_eq!(reply.as_deref(), Some("\"printed\""));
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flood: Vec<String> = guest_outputs(&node)
+        .into_iter()
+        .filter(|e| e.contains("entity_id=\"h-flood-"))
+        .collect();
+    let windows = took.as_secs() + 2;
+    eprintln!(
+        "100 printing commands in {took:?}: {} output entries in the log",
+        flood.len()
+    );
+    assert!(
+        !flood.is_empty() && flood.len() as u64 <= 20 * windows,
+        "{} entries in {took:?}",
+        flood.len()
+    );
+    assert!(flood.iter().all(|e| e.len() < 6 * 1024));
 
     // Every hostile entity serves again (supervision restarted it from its
     // journal), h-1 kept its event, and the bank account has every deposit.
-    for id in ["h-loop", "h-alloc", "h-net", "h-import", "h-print"] {
+    for id in [
+        "h-loop", "h-alloc", "h-net", "h-udp", "h-dns", "h-import", "h-fail", "h-print",
+    ] {
         assert_eq!(
             cairn(&node, &["ask", "hostile", id, r#""Ping""#])?,
             "\"pong 1\"",
@@ -155,8 +296,8 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
         "2"
     );
 
-    // A component that imports WASI sockets is refused at deploy, naming
-    // the interface; nothing changes.
+    // A component that imports WASI sockets without asking for the deny-all
+    // stubs is refused at deploy, naming the interfaces; nothing changes.
     let started = Instant::now();
     let (ok, out, err) = node.cli(&[
         "deploy",
@@ -175,7 +316,8 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
     assert!(
         err.contains("component imports `wasi:sockets/network@0.2.9`")
             && err.contains("`wasi:sockets/tcp@0.2.9`")
-            && err.contains("which Cairn does not grant"),
+            && err.contains("which Cairn does not grant")
+            && err.contains("cairn:deny-by-default"),
         "{err}"
     );
     let types = cairn(&node, &["types"])?;

@@ -8,6 +8,16 @@
 //! (with wasmparser, skipping nested modules and components: their code is
 //! not looked at) and checks each import name against [`ALLOWED_IMPORTS`].
 //!
+//! Deny-by-default stubs: the interfaces of [`DENY_BY_DEFAULT`] (WASI
+//! sockets) are granted only to a component that asks for them in a
+//! top-level custom section named [`DENY_BY_DEFAULT_SECTION`] (UTF-8, the
+//! interface names without version, separated by whitespace; the Python
+//! SDK's build writes it). The host links them to a WASI context that
+//! denies every use (no TCP, no UDP, no name lookup, no address passes the
+//! check), so such a guest runs and its socket calls fail with
+//! `access-denied`. A component that imports them without asking is
+//! refused, as before.
+//!
 //! Versions: WASI interfaces are granted at any `0.2.x` version, including
 //! pre-releases of 0.2 (wasmtime's linker resolves a semver-compatible
 //! `0.2.x` import against the 0.2 release it ships); another major or minor
@@ -16,7 +26,11 @@
 
 use wasmparser::{Chunk, Encoding, Parser, Payload};
 
-use super::ALLOWED_IMPORTS;
+use super::{ALLOWED_IMPORTS, DENY_BY_DEFAULT};
+
+/// The custom section in which a component lists the interfaces of
+/// [`DENY_BY_DEFAULT`] it wants linked to deny-all stubs.
+pub const DENY_BY_DEFAULT_SECTION: &str = "cairn:deny-by-default";
 
 /// The top-level names of a component.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,6 +39,9 @@ pub(crate) struct Surface {
     pub imports: Vec<String>,
     /// Export names.
     pub exports: Vec<String>,
+    /// The interfaces (no version) listed by its
+    /// [`DENY_BY_DEFAULT_SECTION`] sections, in order.
+    pub deny_by_default: Vec<String>,
 }
 
 /// Reads a component's top-level imports and exports. An error says why
@@ -70,19 +87,43 @@ pub(crate) fn surface(bytes: &[u8]) -> Result<Surface, String> {
                 }
                 data = &data[len..];
             }
+            Payload::CustomSection(reader) if reader.name() == DENY_BY_DEFAULT_SECTION => {
+                let text = std::str::from_utf8(reader.data())
+                    .map_err(|_| format!("its `{DENY_BY_DEFAULT_SECTION}` section is not UTF-8"))?;
+                out.deny_by_default
+                    .extend(text.split_whitespace().map(str::to_owned));
+            }
             Payload::End(_) => return Ok(out),
             _ => {}
         }
     }
 }
 
-/// Whether the host grants an import of this name.
+/// Whether the host grants an import of this name (to any component;
+/// see [`granted_to`] for the deny-by-default stubs).
 pub fn granted(name: &str) -> bool {
+    granted_in(name, ALLOWED_IMPORTS)
+}
+
+/// Whether the host grants an import of this name to a component whose
+/// [`DENY_BY_DEFAULT_SECTION`] lists `deny_by_default`: an interface of
+/// [`ALLOWED_IMPORTS`], or one of [`DENY_BY_DEFAULT`] that the component
+/// listed (linked with every use denied), at a granted version.
+pub fn granted_to(name: &str, deny_by_default: &[String]) -> bool {
+    granted(name)
+        || (granted_in(name, DENY_BY_DEFAULT)
+            && deny_by_default
+                .iter()
+                .any(|asked| Some(asked.as_str()) == name.split('@').next()))
+}
+
+/// Whether `name` is one of `interfaces` at a version the host links.
+fn granted_in(name: &str, interfaces: &[&str]) -> bool {
     let (base, version) = match name.split_once('@') {
         Some((b, v)) => (b, Some(v)),
         None => (name, None),
     };
-    if !ALLOWED_IMPORTS.contains(&base) {
+    if !interfaces.contains(&base) {
         return false;
     }
     let Some(version) = version else {
@@ -104,7 +145,7 @@ pub(crate) fn refused(surface: &Surface) -> Vec<String> {
     surface
         .imports
         .iter()
-        .filter(|n| !granted(n))
+        .filter(|n| !granted_to(n, &surface.deny_by_default))
         .cloned()
         .collect()
 }
@@ -143,6 +184,56 @@ mod tests {
         ] {
             assert!(!granted(no), "{no}");
         }
+    }
+
+    #[test]
+    fn sockets_are_granted_only_to_a_component_that_asks_for_stubs() {
+        let asked: Vec<String> = DENY_BY_DEFAULT.iter().map(|s| (*s).to_owned()).collect();
+        for name in [
+            "wasi:sockets/tcp@0.2.9",
+            "wasi:sockets/network@0.2.0",
+            "wasi:sockets/ip-name-lookup@0.2.12",
+        ] {
+            assert!(!granted(name), "{name}");
+            assert!(!granted_to(name, &[]), "{name}");
+            assert!(granted_to(name, &asked), "{name}");
+        }
+        // Only what it lists, at a 0.2.x version, and only from the
+        // deny-by-default set; the allowed imports stay granted.
+        let tcp_only = ["wasi:sockets/tcp".to_owned()];
+        assert!(granted_to("wasi:sockets/tcp@0.2.9", &tcp_only));
+        assert!(!granted_to("wasi:sockets/udp@0.2.9", &tcp_only));
+        assert!(!granted_to("wasi:sockets/tcp@0.3.0", &asked));
+        assert!(!granted_to("wasi:sockets/tcp", &asked));
+        let http = ["wasi:http/types".to_owned()];
+        assert!(!granted_to("wasi:http/types@0.2.3", &http));
+        assert!(granted_to("wasi:cli/stdout@0.2.9", &[]));
+    }
+
+    #[test]
+    fn the_deny_by_default_section_is_read_from_the_top_level() {
+        let section = |name: &str, data: &[u8]| {
+            let mut body = vec![name.len() as u8];
+            body.extend_from_slice(name.as_bytes());
+            body.extend_from_slice(data);
+            let mut s = vec![0x00, body.len() as u8];
+            s.extend_from_slice(&body);
+            s
+        };
+        let mut c = b"\0asm\x0d\0\x01\0".to_vec();
+        c.extend(section("other", b"wasi:sockets/udp"));
+        c.extend(section(
+            DENY_BY_DEFAULT_SECTION,
+            b"wasi:sockets/tcp\nwasi:sockets/network ",
+        ));
+        let s = surface(&c).expect("parses");
+        assert_eq!(
+            s.deny_by_default,
+            ["wasi:sockets/tcp", "wasi:sockets/network"]
+        );
+        let mut bad = b"\0asm\x0d\0\x01\0".to_vec();
+        bad.extend(section(DENY_BY_DEFAULT_SECTION, b"\xff"));
+        assert!(surface(&bad).is_err());
     }
 
     #[test]

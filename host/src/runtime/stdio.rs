@@ -25,8 +25,17 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
 
-/// Output bytes kept per guest call (stdout and stderr together).
+/// Output bytes kept per guest call (stdout and stderr together) from its
+/// start.
 pub(crate) const OUTPUT_CAP: usize = 4096;
+
+/// Output bytes kept from the end of a call that wrote more than
+/// [`OUTPUT_CAP`]: what a guest writes last (an exception's traceback, a
+/// panic message) is what says why it failed.
+pub(crate) const TAIL_CAP: usize = 1024;
+
+/// Longest last output line quoted in a trap's message.
+const LAST_LINE_CAP: usize = 300;
 
 /// What stream writes report as writable at once: the guest's libc writes
 /// in chunks of at most this.
@@ -37,7 +46,9 @@ const WRITE_PERMIT: u64 = 4096;
 pub(crate) struct CallIo {
     /// Output written by the guest, up to [`OUTPUT_CAP`] bytes.
     pub out: Vec<u8>,
-    /// Output bytes dropped past the cap.
+    /// The last output bytes past `out`, up to [`TAIL_CAP`].
+    pub tail: Vec<u8>,
+    /// Output bytes dropped: neither in `out` nor in `tail`.
     pub dropped: u64,
     /// The blocking operation the guest attempted, if any (it trapped).
     pub blocked: Option<&'static str>,
@@ -47,22 +58,86 @@ impl CallIo {
     /// Forgets the previous call.
     pub(crate) fn reset(&mut self) {
         self.out.clear();
+        self.tail.clear();
         self.dropped = 0;
         self.blocked = None;
+    }
+
+    /// Whether the call wrote nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.out.is_empty() && self.tail.is_empty() && self.dropped == 0
     }
 
     fn capture(&mut self, bytes: &[u8]) {
         let room = OUTPUT_CAP.saturating_sub(self.out.len());
         let kept = bytes.len().min(room);
         self.out.extend_from_slice(&bytes[..kept]);
-        self.dropped += (bytes.len() - kept) as u64;
+        let rest = &bytes[kept..];
+        if rest.len() >= TAIL_CAP {
+            self.dropped += (self.tail.len() + rest.len() - TAIL_CAP) as u64;
+            self.tail.clear();
+            self.tail.extend_from_slice(&rest[rest.len() - TAIL_CAP..]);
+        } else {
+            self.tail.extend_from_slice(rest);
+            self.trim_tail();
+        }
     }
 
     fn capture_zeroes(&mut self, len: u64) {
         let room = OUTPUT_CAP.saturating_sub(self.out.len()) as u64;
         let kept = len.min(room);
         self.out.resize(self.out.len() + kept as usize, 0);
-        self.dropped += len - kept;
+        let rest = len - kept;
+        if rest >= TAIL_CAP as u64 {
+            self.dropped += self.tail.len() as u64 + rest - TAIL_CAP as u64;
+            self.tail.clear();
+            self.tail.resize(TAIL_CAP, 0);
+        } else {
+            self.tail.resize(self.tail.len() + rest as usize, 0);
+            self.trim_tail();
+        }
+    }
+
+    fn trim_tail(&mut self) {
+        if self.tail.len() > TAIL_CAP {
+            let excess = self.tail.len() - TAIL_CAP;
+            self.tail.drain(..excess);
+            self.dropped += excess as u64;
+        }
+    }
+
+    /// The kept output as text for the log: the start, then (when the call
+    /// wrote more than fits) a note of the bytes dropped and the end.
+    pub(crate) fn text(&self) -> String {
+        let mut text = String::from_utf8_lossy(&self.out).into_owned();
+        if self.dropped > 0 {
+            text.push_str(&format!("\n[... {} bytes not kept ...]\n", self.dropped));
+        }
+        text.push_str(&String::from_utf8_lossy(&self.tail));
+        text.trim_end().to_owned()
+    }
+
+    /// The last non-blank line the guest wrote, if any (at most
+    /// [`LAST_LINE_CAP`] characters): quoted in the message of a trap.
+    pub(crate) fn last_line(&self) -> Option<String> {
+        let last = if self.tail.is_empty() {
+            &self.out
+        } else {
+            &self.tail
+        };
+        let text = String::from_utf8_lossy(last);
+        // Rust's panic hook ends with a hint about backtraces: skip it.
+        let line = text
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))?;
+        let mut chars = line.chars();
+        let mut quoted: String = chars.by_ref().take(LAST_LINE_CAP).collect();
+        if chars.next().is_some() {
+            quoted.push_str("...");
+        }
+        Some(quoted)
     }
 
     /// Records a blocking attempt and returns the trap that ends the call.
@@ -271,8 +346,46 @@ mod tests {
         io.capture(&[b'b'; 3000]);
         io.capture_zeroes(10);
         assert_eq!(io.out.len(), OUTPUT_CAP);
-        assert_eq!(io.dropped, 6010 - OUTPUT_CAP as u64);
+        assert_eq!(io.tail.len(), TAIL_CAP);
+        assert_eq!(io.dropped, 6010 - (OUTPUT_CAP + TAIL_CAP) as u64);
+        assert!(io.tail.ends_with(&[0; 10]) && io.tail[TAIL_CAP - 11] == b'b');
+        io.capture_zeroes(u64::MAX / 2);
+        assert_eq!(io.tail.len(), TAIL_CAP);
         io.reset();
-        assert!(io.out.is_empty() && io.dropped == 0 && io.blocked.is_none());
+        assert!(io.is_empty() && io.blocked.is_none());
+    }
+
+    #[test]
+    fn the_end_of_a_long_output_is_kept_with_its_last_line() {
+        let mut io = CallIo::default();
+        for i in 0..20_000 {
+            io.capture(format!("line {i}\n").as_bytes());
+        }
+        io.capture(
+            b"Traceback (most recent call last):\n  ...\nZeroDivisionError: division by zero\n\n",
+        );
+        let text = io.text();
+        assert!(text.starts_with("line 0\nline 1\n"), "{text}");
+        assert!(text.contains(" bytes not kept ...]"), "{text}");
+        assert!(
+            text.ends_with("ZeroDivisionError: division by zero"),
+            "{text}"
+        );
+        assert!(text.len() < OUTPUT_CAP + TAIL_CAP + 64);
+        assert_eq!(
+            io.last_line().as_deref(),
+            Some("ZeroDivisionError: division by zero")
+        );
+        let mut panic = CallIo::default();
+        panic.capture(b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n");
+        assert_eq!(panic.last_line().as_deref(), Some("boom"));
+        let mut short = CallIo::default();
+        short.capture(b"one\ntwo\n");
+        assert_eq!(short.text(), "one\ntwo");
+        assert_eq!(short.last_line().as_deref(), Some("two"));
+        let mut long = CallIo::default();
+        long.capture(&[b'x'; 500]);
+        assert_eq!(long.last_line().map(|l| l.len()), Some(LAST_LINE_CAP + 3));
+        assert_eq!(CallIo::default().last_line(), None);
     }
 }
