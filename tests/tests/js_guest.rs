@@ -336,6 +336,26 @@ async fn console_output_reaches_the_node_log_with_console_and_is_dropped_without
         lines.iter().all(|l| !l.contains("said hello at 0")),
         "the clock read 0 in onCommand: {lines:?}"
     );
+    // An exception fails the command either way; with --console its text is
+    // in the node's log and in the caller's error (the node quotes the line
+    // above componentize-js's stack), without it the error says only
+    // "unreachable".
+    let fail = r#"{"Fail":{"message":"bad range 7"}}"#;
+    let (ok, _, err) = node.cli(&["ask", "loud", "l2", fail])?;
+    assert!(!ok && err.contains("RangeError: bad range 7"), "{err}");
+    let (ok, _, err) = node.cli(&["ask", "quiet", "q2", fail])?;
+    assert!(
+        !ok && err.contains("unreachable") && !err.contains("bad range"),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(log().contains("about to throw") && log().contains("RangeError: bad range 7")) {
+        if Instant::now() > deadline {
+            bail!("no exception in the node log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cairn(&node, &["ask", "loud", "l2", say])?, "1");
     Ok(())
 }
 

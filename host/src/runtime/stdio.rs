@@ -37,6 +37,13 @@ pub(crate) const TAIL_CAP: usize = 1024;
 /// Longest last output line quoted in a trap's message.
 const LAST_LINE_CAP: usize = 300;
 
+/// Lines a language runtime prints after the message when it aborts, which
+/// say nothing of why: Rust's panic hook's hint, SpiderMonkey's abort.
+const EPILOGUES: &[&str] = &[
+    "note: run with `RUST_BACKTRACE",
+    "Redirecting call to abort() to mozalloc_abort",
+];
+
 /// What stream writes report as writable at once: the guest's libc writes
 /// in chunks of at most this.
 const WRITE_PERMIT: u64 = 4096;
@@ -117,8 +124,11 @@ impl CallIo {
         text.trim_end().to_owned()
     }
 
-    /// The last non-blank line the guest wrote, if any (at most
-    /// [`LAST_LINE_CAP`] characters): quoted in the message of a trap.
+    /// The line that says why a failed call failed, if the guest wrote
+    /// anything: the last non-blank line, past the epilogues language
+    /// runtimes print when they abort ([`EPILOGUES`]); when that ends a
+    /// SpiderMonkey `Stack:` block, the line above the block (at most
+    /// [`LAST_LINE_CAP`] characters). Quoted in the message of a trap.
     pub(crate) fn last_line(&self) -> Option<String> {
         let last = if self.tail.is_empty() {
             &self.out
@@ -126,12 +136,27 @@ impl CallIo {
             &self.tail
         };
         let text = String::from_utf8_lossy(last);
-        // Rust's panic hook ends with a hint about backtraces: skip it.
-        let line = text
+        let mut lines: Vec<&str> = text
             .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim_start().is_empty())
+            .collect();
+        while lines
+            .last()
+            .is_some_and(|l| EPILOGUES.iter().any(|e| l.trim_start().starts_with(e)))
+        {
+            lines.pop();
+        }
+        // componentize-js: "<message>\nStack:\n  frame@file:line:col\n...".
+        let frames = lines
+            .iter()
             .rev()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))?;
+            .take_while(|l| l.starts_with([' ', '\t']))
+            .count();
+        if frames > 0 && lines.len() > frames + 1 && lines[lines.len() - frames - 1] == "Stack:" {
+            lines.truncate(lines.len() - frames - 1);
+        }
+        let line = lines.last()?.trim();
         let mut chars = line.chars();
         let mut quoted: String = chars.by_ref().take(LAST_LINE_CAP).collect();
         if chars.next().is_some() {
@@ -379,6 +404,14 @@ mod tests {
         let mut panic = CallIo::default();
         panic.capture(b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n");
         assert_eq!(panic.last_line().as_deref(), Some("boom"));
+        let mut js = CallIo::default();
+        js.capture(b"about to throw\ninvalid variant tag value `undefined` (received `RangeError: bad range`) specified for `CommandError`\nStack:\n  export_behavior_0_1_0$decide@/tmp/2b0c/sources/initializer.js:451:17\n\nRedirecting call to abort() to mozalloc_abort\n");
+        assert_eq!(
+            js.last_line().as_deref(),
+            Some(
+                "invalid variant tag value `undefined` (received `RangeError: bad range`) specified for `CommandError`"
+            )
+        );
         let mut short = CallIo::default();
         short.capture(b"one\ntwo\n");
         assert_eq!(short.text(), "one\ntwo");
