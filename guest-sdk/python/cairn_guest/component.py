@@ -7,9 +7,8 @@ componentize-py generates the ``wit_world`` bindings; natively, tests call
 class componentize-py instantiates for the export: each method forwards to a
 :class:`~cairn_guest.bridge.Bridge` and turns its errors into the WIT
 ``result`` errors (``componentize_py_types.Err``). An exception raised by the
-behavior's own code is not caught: componentize-py turns it into a trap, the
-host fails the command and restarts the entity from its journal (a Rust
-panic does the same).
+behavior's own code ends the call (below): the host fails the command and
+restarts the entity from its journal (a Rust panic does the same).
 
 Output: by default (``build.py --wasi=host``) the component's stdout and
 stderr are WASI streams the node captures during each call and writes to its
@@ -18,9 +17,9 @@ log (bounded, rate-limited), so each export flushes ``sys.stdout`` and
 that made it. An exception the behavior's code lets escape is written to
 stderr as a traceback (so it lands in the node's log), then the call ends
 with ``os._exit(1)``: the host fails it and quotes the traceback's last
-line to the caller (see :func:`_export`). Built
-with ``--wasi=stub``, every WASI call traps, so the generated module calls
-:func:`drop_output` first: output goes to a sink.
+line to the caller (see :func:`_export`). Built with ``--wasi=stub``, every
+WASI call traps, so the generated module calls :func:`drop_output` first:
+output goes to a sink, and an exception ends as a bare trap.
 """
 
 from __future__ import annotations
