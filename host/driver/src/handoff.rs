@@ -1075,38 +1075,11 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest, peer: u64) -> PeerResponse
             )
             .await
         }
-        PeerRequest::Replicate {
-            shard,
-            epoch,
-            entity_type,
-            entity_id,
-            prev,
-            events,
-            add_timers,
-            remove_timers,
-        } => {
-            let timers = super::replicate::TimerChanges {
-                add: add_timers
-                    .into_iter()
-                    .map(|(timer_id, fire_at_ms, command)| TimerRecord {
-                        timer_id,
-                        fire_at_ms,
-                        command,
-                    })
-                    .collect(),
-                remove: remove_timers,
-            };
-            super::replicate::replica_append(
-                inner,
-                shard,
-                epoch,
-                EntityKey::new(entity_type, entity_id),
-                prev,
-                events,
-                timers,
-            )
-            .await
-        }
+        r @ PeerRequest::Replicate { .. } => serve_replicate(inner, r).await,
+        PeerRequest::ReplicateBatch(writes) => PeerResponse::Batch(
+            futures_util::future::join_all(writes.into_iter().map(|w| serve_replicate(inner, w)))
+                .await,
+        ),
     }
 }
 
@@ -1116,6 +1089,46 @@ fn not_leader(inner: &Arc<Inner>) -> PeerResponse {
 }
 
 /// The old owner sends the history of every entity of a released shard.
+/// A primary's write for this node as a replica (one of a batch, or alone).
+async fn serve_replicate(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
+    let PeerRequest::Replicate {
+        shard,
+        epoch,
+        entity_type,
+        entity_id,
+        prev,
+        events,
+        add_timers,
+        remove_timers,
+    } = req
+    else {
+        return failed(PeerFailure::BadRequest(
+            "a batch of writes holds something else".into(),
+        ));
+    };
+    let timers = super::replicate::TimerChanges {
+        add: add_timers
+            .into_iter()
+            .map(|(timer_id, fire_at_ms, command)| TimerRecord {
+                timer_id,
+                fire_at_ms,
+                command,
+            })
+            .collect(),
+        remove: remove_timers,
+    };
+    super::replicate::replica_append(
+        inner,
+        shard,
+        epoch,
+        EntityKey::new(entity_type, entity_id),
+        prev,
+        events,
+        timers,
+    )
+    .await
+}
+
 async fn serve_fetch(inner: &Arc<Inner>, send: &mut quinn::SendStream, shard: u32, count: u32) {
     if inner.router().serves(ShardId(shard)) {
         let _ = write_answer(send, &failed(PeerFailure::StillServed(shard))).await;

@@ -19,6 +19,7 @@
 //! hop otherwise, buffered while the shard moves, `Unavailable` at once if
 //! the owner is down or unreachable.
 
+mod batch;
 mod deliver;
 mod gossip;
 mod handoff;
@@ -136,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) node: Node,
     pub(crate) local: LocalHandler,
     pub(crate) peers: Arc<Peers>,
+    /// Writes to replicas, one message per replica per batch.
+    pub(crate) batcher: batch::Batcher,
     pub(crate) log: DecisionLog,
     gossip: mpsc::UnboundedSender<GossipInput>,
     view: Mutex<View>,
@@ -695,6 +698,7 @@ impl Cluster {
             config,
             node,
             local,
+            batcher: batch::Batcher::new(peers.clone(), Duration::from_secs(10)),
             peers,
             log,
             gossip: gossip_tx,

@@ -29,7 +29,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bumped on any change of the layout of [`PeerRequest`] or
 /// [`PeerResponse`] (their frames are committed in
 /// `host/driver/tests/fixtures/peer`).
-pub(crate) const PEER_PROTOCOL_VERSION: u32 = 4;
+pub(crate) const PEER_PROTOCOL_VERSION: u32 = 5;
 
 /// About the most bytes of events one frame of history carries (a handoff,
 /// a failover's fetch, a replica's gap, a read-back), so an entity's
@@ -183,6 +183,11 @@ pub enum PeerRequest {
         /// Hex sha256.
         sha256: String,
     },
+    /// Several [`PeerRequest::Replicate`] writes of one primary, appended
+    /// concurrently (so the replica's group commit makes them durable
+    /// together) and answered one by one in a [`PeerResponse::Batch`]; an
+    /// item that is not a `Replicate` is answered `BadRequest`.
+    ReplicateBatch(Vec<PeerRequest>),
 }
 
 /// One entity's history in a [`PeerRequest::FetchShard`] answer.
@@ -304,6 +309,8 @@ pub enum PeerResponse {
     Gap(u64),
     /// A replica refused a write of an older epoch: the newest it knows.
     Fenced(u64),
+    /// The answers to a [`PeerRequest::ReplicateBatch`], in its order.
+    Batch(Vec<PeerResponse>),
 }
 
 /// Why a call to a peer failed.
@@ -327,6 +334,16 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// The same failure again (each write of a lost batch gets one).
+    pub(crate) fn again(&self) -> PeerError {
+        match self {
+            PeerError::Unreachable(a, w) => PeerError::Unreachable(*a, w.clone()),
+            PeerError::Protocol(a, w) => PeerError::Protocol(*a, w.clone()),
+            PeerError::Timeout(a, d) => PeerError::Timeout(*a, *d),
+            PeerError::NoAnswer(a, w) => PeerError::NoAnswer(*a, w.clone()),
+        }
+    }
+
     /// Whether the peer may have received the request and acted on it:
     /// the failure came after the whole request was written.
     pub fn after_sending(&self) -> bool {
@@ -708,6 +725,31 @@ mod fixtures {
                 },
             ),
             (
+                "request-replicate-batch",
+                PeerRequest::ReplicateBatch(vec![
+                    PeerRequest::Replicate {
+                        shard: 9,
+                        epoch: 41,
+                        entity_type: "counter".into(),
+                        entity_id: "c-1".into(),
+                        prev: None,
+                        events: vec![(1, 1_764_000_000_000, "1.0.0".into(), vec![0])],
+                        add_timers: Vec::new(),
+                        remove_timers: Vec::new(),
+                    },
+                    PeerRequest::Replicate {
+                        shard: 9,
+                        epoch: 41,
+                        entity_type: "counter".into(),
+                        entity_id: "c-2".into(),
+                        prev: Some((1, 0x1234_5678)),
+                        events: vec![(2, 1_764_000_000_001, "1.0.0".into(), vec![1])],
+                        add_timers: Vec::new(),
+                        remove_timers: Vec::new(),
+                    },
+                ]),
+            ),
+            (
                 "request-truncate",
                 PeerRequest::Truncate {
                     shard: 9,
@@ -779,6 +821,14 @@ mod fixtures {
             ("response-component", PeerResponse::Component(vec![0, 97])),
             ("response-gap", PeerResponse::Gap(2)),
             ("response-fenced", PeerResponse::Fenced(42)),
+            (
+                "response-batch",
+                PeerResponse::Batch(vec![
+                    PeerResponse::Done,
+                    PeerResponse::Gap(2),
+                    PeerResponse::Fenced(42),
+                ]),
+            ),
         ];
         let failures = [
             ("bad-request", PeerFailure::BadRequest("undecodable".into())),

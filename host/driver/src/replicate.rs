@@ -515,7 +515,7 @@ pub(crate) async fn send_to_replica(
     };
     for _ in 0..3 {
         let req = replicate(prev, events, true);
-        match answer(inner.peers.call(addr, &req, Duration::from_secs(10)).await)? {
+        match answer(inner.batcher.call(addr, req).await)? {
             PeerResponse::Done => return Ok(()),
             PeerResponse::Gap(have) => {
                 // Filled from the local journal in chunks of bounded size,

@@ -1,0 +1,172 @@
+//! One replication message per replica per batch: a primary's writes to
+//! the same replica that are waiting while an earlier message is in
+//! flight leave together in one [`PeerRequest::ReplicateBatch`], and each
+//! gets its own answer from the [`PeerResponse::Batch`]. The replica
+//! appends the writes of a batch concurrently, so its journal's group
+//! commit makes them durable with one fsync.
+//!
+//! One batch is in flight per replica at a time: while it is, the next
+//! one gathers (like a group commit). A batch is bounded in writes and in
+//! bytes of events; a write larger than the byte bound travels alone.
+//! Each write's outcome is its own: a refusal (fenced, a gap) answers that
+//! write only; a lost call fails every write of the batch with the same
+//! error (each may have been applied: the caller treats it as unknown).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::peer::{PeerError, PeerRequest, PeerResponse, Peers};
+
+/// The most writes one batch carries.
+const MAX_WRITES: usize = 256;
+/// About the most bytes of events one batch carries.
+const MAX_BYTES: usize = 1024 * 1024;
+
+type Answer = Result<PeerResponse, PeerError>;
+
+struct Item {
+    req: PeerRequest,
+    bytes: usize,
+    done: oneshot::Sender<Answer>,
+}
+
+/// The primary's batching of replica writes, one queue per replica address.
+pub(crate) struct Batcher {
+    peers: Arc<Peers>,
+    timeout: Duration,
+    queues: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Item>>>,
+}
+
+impl Batcher {
+    /// A batcher sending through `peers`; each batch's call may take up to
+    /// `timeout`.
+    pub(crate) fn new(peers: Arc<Peers>, timeout: Duration) -> Batcher {
+        Batcher {
+            peers,
+            timeout,
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` (a [`PeerRequest::Replicate`]) to `addr` with the writes
+    /// queued beside it, and returns its own answer.
+    pub(crate) async fn call(&self, addr: SocketAddr, req: PeerRequest) -> Answer {
+        let bytes = write_bytes(&req);
+        let (done, answer) = oneshot::channel();
+        let mut item = Item { req, bytes, done };
+        for _ in 0..2 {
+            let queue = {
+                let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+                queues
+                    .entry(addr)
+                    .or_insert_with(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        tokio::spawn(run(self.peers.clone(), addr, self.timeout, rx));
+                        tx
+                    })
+                    .clone()
+            };
+            match queue.send(item) {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(PeerError::NoAnswer(addr, "the batch was dropped".into()))
+                    });
+                }
+                // Its task ended (a runtime shutting down): start another.
+                Err(mpsc::error::SendError(back)) => {
+                    item = back;
+                    if let Ok(mut queues) = self.queues.lock() {
+                        queues.remove(&addr);
+                    }
+                }
+            }
+        }
+        Err(PeerError::Unreachable(addr, "no batch queue".into()))
+    }
+}
+
+/// The bytes of events a write carries.
+fn write_bytes(req: &PeerRequest) -> usize {
+    match req {
+        PeerRequest::Replicate {
+            events, add_timers, ..
+        } => {
+            events.iter().map(|e| e.3.len() + 64).sum::<usize>()
+                + add_timers.iter().map(|t| t.2.len() + 24).sum::<usize>()
+                + 128
+        }
+        _ => 128,
+    }
+}
+
+/// One replica's queue: gathers what waits, sends it, hands out the answers.
+async fn run(
+    peers: Arc<Peers>,
+    addr: SocketAddr,
+    timeout: Duration,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+) {
+    let mut carry: Option<Item> = None;
+    loop {
+        let first = match carry.take() {
+            Some(i) => i,
+            None => match rx.recv().await {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let mut bytes = first.bytes;
+        let mut items = vec![first];
+        while items.len() < MAX_WRITES {
+            match rx.try_recv() {
+                Ok(i) if bytes + i.bytes > MAX_BYTES => {
+                    carry = Some(i);
+                    break;
+                }
+                Ok(i) => {
+                    bytes += i.bytes;
+                    items.push(i);
+                }
+                Err(_) => break,
+            }
+        }
+        send(&peers, addr, timeout, items).await;
+    }
+}
+
+async fn send(peers: &Peers, addr: SocketAddr, timeout: Duration, mut items: Vec<Item>) {
+    if items.len() == 1 {
+        let Some(i) = items.pop() else { return };
+        let answer = peers.call(addr, &i.req, timeout).await;
+        let _ = i.done.send(answer);
+        return;
+    }
+    let (reqs, dones): (Vec<PeerRequest>, Vec<oneshot::Sender<Answer>>) =
+        items.into_iter().map(|i| (i.req, i.done)).unzip();
+    let n = reqs.len();
+    match peers
+        .call(addr, &PeerRequest::ReplicateBatch(reqs), timeout)
+        .await
+    {
+        Ok(PeerResponse::Batch(answers)) if answers.len() == n => {
+            for (done, a) in dones.into_iter().zip(answers) {
+                let _ = done.send(Ok(a));
+            }
+        }
+        Ok(other) => {
+            let why = format!("a batch of {n} writes answered {other:?}");
+            for done in dones {
+                let _ = done.send(Err(PeerError::Protocol(addr, why.clone())));
+            }
+        }
+        Err(e) => {
+            for done in dones {
+                let _ = done.send(Err(e.again()));
+            }
+        }
+    }
+}
