@@ -29,6 +29,8 @@
 //!   limits; [`behavior`]: the byte-level behavior trait it implements.
 //! - [`registry`]: deployed components by content, the deploy history.
 //! - [`config`]: the `cairn.toml` file.
+//! - [`service`]: the node's answers to the client protocol's requests
+//!   (used by the QUIC server and by a cluster member's driver).
 //! - `deadline` (private): the coarse timer behind `ask` timeouts.
 //!
 //! Other crates of the workspace: storage (journal, snapshots, timers) is
@@ -64,6 +66,7 @@ pub mod placement;
 pub mod registry;
 mod replay;
 pub mod runtime;
+pub mod service;
 pub mod types;
 
 pub use cairn_proto as api;

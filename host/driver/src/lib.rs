@@ -42,7 +42,6 @@ use cairn_cluster::route::{Route, Router};
 use cairn_cluster::{MemberState, NodeId, shard_of};
 use cairn_proto::{ApiError, ClusterStatus, MemberStatus, Request, Response};
 use cairn_raft::{DecisionLog, LogConfig, RaftTransport, TransportError};
-use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use cairn_host::config::ClusterConfig;
@@ -59,9 +58,6 @@ pub const LEASE: Duration = Duration::from_secs(2);
 const PEER_FRAME_BUDGET: usize = 8 * cairn_proto::MAX_FRAME;
 /// Most time a forwarded request may take (the ask timeouts are shorter).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Runs a client request on this node (the server's local handler).
-pub type LocalHandler = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
 
 /// Why the cluster part of a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +131,8 @@ pub(crate) struct Inner {
     pub(crate) addr: SocketAddr,
     pub(crate) config: ClusterConfig,
     pub(crate) node: Node,
-    pub(crate) local: LocalHandler,
+    /// The node's answers to the requests it runs itself.
+    pub(crate) local: cairn_host::service::Service,
     pub(crate) peers: Arc<Peers>,
     /// Writes to replicas, one message per replica per batch.
     pub(crate) batcher: batch::Batcher,
@@ -391,7 +388,7 @@ impl Inner {
             });
         }
         *self.in_flight().entry(shard).or_default() += 1;
-        let resp = (self.local)(req).await;
+        let resp = self.local.handle(req).await;
         let mut f = self.in_flight();
         if let Some(n) = f.get_mut(&shard) {
             *n -= 1;
@@ -632,15 +629,16 @@ pub struct PeerEndpoint {
 }
 
 impl Cluster {
-    /// Joins (or starts) the cluster of `config` with `node`, as the member
-    /// its certificate names, on `peer`'s endpoint.
+    /// Joins (or starts) the cluster of `config` with the node of `local`
+    /// (which answers the requests the node runs itself), as the member its
+    /// certificate names, on `peer`'s endpoint.
     pub async fn start(
-        node: Node,
+        local: cairn_host::service::Service,
         peer: PeerEndpoint,
         config: ClusterConfig,
-        local: LocalHandler,
         replication: Option<Arc<Replication>>,
     ) -> Result<Cluster, ClusterError> {
+        let node = local.node().clone();
         let PeerEndpoint {
             endpoint,
             dial: peer_config,
@@ -753,7 +751,7 @@ impl Cluster {
     /// refused with `Unavailable`.
     pub async fn handle(&self, req: Request) -> Response {
         let Some((ty, id)) = entity_of(&req) else {
-            return (self.inner.local)(req).await;
+            return self.inner.local.handle(req).await;
         };
         let shard = shard_of(ty, id, self.inner.shard_count());
         let (tx, rx) = oneshot::channel();

@@ -4,15 +4,15 @@
 //!
 //! It is also where a node, its part in a cluster and its server are put
 //! together: [`Server::start_cluster`] starts the cluster driver
-//! (`cairn-driver`) on the server's endpoint, hands it the peer connections
-//! and gives it this server's handler for the requests it runs locally.
+//! (`cairn-driver`) on the server's endpoint and hands it the peer
+//! connections; both answer requests through the node's
+//! [`cairn_host::service::Service`] (which translates node errors into
+//! [`ApiError`]s), so the driver holds no handle back into the server.
 //!
-//! Owns connection handling, the per-stream request loop, the limits (at most
-//! `max_connections` connections: more are closed with "busy"; at most
-//! `max_in_flight` requests being served: more are answered
-//! [`ApiError::Busy`]), the translation of node errors into [`ApiError`]s,
-//! and the conversion of the node's validation reports and deploy records
-//! into the protocol's own types. Nothing a client sends can panic the node: bad frames get an
+//! Owns connection handling, the per-stream request loop, the streaming
+//! requests, and the limits (at most `max_connections` connections: more
+//! are closed with "busy"; at most `max_in_flight` requests being served:
+//! more are answered [`ApiError::Busy`]). Nothing a client sends can panic the node: bad frames get an
 //! error response and the stream is closed, the connection and the node go on.
 //! `awake` (private): the optional thread that keeps a CPU awake after
 //! requests (off by default, `ServerLimits::keep_awake`).
@@ -30,20 +30,12 @@ use tokio::sync::{Semaphore, broadcast};
 
 use cairn_client::frame::{FrameBudget, read_frame_admitted, write_frame};
 use cairn_client::tls::{self, NodeFiles, TlsError};
-use cairn_proto::{
-    self as api, ApiError, EventView, FrameError, GuestFaultKind, MAX_FRAME, PEER_ALPN,
-    PROTOCOL_VERSION, Payload, Request, Response, StateAt, TypeInfo,
-};
+use cairn_proto::{ApiError, FrameError, MAX_FRAME, PEER_ALPN, Request, Response};
 
-use cairn_driver::{Cluster, LocalHandler, Replication};
-use cairn_host::behavior::GuestFault;
+use cairn_driver::{Cluster, Replication};
 use cairn_host::config::{ClusterConfig, TlsFiles};
-use cairn_host::deploy::{self, DeployError, DeployResult};
-use cairn_host::node::{
-    AskError, AskOptions, LifecycleEvent, Node, PastState, ReadError, RegisterError,
-};
-use cairn_host::registry::{self, Deployment};
-use cairn_store::JournalError;
+use cairn_host::node::Node;
+use cairn_host::service::{Service, event_view, lifecycle_response};
 
 use crate::awake::KeepAwake;
 
@@ -55,7 +47,7 @@ pub const CLOSE_REFUSED: u32 = 2;
 /// Application error code of a normal close.
 pub const CLOSE_NORMAL: u32 = 0;
 /// Most events returned by one `Events` request.
-pub const MAX_EVENTS_PER_REQUEST: u32 = 10_000;
+pub use cairn_host::service::MAX_EVENTS_PER_REQUEST;
 /// Events per batch on a `FollowEvents` stream.
 const FEED_BATCH: usize = 1_000;
 
@@ -150,23 +142,13 @@ impl Server {
         // A member's id is the one its certificate names.
         let id = tls::node_id_in(&files.cert)?;
         let shared = Shared::new(node.clone(), limits, name);
-        let weak = Arc::downgrade(&shared);
-        let local: LocalHandler = Arc::new(move |req| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                match weak.upgrade() {
-                    Some(s) => handle(&s, req).await,
-                    None => Response::Error(ApiError::ShuttingDown),
-                }
-            })
-        });
         let peer = cairn_driver::PeerEndpoint {
             endpoint: endpoint.clone(),
             dial: peer_config,
             listen: local_addr,
             id,
         };
-        let c = Cluster::start(node, peer, cluster, local, replication)
+        let c = Cluster::start(shared.service.clone(), peer, cluster, replication)
             .await
             .map_err(|e| ServerError::Cluster(e.to_string()))?;
         let _ = shared.cluster.set(c.clone());
@@ -292,13 +274,14 @@ async fn serve_peer(shared: &Shared, conn: quinn::Connection) {
 
 struct Shared {
     node: Node,
+    /// The node's answers to requests served here.
+    service: Service,
     /// Set when the node is a cluster member.
     cluster: OnceLock<Cluster>,
     connections: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
     /// Memory for client request frames being read and served.
     frames: FrameBudget,
-    name: String,
     /// Touched when a request is read and when it is answered.
     awake: Option<KeepAwake>,
 }
@@ -306,12 +289,12 @@ struct Shared {
 impl Shared {
     fn new(node: Node, limits: ServerLimits, name: String) -> Arc<Shared> {
         Arc::new(Shared {
+            service: Service::new(node.clone(), name),
             node,
             cluster: OnceLock::new(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             frames: FrameBudget::new(limits.frame_budget.max(MAX_FRAME)),
-            name,
             awake: KeepAwake::start(limits.keep_awake),
         })
     }
@@ -419,19 +402,6 @@ async fn serve_stream(
     let _ = send.finish();
 }
 
-fn type_info(node: &Node, d: &Deployment) -> TypeInfo {
-    TypeInfo {
-        entity_type: d.entity_type.clone(),
-        deploy: d.deploy,
-        behavior: d.behavior.clone(),
-        behavior_version: d.behavior_version.clone(),
-        state_schema: d.state_schema,
-        hash: d.hash.clone(),
-        deployed_ms: d.deployed_ms,
-        live_entities: node.live_entities(&d.entity_type) as u64,
-    }
-}
-
 /// A request of a cluster member goes through the cluster (entity
 /// requests to their owner, the cluster's own requests); anything else,
 /// and everything on a single node, is served here.
@@ -444,7 +414,7 @@ async fn dispatch(shared: &Shared, req: Request) -> Response {
                 Request::Rollback { entity_type, .. } => (entity_type.clone(), true),
                 _ => (String::new(), false),
             };
-            let resp = handle(shared, req).await;
+            let resp = shared.service.handle(req).await;
             if let Response::Deployed {
                 info: Some(info),
                 changed: true,
@@ -477,299 +447,7 @@ async fn dispatch(shared: &Shared, req: Request) -> Response {
         (None, Request::ClusterStatus | Request::ClusterLeave) => Response::Error(
             ApiError::BadRequest("this node is not part of a cluster".into()),
         ),
-        (_, req) => handle(shared, req).await,
-    }
-}
-
-async fn handle(shared: &Shared, req: Request) -> Response {
-    let node = &shared.node;
-    let result = match req {
-        Request::Hello { version } => hello(version, &shared.name),
-        Request::Deploy {
-            entity_type,
-            wasm,
-            check,
-        } => node
-            .deploy_checked(&entity_type, wasm, check)
-            .await
-            .map(|r| deployed(node, r))
-            .map_err(deploy_error),
-        Request::Rollback { entity_type, to } => node
-            .rollback(&entity_type, to)
-            .await
-            .map(|r| deployed(node, r))
-            .map_err(deploy_error),
-        Request::Versions { entity_type } => {
-            let v = node.versions(&entity_type);
-            if v.deploys.is_empty() {
-                Err(ApiError::UnknownEntityType(entity_type))
-            } else {
-                Ok(Response::Versions {
-                    versions: v.deploys.iter().map(|d| type_info(node, d)).collect(),
-                    active: v.active,
-                    history: v.records.iter().map(deploy_record).collect(),
-                })
-            }
-        }
-        Request::Ask {
-            entity_type,
-            entity_id,
-            command,
-            expected_seq,
-            timeout_ms,
-        } => {
-            ask(
-                node,
-                &entity_type,
-                &entity_id,
-                command,
-                expected_seq,
-                timeout_ms,
-            )
-            .await
-        }
-        Request::Deliver {
-            entity_type,
-            entity_id,
-            command,
-            from_type,
-            from_id,
-            send,
-        } => {
-            let from = cairn_host::placement::SendId {
-                from: cairn_store::EntityKey::new(from_type, from_id),
-                seq: send,
-            };
-            node.deliver_send(&entity_type, &entity_id, command, from, DELIVER_TIMEOUT)
-                .await
-                .map(|r| Response::Reply {
-                    reply: r.reply.map(Payload::Bytes),
-                    seq: r.seq,
-                })
-                .map_err(ask_error)
-        }
-        Request::Tell {
-            entity_type,
-            entity_id,
-            command,
-        } => match encode(node, &entity_type, command) {
-            Ok(bytes) => node
-                .tell(&entity_type, &entity_id, bytes)
-                .await
-                .map(|()| Response::Queued)
-                .map_err(ask_error),
-            Err(e) => Err(e),
-        },
-        Request::Events {
-            entity_type,
-            entity_id,
-            from,
-            to,
-            limit,
-        } => {
-            let limit = limit.min(MAX_EVENTS_PER_REQUEST) as usize;
-            if node.descriptor(&entity_type).is_none() {
-                return Response::Error(ApiError::UnknownEntityType(entity_type));
-            }
-            match node.events(&entity_type, &entity_id, from, to, limit).await {
-                Ok(events) => Ok(Response::Events(
-                    events
-                        .into_iter()
-                        .map(|e| event_view(node, &entity_type, &entity_id, e))
-                        .collect(),
-                )),
-                Err(e) => Err(read_error(e)),
-            }
-        }
-        Request::State {
-            entity_type,
-            entity_id,
-            at,
-        } => state(node, &entity_type, &entity_id, at).await,
-        Request::Types => Ok(Response::Types(
-            node.deployments()
-                .iter()
-                .map(|d| type_info(node, d))
-                .collect(),
-        )),
-        Request::EncodeCommand { entity_type, json } => node
-            .command_from_json(&entity_type, &json)
-            .map(Response::Encoded)
-            .map_err(read_error),
-        Request::FollowLifecycle | Request::FollowEvents { .. } => Err(ApiError::BadRequest(
-            "follow requests are handled by the stream loop".into(),
-        )),
-        // A request of a later protocol version this node does not know.
-        _ => Err(ApiError::BadRequest("unknown request".into())),
-    };
-    result.unwrap_or_else(Response::Error)
-}
-
-fn encode(node: &Node, entity_type: &str, command: Payload) -> Result<Vec<u8>, ApiError> {
-    match command {
-        Payload::Bytes(b) => {
-            if node.descriptor(entity_type).is_none() {
-                return Err(ApiError::UnknownEntityType(entity_type.to_owned()));
-            }
-            Ok(b)
-        }
-        Payload::Json(j) => node.command_from_json(entity_type, &j).map_err(read_error),
-        _ => Err(ApiError::BadRequest("unknown payload kind".into())),
-    }
-}
-
-/// How long a delivered message may wait for its receiver.
-const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn ask(
-    node: &Node,
-    entity_type: &str,
-    entity_id: &str,
-    command: Payload,
-    expected_seq: Option<u64>,
-    timeout_ms: Option<u64>,
-) -> Result<Response, ApiError> {
-    let json = matches!(command, Payload::Json(_));
-    let bytes = encode(node, entity_type, command)?;
-    let mut options = AskOptions {
-        expected_seq,
-        ..AskOptions::default()
-    };
-    if let Some(ms) = timeout_ms {
-        options.timeout = Duration::from_millis(ms.clamp(1, 10 * 60 * 1000));
-    }
-    let reply = node
-        .ask(entity_type, entity_id, bytes, options)
-        .await
-        .map_err(ask_error)?;
-    let payload = match reply.reply {
-        None => None,
-        Some(b) if json => Some(Payload::Json(
-            node.reply_to_json(entity_type, &b).map_err(read_error)?,
-        )),
-        Some(b) => Some(Payload::Bytes(b)),
-    };
-    Ok(Response::Reply {
-        reply: payload,
-        seq: reply.seq,
-    })
-}
-
-async fn state(
-    node: &Node,
-    entity_type: &str,
-    entity_id: &str,
-    at: StateAt,
-) -> Result<Response, ApiError> {
-    let past = match at {
-        StateAt::Now => {
-            let (json, seq) = node
-                .state_json(entity_type, entity_id)
-                .await
-                .map_err(read_error)?;
-            return Ok(Response::State {
-                json,
-                seq,
-                replayed: 0,
-            });
-        }
-        StateAt::Seq(n) => PastState::Seq(n),
-        StateAt::Time(t) => PastState::Time(t),
-        _ => return Err(ApiError::BadRequest("unknown kind of state read".into())),
-    };
-    let h = node
-        .state_at(entity_type, entity_id, past)
-        .await
-        .map_err(read_error)?;
-    let json = node
-        .state_to_json(entity_type, &h.state)
-        .map_err(read_error)?;
-    Ok(Response::State {
-        json,
-        seq: h.seq,
-        replayed: h.replayed,
-    })
-}
-
-fn event_view(
-    node: &Node,
-    entity_type: &str,
-    entity_id: &str,
-    e: cairn_store::EventRecord,
-) -> EventView {
-    EventView {
-        entity_type: entity_type.to_owned(),
-        entity_id: entity_id.to_owned(),
-        seq: e.seq,
-        timestamp_ms: e.timestamp_ms,
-        behavior_version: e.version,
-        json: node.event_to_json(entity_type, &e.payload).ok(),
-        bytes: e.payload,
-    }
-}
-
-fn lifecycle_response(e: LifecycleEvent) -> Response {
-    let (kind, entity_type, entity_id, detail) = match e {
-        LifecycleEvent::Started {
-            entity_type,
-            entity_id,
-            snapshot_seq,
-            replayed,
-            seq,
-        } => (
-            "started",
-            entity_type,
-            Some(entity_id),
-            format!(
-                "seq={seq} replayed={replayed} snapshot={}",
-                snapshot_seq.map_or("none".to_owned(), |s| s.to_string())
-            ),
-        ),
-        LifecycleEvent::Passivated {
-            entity_type,
-            entity_id,
-        } => ("passivated", entity_type, Some(entity_id), String::new()),
-        LifecycleEvent::Stopped {
-            entity_type,
-            entity_id,
-            reason,
-        } => ("stopped", entity_type, Some(entity_id), reason),
-        LifecycleEvent::Restarted {
-            entity_type,
-            entity_id,
-            reason,
-        } => ("restarted", entity_type, Some(entity_id), reason),
-        LifecycleEvent::DeadLetter {
-            entity_type,
-            entity_id,
-            reason,
-        } => ("dead-letter", entity_type, Some(entity_id), reason),
-        LifecycleEvent::Unhandled {
-            entity_type,
-            entity_id,
-            reason,
-        } => ("unhandled", entity_type, Some(entity_id), reason),
-        LifecycleEvent::Deployed {
-            entity_type,
-            behavior_version,
-        } => (
-            "deployed",
-            entity_type,
-            None,
-            format!("version={behavior_version}"),
-        ),
-        LifecycleEvent::Member { change, node, addr } => (
-            change.kind(),
-            String::new(),
-            None,
-            format!("node={node} addr={addr}"),
-        ),
-    };
-    Response::Lifecycle {
-        kind: kind.to_owned(),
-        entity_type,
-        entity_id,
-        detail,
+        (_, req) => shared.service.handle(req).await,
     }
 }
 
@@ -848,67 +526,6 @@ async fn follow_events(
     }
 }
 
-fn deployed(node: &Node, r: DeployResult) -> Response {
-    Response::Deployed {
-        info: r.deployment.as_ref().map(|d| type_info(node, d)),
-        changed: r.changed,
-        report: validation_report(&r.report),
-    }
-}
-
-/// The protocol's form of a validation report.
-fn validation_report(r: &deploy::ValidationReport) -> api::ValidationReport {
-    api::ValidationReport {
-        sampled: r.sampled,
-        events: r.events,
-        from_snapshot: r.from_snapshot,
-        millis: r.millis,
-        failures: r
-            .failures
-            .iter()
-            .map(|f| api::ReplayFailure {
-                entity_id: f.entity_id.clone(),
-                seq: f.seq,
-                error: f.error.clone(),
-            })
-            .collect(),
-        failed: r.failed,
-        differences: r
-            .differences
-            .iter()
-            .map(|d| api::StateDifference {
-                entity_id: d.entity_id.clone(),
-                seq: d.seq,
-                active: d.active.clone(),
-                candidate: d.candidate.clone(),
-            })
-            .collect(),
-        differing: r.differing,
-        exemplars: r.exemplars,
-        exemplars_not_kept: r.exemplars_not_kept,
-    }
-}
-
-/// The protocol's form of a deploy-history entry.
-fn deploy_record(r: &registry::DeployRecord) -> api::DeployRecord {
-    api::DeployRecord {
-        entity_type: r.entity_type.clone(),
-        action: match r.action {
-            registry::DeployAction::Deploy => api::DeployAction::Deploy,
-            registry::DeployAction::Rollback => api::DeployAction::Rollback,
-        },
-        deploy: r.deploy,
-        hash: r.hash.clone(),
-        behavior_version: r.behavior_version.clone(),
-        at_ms: r.at_ms,
-        outcome: match r.outcome {
-            registry::DeployOutcome::Activated => api::DeployOutcome::Activated,
-            registry::DeployOutcome::Refused => api::DeployOutcome::Refused,
-        },
-        report: validation_report(&r.report),
-    }
-}
-
 /// A certificate directory's node files (`cairn_client::tls::node_files`)
 /// as the node's configuration names them ([`TlsFiles`]).
 pub fn tls_files(f: NodeFiles) -> TlsFiles {
@@ -928,203 +545,9 @@ fn node_files(f: &TlsFiles) -> NodeFiles {
     }
 }
 
-fn deploy_error(e: DeployError) -> ApiError {
-    match e {
-        DeployError::Refused(report) => {
-            ApiError::ValidationFailed(Box::new(validation_report(&report)))
-        }
-        DeployError::NoSuchVersion(m) => ApiError::BadRequest(format!("no such version: {m}")),
-        DeployError::Register(RegisterError::InvalidName(n)) => ApiError::BadRequest(format!(
-            "invalid entity type name `{n}`: use letters, digits, '-' and '_' (at most 128)"
-        )),
-        e => ApiError::DeployRefused(e.to_string()),
-    }
-}
-
-/// The protocol's error for a failed ask or tell.
-fn ask_error(e: AskError) -> ApiError {
-    match e {
-        AskError::UnknownEntityType(t) => ApiError::UnknownEntityType(t),
-        AskError::InvalidEntityId(m) => ApiError::BadRequest(format!("invalid entity id: {m}")),
-        AskError::Timeout(d) => ApiError::Timeout {
-            ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-        },
-        AskError::Conflict { expected, actual } => ApiError::Conflict { expected, actual },
-        AskError::Rejected(r) => ApiError::Rejected(r),
-        AskError::MalformedCommand(m) => ApiError::MalformedCommand(m),
-        AskError::MailboxFull => ApiError::MailboxFull,
-        AskError::EntityStopped(reason) => ApiError::Stopped { reason },
-        AskError::Guest(fault) => guest_fault(fault),
-        // The write may be on a replica (or in the file, unsynced): it may
-        // still become part of the history.
-        AskError::Journal(JournalError::Indeterminate(m)) => ApiError::Indeterminate(m),
-        // Every other journal error stored nothing (a refusal before any
-        // replica was sent the write, or a local write that failed).
-        AskError::Journal(e) => ApiError::Storage(e.to_string()),
-        AskError::ShuttingDown => ApiError::ShuttingDown,
-        AskError::NotHere(why) => ApiError::Unavailable(why),
-    }
-}
-
-/// The answer to a `Hello`: welcome in this node's protocol version, or a
-/// `BadRequest` (whose position every version keeps) naming both versions.
-fn hello(version: u32, node: &str) -> Result<Response, ApiError> {
-    if version == PROTOCOL_VERSION {
-        Ok(Response::Welcome {
-            version: PROTOCOL_VERSION,
-            node: node.to_owned(),
-        })
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "protocol version {version} is not supported; this node speaks {PROTOCOL_VERSION} \
-             (use a client of the node's release)"
-        )))
-    }
-}
-
-/// The protocol's error for a failed read or conversion.
-fn read_error(e: ReadError) -> ApiError {
-    match e {
-        ReadError::UnknownEntityType(t) => ApiError::UnknownEntityType(t),
-        ReadError::Journal(e) => ApiError::Storage(e.to_string()),
-        // The behavior could not render its own bytes: a contract breach.
-        ReadError::Codec(message) => ApiError::GuestFault {
-            kind: GuestFaultKind::Contract,
-            message,
-        },
-        ReadError::Guest(fault) => guest_fault(fault),
-        ReadError::Ask(e) => ask_error(e),
-    }
-}
-
-/// The protocol's error for a guest fault.
-fn guest_fault(fault: GuestFault) -> ApiError {
-    let kind = match &fault {
-        GuestFault::Deadline(_) => GuestFaultKind::Deadline,
-        GuestFault::MemoryLimit(_) => GuestFaultKind::MemoryLimit,
-        GuestFault::Trap(_) => GuestFaultKind::Trap,
-        GuestFault::Instantiate(_) => GuestFaultKind::Instantiate,
-        GuestFault::BadState(_) => GuestFaultKind::BadState,
-        GuestFault::Contract(_) => GuestFaultKind::Contract,
-    };
-    ApiError::GuestFault {
-        kind,
-        message: fault.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_proto::Retry;
-
-    #[test]
-    fn node_errors_become_typed_api_errors() {
-        assert_eq!(ask_error(AskError::MailboxFull), ApiError::MailboxFull);
-        assert_eq!(ask_error(AskError::ShuttingDown), ApiError::ShuttingDown);
-        assert_eq!(
-            ask_error(AskError::Timeout(Duration::from_millis(1500))),
-            ApiError::Timeout { ms: 1500 }
-        );
-        assert_eq!(
-            ask_error(AskError::EntityStopped("too many restarts".into())),
-            ApiError::Stopped {
-                reason: "too many restarts".into()
-            }
-        );
-        assert_eq!(
-            ask_error(AskError::Guest(GuestFault::Trap("unreachable".into()))),
-            ApiError::GuestFault {
-                kind: GuestFaultKind::Trap,
-                message: "guest trapped: unreachable".into()
-            }
-        );
-        assert!(matches!(
-            ask_error(AskError::Guest(GuestFault::BadState("bad bytes".into()))),
-            ApiError::GuestFault {
-                kind: GuestFaultKind::BadState,
-                ..
-            }
-        ));
-        assert_eq!(
-            ask_error(AskError::Journal(JournalError::Io("disk full".into()))),
-            ApiError::Storage("I/O error: disk full".into())
-        );
-        assert_eq!(
-            ask_error(AskError::NotHere("shard 3 moved".into())),
-            ApiError::Unavailable("shard 3 moved".into())
-        );
-        assert!(matches!(
-            read_error(ReadError::Guest(GuestFault::Deadline(Duration::from_secs(
-                1
-            )))),
-            ApiError::GuestFault {
-                kind: GuestFaultKind::Deadline,
-                ..
-            }
-        ));
-        assert!(matches!(
-            read_error(ReadError::Codec("bad bytes".into())),
-            ApiError::GuestFault {
-                kind: GuestFaultKind::Contract,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn a_write_that_may_be_on_a_replica_is_an_unknown_outcome_and_a_refusal_is_not() {
-        // Sent to the replicas (or written, unsynced): outcome unknown.
-        let unknown = ask_error(AskError::Journal(JournalError::Indeterminate(
-            "e-1: 0 of 1 replica acknowledgements: replica 3 unreachable".into(),
-        )));
-        assert_eq!(
-            unknown,
-            ApiError::Indeterminate(
-                "e-1: 0 of 1 replica acknowledgements: replica 3 unreachable".into()
-            )
-        );
-        assert!(unknown.may_have_applied());
-        assert_eq!(unknown.retry(), Retry::WithExpectedSeq);
-        // Refused before anything was sent, or a local failure: nothing
-        // stored, safe to send again.
-        let key = cairn_store::EntityKey::new("t", "e-1");
-        for e in [
-            JournalError::Replication("min_acks is 2 but shard 3 has 1 live replicas".into()),
-            JournalError::Fenced("e-1: this node's lease lapsed".into()),
-            JournalError::Conflict { key, seq: 4 },
-            JournalError::Io("No space left on device".into()),
-        ] {
-            let api = ask_error(AskError::Journal(e.clone()));
-            assert_eq!(api, ApiError::Storage(e.to_string()));
-            assert!(!api.may_have_applied(), "{e}");
-            assert_eq!(api.retry(), Retry::Later, "{e}");
-        }
-        // A timeout may still run: the same advice as an unknown outcome.
-        assert_eq!(
-            ask_error(AskError::Timeout(Duration::from_secs(1))).retry(),
-            Retry::WithExpectedSeq
-        );
-    }
-
-    #[test]
-    fn an_older_client_is_told_which_version_the_node_speaks() {
-        assert_eq!(
-            hello(PROTOCOL_VERSION, "n1"),
-            Ok(Response::Welcome {
-                version: PROTOCOL_VERSION,
-                node: "n1".into()
-            })
-        );
-        let Err(ApiError::BadRequest(m)) = hello(3, "n1") else {
-            panic!("a version-3 hello was not refused");
-        };
-        assert!(
-            m.contains("protocol version 3 is not supported")
-                && m.contains(&format!("speaks {PROTOCOL_VERSION}")),
-            "{m}"
-        );
-    }
 
     #[test]
     fn keep_awake_is_off_by_default() {
