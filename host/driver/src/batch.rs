@@ -6,11 +6,16 @@
 //! commit makes them durable with one fsync.
 //!
 //! One batch is in flight per replica at a time: while it is, the next
-//! one gathers (like a group commit). A batch is bounded in writes and in
-//! bytes of events; a write larger than the byte bound travels alone.
+//! one gathers (like a group commit), so an entity's writes reach the
+//! replica in the order they were sent; a batch holds at most one write
+//! of an entity (the replica appends a batch's writes concurrently). A
+//! batch is bounded in writes and in bytes of events; a write larger than
+//! the byte bound travels alone.
 //! Each write's outcome is its own: a refusal (fenced, a gap) answers that
 //! write only; a lost call fails every write of the batch with the same
-//! error (each may have been applied: the caller treats it as unknown).
+//! error (each may have been applied: the caller treats it as unknown). A
+//! write its writer gave up on while it waited in the queue (its caller
+//! dropped the answer) is not sent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -103,6 +108,18 @@ fn write_bytes(req: &PeerRequest) -> usize {
     }
 }
 
+/// The entity a write is for.
+fn entity_of(req: &PeerRequest) -> Option<(String, String)> {
+    match req {
+        PeerRequest::Replicate {
+            entity_type,
+            entity_id,
+            ..
+        } => Some((entity_type.clone(), entity_id.clone())),
+        _ => None,
+    }
+}
+
 /// One replica's queue: gathers what waits, sends it, hands out the answers.
 async fn run(
     peers: Arc<Peers>,
@@ -119,16 +136,26 @@ async fn run(
                 None => return,
             },
         };
+        // Withdrawn by its writer (the write was given up): not sent.
+        if first.done.is_closed() {
+            continue;
+        }
         let mut bytes = first.bytes;
+        let mut entities = vec![entity_of(&first.req)];
         let mut items = vec![first];
         while items.len() < MAX_WRITES {
             match rx.try_recv() {
-                Ok(i) if bytes + i.bytes > MAX_BYTES => {
+                // A second write of an entity waits for the next batch: the
+                // replica appends a batch's writes concurrently, and an
+                // entity's writes must reach it in order.
+                Ok(i) if bytes + i.bytes > MAX_BYTES || entities.contains(&entity_of(&i.req)) => {
                     carry = Some(i);
                     break;
                 }
+                Ok(i) if i.done.is_closed() => {}
                 Ok(i) => {
                     bytes += i.bytes;
+                    entities.push(entity_of(&i.req));
                     items.push(i);
                 }
                 Err(_) => break,

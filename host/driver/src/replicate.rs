@@ -369,15 +369,16 @@ async fn replicated_append(
         }
     };
     let (tx, mut rx) = mpsc::channel(to.len().max(1));
+    let mut sends = Vec::with_capacity(to.len());
     for r in to {
         let inner = inner.clone();
         let local = local.clone();
         let write = write.clone();
         let tx = tx.clone();
-        tokio::spawn(async move {
+        sends.push(tokio::spawn(async move {
             let res = send_to_replica(&inner, &local, r.0, shard, epoch, &write).await;
             let _ = tx.send((r, res)).await;
-        });
+        }));
     }
     drop(tx);
     let acks = async {
@@ -437,6 +438,12 @@ async fn replicated_append(
         Err(e) => Err(e),
     };
     if written.is_err() {
+        // Sends still waiting in a replica's batch queue are withdrawn (an
+        // abandoned write must not reach a replica after the read-back and
+        // the next write); one already on the wire may still land.
+        for s in &sends {
+            s.abort();
+        }
         // Some replica may hold it anyway (all of them, if only the local
         // write failed): read the entity back from the replicas before its
         // next write, so no seq is used twice.
