@@ -818,6 +818,11 @@ impl Node {
         node.restore_deployments()
             .await
             .map_err(|e| NodeError::Restore(Box::new(e)))?;
+        // Compiled code of components no deploy refers to any more.
+        let deployed = node.inner.registry.component_hashes();
+        node.inner
+            .engine
+            .prune_code_cache(&|h| deployed.contains(h));
         crate::deploy::scan_exemplars_in_background(Arc::downgrade(&node.inner));
         Ok(node)
     }

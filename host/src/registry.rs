@@ -172,6 +172,13 @@ impl Registry {
             .collect()
     }
 
+    /// The sha256 of every component a deploy of any type refers to (the
+    /// active ones and those a rollback may return to).
+    pub fn component_hashes(&self) -> std::collections::BTreeSet<String> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.deployments.iter().map(|d| d.hash.clone()).collect()
+    }
+
     /// Every deploy of a type, oldest first.
     pub fn history(&self, entity_type: &str) -> Vec<Deployment> {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());

@@ -323,6 +323,12 @@ impl WasmEngine {
         }))
     }
 
+    /// Removes the cached compiled code of components `keep` rejects;
+    /// returns how many entries were removed (0 without a cache).
+    pub fn prune_code_cache(&self, keep: &dyn Fn(&str) -> bool) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.prune(keep))
+    }
+
     /// Compiles a component, or loads its compiled code from the cache.
     fn compile(&self, bytes: &[u8]) -> Result<(Component, CodeSource), LoadError> {
         let hash = self

@@ -135,11 +135,30 @@ async fn a_restarted_node_serves_python_from_its_compiled_code_cache() -> Result
     }
     client.close().await;
 
-    // Restart: the code comes from the cache, nothing is compiled.
+    // The code of a component no deploy refers to (as a `deploy --check`
+    // or a refused deploy leaves behind), under this engine's key.
+    let key = name
+        .strip_prefix(&format!("{hash}-"))
+        .and_then(|k| k.strip_suffix(".cwasm"))
+        .context("engine key")?;
+    let orphan = "ab".repeat(32);
+    let orphan_code = data.join("compiled").join(format!("{orphan}-{key}.cwasm"));
+    let orphan_meta = data.join("compiled").join(format!("{orphan}-{key}.meta"));
+    std::fs::copy(&code[0], &orphan_code)?;
+    std::fs::copy(&meta[0], &orphan_meta)?;
+
+    // Restart: the code comes from the cache, nothing is compiled; the
+    // orphan's files are removed, the deployed one's stay.
     let (cached, log) = restart_until_first_reply(&mut node, "acct-1", "50", COMPILE_WAIT).await?;
     eprintln!("restart until the first reply, compiled code cached: {cached:?}");
     assert!(log.contains(HIT), "the cache was not used:\n{log}");
     assert!(!log.contains(COMPILED), "the node compiled again:\n{log}");
+    assert!(
+        !orphan_code.exists() && !orphan_meta.exists(),
+        "the orphan entry was not pruned:\n{log}"
+    );
+    assert!(log.contains("removed the compiled code of a component no longer deployed"));
+    assert_eq!(cache_files(&data)?.0, code, "the deployed entry stays");
 
     // A damaged cache file: ignored with a log line, compiled again, rewritten.
     let mut bytes = std::fs::read(&code[0])?;

@@ -15,7 +15,8 @@
 //! features, tunables, wasm features and wasmtime's own version), so a node
 //! upgraded to another wasmtime, or moved to another CPU, misses the cache
 //! and compiles again; entries of other engine keys are removed when the
-//! cache opens. Both files are written through a temporary file, fsync and
+//! cache opens, and entries of components the node's registry no longer
+//! holds when the node has restored its deployments ([`CodeCache::prune`]). Both files are written through a temporary file, fsync and
 //! rename: a crash leaves an entry whole, absent, or without its `.meta`
 //! (ignored, then rewritten).
 //!
@@ -158,6 +159,37 @@ impl CodeCache {
                 );
             }
         }
+    }
+
+    /// Removes the entries of this engine whose component `keep` rejects
+    /// (components no longer in the node's registry: a refused deploy's, or
+    /// one whose data was removed); returns how many were removed.
+    pub(crate) fn prune(&self, keep: &dyn Fn(&str) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((stem, ext)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let Some((hash, key)) = stem.rsplit_once('-') else {
+                continue;
+            };
+            if !matches!(ext, "cwasm" | "meta") || key != self.engine_key || keep(hash) {
+                continue;
+            }
+            if std::fs::remove_file(entry.path()).is_ok() && ext == "cwasm" {
+                removed += 1;
+                tracing::info!(
+                    component = hash,
+                    "removed the compiled code of a component no longer deployed"
+                );
+            }
+        }
+        removed
     }
 
     /// Loads the component of sha256 `hash` if a sound entry exists; logs
@@ -362,6 +394,24 @@ mod tests {
         // A second cache on the same directory (the next process) hits too.
         let again = CodeCache::open(cache.dir.clone(), &engine);
         assert!(again.load(&engine, &hash).is_some());
+    }
+
+    #[test]
+    fn pruning_keeps_what_is_deployed_and_other_files() {
+        let (_dir, engine, cache, hash, component) = setup();
+        assert!(cache.store(&hash, &component).is_some());
+        let gone = "ab".repeat(32);
+        assert!(cache.store(&gone, &component).is_some());
+        let foreign = cache.dir.join("notes.txt");
+        std::fs::write(&foreign, b"not ours").unwrap();
+        assert_eq!(cache.prune(&|h| h == hash), 1);
+        assert!(
+            cache.load(&engine, &hash).is_some(),
+            "the deployed one stays"
+        );
+        assert!(!cache.code_path(&gone).exists() && !cache.meta_path(&gone).exists());
+        assert!(foreign.exists(), "a file that is no entry is left alone");
+        assert_eq!(cache.prune(&|h| h == hash), 0);
     }
 
     #[test]
