@@ -38,9 +38,9 @@ const REPO = resolve(SDK_DIR, '..', '..');
 const TOOLS_SRC = join(SDK_DIR, 'tools');
 const WIT_DIR = join(REPO, 'wit');
 const WORLD = 'entity';
-/** StarlingMonkey features turned off: with all of them off the engine imports no WASI. */
+/** StarlingMonkey features turned off with --no-console: with all of them off the engine imports no WASI. */
 const DISABLED_FEATURES = ['stdio', 'random', 'clocks', 'http', 'fetch-event'];
-/** With --console: stdio stays on, so console output reaches the node's log (wasi:cli/stdout, stderr). */
+/** The default (--console): stdio stays on, so console output reaches the node's log (wasi:cli/stdout, stderr). */
 const DISABLED_FEATURES_CONSOLE = ['random', 'clocks', 'http', 'fetch-event'];
 
 class BuildError extends Error {}
@@ -127,7 +127,7 @@ function sourceFiles(dir) {
 }
 
 /** A digest of everything the component is built from. */
-export function inputsDigest(module, keepConsole = false) {
+export function inputsDigest(module, keepConsole = true) {
   const h = createHash('sha256');
   h.update(`componentize-js ${lockDigest()}\nmodule ${basename(module)}\nconsole ${keepConsole}\n`);
   h.update(readFileSync(fileURLToPath(import.meta.url)));
@@ -142,7 +142,7 @@ export function inputsDigest(module, keepConsole = false) {
 }
 
 /** Builds `module` into `output`; returns false when it was up to date. */
-export async function build(module, output, { force = false, quiet = false, console: keepConsole = false } = {}) {
+export async function build(module, output, { force = false, quiet = false, console: keepConsole = true } = {}) {
   module = resolve(module);
   output = resolve(output);
   if (!/\.m?js$/.test(module) || !existsSync(module) || !statSync(module).isFile()) {
@@ -211,7 +211,7 @@ export async function build(module, output, { force = false, quiet = false, cons
 }
 
 function usage() {
-  return 'usage: node guest-sdk/js/build.mjs <behavior.js> [-o <out.wasm>] [--console] [--force] [-q] | --install-only';
+  return 'usage: node guest-sdk/js/build.mjs <behavior.js> [-o <out.wasm>] [--no-console] [--force] [-q] | --install-only';
 }
 
 async function main(argv) {
@@ -220,12 +220,13 @@ async function main(argv) {
   let force = false;
   let quiet = false;
   let installOnly = false;
-  let keepConsole = false;
+  let keepConsole = true;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '-o' || a === '--output') output = argv[++i];
     else if (a === '--force') force = true;
     else if (a === '--console') keepConsole = true;
+    else if (a === '--no-console') keepConsole = false;
     else if (a === '-q' || a === '--quiet') quiet = true;
     else if (a === '--install-only') installOnly = true;
     else if (a === '-h' || a === '--help') {

@@ -214,7 +214,7 @@ pub fn js_example_wasm(name: &str) -> Result<PathBuf> {
 }
 
 /// Builds the JavaScript behavior `module` into `out` with
-/// `guest-sdk/js/build.mjs` and its extra `args` (e.g. `--console`), one
+/// `guest-sdk/js/build.mjs` and its extra `args` (e.g. `--no-console`), one
 /// build at a time per process (the first one installs the pinned tools).
 pub fn build_js(module: &Path, out: &Path, args: &[&str]) -> Result<()> {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -281,9 +281,9 @@ async fn console_output_reaches_the_node_log_with_console_and_is_dropped_without
     let module = root.join("tests/fixtures/js-logging/logging.js");
     let quiet = root.join("target/wasm/js/logging.wasm");
     let loud = root.join("target/wasm/js/logging-console.wasm");
-    build_js(&module, &quiet, &[])?;
-    build_js(&module, &loud, &["--console"])?;
-    // With --console the engine's stdio is linked: WASI the host grants,
+    build_js(&module, &quiet, &["--no-console"])?;
+    build_js(&module, &loud, &[])?;
+    // By default the engine's stdio is linked: WASI the host grants,
     // nothing else.
     let imports = component_imports(&std::fs::read(&loud)?)?;
     assert!(
@@ -320,7 +320,7 @@ async fn console_output_reaches_the_node_log_with_console_and_is_dropped_without
         .filter(|l| l.contains("said hello"))
         .map(str::to_owned)
         .collect();
-    // Only the --console build's entity (`l1`) wrote to the log.
+    // Only the default build's entity (`l1`) wrote to the log.
     assert!(
         !lines.is_empty() && lines.iter().all(|l| l.contains("\"l1\"")),
         "{lines:?}"
@@ -336,7 +336,7 @@ async fn console_output_reaches_the_node_log_with_console_and_is_dropped_without
         lines.iter().all(|l| !l.contains("said hello at 0")),
         "the clock read 0 in onCommand: {lines:?}"
     );
-    // An exception fails the command either way; with --console its text is
+    // An exception fails the command either way; by default its text is
     // in the node's log and in the caller's error (the node quotes the line
     // above componentize-js's stack), without it the error says only
     // "unreachable".
@@ -537,11 +537,24 @@ fn component_imports(bytes: &[u8]) -> Result<Vec<String>> {
 }
 
 #[test]
-fn the_js_component_imports_only_the_entity_types() -> Result<()> {
+fn the_js_component_imports_only_what_the_host_grants() -> Result<()> {
     let wasm = js_example_wasm(TYPE)?;
     let imports = component_imports(&std::fs::read(&wasm)?)?;
-    // No WASI at all: build.mjs disables every feature of the JS engine.
-    assert_eq!(imports, ["cairn:entity/types@0.1.0"], "{}", wasm.display());
+    // The entity types, and the engine's stdio (the default keeps
+    // `console` output); every WASI interface one the host grants.
+    assert!(
+        imports.contains(&"cairn:entity/types@0.1.0".to_owned())
+            && imports.iter().any(|i| i.starts_with("wasi:cli/stdout@")),
+        "{}: {imports:?}",
+        wasm.display()
+    );
+    for import in imports.iter().filter(|i| i.starts_with("wasi:")) {
+        let base = import.split('@').next().unwrap_or(import);
+        assert!(
+            cairn_host::runtime::ALLOWED_IMPORTS.contains(&base),
+            "{import} is not granted by the host"
+        );
+    }
     // The same reading of a std Rust guest (wasm32-wasip2) finds its WASI imports.
     let rust = component_imports(&std::fs::read(example_wasm(TYPE)?)?)?;
     assert!(rust.iter().any(|i| i.starts_with("wasi:cli/")), "{rust:?}");
