@@ -169,6 +169,8 @@ pub(crate) struct NodeInner {
     pub(crate) exemplars: crate::deploy::Exemplars,
     /// Deploys and rollbacks of a node run one at a time.
     pub(crate) deploying: tokio::sync::Mutex<()>,
+    /// The phase of each type's deploy in flight (`Request::DeployProgress`).
+    pub(crate) deploy_progress: crate::deploy::DeployProgress,
     /// Timeouts of `ask`.
     deadlines: Arc<Deadlines>,
     /// This node, for the tasks its outbox spawns.
@@ -796,6 +798,7 @@ impl Node {
                 registry,
                 exemplars,
                 deploying: tokio::sync::Mutex::new(()),
+                deploy_progress: crate::deploy::DeployProgress::default(),
                 deadlines,
                 me: me.clone(),
             }

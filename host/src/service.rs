@@ -179,6 +179,20 @@ async fn handle(node: &Node, name: &str, req: Request) -> Response {
             .command_from_json(&entity_type, &json)
             .map(Response::Encoded)
             .map_err(read_error),
+        Request::DeployProgress { entity_type } => Ok(match node.deploy_progress(&entity_type) {
+            Some(p) => Response::DeployProgress {
+                phase: Some(p.phase),
+                done: p.done,
+                total: p.total,
+                elapsed_ms: p.elapsed.as_millis() as u64,
+            },
+            None => Response::DeployProgress {
+                phase: None,
+                done: 0,
+                total: 0,
+                elapsed_ms: 0,
+            },
+        }),
         Request::FollowLifecycle | Request::FollowEvents { .. } => Err(ApiError::BadRequest(
             "follow requests are handled by the stream loop".into(),
         )),

@@ -24,13 +24,21 @@ pub async fn deploy(
 ) -> Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let client = conn.connect().await?;
-    let spinner = spinner(&format!(
-        "{} {} ({} KiB): compiling, checking, replaying history",
+    let what = format!(
+        "{} {} ({} KiB)",
         if check { "checking" } else { "deploying" },
         file.display(),
         wasm.len() / 1024
-    ));
-    let r = client.deploy_with(entity_type, wasm, check).await;
+    );
+    let spinner = spinner(&format!("{what}: sending"));
+    let r = with_progress(
+        &client,
+        entity_type,
+        &spinner,
+        &what,
+        client.deploy_with(entity_type, wasm, check),
+    )
+    .await;
     spinner.finish_and_clear();
     let d = match refused_report(r, "deploy", conn.json) {
         Ok(d) => d,
@@ -46,6 +54,52 @@ pub async fn deploy(
     };
     client.close().await;
     waited
+}
+
+/// How often a pending deploy or rollback asks the node for its phase.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs `call` (a deploy, check or rollback of `entity_type`) and, while it
+/// is pending, asks the node every [`PROGRESS_EVERY`] on another stream of
+/// the same connection what the deploy is doing, shown as the spinner's
+/// message after `what`. Asking stops at the first error (a node that
+/// predates `DeployProgress` answers one); the call's own outcome is never
+/// affected.
+async fn with_progress<T>(
+    client: &cairn_client::Client,
+    entity_type: &str,
+    spinner: &indicatif::ProgressBar,
+    what: &str,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            r = &mut call => return r,
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+        }
+        let progress = tokio::select! {
+            r = &mut call => return r,
+            p = client.deploy_progress(entity_type) => p,
+        };
+        match progress {
+            Ok(Some(p)) => spinner.set_message(format!("{what}: {}", describe_progress(&p))),
+            Ok(None) => {}
+            Err(_) => return call.await,
+        }
+    }
+}
+
+/// A deploy's phase as the spinner shows it: "compiling 18432 KiB
+/// component (12 s)", "validating against history: replaying entities, 40
+/// of 100 (3 s)".
+fn describe_progress(p: &cairn_client::DeployProgress) -> String {
+    let counts = if p.total > 0 {
+        format!(", {} of {}", p.done, p.total)
+    } else {
+        String::new()
+    };
+    format!("{}{counts} ({} s)", p.phase, p.elapsed.as_secs())
 }
 
 /// On a cluster: waits until every member runs the component `hash` for
@@ -140,8 +194,15 @@ pub async fn rollback(
     conn: &ConnArgs,
 ) -> Result<()> {
     let client = conn.connect().await?;
-    let spinner = spinner("rolling back: replaying history");
-    let r = client.rollback(entity_type, to).await;
+    let spinner = spinner("rolling back");
+    let r = with_progress(
+        &client,
+        entity_type,
+        &spinner,
+        "rolling back",
+        client.rollback(entity_type, to),
+    )
+    .await;
     spinner.finish_and_clear();
     let d = match refused_report(r, "rollback", conn.json) {
         Ok(d) => d,
@@ -329,6 +390,35 @@ fn print_deployed(d: &Deployed, entity_type: &str, check: bool, json: bool) {
         println!(
             "  {} at #{}: {} -> {}",
             diff.entity_id, diff.seq, diff.active, diff.candidate
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_is_shown_with_its_counts_and_time() {
+        let p = cairn_client::DeployProgress {
+            phase: "validating against history: replaying entities".into(),
+            done: 40,
+            total: 100,
+            elapsed: Duration::from_millis(3_400),
+        };
+        assert_eq!(
+            describe_progress(&p),
+            "validating against history: replaying entities, 40 of 100 (3 s)"
+        );
+        let p = cairn_client::DeployProgress {
+            phase: "compiling 18432 KiB component".into(),
+            done: 0,
+            total: 0,
+            elapsed: Duration::from_secs(12),
+        };
+        assert_eq!(
+            describe_progress(&p),
+            "compiling 18432 KiB component (12 s)"
         );
     }
 }

@@ -275,6 +275,36 @@ impl Client {
         deployed(r)
     }
 
+    /// What the node's deploy (or check, or rollback) of `entity_type` in
+    /// flight is doing now; `None` when none is. Meant to be called while a
+    /// [`Client::deploy_with`] or [`Client::rollback`] on the same client is
+    /// pending (each call runs on its own stream). A node that predates the
+    /// request answers [`ApiError::BadRequest`].
+    pub async fn deploy_progress(
+        &self,
+        entity_type: &str,
+    ) -> Result<Option<DeployProgress>, ClientError> {
+        match self
+            .call(&Request::DeployProgress {
+                entity_type: entity_type.to_owned(),
+            })
+            .await?
+        {
+            Response::DeployProgress {
+                phase,
+                done,
+                total,
+                elapsed_ms,
+            } => Ok(phase.map(|phase| DeployProgress {
+                phase,
+                done,
+                total,
+                elapsed: Duration::from_millis(elapsed_ms),
+            })),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Activates an earlier deploy of a type (deploy number `to`; the one
     /// before the active deploy if `None`), after the same validation as a
     /// deploy.
@@ -532,6 +562,19 @@ pub struct Deployed {
     pub changed: bool,
     /// What replaying history showed.
     pub report: ValidationReport,
+}
+
+/// The phase of a deploy in flight on a node ([`Client::deploy_progress`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployProgress {
+    /// What the deploy is doing ("compiling 18432 KiB component", ...).
+    pub phase: String,
+    /// Units of work of the phase done (0 when the phase does not count).
+    pub done: u64,
+    /// Units of work of the phase (0 when the phase does not count).
+    pub total: u64,
+    /// How long the deploy has been in this phase.
+    pub elapsed: Duration,
 }
 
 /// The deploys of an entity type.

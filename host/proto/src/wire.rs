@@ -153,6 +153,14 @@ pub enum Request {
         /// The number of the send among the sender's sends (from 1).
         send: u64,
     },
+    /// What the deploy (or check, or rollback) of a type in flight on this
+    /// node is doing now, for a client to show while its `Deploy` is
+    /// pending. Answered with [`Response::DeployProgress`]; a node older
+    /// than this request answers `BadRequest`.
+    DeployProgress {
+        /// Entity type.
+        entity_type: String,
+    },
 }
 
 /// One member of a cluster, as [`Response::ClusterStatus`] reports it.
@@ -320,4 +328,17 @@ pub enum Response {
     ClusterStatus(ClusterStatus),
     /// The node is leaving its cluster.
     Leaving,
+    /// Answer to [`Request::DeployProgress`].
+    DeployProgress {
+        /// What the deploy is doing ("compiling 18432 KiB component",
+        /// "validating against history: replaying entities", ...); `None`
+        /// when no deploy of the type is in flight on the node.
+        phase: Option<String>,
+        /// Units of work of the phase done (0 when the phase does not count).
+        done: u64,
+        /// Units of work of the phase (0 when the phase does not count).
+        total: u64,
+        /// How long the deploy has been in this phase (ms).
+        elapsed_ms: u64,
+    },
 }

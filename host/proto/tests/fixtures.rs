@@ -166,6 +166,10 @@ fn requests() -> Vec<(&'static str, Request)> {
                 cursor: 42,
             },
         ),
+        (
+            "request-deploy-progress",
+            Request::DeployProgress { entity_type: ty() },
+        ),
     ]
 }
 
@@ -252,6 +256,24 @@ fn responses() -> Vec<(&'static str, Response)> {
             }),
         ),
         ("response-cluster-leave", Response::Leaving),
+        (
+            "response-deploy-progress",
+            Response::DeployProgress {
+                phase: Some("validating against history: replaying entities".into()),
+                done: 12,
+                total: 100,
+                elapsed_ms: 1_500,
+            },
+        ),
+        (
+            "response-deploy-progress-none",
+            Response::DeployProgress {
+                phase: None,
+                done: 0,
+                total: 0,
+                elapsed_ms: 0,
+            },
+        ),
         ("response-encode-command", Response::Encoded(vec![0, 1])),
         ("response-following", Response::Following),
         (
@@ -426,4 +448,24 @@ fn version_4_appends_the_unknown_outcome_after_every_older_error() {
         decode::<Request>(&hello[HEADER_LEN..]).unwrap(),
         Request::Hello { version: 3 }
     );
+}
+
+#[test]
+fn deploy_progress_is_appended_without_a_version_bump() {
+    // `DeployProgress` came after protocol 4 as the last request (15) and
+    // the last response (16): every older message keeps its bytes (checked
+    // above). The version stays 4: a client asks for progress only as an
+    // extra, and an older node answers the request it cannot decode with
+    // an error the client ignores.
+    assert_eq!(PROTOCOL_VERSION, 4);
+    let ask = encode(&Request::DeployProgress { entity_type: ty() }).unwrap();
+    assert_eq!(ask[HEADER_LEN], 15);
+    let answer = encode(&Response::DeployProgress {
+        phase: None,
+        done: 0,
+        total: 0,
+        elapsed_ms: 0,
+    })
+    .unwrap();
+    assert_eq!(answer[HEADER_LEN], 16);
 }

@@ -18,9 +18,11 @@ use crate::registry::{
 use crate::runtime::{GuestLimits, LoadError};
 
 mod exemplars;
+mod progress;
 mod validate;
 
 pub use exemplars::{Exemplar, ExemplarError, Exemplars, MAX_EXEMPLARS_PER_TYPE};
+pub use progress::{DeployPhase, DeployProgress, ProgressGuard};
 
 pub use validate::{
     REPORT_LIST_MAX, ReplayFailure, StateDifference, ValidateError, ValidationReport,
@@ -95,6 +97,19 @@ pub(crate) fn scan_exemplars_in_background(node: Weak<NodeInner>) {
     });
 }
 
+/// The phase of a deploy that waits for another deploy of the node.
+const WAITING: &str = "waiting for an earlier deploy on the node to finish";
+/// The phase after a compile the compiled-code cache spared.
+const FROM_CACHE: &str = "loaded from the compiled-code cache";
+/// The phase of a deploy that records and installs the new version.
+const ACTIVATING: &str = "activating";
+
+/// The phase of a deploy that compiles a component of `len` bytes (or finds
+/// it in the compiled-code cache: not known until it is found).
+fn compiling(len: usize) -> String {
+    format!("compiling {} KiB component", len / 1024)
+}
+
 impl From<LoadError> for DeployError {
     fn from(e: LoadError) -> Self {
         DeployError::Register(RegisterError::Load(e))
@@ -147,6 +162,7 @@ impl Node {
         check: bool,
     ) -> Result<DeployResult, DeployError> {
         crate::node::check_type_name(entity_type)?;
+        let progress = self.inner.deploy_progress.begin(entity_type, WAITING);
         let _one_at_a_time = self.inner.deploying.lock().await;
         let active = self.inner.registry.active(entity_type);
         let registered = self.inner.entity_type(entity_type);
@@ -166,8 +182,9 @@ impl Node {
             let (inner, bytes) = (self.inner.clone(), wasm.clone());
             tokio::task::spawn_blocking(move || inner.registry.stage_component(&bytes))
         });
+        progress.set(compiling(wasm.len()), 0, 0);
         let candidate = self
-            .load(entity_type, wasm.clone(), registered.is_none())
+            .load(entity_type, wasm.clone(), registered.is_none(), &progress)
             .await?;
         if let Some(store) = store {
             store.await.map_err(|e| RegistryError::Io {
@@ -176,7 +193,7 @@ impl Node {
             })??;
         }
         let descriptor = candidate.descriptor().clone();
-        let report = self.validate(entity_type, &candidate).await?;
+        let report = self.validate(entity_type, &candidate, &progress).await?;
         if !report.passed() {
             if !check {
                 let record = DeployRecord {
@@ -201,6 +218,7 @@ impl Node {
                 report,
             });
         }
+        progress.set(ACTIVATING, 0, 0);
         let deployment = {
             let (ty, d, rep) = (entity_type.to_owned(), descriptor.clone(), report.clone());
             let at_ms = self.now_ms();
@@ -222,6 +240,7 @@ impl Node {
         &self,
         entity_type: &str,
         candidate: &Arc<dyn Behavior>,
+        progress: &ProgressGuard<'_>,
     ) -> Result<ValidationReport, DeployError> {
         let active = self.inner.entity_type(entity_type).map(|t| t.behavior());
         let inputs = validate::Inputs {
@@ -230,6 +249,7 @@ impl Node {
             exemplars: &self.inner.exemplars,
             entity_type,
             sample: self.inner.config.node.deploy_sample,
+            progress: Some(progress),
         };
         Ok(validate::validate(inputs, candidate, active.as_ref()).await?)
     }
@@ -269,6 +289,7 @@ impl Node {
         entity_type: &str,
         to: Option<u32>,
     ) -> Result<DeployResult, DeployError> {
+        let progress = self.inner.deploy_progress.begin(entity_type, WAITING);
         let _one_at_a_time = self.inner.deploying.lock().await;
         let active = self.inner.registry.active(entity_type).ok_or_else(|| {
             DeployError::NoSuchVersion(format!("`{entity_type}` was never deployed"))
@@ -299,8 +320,9 @@ impl Node {
         }
         let wasm = self.inner.registry.component(&deployment.hash)?;
         let first = self.inner.entity_type(entity_type).is_none();
-        let candidate = self.load(entity_type, wasm, first).await?;
-        let report = self.validate(entity_type, &candidate).await?;
+        progress.set(compiling(wasm.len()), 0, 0);
+        let candidate = self.load(entity_type, wasm, first, &progress).await?;
+        let report = self.validate(entity_type, &candidate, &progress).await?;
         if !report.passed() {
             let record = DeployRecord {
                 entity_type: entity_type.to_owned(),
@@ -316,6 +338,7 @@ impl Node {
             tracing::warn!(entity_type, deploy = target, report = %report.summary(), "rollback refused");
             return Err(DeployError::Refused(Box::new(report)));
         }
+        progress.set(ACTIVATING, 0, 0);
         let deployment = {
             let (ty, rep) = (entity_type.to_owned(), report.clone());
             let at_ms = self.now_ms();
@@ -342,6 +365,12 @@ impl Node {
         }
     }
 
+    /// What the deploy (or check, or rollback) of `entity_type` in flight
+    /// on this node is doing now; `None` when there is none.
+    pub fn deploy_progress(&self, entity_type: &str) -> Option<DeployPhase> {
+        self.inner.deploy_progress.current(entity_type)
+    }
+
     /// The active deploy of every deployed type.
     pub fn deployments(&self) -> Vec<Deployment> {
         self.inner.registry.all_active()
@@ -353,7 +382,11 @@ impl Node {
         for d in self.inner.registry.all_active() {
             let wasm = self.inner.registry.component(&d.hash)?;
             // The node does not serve the type yet: no need to yield.
-            let behavior = self.load(&d.entity_type, wasm, true).await?;
+            let progress = self
+                .inner
+                .deploy_progress
+                .begin(&d.entity_type, compiling(wasm.len()));
+            let behavior = self.load(&d.entity_type, wasm, true, &progress).await?;
             self.inner.install(&d.entity_type, behavior).await?;
         }
         Ok(())
@@ -371,6 +404,7 @@ impl Node {
         entity_type: &str,
         wasm: Vec<u8>,
         first: bool,
+        progress: &ProgressGuard<'_>,
     ) -> Result<Arc<dyn Behavior>, RegisterError> {
         let settings = self.inner.config.settings_for(entity_type);
         let limits = GuestLimits {
@@ -392,6 +426,9 @@ impl Node {
         }
         let behavior =
             behavior.ok_or_else(|| LoadError::Engine("the compile task failed".into()))??;
+        if behavior.code_source() == crate::runtime::CodeSource::Cache {
+            progress.set(FROM_CACHE, 0, 0);
+        }
         Ok(Arc::new(behavior))
     }
 }

@@ -134,6 +134,14 @@ pub enum ValidateError {
     Exemplars(#[from] ExemplarError),
 }
 
+/// The phase of a validation that lists the entities to replay.
+const LISTING: &str = "validating against history: choosing the entities to replay";
+/// The phase of a validation that replays entities (done of total).
+const REPLAYING: &str = "validating against history: replaying entities";
+/// The phase of a validation that scans the journal for exemplars and has
+/// the candidate decode them.
+const EXEMPLARS: &str = "validating against history: decoding an exemplar of every kind of event";
+
 /// What a validation reads and compares.
 pub(crate) struct Inputs<'a> {
     /// The journal.
@@ -146,6 +154,8 @@ pub(crate) struct Inputs<'a> {
     pub entity_type: &'a str,
     /// Entities whose history is replayed (at most).
     pub sample: usize,
+    /// Where the validation reports its phase, if anywhere.
+    pub progress: Option<&'a super::ProgressGuard<'a>>,
 }
 
 impl ValidationReport {
@@ -176,10 +186,20 @@ pub(crate) async fn validate(
         exemplars,
         entity_type,
         sample,
+        progress,
     } = inputs;
+    let phase = |phase: &str, done: usize, total: usize| {
+        if let Some(p) = progress {
+            p.set(phase, done as u64, total as u64);
+        }
+    };
     let mut failed_entities = HashSet::new();
     if sample > 0 {
-        for id in journal.entity_ids(entity_type, sample).await? {
+        phase(LISTING, 0, 0);
+        let ids = journal.entity_ids(entity_type, sample).await?;
+        let total = ids.len();
+        for (i, id) in ids.into_iter().enumerate() {
+            phase(REPLAYING, i, total);
             let key = EntityKey::new(entity_type, &id);
             report.sampled += 1;
             let Some(new) = replay_whole(journal, snapshots, candidate, &key, &mut report).await?
@@ -201,7 +221,9 @@ pub(crate) async fn validate(
             }
             tokio::task::yield_now().await;
         }
+        phase(REPLAYING, total, total);
     }
+    phase(EXEMPLARS, 0, 0);
     check_exemplars(
         journal,
         exemplars,
