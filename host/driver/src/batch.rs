@@ -109,13 +109,13 @@ fn write_bytes(req: &PeerRequest) -> usize {
 }
 
 /// The entity a write is for.
-fn entity_of(req: &PeerRequest) -> Option<(String, String)> {
+fn entity_of(req: &PeerRequest) -> Option<(&str, &str)> {
     match req {
         PeerRequest::Replicate {
             entity_type,
             entity_id,
             ..
-        } => Some((entity_type.clone(), entity_id.clone())),
+        } => Some((entity_type, entity_id)),
         _ => None,
     }
 }
@@ -141,21 +141,22 @@ async fn run(
             continue;
         }
         let mut bytes = first.bytes;
-        let mut entities = vec![entity_of(&first.req)];
         let mut items = vec![first];
         while items.len() < MAX_WRITES {
             match rx.try_recv() {
+                Ok(i) if i.done.is_closed() => {}
                 // A second write of an entity waits for the next batch: the
                 // replica appends a batch's writes concurrently, and an
                 // entity's writes must reach it in order.
-                Ok(i) if bytes + i.bytes > MAX_BYTES || entities.contains(&entity_of(&i.req)) => {
+                Ok(i)
+                    if bytes + i.bytes > MAX_BYTES
+                        || items.iter().any(|j| entity_of(&j.req) == entity_of(&i.req)) =>
+                {
                     carry = Some(i);
                     break;
                 }
-                Ok(i) if i.done.is_closed() => {}
                 Ok(i) => {
                     bytes += i.bytes;
-                    entities.push(entity_of(&i.req));
                     items.push(i);
                 }
                 Err(_) => break,
