@@ -14,11 +14,12 @@
 //! Each write's outcome is its own: a refusal (fenced, a gap) answers that
 //! write only; a lost call fails every write of the batch with the same
 //! error (each may have been applied: the caller treats it as unknown). A
-//! write its writer gave up on while it waited in the queue (its caller
-//! dropped the answer) is not sent.
+//! write its writer gave up on while it waited in the queue is not sent;
+//! one already sent goes on (with the gap fill it may need), as before.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,19 @@ struct Item {
     req: PeerRequest,
     bytes: usize,
     done: oneshot::Sender<Answer>,
+    /// Set by the writer when it gives the write up.
+    withdrawn: Option<Arc<AtomicBool>>,
+}
+
+impl Item {
+    /// Given up while it waited: not sent (answered as not sent).
+    fn withdrawn(&self) -> bool {
+        self.done.is_closed()
+            || self
+                .withdrawn
+                .as_ref()
+                .is_some_and(|w| w.load(Ordering::Relaxed))
+    }
 }
 
 /// The primary's batching of replica writes, one queue per replica address.
@@ -58,11 +72,23 @@ impl Batcher {
     }
 
     /// Sends `req` (a [`PeerRequest::Replicate`]) to `addr` with the writes
-    /// queued beside it, and returns its own answer.
-    pub(crate) async fn call(&self, addr: SocketAddr, req: PeerRequest) -> Answer {
+    /// queued beside it, and returns its own answer. Once `withdrawn` is
+    /// set, a write still waiting in the queue is not sent (one already
+    /// sent is not recalled).
+    pub(crate) async fn call(
+        &self,
+        addr: SocketAddr,
+        req: PeerRequest,
+        withdrawn: Option<Arc<AtomicBool>>,
+    ) -> Answer {
         let bytes = write_bytes(&req);
         let (done, answer) = oneshot::channel();
-        let mut item = Item { req, bytes, done };
+        let mut item = Item {
+            req,
+            bytes,
+            done,
+            withdrawn,
+        };
         for _ in 0..2 {
             let queue = {
                 let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,6 +146,14 @@ fn entity_of(req: &PeerRequest) -> Option<(&str, &str)> {
     }
 }
 
+/// Answers a withdrawn write: it was never sent.
+fn not_sent(addr: SocketAddr, item: Item) {
+    let _ = item.done.send(Err(PeerError::Unreachable(
+        addr,
+        "not sent: its write was given up".into(),
+    )));
+}
+
 /// One replica's queue: gathers what waits, sends it, hands out the answers.
 async fn run(
     peers: Arc<Peers>,
@@ -137,14 +171,15 @@ async fn run(
             },
         };
         // Withdrawn by its writer (the write was given up): not sent.
-        if first.done.is_closed() {
+        if first.withdrawn() {
+            not_sent(addr, first);
             continue;
         }
         let mut bytes = first.bytes;
         let mut items = vec![first];
         while items.len() < MAX_WRITES {
             match rx.try_recv() {
-                Ok(i) if i.done.is_closed() => {}
+                Ok(i) if i.withdrawn() => not_sent(addr, i),
                 // A second write of an entity waits for the next batch: the
                 // replica appends a batch's writes concurrently, and an
                 // entity's writes must reach it in order.

@@ -369,16 +369,20 @@ async fn replicated_append(
         }
     };
     let (tx, mut rx) = mpsc::channel(to.len().max(1));
-    let mut sends = Vec::with_capacity(to.len());
+    // Set when the write is given up: what still waits in a replica's
+    // batch queue is then not sent.
+    let withdrawn = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for r in to {
         let inner = inner.clone();
         let local = local.clone();
         let write = write.clone();
         let tx = tx.clone();
-        sends.push(tokio::spawn(async move {
-            let res = send_to_replica(&inner, &local, r.0, shard, epoch, &write).await;
+        let withdrawn = withdrawn.clone();
+        tokio::spawn(async move {
+            let res =
+                send_to_replica(&inner, &local, r.0, shard, epoch, &write, Some(withdrawn)).await;
             let _ = tx.send((r, res)).await;
-        }));
+        });
     }
     drop(tx);
     let acks = async {
@@ -440,10 +444,9 @@ async fn replicated_append(
     if written.is_err() {
         // Sends still waiting in a replica's batch queue are withdrawn (an
         // abandoned write must not reach a replica after the read-back and
-        // the next write); one already on the wire may still land.
-        for s in &sends {
-            s.abort();
-        }
+        // the next write); one already sent goes on, with its gap fill (a
+        // replica far behind catches up that way).
+        withdrawn.store(true, std::sync::atomic::Ordering::Relaxed);
         // Some replica may hold it anyway (all of them, if only the local
         // write failed): read the entity back from the replicas before its
         // next write, so no seq is used twice.
@@ -455,7 +458,8 @@ async fn replicated_append(
 }
 
 /// Sends one write to one replica, filling the replica's gap from the
-/// local journal when it reports one.
+/// local journal when it reports one. Once `withdrawn` is set, the write is
+/// not sent if it still waits in the replica's batch queue.
 pub(crate) async fn send_to_replica(
     inner: &Arc<Inner>,
     local: &Arc<dyn Journal>,
@@ -463,6 +467,7 @@ pub(crate) async fn send_to_replica(
     shard: ShardId,
     epoch: u64,
     write: &Write,
+    withdrawn: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<(), String> {
     let addr = inner
         .addr_of(replica)
@@ -522,7 +527,7 @@ pub(crate) async fn send_to_replica(
     };
     for _ in 0..3 {
         let req = replicate(prev, events, true);
-        match answer(inner.batcher.call(addr, req).await)? {
+        match answer(inner.batcher.call(addr, req, withdrawn.clone()).await)? {
             PeerResponse::Done => return Ok(()),
             PeerResponse::Gap(have) => {
                 // Filled from the local journal in chunks of bounded size,
@@ -955,7 +960,7 @@ pub(crate) async fn catch_up_to(
             // not caught up).
             let down = inner.view().down.clone();
             for r in set.iter().filter(|r| !down.contains(r)) {
-                if send_to_replica(inner, &local, *r, shard, epoch, &write)
+                if send_to_replica(inner, &local, *r, shard, epoch, &write, None)
                     .await
                     .is_ok()
                 {
@@ -1017,7 +1022,7 @@ async fn resync(
             remove_timers: Vec::new(),
         };
         for r in super::replicas::all_replicas(inner, shard) {
-            let _ = send_to_replica(inner, local, r, shard, epoch, &write).await;
+            let _ = send_to_replica(inner, local, r, shard, epoch, &write, None).await;
         }
     }
     if let Ok(mut d) = inner.dirty.lock() {
