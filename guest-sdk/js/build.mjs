@@ -83,29 +83,38 @@ export function installTools(quiet = false) {
   const started = Date.now();
   log(quiet, `installing the pinned componentize-js tools into ${dest} (npm ci)`);
   const staging = mkdtempSync(join(dirname(dest), '.install-'));
+  // Per-install names, so that builds installing at once do not share them.
+  const aside = `${staging}.old`;
+  const cache = `${staging}.npm-cache`;
   try {
     for (const f of ['package.json', 'package-lock.json']) cpSync(join(TOOLS_SRC, f), join(staging, f));
     const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
     const r = spawnSync(
       npm,
-      ['ci', '--no-audit', '--no-fund', '--loglevel=error', '--cache', join(dirname(dest), '.npm-cache')],
+      ['ci', '--no-audit', '--no-fund', '--loglevel=error', '--cache', cache],
       { cwd: staging, stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit'] },
     );
     if (r.error) throw new BuildError(`cannot run npm (Node 20 with npm is needed): ${r.error.message}`);
     if (r.status !== 0) throw new BuildError(`npm ci in ${staging} failed (exit ${r.status})`);
     writeFileSync(join(staging, '.cairn-lock-sha256'), `${digest}\n`);
-    // Another build may have finished the same install meanwhile.
-    rmSync(dest, { recursive: true, force: true });
-    try {
-      renameSync(staging, dest);
-    } catch (e) {
-      if (!(existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === digest)) throw e;
+    // Another build may have finished the same install meanwhile and may be
+    // running it: a complete install of this lock is never replaced (ours is
+    // dropped below). An install of another lock is moved aside first, so
+    // `dest` is always either absent or whole.
+    if (!(existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === digest)) {
+      if (existsSync(dest)) renameSync(dest, aside);
+      try {
+        renameSync(staging, dest);
+      } catch (e) {
+        if (!(existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === digest)) throw e;
+      }
     }
   } finally {
     rmSync(staging, { recursive: true, force: true });
+    rmSync(aside, { recursive: true, force: true });
     // npm's download cache (about 130 MB) is only worth a reinstall after a
     // lock change, which is rare: do not keep it.
-    rmSync(join(dirname(dest), '.npm-cache'), { recursive: true, force: true });
+    rmSync(cache, { recursive: true, force: true });
   }
   log(quiet, `installed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   return dest;

@@ -122,14 +122,19 @@ def install_locked(lock: Path, dest: Path, what: str, quiet: bool = False) -> Pa
         if r.returncode != 0:
             raise BuildError(f"installing {what} failed (pip exited with {r.returncode}): {' '.join(cmd)}")
         (staging / ".cairn-lock-sha256").write_text(lock_digest + "\n")
-        # Another process may have finished the same install meanwhile.
-        if dest.exists():
-            shutil.rmtree(dest)
-        try:
-            staging.rename(dest)
-        except OSError:
-            if not (stamp.is_file() and stamp.read_text().strip() == lock_digest):
-                raise
+        # Another process may have finished the same install meanwhile and
+        # may be running it: a complete install of this lock is never
+        # replaced (ours is dropped with the temporary directory). An
+        # install of another lock is moved aside first, so `dest` is always
+        # either absent or whole.
+        if not (stamp.is_file() and stamp.read_text().strip() == lock_digest):
+            if dest.exists():
+                dest.rename(Path(tmp) / "old")
+            try:
+                staging.rename(dest)
+            except OSError:
+                if not (stamp.is_file() and stamp.read_text().strip() == lock_digest):
+                    raise
     if not quiet:
         print(f"installed in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return dest
