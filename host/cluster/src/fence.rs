@@ -230,6 +230,10 @@ pub enum Mutant {
     /// lease it was admitted under lapsed meanwhile
     /// ([`crate::write::PrimaryWrite::may_append`]).
     AppendAfterLapse,
+    /// A primary takes a replica's silence (a lost answer) for a refusal,
+    /// so a write a replica may hold is reported as stored nowhere
+    /// ([`crate::write::PrimaryWrite::answer`]).
+    SilenceAsRefusal,
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::replication::{FailoverView, Policy, acks_needed, merge, promotions, r
 use crate::route::{Route, Router};
 use crate::shard::ShardId;
 use crate::table::{Allocation, Decision, Replicas, ShardTable};
-use crate::write::{Plan, PrimaryWrite, Progress, WriteView, plan};
+use crate::write::{Answer, Plan, PrimaryWrite, Progress, WriteView, plan};
 
 const NODES: u64 = 4;
 const SHARDS: u32 = 3;
@@ -55,10 +55,21 @@ struct InFlight {
     seq: usize,
     value: u64,
     /// Replica → the step its message arrives (or, when lost, the step
-    /// the primary stops waiting for it) and whether it arrives.
-    pending: BTreeMap<u64, (usize, bool)>,
+    /// the primary stops waiting for it) and what becomes of it.
+    pending: BTreeMap<u64, (usize, Fate)>,
     /// The product's state of the write on the primary.
     write: PrimaryWrite,
+}
+
+/// What becomes of one replica message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It arrives and its answer returns.
+    Delivered,
+    /// It is lost on the way: the replica never sees it.
+    Lost,
+    /// It arrives, and the replica's answer is lost.
+    AnswerLost,
 }
 
 struct Node {
@@ -130,6 +141,9 @@ struct World {
     /// The owner before each allocation (where a move reads the history).
     previous: BTreeMap<(ShardId, u64), Allocation>,
     acked: BTreeMap<u32, Vec<(usize, u64)>>,
+    /// Writes reported refused by every replica (stored nowhere): entity →
+    /// (seq, value).
+    refused: BTreeMap<u32, Vec<(usize, u64)>>,
     next_value: u64,
     stats: Stats,
     /// Print what happens (a replayed seed).
@@ -142,6 +156,8 @@ struct Stats {
     moves: u64,
     failovers: u64,
     refused: u64,
+    /// Writes every replica refused.
+    refused_by_replicas: u64,
 }
 
 fn ids() -> Vec<NodeId> {
@@ -189,6 +205,7 @@ impl World {
             ready: BTreeSet::new(),
             previous: BTreeMap::new(),
             acked: BTreeMap::new(),
+            refused: BTreeMap::new(),
             next_value: 1,
             stats: Stats::default(),
             trace: false,
@@ -531,13 +548,13 @@ impl World {
             let mut flights = std::mem::take(&mut self.nodes[i].in_flight);
             let mut keep = Vec::new();
             for mut f in flights.drain(..) {
-                let due: Vec<(u64, bool)> = f
+                let due: Vec<(u64, Fate)> = f
                     .pending
                     .iter()
                     .filter(|(_, (at, _))| *at <= step)
-                    .map(|(r, (_, arrives))| (*r, *arrives))
+                    .map(|(r, (_, fate))| (*r, *fate))
                     .collect();
-                for (r, arrives) in due {
+                for (r, fate) in due {
                     f.pending.remove(&r);
                     let primary = self.nodes[i]
                         .journal
@@ -546,14 +563,21 @@ impl World {
                         .unwrap_or_default();
                     let rep = &mut self.nodes[(r - 1) as usize];
                     let committed = rep.router.table().get(f.fence.shard).map(|a| a.epoch);
-                    if !arrives
-                        || !rep.runs(step)
-                        || rep
-                            .fences
-                            .accept(f.fence.shard, f.fence.epoch, committed)
-                            .is_err()
+                    if fate == Fate::Lost || !rep.runs(step) {
+                        f.write.answer(NodeId(r), Answer::Unknown);
+                        continue;
+                    }
+                    if rep
+                        .fences
+                        .accept(f.fence.shard, f.fence.epoch, committed)
+                        .is_err()
                     {
-                        f.write.answer(NodeId(r), false);
+                        let answer = if fate == Fate::AnswerLost {
+                            Answer::Unknown
+                        } else {
+                            Answer::Refused
+                        };
+                        f.write.answer(NodeId(r), answer);
                         continue;
                     }
                     let h = rep.journal.entry(f.entity).or_default();
@@ -566,7 +590,12 @@ impl World {
                     if held {
                         h.push(f.value);
                     }
-                    f.write.answer(NodeId(r), held);
+                    let answer = if held && fate == Fate::Delivered {
+                        Answer::Held
+                    } else {
+                        Answer::Unknown
+                    };
+                    f.write.answer(NodeId(r), answer);
                 }
                 match f.write.progress() {
                     Progress::Waiting => keep.push(f),
@@ -605,6 +634,15 @@ impl World {
                         let n = &mut self.nodes[i];
                         n.dirty.insert(f.entity);
                         n.actors.remove(&f.entity);
+                    }
+                    // Stored nowhere: the client is told so, the entity
+                    // needs no read-back.
+                    Progress::Refused => {
+                        self.refused
+                            .entry(f.entity)
+                            .or_default()
+                            .push((f.seq, f.value));
+                        self.stats.refused_by_replicas += 1;
                     }
                 }
             }
@@ -721,8 +759,12 @@ impl World {
         self.next_value += 1;
         let mut pending = BTreeMap::new();
         for r in to {
-            let arrives = self.rng.random_bool(0.9);
-            pending.insert(r.0, (step + self.rng.random_range(0..4usize), arrives));
+            let fate = match self.rng.random_range(0..20) {
+                0 | 1 => Fate::Lost,
+                2 => Fate::AnswerLost,
+                _ => Fate::Delivered,
+            };
+            pending.insert(r.0, (step + self.rng.random_range(0..4usize), fate));
         }
         self.nodes[at].in_flight.push(InFlight {
             entity: e,
@@ -735,6 +777,20 @@ impl World {
     }
 
     fn check(&self) -> Result<(), String> {
+        // A write reported refused by every replica is stored nowhere.
+        for (e, refused) in &self.refused {
+            for (seq, v) in refused {
+                for n in &self.nodes {
+                    if n.journal.get(e).and_then(|h| h.get(seq - 1)) == Some(v) {
+                        return Err(format!(
+                            "entity {e}: #{seq} = {v} was reported refused by every replica, \
+                             yet node {} holds it",
+                            n.id.0
+                        ));
+                    }
+                }
+            }
+        }
         for (e, acked) in &self.acked {
             let mut seqs = BTreeSet::new();
             for (seq, v) in acked {
@@ -833,11 +889,14 @@ fn one_owner_and_no_acknowledged_write_lost_under_faults() {
         total.moves += w.stats.moves;
         total.failovers += w.stats.failovers;
         total.refused += w.stats.refused;
+        total.refused_by_replicas += w.stats.refused_by_replicas;
     }
     eprintln!("{total:?}");
     // Not a vacuous run: writes were acknowledged across moves and failovers.
     assert!(total.acked > 50 * schedules());
     assert!(total.moves > schedules() && total.failovers > schedules() / 10);
+    // Writes every replica refused happened, and were checked.
+    assert!(total.refused_by_replicas > schedules() / 20);
 }
 
 #[test]
@@ -859,6 +918,7 @@ fn broken_rules_are_caught() {
         Mutant::ReplicaWithoutFence,
         Mutant::StartWhileReleasing,
         Mutant::AckBeforeReplicas,
+        Mutant::SilenceAsRefusal,
     ] {
         match first_failure(Some(m), 0..2_000) {
             Some((seed, why, _)) => eprintln!("{m:?} caught by seed {seed}: {why}"),

@@ -16,6 +16,12 @@
 //! appends (else another node may have been promoted meanwhile: the
 //! replicas hold the write, a later owner imports it, and this one reports
 //! the outcome as unknown).
+//!
+//! A failed write is one of two things: refused by every replica it was
+//! sent to before any of them stored it ([`Progress::Refused`]: nothing is
+//! anywhere, a client may retry), or short of acknowledgements with some
+//! answer that does not say what the replica holds ([`Progress::Short`]:
+//! the outcome is unknown, and the entity must be read back).
 
 use std::time::Duration;
 
@@ -126,6 +132,7 @@ pub fn plan(view: &WriteView<'_>) -> Result<Plan, WriteRefused> {
         sets: view.sets.to_vec(),
         sent: to.len(),
         answered: 0,
+        refused: 0,
         acked: Vec::new(),
         lease_sent: view.lease_sent,
     };
@@ -144,6 +151,23 @@ pub enum Progress {
     /// Every replica answered and too few hold it: the write failed, its
     /// outcome is unknown (a replica may hold it).
     Short,
+    /// Every replica refused it before storing any of it: the write failed
+    /// and is nowhere; the primary does not append it, and the entity needs
+    /// no read-back.
+    Refused,
+}
+
+/// A replica's answer to a sent write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// It holds the write durably.
+    Held,
+    /// It refused the write before storing any of it (its fence has seen a
+    /// newer allocation of the shard).
+    Refused,
+    /// No answer (lost, timed out, unreachable), or one that does not say
+    /// whether it stored the write (a storage failure part way).
+    Unknown,
 }
 
 /// Why a write the replicas hold is not appended by the primary.
@@ -160,16 +184,26 @@ pub struct PrimaryWrite {
     sets: Vec<(Vec<NodeId>, usize)>,
     sent: usize,
     answered: usize,
+    /// Answers that were [`Answer::Refused`].
+    refused: usize,
     acked: Vec<NodeId>,
     lease_sent: Duration,
 }
 
 impl PrimaryWrite {
-    /// A replica's answer: `held` when it holds the write durably.
-    pub fn answer(&mut self, replica: NodeId, held: bool) {
+    /// A replica's answer (one per replica the write was sent to).
+    pub fn answer(&mut self, replica: NodeId, answer: Answer) {
         self.answered += 1;
-        if held && !self.acked.contains(&replica) {
-            self.acked.push(replica);
+        match answer {
+            Answer::Held => {
+                if !self.acked.contains(&replica) {
+                    self.acked.push(replica);
+                }
+            }
+            Answer::Refused => self.refused += 1,
+            // Broken: takes a silence for a refusal.
+            Answer::Unknown if is_mutant(Mutant::SilenceAsRefusal) => self.refused += 1,
+            Answer::Unknown => {}
         }
     }
 
@@ -198,6 +232,8 @@ impl PrimaryWrite {
         };
         if enough {
             Progress::Acknowledged
+        } else if self.answered >= self.sent && self.sent > 0 && self.refused >= self.sent {
+            Progress::Refused
         } else if self.answered >= self.sent {
             Progress::Short
         } else {
@@ -292,16 +328,16 @@ mod tests {
         };
         assert_eq!(to, vec![NodeId(2), NodeId(3), NodeId(4)]);
         assert_eq!(w.progress(), Progress::Waiting);
-        w.answer(NodeId(2), true);
+        w.answer(NodeId(2), Answer::Held);
         assert_eq!(w.progress(), Progress::Waiting, "the target set has none");
-        w.answer(NodeId(4), false);
+        w.answer(NodeId(4), Answer::Refused);
         assert_eq!(w.progress(), Progress::Waiting);
-        w.answer(NodeId(3), false);
-        assert_eq!(w.progress(), Progress::Short);
+        w.answer(NodeId(3), Answer::Refused);
+        assert_eq!(w.progress(), Progress::Short, "replica 2 holds it");
         let Ok(Plan::Send(_, mut w)) = plan(&view(&s, &all)) else {
             panic!("sent")
         };
-        w.answer(NodeId(3), true);
+        w.answer(NodeId(3), Answer::Held);
         assert_eq!(w.progress(), Progress::Acknowledged);
         let lease = LeaseConfig::default();
         assert_eq!(w.may_append(&lease, Duration::from_millis(2_999)), Ok(()));
@@ -309,5 +345,27 @@ mod tests {
             w.may_append(&lease, Duration::from_millis(3_000)),
             Err(AppendRefused::LeaseLapsed)
         );
+    }
+
+    #[test]
+    fn refused_only_when_every_replica_refused() {
+        let s = sets(&[(&[2, 3], 1)]);
+        let all = |_: NodeId| true;
+        let sent = || {
+            let Ok(Plan::Send(_, w)) = plan(&view(&s, &all)) else {
+                panic!("sent")
+            };
+            w
+        };
+        let mut w = sent();
+        w.answer(NodeId(2), Answer::Refused);
+        assert_eq!(w.progress(), Progress::Waiting);
+        w.answer(NodeId(3), Answer::Refused);
+        assert_eq!(w.progress(), Progress::Refused);
+        // One silence: replica 3 may hold it.
+        let mut w = sent();
+        w.answer(NodeId(2), Answer::Refused);
+        w.answer(NodeId(3), Answer::Unknown);
+        assert_eq!(w.progress(), Progress::Short);
     }
 }

@@ -85,7 +85,7 @@ use cairn_cluster::replication::{
     FailoverView, Policy, ReplicaWrite, acknowledged, acks_needed, may_promote, merge, next_set,
     promotions, replica_set, replica_write,
 };
-use cairn_cluster::write::{Plan, Progress, WriteView, plan};
+use cairn_cluster::write::{Answer, Plan, Progress, WriteView, plan};
 use cairn_cluster::{Decision, NodeId, Replicas, ShardId, ShardTable};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -551,7 +551,7 @@ impl World {
         for r in to {
             let held = self.rng.random_bool(0.8) && self.replicate(r, shard, &history, pos);
             if let Some(p) = progress.as_mut() {
-                p.answer(r, held);
+                p.answer(r, if held { Answer::Held } else { Answer::Unknown });
             }
             if held {
                 acks.push(r);

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use cairn_cluster::replication::{ReplicaWrite, replica_write};
-use cairn_cluster::write::{Plan, Progress, WriteRefused, WriteView, plan};
+use cairn_cluster::write::{Answer, Plan, Progress, WriteRefused, WriteView, plan};
 use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_store::{
     BoxFuture, EntityKey, EventRecord, FeedPage, Fence, Journal, JournalError, PackedEvents,
@@ -320,7 +320,7 @@ async fn replicated_append(
         .into_iter()
         .map(|(set, need)| (set.into_iter().map(NodeId).collect(), need))
         .collect();
-    // Only a deletion of timers (nothing a replica keeps) stays local.
+    // An empty write (nothing a replica keeps) stays local.
     let replicated =
         !(write.events.is_empty() && write.add_timers.is_empty() && write.remove_timers.is_empty());
     let live: Vec<NodeId> = {
@@ -400,13 +400,25 @@ async fn replicated_append(
                         errors.join("; ")
                     )));
                 }
+                // Stored nowhere: a refusal, safe to retry.
+                Progress::Refused => {
+                    return Err(JournalError::Fenced(format!(
+                        "{}: every replica refused the write: {}",
+                        write.key,
+                        errors.join("; ")
+                    )));
+                }
                 Progress::Waiting => {}
             }
             match rx.recv().await {
-                Some((r, Ok(()))) => progress.answer(r, true),
+                Some((r, Ok(()))) => progress.answer(r, Answer::Held),
                 Some((r, Err(e))) => {
-                    progress.answer(r, false);
-                    errors.push(e);
+                    let answer = match e {
+                        SendFailure::Refused(_) => Answer::Refused,
+                        SendFailure::Unknown(_) => Answer::Unknown,
+                    };
+                    progress.answer(r, answer);
+                    errors.push(e.to_string());
                 }
                 None => {
                     return Err(JournalError::Indeterminate(format!(
@@ -441,7 +453,9 @@ async fn replicated_append(
         },
         Err(e) => Err(e),
     };
-    if written.is_err() {
+    // Refused by every replica (`Progress::Refused`, the only source of a
+    // `Fenced` here): stored nowhere, nothing to read back.
+    if written.is_err() && !matches!(written, Err(JournalError::Fenced(_))) {
         // Sends still waiting in a replica's batch queue are withdrawn (an
         // abandoned write must not reach a replica after the read-back and
         // the next write); one already sent goes on, with its gap fill (a
@@ -457,6 +471,24 @@ async fn replicated_append(
     written
 }
 
+/// Why one replica does not hold a write sent to it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendFailure {
+    /// The replica refused it before storing any of it (its fence has seen
+    /// a newer epoch).
+    #[error("{0}")]
+    Refused(String),
+    /// No answer, or one that does not say whether it stored the write.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+impl From<String> for SendFailure {
+    fn from(why: String) -> Self {
+        SendFailure::Unknown(why)
+    }
+}
+
 /// Sends one write to one replica, filling the replica's gap from the
 /// local journal when it reports one. Once `withdrawn` is set, the write is
 /// not sent if it still waits in the replica's batch queue.
@@ -468,7 +500,7 @@ pub(crate) async fn send_to_replica(
     epoch: u64,
     write: &Write,
     withdrawn: Option<Arc<std::sync::atomic::AtomicBool>>,
-) -> Result<(), String> {
+) -> Result<(), SendFailure> {
     let addr = inner
         .addr_of(replica)
         .ok_or_else(|| format!("no address for replica {replica}"))?;
@@ -518,12 +550,12 @@ pub(crate) async fn send_to_replica(
             },
         };
     let answer = |r: Result<PeerResponse, PeerError>| match r {
-        Ok(PeerResponse::Fenced(e)) => Err(format!(
+        Ok(PeerResponse::Fenced(e)) => Err(SendFailure::Refused(format!(
             "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
-        )),
-        Ok(PeerResponse::Failed(e)) => Err(e.to_string()),
+        ))),
+        Ok(PeerResponse::Failed(e)) => Err(SendFailure::Unknown(e.to_string())),
         Ok(other) => Ok(other),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(SendFailure::Unknown(e.to_string())),
     };
     for _ in 0..3 {
         let req = replicate(prev, events, true);
@@ -534,7 +566,7 @@ pub(crate) async fn send_to_replica(
                 // then the write is sent again.
                 let first = events.first().map_or(1, |e| e.seq);
                 if have + 1 >= first {
-                    return Err(format!("replica {replica} reports a gap it does not have"));
+                    return Err(format!("replica {replica} reports a gap it does not have").into());
                 }
                 let mut next = have + 1;
                 while next < first {
@@ -547,7 +579,8 @@ pub(crate) async fn send_to_replica(
                             return Err(format!(
                                 "{}: cannot fill replica {replica}'s gap at #{next}",
                                 write.key
-                            ));
+                            )
+                            .into());
                         }
                     }
                     let chunk_prev = prev_of(next).await?;
@@ -555,14 +588,18 @@ pub(crate) async fn send_to_replica(
                     let req = replicate(chunk_prev, &chunk, false);
                     match answer(inner.peers.call(addr, &req, Duration::from_secs(10)).await)? {
                         PeerResponse::Done => {}
-                        other => return Err(format!("filling a gap: unexpected answer {other:?}")),
+                        other => {
+                            return Err(
+                                format!("filling a gap: unexpected answer {other:?}").into()
+                            );
+                        }
                     }
                 }
             }
-            other => return Err(format!("unexpected answer {other:?}")),
+            other => return Err(format!("unexpected answer {other:?}").into()),
         }
     }
-    Err(format!("replica {replica} kept reporting gaps"))
+    Err(format!("replica {replica} kept reporting gaps").into())
 }
 
 /// The newest epoch each shard's replica has accepted (fencing).
