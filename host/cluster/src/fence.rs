@@ -234,6 +234,9 @@ pub enum Mutant {
     /// so a write a replica may hold is reported as stored nowhere
     /// ([`crate::write::PrimaryWrite::answer`]).
     SilenceAsRefusal,
+    /// A replication batch takes a second write of an entity
+    /// ([`crate::batch::Gather::offer`]).
+    TwoWritesOfAnEntityPerBatch,
 }
 
 #[cfg(test)]

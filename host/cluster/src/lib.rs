@@ -34,6 +34,7 @@
 //! decisions it proposes must be committed by a majority (the replicated
 //! decision log) before any node applies them.
 
+pub mod batch;
 pub mod coordinator;
 pub mod fence;
 pub mod lease;

@@ -7,10 +7,9 @@
 //!
 //! One batch is in flight per replica at a time: while it is, the next
 //! one gathers (like a group commit), so an entity's writes reach the
-//! replica in the order they were sent; a batch holds at most one write
-//! of an entity (the replica appends a batch's writes concurrently). A
-//! batch is bounded in writes and in bytes of events; a write larger than
-//! the byte bound travels alone.
+//! replica in the order they were sent. Which writes join a batch is the
+//! sans-IO rule `cairn_cluster::batch::Gather` (bounded in writes and
+//! bytes, at most one write of an entity, the queue's order kept).
 //! Each write's outcome is its own: a refusal (fenced, a gap) answers that
 //! write only; a lost call fails every write of the batch with the same
 //! error (each may have been applied: the caller treats it as unknown). A
@@ -23,14 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_cluster::batch::{Gather, Limits, Offer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::peer::{PeerError, PeerRequest, PeerResponse, Peers};
-
-/// The most writes one batch carries.
-const MAX_WRITES: usize = 256;
-/// About the most bytes of events one batch carries.
-const MAX_BYTES: usize = 1024 * 1024;
 
 type Answer = Result<PeerResponse, PeerError>;
 
@@ -134,14 +129,20 @@ fn write_bytes(req: &PeerRequest) -> usize {
     }
 }
 
-/// The entity a write is for.
-fn entity_of(req: &PeerRequest) -> Option<(&str, &str)> {
+/// A hash of the entity a write is for. Two entities that share a hash
+/// only split a batch that could have held both.
+fn entity_of(req: &PeerRequest) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
     match req {
         PeerRequest::Replicate {
             entity_type,
             entity_id,
             ..
-        } => Some((entity_type, entity_id)),
+        } => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (entity_type, entity_id).hash(&mut h);
+            Some(h.finish())
+        }
         _ => None,
     }
 }
@@ -175,25 +176,18 @@ async fn run(
             not_sent(addr, first);
             continue;
         }
-        let mut bytes = first.bytes;
+        let mut gather = Gather::start(Limits::default(), entity_of(&first.req), first.bytes);
         let mut items = vec![first];
-        while items.len() < MAX_WRITES {
+        loop {
             match rx.try_recv() {
                 Ok(i) if i.withdrawn() => not_sent(addr, i),
-                // A second write of an entity waits for the next batch: the
-                // replica appends a batch's writes concurrently, and an
-                // entity's writes must reach it in order.
-                Ok(i)
-                    if bytes + i.bytes > MAX_BYTES
-                        || items.iter().any(|j| entity_of(&j.req) == entity_of(&i.req)) =>
-                {
-                    carry = Some(i);
-                    break;
-                }
-                Ok(i) => {
-                    bytes += i.bytes;
-                    items.push(i);
-                }
+                Ok(i) => match gather.offer(entity_of(&i.req), i.bytes) {
+                    Offer::Join => items.push(i),
+                    Offer::Next => {
+                        carry = Some(i);
+                        break;
+                    }
+                },
                 Err(_) => break,
             }
         }
