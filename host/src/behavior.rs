@@ -100,7 +100,9 @@ pub enum GuestFault {
     /// The guest tried to grow its memory past the cap.
     #[error("guest exceeded its memory limit of {0} bytes")]
     MemoryLimit(usize),
-    /// Any other trap (a panic in Rust guests shows as `unreachable`).
+    /// Any other trap (a panic in Rust guests shows as `unreachable`), with
+    /// the last line the guest wrote, if any (the Rust SDK's panic hook
+    /// writes the panic's message and location).
     #[error("guest trapped: {0}")]
     Trap(String),
     /// The guest could not be instantiated.

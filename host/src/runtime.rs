@@ -772,8 +772,8 @@ impl WasmBehavior {
         };
         // What the guest wrote last says why, when it says anything: a
         // Python exception's last traceback line, a JavaScript exception
-        // (componentize-js with stdio), a Rust panic message if the guest's
-        // panic hook prints one (the Rust SDK's keeps panics quiet).
+        // (componentize-js with stdio), a Rust panic's message and location
+        // (the Rust SDK's panic hook writes them to stderr as one line).
         // The whole output is in the node's log (`log_output`).
         match slot.store.data().io.last_line() {
             Some(line) => GuestFault::Trap(format!("{what}; the guest's last output: {line}")),

@@ -1,6 +1,7 @@
 //! What the guest tests (Python, JavaScript) do with a node through the
 //! CLI and the lifecycle stream: run `cairn`, deploy with a timing, read
-//! events as JSON, wait for an entity's start, restart the node.
+//! events as JSON, wait for an entity's start, restart the node; and read
+//! the node's log: its guest-output entries, without colours.
 
 use std::time::{Duration, Instant};
 
@@ -100,4 +101,89 @@ pub fn balance_of(state: &str) -> Result<i64> {
     let v: serde_json::Value =
         serde_json::from_str(state).with_context(|| format!("state {state}"))?;
     v["balance"].as_i64().context("no balance in the state")
+}
+
+/// The node's log (`DIR/node.log`), or "" if it cannot be read.
+pub fn node_log(node: &NodeProc) -> String {
+    std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default()
+}
+
+/// Every guest-output entry of the node's log (the entry's line and the
+/// guest's lines that follow it), in order, without colours.
+pub fn guest_outputs(node: &NodeProc) -> Vec<String> {
+    let mut entries: Vec<String> = Vec::new();
+    for line in strip_ansi(&node_log(node)).lines() {
+        // An entry starts with its timestamp ("2026-12-07T..."); a guest's
+        // output spans the lines up to the next entry.
+        if line.len() > 20 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b'T' {
+            entries.push(line.to_owned());
+        } else if let Some(last) = entries.last_mut() {
+            last.push('\n');
+            last.push_str(line);
+        }
+    }
+    entries.retain(|e| e.contains(" guest output "));
+    entries
+}
+
+/// The node's last guest-output entry for entity `id`, if any.
+pub fn guest_output(node: &NodeProc, id: &str) -> Option<String> {
+    guest_outputs(node)
+        .into_iter()
+        .rev()
+        .find(|e| e.contains(&format!("entity_id=\"{id}\"")))
+}
+
+/// Waits (up to 30 s) for [`guest_output`] of `id`.
+pub fn wait_for_output(node: &NodeProc, id: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(entry) = guest_output(node, id) {
+            return Ok(entry);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no guest output of {id} in the node log:\n{}",
+                node_log(node)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `text` without ANSI colour codes.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Asks `entity_type`/`id` `json` with the CLI (a 60 s client timeout),
+/// which must fail; returns the CLI's error, trimmed, and how long the
+/// ask took.
+pub fn ask_fails(
+    node: &NodeProc,
+    entity_type: &str,
+    id: &str,
+    json: &str,
+) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    let (ok, out, err) = node.cli(&["ask", entity_type, id, json, "--timeout", "60s"])?;
+    let took = started.elapsed();
+    if ok {
+        bail!("{entity_type} {id} {json} succeeded: {out}");
+    }
+    eprintln!("{entity_type} {json} failed after {took:?}: {}", err.trim());
+    Ok((err.trim().to_owned(), took))
 }

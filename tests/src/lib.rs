@@ -198,18 +198,28 @@ pub fn js_example_wasm(name: &str) -> Result<PathBuf> {
     if !JS_EXAMPLES.contains(&name) {
         bail!("{name} is not a JavaScript example ({JS_EXAMPLES:?})");
     }
-    let root = workspace_root();
-    let module = root
+    let module = workspace_root()
         .join("examples")
         .join("js")
         .join(name)
         .join(format!("{}.js", name.replace('-', "_")));
-    let out = root
+    js_module_wasm(&module, name, &[])
+}
+
+/// Builds any JavaScript behavior module (a `.js` file whose default
+/// export is a `defineEntity`, e.g. a test's hostile guest under
+/// `tests/fixtures/js`) with `guest-sdk/js/build.mjs` to
+/// `target/wasm/js/OUT_NAME.wasm` and returns that path; `args` go to
+/// build.mjs (e.g. `--no-console`). See [`build_js`]: one build at a time,
+/// and only when the sources (the module's directory, the SDK, the WIT)
+/// changed.
+pub fn js_module_wasm(module: &Path, out_name: &str, args: &[&str]) -> Result<PathBuf> {
+    let out = workspace_root()
         .join("target")
         .join("wasm")
         .join("js")
-        .join(format!("{name}.wasm"));
-    build_js(&module, &out, &[])?;
+        .join(format!("{out_name}.wasm"));
+    build_js(module, &out, args)?;
     Ok(out)
 }
 

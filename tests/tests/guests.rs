@@ -6,7 +6,8 @@
 //!   without the loopers are printed, not asserted);
 //! - a guest that prints in a loop, in a real `cairn node` process: the
 //!   command succeeds as its logic says, the node's log holds the output,
-//!   bounded, and no panic or backtrace;
+//!   bounded, and no panic or backtrace; a guest's panic message and
+//!   location reach the caller's error and the log;
 //! - a guest that sleeps or reads stdin fails with a clear error.
 
 use std::sync::Arc;
@@ -217,6 +218,21 @@ async fn guest_output_goes_to_the_node_log_bounded_without_panics() -> Result<()
         let msg = format!("{err:#}");
         assert!(msg.contains(what), "{id}: {msg}");
     }
+    // A panic: the caller's error quotes the line the SDK's panic hook
+    // wrote to stderr (message and location), and the log has that line.
+    let panic_line = "faulty behavior panics on purpose";
+    let err = client
+        .ask_json("faulty", "panicker", r#""Panic""#)
+        .await
+        .expect_err("a panic must fail the command");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("the guest's last output: panic at examples/faulty/src/lib.rs:")
+            && msg.contains(panic_line),
+        "{msg}"
+    );
+    let (reply, _) = client.ask_json("faulty", "panicker", r#""Ok""#).await?;
+    assert_eq!(reply.as_deref(), Some("\"ok\""));
     // Let the log reach the file.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = std::fs::read_to_string(tmp.path().join("data").join("node.log"))?;
@@ -230,6 +246,11 @@ async fn guest_output_goes_to_the_node_log_bounded_without_panics() -> Result<()
     assert!(
         log.contains("faulty prints line 0") && log.contains("faulty writes to stderr"),
         "the guest's output is not in the log:\n{tail}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("panic at examples/faulty/src/lib.rs:") && l.contains(panic_line)),
+        "the panic's line is not in the log:\n{tail}"
     );
     // The start (4 KiB) and the end (1 KiB) of each command's output are
     // kept, the bytes in between counted.

@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cairn_tests::guest::{guest_outputs, node_log, wait_for_output};
 use cairn_tests::{NodeProc, python_example_wasm, python_module_wasm, workspace_root};
 
 /// Runs `cairn ARGS`; returns its stdout, trimmed, or fails with the log.
@@ -30,7 +31,7 @@ fn cairn(node: &NodeProc, args: &[&str]) -> Result<String> {
 }
 
 fn log(node: &NodeProc) -> String {
-    std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default()
+    node_log(node)
 }
 
 /// Asks the hostile guest `json`, which must fail; returns the error and
@@ -44,64 +45,6 @@ fn hostile_fails(node: &NodeProc, id: &str, json: &str) -> Result<(String, Durat
     }
     eprintln!("hostile {json} failed after {took:?}: {}", err.trim());
     Ok((err.trim().to_owned(), took))
-}
-
-/// The node's last guest-output entry for entity `id` (the log line and
-/// the guest's lines that follow it), if any.
-fn guest_output(node: &NodeProc, id: &str) -> Option<String> {
-    guest_outputs(node)
-        .into_iter()
-        .rev()
-        .find(|e| e.contains(&format!("entity_id=\"{id}\"")))
-}
-
-/// Every guest-output entry of the node's log, in order, without colours.
-fn guest_outputs(node: &NodeProc) -> Vec<String> {
-    let mut entries: Vec<String> = Vec::new();
-    for line in strip_ansi(&log(node)).lines() {
-        // An entry starts with its timestamp ("2026-12-07T..."); a guest's
-        // output spans the lines up to the next entry.
-        if line.len() > 20 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b'T' {
-            entries.push(line.to_owned());
-        } else if let Some(last) = entries.last_mut() {
-            last.push('\n');
-            last.push_str(line);
-        }
-    }
-    entries.retain(|e| e.contains(" guest output "));
-    entries
-}
-
-/// Waits (up to 30 s) for [`guest_output`] of `id`.
-fn wait_for_output(node: &NodeProc, id: &str) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(entry) = guest_output(node, id) {
-            return Ok(entry);
-        }
-        if Instant::now() > deadline {
-            bail!("no guest output of {id} in the node log:\n{}", log(node));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `text` without ANSI colour codes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn bank_deposit(node: &NodeProc, id: &str) -> Result<()> {
