@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cairn_client::{Client, ClientError};
-use cairn_host::api::{ApiError, StateAt};
+use cairn_host::api::{ApiError, Payload, StateAt};
 use cairn_tests::{NodeProc, example_bytes, js_example_wasm, python_example_wasm};
 
 const TYPE: &str = "bank-account";
@@ -33,9 +33,24 @@ struct Expected {
     fees: u64,
 }
 
+/// Asks with a 60 s deadline: the test checks that no command is lost in a
+/// swap, not how long one waits while a large component is compiled and
+/// instantiated on a busy machine (the default 5 s deadline ran out there,
+/// in CI beside other work, during the swap to Python).
 async fn ask(c: &Client, id: &str, json: &str) -> Result<String, ClientError> {
-    let (reply, _) = c.ask_json(TYPE, id, json).await?;
-    Ok(reply.unwrap_or_default())
+    let r = c
+        .ask(
+            TYPE,
+            id,
+            Payload::Json(json.to_owned()),
+            None,
+            Some(Duration::from_secs(60)),
+        )
+        .await?;
+    Ok(match r.reply {
+        Some(Payload::Json(j)) => j,
+        _ => String::new(),
+    })
 }
 
 async fn deposit(c: &Client, id: &str, amount: i64) -> Result<String, ClientError> {
