@@ -328,9 +328,27 @@ impl Load {
 }
 
 /// Every acknowledged deposit is in the balance, and nothing else is.
+/// Checks every balance against the deposits acknowledged. A read the
+/// cluster answers `Unavailable` is asked again for up to 60 s: on a busy
+/// machine failure detection can mark a starved member unreachable for a
+/// moment, which this check is not about; a wrong balance fails at once.
 async fn check_balances(client: &Client, acked: &HashMap<String, u64>, base: i64) -> Result<()> {
+    let mut unavailable = 0;
     for (id, n) in acked {
-        let b = balance(client, id).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let b = loop {
+            match ask(client, id, r#""GetBalance""#).await {
+                Ok((j, _)) => break j.trim().parse::<i64>()?,
+                Err(ClientError::Api(ApiError::Unavailable(why))) if Instant::now() < deadline => {
+                    unavailable += 1;
+                    if unavailable % 20 == 1 {
+                        eprintln!("balance of {id}: unavailable ({why}); asking again");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("balance of {id}")),
+            }
+        };
         ensure!(
             b == base + *n as i64,
             "{id}: balance {b}, expected {} ({n} acknowledged deposits)",
