@@ -17,7 +17,8 @@
 //!    steps of 1,000), then SIGTERM and a restart timed from the spawn to
 //!    the first answered command (compiled code from the cache).
 //!
-//! The machine's load average is printed at the start, before each
+//! `CAIRN_BENCH_LANGUAGES` (e.g. `rust,python`) limits the run to some of
+//! the languages. The machine's load average is printed at the start, before each
 //! language and at the end. Nothing here asserts a time.
 
 use std::future::Future;
@@ -246,11 +247,20 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
     );
     let cairn = cairn_tests::cairn_bin()?;
     println!("node binary: {}", cairn.display());
-    let langs: [(&str, PathBuf); 3] = [
-        ("Rust", cairn_tests::example_wasm("bank-account")?),
-        ("Python", cairn_tests::python_example_wasm("bank-account")?),
-        ("JavaScript", cairn_tests::js_example_wasm("bank-account")?),
-    ];
+    let chosen = std::env::var("CAIRN_BENCH_LANGUAGES")
+        .unwrap_or_else(|_| "rust,python,javascript".into())
+        .to_lowercase();
+    let wanted = |name: &str| chosen.split(',').any(|c| c.trim() == name.to_lowercase());
+    let mut langs: Vec<(&str, PathBuf)> = Vec::new();
+    if wanted("Rust") {
+        langs.push(("Rust", cairn_tests::example_wasm("bank-account")?));
+    }
+    if wanted("Python") {
+        langs.push(("Python", cairn_tests::python_example_wasm("bank-account")?));
+    }
+    if wanted("JavaScript") {
+        langs.push(("JavaScript", cairn_tests::js_example_wasm("bank-account")?));
+    }
     let mut all = Vec::new();
     for (name, path) in &langs {
         let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -276,7 +286,8 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
     }
     let end_load = loadavg();
     print_table(&all);
-    if let (Some((_, rust)), Some((_, py))) = (all.first(), all.get(1)) {
+    let of = |name: &str| all.iter().find(|(n, _)| *n == name).map(|(_, f)| f);
+    if let (Some(rust), Some(py)) = (of("Rust"), of("Python")) {
         println!(
             "\nRust reply-only decide p50 / Python reply-only decide p50: {:.1} / {:.1} µs = {:.1}% \
              (the per-call cost of the wasm engine and the host, an upper bound of its share; \
