@@ -11,7 +11,10 @@
 //! Python bank account, `examples/python/bank-account`: deploy to active
 //! with and without the compiled-code cache, `decide` and `fold` per call,
 //! durable commands in-process, recovery of a 10,000-event entity with and
-//! without a snapshot, RSS per 1,000 live entities with 10,000 live).
+//! without a snapshot, RSS per 1,000 live entities with 10,000 live) and
+//! `languages` (the bank account in Rust, Python and JavaScript side by
+//! side, in-process and over QUIC against a `cairn node` process: see
+//! `bench/languages.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,9 @@ use cairn_host::config::Config;
 use cairn_host::node::{AskOptions, LifecycleEvent, Node};
 use cairn_store::{EntityKey, EventRecord, Snapshot, Write};
 use cairn_tests::native::Native;
+
+#[path = "bench/languages.rs"]
+mod languages;
 
 /// The allocator of the `cairn` binary (see `host/src/main.rs`), so that the
 /// figures are those of a node.
@@ -236,10 +242,13 @@ async fn write_history_of(node: &Node, ty: &str, id: &str, n: u64) -> Result<()>
 }
 
 async fn recovery(label: &str, node: &Node, id: &str) -> Result<()> {
-    recovery_of(label, node, "bank-account", id).await
+    recovery_of(label, node, "bank-account", id).await?;
+    Ok(())
 }
 
-async fn recovery_of(label: &str, node: &Node, ty: &str, id: &str) -> Result<()> {
+/// Recovers entity `id` of type `ty` (its first command) and prints the
+/// rate; returns the time from the command to its reply.
+async fn recovery_of(label: &str, node: &Node, ty: &str, id: &str) -> Result<Duration> {
     let mut lc = node.lifecycle();
     let get = node.command_from_json(ty, r#""GetBalance""#)?;
     let t = Instant::now();
@@ -267,7 +276,7 @@ async fn recovery_of(label: &str, node: &Node, ty: &str, id: &str) -> Result<()>
         snap,
         secs * 1e3
     );
-    Ok(())
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Phases, each run in a child process of its own so that one phase's memory
@@ -321,8 +330,9 @@ async fn run_phase(phase: &str, a: &Args) -> Result<()> {
         "hotswap" => hotswap(&root, &wasm).await,
         "deploy-history" => deploy_history(a, &root, &wasm).await,
         "python" => python(&root).await,
+        "languages" => languages::run(&root).await,
         other => Err(anyhow::anyhow!(
-            "unknown phase `{other}`; phases: {PHASES:?}, deploy-history and python"
+            "unknown phase `{other}`; phases: {PHASES:?}, deploy-history, python and languages"
         )),
     };
     let _ = std::fs::remove_dir_all(&root);
