@@ -187,3 +187,40 @@ pub fn ask_fails(
     eprintln!("{entity_type} {json} failed after {took:?}: {}", err.trim());
     Ok((err.trim().to_owned(), took))
 }
+
+/// Asks `entity_type` `id` for `command`, which must not return (a loop the
+/// call's deadline ends), and meanwhile deposits 1 into the bank account
+/// `bank_id`, one deposit after the other over the same client (so the same
+/// QUIC connection), each answered `"ok"`. Returns the looping command's
+/// error, how many deposits were answered meanwhile and the slowest.
+pub async fn loop_beside_deposits(
+    client: &Client,
+    entity_type: &str,
+    id: &str,
+    command: &str,
+    bank_id: &str,
+) -> Result<(String, usize, Duration)> {
+    let looping = {
+        let client = client.clone();
+        let (ty, id, command) = (entity_type.to_owned(), id.to_owned(), command.to_owned());
+        tokio::spawn(async move { client.ask_json(&ty, &id, &command).await })
+    };
+    let (mut answered, mut slowest) = (0, Duration::ZERO);
+    while !looping.is_finished() {
+        let started = Instant::now();
+        let (reply, _) = client
+            .ask_json("bank-account", bank_id, r#"{"Deposit":{"amount":1}}"#)
+            .await?;
+        slowest = slowest.max(started.elapsed());
+        anyhow::ensure!(
+            reply.as_deref() == Some("\"ok\""),
+            "deposit to {bank_id} answered {reply:?}"
+        );
+        answered += 1;
+    }
+    let err = match looping.await? {
+        Ok(reply) => bail!("{entity_type} {id} {command} returned {reply:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    Ok((err, answered, slowest))
+}

@@ -17,7 +17,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cairn_tests::guest::{ask_fails, cairn, guest_outputs, node_log, wait_for_output};
+use cairn_tests::guest::{
+    ask_fails, cairn, guest_outputs, loop_beside_deposits, node_log, wait_for_output,
+};
 use cairn_tests::{NodeProc, js_example_wasm, js_module_wasm, workspace_root};
 
 /// Asks the hostile guest `json`, which must fail; returns the error and
@@ -65,24 +67,8 @@ async fn hostile_js_guests_fail_only_their_own_commands() -> Result<()> {
 
     // An infinite loop: the call's deadline (1 s by default) ends it. The
     // bank account answers meanwhile, over the same QUIC connection.
-    let looping = {
-        let client = client.clone();
-        tokio::spawn(async move { client.ask_json("hostile", "h-loop", r#""Loop""#).await })
-    };
-    let (mut answered, mut slowest) = (0, Duration::ZERO);
-    while !looping.is_finished() {
-        let started = Instant::now();
-        let (reply, _) = client
-            .ask_json("bank-account", "acct-2", r#"{"Deposit":{"amount":1}}"#)
-            .await?;
-        slowest = slowest.max(started.elapsed());
-        assert_eq!(reply.as_deref(), Some("\"ok\""));
-        answered += 1;
-    }
-    let err = match looping.await? {
-        Ok(reply) => panic!("the loop returned {reply:?}"),
-        Err(e) => format!("{e:#}"),
-    };
+    let (err, answered, slowest) =
+        loop_beside_deposits(&client, "hostile", "h-loop", r#""Loop""#, "acct-2").await?;
     eprintln!(
         "hostile Loop: {err}; bank-account answered {answered} deposits meanwhile, the slowest in {slowest:?}"
     );

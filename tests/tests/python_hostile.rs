@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cairn_tests::guest::{guest_outputs, node_log, wait_for_output};
+use cairn_tests::guest::{guest_outputs, loop_beside_deposits, node_log, wait_for_output};
 use cairn_tests::{NodeProc, python_example_wasm, python_module_wasm, workspace_root};
 
 /// Runs `cairn ARGS`; returns its stdout, trimmed, or fails with the log.
@@ -87,25 +87,8 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
 
     // An infinite loop: the call's deadline (1 s by default) ends it. The
     // bank account answers meanwhile.
-    let looping = {
-        let client = client.clone();
-        tokio::spawn(async move { client.ask_json("hostile", "h-loop", r#""Loop""#).await })
-    };
-    // Deposits (over the same QUIC connection) while the looping ask is out.
-    let (mut answered, mut slowest) = (0, Duration::ZERO);
-    while !looping.is_finished() {
-        let started = Instant::now();
-        let (reply, _) = client
-            .ask_json("bank-account", "acct-2", r#"{"Deposit":{"amount":1}}"#)
-            .await?;
-        slowest = slowest.max(started.elapsed());
-        assert_eq!(reply.as_deref(), Some("\"ok\""));
-        answered += 1;
-    }
-    let err = match looping.await? {
-        Ok(reply) => panic!("the loop returned {reply:?}"),
-        Err(e) => format!("{e:#}"),
-    };
+    let (err, answered, slowest) =
+        loop_beside_deposits(&client, "hostile", "h-loop", r#""Loop""#, "acct-2").await?;
     eprintln!(
         "hostile Loop: {err}; bank-account answered {answered} deposits meanwhile, the slowest in {slowest:?}"
     );
