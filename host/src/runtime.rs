@@ -26,7 +26,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod cache;
 mod imports;
@@ -42,7 +42,7 @@ use stdio::{CallIo, GuestIo};
 
 use rand::SeedableRng;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::add_to_linker_sync;
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
@@ -68,6 +68,12 @@ use bindings::exports::cairn::entity::behavior as wit;
 
 /// How often the epoch ticker advances; guest deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// A call's deadline counts the CPU time its thread spends in the call (a
+/// starved machine must not fail a guest that did little work), but a call
+/// ends after this many times its deadline in wall time whatever its CPU
+/// time says, so a starved guest loop still ends.
+const WALL_CAP_FACTOR: u32 = 10;
 
 /// Interfaces a behavior may import (without their `@version`). A std
 /// Rust guest for `wasm32-wasip2` imports these WASI interfaces even when it
@@ -340,7 +346,7 @@ impl WasmEngine {
         {
             return Ok((c, CodeSource::Cache));
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         if let (Some(cache), Some(hash)) = (&self.cache, &hash) {
@@ -457,6 +463,62 @@ struct GuestState {
     table: ResourceTable,
     limiter: Limiter,
     io: CallIo,
+    budget: CallBudget,
+}
+
+/// The deadline of the call in progress, read when the epoch deadline
+/// passes (see [`CallBudget::on_deadline`]).
+#[derive(Clone, Copy)]
+struct CallBudget {
+    /// The call runs inline under the inline budget: its deadline is wall
+    /// time, and passing it moves the call to the guest pool.
+    inline: bool,
+    /// The thread's CPU time when the call started.
+    cpu_start: Duration,
+    /// CPU time the call may use.
+    cpu_limit: Duration,
+    /// When the call ends whatever CPU time it used.
+    wall_end: Instant,
+}
+
+impl CallBudget {
+    fn inline() -> Self {
+        CallBudget {
+            inline: true,
+            cpu_start: Duration::ZERO,
+            cpu_limit: Duration::ZERO,
+            wall_end: Instant::now(),
+        }
+    }
+
+    fn full(limit: Duration) -> Self {
+        CallBudget {
+            inline: false,
+            cpu_start: pool::thread_time(),
+            cpu_limit: limit,
+            wall_end: Instant::now() + limit.saturating_mul(WALL_CAP_FACTOR),
+        }
+    }
+
+    /// The epoch deadline passed: interrupt the call if it used its CPU
+    /// time or its wall-time cap, else run on for the CPU time it has left
+    /// (its thread was preempted, not busy in the guest).
+    fn on_deadline(&self) -> UpdateDeadline {
+        if self.inline || Instant::now() >= self.wall_end {
+            return UpdateDeadline::Interrupt;
+        }
+        let used = pool::thread_time().saturating_sub(self.cpu_start);
+        match self.cpu_limit.checked_sub(used) {
+            Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+            _ => UpdateDeadline::Interrupt,
+        }
+    }
+}
+
+/// `d` in epoch ticks, rounded up, at least one.
+fn ticks(d: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_micros().max(1);
+    (d.as_micros().div_ceil(tick) as u64).max(1)
 }
 
 impl WasiView for GuestState {
@@ -630,10 +692,11 @@ impl WasmBehavior {
                     peak: self.peak_memory.clone(),
                 },
                 io: CallIo::default(),
+                budget: CallBudget::full(self.limits.call_timeout),
             },
         );
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(|ctx| Ok(ctx.data().budget.on_deadline()));
         store.set_epoch_deadline(self.deadline_ticks(1));
         let entity = self
             .pre
@@ -646,11 +709,15 @@ impl WasmBehavior {
         })
     }
 
-    /// `scale` times `call_timeout`, in epoch ticks.
+    /// `scale` times `call_timeout`.
+    fn deadline(&self, scale: u32) -> Duration {
+        self.limits.call_timeout.saturating_mul(scale.max(1))
+    }
+
+    /// `scale` times `call_timeout`, in epoch ticks (one more: the tick in
+    /// progress counts for less than a tick).
     fn deadline_ticks(&self, scale: u32) -> u64 {
-        let tick = EPOCH_TICK.as_micros().max(1);
-        let timeout = self.limits.call_timeout.saturating_mul(scale.max(1));
-        (timeout.as_micros().div_ceil(tick) as u64).max(1) + 1
+        ticks(self.deadline(scale)) + 1
     }
 
     /// Runs `f` on a pooled instance; a trap drops the instance. The call's
@@ -683,6 +750,10 @@ impl WasmBehavior {
         slot.clock.store(timestamp_ms, Ordering::Relaxed);
         slot.store
             .set_epoch_deadline(inline.unwrap_or_else(|| self.deadline_ticks(scale)));
+        slot.store.data_mut().budget = match inline {
+            Some(_) => CallBudget::inline(),
+            None => CallBudget::full(self.deadline(scale)),
+        };
         slot.store.data_mut().io.reset();
         // Blocking WASI calls are replaced (`stdio`) and never panic; this
         // is the last line of defence against a panic in wasmtime-wasi.
@@ -760,7 +831,7 @@ impl WasmBehavior {
         let exit = e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|x| x.0);
         let what = match (e.downcast_ref::<wasmtime::Trap>(), exit) {
             (Some(wasmtime::Trap::Interrupt), _) => {
-                return GuestFault::Deadline(self.limits.call_timeout.saturating_mul(scale.max(1)));
+                return GuestFault::Deadline(self.deadline(scale));
             }
             (Some(wasmtime::Trap::UnreachableCodeReached), _) => {
                 "unreachable code reached (a panic or abort in the guest)".to_owned()
@@ -869,6 +940,31 @@ mod tests {
         ComponentImportSection, ComponentTypeRef, ComponentTypeSection, ComponentValType,
         InstanceType, PrimitiveValType,
     };
+
+    #[test]
+    fn a_deadline_counts_cpu_time_within_a_wall_cap() {
+        let limit = Duration::from_millis(40);
+        let budget = CallBudget::full(limit);
+        // Asleep (as if preempted) past the deadline: the call runs on.
+        std::thread::sleep(limit + Duration::from_millis(20));
+        assert!(matches!(budget.on_deadline(), UpdateDeadline::Continue(t) if t >= 1));
+        // Busy past its CPU time: interrupted.
+        while pool::thread_time().saturating_sub(budget.cpu_start) <= limit {
+            std::hint::spin_loop();
+        }
+        assert!(matches!(budget.on_deadline(), UpdateDeadline::Interrupt));
+        // Past the wall-time cap: interrupted whatever its CPU time.
+        let capped = CallBudget {
+            wall_end: Instant::now(),
+            ..CallBudget::full(Duration::from_secs(60))
+        };
+        assert!(matches!(capped.on_deadline(), UpdateDeadline::Interrupt));
+        // Inline, the deadline is the budget's, in wall time.
+        assert!(matches!(
+            CallBudget::inline().on_deadline(),
+            UpdateDeadline::Interrupt
+        ));
+    }
 
     /// A component importing each name as an instance with one function,
     /// `get-random-u64: func() -> u64` (the shape of `wasi:random/random`).

@@ -217,7 +217,7 @@ enum Inline<T> {
 }
 
 /// CPU time used by the calling thread so far (wall time elsewhere than Linux).
-fn thread_time() -> Duration {
+pub(crate) fn thread_time() -> Duration {
     #[cfg(target_os = "linux")]
     {
         let mut ts = libc::timespec {
