@@ -61,7 +61,7 @@ mod deadline;
 pub mod deploy;
 mod entity;
 pub mod node;
-mod outbox;
+pub mod outbox;
 pub mod placement;
 pub mod registry;
 mod replay;

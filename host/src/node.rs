@@ -328,9 +328,9 @@ impl Outbox for NodeInner {
     /// which deletes the timer with the command's own write (in a cluster,
     /// only on a node that serves the entity's shard then). An outbox
     /// message is due at once and goes to its sender's delivery task; a
-    /// mark is never armed.
+    /// mark or a fired timer's tombstone is never armed.
     fn schedule_timer(&self, entity_type: &str, id: &str, timer: TimerRecord) {
-        if outbox::kind(timer.timer_id) == Kind::Mark {
+        if outbox::kind(timer.timer_id) == Kind::Mark || outbox::is_tombstone(&timer) {
             return;
         }
         let key = EntityKey::new(entity_type, id);

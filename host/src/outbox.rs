@@ -19,6 +19,12 @@
 //!   made (id 2^63), and for each sender it applied messages from, the
 //!   highest send applied (2^63 + 1 + a 64-bit hash of the sender).
 //!
+//! A behavior's timer that fired with a command that wrote no event is
+//! kept as a tombstone (its id, due never) until the entity's next write
+//! with events, so that a merge of two copies of equal length cannot arm
+//! it again (`cairn_cluster::timers`); [`timer_state`] tells the three
+//! apart for that merge.
+//!
 //! A sender's outbox is delivered in order, one message at a time (the
 //! node's delivery worker), by whichever node serves the sender. Sends are
 //! numbered per sender, so "the highest applied" is enough for the
@@ -27,6 +33,7 @@
 //! seeded simulation.
 
 use cairn_cluster::messages::Inbox;
+use cairn_cluster::timers::TimerState;
 use cairn_store::{EntityKey, TimerRecord};
 
 /// First id of the outbox range.
@@ -56,6 +63,33 @@ pub(crate) fn kind(id: u64) -> Kind {
         Kind::Outbox(id - OUTBOX_BASE)
     } else {
         Kind::Timer
+    }
+}
+
+/// What `t` is for a merge of two copies of its entity's timers: a
+/// tombstone, a mark with its value, or a timer or outbox entry waiting.
+pub fn timer_state(t: &TimerRecord) -> TimerState {
+    match kind(t.timer_id) {
+        Kind::Timer if t.fire_at_ms == NEVER => TimerState::Fired,
+        Kind::Timer | Kind::Outbox(_) => TimerState::Armed,
+        Kind::Mark if t.timer_id == MARK_BASE => {
+            TimerState::Mark(take_u64(&t.command).map_or(0, |(n, _)| n))
+        }
+        Kind::Mark => TimerState::Mark(decode_received(&t.command).map_or(0, |(_, n)| n)),
+    }
+}
+
+/// Is `t` a fired timer's tombstone (never armed)?
+pub(crate) fn is_tombstone(t: &TimerRecord) -> bool {
+    timer_state(t) == TimerState::Fired
+}
+
+/// The tombstone of behavior timer `timer_id`, fired at `now_ms`.
+pub(crate) fn tombstone(timer_id: u64, now_ms: u64) -> TimerRecord {
+    TimerRecord {
+        timer_id,
+        fire_at_ms: NEVER,
+        command: now_ms.to_le_bytes().to_vec(),
     }
 }
 
@@ -224,6 +258,29 @@ fn decode_received(command: &[u8]) -> Option<(EntityKey, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tombstone_a_mark_and_a_timer_are_told_apart() {
+        let sender = EntityKey::new("relay", "a");
+        let marks = Marks::default();
+        assert_eq!(timer_state(&tombstone(7, 1_000)), TimerState::Fired);
+        let armed = TimerRecord {
+            timer_id: 7,
+            fire_at_ms: 1_000,
+            command: vec![1],
+        };
+        assert_eq!(timer_state(&armed), TimerState::Armed);
+        assert_eq!(timer_state(&marks.sent_record(3)), TimerState::Mark(3));
+        assert_eq!(
+            timer_state(&marks.received_record(&sender, 5)),
+            TimerState::Mark(5)
+        );
+        let entry = Entry {
+            target: sender,
+            command: vec![],
+        };
+        assert_eq!(timer_state(&entry.record(1, 0)), TimerState::Armed);
+    }
 
     #[test]
     fn ids_fall_in_their_ranges() {

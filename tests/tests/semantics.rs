@@ -252,6 +252,102 @@ async fn timer_fires_after_restart() -> Result<()> {
 /// decides the command and submits its write, then dropped) must leave a
 /// whole entity behind: the write lands, the timer it journaled is still
 /// armed, and the entity serves the next command from the journal.
+/// A timer whose command writes no event (it only sends) is kept as a
+/// tombstone, never armed again, until the entity's next write with events
+/// removes it: a restart does not fire it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fired_timer_without_events_is_a_tombstone_until_the_next_event() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = EntityKey::new("counter", "src");
+    let get = |node: Node, id: &'static str| async move {
+        node.ask_json("counter", id, r#""Get""#, AskOptions::default())
+            .await
+            .map(|r| r.reply)
+    };
+    let timer_id = {
+        let node = start_node(dir.path(), "", &["counter"]).await?;
+        node.ask_json(
+            "counter",
+            "src",
+            r#"{"ForwardLater":{"entity_id":"dst","by":3,"delay_ms":100}}"#,
+            AskOptions::default(),
+        )
+        .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while get(node.clone(), "dst").await?.as_deref() != Some("3") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the timer never fired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What stays of the timer is its tombstone (due never); the
+        // outbox entry of its send goes once delivered.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let timers = loop {
+            let timers = node.journal().entity_timers(&key).await?;
+            let behavior_timers: Vec<_> = timers.iter().filter(|t| t.timer_id < 1 << 62).collect();
+            if timers
+                .iter()
+                .all(|t| t.timer_id < 1 << 62 || t.timer_id >= 1 << 63)
+                && behavior_timers.len() == 1
+            {
+                break timers;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no tombstone alone: {timers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let tomb = timers
+            .iter()
+            .find(|t| t.timer_id < 1 << 62)
+            .expect("the tombstone");
+        assert_eq!(tomb.fire_at_ms, i64::MAX as u64, "due never: {tomb:?}");
+        node.shutdown(Duration::from_secs(1)).await;
+        tomb.timer_id
+    };
+    // A restart arms what the journal holds: the tombstone is not armed.
+    let node = start_node(dir.path(), "", &["counter"]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get(node.clone(), "dst").await?.as_deref(),
+        Some("3"),
+        "fired once"
+    );
+    assert!(
+        node.journal()
+            .entity_timers(&key)
+            .await?
+            .iter()
+            .any(|t| t.timer_id == timer_id),
+        "the tombstone stays until a write with events"
+    );
+    // After a restart the entity learns its tombstones with its marks
+    // (its first send); a later write with events removes them.
+    node.ask_json(
+        "counter",
+        "src",
+        r#"{"Forward":{"entity_id":"dst","by":1}}"#,
+        AskOptions::default(),
+    )
+    .await?;
+    node.ask_json(
+        "counter",
+        "src",
+        r#"{"Increment":{"by":1}}"#,
+        AskOptions::default(),
+    )
+    .await?;
+    let timers = node.journal().entity_timers(&key).await?;
+    assert!(
+        timers.iter().all(|t| t.timer_id != timer_id),
+        "the write with events removed the tombstone: {timers:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_ask_still_finishes_its_write() -> Result<()> {
     let dir = tempfile::tempdir()?;

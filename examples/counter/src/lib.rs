@@ -35,6 +35,16 @@ pub enum Command {
         /// Amount.
         by: i64,
     },
+    /// `Forward` after `delay_ms`, through a durable timer (whose command
+    /// writes no event: it only sends).
+    ForwardLater {
+        /// The other counter.
+        entity_id: String,
+        /// Amount.
+        by: i64,
+        /// Delay in milliseconds.
+        delay_ms: u64,
+    },
     /// Persist `count` increments of 1 in one atomic batch.
     Batch {
         /// Number of events.
@@ -71,6 +81,14 @@ impl Entity for Counter {
             Command::Forward { entity_id, by } => {
                 Decision::reply(*state).send("counter", &entity_id, &Command::Increment { by })
             }
+            Command::ForwardLater {
+                entity_id,
+                by,
+                delay_ms,
+            } => Decision::reply(*state).schedule(
+                Duration::from_millis(delay_ms),
+                Command::Forward { entity_id, by },
+            ),
             Command::Batch { count } if count == 0 || count > 1000 => {
                 Decision::reject("count must be between 1 and 1000")
             }

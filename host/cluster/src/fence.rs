@@ -237,6 +237,10 @@ pub enum Mutant {
     /// A replication batch takes a second write of an entity
     /// ([`crate::batch::Gather::offer`]).
     TwoWritesOfAnEntityPerBatch,
+    /// A merge of two copies of equal length keeps the local record of a
+    /// timer the source also holds, whatever either says: a tombstone
+    /// loses to an armed timer ([`crate::timers::merge_timers`]).
+    TimersByUnion,
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@
 //! - [`messages`]: messages between entities exactly once: a sender's
 //!   outbox delivered oldest first, a receiver's record of the highest
 //!   send applied from each sender.
+//! - [`timers`]: an entity's pending timers across copies: tombstones of
+//!   fired timers, and the merge of two copies' timers.
 //! - [`write`]: the primary's side of one replicated write: whether it is
 //!   sent, when the replicas' answers acknowledge it, whether the primary
 //!   may still append it.
@@ -49,6 +51,7 @@ pub mod shard;
 #[cfg(test)]
 mod sim;
 pub mod table;
+pub mod timers;
 pub mod write;
 
 pub use coordinator::Coordinator;

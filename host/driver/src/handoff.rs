@@ -14,8 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_cluster::replication::{TimerMerge, timer_merge};
 use cairn_cluster::route::Route;
+use cairn_cluster::timers::{TimerState, merge_timers};
 use cairn_cluster::{Coordinator, Decision, Member, MemberState, NodeId, ShardId, shard_of};
+use cairn_host::outbox::timer_state;
 use cairn_raft::{ClusterState, Command};
 use cairn_store::{EntityKey, EventRecord, TimerRecord, Write};
 use tokio::sync::oneshot;
@@ -696,7 +699,7 @@ async fn fetch_once(
                     // Timers held here of entities the owner has none of
                     // fired there (or were never acknowledged).
                     for (key, here) in timers_here {
-                        import_timers(inner, key, Vec::new(), &here, true).await?;
+                        import_timers(inner, key, Vec::new(), &here, TimerMerge::Replace).await?;
                     }
                 }
                 return Ok(n);
@@ -729,15 +732,11 @@ impl Arriving {
         here: &[TimerRecord],
         authoritative: bool,
     ) -> Result<(), String> {
-        use cairn_cluster::replication::{TimerMerge, timer_merge};
         if authoritative {
             cut_to(inner, &self.key, self.last).await?;
         }
-        match timer_merge(self.before, self.last, authoritative) {
-            TimerMerge::Replace => import_timers(inner, self.key, self.timers, here, true).await,
-            TimerMerge::Add => import_timers(inner, self.key, self.timers, here, false).await,
-            TimerMerge::Keep => Ok(()),
-        }
+        let merge = timer_merge(self.before, self.last, authoritative);
+        import_timers(inner, self.key, self.timers, here, merge).await
     }
 }
 
@@ -1251,45 +1250,45 @@ fn timer_tuples(t: Option<Vec<TimerRecord>>) -> Vec<(u64, u64, Vec<u8>)> {
         .collect()
 }
 
-/// Makes the local timers of `key` match what the shard's source holds:
-/// from its live owner (`authoritative`) exactly its set (a timer held
-/// here but not there fired there, or was never acknowledged); from
-/// another source, only additions.
+/// Makes the local timers of `key` follow what a source of the shard
+/// holds, by the rule `merge` (`cairn_cluster::timers::merge_timers`):
+/// from its live owner or a longer copy exactly its set (a timer held here
+/// but not there fired there, or was never acknowledged); from a copy as
+/// long, what it adds (a timer, a tombstone over an armed timer, a larger
+/// mark).
 async fn import_timers(
     inner: &Arc<Inner>,
     key: EntityKey,
     fetched: Vec<(u64, u64, Vec<u8>)>,
     here: &[TimerRecord],
-    authoritative: bool,
+    merge: TimerMerge,
 ) -> Result<(), String> {
-    let fetched_ids: Vec<u64> = fetched.iter().map(|t| t.0).collect();
-    let add_timers: Vec<TimerRecord> = fetched
+    let source: Vec<TimerRecord> = fetched
         .into_iter()
-        .filter(|(id, _, _)| !here.iter().any(|t| t.timer_id == *id))
         .map(|(timer_id, fire_at_ms, command)| TimerRecord {
             timer_id,
             fire_at_ms,
             command,
         })
         .collect();
-    let remove_timers: Vec<u64> = if authoritative {
-        here.iter()
-            .map(|t| t.timer_id)
-            .filter(|id| !fetched_ids.contains(id))
-            .collect()
-    } else {
-        Vec::new()
+    let states = |ts: &[TimerRecord]| -> Vec<(u64, TimerState)> {
+        ts.iter().map(|t| (t.timer_id, timer_state(t))).collect()
     };
-    if add_timers.is_empty() && remove_timers.is_empty() {
+    let changes = merge_timers(merge, &states(here), &states(&source));
+    if changes.take.is_empty() && changes.drop.is_empty() {
         return Ok(());
     }
+    let add_timers: Vec<TimerRecord> = source
+        .into_iter()
+        .filter(|t| changes.take.contains(&t.timer_id))
+        .collect();
     inner
         .local_journal
         .append(Write {
             key,
             events: Vec::new(),
             add_timers,
-            remove_timers,
+            remove_timers: changes.drop,
         })
         .await
         .map_err(|e| e.to_string())

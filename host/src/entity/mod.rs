@@ -41,7 +41,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::behavior::{Behavior, CommandContext, CommandError, Effect, GuestFault};
 use crate::config::Overflow;
-use crate::outbox::{Entry, Marks};
+use crate::outbox::{self, Entry, Marks};
 use crate::placement::{Admission, SendId};
 use crate::replay::{self, FoldOn, Replay, Until};
 use crate::types::{AskError, LifecycleEvent, Reply};
@@ -106,6 +106,10 @@ pub(crate) struct Loaded {
     fence: Option<Fence>,
     /// Its sends and the messages it applied, read on first need.
     marks: Option<Marks>,
+    /// Tombstones of its fired timers it knows of (written since its last
+    /// write with events, or found with its marks), oldest first: its next
+    /// write with events removes them (`cairn_cluster::timers`).
+    tombstones: Vec<u64>,
 }
 
 /// One entity of a type.
@@ -677,6 +681,7 @@ async fn recover(
         generation,
         fence,
         marks: None,
+        tombstones: Vec::new(),
     })
 }
 
@@ -722,15 +727,18 @@ async fn process(
     // A message applied here before (delivered again after a lost answer,
     // a crash, a failover or a handoff) is answered, not run again.
     if let Some(id) = &from {
-        match marks(node, &mut live.marks, &key()).await {
-            Ok(m) if m.applied(&id.from, id.seq) => {
+        match marks(node, live, &key())
+            .await
+            .map(|m| m.applied(&id.from, id.seq))
+        {
+            Ok(true) => {
                 answer(Ok(Reply {
                     reply: None,
                     seq: live.seq,
                 }));
                 return Ok(());
             }
-            Ok(_) => {}
+            Ok(false) => {}
             Err(e) => {
                 answer(Err(AskError::Journal(e)));
                 return Ok(());
@@ -784,13 +792,16 @@ async fn process(
             }
             // A refused timer command is done with: forget the timer.
             if let Some(id) = timer_id {
+                let (add_timers, remove_timers) = bury(live, id, timestamp_ms);
                 let write = Write {
                     key: key(),
-                    remove_timers: vec![id],
+                    add_timers,
+                    remove_timers,
                     ..Write::default()
                 };
-                if let Err(e) = node.journal.append_fenced(write, live.fence).await {
-                    tracing::warn!(error = %e, "cannot remove a fired timer");
+                match node.journal.append_fenced(write, live.fence).await {
+                    Ok(()) => buried(live, id),
+                    Err(e) => tracing::warn!(error = %e, "cannot remove a fired timer"),
                 }
             }
             let reason = err.to_string();
@@ -854,7 +865,7 @@ async fn process(
         .filter(|_| n > 0 || !timers.is_empty() || !sends.is_empty());
     let mut add_timers = Vec::new();
     if !sends.is_empty() || receipt.is_some() {
-        let m = match marks(node, &mut live.marks, &key()).await {
+        let m = match marks(node, live, &key()).await {
             Ok(m) => m,
             Err(e) => {
                 answer(Err(AskError::Journal(e)));
@@ -882,15 +893,33 @@ async fn process(
         timers,
     };
     let after = if n > 0 || !add_timers.is_empty() || timer_id.is_some() {
+        // A fired timer goes with the events its command wrote, and takes
+        // the entity's tombstones with it; with no events it becomes one.
+        let (mut remove_timers, mut buries) = (Vec::new(), None);
+        if n > 0 {
+            remove_timers.extend(timer_id);
+            remove_timers.extend(live.tombstones.iter().copied());
+        } else if let Some(id) = timer_id {
+            let (add, remove) = bury(live, id, timestamp_ms);
+            add_timers.extend(add);
+            remove_timers = remove;
+            buries = Some(id);
+        }
         let write = Write {
             key: key(),
             events,
             add_timers,
-            remove_timers: timer_id.into_iter().collect(),
+            remove_timers,
         };
         let after = persist(node, cell, write, live.fence, after).await?;
         if let Some(m) = live.marks.as_mut() {
             m.written(sends.len() as u64, receipt.map(|id| (&id.from, id.seq)));
+        }
+        if n > 0 {
+            live.tombstones.clear();
+        }
+        if let Some(id) = buries {
+            buried(live, id);
         }
         after
     } else {
@@ -926,14 +955,39 @@ async fn process(
 /// The entity's [`Marks`], read from its timers on first need.
 async fn marks<'a>(
     node: &Env,
-    marks: &'a mut Option<Marks>,
+    live: &'a mut Loaded,
     key: &EntityKey,
 ) -> Result<&'a mut Marks, JournalError> {
-    if marks.is_none() {
+    if live.marks.is_none() {
         let timers = node.journal.entity_timers(key).await?;
-        *marks = Some(Marks::from_timers(&timers));
+        for t in timers.iter().filter(|t| outbox::is_tombstone(t)) {
+            if !live.tombstones.contains(&t.timer_id) {
+                live.tombstones.push(t.timer_id);
+            }
+        }
+        live.marks = Some(Marks::from_timers(&timers));
     }
-    Ok(marks.get_or_insert_with(Marks::default))
+    Ok(live.marks.get_or_insert_with(Marks::default))
+}
+
+/// The timers part of a write without events that deletes fired timer
+/// `id`: its tombstone, and the removal of the entity's oldest tombstone
+/// when it keeps `cairn_cluster::timers::MAX_TOMBSTONES` already.
+fn bury(live: &Loaded, id: u64, now_ms: u64) -> (Vec<TimerRecord>, Vec<u64>) {
+    let max = cairn_cluster::timers::MAX_TOMBSTONES;
+    let excess = (live.tombstones.len() + 1).saturating_sub(max);
+    (
+        vec![outbox::tombstone(id, now_ms)],
+        live.tombstones[..excess].to_vec(),
+    )
+}
+
+/// [`bury`]'s write is durable: the entity knows the tombstone.
+fn buried(live: &mut Loaded, id: u64) {
+    let max = cairn_cluster::timers::MAX_TOMBSTONES;
+    live.tombstones.push(id);
+    let excess = live.tombstones.len().saturating_sub(max);
+    live.tombstones.drain(..excess);
 }
 
 /// How many envelopes wait in the cell's mailbox, and whether a drain runs.
