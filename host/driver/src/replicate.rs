@@ -586,7 +586,7 @@ pub(crate) async fn send_to_replica(
                     let chunk_prev = prev_of(next).await?;
                     next = chunk.last().map_or(next, |e| e.seq + 1);
                     let req = replicate(chunk_prev, &chunk, false);
-                    match answer(inner.peers.call(addr, &req, Duration::from_secs(10)).await)? {
+                    match answer(inner.peers.call(addr, &req, HISTORY_CALL).await)? {
                         PeerResponse::Done => {}
                         other => {
                             return Err(
@@ -601,6 +601,11 @@ pub(crate) async fn send_to_replica(
     }
     Err(format!("replica {replica} kept reporting gaps").into())
 }
+
+/// How long a call carrying a chunk of an entity's history (up to
+/// [`crate::peer::HISTORY_CHUNK`] bytes each way: a gap fill, a read-back
+/// from a replica, a replica reading its owner's history) may take.
+const HISTORY_CALL: Duration = Duration::from_secs(10);
 
 /// The newest epoch each shard's replica has accepted (fencing).
 #[derive(Default)]
@@ -696,7 +701,7 @@ async fn reconcile(
             entity_id: key.entity_id.clone(),
             from: truth.last().map_or(1, |e| e.seq + 1),
         };
-        match inner.peers.call(addr, &req, Duration::from_secs(10)).await {
+        match inner.peers.call(addr, &req, HISTORY_CALL).await {
             Ok(PeerResponse::Entity(h)) if h.events.is_empty() => break,
             Ok(PeerResponse::Entity(h)) => truth.extend(h.events.into_iter().map(
                 |(seq, timestamp_ms, version, payload)| EventRecord {
@@ -1035,7 +1040,7 @@ async fn resync(
                 entity_id: key.entity_id.clone(),
                 from,
             };
-            match inner.peers.call(addr, &req, Duration::from_secs(5)).await {
+            match inner.peers.call(addr, &req, HISTORY_CALL).await {
                 Ok(PeerResponse::Entity(h)) => {
                     let Some(last) = h.events.last().map(|e| e.0) else {
                         break;
