@@ -66,64 +66,22 @@ pub(crate) async fn read_chunk(
     Ok(out)
 }
 
-/// Byte strings of peer messages (event payloads, decision-log messages,
-/// components) encoded as one run of bytes rather than as a sequence of
-/// `u8` elements. The encoding is the same (postcard writes both as a
-/// length and the bytes), but element by element costs a call chain per
-/// byte: in a debug build, encoding and decoding a 1 MiB event that way
-/// took most of a replicated write's CPU.
-mod bytes {
-    use serde::de::{Deserializer, SeqAccess, Visitor};
-    use serde::ser::Serializer;
-
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(Bytes)
-    }
-
-    struct Bytes;
-
-    impl<'de> Visitor<'de> for Bytes {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("bytes")
-        }
-
-        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-
-        // Formats that write bytes as a sequence (JSON) hand them back so.
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-            while let Some(b) = seq.next_element()? {
-                out.push(b);
-            }
-            Ok(out)
-        }
-    }
-}
-
 /// Events as (seq, timestamp ms, behavior version, payload), their payloads
-/// encoded by [`bytes`] (the same encoding as the plain tuples).
+/// encoded by `serde_bytes` as one run of bytes rather than element by
+/// element (postcard writes both alike, a length and the bytes, so the
+/// wire format is that of the plain tuples; element by element costs a
+/// call chain per byte, most of a replicated 1 MiB write's CPU in a debug
+/// build). Decision-log messages and components are encoded the same way.
 mod events {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     type Event = (u64, u64, String, Vec<u8>);
 
     #[derive(Serialize)]
-    struct Ref<'a>(u64, u64, &'a str, #[serde(with = "super::bytes")] &'a [u8]);
+    struct Ref<'a>(u64, u64, &'a str, #[serde(with = "serde_bytes")] &'a [u8]);
 
     #[derive(Deserialize)]
-    struct Owned(u64, u64, String, #[serde(with = "super::bytes")] Vec<u8>);
+    struct Owned(u64, u64, String, #[serde(with = "serde_bytes")] Vec<u8>);
 
     pub(super) fn serialize<S: Serializer>(v: &[Event], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(
@@ -159,7 +117,7 @@ pub enum PeerRequest {
         addr: String,
     },
     /// A decision-log message (opaque to this layer).
-    Raft(#[serde(with = "bytes")] Vec<u8>),
+    Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Commit a command through the leader (from a node that is not it).
     Propose(Command),
     /// A client request for an entity of `shard`, which the sender's table
@@ -359,7 +317,7 @@ pub enum PeerResponse {
     /// Not the decision log's leader; the leader's address if known.
     NotLeader(Option<String>),
     /// A decision-log answer.
-    Raft(#[serde(with = "bytes")] Vec<u8>),
+    Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The answer to a forwarded request.
     Response(Response),
     /// Not the owner of the shard: the owner's node id, by this node's table.
@@ -381,7 +339,7 @@ pub enum PeerResponse {
     /// A part of a shard's history.
     Entity(EntityHistory),
     /// A component's bytes.
-    Component(#[serde(with = "bytes")] Vec<u8>),
+    Component(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A replica lacks events before the write: it has up to this seq.
     Gap(u64),
     /// A replica refused a write of an older epoch: the newest it knows.
