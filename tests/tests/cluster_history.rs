@@ -149,7 +149,17 @@ async fn an_entity_of_100_mib_hands_off_and_fails_over() -> Result<()> {
         );
     }
 
-    // Its new owner is SIGKILLed: a replica takes the shard over.
+    // Its new owner is SIGKILLed once it reported its shards ready (its
+    // replicas hold the history; before that a failover waits for it, by
+    // design): a replica takes the shard over.
+    wait_status(
+        c.node(0),
+        Duration::from_secs(300),
+        "every owner reported its shards ready",
+        |s| members(s).iter().all(|m| m["unready"].as_u64() == Some(0)),
+    )
+    .await?;
+    eprintln!("shards ready {:.1?} after the handoff", started.elapsed());
     let s = status(c.node(0))?;
     let owner = owners(&s, TYPE, std::slice::from_ref(&big))
         .remove(&big)

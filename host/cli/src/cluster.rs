@@ -36,7 +36,7 @@ async fn status(conn: &ConnArgs) -> Result<()> {
             .map(|m| {
                 serde_json::json!({
                     "id": m.id, "addr": m.addr, "state": m.state, "reachable": m.reachable,
-                    "phi": m.phi, "shards": m.shards, "voter": m.voter,
+                    "phi": m.phi, "shards": m.shards, "unready": m.unready, "voter": m.voter,
                     "live_entities": m.live_entities,
                     "active": m.active.iter().map(|(ty, deploy, hash)| serde_json::json!({
                         "entity_type": ty, "deploy": deploy, "hash": hash,
@@ -61,18 +61,19 @@ async fn status(conn: &ConnArgs) -> Result<()> {
         s.epoch
     );
     println!(
-        "{:<20} {:<22} {:<8} {:<10} {:>6} {:>7} {:>6} {:>6}",
-        "ID", "ADDR", "STATE", "REACHABLE", "PHI", "SHARDS", "VOTER", "LIVE"
+        "{:<20} {:<22} {:<8} {:<10} {:>6} {:>7} {:>7} {:>6} {:>6}",
+        "ID", "ADDR", "STATE", "REACHABLE", "PHI", "SHARDS", "UNREADY", "VOTER", "LIVE"
     );
     for m in &s.members {
         println!(
-            "{:<20} {:<22} {:<8} {:<10} {:>6.2} {:>7} {:>6} {:>6}",
+            "{:<20} {:<22} {:<8} {:<10} {:>6.2} {:>7} {:>7} {:>6} {:>6}",
             m.id,
             m.addr,
             m.state,
             if m.reachable { "yes" } else { "no" },
             m.phi,
             m.shards,
+            m.unready,
             if m.voter { "yes" } else { "no" },
             m.live_entities.map_or("?".to_owned(), |n| n.to_string()),
         );

@@ -1132,6 +1132,7 @@ async fn status(inner: &Arc<Inner>) -> ClusterStatus {
                 .table
                 .as_ref()
                 .map_or(0, |t| t.owned_by(NodeId(*id)) as u32),
+            unready: state.unready(*id) as u32,
             voter: voters.contains(id),
             live_entities,
             active: state

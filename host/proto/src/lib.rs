@@ -49,7 +49,8 @@ pub use wire::{
 /// (a command's outcome is unknown) and made the error contract three-way:
 /// success, not applied, outcome unknown (see [`error`]); a version-3
 /// client could not decode that answer, nor knows not to resend blindly.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version 5 added [`MemberStatus::unready`] to the cluster status.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// ALPN identifier of the client protocol (the transport, unchanged between
 /// protocol versions; the version is checked by [`Request::Hello`]).

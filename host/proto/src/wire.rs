@@ -178,6 +178,10 @@ pub struct MemberStatus {
     pub phi: f64,
     /// Shards it owns in the committed table.
     pub shards: u32,
+    /// Of those, shards it has not yet reported ready through the decision
+    /// log (it is still reading their history or catching up their
+    /// replicas): until it does, a failover of them waits for it.
+    pub unready: u32,
     /// Whether it votes in the decision log.
     pub voter: bool,
     /// Entities live in its memory, if it answered.

@@ -248,6 +248,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                     reachable: true,
                     phi: 0.25,
                     shards: 128,
+                    unready: 3,
                     voter: true,
                     live_entities: Some(12),
                     active: vec![("bank-account".into(), 2, "ab".repeat(32))],
@@ -440,7 +441,7 @@ fn version_4_appends_the_unknown_outcome_after_every_older_error() {
     // Protocol 4 added `Indeterminate` as the last variant (16): every
     // error of version 3 keeps its position and bytes (checked above), and
     // a version-3 client is refused at `Hello` before it could meet one.
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert!(PROTOCOL_VERSION >= 4);
     let answer = encode(&Response::Error(ApiError::Indeterminate("x".into()))).unwrap();
     assert_eq!(&answer[HEADER_LEN..HEADER_LEN + 2], &[13, 16]);
     let hello = encode(&Request::Hello { version: 3 }).unwrap();
@@ -451,13 +452,21 @@ fn version_4_appends_the_unknown_outcome_after_every_older_error() {
 }
 
 #[test]
+fn version_5_changed_the_cluster_status_only() {
+    // Protocol 5 added `MemberStatus::unready` (the layout of the cluster
+    // status changed: a version-4 client could not read it, so the version
+    // moved); every other message keeps its bytes (checked above).
+    assert_eq!(PROTOCOL_VERSION, 5);
+}
+
+#[test]
 fn deploy_progress_is_appended_without_a_version_bump() {
     // `DeployProgress` came after protocol 4 as the last request (15) and
     // the last response (16): every older message keeps its bytes (checked
-    // above). The version stays 4: a client asks for progress only as an
+    // above). The version stayed 4: a client asks for progress only as an
     // extra, and an older node answers the request it cannot decode with
     // an error the client ignores.
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert!(PROTOCOL_VERSION >= 4);
     let ask = encode(&Request::DeployProgress { entity_type: ty() }).unwrap();
     assert_eq!(ask[HEADER_LEN], 15);
     let answer = encode(&Response::DeployProgress {

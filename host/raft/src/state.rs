@@ -332,6 +332,21 @@ impl ClusterState {
         out
     }
 
+    /// Shards `node` owns whose current allocation it has not reported
+    /// ready (section 9.5 of docs/ARCHITECTURE.md: no failover of them
+    /// until it does).
+    pub fn unready(&self, node: u64) -> usize {
+        let Some(t) = &self.table else { return 0 };
+        let me = cairn_cluster::NodeId(node);
+        t.iter()
+            .filter(|(shard, a)| {
+                a.as_ref().is_some_and(|a| {
+                    a.owner == me && self.ready.get(&shard.0).is_none_or(|e| *e < a.epoch)
+                })
+            })
+            .count()
+    }
+
     /// Shards for which `node` holds data the cluster still needs: it owns
     /// them or is in their committed replica set, or it owned or
     /// replicated the allocation a shard's current one replaced and the
