@@ -224,3 +224,50 @@ pub async fn loop_beside_deposits(
     };
     Ok((err, answered, slowest))
 }
+
+/// A flood of printing commands, 100 at once to the `hostile` type's
+/// entities `h-flood-N` (`{"Print":{"lines":50}}`, answered `"printed"`):
+/// at most 20 output entries a second per behavior reach the node's log
+/// (the rest are counted), each under 6 KiB.
+pub async fn print_flood(client: &Client, node: &NodeProc) -> Result<()> {
+    let started = Instant::now();
+    let asks: Vec<_> = (0..100)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .ask_json(
+                        "hostile",
+                        &format!("h-flood-{i}"),
+                        r#"{"Print":{"lines":50}}"#,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for ask in asks {
+        let (reply, _) = ask.await??;
+        anyhow::ensure!(reply.as_deref() == Some("\"printed\""), "{reply:?}");
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flood: Vec<String> = guest_outputs(node)
+        .into_iter()
+        .filter(|e| e.contains("entity_id=\"h-flood-"))
+        .collect();
+    let windows = took.as_secs() + 2;
+    eprintln!(
+        "100 printing commands in {took:?}: {} output entries in the log",
+        flood.len()
+    );
+    anyhow::ensure!(
+        !flood.is_empty() && flood.len() as u64 <= 20 * windows,
+        "{} entries in {took:?}",
+        flood.len()
+    );
+    anyhow::ensure!(
+        flood.iter().all(|e| e.len() < 6 * 1024),
+        "an output entry above 6 KiB"
+    );
+    Ok(())
+}
