@@ -1170,10 +1170,11 @@ def _read_len(data: bytes, pos: int, fix: int, m16: int) -> tuple[int, int]:
     m = data[pos]
     if fix <= m <= fix + 0x0F:
         return m & 0x0F, pos + 1
-    if m == m16:
-        return int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
-    if m == m16 + 1:
-        return int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+    if m == m16 or m == m16 + 1:
+        end = pos + (3 if m == m16 else 5)
+        if end > len(data):
+            raise _Unusual  # a truncated length
+        return int.from_bytes(data[pos + 1 : end], "big"), end
     raise _Unusual
 
 
