@@ -251,8 +251,6 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
         "load average at the start: {start_load}; {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let cairn = cairn_tests::cairn_bin()?;
-    println!("node binary: {}", cairn.display());
     let chosen = std::env::var("CAIRN_BENCH_LANGUAGES")
         .unwrap_or_else(|_| "rust,python,javascript".into())
         .to_lowercase();
@@ -262,6 +260,10 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
         Ok("calls") => true,
         Ok(other) => bail!("CAIRN_BENCH_LANGUAGES_PART is `all` or `calls`, not `{other}`"),
     };
+    if !calls_only {
+        let cairn = cairn_tests::cairn_bin()?;
+        println!("node binary: {}", cairn.display());
+    }
     // A component named in CAIRN_BENCH_WASM_<LANGUAGE>, or the example built.
     let component = |name: &str, build: fn(&str) -> Result<PathBuf>| -> Result<PathBuf> {
         match std::env::var_os(format!("CAIRN_BENCH_WASM_{}", name.to_uppercase())) {
