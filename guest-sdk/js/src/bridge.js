@@ -97,7 +97,8 @@ export class Bridge {
     }
     if (d.rejection !== null && d.rejection !== undefined) throw new CommandError('rejected', d.rejection);
     const effects = [];
-    for (const f of d.effects) {
+    for (let i = 0; i < d.effects.length; i++) {
+      const f = d.effects[i];
       try {
         if (f.kind === 'send') {
           effects.push({ kind: 'send', entityType: f.entityType, entityId: f.entityId, command: encode(f.command, f.schema) });
@@ -109,7 +110,8 @@ export class Bridge {
       }
     }
     const events = [];
-    for (const ev of d.events) {
+    for (let i = 0; i < d.events.length; i++) {
+      const ev = d.events[i];
       try {
         events.push(encode(ev, e.Event));
       } catch (x) {

@@ -146,6 +146,25 @@ function writeInt(w, v) {
 }
 
 function writeStr(w, s) {
+  const len = s.length;
+  if (len < 32) {
+    // A short string, ASCII as names and tags mostly are: its bytes are its
+    // char codes (no encoder call, no temporary array).
+    w.reserve(len + 1);
+    const buf = w.buf;
+    const at = w.len;
+    let i = 0;
+    for (; i < len; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 0x80) break;
+      buf[at + 1 + i] = c;
+    }
+    if (i === len) {
+      buf[at] = 0xa0 | len;
+      w.len = at + 1 + len;
+      return;
+    }
+  }
   const b = UTF8.encode(s);
   const n = b.length;
   if (n < 32) w.u8(0xa0 | n);
@@ -192,8 +211,13 @@ function writeF32(w, v) {
 class Reader {
   constructor(data) {
     this.data = data;
-    this.view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    this._view = null;
     this.pos = 0;
+  }
+  /** A DataView of the data, made on first use (the usual bytes need none). */
+  get view() {
+    if (this._view === null) this._view = new DataView(this.data.buffer, this.data.byteOffset, this.data.byteLength);
+    return this._view;
   }
   need(n) {
     if (this.pos + n > this.data.length) throw new CodecError('unexpected end of input');
@@ -264,6 +288,23 @@ class Reader {
     for (let i = 0; i < n; i++) pairs[i] = [this.value(depth + 1), this.value(depth + 1)];
     return new RawMap(pairs);
   }
+}
+
+/**
+ * Thrown by a schema's `_read` (the fast decoding path) for bytes it leaves
+ * to the general path; `decode` then decodes the whole value again with
+ * `Reader.value` and `_conv`, which gives the value or the exact error.
+ */
+const UNUSUAL = Object.freeze({ unusual: true });
+
+/** Whether `data` holds `bytes` at `pos`. */
+function bytesAt(data, pos, bytes) {
+  const n = bytes.length;
+  if (pos + n > data.length) return false;
+  for (let i = 0; i < n; i++) {
+    if (data[pos + i] !== bytes[i]) return false;
+  }
+  return true;
 }
 
 /** A BigInt as a number when it is safe. */
@@ -407,6 +448,15 @@ class Schema {
   constructor(name) {
     this._name = name;
   }
+  /**
+   * The fast decoding path: reads one value of this schema straight from
+   * `r` (a Reader). By default the raw value, converted (the general path
+   * for this part); the struct, union, integer and string schemas read
+   * their usual bytes directly and throw UNUSUAL on anything else.
+   */
+  _read(r, depth) {
+    return this._conv(r.value(depth), false, depth);
+  }
   toString() {
     return this._name;
   }
@@ -430,7 +480,7 @@ class IntSchema extends Schema {
     this.hiN = Number(hi);
   }
   check(v) {
-    if (typeof v === 'number' && Number.isInteger(v) && v >= this.loN && v <= this.hiN && Number.isSafeInteger(v)) return;
+    if (typeof v === 'number' && v >= this.loN && v <= this.hiN && Number.isSafeInteger(v)) return;
     if (!isInt(v)) throw new CodecError(`invalid type: ${describe(v)}, expected ${this._name}`);
     const b = BigInt(v);
     if (b < this.lo || b > this.hi) throw new CodecError(`invalid value: integer \`${v}\`, expected ${this._name}`);
@@ -442,6 +492,26 @@ class IntSchema extends Schema {
   _enc(w, v) {
     this.check(v);
     writeInt(w, v);
+  }
+  _read(r, depth) {
+    const d = r.data;
+    const p = r.pos;
+    const m = d[p];
+    let v;
+    let size;
+    // The forms of integers up to 32 bits, read without a DataView.
+    if (m < 0x80) (v = m), (size = 1);
+    else if (m >= 0xe0) (v = m - 0x100), (size = 1);
+    else if (m === 0xcc) (v = d[p + 1]), (size = 2);
+    else if (m === 0xcd) (v = (d[p + 1] << 8) | d[p + 2]), (size = 3);
+    else if (m === 0xce) (v = d[p + 1] * 0x1000000 + ((d[p + 2] << 16) | (d[p + 3] << 8) | d[p + 4])), (size = 5);
+    else if (m === 0xd0) (v = (d[p + 1] << 24) >> 24), (size = 2);
+    else if (m === 0xd1) (v = (((d[p + 1] << 8) | d[p + 2]) << 16) >> 16), (size = 3);
+    else if (m === 0xd2) (v = (d[p + 1] << 24) | (d[p + 2] << 16) | (d[p + 3] << 8) | d[p + 4]), (size = 5);
+    else return this._conv(r.value(depth));
+    if (p + size > d.length || this.big || v < this.loN || v > this.hiN) throw UNUSUAL;
+    r.pos = p + size;
+    return v;
   }
   _conv(raw) {
     if (typeof raw !== 'number' && typeof raw !== 'bigint') {
@@ -514,6 +584,11 @@ class Simple extends Schema {
   _conv(raw) {
     if (!this.test(raw)) throw new CodecError(`invalid type: ${what(raw)}, expected ${this.expected}`);
     return raw === undefined ? null : raw;
+  }
+  _read(r, depth) {
+    const m = r.data[r.pos];
+    if (m === 0xc3 || m === 0xc2 || m === 0xc0 || (m >= 0xa0 && m <= 0xbf)) return this._conv(r.value(depth));
+    throw UNUSUAL;
   }
   _json(v, out) {
     if (!this.test(v)) throw new CodecError(`invalid type: ${describe(v)}, expected ${this.expected}`);
@@ -799,11 +874,36 @@ class Fields {
   }
   enc(w, v, depth) {
     if (!v || typeof v !== 'object') throw new CodecError(`invalid type: ${describe(v)}, expected struct ${this.owner}`);
-    mapLen(w, this.list.length);
-    for (const f of this.list) {
+    const list = this.list;
+    const n = list.length;
+    mapLen(w, n);
+    for (let i = 0; i < n; i++) {
+      const f = list[i];
       w.bytes(f.key);
-      f.schema._enc(w, this.value(v, f), depth + 1);
+      const x = v[f.name];
+      f.schema._enc(w, x === undefined ? this.value(v, f) : x, depth + 1);
     }
+  }
+  /**
+   * The fast path of `conv` for MessagePack: every field, in declaration
+   * order (as this codec and the Rust SDK write them), each key compared as
+   * encoded bytes. Anything else (unknown, missing, reordered or aliased
+   * fields, a struct written as an array) throws UNUSUAL.
+   */
+  read(r, depth, out) {
+    const data = r.data;
+    const list = this.list;
+    const n = list.length;
+    if (data[r.pos] !== (0x80 | n) || n > 15) throw UNUSUAL;
+    let pos = r.pos + 1;
+    for (let i = 0; i < n; i++) {
+      const f = list[i];
+      if (!bytesAt(data, pos, f.key)) throw UNUSUAL;
+      r.pos = pos + f.key.length;
+      out[f.name] = f.schema._read(r, depth + 1);
+      pos = r.pos;
+    }
+    return out;
   }
   conv(raw, json, depth, out) {
     // `out` holds no field yet (a fresh object, or a variant's `type` only).
@@ -856,6 +956,10 @@ class StructSchema extends Schema {
   }
   _conv(raw, json, depth = 0) {
     return this.fields.conv(raw, json, depth, {});
+  }
+  _read(r, depth) {
+    if (depth > MAX_DEPTH) throw UNUSUAL;
+    return this.fields.read(r, depth, {});
   }
   _json(v, out, depth = 0) {
     this.fields.json(v, out, depth);
@@ -937,6 +1041,16 @@ class Variant {
     if (this.shape === 'struct') this.fields.enc(w, v, depth + 1);
     else this.inner._enc(w, v.value, depth + 1);
   }
+  /** The fast path of `conv`: the payload read from `r` (after the tag). */
+  read(r, depth) {
+    if (this.shape === 'unit') {
+      if (r.data[r.pos] !== 0xc0) throw UNUSUAL;
+      r.pos++;
+      return this.make();
+    }
+    if (this.shape === 'struct') return this.fields.read(r, depth + 1, this.make({}));
+    return this.make(this.inner._read(r, depth + 1));
+  }
   conv(payload, isUnit, json, depth) {
     if (this.shape === 'unit') {
       if (payload !== null) throw new CodecError(`invalid type: ${what(payload)}, expected unit variant ${this.name}`);
@@ -977,6 +1091,37 @@ class UnionSchema extends Schema {
       if (key in this) throw new TypeError(`${name}: a variant cannot be named ${key}`);
       this[key] = (payload) => v.make(payload);
     }
+    // [encoded wire name or alias, variant], for the fast path's byte compares.
+    this._tags = [];
+    for (const v of this._variants.values()) {
+      for (const n of [v.name, ...v.aliases]) {
+        const w = new Writer();
+        writeStr(w, n);
+        this._tags.push([w.finish(), v]);
+      }
+    }
+  }
+  /** The variant whose encoded name is at `r.pos` (moved past it), or UNUSUAL. */
+  _tagAt(r) {
+    const tags = this._tags;
+    for (let i = 0; i < tags.length; i++) {
+      const tag = tags[i][0];
+      if (bytesAt(r.data, r.pos, tag)) {
+        r.pos += tag.length;
+        return tags[i][1];
+      }
+    }
+    throw UNUSUAL;
+  }
+  _read(r, depth) {
+    if (depth > MAX_DEPTH) throw UNUSUAL;
+    if (r.data[r.pos] === 0x81) {
+      r.pos++;
+      return this._tagAt(r).read(r, depth);
+    }
+    const v = this._tagAt(r);
+    if (v.shape !== 'unit') throw UNUSUAL;
+    return v.make();
   }
   variant(v) {
     const key = v && typeof v === 'object' ? v.type : undefined;
@@ -1160,13 +1305,28 @@ export function encode(value, schema = t.any) {
 /** Decodes `bytes` as a `schema` (default `t.any`). Bytes after the value are ignored, as in Rust. */
 export function decode(bytes, schema = t.any) {
   if (!(bytes instanceof Uint8Array)) throw new CodecError('decode needs a Uint8Array');
+  const s = resolveSchema(schema);
   try {
-    return resolveSchema(schema)._conv(new Reader(bytes).value(), false, 0);
+    return s._read(new Reader(bytes), 0);
+  } catch {
+    // Unusual bytes, or an error: the general path below decides.
+  }
+  try {
+    return s._conv(new Reader(bytes).value(), false, 0);
   } catch (e) {
     if (e instanceof RangeError) throw new CodecError('depth limit exceeded');
     throw e;
   }
 }
+
+/**
+ * The two decoding paths of `decode`, apart (for the SDK's tests): `fast`
+ * throws on bytes it leaves to `general`; both must agree where `fast` answers.
+ */
+export const decodePaths = Object.freeze({
+  fast: (bytes, schema) => resolveSchema(schema)._read(new Reader(bytes), 0),
+  general: (bytes, schema) => resolveSchema(schema)._conv(new Reader(bytes).value(), false, 0),
+});
 
 /** `value` as compact JSON text, as serde_json writes the same Rust value. */
 export function toJson(value, schema = t.any) {

@@ -76,7 +76,8 @@ function bytes(x) {
   throw new TypeError(`expected bytes from the host, got ${Object.prototype.toString.call(x)}`);
 }
 
-const num = (b) => (typeof b === 'bigint' && b <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(b) : b);
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const num = (b) => (typeof b === 'bigint' && b <= MAX_SAFE ? Number(b) : b);
 
 function jsonCall(f) {
   try {

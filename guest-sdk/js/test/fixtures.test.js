@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import { decodePaths } from '../src/codec.js';
 import { decode, encode, fromJson, t, toJson } from '../src/index.js';
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'tests', 'fixtures');
@@ -142,6 +143,25 @@ for (const [name, [value, schema]] of Object.entries(FIXTURE_VALUES)) {
     assert.equal(hex(encode(back, schema)), hex(bytes), 'from JSON, encoded');
   });
 }
+
+test('the fast decoding path agrees with the general one', () => {
+  // decode reads the usual bytes straight into values and leaves anything
+  // else to the general path (raw values, then conversion): both must give
+  // the Rust values, and the fast path must answer for most fixtures.
+  let fast = 0;
+  for (const [name, [value, schema]] of Object.entries(FIXTURE_VALUES)) {
+    assert.deepEqual(decodePaths.general(fixture(name), schema), value, name);
+    let v;
+    try {
+      v = decodePaths.fast(fixture(name), schema);
+    } catch {
+      continue;
+    }
+    assert.deepEqual(v, value, name);
+    fast += 1;
+  }
+  assert.ok(fast > Object.keys(FIXTURE_VALUES).length / 2, `the fast path answered for ${fast} fixtures`);
+});
 
 test('negative zero keeps its sign', () => {
   const floats = decode(fixture('floats_f64'), t.list(t.f64));

@@ -134,6 +134,11 @@ class Bridge:
         self.command_type = cls.Command
         self.event_type = cls.Event
         self.reply_type = cls.Reply
+        # The codecs of decide and fold, compiled once.
+        self._state = codec.TypeCodec(cls.State)
+        self._command = codec.TypeCodec(cls.Command)
+        self._event = codec.TypeCodec(cls.Event)
+        self._reply = codec.TypeCodec(cls.Reply)
 
     def describe(self) -> Descriptor:
         """Name, version and state-schema version."""
@@ -148,11 +153,11 @@ class Bridge:
         """Decodes ``command`` and ``state``, runs ``on_command``, folds the
         new events into the state and encodes everything."""
         try:
-            cmd = codec.decode(command, self.command_type)
+            cmd = self._command.decode(command)
         except codec.CodecError as e:
             raise Malformed(str(e)) from None
         try:
-            st = codec.decode(state, self.state_type)
+            st = self._state.decode(state)
         except codec.CodecError as e:
             raise BadState(str(e)) from None
         d = self.entity.on_command(ctx, st, cmd)
@@ -165,20 +170,20 @@ class Bridge:
         events = []
         for ev in d.events:
             try:
-                events.append(codec.encode(ev, self.event_type))
+                events.append(self._event.encode(ev))
             except codec.CodecError as e:
                 raise BadState(f"cannot encode event: {e}") from None
             st = self.entity.apply(st, ev)
         new_state = None
         if events:
             try:
-                new_state = codec.encode(st, self.state_type)
+                new_state = self._state.encode(st)
             except codec.CodecError as e:
                 raise BadState(f"cannot encode state: {e}") from None
         reply = None
         if d.has_reply:
             try:
-                reply = codec.encode(d.reply_value, self.reply_type)
+                reply = self._reply.encode(d.reply_value)
             except codec.CodecError as e:
                 raise BadState(f"cannot encode reply: {e}") from None
         return RawDecision(events, reply, list(d.effects), new_state)
@@ -187,7 +192,7 @@ class Bridge:
         """Applies a packed batch of events to ``state`` (recovery); the
         state is decoded once and encoded once."""
         try:
-            st = codec.decode(state, self.state_type)
+            st = self._state.decode(state)
         except codec.CodecError as e:
             raise FoldError(0, f"cannot decode the state: {e}") from None
         index = 0
@@ -202,14 +207,14 @@ class Bridge:
             if pos + size > n:
                 raise FoldError(index, "the packed batch is truncated")
             try:
-                ev = codec.decode(bytes(view[pos : pos + size]), self.event_type)
+                ev = self._event.decode(bytes(view[pos : pos + size]))
                 st = self.entity.apply_stored(st, ev)
             except codec.CodecError as e:
                 raise FoldError(index, f"cannot decode the event: {e}") from None
             pos += size
             index += 1
         try:
-            return codec.encode(st, self.state_type)
+            return self._state.encode(st)
         except codec.CodecError as e:
             raise FoldError(index, f"cannot encode the state: {e}") from None
 

@@ -69,6 +69,7 @@ __all__ = [
     "to_json_value",
     "from_json",
     "from_json_value",
+    "TypeCodec",
 ]
 
 
@@ -508,7 +509,7 @@ def encode(value: Any, tp: Any = None) -> bytes:
     annotations)."""
     out = bytearray()
     try:
-        _enc(out, value, tp, 0)
+        _encoder(tp)(out, value, 0)
     except RecursionError:
         raise CodecError("value nested too deeply") from None
     return bytes(out)
@@ -868,11 +869,528 @@ def decode(data: bytes, tp: Any = Any) -> Any:
 
     Bytes after the value are ignored, as the Rust decoder does.
     """
+    if type(data) is not bytes:
+        data = memoryview(data).tobytes()
+    try:
+        return _decoder(tp)(data, 0, 0)[0]
+    except Exception:  # noqa: BLE001 - the general path below decides
+        pass
     try:
         raw = _Reader(data).value()
         return _convert(raw, tp, False)
     except RecursionError:
         raise CodecError("depth limit exceeded") from None
+
+
+# --------------------------------------------------------------------------
+# Compiled paths: an encoder and a decoder built once per type
+# --------------------------------------------------------------------------
+#
+# The functions above interpret a type annotation on every value
+# (``typing.get_origin``, ``_strip``, ``isinstance`` chains). A behavior
+# encodes and decodes the same few types over and over, so :func:`encode`
+# and :func:`decode` first build, once per type, a function specialised to
+# it, and keep it. These cover the common shapes exactly; for anything else
+# they hand the value (or the rest of the bytes) to the general functions:
+#
+# - an encoder ``enc(out, v, depth)`` checks the value's exact type and
+#   passes any value it does not expect to :func:`_enc`, which then decides
+#   (and raises the same errors);
+# - a decoder ``dec(data, pos, depth) -> (value, pos)`` reads the bytes
+#   directly into the typed value; it raises on anything unusual (a struct
+#   written as an array, a duplicate or missing field, a float where an
+#   integer was expected, truncated bytes, ...), and :func:`decode` then
+#   decodes the whole value again with the general path, which gives the
+#   value or the exact error. Types with no specialised decoder (floats,
+#   tuples, maps, bytes, enums, untagged unions, ...) read their bytes into
+#   plain values and convert them with :func:`_convert`, as before.
+
+_Encoder = typing.Callable[[bytearray, Any, int], None]
+_Decoder = typing.Callable[[bytes, int, int], "tuple[Any, int]"]
+
+#: Past this depth the decoders give up and the general path decides (it
+#: enforces ``_MAX_DEPTH`` with its own error).
+_FAST_DEPTH = 128
+
+
+class _Unusual(Exception):
+    """Raised by a compiled decoder for bytes it leaves to the general path."""
+
+
+_encoders: dict[Any, _Encoder] = {}
+_class_encoders: dict[type, _Encoder | None] = {}
+_decoders: dict[Any, _Decoder] = {}
+
+
+class TypeCodec:
+    """:func:`encode` and :func:`decode` for one type, with its compiled
+    paths looked up once (the bridge keeps one per type of a behavior)."""
+
+    __slots__ = ("tp", "_encode", "_decode")
+
+    def __init__(self, tp: Any = Any) -> None:
+        self.tp = tp
+        self._encode = _encoder(tp)
+        self._decode = _decoder(tp)
+
+    def encode(self, value: Any) -> bytes:
+        """:func:`encode` ``value`` as a ``tp``."""
+        out = bytearray()
+        try:
+            self._encode(out, value, 0)
+        except RecursionError:
+            raise CodecError("value nested too deeply") from None
+        return bytes(out)
+
+    def decode(self, data: bytes) -> Any:
+        """:func:`decode` ``data`` as a ``tp``."""
+        if type(data) is bytes:
+            try:
+                return self._decode(data, 0, 0)[0]
+            except Exception:  # noqa: BLE001 - the general path decides
+                pass
+        return decode(data, self.tp)
+
+
+def _generic_encoder(tp: Any) -> _Encoder:
+    def enc(out: bytearray, v: Any, depth: int) -> None:
+        _enc(out, v, tp, depth)
+
+    return enc
+
+
+def _encoder(tp: Any) -> _Encoder:
+    """The encoder of values declared as ``tp`` (built on first use)."""
+    try:
+        found = _encoders.get(tp)
+    except TypeError:  # an unhashable annotation
+        return _generic_encoder(tp)
+    if found is None:
+        found = _encoders[tp] = _build_encoder(tp)
+    return found
+
+
+def _build_encoder(tp: Any) -> _Encoder:
+    if tp is None:
+        return _generic_encoder(tp)
+    base, extras = _strip(tp)
+    origin = typing.get_origin(base)
+    if origin is Union or origin is types.UnionType:
+        # The alternative depends only on the value's type (see
+        # _union_alternative): remember it per type.
+        alternatives: dict[type, _Encoder] = {}
+
+        def enc_union(out: bytearray, v: Any, depth: int) -> None:
+            e = alternatives.get(type(v))
+            if e is None:
+                e = alternatives[type(v)] = _encoder(_union_alternative(v, base))
+            e(out, v, depth)
+
+        return enc_union
+    if any(isinstance(e, _Float32) for e in extras) or base is float:
+        return _generic_encoder(tp)
+    if base is int:
+        lo, hi = _INT_MIN, _INT_MAX
+        for e in extras:
+            if isinstance(e, IntRange):
+                lo, hi = max(lo, e.lo), min(hi, e.hi)
+
+        def enc_int(out: bytearray, v: Any, depth: int) -> None:
+            if type(v) is int and lo <= v <= hi:
+                if 0 <= v < 0x80:
+                    out.append(v)
+                else:
+                    _int(out, v)
+            else:
+                _enc(out, v, tp, depth)
+
+        return enc_int
+    if base is str:
+
+        def enc_str(out: bytearray, v: Any, depth: int) -> None:
+            if type(v) is str:
+                b = v.encode("utf-8")
+                n = len(b)
+                if n < 32:
+                    out.append(0xA0 | n)
+                    out += b
+                else:
+                    out += _encode_str(v)
+            else:
+                _enc(out, v, tp, depth)
+
+        return enc_str
+    if base is list or origin is list:
+        args = typing.get_args(base)
+        item = _encoder(args[0] if args else None)
+
+        def enc_list(out: bytearray, v: Any, depth: int) -> None:
+            if type(v) is not list or depth >= _MAX_DEPTH:
+                _enc(out, v, tp, depth)
+                return
+            _array_len(out, len(v))
+            for x in v:
+                item(out, x, depth + 1)
+
+        return enc_list
+    if isinstance(base, type) and not extras:
+        # A dataclass, a variant or a union of variants: the value's own
+        # class decides its encoding (as in _enc).
+        def enc_class(out: bytearray, v: Any, depth: int) -> None:
+            cls = type(v)
+            try:
+                e = _class_encoders[cls]
+            except KeyError:
+                e = _class_encoders[cls] = _build_class_encoder(cls)
+            if e is None:
+                _enc(out, v, tp, depth)
+            else:
+                e(out, v, depth)
+
+        return enc_class
+    return _generic_encoder(tp)
+
+
+def _build_class_encoder(cls: type) -> _Encoder | None:
+    """The encoder of instances of exactly ``cls`` when it is a plain
+    dataclass or a variant; ``None`` for anything :func:`_enc` treats
+    otherwise."""
+    if not dataclasses.is_dataclass(cls) or issubclass(
+        cls, (enum.Enum, int, float, str, bytes, bytearray, memoryview, UnitStruct, list, tuple, dict)
+    ):
+        return None
+    plan = _plan(cls)
+    if plan.shape == "unit" and plan.tag:
+        tag = plan.tag
+
+        def enc_unit(out: bytearray, v: Any, depth: int) -> None:
+            if depth > _MAX_DEPTH:
+                raise CodecError("value nested too deeply")
+            out += tag
+
+        return enc_unit
+    head = bytearray()
+    if plan.tag:
+        head.append(0x81)
+        head += plan.tag
+    if plan.shape == "tuple":
+        _array_len(head, len(plan.fields))
+    elif plan.shape != "newtype":
+        _map_len(head, len(plan.fields))
+    prefix = bytes(head)
+    # (encoded key or b"" for newtype and tuple shapes, attribute, encoder)
+    keyed = plan.shape not in ("newtype", "tuple")
+    fields = [(f.key if keyed else b"", f.name, _encoder(f.tp)) for f in plan.fields]
+
+    def enc_fields(out: bytearray, v: Any, depth: int) -> None:
+        if depth >= _MAX_DEPTH:
+            _enc(out, v, cls, depth)  # the general path raises at its limit
+            return
+        out += prefix
+        d = depth + 1
+        for key, name, e in fields:
+            out += key
+            e(out, getattr(v, name), d)
+
+    return enc_fields
+
+
+def _decoder(tp: Any) -> _Decoder:
+    """The decoder of values declared as ``tp`` (built on first use)."""
+    try:
+        found = _decoders.get(tp)
+    except TypeError:  # an unhashable annotation
+        return _raw_decoder(tp)
+    if found is None:
+        # Registered before it is built, so a recursive type finds itself.
+        slot: list[_Decoder] = []
+
+        def lazy(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+            return slot[0](data, pos, depth)
+
+        _decoders[tp] = lazy
+        built = _build_decoder(tp)
+        slot.append(built)
+        found = _decoders[tp] = built
+    return found
+
+
+def _raw_decoder(tp: Any) -> _Decoder:
+    """Reads one value into plain values, then converts it (the general path)."""
+
+    def dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+        r = _Reader(data)
+        r.pos = pos
+        raw = r.value(depth)
+        return _convert(raw, tp, False, depth), r.pos
+
+    return dec
+
+
+def _read_int(data: bytes, pos: int) -> tuple[int, int]:
+    m = data[pos]
+    pos += 1
+    if m < 0x80:
+        return m, pos
+    if m >= 0xE0:
+        return m - 0x100, pos
+    if 0xCC <= m <= 0xD3:
+        signed = m >= 0xD0
+        n = 1 << ((m - 0xD0) if signed else (m - 0xCC))
+        end = pos + n
+        if end > len(data):
+            raise _Unusual
+        return int.from_bytes(data[pos:end], "big", signed=signed), end
+    raise _Unusual
+
+
+def _read_str(data: bytes, pos: int) -> tuple[str, int]:
+    m = data[pos]
+    pos += 1
+    if 0xA0 <= m <= 0xBF:
+        n = m & 0x1F
+    elif m == 0xD9:
+        n = data[pos]
+        pos += 1
+    elif m == 0xDA or m == 0xDB:
+        w = 2 if m == 0xDA else 4
+        n = int.from_bytes(data[pos : pos + w], "big")
+        pos += w
+    else:
+        raise _Unusual
+    end = pos + n
+    if end > len(data):
+        raise _Unusual
+    return data[pos:end].decode("utf-8"), end
+
+
+def _read_len(data: bytes, pos: int, fix: int, m16: int) -> tuple[int, int]:
+    """(length, position after the header) of an array (``fix`` 0x90,
+    ``m16`` 0xDC) or a map (0x80, 0xDE)."""
+    m = data[pos]
+    if fix <= m <= fix + 0x0F:
+        return m & 0x0F, pos + 1
+    if m == m16 or m == m16 + 1:
+        end = pos + (3 if m == m16 else 5)
+        if end > len(data):
+            raise _Unusual  # a truncated length
+        return int.from_bytes(data[pos + 1 : end], "big"), end
+    raise _Unusual
+
+
+def _skip(data: bytes, pos: int, depth: int) -> int:
+    """The position after one value (checked as the general reader checks it)."""
+    r = _Reader(data)
+    r.pos = pos
+    r.value(depth)
+    return r.pos
+
+
+def _build_decoder(tp: Any) -> _Decoder:
+    base, extras = _strip(tp)
+    origin = typing.get_origin(base)
+    if origin is Union or origin is types.UnionType:
+        args = typing.get_args(base)
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            # An untagged union: the first alternative that decodes wins,
+            # which only the general path decides exactly.
+            return _raw_decoder(tp)
+        inner = _decoder(rest[0])
+        nullable = len(rest) != len(args)
+
+        def dec_option(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+            if nullable and data[pos] == 0xC0:
+                return None, pos + 1
+            return inner(data, pos, depth)
+
+        return dec_option
+    if base is int and all(isinstance(e, IntRange) for e in extras):
+        lo, hi = _INT_MIN, _INT_MAX
+        for e in extras:
+            lo, hi = max(lo, e.lo), min(hi, e.hi)
+
+        def dec_int(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+            m = data[pos]
+            if m < 0x80:
+                v, pos = m, pos + 1
+            else:
+                v, pos = _read_int(data, pos)
+            if not lo <= v <= hi:
+                raise _Unusual
+            return v, pos
+
+        return dec_int
+    if base is str and not extras:
+
+        def dec_str(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+            return _read_str(data, pos)
+
+        return dec_str
+    if base is bool and not extras:
+
+        def dec_bool(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+            m = data[pos]
+            if m == 0xC3:
+                return True, pos + 1
+            if m == 0xC2:
+                return False, pos + 1
+            raise _Unusual
+
+        return dec_bool
+    if (base is list or origin is list) and not extras:
+        args = typing.get_args(base)
+        item = _decoder(args[0] if args else Any)
+
+        def dec_list(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+            if depth > _FAST_DEPTH:
+                raise _Unusual
+            n, pos = _read_len(data, pos, 0x90, 0xDC)
+            out = []
+            d = depth + 1
+            for _ in range(n):
+                x, pos = item(data, pos, d)
+                out.append(x)
+            return out, pos
+
+        return dec_list
+    if isinstance(base, type) and not extras:
+        if _is_union_base(base):
+            return _union_decoder(base, None)
+        if _is_variant_class(base):
+            return _union_decoder(base.__cairn_union__, base)
+        if (
+            dataclasses.is_dataclass(base)
+            and not issubclass(base, (enum.Enum, UnitStruct))
+        ):
+            return _struct_decoder(_plan(base))
+    return _raw_decoder(tp)
+
+
+def _struct_decoder(plan: _Plan) -> _Decoder:
+    """A struct written as a map of field names (the only form the fast
+    path reads; an array of fields goes to the general path)."""
+    cls = plan.cls
+    by_name = {n: (f.name, _decoder(f.tp)) for n, f in plan.by_name.items()}
+    # Fields to fill in when absent: the dataclass defaults apply by
+    # themselves; an optional field without a default gets None.
+    absent = [(f.name, f.has_default, f.optional) for f in plan.fields]
+    count = len(plan.fields)
+
+    # The usual bytes: every field, in declaration order (as encoded here
+    # and by the Rust SDK), each key compared as encoded bytes; the values
+    # then go to the constructor by position (when every field is an
+    # __init__ parameter, in order).
+    in_order = [(f.key, len(f.key), _decoder(f.tp)) for f in plan.fields]
+    positional = all(f.init for f in dataclasses.fields(cls))
+    names = [f.name for f in plan.fields]
+
+    def dec_struct(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+        if depth > _FAST_DEPTH:
+            raise _Unusual
+        start = pos
+        n, pos = _read_len(data, pos, 0x80, 0xDE)
+        d = depth + 1
+        if n == count:
+            args = []
+            for key, size, dec in in_order:
+                if data[pos : pos + size] != key:
+                    break
+                v, pos = dec(data, pos + size, d)
+                args.append(v)
+            else:
+                if positional:
+                    return cls(*args), pos
+                return cls(**dict(zip(names, args))), pos
+            n, pos = _read_len(data, start, 0x80, 0xDE)
+        values: dict[str, Any] = {}
+        for _ in range(n):
+            k, pos = _read_str(data, pos)
+            f = by_name.get(k)
+            if f is None:
+                pos = _skip(data, pos, d)  # an unknown field
+                continue
+            name, dec = f
+            if name in values:
+                raise _Unusual  # a duplicate: the general path's error
+            values[name], pos = dec(data, pos, d)
+        if len(values) != count:
+            for name, has_default, optional in absent:
+                if name not in values and not has_default:
+                    if not optional:
+                        raise _Unusual  # missing: the general path's error
+                    values[name] = None
+        return cls(**values), pos
+
+    return dec_struct
+
+
+def _union_decoder(union: type, only: type | None) -> _Decoder:
+    """A tagged union's values (``only``: a variant class, which the value
+    must be an instance of)."""
+    variants = union.__cairn_variants__
+    # Per wire name: (class, shape, decoder of the payload).
+    cache: dict[str, tuple[type, str, _Decoder | None]] = {}
+
+    def variant(name: str) -> tuple[type, str, _Decoder | None]:
+        found = cache.get(name)
+        if found is None:
+            cls = variants.get(name)
+            if cls is None:
+                raise _Unusual  # an unknown variant: the general path's error
+            plan = _plan(cls)
+            payload: _Decoder | None = None
+            if plan.shape == "struct":
+                payload = _struct_decoder(plan)
+            elif plan.shape == "newtype":
+                f = plan.fields[0]
+                inner = _decoder(f.tp)
+                fname = f.name
+
+                def payload(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+                    v, pos = inner(data, pos, depth)
+                    return cls(**{fname: v}), pos
+
+            elif plan.shape == "tuple":
+                names = [f.name for f in plan.fields]
+                decs = [_decoder(f.tp) for f in plan.fields]
+
+                def payload(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+                    n, pos = _read_len(data, pos, 0x90, 0xDC)
+                    if n != len(names):
+                        raise _Unusual
+                    values = {}
+                    for name, dec in zip(names, decs):
+                        values[name], pos = dec(data, pos, depth)
+                    return cls(**values), pos
+
+            found = cache[name] = (cls, plan.shape, payload)
+        return found
+
+    def dec_union(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+        if depth > _FAST_DEPTH:
+            raise _Unusual
+        m = data[pos]
+        if m == 0x81:
+            name, pos = _read_str(data, pos + 1)
+            cls, shape, payload = variant(name)
+            if payload is None:
+                if shape != "unit" or data[pos] != 0xC0:
+                    raise _Unusual
+                v, pos = cls(), pos + 1
+            else:
+                v, pos = payload(data, pos, depth + 1)
+        else:
+            name, pos = _read_str(data, pos)
+            cls, shape, payload = variant(name)
+            if shape != "unit":
+                raise _Unusual
+            v = cls()
+        if only is not None and not isinstance(v, only):
+            raise _Unusual
+        return v, pos
+
+    return dec_union
 
 
 # --------------------------------------------------------------------------

@@ -44,6 +44,26 @@ class RustFixtures(unittest.TestCase):
                 self.assertEqual(back, value)
                 self.assertEqual(codec.encode(back, tp), fixture(name))
 
+    def test_compiled_paths_agree_with_the_general_ones(self) -> None:
+        # encode and decode take a path compiled per type and fall back to
+        # the general one (codec._enc, codec._Reader + codec._convert): both
+        # must give the Rust bytes and values.
+        fast_decodes = 0
+        for name, (value, tp) in FIXTURES.items():
+            with self.subTest(name):
+                out = bytearray()
+                codec._enc(out, value, tp, 0)
+                self.assertEqual(bytes(out), fixture(name))
+                general = codec._convert(codec._Reader(fixture(name)).value(), tp, False)
+                self.assertEqual(general, value)
+                try:
+                    fast, _ = codec._decoder(tp)(fixture(name), 0, 0)
+                except Exception:  # noqa: BLE001 - left to the general path
+                    continue
+                self.assertEqual(fast, value)
+                fast_decodes += 1
+        self.assertGreater(fast_decodes, len(FIXTURES) // 2)
+
     def test_negative_zero_keeps_its_sign(self) -> None:
         floats = codec.decode(fixture("floats_f64"), list[float])
         self.assertEqual(math.copysign(1.0, floats[1]), -1.0)

@@ -18,7 +18,13 @@
 //!    the first answered command (compiled code from the cache).
 //!
 //! `CAIRN_BENCH_LANGUAGES` (e.g. `rust,python`) limits the run to some of
-//! the languages. The machine's load average is printed at the start, before each
+//! the languages. `CAIRN_BENCH_LANGUAGES_PART=calls` runs only the `decide`
+//! and `fold` calls (no node, no deposits, no restart), to compare builds of
+//! a guest SDK in alternating runs: `CAIRN_BENCH_WASM_RUST`,
+//! `CAIRN_BENCH_WASM_PYTHON` and `CAIRN_BENCH_WASM_JAVASCRIPT` name a
+//! component to use instead of building the example, and
+//! `CAIRN_BENCH_CODE_CACHE` a directory that keeps the compiled code across
+//! runs (otherwise each run compiles afresh). The machine's load average is printed at the start, before each
 //! language and at the end. Nothing here asserts a time.
 
 use std::future::Future;
@@ -245,21 +251,41 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
         "load average at the start: {start_load}; {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let cairn = cairn_tests::cairn_bin()?;
-    println!("node binary: {}", cairn.display());
     let chosen = std::env::var("CAIRN_BENCH_LANGUAGES")
         .unwrap_or_else(|_| "rust,python,javascript".into())
         .to_lowercase();
     let wanted = |name: &str| chosen.split(',').any(|c| c.trim() == name.to_lowercase());
+    let calls_only = match std::env::var("CAIRN_BENCH_LANGUAGES_PART").as_deref() {
+        Err(_) | Ok("all") => false,
+        Ok("calls") => true,
+        Ok(other) => bail!("CAIRN_BENCH_LANGUAGES_PART is `all` or `calls`, not `{other}`"),
+    };
+    if !calls_only {
+        let cairn = cairn_tests::cairn_bin()?;
+        println!("node binary: {}", cairn.display());
+    }
+    // A component named in CAIRN_BENCH_WASM_<LANGUAGE>, or the example built.
+    let component = |name: &str, build: fn(&str) -> Result<PathBuf>| -> Result<PathBuf> {
+        match std::env::var_os(format!("CAIRN_BENCH_WASM_{}", name.to_uppercase())) {
+            Some(path) => Ok(PathBuf::from(path)),
+            None => build("bank-account"),
+        }
+    };
     let mut langs: Vec<(&str, PathBuf)> = Vec::new();
     if wanted("Rust") {
-        langs.push(("Rust", cairn_tests::example_wasm("bank-account")?));
+        langs.push(("Rust", component("Rust", cairn_tests::example_wasm)?));
     }
     if wanted("Python") {
-        langs.push(("Python", cairn_tests::python_example_wasm("bank-account")?));
+        langs.push((
+            "Python",
+            component("Python", cairn_tests::python_example_wasm)?,
+        ));
     }
     if wanted("JavaScript") {
-        langs.push(("JavaScript", cairn_tests::js_example_wasm("bank-account")?));
+        langs.push((
+            "JavaScript",
+            component("JavaScript", cairn_tests::js_example_wasm)?,
+        ));
     }
     let mut all = Vec::new();
     for (name, path) in &langs {
@@ -275,6 +301,12 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
             ..Figures::default()
         };
         let dir = root.join(format!("lang-{}", name.to_lowercase()));
+        if calls_only {
+            calls(&code_cache(&dir.join("compiled")), &wasm, &mut f)
+                .with_context(|| format!("{name}, calls"))?;
+            all.push((*name, f));
+            continue;
+        }
         in_process(&dir.join("in-process"), &wasm, &mut f)
             .await
             .with_context(|| format!("{name}, in-process"))?;
@@ -285,7 +317,11 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
         all.push((*name, f));
     }
     let end_load = loadavg();
-    print_table(&all);
+    if calls_only {
+        print_calls_table(&all);
+    } else {
+        print_table(&all);
+    }
     let of = |name: &str| all.iter().find(|(n, _)| *n == name).map(|(_, f)| f);
     if let (Some(rust), Some(py)) = (of("Rust"), of("Python")) {
         println!(
@@ -303,9 +339,6 @@ pub(crate) async fn run(root: &Path) -> Result<()> {
 }
 
 async fn in_process(dir: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
-    use cairn_host::behavior::{Behavior, CommandContext};
-    use cairn_host::runtime::{GuestLimits, WasmEngine};
-
     let toml = "[node]\njournal = \"log\"\n[defaults.passivation]\nidle_after = \"never\"\n[defaults.snapshot]\nevery = 0\n";
     let node = Node::open(config(dir, toml)?).await?;
     let t = Instant::now();
@@ -358,83 +391,7 @@ async fn in_process(dir: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
     }
 
     // decide and fold per call, on a behavior loaded from the node's cache.
-    {
-        let engine = WasmEngine::with_code_cache(&dir.join("compiled"))?;
-        let b = engine.load(wasm, GuestLimits::default())?;
-        let mut state = b.initial_state()?;
-        let deposit = b
-            .command_from_json(r#"{"Deposit":{"amount":1}}"#)?
-            .map_err(anyhow::Error::msg)?;
-        let get = b
-            .command_from_json(r#""GetBalance""#)?
-            .map_err(anyhow::Error::msg)?;
-        let (mut deposit_ns, mut get_ns) = (Vec::new(), Vec::new());
-        for i in 0..3000u64 {
-            let ctx = CommandContext {
-                entity_id: "bench",
-                next_seq: i + 1,
-                timestamp_ms: 1,
-            };
-            let t = Instant::now();
-            let d = b.decide(&ctx, &state, &deposit)?;
-            let el = t.elapsed().as_nanos() as u64;
-            let d = d.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            state = d.state.unwrap_or(state);
-            let t = Instant::now();
-            let r = b.decide(&ctx, &state, &get)?;
-            let el_get = t.elapsed().as_nanos() as u64;
-            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if i >= 500 {
-                deposit_ns.push(el);
-                get_ns.push(el_get);
-            }
-        }
-        f.decide_deposit = Calls::of(deposit_ns);
-        f.decide_get = Calls::of(get_ns);
-        let event = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 1 })?;
-        let initial = b.initial_state()?;
-        let mut one = cairn_store::PackedEvents::default();
-        one.push(1, &event)?;
-        let mut fold_ns = Vec::new();
-        for i in 0..2000 {
-            let t = Instant::now();
-            let r = b.fold(&initial, &one.packed)?;
-            let el = t.elapsed().as_nanos() as u64;
-            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if i >= 200 {
-                fold_ns.push(el);
-            }
-        }
-        f.fold_one = Calls::of(fold_ns);
-        let mut many = cairn_store::PackedEvents::default();
-        for s in 1..=4096 {
-            many.push(s, &event)?;
-        }
-        let mut per_event = Vec::new();
-        for _ in 0..10 {
-            let t = Instant::now();
-            let r = b.fold(&initial, &many.packed)?;
-            per_event.push(t.elapsed().as_nanos() as u64 / 4096);
-            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        }
-        f.fold_per_event_call = Calls::of(per_event);
-        println!(
-            "decide GetBalance (reply only)               {}",
-            f.decide_get.cell()
-        );
-        println!(
-            "decide Deposit (event encoded and folded)    {}",
-            f.decide_deposit.cell()
-        );
-        println!(
-            "fold of 1 event                              {}",
-            f.fold_one.cell()
-        );
-        println!(
-            "fold of 4,096 events in one call, per event  {}",
-            f.fold_per_event_call.cell()
-        );
-    }
+    calls(&code_cache(&dir.join("compiled")), wasm, f)?;
 
     // Recovery of a 10,000-event entity, without and with a snapshot.
     write_history_of(&node, TY, "long", HISTORY).await?;
@@ -468,6 +425,98 @@ async fn in_process(dir: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
     f.recovery_snapshot =
         recovery_of("recovery, snapshot at 9,900", &node, TY, "long-snap").await?;
     node.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// The compiled-code cache of a run: `CAIRN_BENCH_CODE_CACHE` when set (kept
+/// across runs), else `fresh`.
+fn code_cache(fresh: &Path) -> PathBuf {
+    std::env::var_os("CAIRN_BENCH_CODE_CACHE").map_or_else(|| fresh.to_path_buf(), PathBuf::from)
+}
+
+/// `decide` (a deposit, then a `GetBalance`, 3,000 times each; the first
+/// 500 not counted) and `fold` (one event, 2,000 times; 4,096 events, 10
+/// times) called directly on a behavior loaded through a compiled-code
+/// cache in `cache`.
+fn calls(cache: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
+    use cairn_host::behavior::{Behavior, CommandContext};
+    use cairn_host::runtime::{GuestLimits, WasmEngine};
+
+    let engine = WasmEngine::with_code_cache(cache)?;
+    let b = engine.load(wasm, GuestLimits::default())?;
+    let mut state = b.initial_state()?;
+    let deposit = b
+        .command_from_json(r#"{"Deposit":{"amount":1}}"#)?
+        .map_err(anyhow::Error::msg)?;
+    let get = b
+        .command_from_json(r#""GetBalance""#)?
+        .map_err(anyhow::Error::msg)?;
+    let (mut deposit_ns, mut get_ns) = (Vec::new(), Vec::new());
+    for i in 0..3000u64 {
+        let ctx = CommandContext {
+            entity_id: "bench",
+            next_seq: i + 1,
+            timestamp_ms: 1,
+        };
+        let t = Instant::now();
+        let d = b.decide(&ctx, &state, &deposit)?;
+        let el = t.elapsed().as_nanos() as u64;
+        let d = d.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        state = d.state.unwrap_or(state);
+        let t = Instant::now();
+        let r = b.decide(&ctx, &state, &get)?;
+        let el_get = t.elapsed().as_nanos() as u64;
+        r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        if i >= 500 {
+            deposit_ns.push(el);
+            get_ns.push(el_get);
+        }
+    }
+    f.decide_deposit = Calls::of(deposit_ns);
+    f.decide_get = Calls::of(get_ns);
+    let event = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 1 })?;
+    let initial = b.initial_state()?;
+    let mut one = cairn_store::PackedEvents::default();
+    one.push(1, &event)?;
+    let mut fold_ns = Vec::new();
+    for i in 0..2000 {
+        let t = Instant::now();
+        let r = b.fold(&initial, &one.packed)?;
+        let el = t.elapsed().as_nanos() as u64;
+        r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        if i >= 200 {
+            fold_ns.push(el);
+        }
+    }
+    f.fold_one = Calls::of(fold_ns);
+    let mut many = cairn_store::PackedEvents::default();
+    for s in 1..=4096 {
+        many.push(s, &event)?;
+    }
+    let mut per_event = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = b.fold(&initial, &many.packed)?;
+        per_event.push(t.elapsed().as_nanos() as u64 / 4096);
+        r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    f.fold_per_event_call = Calls::of(per_event);
+    println!(
+        "decide GetBalance (reply only)               {}",
+        f.decide_get.cell()
+    );
+    println!(
+        "decide Deposit (event encoded and folded)    {}",
+        f.decide_deposit.cell()
+    );
+    println!(
+        "fold of 1 event                              {}",
+        f.fold_one.cell()
+    );
+    println!(
+        "fold of 4,096 events in one call, per event  {}",
+        f.fold_per_event_call.cell()
+    );
     Ok(())
 }
 
@@ -617,6 +666,32 @@ fn kib_delta(before: u64, after: u64) -> String {
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
+}
+
+/// The table of a `CAIRN_BENCH_LANGUAGES_PART=calls` run.
+fn print_calls_table(all: &[(&str, Figures)]) {
+    let mut head = String::from("\n| |");
+    let mut rule = String::from("|---|");
+    for (name, _) in all {
+        head.push_str(&format!(" {name} |"));
+        rule.push_str("---|");
+    }
+    println!("{head}\n{rule}");
+    let row = |label: &str, cell: &dyn Fn(&Figures) -> String| {
+        let mut line = format!("| {label} |");
+        for (_, f) in all {
+            line.push_str(&format!(" {} |", cell(f)));
+        }
+        println!("{line}");
+    };
+    row("`decide` GetBalance (reply only)", &|f| f.decide_get.cell());
+    row("`decide` Deposit (event + fold in the guest)", &|f| {
+        f.decide_deposit.cell()
+    });
+    row("`fold` of 1 event (one call)", &|f| f.fold_one.cell());
+    row("`fold` per event, 4,096 events in one call", &|f| {
+        us_text(f.fold_per_event_call.p50)
+    });
 }
 
 fn print_table(all: &[(&str, Figures)]) {
