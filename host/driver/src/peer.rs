@@ -29,7 +29,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bumped on any change of the layout of [`PeerRequest`] or
 /// [`PeerResponse`] (their frames are committed in
 /// `host/driver/tests/fixtures/peer`).
-pub(crate) const PEER_PROTOCOL_VERSION: u32 = 5;
+pub(crate) const PEER_PROTOCOL_VERSION: u32 = 6;
 
 /// About the most bytes of events one frame of history carries (a handoff,
 /// a failover's fetch, a replica's gap, a read-back), so an entity's
@@ -291,6 +291,11 @@ pub enum PeerFailure {
     /// The leader refused the asker's proposal (it may not make it).
     #[error("proposal refused: {0}")]
     Refused(cairn_raft::ProposalRefused),
+    /// A replica refused a write before storing any of it: it holds other
+    /// events where the write goes, and could not drop them (they are not
+    /// an unacknowledged tail of the current owner's history).
+    #[error("replica refused: {0}")]
+    Diverged(String),
 }
 
 /// The answer of a call that failed.
@@ -895,6 +900,10 @@ mod fixtures {
                     sender: 3,
                     named: 4,
                 }),
+            ),
+            (
+                "diverged",
+                PeerFailure::Diverged("other events at #4".into()),
             ),
         ];
         for (name, f) in failures {

@@ -475,7 +475,7 @@ async fn replicated_append(
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendFailure {
     /// The replica refused it before storing any of it (its fence has seen
-    /// a newer epoch).
+    /// a newer epoch, or it holds other events where the write goes).
     #[error("{0}")]
     Refused(String),
     /// No answer, or one that does not say whether it stored the write.
@@ -552,6 +552,9 @@ pub(crate) async fn send_to_replica(
     let answer = |r: Result<PeerResponse, PeerError>| match r {
         Ok(PeerResponse::Fenced(e)) => Err(SendFailure::Refused(format!(
             "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
+        ))),
+        Ok(PeerResponse::Failed(PeerFailure::Diverged(why))) => Err(SendFailure::Refused(format!(
+            "replica {replica} refused the write: {why}"
         ))),
         Ok(PeerResponse::Failed(e)) => Err(SendFailure::Unknown(e.to_string())),
         Ok(other) => Ok(other),
@@ -854,7 +857,7 @@ pub(crate) async fn replica_append(
                     };
                 }
                 tracing::error!(%key, first, have, "replica holds a different history; refused");
-                return failed(PeerFailure::Replica(format!(
+                return failed(PeerFailure::Diverged(format!(
                     "{key}: this replica holds other events at or before #{first} (an unacknowledged write); not acknowledged"
                 )));
             }
