@@ -1024,6 +1024,10 @@ pub(crate) async fn catch_up_to(
 /// replica (all must answer), imports what they hold beyond the local
 /// copy, gives it to the replicas that lack it, and fails this write (the
 /// entity then recovers with the history as it now is; its client retries).
+/// A replica is read from the local copy's newest event on (the events
+/// before it were acknowledged, so they are the replicas' too; the newest
+/// is read again so that `import` checks the two copies meet there): the
+/// cost follows what the failed write left, not the entity's size.
 async fn resync(
     inner: &Arc<Inner>,
     local: &Arc<dyn Journal>,
@@ -1031,12 +1035,13 @@ async fn resync(
     shard: ShardId,
 ) -> Result<(), JournalError> {
     let err = |m: String| JournalError::Replication(format!("{key}: {m}"));
+    let start = local.highest_seq(key).await?.max(1);
     for r in super::replicas::all_replicas(inner, shard) {
         let addr = inner
             .addr_of(r)
             .ok_or_else(|| err(format!("no address for replica {r}")))?;
         // Chunk by chunk: each is imported before the next is asked for.
-        let mut from = 1;
+        let mut from = start;
         loop {
             let req = PeerRequest::FetchEntity {
                 entity_type: key.entity_type.clone(),
