@@ -330,10 +330,14 @@ impl Outbox for NodeInner {
     /// message is due at once and goes to its sender's delivery task; a
     /// mark or a fired timer's tombstone is never armed.
     fn schedule_timer(&self, entity_type: &str, id: &str, timer: TimerRecord) {
-        if outbox::kind(timer.timer_id) == Kind::Mark || outbox::is_tombstone(&timer) {
+        if outbox::kind(timer.timer_id) == Kind::Mark {
             return;
         }
         let key = EntityKey::new(entity_type, id);
+        if outbox::is_tombstone(&timer) {
+            self.env.note_tombstone(&key, timer.timer_id);
+            return;
+        }
         if !self.armed().insert((key.clone(), timer.timer_id)) {
             return;
         }

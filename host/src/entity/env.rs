@@ -9,8 +9,9 @@
 //! command whether this node still serves it, and under which allocation
 //! (the fence its writes carry).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use cairn_store::{EntityKey, Journal, SnapshotStore, TimerRecord};
 use tokio::sync::{Notify, broadcast};
@@ -48,6 +49,10 @@ pub(crate) struct Env {
     outbox: Weak<dyn Outbox>,
     /// Which entities this node may run, in a cluster (`None`: all).
     pub(crate) placement: Option<Arc<dyn Placement>>,
+    /// Tombstones of fired timers found when arming an entity's timers
+    /// (a restart, a shard taken over), until the entity starts and takes
+    /// them (its next write with events removes them).
+    buried: Mutex<HashMap<EntityKey, Vec<u64>>>,
 }
 
 impl Env {
@@ -73,7 +78,23 @@ impl Env {
             next_timer: AtomicU64::new(seed),
             outbox,
             placement,
+            buried: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Notes a tombstone of `key` found when arming its timers.
+    pub(crate) fn note_tombstone(&self, key: &EntityKey, timer_id: u64) {
+        let mut b = self.buried.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = b.entry(key.clone()).or_default();
+        if !ids.contains(&timer_id) {
+            ids.push(timer_id);
+        }
+    }
+
+    /// The tombstones noted for `key` (taken: the entity now knows them).
+    pub(crate) fn take_tombstones(&self, key: &EntityKey) -> Vec<u64> {
+        let mut b = self.buried.lock().unwrap_or_else(|p| p.into_inner());
+        b.remove(key).unwrap_or_default()
     }
 
     /// Publishes a lifecycle event (nobody listening is fine).

@@ -107,8 +107,9 @@ pub(crate) struct Loaded {
     /// Its sends and the messages it applied, read on first need.
     marks: Option<Marks>,
     /// Tombstones of its fired timers it knows of (written since its last
-    /// write with events, or found with its marks), oldest first: its next
-    /// write with events removes them (`cairn_cluster::timers`).
+    /// write with events, found when the node armed its timers, or read
+    /// with its marks), oldest first: its next write with events removes
+    /// them (`cairn_cluster::timers`).
     tombstones: Vec<u64>,
 }
 
@@ -681,7 +682,7 @@ async fn recover(
         generation,
         fence,
         marks: None,
-        tombstones: Vec::new(),
+        tombstones: node.take_tombstones(&EntityKey::new(ty.name.clone(), id)),
     })
 }
 
