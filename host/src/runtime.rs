@@ -72,8 +72,14 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// A call's deadline counts the CPU time its thread spends in the call (a
 /// starved machine must not fail a guest that did little work), but a call
 /// ends after this many times its deadline in wall time whatever its CPU
-/// time says, so a starved guest loop still ends.
-const WALL_CAP_FACTOR: u32 = 10;
+/// time says, so a looping guest on a starved machine holds its pool
+/// thread a bounded time.
+const WALL_CAP_FACTOR: u32 = 4;
+
+/// An instance's start (an interpreter's initialisation: a fixed cost, paid
+/// when a deploy is validated and when the pool grows) may use this many
+/// call deadlines of CPU time, within ten in wall time.
+const START_DEADLINES: u32 = 4;
 
 /// Interfaces a behavior may import (without their `@version`). A std
 /// Rust guest for `wasm32-wasip2` imports these WASI interfaces even when it
@@ -492,11 +498,16 @@ impl CallBudget {
     }
 
     fn full(limit: Duration) -> Self {
+        Self::within(limit, limit.saturating_mul(WALL_CAP_FACTOR))
+    }
+
+    /// `cpu` of CPU time, ending after `wall` whatever it used.
+    fn within(cpu: Duration, wall: Duration) -> Self {
         CallBudget {
             inline: false,
             cpu_start: pool::thread_time(),
-            cpu_limit: limit,
-            wall_end: Instant::now() + limit.saturating_mul(WALL_CAP_FACTOR),
+            cpu_limit: cpu,
+            wall_end: Instant::now() + wall,
         }
     }
 
@@ -692,12 +703,15 @@ impl WasmBehavior {
                     peak: self.peak_memory.clone(),
                 },
                 io: CallIo::default(),
-                budget: CallBudget::full(self.limits.call_timeout),
+                budget: CallBudget::within(
+                    self.limits.call_timeout.saturating_mul(START_DEADLINES),
+                    self.limits.call_timeout.saturating_mul(10),
+                ),
             },
         );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| Ok(ctx.data().budget.on_deadline()));
-        store.set_epoch_deadline(self.deadline_ticks(1));
+        store.set_epoch_deadline(self.deadline_ticks(START_DEADLINES));
         let entity = self
             .pre
             .instantiate(&mut store)
