@@ -284,6 +284,48 @@ pub async fn ask(client: &Client, id: &str, json: &str) -> Result<(String, u64),
     ask_type(client, "bank-account", id, json).await
 }
 
+/// Applies `json` to bank account `id` exactly once, as the error contract
+/// tells a client to: with the expected sequence number `before` (where the
+/// entity is), sent again after an outcome the contract calls unknown or a
+/// refusal it says to retry, until it is applied or a `Conflict` at
+/// `before + 1` says an earlier attempt was; gives up after `within`.
+/// Returns the sequence number after it and how many attempts it took.
+pub async fn ask_exactly_once(
+    client: &Client,
+    id: &str,
+    json: &str,
+    before: u64,
+    within: Duration,
+) -> Result<(u64, u32)> {
+    let deadline = Instant::now() + within;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let r = client
+            .call(&Request::Ask {
+                entity_type: "bank-account".into(),
+                entity_id: id.into(),
+                command: Payload::Json(json.into()),
+                expected_seq: Some(before),
+                timeout_ms: Some(20_000),
+            })
+            .await;
+        let e = match r {
+            Ok(Response::Reply { seq, .. }) => return Ok((seq, attempts)),
+            Ok(other) => bail!("{id}: unexpected {other:?}"),
+            Err(ClientError::Api(ApiError::Conflict { actual, .. })) if actual == before + 1 => {
+                return Ok((actual, attempts));
+            }
+            Err(e) => e,
+        };
+        ensure!(
+            e.retry() != cairn_host::api::Retry::Never && Instant::now() < deadline,
+            "{id}: {e} (attempt {attempts})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A bank account's balance.
 pub async fn balance(client: &Client, id: &str) -> Result<i64> {
     let (j, _) = ask(client, id, r#""GetBalance""#)
