@@ -765,7 +765,6 @@ fn ns_summary(mut ns: Vec<u64>) -> String {
 /// The Python bank account (`examples/python/bank-account`, built with
 /// `guest-sdk/python/build.py`), log journal, one process.
 async fn python(root: &std::path::Path) -> Result<()> {
-    use cairn_host::behavior::{Behavior, CommandContext};
     use cairn_host::runtime::{GuestLimits, WasmEngine};
 
     const TY: &str = "py-bank";
@@ -805,77 +804,22 @@ async fn python(root: &std::path::Path) -> Result<()> {
             b.code_source().as_str(),
             t.elapsed().as_secs_f64() * 1e3
         );
-        let mut state = b.initial_state()?;
-        let deposit = b
-            .command_from_json(r#"{"Deposit":{"amount":1}}"#)?
-            .map_err(anyhow::Error::msg)?;
-        let get = b
-            .command_from_json(r#""GetBalance""#)?
-            .map_err(anyhow::Error::msg)?;
-        let mut deposit_ns = Vec::new();
-        let mut get_ns = Vec::new();
-        for i in 0..3000u64 {
-            let ctx = CommandContext {
-                entity_id: "bench",
-                next_seq: i + 1,
-                timestamp_ms: 1,
-            };
-            let t = Instant::now();
-            let d = b.decide(&ctx, &state, &deposit)?;
-            let el = t.elapsed().as_nanos() as u64;
-            let d = d.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if i >= 500 {
-                deposit_ns.push(el);
-            }
-            state = d.state.unwrap_or(state);
-            let t = Instant::now();
-            let r = b.decide(&ctx, &state, &get)?;
-            let el = t.elapsed().as_nanos() as u64;
-            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if i >= 500 {
-                get_ns.push(el);
-            }
-        }
+        let times = languages::time_calls(&b)?;
         println!(
             "decide Deposit (event + fold inside): {}",
-            ns_summary(deposit_ns)
+            ns_summary(times.decide_deposit)
         );
         println!(
             "decide GetBalance (reply only):        {}",
-            ns_summary(get_ns)
+            ns_summary(times.decide_get)
         );
-        let event = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 1 })?;
-        let initial = b.initial_state()?;
-        let mut one = cairn_store::PackedEvents::default();
-        one.push(1, &event)?;
-        let mut fold_ns = Vec::new();
-        for i in 0..2000 {
-            let t = Instant::now();
-            let r = b.fold(&initial, &one.packed)?;
-            let el = t.elapsed().as_nanos() as u64;
-            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if i >= 200 {
-                fold_ns.push(el);
-            }
-        }
         println!(
             "fold of 1 event:                       {}",
-            ns_summary(fold_ns)
+            ns_summary(times.fold_one)
         );
-        let mut many = cairn_store::PackedEvents::default();
-        for s in 1..=4096 {
-            many.push(s, &event)?;
-        }
-        let mut per_event = Vec::new();
-        for _ in 0..10 {
-            let t = Instant::now();
-            let r = b.fold(&initial, &many.packed)?;
-            per_event.push(t.elapsed().as_nanos() as u64 / 4096);
-            r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        }
         println!(
             "fold of 4,096 events (one call), per event: {}",
-            ns_summary(per_event)
+            ns_summary(times.fold_per_event)
         );
         println!(
             "largest linear memory of an instance: {:.1} MiB (default cap {} MiB)",

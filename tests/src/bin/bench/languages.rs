@@ -434,16 +434,21 @@ fn code_cache(fresh: &Path) -> PathBuf {
     std::env::var_os("CAIRN_BENCH_CODE_CACHE").map_or_else(|| fresh.to_path_buf(), PathBuf::from)
 }
 
-/// `decide` (a deposit, then a `GetBalance`, 3,000 times each; the first
-/// 500 not counted) and `fold` (one event, 2,000 times; 4,096 events, 10
-/// times) called directly on a behavior loaded through a compiled-code
-/// cache in `cache`.
-fn calls(cache: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
-    use cairn_host::behavior::{Behavior, CommandContext};
-    use cairn_host::runtime::{GuestLimits, WasmEngine};
+/// The times of direct calls on a behavior, in ns per call: `decide` (a
+/// deposit, then a `GetBalance`, 3,000 times each; the first 500 not
+/// counted) and `fold` (one event, 2,000 times, the first 200 not counted;
+/// 4,096 events in one call, 10 times, per event).
+pub(super) struct CallTimes {
+    pub(super) decide_deposit: Vec<u64>,
+    pub(super) decide_get: Vec<u64>,
+    pub(super) fold_one: Vec<u64>,
+    pub(super) fold_per_event: Vec<u64>,
+}
 
-    let engine = WasmEngine::with_code_cache(cache)?;
-    let b = engine.load(wasm, GuestLimits::default())?;
+/// Times the calls of [`CallTimes`] on the bank account `b` (any language).
+pub(super) fn time_calls(b: &dyn cairn_host::behavior::Behavior) -> Result<CallTimes> {
+    use cairn_host::behavior::CommandContext;
+
     let mut state = b.initial_state()?;
     let deposit = b
         .command_from_json(r#"{"Deposit":{"amount":1}}"#)?
@@ -451,7 +456,7 @@ fn calls(cache: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
     let get = b
         .command_from_json(r#""GetBalance""#)?
         .map_err(anyhow::Error::msg)?;
-    let (mut deposit_ns, mut get_ns) = (Vec::new(), Vec::new());
+    let (mut decide_deposit, mut decide_get) = (Vec::new(), Vec::new());
     for i in 0..3000u64 {
         let ctx = CommandContext {
             entity_id: "bench",
@@ -468,39 +473,55 @@ fn calls(cache: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
         let el_get = t.elapsed().as_nanos() as u64;
         r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
         if i >= 500 {
-            deposit_ns.push(el);
-            get_ns.push(el_get);
+            decide_deposit.push(el);
+            decide_get.push(el_get);
         }
     }
-    f.decide_deposit = Calls::of(deposit_ns);
-    f.decide_get = Calls::of(get_ns);
     let event = cairn_guest::codec::encode(&bank_account::Event::Deposited { amount: 1 })?;
     let initial = b.initial_state()?;
     let mut one = cairn_store::PackedEvents::default();
     one.push(1, &event)?;
-    let mut fold_ns = Vec::new();
+    let mut fold_one = Vec::new();
     for i in 0..2000 {
         let t = Instant::now();
         let r = b.fold(&initial, &one.packed)?;
         let el = t.elapsed().as_nanos() as u64;
         r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
         if i >= 200 {
-            fold_ns.push(el);
+            fold_one.push(el);
         }
     }
-    f.fold_one = Calls::of(fold_ns);
     let mut many = cairn_store::PackedEvents::default();
     for s in 1..=4096 {
         many.push(s, &event)?;
     }
-    let mut per_event = Vec::new();
+    let mut fold_per_event = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
         let r = b.fold(&initial, &many.packed)?;
-        per_event.push(t.elapsed().as_nanos() as u64 / 4096);
+        fold_per_event.push(t.elapsed().as_nanos() as u64 / 4096);
         r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
-    f.fold_per_event_call = Calls::of(per_event);
+    Ok(CallTimes {
+        decide_deposit,
+        decide_get,
+        fold_one,
+        fold_per_event,
+    })
+}
+
+/// [`time_calls`] on a behavior loaded through a compiled-code cache in
+/// `cache`, into `f`.
+fn calls(cache: &Path, wasm: &[u8], f: &mut Figures) -> Result<()> {
+    use cairn_host::runtime::{GuestLimits, WasmEngine};
+
+    let engine = WasmEngine::with_code_cache(cache)?;
+    let b = engine.load(wasm, GuestLimits::default())?;
+    let t = time_calls(&b)?;
+    f.decide_deposit = Calls::of(t.decide_deposit);
+    f.decide_get = Calls::of(t.decide_get);
+    f.fold_one = Calls::of(t.fold_one);
+    f.fold_per_event_call = Calls::of(t.fold_per_event);
     println!(
         "decide GetBalance (reply only)               {}",
         f.decide_get.cell()
@@ -668,8 +689,8 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
 
-/// The table of a `CAIRN_BENCH_LANGUAGES_PART=calls` run.
-fn print_calls_table(all: &[(&str, Figures)]) {
+/// Prints a Markdown table's head: one column per language.
+fn print_head(all: &[(&str, Figures)]) {
     let mut head = String::from("\n| |");
     let mut rule = String::from("|---|");
     for (name, _) in all {
@@ -677,13 +698,21 @@ fn print_calls_table(all: &[(&str, Figures)]) {
         rule.push_str("---|");
     }
     println!("{head}\n{rule}");
-    let row = |label: &str, cell: &dyn Fn(&Figures) -> String| {
-        let mut line = format!("| {label} |");
-        for (_, f) in all {
-            line.push_str(&format!(" {} |", cell(f)));
-        }
-        println!("{line}");
-    };
+}
+
+/// Prints one row of the table: `label`, then `cell` of each language.
+fn print_row(all: &[(&str, Figures)], label: &str, cell: &dyn Fn(&Figures) -> String) {
+    let mut line = format!("| {label} |");
+    for (_, f) in all {
+        line.push_str(&format!(" {} |", cell(f)));
+    }
+    println!("{line}");
+}
+
+/// The table of a `CAIRN_BENCH_LANGUAGES_PART=calls` run.
+fn print_calls_table(all: &[(&str, Figures)]) {
+    print_head(all);
+    let row = |label: &str, cell: &dyn Fn(&Figures) -> String| print_row(all, label, cell);
     row("`decide` GetBalance (reply only)", &|f| f.decide_get.cell());
     row("`decide` Deposit (event + fold in the guest)", &|f| {
         f.decide_deposit.cell()
@@ -695,21 +724,8 @@ fn print_calls_table(all: &[(&str, Figures)]) {
 }
 
 fn print_table(all: &[(&str, Figures)]) {
-    let row = |label: &str, cell: &dyn Fn(&Figures) -> String| {
-        let mut line = format!("| {label} |");
-        for (_, f) in all {
-            line.push_str(&format!(" {} |", cell(f)));
-        }
-        println!("{line}");
-    };
-    println!();
-    let mut head = String::from("| |");
-    let mut rule = String::from("|---|");
-    for (name, _) in all {
-        head.push_str(&format!(" {name} |"));
-        rule.push_str("---|");
-    }
-    println!("{head}\n{rule}");
+    let row = |label: &str, cell: &dyn Fn(&Figures) -> String| print_row(all, label, cell);
+    print_head(all);
     row("component", &|f| format!("{:.1} MB", f.size_mb));
     row("deploy → active, first compile, in-process", &|f| {
         secs_text(f.compile_in_process)
