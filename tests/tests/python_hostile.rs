@@ -140,21 +140,24 @@ async fn hostile_python_guests_fail_only_their_own_commands() -> Result<()> {
 
     // A print loop: the command does what its logic says; the node's log
     // gets the start and the end of its output and a count of the rest,
-    // not 20,000 lines.
+    // not 5,000 lines (about 120 KB; 20,000 lines ran past what the 1 s
+    // deadline allows a debug node's nice-10 guest pool beside two CPU
+    // burners).
     let started = Instant::now();
     assert_eq!(
         cairn(
             &node,
-            &["ask", "hostile", "h-print", r#"{"Print":{"lines":20000}}"#]
+            &["ask", "hostile", "h-print", r#"{"Print":{"lines":5000}}"#]
         )?,
         "\"printed\""
     );
-    eprintln!("20,000 prints took {:?}", started.elapsed());
+    eprintln!("5,000 prints took {:?}", started.elapsed());
     let print_log = wait_for_output(&node, "h-print")?;
     assert!(
         print_log.contains("hostile prints line 0\n")
-            && print_log.contains("hostile prints line 19999")
-            && print_log.contains(" bytes not kept ...]"),
+            && print_log.contains("hostile prints line 4999")
+            && print_log.contains(" bytes not kept ...]")
+            && !print_log.contains("hostile prints line 2500\n"),
         "{print_log}"
     );
     assert!(print_log.len() < 6 * 1024, "{} bytes", print_log.len());
