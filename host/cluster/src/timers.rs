@@ -31,9 +31,10 @@ pub enum TimerState {
 /// How many tombstones an entity keeps between two of its writes with
 /// events: a timers-only write that adds one beyond this removes the
 /// oldest. A tombstone matters only while a copy that missed its write can
-/// still be merged at equal length, and a replica that misses a write is
-/// brought up to date before it takes the next one, so the bound is on
-/// writes in flight at a failover, far below this.
+/// still be merged at equal length; the write removing it goes to the same
+/// replicas (and removes the armed timer there too), so a copy keeps the
+/// armed timer past it only if it missed both writes, 32 tombstone writes
+/// apart, with no write with events between them.
 pub const MAX_TOMBSTONES: usize = 32;
 
 /// The changes a merge makes to the local timers of one entity.
