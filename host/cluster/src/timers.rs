@@ -102,7 +102,9 @@ mod tests {
     //! without events), and every write reaches the replicas the schedule
     //! picks (at least one, or it fails and nothing changed on the
     //! primary); a replica that missed a write takes no later one until it
-    //! is brought up to date (as the primary's resync does). Then the
+    //! is brought up to date (the product's replicas do take a write of
+    //! timers only after missing one: see section 10 of
+    //! docs/ARCHITECTURE.md for the case this model leaves out). Then the
     //! primary dies and one replica takes over, merging the other's copy by
     //! [`crate::replication::timer_merge`] and [`merge_timers`]. Checked:
     //! no timer that fired is armed again, and every timer armed and not
