@@ -91,10 +91,16 @@ impl Env {
         }
     }
 
-    /// The tombstones noted for `key` (taken: the entity now knows them).
-    pub(crate) fn take_tombstones(&self, key: &EntityKey) -> Vec<u64> {
+    /// The tombstones noted for entity `id` of `entity_type` (taken: the
+    /// entity now knows them). Called at every entity start: no key is
+    /// built while none are noted.
+    pub(crate) fn take_tombstones(&self, entity_type: &str, id: &str) -> Vec<u64> {
         let mut b = self.buried.lock().unwrap_or_else(|p| p.into_inner());
-        b.remove(key).unwrap_or_default()
+        if b.is_empty() {
+            return Vec::new();
+        }
+        b.remove(&EntityKey::new(entity_type, id))
+            .unwrap_or_default()
     }
 
     /// Publishes a lifecycle event (nobody listening is fine).

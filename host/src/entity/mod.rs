@@ -682,7 +682,7 @@ async fn recover(
         generation,
         fence,
         marks: None,
-        tombstones: node.take_tombstones(&EntityKey::new(ty.name.clone(), id)),
+        tombstones: node.take_tombstones(&ty.name, id),
     })
 }
 

@@ -709,9 +709,8 @@ fn print_row(all: &[(&str, Figures)], label: &str, cell: &dyn Fn(&Figures) -> St
     println!("{line}");
 }
 
-/// The table of a `CAIRN_BENCH_LANGUAGES_PART=calls` run.
-fn print_calls_table(all: &[(&str, Figures)]) {
-    print_head(all);
+/// The rows of the direct calls (`decide`, `fold`).
+fn print_call_rows(all: &[(&str, Figures)]) {
     let row = |label: &str, cell: &dyn Fn(&Figures) -> String| print_row(all, label, cell);
     row("`decide` GetBalance (reply only)", &|f| f.decide_get.cell());
     row("`decide` Deposit (event + fold in the guest)", &|f| {
@@ -721,6 +720,12 @@ fn print_calls_table(all: &[(&str, Figures)]) {
     row("`fold` per event, 4,096 events in one call", &|f| {
         us_text(f.fold_per_event_call.p50)
     });
+}
+
+/// The table of a `CAIRN_BENCH_LANGUAGES_PART=calls` run.
+fn print_calls_table(all: &[(&str, Figures)]) {
+    print_head(all);
+    print_call_rows(all);
 }
 
 fn print_table(all: &[(&str, Figures)]) {
@@ -764,14 +769,7 @@ fn print_table(all: &[(&str, Figures)]) {
     row("durable deposits over QUIC, 1 stream", &|f| {
         f.quic_one.cell()
     });
-    row("`decide` GetBalance (reply only)", &|f| f.decide_get.cell());
-    row("`decide` Deposit (event + fold in the guest)", &|f| {
-        f.decide_deposit.cell()
-    });
-    row("`fold` of 1 event (one call)", &|f| f.fold_one.cell());
-    row("`fold` per event, 4,096 events in one call", &|f| {
-        us_text(f.fold_per_event_call.p50)
-    });
+    print_call_rows(all);
     row("recovery of 10,000 events, no snapshot", &|f| {
         format!(
             "{} ({} per event)",
