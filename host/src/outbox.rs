@@ -14,7 +14,10 @@
 //! Timer ids are split in three ranges:
 //! - below 2^62: timers a behavior scheduled (ids the node hands out);
 //! - 2^62 + n: the sender's n-th send (n from 1), due at once; its command
-//!   is the encoded target and command ([`Entry`]);
+//!   is the encoded target and command ([`Entry`]); 2^62 itself holds where
+//!   the entity's timers stand in a cluster's replicated writes
+//!   (`cairn_cluster::timers::Position`, kept by the replicated journal),
+//!   a mark;
 //! - 2^63 and above: marks, never armed: the count of sends the entity
 //!   made (id 2^63), and for each sender it applied messages from, the
 //!   highest send applied (2^63 + 1 + a 64-bit hash of the sender).
@@ -33,7 +36,7 @@
 //! seeded simulation.
 
 use cairn_cluster::messages::Inbox;
-use cairn_cluster::timers::TimerState;
+use cairn_cluster::timers::{POSITION_ID, Position, TimerState};
 use cairn_store::{EntityKey, TimerRecord};
 
 /// First id of the outbox range.
@@ -55,9 +58,11 @@ pub(crate) enum Kind {
     Mark,
 }
 
-/// The kind of timer `id` is.
+/// The kind of timer `id` is. The outbox's send number 0, which no send
+/// uses, is the entity's timers position
+/// (`cairn_cluster::timers::POSITION_ID`), a mark.
 pub(crate) fn kind(id: u64) -> Kind {
-    if id >= MARK_BASE {
+    if id >= MARK_BASE || id == POSITION_ID {
         Kind::Mark
     } else if id >= OUTBOX_BASE {
         Kind::Outbox(id - OUTBOX_BASE)
@@ -74,6 +79,9 @@ pub fn timer_state(t: &TimerRecord) -> TimerState {
         Kind::Timer | Kind::Outbox(_) => TimerState::Armed,
         Kind::Mark if t.timer_id == MARK_BASE => {
             TimerState::Mark(take_u64(&t.command).map_or(0, |(n, _)| n))
+        }
+        Kind::Mark if t.timer_id == POSITION_ID => {
+            TimerState::Mark(Position::decode(&t.command).writes)
         }
         Kind::Mark => TimerState::Mark(decode_received(&t.command).map_or(0, |(_, n)| n)),
     }
@@ -190,6 +198,7 @@ impl Marks {
                         marks.sent = marks.sent.max(n);
                     }
                 }
+                Kind::Mark if t.timer_id == POSITION_ID => {}
                 Kind::Mark => {
                     if let Some((sender, n)) = decode_received(&t.command) {
                         marks.received.record(sender, n);

@@ -236,6 +236,15 @@ pub async fn balances_when_served(
     Ok(out)
 }
 
+/// The member id of the node at `addr`, from a status.
+pub fn id_of(s: &Value, addr: SocketAddr) -> Result<u64> {
+    members(s)
+        .iter()
+        .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
+        .and_then(|m| m["id"].as_u64())
+        .with_context(|| format!("{addr} is not in the status {s}"))
+}
+
 /// Members that are up and reachable.
 pub fn up_count(s: &Value) -> usize {
     members(s)

@@ -765,6 +765,8 @@ async fn writes_are_replicated_fenced_and_refused_without_enough_replicas() -> R
         events: vec![(2, 0, "forged".into(), b"x".to_vec())],
         add_timers: Vec::new(),
         remove_timers: Vec::new(),
+        timers_at: Some((0, 0, false)),
+        whole_timers: false,
     };
     cairn_client::frame::write_frame(&mut send, &forged).await?;
     send.finish()?;

@@ -227,15 +227,6 @@ async fn writer(
     Ok(())
 }
 
-/// The member id of the node at `addr`, from a status.
-fn id_of(s: &Value, addr: SocketAddr) -> Result<u64> {
-    members(s)
-        .iter()
-        .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
-        .and_then(|m| m["id"].as_u64())
-        .with_context(|| format!("{addr} is not in the status {s}"))
-}
-
 /// Polls node `node`'s status until its table's epoch has not changed for
 /// `still` (and `pred` holds), up to `timeout`; returns the last status.
 async fn settled(

@@ -5,7 +5,8 @@
 //!
 //! The `counter` example: `Forward { entity_id, by }` replies and sends
 //! `Increment { by }` to another counter; `IncrementLater { by, delay_ms }`
-//! arms a durable timer.
+//! arms a durable timer. Both write no event: their write holds timers
+//! only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use cairn_client::Client;
 use cairn_tests::NodeProc;
-use cairn_tests::cluster::{Cluster, ask_type, members, status, up_count, wait_status};
+use cairn_tests::cluster::{Cluster, ask_type, cut, id_of, members, status, up_count, wait_status};
 
 /// The cluster tests start several node processes each: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -464,5 +465,101 @@ async fn sends_apply_exactly_once_across_failover_and_handoff() -> Result<()> {
     }
     let all: Vec<String> = targets.iter().chain(&senders).cloned().collect();
     one_history_per_counter(&c.nodes, &all).await?;
+    Ok(())
+}
+
+/// A timer armed by a command that writes no event, on a replica set split
+/// in two (4 nodes, `replicas = 2`, `min_acks = 1`, the decision log's
+/// leader outside the owner's set so the owner keeps its lease): 20
+/// counters of owner O get `IncrementLater` while O is cut from its
+/// replica B (the arming reaches replica A only), then `Increment` while O
+/// is cut from A instead (the write with an event reaches B only), then O
+/// is SIGKILLed. B must not take the later write without the arming (it
+/// gets the timers whole), so whichever replica takes over, each counter
+/// ends at 2: its increment and its timer's, once. Before the write of
+/// timers carried its position, B took it, and the longer copy's timers
+/// replaced the other's: every timer was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timer_armed_without_events_survives_a_split_replica_set_and_a_failover() -> Result<()> {
+    use cairn_cluster::NodeId;
+    let _serial = SERIAL.lock().await;
+    let toml = "[defaults.replication]\nreplicas = 2\nmin_acks = 1\n";
+    let mut c = Cluster::start_with(4, 4, Some(toml))?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "four up members", |s| {
+            up_count(s) == 4
+        })
+        .await?;
+    }
+    deploy_counter(&c).await?;
+    let s = wait_status(c.node(0), Duration::from_secs(30), "a leader", |s| {
+        s["leader"].as_u64().is_some()
+    })
+    .await?;
+    let ids: Vec<u64> = c
+        .nodes
+        .iter()
+        .map(|n| id_of(&s, n.addr))
+        .collect::<Result<_>>()?;
+    let index_of = |id: NodeId| {
+        ids.iter()
+            .position(|x| *x == id.0)
+            .expect("a member of the ring")
+    };
+    let mut ring: Vec<NodeId> = ids.iter().map(|i| NodeId(*i)).collect();
+    ring.sort();
+    let leader = s["leader"].as_u64().expect("a leader");
+    // O follows the leader in the ring, so its set is the two after it.
+    let at = ring
+        .iter()
+        .position(|n| n.0 == leader)
+        .expect("the leader is a member");
+    let o = index_of(ring[(at + 1) % ring.len()]);
+    let set = cairn_cluster::replication::replica_set(&ring, NodeId(ids[o]), 2);
+    let [a, b] = [index_of(set[0]), index_of(set[1])];
+    let l = index_of(NodeId(leader));
+    eprintln!("O = node {o}, its replicas A = node {a} and B = node {b}, the leader node {l}");
+    let candidates: Vec<String> = (0..4_000).map(|i| format!("s-{i}")).collect();
+    let owned = cairn_tests::cluster::owners(&s, "counter", &candidates);
+    let o_addr = c.node(o).addr.to_string();
+    let counters: Vec<String> = candidates
+        .into_iter()
+        .filter(|id| owned.get(id) == Some(&o_addr))
+        .take(20)
+        .collect();
+    ensure!(counters.len() == 20, "O owns too few counters");
+    let client = c.node(l).client().await?;
+    cut(c.node(o), &[c.node(b).addr])?;
+    for id in &counters {
+        write_once(
+            &client,
+            id,
+            r#"{"IncrementLater":{"by":1,"delay_ms":20000}}"#,
+        )
+        .await?;
+    }
+    cut(c.node(o), &[c.node(a).addr])?;
+    for id in &counters {
+        write_once(&client, id, r#"{"Increment":{"by":1}}"#).await?;
+    }
+    c.nodes[o].kill();
+    // The failover takes a few seconds; every timer is due 20 s after it
+    // was armed.
+    tokio::time::sleep(Duration::from_secs(24)).await;
+    let values = settled(&client, &counters, Duration::from_secs(30)).await?;
+    let wrong: Vec<(&String, i64)> = counters
+        .iter()
+        .zip(values)
+        .filter(|(_, v)| *v != 2)
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "{} of 20 counters do not hold their increment and their timer's once: {wrong:?}",
+        wrong.len()
+    );
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    one_history_per_counter(&c.nodes, &counters).await?;
     Ok(())
 }

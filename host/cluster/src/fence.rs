@@ -241,6 +241,10 @@ pub enum Mutant {
     /// timer the source also holds, whatever either says: a tombstone
     /// loses to an armed timer ([`crate::timers::merge_timers`]).
     TimersByUnion,
+    /// A replica applies a write of an entity's timers without checking
+    /// that its copy stands where the primary's did
+    /// ([`crate::timers::replica_timers`]).
+    TimersUnchecked,
 }
 
 #[cfg(test)]

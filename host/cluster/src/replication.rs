@@ -246,22 +246,29 @@ pub enum TimerMerge {
     Keep,
 }
 
-/// The timers rule of a take-over. A timer's removal is written with the
-/// events of the command it fired (and an arming with the events of the
-/// command that scheduled it), so an entity's pending timers go with its
-/// history: from the live old owner (`from_owner`) the set is exactly its
-/// set; from a replica's copy on failover, a copy longer than the local
-/// history (`source_last > local_last`) brings its set whole (a timer it no
-/// longer holds fired, and its events came with the copy); a copy as long
-/// adds what it holds (a timers-only change may have reached one copy and
-/// not the other: firing twice is preferred to never); a shorter copy's
-/// timers are older and are not looked at (else a timer that fired would be
-/// armed again and fire twice).
-pub fn timer_merge(local_last: u64, source_last: u64, from_owner: bool) -> TimerMerge {
+/// The timers rule of a take-over, for one source's copy of an entity
+/// standing at `source` (its newest event and its timers'
+/// [`crate::timers::Position`]) and the local copy at `local`. A timer's
+/// arming and removal are written with the events of the command that made
+/// them, or in a timers-only write that a replica takes only where its copy
+/// stands where the primary's did, so of two copies the one further in
+/// ([`crate::timers::compare`]) holds every timer change the other holds:
+/// from the live old owner (`from_owner`) the set is exactly its set; a
+/// source further in brings its set whole (a timer it no longer holds
+/// fired, and the write that says so came with the copy); a copy standing
+/// at the same place adds what it holds (the copies can differ only by a
+/// write that was never acknowledged: firing twice is preferred to never);
+/// a copy behind is not looked at (else a timer that fired would be armed
+/// again and fire twice).
+pub fn timer_merge(
+    local: (u64, crate::timers::Position),
+    source: (u64, crate::timers::Position),
+    from_owner: bool,
+) -> TimerMerge {
     if from_owner {
         return TimerMerge::Replace;
     }
-    match source_last.cmp(&local_last) {
+    match crate::timers::compare(source, local) {
         std::cmp::Ordering::Greater => TimerMerge::Replace,
         std::cmp::Ordering::Equal => TimerMerge::Add,
         std::cmp::Ordering::Less => TimerMerge::Keep,
@@ -426,11 +433,23 @@ mod tests {
 
     #[test]
     fn timers_follow_the_longer_history() {
-        assert_eq!(timer_merge(9, 3, true), TimerMerge::Replace);
-        assert_eq!(timer_merge(3, 4, false), TimerMerge::Replace);
-        assert_eq!(timer_merge(4, 4, false), TimerMerge::Add);
-        assert_eq!(timer_merge(5, 4, false), TimerMerge::Keep);
-        assert_eq!(timer_merge(0, 0, false), TimerMerge::Add);
+        use crate::timers::Position;
+        let at = |last: u64| (last, Position::default());
+        let one = Position::default().after(false, 7);
+        assert_eq!(timer_merge(at(9), at(3), true), TimerMerge::Replace);
+        assert_eq!(timer_merge(at(3), at(4), false), TimerMerge::Replace);
+        assert_eq!(timer_merge(at(4), at(4), false), TimerMerge::Add);
+        assert_eq!(timer_merge(at(5), at(4), false), TimerMerge::Keep);
+        assert_eq!(timer_merge(at(0), at(0), false), TimerMerge::Add);
+        // A timers-only write further in; a longer history beats it.
+        assert_eq!(timer_merge(at(4), (4, one), false), TimerMerge::Replace);
+        assert_eq!(timer_merge((4, one), at(4), false), TimerMerge::Keep);
+        assert_eq!(timer_merge((4, one), at(5), false), TimerMerge::Replace);
+        // A copy whose gap was filled without timers loses at the same event.
+        assert_eq!(
+            timer_merge((4, Position::behind()), at(4), false),
+            TimerMerge::Replace
+        );
     }
 
     #[test]

@@ -1,19 +1,26 @@
 //! An entity's pending timers across copies: how a fired timer is
-//! remembered, and how a node taking a shard over merges the timers of two
-//! copies of an entity.
+//! remembered, where a copy's timers stand in the primary's writes, and how
+//! a node taking a shard over merges the timers of two copies of an entity.
 //!
 //! A timer's arming and removal are written with the events of the command
-//! that scheduled or fired it, so an entity's timers follow its history
-//! ([`crate::replication::timer_merge`] picks the copy by its length). A
-//! fired timer whose command wrote no event is the case that needs more:
-//! its removal is a write without events, which may reach one replica and
-//! not the other, and two copies of equal length then differ in it. So such
-//! a removal is written as a tombstone ([`TimerState::Fired`]) that wins a
-//! merge of copies of equal length against the armed timer; the entity's
-//! next write with events removes its tombstones (a copy with that write is
-//! longer and replaces the other's set whole). Marks (what an entity keeps
-//! of its own sends and of the sends it applied) only grow, so the larger
-//! one wins.
+//! that scheduled or fired it, so an entity's timers follow its history. A
+//! command that writes no event but changes timers (a timer that fired
+//! without events, a send, a receiver's record of a send applied) makes a
+//! write of timers only, which has no place in the history of events. Two
+//! rules give it one:
+//! - The copy's [`Position`]: how many timers-only writes it took since its
+//!   newest event, and a digest chaining them. The primary sends its own
+//!   with every write, and a replica takes the write only if its copy stands
+//!   at the same event and the same position ([`replica_timers`]); else the
+//!   primary sends the entity's timers whole. So a replica that missed a
+//!   timers-only write cannot take a later write without it, and of two
+//!   copies the one further in (events, then timers-only writes) holds every
+//!   timer change the other does ([`crate::replication::timer_merge`]).
+//! - A fired timer whose command wrote no event is kept as a tombstone
+//!   ([`TimerState::Fired`]) that wins a merge of copies standing at the
+//!   same place against the armed timer; the entity's next write with events
+//!   removes its tombstones. Marks (what an entity keeps of its own sends
+//!   and of the sends it applied) only grow, so the larger one wins.
 
 use crate::replication::TimerMerge;
 
@@ -36,6 +43,120 @@ pub enum TimerState {
 /// armed timer past it only if it missed both writes, 32 tombstone writes
 /// apart, with no write with events between them.
 pub const MAX_TOMBSTONES: usize = 32;
+
+/// The timer id of an entity's [`Position`] record: the outbox's send
+/// number 0, which no send uses. It is never armed.
+pub const POSITION_ID: u64 = 1 << 62;
+
+/// Format byte of an encoded [`Position`].
+const POSITION_FORMAT: u8 = 1;
+
+/// Where a copy of an entity's timers stands after its newest event: the
+/// timers-only writes it took since. Kept in the entity's timers (record
+/// [`POSITION_ID`]), so it is written atomically with them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// Writes of timers only since the newest event.
+    pub writes: u64,
+    /// A digest chaining those writes' changes: equal counts with different
+    /// chains are different writes.
+    pub chain: u32,
+    /// Events reached this copy without their timer changes (a replica's
+    /// gap filled from the primary's journal): its timers are behind until
+    /// the primary sends them whole.
+    pub stale: bool,
+}
+
+impl Position {
+    /// The position after a write: a write with events starts again from
+    /// its newest event; a write of timers only (whose changes digest to
+    /// `changes`) counts one more.
+    pub fn after(self, with_events: bool, changes: u32) -> Position {
+        if with_events {
+            return Position::default();
+        }
+        let chain = (self.chain ^ changes)
+            .wrapping_mul(0x9E37_79B1)
+            .rotate_left(13)
+            ^ (self.writes as u32);
+        Position {
+            writes: self.writes + 1,
+            chain,
+            stale: self.stale,
+        }
+    }
+
+    /// The position a replica's copy takes when events reach it without
+    /// their timer changes.
+    pub fn behind() -> Position {
+        Position {
+            stale: true,
+            ..Position::default()
+        }
+    }
+
+    /// The record's command bytes.
+    pub fn encode(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(14);
+        out.push(POSITION_FORMAT);
+        out.extend_from_slice(&self.writes.to_le_bytes());
+        out.extend_from_slice(&self.chain.to_le_bytes());
+        out.push(u8::from(self.stale));
+        out
+    }
+
+    /// Reads a record's command bytes; a record that is not one reads as
+    /// stale (its copy's timers are not trusted over another's).
+    pub fn decode(b: &[u8]) -> Position {
+        let read = || -> Option<Position> {
+            let (&format, rest) = b.split_first()?;
+            if format != POSITION_FORMAT || rest.len() != 13 {
+                return None;
+            }
+            let (writes, rest) = rest.split_first_chunk::<8>()?;
+            let (chain, rest) = rest.split_first_chunk::<4>()?;
+            Some(Position {
+                writes: u64::from_le_bytes(*writes),
+                chain: u32::from_le_bytes(*chain),
+                stale: rest.first().copied()? != 0,
+            })
+        };
+        read().unwrap_or_else(Position::behind)
+    }
+
+    /// The position held in an entity's timer records (none: no
+    /// timers-only write since its newest event).
+    pub fn of<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Position {
+        records
+            .into_iter()
+            .find(|(id, _)| *id == POSITION_ID)
+            .map_or_else(Position::default, |(_, b)| Position::decode(b))
+    }
+
+    /// The order of two copies standing at the same newest event: a stale
+    /// copy first, then by the number of timers-only writes.
+    fn rank(self) -> (bool, u64) {
+        (!self.stale, self.writes)
+    }
+}
+
+/// The replica's rule for a primary's write onto a copy that holds the same
+/// newest event: it takes the write only if its timers stand where the
+/// primary's stood before it (`primary`); otherwise it missed a
+/// timers-only write, holds one that was never acknowledged, or is behind
+/// after a gap fill, and the primary sends the entity's timers whole.
+pub fn replica_timers(here: Position, primary: Position) -> bool {
+    if crate::fence::is_mutant(crate::fence::Mutant::TimersUnchecked) {
+        return true;
+    }
+    here == primary
+}
+
+/// Which of two copies of an entity, each at (newest event, [`Position`]),
+/// is further in the primary's writes.
+pub fn compare(a: (u64, Position), b: (u64, Position)) -> std::cmp::Ordering {
+    (a.0, a.1.rank()).cmp(&(b.0, b.1.rank()))
+}
 
 /// The changes a merge makes to the local timers of one entity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,15 +218,18 @@ pub fn merge_timers(
 
 #[cfg(test)]
 mod tests {
-    //! The rule above over seeded histories of one entity on a primary and
+    //! The rules above over seeded histories of one entity on a primary and
     //! two replicas (`min_acks` 1): commands arm timers, fire them (with or
     //! without events), and every write reaches the replicas the schedule
     //! picks (at least one, or it fails and nothing changed on the
-    //! primary); a replica that missed a write takes no later one until it
-    //! is brought up to date (the product's replicas do take a write of
-    //! timers only after missing one: see section 10 of
-    //! docs/ARCHITECTURE.md for the case this model leaves out). Then the
-    //! primary dies and one replica takes over, merging the other's copy by
+    //! primary), or now and then a write of timers only reaches replicas
+    //! and not the primary's journal (unacknowledged). A replica takes a
+    //! write as the product's does: one that
+    //! missed events has its gap filled without their timer changes
+    //! ([`Position::behind`]), and one whose [`Position`] is not the
+    //! primary's ([`replica_timers`]) is sent the timers whole; now and then
+    //! a replica is caught up whole (a new replica set). Then the primary
+    //! dies and one replica takes over, merging the other's copy by
     //! [`crate::replication::timer_merge`] and [`merge_timers`]. Checked:
     //! no timer that fired is armed again, and every timer armed and not
     //! fired is there. `CAIRN_SIM_SEED=N` replays one seed.
@@ -119,13 +243,13 @@ mod tests {
     use crate::fence::{Mutant, set_mutant};
     use crate::replication::timer_merge;
 
-    /// One copy of the entity: its number of events and its timers.
+    /// One copy of the entity: its number of events, its timers and where
+    /// they stand.
     #[derive(Clone, Debug, Default)]
     struct Copy {
         last: u64,
         timers: BTreeMap<u64, TimerState>,
-        /// Missed a write: takes none until brought up to date.
-        stale: bool,
+        pos: Position,
     }
 
     impl Copy {
@@ -134,14 +258,16 @@ mod tests {
         }
     }
 
-    /// A write: new events, timers written (armed or tombstones), removed.
+    /// A write: new events, timers written (armed or tombstones), removed,
+    /// and the digest of those changes.
     struct W {
         events: u64,
         put: Vec<(u64, TimerState)>,
         remove: Vec<u64>,
+        digest: u32,
     }
 
-    fn apply(c: &mut Copy, w: &W) {
+    fn apply(c: &mut Copy, w: &W, pos: Position) {
         c.last += w.events;
         for (id, s) in &w.put {
             c.timers.insert(*id, *s);
@@ -149,6 +275,7 @@ mod tests {
         for id in &w.remove {
             c.timers.remove(id);
         }
+        c.pos = pos;
     }
 
     /// Runs one schedule; `Err` says what broke.
@@ -162,9 +289,9 @@ mod tests {
         // write with events), oldest first.
         let mut tombstones: Vec<u64> = Vec::new();
         for _ in 0..rng.random_range(1..40) {
-            // Bring a stale replica up to date now and then.
+            // A catch-up (a new replica set) sends a copy whole.
             for r in replicas.iter_mut() {
-                if r.stale && rng.random_bool(0.3) {
+                if rng.random_bool(0.05) {
                     *r = primary.clone();
                 }
             }
@@ -175,6 +302,7 @@ mod tests {
                 .map(|(i, _)| *i)
                 .collect();
             let with_events = rng.random_bool(0.4);
+            let digest = rng.random::<u32>();
             let w = if armed.is_empty() || rng.random_bool(0.4) {
                 let id = next_id;
                 next_id += 1;
@@ -186,6 +314,7 @@ mod tests {
                     } else {
                         Vec::new()
                     },
+                    digest,
                 }
             } else {
                 let id = armed[rng.random_range(0..armed.len())];
@@ -196,6 +325,7 @@ mod tests {
                         events: 1,
                         put: Vec::new(),
                         remove,
+                        digest,
                     }
                 } else {
                     tombstones.push(id);
@@ -208,24 +338,44 @@ mod tests {
                         events: 0,
                         put: vec![(id, TimerState::Fired)],
                         remove,
+                        digest,
                     }
                 }
             };
+            let before = primary.pos;
+            let after = before.after(w.events > 0, w.digest);
+            let mut whole = primary.clone();
+            apply(&mut whole, &w, after);
             let reach = [rng.random_bool(0.7), rng.random_bool(0.7)];
-            let held: Vec<usize> = (0..2).filter(|&i| reach[i] && !replicas[i].stale).collect();
-            for (i, r) in replicas.iter_mut().enumerate() {
-                if held.contains(&i) {
-                    apply(r, &w);
-                } else {
-                    r.stale = true;
-                }
-            }
-            if held.is_empty() {
-                // Not acknowledged: the primary does not apply it (the
-                // replicas that missed it are resynced to the primary).
+            if !reach.contains(&true) {
+                // Not acknowledged, and held nowhere.
                 continue;
             }
-            apply(&mut primary, &w);
+            // A write that arms a timer and is lost on its way back: the
+            // replicas it reached hold it, the primary does not (a later
+            // owner may adopt it: its command's outcome was unknown).
+            let stray = w.events == 0
+                && matches!(w.put.first(), Some((_, TimerState::Armed)))
+                && rng.random_bool(0.15);
+            for (i, r) in replicas.iter_mut().enumerate() {
+                if !reach[i] {
+                    continue;
+                }
+                if r.last < primary.last {
+                    // The gap is filled with events and no timer changes.
+                    r.last = primary.last;
+                    r.pos = Position::behind();
+                }
+                if replica_timers(r.pos, before) {
+                    apply(r, &w, after);
+                } else {
+                    *r = whole.clone();
+                }
+            }
+            if stray {
+                continue;
+            }
+            primary = whole;
             if let Some((id, TimerState::Fired)) = w.put.first() {
                 fired.push(*id);
             } else if w.put.is_empty() {
@@ -236,7 +386,7 @@ mod tests {
         let (a, b) = if rng.random_bool(0.5) { (0, 1) } else { (1, 0) };
         let mut new = replicas[a].clone();
         let other = &replicas[b];
-        let merge = timer_merge(new.last, other.last, false);
+        let merge = timer_merge((new.last, new.pos), (other.last, other.pos), false);
         let changes = merge_timers(merge, &new.listed(), &other.listed());
         for id in &changes.take {
             new.timers.insert(*id, other.timers[id]);
@@ -246,6 +396,7 @@ mod tests {
         }
         if merge == crate::replication::TimerMerge::Replace {
             new.last = other.last;
+            new.pos = other.pos;
         }
         for id in &fired {
             if new.timers.get(id) == Some(&TimerState::Armed) {
@@ -277,12 +428,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn merging_equal_copies_by_union_is_caught() {
-        set_mutant(Some(Mutant::TimersByUnion));
+    /// The first seed at which `mutant` breaks a check.
+    fn caught(mutant: Mutant) -> Option<u64> {
+        set_mutant(Some(mutant));
         let caught = seeds().into_iter().find(|&s| run(s).is_err());
         set_mutant(None);
-        assert!(caught.is_some(), "the union merge went unnoticed");
+        eprintln!("{mutant:?}: caught at seed {caught:?}");
+        caught
+    }
+
+    #[test]
+    fn merging_equal_copies_by_union_is_caught() {
+        assert!(
+            caught(Mutant::TimersByUnion).is_some(),
+            "the union merge went unnoticed"
+        );
+    }
+
+    #[test]
+    fn a_replica_that_does_not_check_its_position_is_caught() {
+        assert!(
+            caught(Mutant::TimersUnchecked).is_some(),
+            "a replica taking writes of timers it missed went unnoticed"
+        );
+    }
+
+    #[test]
+    fn a_position_reads_back() {
+        let p = Position::default().after(false, 3).after(false, 9);
+        assert_eq!(p.writes, 2);
+        assert_eq!(Position::decode(&p.encode()), p);
+        assert_eq!(Position::decode(&[9, 9]), Position::behind());
+        assert_eq!(p.after(true, 1), Position::default());
+        assert_ne!(
+            Position::default().after(false, 3),
+            Position::default().after(false, 4)
+        );
+        let rec = p.encode();
+        assert_eq!(Position::of([(5, &[][..]), (POSITION_ID, &rec[..])]), p);
+        assert_eq!(Position::of([(5, &[][..])]), Position::default());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cairn_cluster::replication::{TimerMerge, timer_merge};
 use cairn_cluster::route::Route;
-use cairn_cluster::timers::{TimerState, merge_timers};
+use cairn_cluster::timers::{Position, TimerState, merge_timers};
 use cairn_cluster::{Coordinator, Decision, Member, MemberState, NodeId, ShardId, shard_of};
 use cairn_host::outbox::timer_state;
 use cairn_raft::{ClusterState, Command};
@@ -735,7 +735,9 @@ impl Arriving {
         if authoritative {
             cut_to(inner, &self.key, self.last).await?;
         }
-        let merge = timer_merge(self.before, self.last, authoritative);
+        let local = Position::of(here.iter().map(|t| (t.timer_id, &t.command[..])));
+        let source = Position::of(self.timers.iter().map(|t| (t.0, &t.2[..])));
+        let merge = timer_merge((self.before, local), (self.last, source), authoritative);
         import_timers(inner, self.key, self.timers, here, merge).await
     }
 }
@@ -1099,6 +1101,8 @@ async fn serve_replicate(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
         events,
         add_timers,
         remove_timers,
+        timers_at,
+        whole_timers,
     } = req
     else {
         return failed(PeerFailure::BadRequest(
@@ -1124,6 +1128,12 @@ async fn serve_replicate(inner: &Arc<Inner>, req: PeerRequest) -> PeerResponse {
         prev,
         events,
         timers,
+        timers_at.map(|(writes, chain, stale)| cairn_cluster::timers::Position {
+            writes,
+            chain,
+            stale,
+        }),
+        whole_timers,
     )
     .await
 }

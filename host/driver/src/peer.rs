@@ -29,7 +29,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bumped on any change of the layout of [`PeerRequest`] or
 /// [`PeerResponse`] (their frames are committed in
 /// `host/driver/tests/fixtures/peer`).
-pub(crate) const PEER_PROTOCOL_VERSION: u32 = 6;
+pub(crate) const PEER_PROTOCOL_VERSION: u32 = 7;
 
 /// About the most bytes of events one frame of history carries (a handoff,
 /// a failover's fetch, a replica's gap, a read-back), so an entity's
@@ -185,6 +185,16 @@ pub enum PeerRequest {
         add_timers: Vec<(u64, u64, Vec<u8>)>,
         /// Ids of the entity's timers the write deletes (fired).
         remove_timers: Vec<u64>,
+        /// Where the primary's timers of the entity stood before the write
+        /// (`cairn_cluster::timers::Position` as writes, chain, stale): the
+        /// replica takes the write only if its copy stands there too, else
+        /// answers [`PeerResponse::TimersDiffer`]. `None` for a chunk of a
+        /// gap fill (events without their timer changes).
+        timers_at: Option<(u64, u32, bool)>,
+        /// `add_timers` is the entity's whole timer set after the write:
+        /// the replica drops the timers it holds beyond it (no position
+        /// check).
+        whole_timers: bool,
     },
     /// A primary's truncation of an entity for this node as a replica of
     /// `shard` (fenced like [`PeerRequest::Replicate`]).
@@ -351,6 +361,11 @@ pub enum PeerResponse {
     Fenced(u64),
     /// The answers to a [`PeerRequest::ReplicateBatch`], in its order.
     Batch(Vec<PeerResponse>),
+    /// A replica's timers of the entity do not stand where the primary's
+    /// did before the write (it missed a write of timers only, holds one
+    /// that was never acknowledged, or had a gap filled): nothing was
+    /// stored; the primary sends the write again with its timers whole.
+    TimersDiffer,
 }
 
 /// Why a call to a peer failed.
@@ -762,6 +777,8 @@ mod fixtures {
                     events: vec![(3, 1_764_000_000_000, "1.0.0".into(), vec![0, 1])],
                     add_timers: vec![(5, 1_764_000_001_000, vec![2])],
                     remove_timers: vec![4],
+                    timers_at: Some((2, 0x0bad_cafe, false)),
+                    whole_timers: false,
                 },
             ),
             (
@@ -776,6 +793,8 @@ mod fixtures {
                         events: vec![(1, 1_764_000_000_000, "1.0.0".into(), vec![0])],
                         add_timers: Vec::new(),
                         remove_timers: Vec::new(),
+                        timers_at: Some((0, 0, false)),
+                        whole_timers: false,
                     },
                     PeerRequest::Replicate {
                         shard: 9,
@@ -786,6 +805,8 @@ mod fixtures {
                         events: vec![(2, 1_764_000_000_001, "1.0.0".into(), vec![1])],
                         add_timers: Vec::new(),
                         remove_timers: Vec::new(),
+                        timers_at: Some((0, 0, false)),
+                        whole_timers: false,
                     },
                 ]),
             ),
@@ -869,6 +890,7 @@ mod fixtures {
                     PeerResponse::Fenced(42),
                 ]),
             ),
+            ("response-timers-differ", PeerResponse::TimersDiffer),
         ];
         let failures = [
             ("bad-request", PeerFailure::BadRequest("undecodable".into())),

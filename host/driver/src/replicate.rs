@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use cairn_cluster::replication::{ReplicaWrite, replica_write};
+use cairn_cluster::timers::{POSITION_ID, Position, replica_timers};
 use cairn_cluster::write::{Answer, Plan, Progress, WriteRefused, WriteView, plan};
 use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_store::{
@@ -180,6 +181,14 @@ impl Journal for ReplicatedJournal {
         key: &EntityKey,
     ) -> BoxFuture<'static, Result<Vec<TimerRecord>, JournalError>> {
         self.local.entity_timers(key)
+    }
+
+    fn timer(
+        &self,
+        key: &EntityKey,
+        timer_id: u64,
+    ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        self.local.timer(key, timer_id)
     }
 
     fn read_feed(
@@ -368,6 +377,17 @@ async fn replicated_append(
             )));
         }
     };
+    // The write carries where the entity's timers stand
+    // (`cairn_cluster::timers`): a write with events starts again from its
+    // newest event, a timers-only write counts one more.
+    let before = position_of(local, &write.key).await?;
+    let mut write = write;
+    if write.events.is_empty() {
+        let after = before.after(false, changes_digest(&write));
+        write.add_timers.push(position_record(after));
+    } else if before != Position::default() {
+        write.remove_timers.push(POSITION_ID);
+    }
     let (tx, mut rx) = mpsc::channel(to.len().max(1));
     // Set when the write is given up: what still waits in a replica's
     // batch queue is then not sent.
@@ -379,8 +399,17 @@ async fn replicated_append(
         let tx = tx.clone();
         let withdrawn = withdrawn.clone();
         tokio::spawn(async move {
-            let res =
-                send_to_replica(&inner, &local, r.0, shard, epoch, &write, Some(withdrawn)).await;
+            let res = send_to_replica(
+                &inner,
+                &local,
+                r.0,
+                shard,
+                epoch,
+                &write,
+                TimersSent::Changes(before),
+                Some(withdrawn),
+            )
+            .await;
             let _ = tx.send((r, res)).await;
         });
     }
@@ -489,9 +518,22 @@ impl From<String> for SendFailure {
     }
 }
 
+/// What a replica is told of an entity's timers with a write.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TimersSent {
+    /// The write's timer changes, made where the primary's timers stood
+    /// (the replica checks that its copy stands there too).
+    Changes(Position),
+    /// The write's `add_timers` are the entity's whole timer set.
+    Whole,
+}
+
 /// Sends one write to one replica, filling the replica's gap from the
-/// local journal when it reports one. Once `withdrawn` is set, the write is
-/// not sent if it still waits in the replica's batch queue.
+/// local journal when it reports one, and sending the entity's timers whole
+/// when the replica's do not stand where the primary's did. Once
+/// `withdrawn` is set, the write is not sent if it still waits in the
+/// replica's batch queue.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn send_to_replica(
     inner: &Arc<Inner>,
     local: &Arc<dyn Journal>,
@@ -499,6 +541,7 @@ pub(crate) async fn send_to_replica(
     shard: ShardId,
     epoch: u64,
     write: &Write,
+    timers: TimersSent,
     withdrawn: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<(), SendFailure> {
     let addr = inner
@@ -519,12 +562,37 @@ pub(crate) async fn send_to_replica(
             Ok(digest.map(|d| (first - 1, d)))
         }
     };
-    let prev = match events.first() {
-        Some(e) => prev_of(e.seq).await?,
-        None => None,
+    // A write of timers only stands after the local newest event.
+    let first = match events.first() {
+        Some(e) => e.seq,
+        None => {
+            local
+                .highest_seq(&write.key)
+                .await
+                .map_err(|e| e.to_string())?
+                + 1
+        }
     };
-    let replicate =
-        |prev: Option<(u64, u32)>, events: &[EventRecord], timers: bool| PeerRequest::Replicate {
+    let prev = prev_of(first).await?;
+    // The entity's whole timer set after the write, once a replica needs it.
+    let mut whole: Option<Vec<TimerRecord>> = match timers {
+        TimersSent::Whole => Some(write.add_timers.clone()),
+        TimersSent::Changes(_) => None,
+    };
+    let at = match timers {
+        TimersSent::Changes(p) => Some((p.writes, p.chain, p.stale)),
+        TimersSent::Whole => None,
+    };
+    let replicate = |prev: Option<(u64, u32)>,
+                     events: &[EventRecord],
+                     timers: Option<&[TimerRecord]>,
+                     whole: Option<&[TimerRecord]>| {
+        let tuples = |ts: &[TimerRecord]| -> Vec<(u64, u64, Vec<u8>)> {
+            ts.iter()
+                .map(|t| (t.timer_id, t.fire_at_ms, t.command.clone()))
+                .collect()
+        };
+        PeerRequest::Replicate {
             shard: shard.0,
             epoch,
             entity_type: write.key.entity_type.clone(),
@@ -534,21 +602,24 @@ pub(crate) async fn send_to_replica(
                 .iter()
                 .map(|e| (e.seq, e.timestamp_ms, e.version.clone(), e.payload.clone()))
                 .collect(),
-            add_timers: if timers {
-                write
-                    .add_timers
-                    .iter()
-                    .map(|t| (t.timer_id, t.fire_at_ms, t.command.clone()))
-                    .collect()
-            } else {
-                Vec::new()
+            add_timers: match (whole, timers) {
+                (Some(w), _) => tuples(w),
+                (None, Some(t)) => tuples(t),
+                (None, None) => Vec::new(),
             },
-            remove_timers: if timers {
-                write.remove_timers.clone()
-            } else {
-                Vec::new()
+            remove_timers: match (whole, timers) {
+                (None, Some(_)) => write.remove_timers.clone(),
+                _ => Vec::new(),
             },
-        };
+            // A gap's chunk says nothing of timers.
+            timers_at: if timers.is_some() || whole.is_some() {
+                at.or(Some((0, 0, false)))
+            } else {
+                None
+            },
+            whole_timers: whole.is_some(),
+        }
+    };
     let answer = |r: Result<PeerResponse, PeerError>| match r {
         Ok(PeerResponse::Fenced(e)) => Err(SendFailure::Refused(format!(
             "replica {replica} refused epoch {epoch}: it has seen epoch {e}"
@@ -560,14 +631,20 @@ pub(crate) async fn send_to_replica(
         Ok(other) => Ok(other),
         Err(e) => Err(SendFailure::Unknown(e.to_string())),
     };
-    for _ in 0..3 {
-        let req = replicate(prev, events, true);
+    for _ in 0..4 {
+        let req = replicate(prev, events, Some(&write.add_timers), whole.as_deref());
         match answer(inner.batcher.call(addr, req, withdrawn.clone()).await)? {
             PeerResponse::Done => return Ok(()),
+            PeerResponse::TimersDiffer if whole.is_none() => {
+                whole = Some(
+                    whole_timers(local, write)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
             PeerResponse::Gap(have) => {
                 // Filled from the local journal in chunks of bounded size,
                 // then the write is sent again.
-                let first = events.first().map_or(1, |e| e.seq);
                 if have + 1 >= first {
                     return Err(format!("replica {replica} reports a gap it does not have").into());
                 }
@@ -588,7 +665,7 @@ pub(crate) async fn send_to_replica(
                     }
                     let chunk_prev = prev_of(next).await?;
                     next = chunk.last().map_or(next, |e| e.seq + 1);
-                    let req = replicate(chunk_prev, &chunk, false);
+                    let req = replicate(chunk_prev, &chunk, None, None);
                     match answer(inner.peers.call(addr, &req, HISTORY_CALL).await)? {
                         PeerResponse::Done => {}
                         other => {
@@ -602,7 +679,60 @@ pub(crate) async fn send_to_replica(
             other => return Err(format!("unexpected answer {other:?}").into()),
         }
     }
-    Err(format!("replica {replica} kept reporting gaps").into())
+    Err(format!("replica {replica} kept reporting gaps or other timers").into())
+}
+
+/// The entity's whole timer set once `write` is applied to the local one
+/// (a primary sends a write before it appends it).
+async fn whole_timers(
+    local: &Arc<dyn Journal>,
+    write: &Write,
+) -> Result<Vec<TimerRecord>, JournalError> {
+    let mut set = local.entity_timers(&write.key).await?;
+    set.retain(|t| {
+        !write.remove_timers.contains(&t.timer_id)
+            && !write.add_timers.iter().any(|a| a.timer_id == t.timer_id)
+    });
+    set.extend(write.add_timers.iter().cloned());
+    Ok(set)
+}
+
+/// Where the local copy of `key`'s timers stands
+/// (`cairn_cluster::timers::Position`).
+pub(crate) async fn position_of(
+    local: &Arc<dyn Journal>,
+    key: &EntityKey,
+) -> Result<Position, JournalError> {
+    Ok(local
+        .timer(key, POSITION_ID)
+        .await?
+        .map_or_else(Position::default, |t| Position::decode(&t.command)))
+}
+
+/// The timer record holding `p`; never armed.
+fn position_record(p: Position) -> TimerRecord {
+    TimerRecord {
+        timer_id: POSITION_ID,
+        fire_at_ms: i64::MAX as u64,
+        command: p.encode(),
+    }
+}
+
+/// A digest of a write's timer changes, chained into the position of a
+/// timers-only write.
+fn changes_digest(write: &Write) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for t in &write.add_timers {
+        h.update(&t.timer_id.to_le_bytes());
+        h.update(&t.fire_at_ms.to_le_bytes());
+        h.update(&(t.command.len() as u64).to_le_bytes());
+        h.update(&t.command);
+    }
+    h.update(&[0xff]);
+    for id in &write.remove_timers {
+        h.update(&id.to_le_bytes());
+    }
+    h.finalize()
 }
 
 /// How long a call carrying a chunk of an entity's history (up to
@@ -758,7 +888,12 @@ async fn reconcile(
     Ok(mine.len() - common)
 }
 
-/// The replica's side: fence, fill, append durably, acknowledge.
+/// The replica's side: fence, fill, check where the entity's timers stand,
+/// append durably, acknowledge. `timers_at` is where the primary's timers
+/// stood before the write (`None`: a gap's chunk, events without their
+/// timer changes); `whole` says the write's timers are the entity's whole
+/// set.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn replica_append(
     inner: &Arc<Inner>,
     shard: u32,
@@ -767,37 +902,22 @@ pub(crate) async fn replica_append(
     prev: Option<(u64, u32)>,
     events: Vec<(u64, u64, String, Vec<u8>)>,
     timers: TimerChanges,
+    timers_at: Option<Position>,
+    whole: bool,
 ) -> PeerResponse {
     let committed = match fence(inner, shard, epoch) {
         Ok(c) => c,
         Err(newest) => return PeerResponse::Fenced(newest),
     };
     let local = inner.local_journal.clone();
-    // The timer changes go with the events (in the same append), or alone
-    // when the write has no events or this replica holds them already.
-    let timers_alone = |timers: TimerChanges| {
-        let (local, key) = (local.clone(), key.clone());
-        async move {
-            if timers.add.is_empty() && timers.remove.is_empty() {
-                return PeerResponse::Done;
-            }
-            let write = Write {
-                key,
-                events: Vec::new(),
-                add_timers: timers.add,
-                remove_timers: timers.remove,
-            };
-            match local.append(write).await {
-                Ok(()) => PeerResponse::Done,
-                Err(e) => failed(PeerFailure::Storage(e.to_string())),
-            }
-        }
+    // A write of timers only stands just after the primary's newest event.
+    let first = match (events.first(), prev) {
+        (Some(e), _) => e.0,
+        (None, Some((p, _))) => p + 1,
+        (None, None) => 1,
     };
-    let Some(first) = events.first().map(|e| e.0) else {
-        return timers_alone(timers).await;
-    };
-    let last = events.last().map_or(first, |e| e.0);
-    for _ in 0..2 {
+    let last = events.last().map_or(first - 1, |e| e.0);
+    for _ in 0..3 {
         let have = match local.highest_seq(&key).await {
             Ok(h) => h,
             Err(e) => return failed(PeerFailure::Storage(e.to_string())),
@@ -814,17 +934,19 @@ pub(crate) async fn replica_append(
             _ => true,
         };
         let overlap_same = if first <= have {
-            match local.read(&key, first, last.min(have), usize::MAX).await {
-                Ok(held) => held.iter().all(|h| {
-                    events.iter().any(|(seq, ts, version, payload)| {
-                        *seq == h.seq
-                            && *ts == h.timestamp_ms
-                            && *version == h.version
-                            && *payload == h.payload
-                    })
-                }),
-                Err(e) => return failed(PeerFailure::Storage(e.to_string())),
-            }
+            // Events held past a write of timers only are not the primary's.
+            !events.is_empty()
+                && match local.read(&key, first, last.min(have), usize::MAX).await {
+                    Ok(held) => held.iter().all(|h| {
+                        events.iter().any(|(seq, ts, version, payload)| {
+                            *seq == h.seq
+                                && *ts == h.timestamp_ms
+                                && *version == h.version
+                                && *payload == h.payload
+                        })
+                    }),
+                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                }
         } else {
             true
         };
@@ -846,15 +968,19 @@ pub(crate) async fn replica_append(
                     && let Some(owner) = owner
                 {
                     let records: Vec<EventRecord> = events.iter().map(record).collect();
-                    return match reconcile(inner, owner, &key, &records).await {
+                    match reconcile(inner, owner, &key, &records).await {
                         Ok(dropped) => {
                             tracing::warn!(%key, dropped, epoch, "an unacknowledged tail truncated to the owner's history");
-                            PeerResponse::Done
+                            // The write's events are in now; its timers
+                            // are taken below.
+                            continue;
                         }
-                        Err(e) => failed(PeerFailure::Replica(format!(
-                            "{key}: not reconciled with the owner: {e}"
-                        ))),
-                    };
+                        Err(e) => {
+                            return failed(PeerFailure::Replica(format!(
+                                "{key}: not reconciled with the owner: {e}"
+                            )));
+                        }
+                    }
                 }
                 tracing::error!(%key, first, have, "replica holds a different history; refused");
                 return failed(PeerFailure::Diverged(format!(
@@ -862,19 +988,51 @@ pub(crate) async fn replica_append(
                 )));
             }
         }
-        if last <= have {
-            return timers_alone(timers).await;
+        let mut write = Write {
+            key: key.clone(),
+            events: events.iter().filter(|e| e.0 > have).map(record).collect(),
+            add_timers: timers.add.clone(),
+            remove_timers: timers.remove.clone(),
+        };
+        if whole {
+            // The entity's timers become the primary's set exactly.
+            match local.entity_timers(&key).await {
+                Ok(held) => {
+                    write.remove_timers = held
+                        .into_iter()
+                        .map(|t| t.timer_id)
+                        .filter(|id| !write.add_timers.iter().any(|a| a.timer_id == *id))
+                        .collect()
+                }
+                Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+            }
+        } else if let Some(at) = timers_at {
+            // The write's timer changes apply only onto the copy the
+            // primary made them on: the same newest event (not one this
+            // replica held already) and the same position.
+            let here = if have + 1 == first {
+                match position_of(&local, &key).await {
+                    Ok(p) => Some(p),
+                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                }
+            } else {
+                None
+            };
+            if !here.is_some_and(|here| replica_timers(here, at)) {
+                return PeerResponse::TimersDiffer;
+            }
+        } else if write.events.is_empty() {
+            return PeerResponse::Done;
+        } else {
+            // A gap's chunk: these events came without their timer
+            // changes, so this copy's timers are behind until sent whole.
+            write.add_timers.push(position_record(Position::behind()));
         }
-        let records: Vec<EventRecord> = events.iter().filter(|e| e.0 > have).map(record).collect();
-        match local
-            .append(Write {
-                key: key.clone(),
-                events: records,
-                add_timers: timers.add.clone(),
-                remove_timers: timers.remove.clone(),
-            })
-            .await
+        if write.events.is_empty() && write.add_timers.is_empty() && write.remove_timers.is_empty()
         {
+            return PeerResponse::Done;
+        }
+        match local.append(write).await {
             Ok(()) => return PeerResponse::Done,
             // A concurrent fill wrote some of them: look again.
             Err(JournalError::Conflict { .. }) => continue,
@@ -1005,9 +1163,18 @@ pub(crate) async fn catch_up_to(
             // not caught up).
             let down = inner.view().down.clone();
             for r in set.iter().filter(|r| !down.contains(r)) {
-                if send_to_replica(inner, &local, *r, shard, epoch, &write, None)
-                    .await
-                    .is_ok()
+                if send_to_replica(
+                    inner,
+                    &local,
+                    *r,
+                    shard,
+                    epoch,
+                    &write,
+                    TimersSent::Whole,
+                    None,
+                )
+                .await
+                .is_ok()
                 {
                     ok += 1;
                 }
@@ -1071,8 +1238,9 @@ async fn resync(
             add_timers: Vec::new(),
             remove_timers: Vec::new(),
         };
+        let at = TimersSent::Changes(position_of(local, key).await?);
         for r in super::replicas::all_replicas(inner, shard) {
-            let _ = send_to_replica(inner, local, r, shard, epoch, &write, None).await;
+            let _ = send_to_replica(inner, local, r, shard, epoch, &write, at, None).await;
         }
     }
     if let Ok(mut d) = inner.dirty.lock() {

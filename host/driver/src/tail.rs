@@ -158,6 +158,14 @@ impl Journal for TailCache {
         self.inner.entity_timers(key)
     }
 
+    fn timer(
+        &self,
+        key: &EntityKey,
+        timer_id: u64,
+    ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        self.inner.timer(key, timer_id)
+    }
+
     fn read_feed(
         &self,
         entity_type: &str,

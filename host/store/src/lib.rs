@@ -276,6 +276,16 @@ pub trait Journal: Send + Sync + 'static {
                 .collect())
         })
     }
+    /// One pending timer of an entity by its id (by default picked out of
+    /// [`Journal::entity_timers`]).
+    fn timer(
+        &self,
+        key: &EntityKey,
+        timer_id: u64,
+    ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        let all = self.entity_timers(key);
+        Box::pin(async move { Ok(all.await?.into_iter().find(|t| t.timer_id == timer_id)) })
+    }
     /// Events of `entity_type` committed at or after cursor `from`, in commit
     /// order, at most about `limit` (a backend may return a few more to
     /// finish one write), and the cursor to resume from. The cursor is

@@ -1496,6 +1496,16 @@ impl Journal for LogStore {
         Box::pin(std::future::ready(Ok(h)))
     }
 
+    fn timer(
+        &self,
+        key: &EntityKey,
+        timer_id: u64,
+    ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+        let t = idx.timers.get(&(key.clone(), timer_id)).cloned();
+        Box::pin(std::future::ready(Ok(t)))
+    }
+
     fn pending_timers(
         &self,
     ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {

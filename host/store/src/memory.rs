@@ -129,6 +129,15 @@ impl Journal for MemoryStore {
         ready(Ok(v))
     }
 
+    fn timer(
+        &self,
+        key: &EntityKey,
+        timer_id: u64,
+    ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        let d = self.lock();
+        ready(Ok(d.timers.get(&(key.clone(), timer_id)).cloned()))
+    }
+
     fn entity_timers(
         &self,
         key: &EntityKey,

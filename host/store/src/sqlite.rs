@@ -591,6 +591,28 @@ impl Journal for SqliteStore {
         })
     }
 
+    fn timer(
+        &self,
+        key: &EntityKey,
+        timer_id: u64,
+    ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        let key = key.clone();
+        self.with_reader(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT fire_at_ms, command FROM timers WHERE entity_type = ?1 AND entity_id = ?2 AND timer_id = ?3",
+            )?;
+            let mut rows = st.query(params![key.entity_type, key.entity_id, timer_id as i64])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(TimerRecord {
+                    timer_id,
+                    fire_at_ms: to_u64(r.get(0)?, "fire time")?,
+                    command: r.get(1)?,
+                })),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn pending_timers(
         &self,
     ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {

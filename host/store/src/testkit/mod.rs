@@ -164,7 +164,17 @@ pub async fn journal_semantics<J: Journal + ?Sized>(j: &J) {
     })
     .await
     .unwrap();
-    assert_eq!(j.pending_timers().await.unwrap(), vec![(k.clone(), t)]);
+    assert_eq!(
+        j.pending_timers().await.unwrap(),
+        vec![(k.clone(), t.clone())]
+    );
+    // One timer by its id; a timer of another id or entity is none.
+    assert_eq!(j.timer(&k, 42).await.unwrap(), Some(t));
+    assert_eq!(j.timer(&k, 43).await.unwrap(), None);
+    assert_eq!(
+        j.timer(&EntityKey::new("t", "other"), 42).await.unwrap(),
+        None
+    );
     j.append(Write {
         key: k.clone(),
         events: vec![ev(11, b"x")],
@@ -174,6 +184,7 @@ pub async fn journal_semantics<J: Journal + ?Sized>(j: &J) {
     .await
     .unwrap();
     assert!(j.pending_timers().await.unwrap().is_empty());
+    assert_eq!(j.timer(&k, 42).await.unwrap(), None);
     assert_eq!(j.highest_seq(&k).await.unwrap(), 11);
 
     assert_eq!(
