@@ -18,7 +18,7 @@ use cairn_store::{
     EntityKey, EventRecord, Journal, JournalError, LogStore, SnapshotStore, SqliteOptions,
     SqliteStore, TimerRecord,
 };
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::behavior::{Behavior, Descriptor, GuestFault};
 use crate::clock::{Clock, SystemClock};
@@ -162,7 +162,7 @@ pub(crate) struct NodeInner {
     /// Outbox messages due for delivery, per sender, by send number (the
     /// command of the outbox entry); a sender listed here has a delivery
     /// task running.
-    sending: Mutex<HashMap<EntityKey, SendQueue<Vec<u8>>>>,
+    sending: Mutex<HashMap<EntityKey, Sending>>,
     shutting_down: AtomicBool,
     pub(crate) registry: Registry,
     /// What each type's journal holds, for deploy validation.
@@ -360,12 +360,33 @@ const MAX_DELIVERY_PAUSE: Duration = Duration::from_secs(5);
 /// How long one attempt to deliver an outbox message on this node waits.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A sender's messages being delivered by this node.
+#[derive(Default)]
+struct Sending {
+    /// Pending sends by number, with their targets (an outbox record whose
+    /// target cannot be read has the sender as its target: it is refused
+    /// alone).
+    queue: SendQueue<EntityKey, Vec<u8>>,
+    /// Woken when a send is queued, so a free target does not wait for
+    /// the sends out to others.
+    wake: Arc<Notify>,
+}
+
+impl Sending {
+    /// Queues send `n` of `sender`, whose outbox record holds `command`.
+    fn add(&mut self, sender: &EntityKey, n: u64, command: Vec<u8>) {
+        let target = Entry::decode(&command).map_or_else(|| sender.clone(), |e| e.target);
+        self.queue.add(n, target, command);
+        self.wake.notify_one();
+    }
+}
+
 impl NodeInner {
     fn armed(&self) -> std::sync::MutexGuard<'_, HashSet<(EntityKey, u64)>> {
         self.timers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKey, SendQueue<Vec<u8>>>> {
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKey, Sending>> {
         self.sending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -417,13 +438,16 @@ impl NodeInner {
         self.armed().remove(&(key.clone(), timer_id));
     }
 
-    /// Queues send `n` of `sender` for delivery, starting the sender's
-    /// delivery task if none runs.
+    /// Queues send `n` of `sender` (its outbox record's command) for
+    /// delivery, starting the sender's delivery task if none runs.
     fn queue_send(self: &Arc<Self>, sender: EntityKey, n: u64, command: Vec<u8>) {
         let start = {
             let mut sending = self.sending();
             let fresh = !sending.contains_key(&sender);
-            sending.entry(sender.clone()).or_default().add(n, command);
+            sending
+                .entry(sender.clone())
+                .or_default()
+                .add(&sender, n, command);
             fresh
         };
         if start {
@@ -431,15 +455,18 @@ impl NodeInner {
         }
     }
 
-    /// Delivers `sender`'s outbox one message at a time, in send order,
-    /// while this node serves the sender: each until its target's owner
-    /// applied it (or had before) or refused it for good (a dead letter),
-    /// then deletes it from the outbox. Ends when the outbox is empty, or
-    /// when the sender is served elsewhere (that node delivers the rest).
+    /// Delivers `sender`'s outbox while this node serves the sender: to
+    /// each target one message at a time, in send order, and to different
+    /// targets side by side (`cairn_cluster::messages::Outbox`); each
+    /// until its target's owner applied it (or had before) or refused it
+    /// for good (a dead letter), then deletes it from the outbox. Ends when
+    /// the outbox is empty, or when the sender is served elsewhere (that
+    /// node delivers the rest).
     async fn deliver_outbox(self: Arc<Self>, sender: EntityKey) {
         // The whole outbox as the journal holds it: after a restart or a
-        // handoff its messages are armed one by one, and the oldest must
-        // go first (the receiver keeps only the highest applied).
+        // handoff its messages are armed one by one, and the oldest to each
+        // target must go first (the receiver keeps only the highest
+        // applied).
         if let Ok(timers) = self.env.journal.entity_timers(&sender).await {
             let mut armed = self.armed();
             let mut sending = self.sending();
@@ -447,25 +474,80 @@ impl NodeInner {
             for t in timers {
                 if let Kind::Outbox(n) = outbox::kind(t.timer_id) {
                     armed.insert((sender.clone(), t.timer_id));
-                    queue.add(n, t.command);
+                    queue.add(&sender, n, t.command);
                 }
             }
         }
-        let mut pause = Duration::from_millis(50);
+        let mut out = tokio::task::JoinSet::new();
         loop {
-            let next = {
+            let (ready, wake) = {
                 let mut sending = self.sending();
-                let head = sending
-                    .get(&sender)
-                    .and_then(|q| q.next())
-                    .map(|(n, c)| (n, c.clone()));
-                if head.is_none() || self.shutting_down.load(Ordering::Relaxed) {
+                let Some(q) = sending.get_mut(&sender) else {
+                    return;
+                };
+                if q.queue.is_empty() || self.shutting_down.load(Ordering::Relaxed) {
                     sending.remove(&sender);
                     return;
                 }
-                head
+                let ready: Vec<(u64, Vec<u8>)> = q
+                    .queue
+                    .take_ready()
+                    .into_iter()
+                    .filter_map(|n| q.queue.get(n).map(|(_, c)| (n, c.clone())))
+                    .collect();
+                (ready, q.wake.clone())
             };
-            let Some((n, command)) = next else { return };
+            for (n, command) in ready {
+                out.spawn(self.clone().deliver_send(sender.clone(), n, command));
+            }
+            // One answered, or a new send queued (for a target that may be
+            // free while the others wait).
+            let done = tokio::select! {
+                done = out.join_next() => done,
+                () = wake.notified() => continue,
+            };
+            match done {
+                Some(Ok(Some(n))) => {
+                    self.forget(&sender, n).await;
+                    if let Some(q) = self.sending().get_mut(&sender) {
+                        q.queue.done(n);
+                    }
+                    self.disarm(&sender, outbox::outbox_id(n));
+                }
+                // Nothing out: the loop looks at the queue again.
+                None => {}
+                // The sender is served elsewhere (or the node stops): the
+                // rest is that node's, or the next start's.
+                Some(Ok(None)) | Some(Err(_)) => {
+                    out.abort_all();
+                    let left = self
+                        .sending()
+                        .remove(&sender)
+                        .map(|q| q.queue)
+                        .unwrap_or_default();
+                    for n in left.numbers() {
+                        self.disarm(&sender, outbox::outbox_id(n));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Delivers send `n` of `sender` until it is answered (applied, applied
+    /// before, or refused for good: then `Some(n)`), while this node serves
+    /// the sender (else `None`).
+    async fn deliver_send(
+        self: Arc<Self>,
+        sender: EntityKey,
+        n: u64,
+        command: Vec<u8>,
+    ) -> Option<u64> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return None;
+            }
             match self.env.admit(&sender) {
                 Admission::Here(_) => {}
                 Admission::NotYet(why) => {
@@ -475,11 +557,7 @@ impl NodeInner {
                 }
                 Admission::Elsewhere(why) => {
                     tracing::debug!(%sender, %why, "outbox left with its sender's shard");
-                    let left = self.sending().remove(&sender).unwrap_or_default();
-                    for n in left.numbers() {
-                        self.disarm(&sender, outbox::outbox_id(n));
-                    }
-                    return;
+                    return None;
                 }
             }
             let (target, outcome) = match Entry::decode(&command) {
@@ -497,21 +575,17 @@ impl NodeInner {
                     tracing::debug!(%sender, send = n, %target, %why, "delivery retried");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(MAX_DELIVERY_PAUSE);
-                    continue;
                 }
-                DeliveryOutcome::Refused(why) => self.env.dead_letter(
-                    &target.entity_type,
-                    &target.entity_id,
-                    &format!("send #{n} from {sender}: {why}"),
-                ),
-                _ => {}
+                DeliveryOutcome::Refused(why) => {
+                    self.env.dead_letter(
+                        &target.entity_type,
+                        &target.entity_id,
+                        &format!("send #{n} from {sender}: {why}"),
+                    );
+                    return Some(n);
+                }
+                _ => return Some(n),
             }
-            pause = Duration::from_millis(50);
-            self.forget(&sender, n).await;
-            if let Some(q) = self.sending().get_mut(&sender) {
-                q.done(n);
-            }
-            self.disarm(&sender, outbox::outbox_id(n));
         }
     }
 

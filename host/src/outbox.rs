@@ -28,10 +28,11 @@
 //! it again (`cairn_cluster::timers`); [`timer_state`] tells the three
 //! apart for that merge.
 //!
-//! A sender's outbox is delivered in order, one message at a time (the
-//! node's delivery worker), by whichever node serves the sender. Sends are
+//! A sender's outbox is delivered to each target in send order, one
+//! message at a time, and to different targets side by side (the node's
+//! delivery worker), by whichever node serves the sender. Sends are
 //! numbered per sender, so "the highest applied" is enough for the
-//! receiver: when message n arrives, every earlier one was answered. Both
+//! receiver: when message n arrives, every earlier one to it was answered. Both
 //! rules are `cairn_cluster::messages` ([`Inbox`], `Outbox`), run by its
 //! seeded simulation.
 

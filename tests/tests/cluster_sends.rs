@@ -563,3 +563,99 @@ async fn a_timer_armed_without_events_survives_a_split_replica_set_and_a_failove
     one_history_per_counter(&c.nodes, &counters).await?;
     Ok(())
 }
+
+/// A receiver that cannot be reached holds back only the messages sent to
+/// it: 3 nodes without replicas (so the shards of a killed node wait for
+/// it), a sender on node 0 forwards to a counter of node 2, which is
+/// SIGKILLed first, then to five counters of node 1. The five get their
+/// increments while node 2 is still down; once it is back, its counter gets
+/// its own, once. (Before, a sender's messages went one at a time in send
+/// order, and the five waited for node 2.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_cannot_be_reached_holds_back_only_its_own_messages() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let toml = "[defaults.replication]\nreplicas = 0\nmin_acks = 0\n";
+    let mut c = Cluster::start_with(3, 3, Some(toml))?;
+    for n in &c.nodes {
+        wait_status(n, Duration::from_secs(30), "three up members", |s| {
+            up_count(s) == 3
+        })
+        .await?;
+    }
+    deploy_counter(&c).await?;
+    let s = status(c.node(0))?;
+    let candidates: Vec<String> = (0..2_000).map(|i| format!("h-{i}")).collect();
+    let owned = cairn_tests::cluster::owners(&s, "counter", &candidates);
+    let on = |i: usize| {
+        let addr = c.node(i).addr.to_string();
+        candidates
+            .iter()
+            .filter(|id| owned.get(*id) == Some(&addr))
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    let (on0, on1, on2) = (on(0), on(1), on(2));
+    ensure!(
+        !on0.is_empty() && on1.len() >= 5 && !on2.is_empty(),
+        "too few counters per node"
+    );
+    let (sender, far) = (&on0[0], &on2[0]);
+    let near = &on1[..5];
+    let client = c.node(0).client().await?;
+    c.nodes[2].kill();
+    ensure!(
+        forward(&client, sender, far).await?,
+        "the forward to node 2's counter was not acknowledged"
+    );
+    for t in near {
+        ensure!(
+            forward(&client, sender, t).await?,
+            "the forward to {t} was not acknowledged"
+        );
+    }
+    // Each lands within 30 s (its delivery is not waiting on node 2), and
+    // stays at 1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut values = Vec::new();
+        for t in near {
+            values.push(value(&client, t).await?);
+        }
+        if values.iter().all(|v| *v == 1) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "with node 2 down, the sends to node 1's counters did not all land once: {values:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.nodes[2].restart()?;
+    let far_value = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = value(&client, far).await;
+            match v {
+                Ok(1) => break 1,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => break other?,
+            }
+        }
+    };
+    ensure!(far_value == 1, "node 2's counter holds {far_value}, not 1");
+    let values = settled(&client, near, Duration::from_secs(10)).await?;
+    ensure!(
+        values.iter().all(|v| *v == 1),
+        "node 1's counters changed after node 2 came back: {values:?}"
+    );
+    let mut all: Vec<String> = near.to_vec();
+    all.push(far.clone());
+    all.push(sender.clone());
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    one_history_per_counter(&c.nodes, &all).await?;
+    Ok(())
+}

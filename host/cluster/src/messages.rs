@@ -1,19 +1,23 @@
 //! Messages between entities, exactly once, as rules without I/O.
 //!
 //! Two rules make an at-least-once delivery an exactly-once application:
-//! - a sender's [`Outbox`] hands out its pending sends oldest first, one at
-//!   a time: the next is delivered only once the one before was answered;
+//! - a sender's [`Outbox`] hands out its pending sends to each target
+//!   oldest first, one at a time: the next send to a target is delivered
+//!   only once the one before it to that target was answered (sends to
+//!   different targets go side by side, so a slow receiver holds back only
+//!   its own messages);
 //! - a receiver's [`Inbox`] keeps, for each sender, the highest send it
 //!   applied, and applies send `n` only if it is above that.
 //!
-//! Because sends are numbered per sender and delivered in order, when send
-//! `n` arrives every earlier one was applied (or refused for good), so the
-//! highest number is all a receiver needs to remember. The node keeps both
-//! durably in the entity's journal, written atomically with the events
-//! (the host's `outbox` module), and runs its delivery with these types;
-//! the seeded simulation below runs them across lost, repeated and late
-//! messages, crashes, failovers and handoffs of senders and receivers, and
-//! paused owners that keep delivering.
+//! Because sends are numbered per sender and each target gets its sends in
+//! order, when send `n` arrives every earlier one to the same receiver was
+//! applied (or refused for good), so the highest number is all a receiver
+//! needs to remember. The node keeps both durably in the entity's journal,
+//! written atomically with the events (the host's `outbox` module), and
+//! runs its delivery with these types; the seeded simulation below runs
+//! them across lost, repeated and late messages, crashes, failovers and
+//! handoffs of senders and receivers, and paused owners that keep
+//! delivering.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -57,37 +61,65 @@ impl<S: Eq + Hash + Clone> Inbox<S> {
     }
 }
 
-/// A sender's pending sends, by number, each with what its delivery needs.
+/// A sender's pending sends, by number, each with its target and what its
+/// delivery needs, and the send out now to each target.
 #[derive(Clone, Debug)]
-pub struct Outbox<T> {
-    pending: BTreeMap<u64, T>,
+pub struct Outbox<K, T> {
+    pending: BTreeMap<u64, (K, T)>,
+    out: BTreeMap<K, u64>,
 }
 
-impl<T> Default for Outbox<T> {
+impl<K, T> Default for Outbox<K, T> {
     fn default() -> Self {
         Outbox {
             pending: BTreeMap::new(),
+            out: BTreeMap::new(),
         }
     }
 }
 
-impl<T> Outbox<T> {
-    /// Adds send `n` (a copy of one already here is ignored).
-    pub fn add(&mut self, n: u64, item: T) {
-        self.pending.entry(n).or_insert(item);
+impl<K: Ord + Clone, T> Outbox<K, T> {
+    /// Adds send `n` for `target` (a copy of one already here is ignored).
+    pub fn add(&mut self, n: u64, target: K, item: T) {
+        self.pending.entry(n).or_insert((target, item));
     }
 
-    /// The send to deliver now: the oldest pending one.
-    pub fn next(&self) -> Option<(u64, &T)> {
-        if is_mutant(Mutant::SendsOutOfOrder) {
-            return self.pending.last_key_value().map(|(n, t)| (*n, t));
+    /// The sends to deliver now, ascending, each marked out until it is
+    /// [`Outbox::done`]: for each target with no send out, its oldest
+    /// pending send.
+    pub fn take_ready(&mut self) -> Vec<u64> {
+        let mut first: BTreeMap<&K, u64> = BTreeMap::new();
+        for (n, (target, _)) in &self.pending {
+            if self.out.contains_key(target) {
+                continue;
+            }
+            if is_mutant(Mutant::SendsOutOfOrder) {
+                first.insert(target, *n);
+            } else {
+                first.entry(target).or_insert(*n);
+            }
         }
-        self.pending.first_key_value().map(|(n, t)| (*n, t))
+        let mut ready: Vec<(K, u64)> = first.into_iter().map(|(t, n)| (t.clone(), n)).collect();
+        ready.sort_by_key(|(_, n)| *n);
+        for (target, n) in &ready {
+            self.out.insert(target.clone(), *n);
+        }
+        ready.into_iter().map(|(_, n)| n).collect()
     }
 
-    /// Send `n` was answered: it leaves the outbox.
+    /// Send `n`'s target and what its delivery needs.
+    pub fn get(&self, n: u64) -> Option<(&K, &T)> {
+        self.pending.get(&n).map(|(k, t)| (k, t))
+    }
+
+    /// Send `n` was answered: it leaves the outbox, and its target may
+    /// take the next.
     pub fn done(&mut self, n: u64) -> Option<T> {
-        self.pending.remove(&n)
+        let (target, item) = self.pending.remove(&n)?;
+        if self.out.get(&target) == Some(&n) {
+            self.out.remove(&target);
+        }
+        Some(item)
     }
 
     /// Nothing pending?
@@ -154,9 +186,10 @@ mod sim {
     /// keeps delivering until it notices).
     struct Delivering {
         epoch: u64,
-        queue: Outbox<usize>,
-        /// The send out and when it was sent.
-        outstanding: Option<(u64, usize)>,
+        queue: Outbox<usize, ()>,
+        /// The sends out (one per target at most) and when each was last
+        /// sent.
+        outstanding: BTreeMap<u64, usize>,
         /// A deposed owner notices after this step.
         zombie_until: Option<usize>,
     }
@@ -213,14 +246,14 @@ mod sim {
             let (node, epoch) = self.sender_owner[s];
             let mut queue = Outbox::default();
             for (n, t) in &self.durable[s] {
-                queue.add(*n, *t);
+                queue.add(*n, *t, ());
             }
             self.delivering[node].insert(
                 s,
                 Delivering {
                     epoch,
                     queue,
-                    outstanding: None,
+                    outstanding: BTreeMap::new(),
                     zombie_until: None,
                 },
             );
@@ -275,7 +308,7 @@ mod sim {
                     if let Some(d) = self.delivering[node].get_mut(&s)
                         && d.epoch == epoch
                     {
-                        d.queue.add(n, t);
+                        d.queue.add(n, t, ());
                     }
                 }
                 // Delivery workers send their next message.
@@ -331,12 +364,19 @@ mod sim {
                 let mut sends = Vec::new();
                 self.delivering[node].retain(|_, d| d.zombie_until.is_none_or(|u| step <= u));
                 for (s, d) in self.delivering[node].iter_mut() {
-                    let due = d.outstanding.is_none_or(|(_, at)| step > at + PATIENCE);
-                    if !due {
-                        continue;
-                    }
-                    if let Some((n, t)) = d.queue.next() {
-                        d.outstanding = Some((n, step));
+                    // Sends out without an answer for a while go again.
+                    let mut due: Vec<u64> = d
+                        .outstanding
+                        .iter()
+                        .filter(|(_, at)| step > **at + PATIENCE)
+                        .map(|(n, _)| *n)
+                        .collect();
+                    due.extend(d.queue.take_ready());
+                    for n in due {
+                        let Some((t, _)) = d.queue.get(n) else {
+                            continue;
+                        };
+                        d.outstanding.insert(n, step);
                         sends.push(Msg::Deliver {
                             from: node,
                             epoch: d.epoch,
@@ -425,11 +465,10 @@ mod sim {
                     let Some(d) = self.delivering[to].get_mut(&sender) else {
                         return;
                     };
-                    if d.epoch != epoch || d.outstanding.map(|o| o.0) != Some(n) {
+                    if d.epoch != epoch || d.outstanding.remove(&n).is_none() {
                         return;
                     }
                     d.queue.done(n);
-                    d.outstanding = None;
                     // The forget is a write of the sender: fenced.
                     if self.sender_owner[sender] == (to, epoch) {
                         self.durable[sender].remove(&n);
@@ -466,7 +505,7 @@ mod sim {
                             .map(|node| self.delivering[node].get(s).map(|d| (
                                 d.epoch,
                                 d.queue.numbers().collect::<Vec<_>>(),
-                                d.outstanding
+                                d.outstanding.clone()
                             )))
                             .collect::<Vec<_>>(),
                     ));
