@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use cairn_client::{Client, ClientError};
-use cairn_host::api::ApiError;
 use cairn_tests::cluster::*;
 
 /// Runs a command of the test's disk setup; its output on failure.
@@ -198,14 +197,16 @@ struct Tally {
 }
 
 /// One deposit through `client`: Some(true) acknowledged, Some(false)
-/// refused before it ran, None indeterminate; the error text if any.
+/// refused (the error says it was not applied: a final balance above the
+/// acknowledged and indeterminate deposits would show one that was), None
+/// indeterminate; the error text if any.
 async fn deposit(client: &Client, id: &str) -> (Option<bool>, Option<String>) {
     let op = ask(client, id, r#"{"Deposit":{"amount":1}}"#);
     match tokio::time::timeout(Duration::from_secs(5), op).await {
         Ok(Ok(_)) => (Some(true), None),
-        Ok(Err(ClientError::Api(e @ (ApiError::Busy(_) | ApiError::NotOwner { .. })))) => {
-            (Some(false), Some(e.to_string()))
-        }
+        // Refused by the error contract: never applied, now or later (a
+        // write every replica stored nothing of is one).
+        Ok(Err(ClientError::Api(e))) if !e.may_have_applied() => (Some(false), Some(e.to_string())),
         Ok(Err(e)) => (None, Some(e.to_string())),
         Err(_) => (None, Some("no answer within 5 s".into())),
     }

@@ -163,7 +163,8 @@ pub enum Answer {
     /// It holds the write durably.
     Held,
     /// It refused the write before storing any of it (its fence has seen a
-    /// newer allocation of the shard).
+    /// newer allocation of the shard, it holds other events there, or its
+    /// journal failed before any of the write reached it).
     Refused,
     /// No answer (lost, timed out, unreachable), or one that does not say
     /// whether it stored the write (a storage failure part way).

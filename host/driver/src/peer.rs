@@ -306,6 +306,11 @@ pub enum PeerFailure {
     /// an unacknowledged tail of the current owner's history).
     #[error("replica refused: {0}")]
     Diverged(String),
+    /// A replica stored nothing of a write: reading its copy or appending
+    /// to it failed before anything of the write reached its journal (a
+    /// full or read-only disk, a poisoned log). Safe to send again.
+    #[error("replica stored nothing: {0}")]
+    NotStored(String),
 }
 
 /// The answer of a call that failed.
@@ -894,6 +899,10 @@ mod fixtures {
         ];
         let failures = [
             ("bad-request", PeerFailure::BadRequest("undecodable".into())),
+            (
+                "not-stored",
+                PeerFailure::NotStored("No space left on device".into()),
+            ),
             (
                 "no-leader",
                 PeerFailure::NoLeader("leadership is changing".into()),

@@ -170,17 +170,29 @@ impl Journal for ReplicatedJournal {
         self.local.highest_seq(key)
     }
 
+    // The timers position records are this journal's own: the node sees
+    // the timers it wrote.
     fn pending_timers(
         &self,
     ) -> BoxFuture<'static, Result<Vec<(EntityKey, TimerRecord)>, JournalError>> {
-        self.local.pending_timers()
+        let all = self.local.pending_timers();
+        Box::pin(async move {
+            let mut all = all.await?;
+            all.retain(|(_, t)| t.timer_id != POSITION_ID);
+            Ok(all)
+        })
     }
 
     fn entity_timers(
         &self,
         key: &EntityKey,
     ) -> BoxFuture<'static, Result<Vec<TimerRecord>, JournalError>> {
-        self.local.entity_timers(key)
+        let all = self.local.entity_timers(key);
+        Box::pin(async move {
+            let mut all = all.await?;
+            all.retain(|t| t.timer_id != POSITION_ID);
+            Ok(all)
+        })
     }
 
     fn timer(
@@ -188,6 +200,9 @@ impl Journal for ReplicatedJournal {
         key: &EntityKey,
         timer_id: u64,
     ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        if timer_id == POSITION_ID {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
         self.local.timer(key, timer_id)
     }
 
@@ -627,6 +642,9 @@ pub(crate) async fn send_to_replica(
         Ok(PeerResponse::Failed(PeerFailure::Diverged(why))) => Err(SendFailure::Refused(format!(
             "replica {replica} refused the write: {why}"
         ))),
+        Ok(PeerResponse::Failed(PeerFailure::NotStored(why))) => Err(SendFailure::Refused(
+            format!("replica {replica} stored nothing of the write: {why}"),
+        )),
         Ok(PeerResponse::Failed(e)) => Err(SendFailure::Unknown(e.to_string())),
         Ok(other) => Ok(other),
         Err(e) => Err(SendFailure::Unknown(e.to_string())),
@@ -817,16 +835,18 @@ pub(crate) async fn replica_truncate(
 /// or one acknowledged with `min_acks = 0` before a failover). Reads the
 /// owner's history, truncates the local copy to what both share, and
 /// appends the owner's events and then the write's. Returns how many local
-/// events were dropped.
+/// events were dropped; an error says whether the write may have been
+/// stored (only when the last append's outcome is unknown) and why.
 async fn reconcile(
     inner: &Arc<Inner>,
     owner: u64,
     key: &EntityKey,
     write: &[EventRecord],
-) -> Result<usize, String> {
+) -> Result<usize, (bool, String)> {
+    let nothing = |why: String| (false, why);
     let addr = inner
         .addr_of(owner)
-        .ok_or_else(|| format!("no address for the owner {owner}"))?;
+        .ok_or_else(|| nothing(format!("no address for the owner {owner}")))?;
     let mut truth: Vec<EventRecord> = Vec::new();
     loop {
         let req = PeerRequest::FetchEntity {
@@ -844,8 +864,8 @@ async fn reconcile(
                     payload,
                 },
             )),
-            Ok(other) => return Err(format!("the owner answered {other:?}")),
-            Err(e) => return Err(format!("the owner is unreachable: {e}")),
+            Ok(other) => return Err(nothing(format!("the owner answered {other:?}"))),
+            Err(e) => return Err(nothing(format!("the owner is unreachable: {e}"))),
         }
     }
     // The owner sends a write before it appends it locally.
@@ -854,26 +874,26 @@ async fn reconcile(
             last if e.seq == last + 1 => truth.push(e.clone()),
             last if e.seq <= last => {}
             last => {
-                return Err(format!(
+                return Err(nothing(format!(
                     "the owner holds #{last}, its write starts at #{}",
                     e.seq
-                ));
+                )));
             }
         }
     }
     if truth.iter().enumerate().any(|(i, e)| e.seq != i as u64 + 1) {
-        return Err("the owner's history is not contiguous".into());
+        return Err(nothing("the owner's history is not contiguous".into()));
     }
     let local = &inner.local_journal;
     let mine = local
         .read(key, 1, u64::MAX, usize::MAX)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| nothing(e.to_string()))?;
     let common = mine.iter().zip(&truth).take_while(|(a, b)| a == b).count();
     local
         .truncate(key, common as u64)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| nothing(e.to_string()))?;
     if truth.len() > common {
         local
             .append(Write {
@@ -883,7 +903,7 @@ async fn reconcile(
                 remove_timers: Vec::new(),
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (matches!(e, JournalError::Indeterminate(_)), e.to_string()))?;
     }
     Ok(mine.len() - common)
 }
@@ -920,7 +940,7 @@ pub(crate) async fn replica_append(
     for _ in 0..3 {
         let have = match local.highest_seq(&key).await {
             Ok(h) => h,
-            Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+            Err(e) => return not_stored(e),
         };
         // The event the write follows, and what this replica already holds
         // of the write, must be the primary's (`replica_write`).
@@ -928,7 +948,7 @@ pub(crate) async fn replica_append(
             Some((p, digest)) if p + 1 == first && p >= 1 && p <= have => {
                 match digest_at(inner, &local, &key, p).await {
                     Ok(held) => held == Some(digest),
-                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                    Err(e) => return not_stored(e),
                 }
             }
             _ => true,
@@ -945,7 +965,7 @@ pub(crate) async fn replica_append(
                                 && *payload == h.payload
                         })
                     }),
-                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                    Err(e) => return not_stored(e),
                 }
         } else {
             true
@@ -975,10 +995,13 @@ pub(crate) async fn replica_append(
                             // are taken below.
                             continue;
                         }
-                        Err(e) => {
-                            return failed(PeerFailure::Replica(format!(
-                                "{key}: not reconciled with the owner: {e}"
-                            )));
+                        Err((stored, e)) => {
+                            let why = format!("{key}: not reconciled with the owner: {e}");
+                            return failed(if stored {
+                                PeerFailure::Replica(why)
+                            } else {
+                                PeerFailure::NotStored(why)
+                            });
                         }
                     }
                 }
@@ -1004,7 +1027,7 @@ pub(crate) async fn replica_append(
                         .filter(|id| !write.add_timers.iter().any(|a| a.timer_id == *id))
                         .collect()
                 }
-                Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                Err(e) => return not_stored(e),
             }
         } else if let Some(at) = timers_at {
             // The write's timer changes apply only onto the copy the
@@ -1013,7 +1036,7 @@ pub(crate) async fn replica_append(
             let here = if have + 1 == first {
                 match position_of(&local, &key).await {
                     Ok(p) => Some(p),
-                    Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+                    Err(e) => return not_stored(e),
                 }
             } else {
                 None
@@ -1036,12 +1059,22 @@ pub(crate) async fn replica_append(
             Ok(()) => return PeerResponse::Done,
             // A concurrent fill wrote some of them: look again.
             Err(JournalError::Conflict { .. }) => continue,
-            Err(e) => return failed(PeerFailure::Storage(e.to_string())),
+            Err(e) => return not_stored(e),
         }
     }
     failed(PeerFailure::Replica(format!(
         "{key}: replica append kept conflicting"
     )))
+}
+
+/// A replica's answer for a storage error of a write: stored nothing
+/// (`NotStored`, the primary may count it as refused), unless the journal
+/// says the write's bytes may have reached it (`Indeterminate`).
+fn not_stored(e: JournalError) -> PeerResponse {
+    match e {
+        e @ JournalError::Indeterminate(_) => failed(PeerFailure::Storage(e.to_string())),
+        e => failed(PeerFailure::NotStored(e.to_string())),
+    }
 }
 
 /// The digest of `key`'s event at `seq` in the local journal (`None`: no
