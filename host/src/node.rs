@@ -211,7 +211,7 @@ impl NodeInner {
         here: bool,
     ) -> Result<(), AskError> {
         if self.shutting_down.load(Ordering::Relaxed) {
-            return Err(AskError::ShuttingDown);
+            return Err(AskError::Stopping);
         }
         if id.is_empty() || id.len() > MAX_ENTITY_ID_LEN {
             return Err(AskError::InvalidEntityId(format!(

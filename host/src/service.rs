@@ -467,6 +467,7 @@ fn ask_error(e: AskError) -> ApiError {
         // replica was sent the write, or a local write that failed).
         AskError::Journal(e) => ApiError::Storage(e.to_string()),
         AskError::ShuttingDown => ApiError::ShuttingDown,
+        AskError::Stopping => ApiError::Unavailable(AskError::Stopping.to_string()),
         AskError::NotHere(why) => ApiError::Unavailable(why),
     }
 }
@@ -527,6 +528,10 @@ mod tests {
     fn node_errors_become_typed_api_errors() {
         assert_eq!(ask_error(AskError::MailboxFull), ApiError::MailboxFull);
         assert_eq!(ask_error(AskError::ShuttingDown), ApiError::ShuttingDown);
+        // Refused at the door while stopping: nothing ran, safe to resend.
+        let refused = ask_error(AskError::Stopping);
+        assert!(matches!(refused, ApiError::Unavailable(_)), "{refused:?}");
+        assert!(!refused.may_have_applied());
         assert_eq!(
             ask_error(AskError::Timeout(Duration::from_millis(1500))),
             ApiError::Timeout { ms: 1500 }

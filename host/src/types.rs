@@ -62,9 +62,14 @@ pub enum AskError {
     /// The journal could not persist the events; nothing was acknowledged.
     #[error("journal: {0}")]
     Journal(JournalError),
-    /// The node is shutting down.
+    /// The node is shutting down: the command was taken, and its outcome
+    /// is unknown (its write may have been stored when the node stopped).
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The node is shutting down and did not take the command: nothing of
+    /// it ran or was stored.
+    #[error("node is shutting down; the command did not run")]
+    Stopping,
     /// In a cluster: this node does not serve the entity's shard now (it
     /// moved, is moving, or this node's lease lapsed); the command did not
     /// run and nothing was stored.
