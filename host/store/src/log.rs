@@ -103,7 +103,9 @@ struct EntityIdx {
 #[derive(Default)]
 pub(crate) struct Index {
     entities: Map<EntityKey, EntityIdx>,
-    timers: Map<(EntityKey, u64), TimerRecord>,
+    /// Pending timers by entity, then id (an entity's are read at its
+    /// start, and by a cluster's replication).
+    timers: Map<EntityKey, std::collections::BTreeMap<u64, TimerRecord>>,
 }
 
 impl Index {
@@ -370,11 +372,24 @@ fn apply_write(
             }
         }
     }
-    for t in adds {
-        index.timers.insert((key.clone(), t.timer_id), t);
+    if !adds.is_empty() {
+        let held = match index.timers.get_mut(key) {
+            Some(held) => held,
+            None => index.timers.entry(key.clone()).or_default(),
+        };
+        for t in adds {
+            held.insert(t.timer_id, t);
+        }
     }
-    for id in removes {
-        index.timers.remove(&(key.clone(), *id));
+    if !removes.is_empty()
+        && let Some(held) = index.timers.get_mut(key)
+    {
+        for id in removes {
+            held.remove(id);
+        }
+        if held.is_empty() {
+            index.timers.remove(key);
+        }
     }
 }
 
@@ -1502,8 +1517,21 @@ impl Journal for LogStore {
         timer_id: u64,
     ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
         let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-        let t = idx.timers.get(&(key.clone(), timer_id)).cloned();
+        let t = idx.timers.get(key).and_then(|h| h.get(&timer_id)).cloned();
         Box::pin(std::future::ready(Ok(t)))
+    }
+
+    fn entity_timers(
+        &self,
+        key: &EntityKey,
+    ) -> BoxFuture<'static, Result<Vec<TimerRecord>, JournalError>> {
+        let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+        let v = idx
+            .timers
+            .get(key)
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(v)))
     }
 
     fn pending_timers(
@@ -1513,7 +1541,7 @@ impl Journal for LogStore {
         let mut v: Vec<_> = idx
             .timers
             .iter()
-            .map(|((k, _), t)| (k.clone(), t.clone()))
+            .flat_map(|(k, h)| h.values().map(move |t| (k.clone(), t.clone())))
             .collect();
         v.sort_by_key(|(_, t)| t.fire_at_ms);
         Box::pin(std::future::ready(Ok(v)))

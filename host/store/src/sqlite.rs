@@ -591,6 +591,28 @@ impl Journal for SqliteStore {
         })
     }
 
+    fn entity_timers(
+        &self,
+        key: &EntityKey,
+    ) -> BoxFuture<'static, Result<Vec<TimerRecord>, JournalError>> {
+        let key = key.clone();
+        self.with_reader(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT timer_id, fire_at_ms, command FROM timers WHERE entity_type = ?1 AND entity_id = ?2",
+            )?;
+            let mut rows = st.query(params![key.entity_type, key.entity_id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(TimerRecord {
+                    timer_id: r.get::<_, i64>(0)? as u64,
+                    fire_at_ms: to_u64(r.get(1)?, "fire time")?,
+                    command: r.get(2)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     fn timer(
         &self,
         key: &EntityKey,

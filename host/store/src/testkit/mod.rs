@@ -168,6 +168,13 @@ pub async fn journal_semantics<J: Journal + ?Sized>(j: &J) {
         j.pending_timers().await.unwrap(),
         vec![(k.clone(), t.clone())]
     );
+    assert_eq!(j.entity_timers(&k).await.unwrap(), vec![t.clone()]);
+    assert!(
+        j.entity_timers(&EntityKey::new("t", "other"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // One timer by its id; a timer of another id or entity is none.
     assert_eq!(j.timer(&k, 42).await.unwrap(), Some(t));
     assert_eq!(j.timer(&k, 43).await.unwrap(), None);
