@@ -152,6 +152,43 @@ pub fn replica_timers(here: Position, primary: Position) -> bool {
     here == primary
 }
 
+/// What a replica does with the timers of a primary's write whose events
+/// follow its copy ([`replica_takes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimersTake {
+    /// The write carries the entity's whole timer set: the copy's timers
+    /// become exactly that.
+    Whole,
+    /// The write's timer changes apply onto this copy.
+    Apply,
+    /// This copy's timers do not stand where the primary's did, or it
+    /// holds the write's events already (so it cannot tell): nothing is
+    /// stored, and the primary sends the timers whole.
+    Differ,
+    /// Events without their timer changes (a gap's chunk): they are stored
+    /// and the copy's timers are marked behind.
+    Behind,
+}
+
+/// The replica's rule for the timers of a write: `whole` says the write
+/// carries the entity's whole set; `primary` is where the primary's timers
+/// stood before the write (`None`: a gap's chunk); `after_newest` says the
+/// write starts just after this copy's newest event (it holds none of the
+/// write's events); `here` is where this copy's timers stand.
+pub fn replica_takes(
+    whole: bool,
+    primary: Option<Position>,
+    after_newest: bool,
+    here: Position,
+) -> TimersTake {
+    match (whole, primary) {
+        (true, _) => TimersTake::Whole,
+        (false, None) => TimersTake::Behind,
+        (false, Some(p)) if after_newest && replica_timers(here, p) => TimersTake::Apply,
+        (false, Some(_)) => TimersTake::Differ,
+    }
+}
+
 /// Which of two copies of an entity, each at (newest event, [`Position`]),
 /// is further in the primary's writes.
 pub fn compare(a: (u64, Position), b: (u64, Position)) -> std::cmp::Ordering {
@@ -363,13 +400,15 @@ mod tests {
                 }
                 if r.last < primary.last {
                     // The gap is filled with events and no timer changes.
+                    assert_eq!(replica_takes(false, None, true, r.pos), TimersTake::Behind);
                     r.last = primary.last;
                     r.pos = Position::behind();
                 }
-                if replica_timers(r.pos, before) {
-                    apply(r, &w, after);
-                } else {
-                    *r = whole.clone();
+                match replica_takes(false, Some(before), true, r.pos) {
+                    TimersTake::Apply => apply(r, &w, after),
+                    // Sent again with the timers whole.
+                    TimersTake::Differ => *r = whole.clone(),
+                    other => return Err(format!("a replica took a write as {other:?}")),
                 }
             }
             if stray {
@@ -450,6 +489,28 @@ mod tests {
         assert!(
             caught(Mutant::TimersUnchecked).is_some(),
             "a replica taking writes of timers it missed went unnoticed"
+        );
+    }
+
+    #[test]
+    fn what_a_replica_takes() {
+        let p = Position::default();
+        let one = p.after(false, 1);
+        assert_eq!(replica_takes(true, Some(one), false, p), TimersTake::Whole);
+        assert_eq!(replica_takes(false, None, true, one), TimersTake::Behind);
+        assert_eq!(
+            replica_takes(false, Some(one), true, one),
+            TimersTake::Apply
+        );
+        assert_eq!(replica_takes(false, Some(one), true, p), TimersTake::Differ);
+        assert_eq!(
+            replica_takes(false, Some(one), true, Position::behind()),
+            TimersTake::Differ
+        );
+        // It held the write's events already: it cannot tell.
+        assert_eq!(
+            replica_takes(false, Some(one), false, one),
+            TimersTake::Differ
         );
     }
 

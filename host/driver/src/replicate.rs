@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use cairn_cluster::replication::{ReplicaWrite, replica_write};
-use cairn_cluster::timers::{POSITION_ID, Position, replica_timers};
+use cairn_cluster::timers::{POSITION_ID, Position, TimersTake, replica_takes};
 use cairn_cluster::write::{Answer, Plan, Progress, WriteRefused, WriteView, plan};
 use cairn_cluster::{MemberState, NodeId, ShardId, shard_of};
 use cairn_store::{
@@ -1017,9 +1017,18 @@ pub(crate) async fn replica_append(
             add_timers: timers.add.clone(),
             remove_timers: timers.remove.clone(),
         };
-        if whole {
-            // The entity's timers become the primary's set exactly.
-            match local.entity_timers(&key).await {
+        let after_newest = have + 1 == first;
+        let here = if timers_at.is_some() && !whole && after_newest {
+            match position_of(&local, &key).await {
+                Ok(p) => p,
+                Err(e) => return not_stored(e),
+            }
+        } else {
+            Position::default()
+        };
+        match replica_takes(whole, timers_at, after_newest, here) {
+            TimersTake::Whole => match local.entity_timers(&key).await {
+                // The entity's timers become the primary's set exactly.
                 Ok(held) => {
                     write.remove_timers = held
                         .into_iter()
@@ -1028,28 +1037,11 @@ pub(crate) async fn replica_append(
                         .collect()
                 }
                 Err(e) => return not_stored(e),
-            }
-        } else if let Some(at) = timers_at {
-            // The write's timer changes apply only onto the copy the
-            // primary made them on: the same newest event (not one this
-            // replica held already) and the same position.
-            let here = if have + 1 == first {
-                match position_of(&local, &key).await {
-                    Ok(p) => Some(p),
-                    Err(e) => return not_stored(e),
-                }
-            } else {
-                None
-            };
-            if !here.is_some_and(|here| replica_timers(here, at)) {
-                return PeerResponse::TimersDiffer;
-            }
-        } else if write.events.is_empty() {
-            return PeerResponse::Done;
-        } else {
-            // A gap's chunk: these events came without their timer
-            // changes, so this copy's timers are behind until sent whole.
-            write.add_timers.push(position_record(Position::behind()));
+            },
+            TimersTake::Apply => {}
+            TimersTake::Differ => return PeerResponse::TimersDiffer,
+            TimersTake::Behind if write.events.is_empty() => return PeerResponse::Done,
+            TimersTake::Behind => write.add_timers.push(position_record(Position::behind())),
         }
         if write.events.is_empty() && write.add_timers.is_empty() && write.remove_timers.is_empty()
         {
