@@ -360,6 +360,9 @@ const MAX_DELIVERY_PAUSE: Duration = Duration::from_secs(5);
 /// How long one attempt to deliver an outbox message on this node waits.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most messages of one sender out at once (each to another receiver).
+const MAX_SENDS_OUT: usize = 64;
+
 /// A sender's messages being delivered by this node.
 #[derive(Default)]
 struct Sending {
@@ -491,7 +494,7 @@ impl NodeInner {
                 }
                 let ready: Vec<(u64, Vec<u8>)> = q
                     .queue
-                    .take_ready()
+                    .take_ready(MAX_SENDS_OUT)
                     .into_iter()
                     .filter_map(|n| q.queue.get(n).map(|(_, c)| (n, c.clone())))
                     .collect();

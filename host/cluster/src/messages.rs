@@ -86,8 +86,8 @@ impl<K: Ord + Clone, T> Outbox<K, T> {
 
     /// The sends to deliver now, ascending, each marked out until it is
     /// [`Outbox::done`]: for each target with no send out, its oldest
-    /// pending send.
-    pub fn take_ready(&mut self) -> Vec<u64> {
+    /// pending send, oldest first, while fewer than `max_out` are out.
+    pub fn take_ready(&mut self, max_out: usize) -> Vec<u64> {
         let mut first: BTreeMap<&K, u64> = BTreeMap::new();
         for (n, (target, _)) in &self.pending {
             if self.out.contains_key(target) {
@@ -101,6 +101,7 @@ impl<K: Ord + Clone, T> Outbox<K, T> {
         }
         let mut ready: Vec<(K, u64)> = first.into_iter().map(|(t, n)| (t.clone(), n)).collect();
         ready.sort_by_key(|(_, n)| *n);
+        ready.truncate(max_out.saturating_sub(self.out.len()));
         for (target, n) in &ready {
             self.out.insert(target.clone(), *n);
         }
@@ -134,6 +135,27 @@ impl<K: Ord + Clone, T> Outbox<K, T> {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::Outbox;
+
+    #[test]
+    fn one_send_out_per_target_and_a_bound_on_all() {
+        let mut o: Outbox<&str, ()> = Outbox::default();
+        for (n, t) in [(1, "a"), (2, "a"), (3, "b"), (4, "c"), (5, "b")] {
+            o.add(n, t, ());
+        }
+        assert_eq!(o.take_ready(2), vec![1, 3]);
+        assert_eq!(o.take_ready(2), Vec::<u64>::new());
+        o.done(3);
+        assert_eq!(o.take_ready(2), vec![4]);
+        o.done(1);
+        o.done(4);
+        assert_eq!(o.take_ready(8), vec![2, 5]);
+        assert_eq!(o.numbers().collect::<Vec<_>>(), vec![2, 5]);
+    }
+}
+
+#[cfg(test)]
 mod sim {
     //! Three nodes; three senders and three receivers, each owned by one
     //! node at a time. Sends are decided (durably, in the sender's
@@ -160,6 +182,9 @@ mod sim {
     const SENDERS: usize = 3;
     const RECEIVERS: usize = 3;
     const STEPS: usize = 200;
+    /// Sends a sender has out at once (fewer than its receivers, so the
+    /// bound is exercised).
+    const MAX_OUT: usize = 2;
     /// Steps a delivery waits for its answer before it is sent again.
     const PATIENCE: usize = 4;
 
@@ -371,7 +396,7 @@ mod sim {
                         .filter(|(_, at)| step > **at + PATIENCE)
                         .map(|(n, _)| *n)
                         .collect();
-                    due.extend(d.queue.take_ready());
+                    due.extend(d.queue.take_ready(MAX_OUT));
                     for n in due {
                         let Some((t, _)) = d.queue.get(n) else {
                             continue;
