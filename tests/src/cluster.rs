@@ -236,6 +236,22 @@ pub async fn balances_when_served(
     Ok(out)
 }
 
+/// Starts a cluster of `n` nodes (every one a seed-joined member, `toml`
+/// their configuration) and waits until each sees all `n` up.
+pub async fn start_all_up(n: usize, toml: Option<&str>) -> Result<Cluster> {
+    let c = Cluster::start_with(n, n, toml)?;
+    for node in &c.nodes {
+        wait_status(
+            node,
+            Duration::from_secs(30),
+            &format!("{n} up members"),
+            |s| up_count(s) == n,
+        )
+        .await?;
+    }
+    Ok(c)
+}
+
 /// The member id of the node at `addr`, from a status.
 pub fn id_of(s: &Value, addr: SocketAddr) -> Result<u64> {
     members(s)

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use cairn_client::Client;
 use cairn_tests::NodeProc;
-use cairn_tests::cluster::{Cluster, ask_type, cut, id_of, members, status, up_count, wait_status};
+use cairn_tests::cluster::{
+    Cluster, ask_type, cut, id_of, members, start_all_up, status, wait_status,
+};
 
 /// The cluster tests start several node processes each: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -42,13 +44,7 @@ async fn deploy_counter(c: &Cluster) -> Result<()> {
 
 /// Three nodes up, `counter` active on each.
 async fn three_with_counter() -> Result<Cluster> {
-    let c = Cluster::start(3, 3)?;
-    for n in &c.nodes {
-        wait_status(n, Duration::from_secs(30), "three up members", |s| {
-            up_count(s) == 3
-        })
-        .await?;
-    }
+    let c = start_all_up(3, None).await?;
     deploy_counter(&c).await?;
     Ok(c)
 }
@@ -484,13 +480,7 @@ async fn a_timer_armed_without_events_survives_a_split_replica_set_and_a_failove
     use cairn_cluster::NodeId;
     let _serial = SERIAL.lock().await;
     let toml = "[defaults.replication]\nreplicas = 2\nmin_acks = 1\n";
-    let mut c = Cluster::start_with(4, 4, Some(toml))?;
-    for n in &c.nodes {
-        wait_status(n, Duration::from_secs(30), "four up members", |s| {
-            up_count(s) == 4
-        })
-        .await?;
-    }
+    let mut c = start_all_up(4, Some(toml)).await?;
     deploy_counter(&c).await?;
     let s = wait_status(c.node(0), Duration::from_secs(30), "a leader", |s| {
         s["leader"].as_u64().is_some()
@@ -575,13 +565,7 @@ async fn a_timer_armed_without_events_survives_a_split_replica_set_and_a_failove
 async fn a_receiver_that_cannot_be_reached_holds_back_only_its_own_messages() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let toml = "[defaults.replication]\nreplicas = 0\nmin_acks = 0\n";
-    let mut c = Cluster::start_with(3, 3, Some(toml))?;
-    for n in &c.nodes {
-        wait_status(n, Duration::from_secs(30), "three up members", |s| {
-            up_count(s) == 3
-        })
-        .await?;
-    }
+    let mut c = start_all_up(3, Some(toml)).await?;
     deploy_counter(&c).await?;
     let s = status(c.node(0))?;
     let candidates: Vec<String> = (0..2_000).map(|i| format!("h-{i}")).collect();
