@@ -285,16 +285,20 @@ pub fn shards(s: &Value) -> BTreeMap<String, u64> {
 /// Deploys bank-account through node 0 and waits until every node runs it
 /// (each compiles the component: slow in a debug build on a busy machine).
 pub async fn deploy(c: &Cluster) -> Result<()> {
-    let wasm = example_wasm("bank-account")?;
-    let (ok, _, err) = c
-        .node(0)
-        .cli(&["deploy", "bank-account", &wasm.to_string_lossy()])?;
+    deploy_example(c, "bank-account").await
+}
+
+/// Deploys the example `name` as the entity type of that name through node
+/// 0, and waits until every node runs it.
+pub async fn deploy_example(c: &Cluster, name: &str) -> Result<()> {
+    let wasm = example_wasm(name)?;
+    let (ok, _, err) = c.node(0).cli(&["deploy", name, &wasm.to_string_lossy()])?;
     ensure!(ok, "deploy failed: {err}");
     for n in &c.nodes {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (ok, out, _) = n.cli(&["types"])?;
-            if ok && out.contains("bank-account") {
+            if ok && out.contains(name) {
                 break;
             }
             ensure!(Instant::now() < deadline, "{} never ran the deploy", n.addr);

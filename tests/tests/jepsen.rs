@@ -28,6 +28,14 @@
 //! account: the total is 1,200 and each balance is what its client was
 //! acknowledged.
 //!
+//! Workload "sends", beside them: one client per node asks sender
+//! counters (`counter` example) to `Forward` an increment of 1 to one of
+//! ten receiver counters; each ask is ok, fail or info as above. After
+//! healing, once the senders' outboxes have drained, each receiver's value
+//! lies between its acknowledged forwards and those plus the
+//! indeterminate ones: below is an acknowledged send lost, above a send
+//! applied twice or a refused one applied.
+//!
 //! `CAIRN_JEPSEN_ROUNDS` sets the number of fault rounds (20 by default;
 //! more for a longer run). Every loop is bounded in count and time.
 
@@ -366,6 +374,125 @@ async fn check_bank(bank: &Bank, reader: &NodeProc, when: &str) -> Result<()> {
     Ok(())
 }
 
+/// Receivers of the sends workload.
+const RECEIVERS: usize = 10;
+
+/// The sends workload's record: per receiver, forwards to it acknowledged
+/// and indeterminate (a refused one counts in neither).
+#[derive(Default)]
+struct Sends {
+    /// receiver -> (ok, info).
+    to: std::sync::Mutex<HashMap<usize, (i64, i64)>>,
+    fail: AtomicU64,
+}
+
+/// One client of the sends workload, on node `i`: sender counters `f-i-m`
+/// forward increments of 1 to receivers `r-j`, until `stop`.
+async fn send_client(
+    i: usize,
+    addr: std::net::SocketAddr,
+    certs: std::path::PathBuf,
+    sends: Arc<Sends>,
+    stop: Arc<AtomicBool>,
+) {
+    let files = cairn_client::tls::ClientFiles::in_dir(&certs);
+    let mut client: Option<Client> = None;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut k = 0usize;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let Some(cl) = &client else {
+            let c = tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::connect(addr, &files, "localhost"),
+            )
+            .await;
+            match c {
+                Ok(Ok(c)) => client = Some(c),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+            continue;
+        };
+        k += 1;
+        let sender = format!("f-{i}-{}", k % 7);
+        let r = (k * 3 + i) % RECEIVERS;
+        let json = format!(r#"{{"Forward":{{"entity_id":"r-{r}","by":1}}}}"#);
+        let op = ask_type(cl, "counter", &sender, &json);
+        let outcome = match tokio::time::timeout(Duration::from_secs(10), op).await {
+            Ok(Ok(_)) => Outcome::Ok,
+            Ok(Err(ClientError::Api(e))) if !e.may_have_applied() => Outcome::Fail,
+            Ok(Err(_)) => Outcome::Info,
+            Err(_) => {
+                client = None;
+                Outcome::Info
+            }
+        };
+        {
+            let mut to = sends.to.lock().unwrap_or_else(|p| p.into_inner());
+            let t = to.entry(r).or_default();
+            match outcome {
+                Outcome::Ok => t.0 += 1,
+                Outcome::Info => t.1 += 1,
+                Outcome::Fail => {
+                    sends.fail.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let pause = if outcome == Outcome::Ok { 20 } else { 100 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// The sends checker: waits (up to 120 s) until every receiver holds at
+/// least its acknowledged forwards and its value has stopped changing,
+/// then checks each lies between acknowledged and acknowledged plus
+/// indeterminate.
+async fn check_sends(sends: &Sends, client: &Client) -> Result<()> {
+    let to = sends.to.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last: Option<Vec<i64>> = None;
+    let values = loop {
+        let mut now = Vec::with_capacity(RECEIVERS);
+        for r in 0..RECEIVERS {
+            let id = format!("r-{r}");
+            let v = loop {
+                match ask_type(client, "counter", &id, r#""Get""#).await {
+                    Ok((j, _)) => break j.trim().parse::<i64>()?,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("reading {id}: {e}")),
+                }
+            };
+            now.push(v);
+        }
+        let reached = (0..RECEIVERS).all(|r| now[r] >= to.get(&r).map_or(0, |t| t.0));
+        if (reached && last.as_ref() == Some(&now)) || Instant::now() > deadline {
+            break now;
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let (ok, info): (i64, i64) = to.values().fold((0, 0), |a, t| (a.0 + t.0, a.1 + t.1));
+    eprintln!(
+        "sends: {ok} acknowledged, {info} indeterminate, {} refused; received {}",
+        sends.fail.load(Ordering::Relaxed),
+        values.iter().sum::<i64>()
+    );
+    ensure!(ok > 50, "too few forwards succeeded");
+    for (r, v) in values.iter().enumerate() {
+        let (ok, info) = to.get(&r).copied().unwrap_or_default();
+        ensure!(
+            *v >= ok,
+            "r-{r}: {v} applied, {ok} acknowledged sends: an acknowledged send lost"
+        );
+        ensure!(
+            *v <= ok + info,
+            "r-{r}: {v} applied, {ok} acknowledged and {info} indeterminate: a send applied twice or a refused one applied"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknowledged()
 -> Result<()> {
@@ -388,6 +515,7 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
     )
     .await?;
     deploy(&c).await?;
+    deploy_example(&c, "counter").await?;
 
     // Clients: one per node, each adding its own elements in turn.
     let history: Arc<std::sync::Mutex<HashMap<u64, Outcome>>> = Default::default();
@@ -481,6 +609,14 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
         }));
     }
 
+    let sends = Arc::new(Sends::default());
+    let mut senders = Vec::new();
+    for i in 0..3 {
+        let (addr, certs) = (c.node(i).addr, c.node(i).certs());
+        let (sends, stop) = (sends.clone(), stop.clone());
+        senders.push(tokio::spawn(send_client(i, addr, certs, sends, stop)));
+    }
+
     // The nemesis.
     let addrs: Vec<_> = c.nodes.iter().map(|n| n.addr).collect();
     for round in 0..rounds {
@@ -554,7 +690,7 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
-    for w in workers.into_iter().chain(bankers) {
+    for w in workers.into_iter().chain(bankers).chain(senders) {
         w.await?;
     }
     check_bank(&bank, c.node(0), "at the end").await?;
@@ -604,6 +740,7 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
         balances.insert(*k, b);
     }
     check_set(&history, &balances, &refusals)?;
+    check_sends(&sends, &client).await?;
     client.close().await;
 
     // The journals: one history per entity.
