@@ -400,7 +400,10 @@ async fn replicated_append(
     if write.events.is_empty() {
         let after = before.after(false, changes_digest(&write));
         write.add_timers.push(position_record(after));
-    } else if before != Position::default() {
+    } else {
+        // Said even when there is no record to remove, so that the tail
+        // cache (on this node and the replicas) knows the position after
+        // the write without reading the journal.
         write.remove_timers.push(POSITION_ID);
     }
     let (tx, mut rx) = mpsc::channel(to.len().max(1));

@@ -1,7 +1,9 @@
 //! The newest event of each entity in the node's local journal, by its
-//! digest, kept beside the journal so that a replicated write does not read
-//! the journal to name (on the primary) or check (on a replica) the event
-//! it follows (`PeerRequest::Replicate::prev`).
+//! digest, and where its timers stand (`cairn_cluster::timers::Position`),
+//! kept beside the journal so that a replicated write does not read the
+//! journal to name (on the primary) or check (on a replica) the event it
+//! follows (`PeerRequest::Replicate::prev`) and the timers position it
+//! was made at.
 //!
 //! [`TailCache`] wraps the local journal: every append and truncation of it
 //! goes through the wrapper, which records the last event an append wrote
@@ -20,6 +22,8 @@ use cairn_store::{
     Write,
 };
 
+use cairn_cluster::timers::{POSITION_ID, Position};
+
 use crate::replicate::event_digest;
 
 /// Entities remembered at most; past it the map starts afresh (a miss only
@@ -32,6 +36,8 @@ struct Tail {
     generation: u64,
     /// The newest event as (seq, digest), when known for sure.
     last: Option<(u64, u32)>,
+    /// Where the entity's timers stand, when known for sure.
+    position: Option<Position>,
 }
 
 /// The local journal with the newest event of each entity remembered.
@@ -71,23 +77,43 @@ impl TailCache {
         let t = tails.entry(key.clone()).or_default();
         t.generation += 1;
         t.last = None;
+        t.position = None;
         t.generation
+    }
+
+    /// Where `key`'s timers stand, if known here.
+    fn position(&self, key: &EntityKey) -> Option<Position> {
+        self.tails.lock().ok()?.get(key)?.position
     }
 }
 
-/// Records `last` as `key`'s tail if no other mutation began since
-/// `generation`.
+/// Where a write leaves the timers position of an entity that stood at
+/// `before` (`None`: not known).
+fn position_after(write: &Write, before: Option<Position>) -> Option<Position> {
+    if let Some(t) = write.add_timers.iter().find(|t| t.timer_id == POSITION_ID) {
+        return Some(Position::decode(&t.command));
+    }
+    if write.remove_timers.contains(&POSITION_ID) {
+        return Some(Position::default());
+    }
+    before
+}
+
+/// Records `last` as `key`'s tail, and `position` as its timers', if no
+/// other mutation began since `generation`.
 fn finish(
     tails: &Mutex<HashMap<EntityKey, Tail>>,
     key: &EntityKey,
     generation: u64,
     last: Option<(u64, u32)>,
+    position: Option<Position>,
 ) {
     if let Ok(mut tails) = tails.lock()
         && let Some(t) = tails.get_mut(key)
         && t.generation == generation
     {
         t.last = last;
+        t.position = position;
     }
 }
 
@@ -98,25 +124,30 @@ fn tail_of(events: &[EventRecord]) -> Option<(u64, u32)> {
 impl Journal for TailCache {
     fn append(&self, write: Write) -> BoxFuture<'static, Result<(), JournalError>> {
         let key = write.key.clone();
+        let known = self
+            .tails
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&key).map(|t| (t.last, t.position)));
         // A write without events leaves the tail as it was, when known.
         let last = if write.events.is_empty() {
-            self.tails
-                .lock()
-                .ok()
-                .and_then(|t| t.get(&key).and_then(|t| t.last))
+            known.and_then(|k| k.0)
         } else {
             tail_of(&write.events)
         };
+        let position = position_after(&write, known.and_then(|k| k.1));
         let generation = self.begin(&key);
         let tails = self.tails.clone();
         let append = self.inner.append(write);
         Box::pin(async move {
             let r = append.await;
+            let ok = r.is_ok();
             finish(
                 &tails,
                 &key,
                 generation,
-                r.is_ok().then_some(last).flatten(),
+                ok.then_some(last).flatten(),
+                ok.then_some(position).flatten(),
             );
             r
         })
@@ -163,6 +194,18 @@ impl Journal for TailCache {
         key: &EntityKey,
         timer_id: u64,
     ) -> BoxFuture<'static, Result<Option<TimerRecord>, JournalError>> {
+        if timer_id == POSITION_ID
+            && let Some(p) = self.position(key)
+        {
+            // The record a write of timers only would hold (none while the
+            // position is the default one).
+            let t = (p != Position::default()).then(|| TimerRecord {
+                timer_id,
+                fire_at_ms: i64::MAX as u64,
+                command: p.encode(),
+            });
+            return Box::pin(std::future::ready(Ok(t)));
+        }
         self.inner.timer(key, timer_id)
     }
 
@@ -194,7 +237,7 @@ impl Journal for TailCache {
         let truncate = self.inner.truncate(&key, after);
         Box::pin(async move {
             let r = truncate.await;
-            finish(&tails, &key, generation, None);
+            finish(&tails, &key, generation, None, None);
             r
         })
     }
@@ -254,6 +297,22 @@ mod tests {
             tails.digest_at(&key, 3),
             Some(event_digest(&event(3, b"w")))
         );
+        // Where the timers stand follows the writes that say so.
+        assert!(tails.timer(&key, POSITION_ID).await.unwrap().is_none());
+        let at = Position::default().after(false, 9);
+        let mut timers_only = write(&key, Vec::new());
+        timers_only.add_timers.push(TimerRecord {
+            timer_id: POSITION_ID,
+            fire_at_ms: i64::MAX as u64,
+            command: at.encode(),
+        });
+        tails.append(timers_only).await.unwrap();
+        assert_eq!(tails.position(&key), Some(at));
+        let mut with_events = write(&key, vec![event(4, b"v")]);
+        with_events.remove_timers.push(POSITION_ID);
+        tails.append(with_events).await.unwrap();
+        assert_eq!(tails.position(&key), Some(Position::default()));
+        assert!(tails.timer(&key, POSITION_ID).await.unwrap().is_none());
         // A truncation forgets it; so do two overlapping mutations.
         tails.truncate(&key, 1).await.unwrap();
         assert_eq!(tails.digest_at(&key, 3), None);
