@@ -629,12 +629,9 @@ pub(crate) async fn send_to_replica(
                 (None, Some(_)) => write.remove_timers.clone(),
                 _ => Vec::new(),
             },
-            // A gap's chunk says nothing of timers.
-            timers_at: if timers.is_some() || whole.is_some() {
-                at.or(Some((0, 0, false)))
-            } else {
-                None
-            },
+            // A gap's chunk says nothing of timers (a whole set needs no
+            // position: the replica takes it as it is).
+            timers_at: if timers.is_some() { at } else { None },
             whole_timers: whole.is_some(),
         }
     };
@@ -731,7 +728,7 @@ pub(crate) async fn position_of(
 }
 
 /// The timer record holding `p`; never armed.
-fn position_record(p: Position) -> TimerRecord {
+pub(crate) fn position_record(p: Position) -> TimerRecord {
     TimerRecord {
         timer_id: POSITION_ID,
         fire_at_ms: i64::MAX as u64,

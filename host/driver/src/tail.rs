@@ -24,7 +24,7 @@ use cairn_store::{
 
 use cairn_cluster::timers::{POSITION_ID, Position};
 
-use crate::replicate::event_digest;
+use crate::replicate::{event_digest, position_record};
 
 /// Entities remembered at most; past it the map starts afresh (a miss only
 /// costs a read).
@@ -199,11 +199,7 @@ impl Journal for TailCache {
         {
             // The record a write of timers only would hold (none while the
             // position is the default one).
-            let t = (p != Position::default()).then(|| TimerRecord {
-                timer_id,
-                fire_at_ms: i64::MAX as u64,
-                command: p.encode(),
-            });
+            let t = (p != Position::default()).then(|| position_record(p));
             return Box::pin(std::future::ready(Ok(t)));
         }
         self.inner.timer(key, timer_id)
@@ -301,11 +297,7 @@ mod tests {
         assert!(tails.timer(&key, POSITION_ID).await.unwrap().is_none());
         let at = Position::default().after(false, 9);
         let mut timers_only = write(&key, Vec::new());
-        timers_only.add_timers.push(TimerRecord {
-            timer_id: POSITION_ID,
-            fire_at_ms: i64::MAX as u64,
-            command: at.encode(),
-        });
+        timers_only.add_timers.push(position_record(at));
         tails.append(timers_only).await.unwrap();
         assert_eq!(tails.position(&key), Some(at));
         let mut with_events = write(&key, vec![event(4, b"v")]);
