@@ -289,6 +289,50 @@ fn check_set(
     Ok(())
 }
 
+/// After a set-full failure, with the nodes stopped: for each lost element,
+/// when and through which node it was acknowledged, the faults around that
+/// time, and which node's journal holds its event (a read that missed an
+/// event every journal has is a stale read; one no journal has is a loss).
+async fn explain_losses(
+    nodes: &[NodeProc],
+    history: &HashMap<u64, Outcome>,
+    balances: &HashMap<u64, i64>,
+    acked: &std::sync::Mutex<HashMap<u64, (usize, f64)>>,
+    faults: &[(usize, usize, f64, f64)],
+) {
+    let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let lost: Vec<u64> = history
+        .iter()
+        .filter(|(k, o)| **o == Outcome::Ok && balances.get(k).copied().unwrap_or(0) != 1)
+        .map(|(k, _)| *k)
+        .collect();
+    for (round, (fault, victim, from, to)) in faults.iter().enumerate() {
+        eprintln!(
+            "round {round}: fault {fault} on node {} from {from:.1}s to {to:.1}s",
+            victim + 1
+        );
+    }
+    for k in lost {
+        let id = format!("s-{k}");
+        let (via, at) = acked.get(&k).copied().unwrap_or((usize::MAX, -1.0));
+        eprintln!(
+            "lost {id}: acknowledged through node {} at {at:.1}s",
+            via + 1
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            match read_journal(&n.dir, std::slice::from_ref(&id)).await {
+                Ok(h) => eprintln!(
+                    "  node {} journal: {:?}",
+                    i + 1,
+                    h.get(&id)
+                        .map(|h| h.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+                ),
+                Err(e) => eprintln!("  node {} journal unreadable: {e:#}", i + 1),
+            }
+        }
+    }
+}
+
 #[test]
 fn the_set_checker_reports_a_refusal_that_was_applied_and_accepts_an_unknown_outcome() {
     let history = HashMap::from([
@@ -523,16 +567,22 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
     let refusals: Arc<std::sync::Mutex<HashMap<u64, String>>> = Default::default();
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // For a failure's report: when (seconds from `began`) and through which
+    // node each acknowledged element was acknowledged, and the faults.
+    let began = Instant::now();
+    let acked: Arc<std::sync::Mutex<HashMap<u64, (usize, f64)>>> = Default::default();
+    let mut faults: Vec<(usize, usize, f64, f64)> = Vec::new();
     let mut workers = Vec::new();
     for i in 0..3 {
         let (addr, certs) = (c.node(i).addr, c.node(i).certs());
         for _ in 0..2 {
-            let (history, refusals, next, stop, certs) = (
+            let (history, refusals, next, stop, certs, acked) = (
                 history.clone(),
                 refusals.clone(),
                 next.clone(),
                 stop.clone(),
                 certs.clone(),
+                acked.clone(),
             );
             workers.push(tokio::spawn(async move {
                 let files = cairn_client::tls::ClientFiles::in_dir(&certs);
@@ -588,6 +638,12 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(k, outcome);
+                    if outcome == Outcome::Ok {
+                        acked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(k, (i, began.elapsed().as_secs_f64()));
+                    }
                     if outcome != Outcome::Ok {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -623,6 +679,7 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
         let victim = round % 3;
         let fault = round % 4;
         tokio::time::sleep(Duration::from_millis(800)).await;
+        let fault_began = began.elapsed().as_secs_f64();
         match fault {
             0 => {
                 c.nodes[victim].kill();
@@ -667,6 +724,7 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
                 }
             }
         }
+        faults.push((fault, victim, fault_began, began.elapsed().as_secs_f64()));
         // Heal: every member up again before the next fault.
         wait_status(
             c.node((victim + 1) % 3),
@@ -739,7 +797,14 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
         };
         balances.insert(*k, b);
     }
-    check_set(&history, &balances, &refusals)?;
+    if let Err(e) = check_set(&history, &balances, &refusals) {
+        client.close().await;
+        for n in &mut c.nodes {
+            n.kill();
+        }
+        explain_losses(&c.nodes, &history, &balances, &acked, &faults).await;
+        return Err(e);
+    }
     check_sends(&sends, &client).await?;
     client.close().await;
 

@@ -245,6 +245,10 @@ pub enum Mutant {
     /// that its copy stands where the primary's did
     /// ([`crate::timers::replica_timers`]).
     TimersUnchecked,
+    /// A restarted node forgets that it had begun serving a shard under
+    /// its allocation, and reads the previous owner's copy as the truth
+    /// ([`crate::arrival::source`]).
+    ServedForgotten,
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! driver puts it on the network.
 //!
 //! Layout:
+//! - [`arrival`]: where a node made a shard's owner reads its history
+//!   from (the previous owner, its replicas, or back from its own copy).
 //! - [`shard`]: entity id → shard, a stable hash with a fixed shard count.
 //! - [`member`]: the membership view the coordinator decides on (what
 //!   gossip and the failure detector report).
@@ -36,6 +38,7 @@
 //! decisions it proposes must be committed by a majority (the replicated
 //! decision log) before any node applies them.
 
+pub mod arrival;
 pub mod batch;
 pub mod coordinator;
 pub mod fence;

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::arrival::{self, Arrival, Source};
 use crate::fence::{self, Admission, Fence, Mutant, ReplicaFences};
 use crate::lease::{LeaseConfig, LeaseGrants};
 use crate::member::NodeId;
@@ -94,10 +95,17 @@ struct Node {
     /// Entities whose last write failed: read back from the replicas first.
     dirty: BTreeSet<u32>,
     /// Restarted: its first table is the whole committed one, and the
-    /// shards it owns there are read back from every member.
+    /// shards it owns there are read as [`arrival::source`] says.
     restarted: bool,
-    /// Shards to read back from every member (not from a previous owner).
-    read_back: BTreeSet<ShardId>,
+    /// The shards it waits for and where their history is read from
+    /// ([`arrival::source`], decided when the allocation is applied).
+    sources: BTreeMap<ShardId, Source>,
+    /// Its durable record of the newest epoch it began serving each shard
+    /// under (kept across a crash, as the product's file).
+    served: BTreeMap<ShardId, u64>,
+    /// Shards it serves whose replica set it has not caught up yet (it
+    /// reports them ready once it has).
+    catching_up: BTreeSet<(ShardId, u64)>,
     in_flight: Vec<InFlight>,
 }
 
@@ -188,7 +196,9 @@ impl World {
                 lease_sent: None,
                 dirty: BTreeSet::new(),
                 restarted: false,
-                read_back: BTreeSet::new(),
+                sources: BTreeMap::new(),
+                served: BTreeMap::new(),
+                catching_up: BTreeSet::new(),
                 in_flight: Vec::new(),
             })
             .collect();
@@ -255,6 +265,7 @@ impl World {
             self.apply_logs();
             self.coordinate();
             self.fetches();
+            self.catch_ups();
             self.deliver();
             for _ in 0..3 {
                 self.command();
@@ -284,6 +295,8 @@ impl World {
                 n.alive = false;
                 n.actors.clear();
                 n.in_flight.clear();
+                n.catching_up.clear();
+                n.sources.clear();
             }
             3..=6 if !n.alive => {
                 // Restart: the table is rebuilt from the log, every entity is
@@ -322,7 +335,8 @@ impl World {
         for i in 0..self.nodes.len() {
             if self.nodes[i].restarted && self.nodes[i].runs(step) {
                 // As the product's table watcher: the whole table at once;
-                // its own shards wait until read back from every member.
+                // its own shards wait until read back, from where the
+                // product's rule says.
                 let n = &mut self.nodes[i];
                 n.restarted = false;
                 for d in &self.log {
@@ -330,9 +344,21 @@ impl World {
                 }
                 n.applied = self.log.len();
                 for s in 0..SHARDS {
-                    if n.router.hold(ShardId(s)) {
-                        n.read_back.insert(ShardId(s));
-                    }
+                    let s = ShardId(s);
+                    let Some(a) = n.router.table().get(s).filter(|a| a.owner == n.id) else {
+                        continue;
+                    };
+                    let source = arrival::source(&Arrival {
+                        me: n.id,
+                        allocation: a,
+                        before: None,
+                        previous: self.previous.get(&(s, a.epoch)).copied(),
+                        ready: self.ready.iter().any(|(r, e)| *r == s && *e >= a.epoch),
+                        served: n.served.get(&s).copied(),
+                        restart: true,
+                    });
+                    n.router.hold(s);
+                    n.sources.insert(s, source);
                 }
                 continue;
             }
@@ -344,10 +370,30 @@ impl World {
                 let n = &mut self.nodes[i];
                 n.applied += 1;
                 let Decision::Assign { shard, owner, .. } = d;
-                let before = n.router.table().get(shard).map(|a| a.owner);
+                let was = n.router.table().get(shard);
+                let before = was.map(|a| a.owner);
                 n.router.apply(d).expect("epochs only grow");
                 if owner != n.id {
-                    n.read_back.remove(&shard);
+                    n.sources.remove(&shard);
+                } else if let Some(a) = n.router.table().get(shard) {
+                    let source = arrival::source(&Arrival {
+                        me: n.id,
+                        allocation: a,
+                        before: was,
+                        previous: self.previous.get(&(shard, a.epoch)).copied(),
+                        ready: self.ready.iter().any(|(r, e)| *r == shard && *e >= a.epoch),
+                        served: n.served.get(&shard).copied(),
+                        restart: false,
+                    });
+                    match source {
+                        Source::Serve | Source::Unchanged => {
+                            n.sources.remove(&shard);
+                        }
+                        _ => {
+                            n.router.hold(shard);
+                            n.sources.insert(shard, source);
+                        }
+                    }
                 }
                 if before == Some(n.id) && owner != n.id {
                     // The shard left: its entities stop.
@@ -440,9 +486,12 @@ impl World {
         }
     }
 
-    /// New owners read the history of the shards they wait for: from the
-    /// live old owner (a move), else from every copy (a failover or a
-    /// restart), then give it to their own replicas and serve.
+    /// New owners read the history of the shards they wait for, from
+    /// where [`arrival::source`] said: the live previous owner (a move),
+    /// else the copies of its committed replica set (a failover), or every
+    /// member's (a read-back); then they serve at once, with a durable
+    /// record that they did. Their replica set is caught up after, in
+    /// [`World::catch_ups`].
     fn fetches(&mut self) {
         let step = self.step;
         for i in 0..self.nodes.len() {
@@ -458,28 +507,30 @@ impl World {
                 let Some(a) = self.nodes[i].router.table().get(s) else {
                     continue;
                 };
+                let source = self.nodes[i]
+                    .sources
+                    .get(&s)
+                    .copied()
+                    .unwrap_or(Source::ReadBack);
                 // A move reads the live old owner's history (it is the
                 // truth: what this node holds beyond it was never
                 // acknowledged); a failover merges the old owner's replicas'
-                // copies, a restart every member's; all must be readable.
-                let prev = self.previous.get(&(s, a.epoch)).copied();
-                let from = if self.nodes[i].read_back.contains(&s) {
-                    me
-                } else {
-                    prev.map_or(me, |p| p.owner)
-                };
-                let old = &self.nodes[(from.0 - 1) as usize];
-                let sources: Vec<usize> = if from != me && old.runs(step) {
-                    vec![(from.0 - 1) as usize]
-                } else if from != me {
-                    // The old owner's committed replica set.
-                    let set = prev.map(|p| p.replicas).unwrap_or_default();
-                    let mut v: Vec<usize> =
-                        set.as_slice().iter().map(|r| (r.0 - 1) as usize).collect();
-                    v.push(i);
-                    v
-                } else {
-                    (0..self.nodes.len()).collect()
+                // copies, a read-back every member's; all must be readable.
+                let sources: Vec<usize> = match source {
+                    Source::Previous(p) if self.nodes[(p.owner.0 - 1) as usize].runs(step) => {
+                        vec![(p.owner.0 - 1) as usize]
+                    }
+                    Source::Previous(p) => {
+                        let mut v: Vec<usize> = p
+                            .replicas
+                            .as_slice()
+                            .iter()
+                            .map(|r| (r.0 - 1) as usize)
+                            .collect();
+                        v.push(i);
+                        v
+                    }
+                    _ => (0..self.nodes.len()).collect(),
                 };
                 if sources.iter().any(|j| !self.nodes[*j].runs(step)) {
                     continue;
@@ -506,32 +557,77 @@ impl World {
                         }
                     }
                 }
-                // Its own copy, then its replicas' (each through its fence:
-                // a replica that has seen a newer allocation refuses).
-                let set = a.replicas;
-                let set = set.as_slice();
-                let mut caught_up = true;
-                for (e, h) in histories {
-                    self.nodes[i].journal.insert(e, h.clone());
-                    for r in set {
-                        let n = &mut self.nodes[(r.0 - 1) as usize];
-                        let committed = n.router.table().get(s).map(|a| a.epoch);
-                        if !n.runs(step) || n.fences.accept(s, a.epoch, committed).is_err() {
-                            caught_up = false;
-                            continue;
-                        }
-                        n.journal.insert(e, h.clone());
-                    }
-                }
-                if !caught_up {
-                    continue;
-                }
-                self.trace(|| format!("node {} serves shard {} (epoch {})", me.0, s.0, a.epoch));
+                self.trace(|| {
+                    format!(
+                        "node {} serves shard {} (epoch {}, from {source:?})",
+                        me.0, s.0, a.epoch
+                    )
+                });
                 let n = &mut self.nodes[i];
-                n.read_back.remove(&s);
+                for (e, h) in histories {
+                    n.journal.insert(e, h);
+                }
+                // As the product: recorded durably, then served.
+                n.served.insert(s, a.epoch);
+                n.sources.remove(&s);
                 n.router.ready(s);
                 n.dirty.retain(|e| shard(*e) != s);
-                self.ready.insert((s, a.epoch));
+                n.catching_up.insert((s, a.epoch));
+            }
+        }
+    }
+
+    /// Owners give the shards they serve but have not reported ready their
+    /// whole history (each replica through its fence: one that has seen a
+    /// newer allocation refuses), now and then; once every member of the
+    /// replica set holds it, the shard is ready (it may fail over).
+    fn catch_ups(&mut self) {
+        let step = self.step;
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].runs(step) {
+                continue;
+            }
+            let pending: Vec<(ShardId, u64)> = self.nodes[i].catching_up.iter().copied().collect();
+            for (s, epoch) in pending {
+                let Some(a) = self.nodes[i]
+                    .router
+                    .table()
+                    .get(s)
+                    .filter(|a| a.epoch == epoch && a.owner == self.nodes[i].id)
+                else {
+                    self.nodes[i].catching_up.remove(&(s, epoch));
+                    continue;
+                };
+                // Slow at times: the window between serving and ready.
+                if self.rng.random_bool(0.5) {
+                    continue;
+                }
+                let histories: Vec<(u32, Vec<u64>)> = (0..ENTITIES)
+                    .filter(|e| shard(*e) == s)
+                    .map(|e| {
+                        (
+                            e,
+                            self.nodes[i].journal.get(&e).cloned().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                let mut caught_up = true;
+                for r in a.replicas.as_slice() {
+                    let n = &mut self.nodes[(r.0 - 1) as usize];
+                    let committed = n.router.table().get(s).map(|a| a.epoch);
+                    if !n.runs(step) || n.fences.accept(s, a.epoch, committed).is_err() {
+                        caught_up = false;
+                        continue;
+                    }
+                    for (e, h) in &histories {
+                        n.journal.insert(*e, h.clone());
+                    }
+                }
+                if caught_up {
+                    self.trace(|| format!("shard {} ready (epoch {epoch})", s.0));
+                    self.nodes[i].catching_up.remove(&(s, epoch));
+                    self.ready.insert((s, epoch));
+                }
             }
         }
     }
@@ -919,6 +1015,7 @@ fn broken_rules_are_caught() {
         Mutant::StartWhileReleasing,
         Mutant::AckBeforeReplicas,
         Mutant::SilenceAsRefusal,
+        Mutant::ServedForgotten,
     ] {
         match first_failure(Some(m), 0..2_000) {
             Some((seed, why, _)) => eprintln!("{m:?} caught by seed {seed}: {why}"),

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_cluster::arrival::Source;
 use cairn_cluster::replication::{TimerMerge, timer_merge};
 use cairn_cluster::route::Route;
 use cairn_cluster::timers::{Position, TimerState, merge_timers};
@@ -417,27 +418,22 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
                 continue;
             }
             let epoch = a.epoch;
-            // The allocation this one replaced, as the log says: this node
-            // may not have applied it (it was behind the log).
-            let taken_over = state.ready.get(&shard.0).is_some_and(|e| *e >= epoch);
-            let before = match (before, state.previous.get(&shard.0).copied()) {
-                (Some(b), Some(p)) if b.epoch < p.epoch && p.owner.0 != inner.id => Some(p),
-                // A restart before this node had taken the shard over: the
-                // history is still where it was to be read from.
-                (None, Some(p)) if !taken_over && p.owner.0 != inner.id => Some(p),
-                (b, _) => b,
-            };
-            // Back here under a newer epoch without this node having seen
-            // the owners in between (its view jumped, as after a restart):
-            // what they wrote is read back before it serves.
-            let jumped = before.map_or(restart, |b| b.epoch < epoch);
-            match before {
-                Some(b) if b.owner.0 != inner.id => {
+            let source = cairn_cluster::arrival::source(&cairn_cluster::arrival::Arrival {
+                me: NodeId(inner.id),
+                allocation: a,
+                before,
+                previous: state.previous.get(&shard.0).copied(),
+                ready: state.ready.get(&shard.0).is_some_and(|e| *e >= epoch),
+                served: inner.served.get(shard.0),
+                restart,
+            });
+            match source {
+                Source::Previous(b) => {
                     // (Already waiting after a move; after a restart, held.)
                     router.hold(shard);
                     fetches.push((shard, b, epoch));
                 }
-                _ if jumped => {
+                Source::ReadBack => {
                     router.hold(shard);
                     let me = cairn_cluster::Allocation {
                         owner: NodeId(inner.id),
@@ -447,8 +443,8 @@ fn apply_state(inner: &Arc<Inner>, state: &ClusterState) {
                     };
                     fetches.push((shard, me, epoch));
                 }
-                None => ready.push((shard.0, epoch)),
-                Some(_) => {}
+                Source::Serve => ready.push((shard.0, epoch)),
+                Source::Unchanged => {}
             }
         }
     }
@@ -575,6 +571,25 @@ async fn fetch(inner: Arc<Inner>, shard: ShardId, before: cairn_cluster::Allocat
         > 0
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Recorded durably before the first command is served: after a crash
+    // from here on, this node's journal is the shard's truth
+    // (`cairn_cluster::arrival`).
+    let mut tries = 0u32;
+    loop {
+        if !inner.router().awaits(shard, epoch) {
+            return;
+        }
+        match inner.served.record(shard.0, epoch).await {
+            Ok(()) => break,
+            Err(e) => {
+                tries += 1;
+                if tries % 20 == 1 {
+                    tracing::warn!(shard = shard.0, error = %e, "cannot record that this node serves the shard; it waits");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
     let waiters = {
         let mut r = inner.router();

@@ -26,6 +26,7 @@ mod handoff;
 pub mod peer;
 mod replicas;
 mod replicate;
+mod served;
 mod tail;
 
 pub use replicate::Replication;
@@ -169,6 +170,8 @@ pub(crate) struct Inner {
     pub(crate) dirty: Mutex<std::collections::HashSet<cairn_store::EntityKey>>,
     /// Changes of replica set this node makes as an owner.
     pub(crate) changes: replicas::Changes,
+    /// The epochs this node began serving each shard under (durable).
+    pub(crate) served: served::Served,
 }
 
 impl Inner {
@@ -679,6 +682,8 @@ impl Cluster {
                 data_dir: node.config().node.data_dir.display().to_string(),
             });
         }
+        let served = served::Served::open(&data_dir)
+            .map_err(|e| ClusterError::Io(format!("{}: {e}", data_dir.display())))?;
         let (gossip_tx, gossip_rx) = mpsc::unbounded_channel();
         let local_journal = replication
             .as_ref()
@@ -713,6 +718,7 @@ impl Cluster {
             grants: Mutex::new(cairn_cluster::lease::LeaseGrants::default()),
             dirty: Mutex::new(std::collections::HashSet::new()),
             changes: replicas::Changes::default(),
+            served,
             frames: cairn_client::frame::FrameBudget::new(PEER_FRAME_BUDGET),
         });
         if let Some(r) = &replication {
