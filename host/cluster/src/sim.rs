@@ -999,14 +999,12 @@ fn one_owner_and_no_acknowledged_write_lost_under_faults() {
 fn broken_rules_are_caught() {
     let mut missed = Vec::new();
     // `Mutant::WriteWithoutFenceCheck` is not in the list: broken alone it
-    // is not caught, since a stale writer's replicas have already taken the
-    // new allocation's epoch (the new owner gives them the history through
-    // their fences before it serves, and its replica set always shares a
-    // member with the old owner's), so they refuse its write. The writer's
-    // check stays as a second line. `Mutant::AppendAfterLapse` is not
-    // either, for a like reason: the replicas that acknowledged the write
-    // hold it, and a promotion merges them, so the deposed primary's late
-    // append repeats what the new owner already has.
+    // is not caught, since a stale writer's replicas refuse its write
+    // once they have taken the new allocation's epoch (through the new
+    // owner's writes and catch-up, and its replica set always shares a
+    // member with the old owner's), and a write they took before that is
+    // merged by the new owner's fetch or read back. The writer's check
+    // stays as a second line.
     for m in [
         Mutant::NoLeaseCheck,
         Mutant::StaleGrant,
@@ -1016,6 +1014,7 @@ fn broken_rules_are_caught() {
         Mutant::AckBeforeReplicas,
         Mutant::SilenceAsRefusal,
         Mutant::ServedForgotten,
+        Mutant::AppendAfterLapse,
     ] {
         match first_failure(Some(m), 0..2_000) {
             Some((seed, why, _)) => eprintln!("{m:?} caught by seed {seed}: {why}"),
