@@ -329,6 +329,12 @@ async fn explain_losses(
                 ),
                 Err(e) => eprintln!("  node {} journal unreadable: {e:#}", i + 1),
             }
+            // What the node said of the entity (truncations, conflicts).
+            let log = std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default();
+            let needle = format!("/{id} ");
+            for line in log.lines().filter(|l| l.contains(&needle)).take(8) {
+                eprintln!("    {}", strip_ansi(line));
+            }
         }
     }
 }
