@@ -249,6 +249,9 @@ pub enum Mutant {
     /// its allocation, and reads the previous owner's copy as the truth
     /// ([`crate::arrival::source`]).
     ServedForgotten,
+    /// A failover reads the history from whichever copies answer, however
+    /// few ([`crate::replication::may_promote`]).
+    PromoteShort,
 }
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ use crate::arrival::{self, Arrival, Source};
 use crate::fence::{self, Admission, Fence, Mutant, ReplicaFences};
 use crate::lease::{LeaseConfig, LeaseGrants};
 use crate::member::NodeId;
-use crate::replication::{FailoverView, Policy, acks_needed, merge, promotions, replica_set};
+use crate::replication::{
+    FailoverView, Policy, acks_needed, may_promote, merge, promotions, replica_set,
+};
 use crate::route::{Route, Router};
 use crate::shard::ShardId;
 use crate::table::{Allocation, Decision, Replicas, ShardTable};
@@ -516,26 +518,44 @@ impl World {
                 // truth: what this node holds beyond it was never
                 // acknowledged); a failover merges the old owner's replicas'
                 // copies, a read-back every member's; all must be readable.
-                let sources: Vec<usize> = match source {
-                    Source::Previous(p) if self.nodes[(p.owner.0 - 1) as usize].runs(step) => {
-                        vec![(p.owner.0 - 1) as usize]
-                    }
+                let runs = |n: NodeId| self.nodes[(n.0 - 1) as usize].runs(step);
+                let (sources, authoritative): (Vec<usize>, bool) = match source {
+                    Source::Previous(p) if runs(p.owner) => (vec![(p.owner.0 - 1) as usize], true),
                     Source::Previous(p) => {
-                        let mut v: Vec<usize> = p
-                            .replicas
-                            .as_slice()
+                        // A failover, as the product: the members of the old
+                        // owner's committed set that answer, and its own
+                        // copy, once they are enough (`may_promote`).
+                        let set = p.replicas;
+                        let set = set.as_slice();
+                        let policies = [Policy {
+                            replicas: REPLICAS,
+                            min_acks: 1,
+                        }];
+                        if !may_promote(set, &policies, &|m| m == me || runs(m)) {
+                            continue;
+                        }
+                        let mut v: Vec<usize> = set
                             .iter()
+                            .filter(|r| **r != me && runs(**r))
                             .map(|r| (r.0 - 1) as usize)
                             .collect();
                         v.push(i);
-                        v
+                        (v, false)
                     }
-                    _ => (0..self.nodes.len()).collect(),
+                    // A read-back, as the product: its own copy and those of
+                    // the members of its committed set that answer.
+                    _ => {
+                        let mut v: Vec<usize> = a
+                            .replicas
+                            .as_slice()
+                            .iter()
+                            .filter(|r| **r != me && runs(**r))
+                            .map(|r| (r.0 - 1) as usize)
+                            .collect();
+                        v.push(i);
+                        (v, false)
+                    }
                 };
-                if sources.iter().any(|j| !self.nodes[*j].runs(step)) {
-                    continue;
-                }
-                let authoritative = sources.len() == 1;
                 let mut histories = BTreeMap::new();
                 for e in (0..ENTITIES).filter(|e| shard(*e) == s) {
                     let copies: Vec<Vec<u64>> = sources
@@ -1015,6 +1035,7 @@ fn broken_rules_are_caught() {
         Mutant::SilenceAsRefusal,
         Mutant::ServedForgotten,
         Mutant::AppendAfterLapse,
+        Mutant::PromoteShort,
     ] {
         match first_failure(Some(m), 0..2_000) {
             Some((seed, why, _)) => eprintln!("{m:?} caught by seed {seed}: {why}"),
