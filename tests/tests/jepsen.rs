@@ -36,6 +36,8 @@
 //! indeterminate ones: below is an acknowledged send lost, above a send
 //! applied twice or a refused one applied.
 //!
+//! At the end, every node's log must hold no panic nor runtime abort.
+//!
 //! `CAIRN_JEPSEN_ROUNDS` sets the number of fault rounds (20 by default;
 //! more for a longer run). Every loop is bounded in count and time.
 
@@ -820,5 +822,26 @@ async fn set_full_and_bank_under_kills_pauses_and_partitions_lose_nothing_acknow
     }
     let mut ids: Vec<String> = history.keys().map(|k| format!("s-{k}")).collect();
     ids.extend((0..BANK_CLIENTS).flat_map(|i| (0..ACCOUNTS).map(move |j| account(i, j))));
-    one_history_per_entity(&c.nodes, &ids).await
+    one_history_per_entity(&c.nodes, &ids).await?;
+    // No node crashed: a panic, or the runtime's abort (a stack overflow is
+    // not a panic).
+    let mut crashes = Vec::new();
+    for n in &c.nodes {
+        let log = std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default();
+        crashes.extend(
+            log.lines()
+                .filter(|l| {
+                    ["panicked", "overflowed its stack", "fatal runtime error"]
+                        .iter()
+                        .any(|m| l.contains(m))
+                })
+                .map(|l| format!("{}: {}", n.dir.display(), strip_ansi(l))),
+        );
+    }
+    ensure!(
+        crashes.is_empty(),
+        "crashes in the node logs:\n{}",
+        crashes.join("\n")
+    );
+    Ok(())
 }
