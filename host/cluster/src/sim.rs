@@ -347,18 +347,17 @@ impl World {
                 n.applied = self.log.len();
                 for s in 0..SHARDS {
                     let s = ShardId(s);
-                    let Some(a) = n.router.table().get(s).filter(|a| a.owner == n.id) else {
+                    let me = self.nodes[i].id;
+                    let Some(a) = self.nodes[i]
+                        .router
+                        .table()
+                        .get(s)
+                        .filter(|a| a.owner == me)
+                    else {
                         continue;
                     };
-                    let source = arrival::source(&Arrival {
-                        me: n.id,
-                        allocation: a,
-                        before: None,
-                        previous: self.previous.get(&(s, a.epoch)).copied(),
-                        ready: self.ready.iter().any(|(r, e)| *r == s && *e >= a.epoch),
-                        served: n.served.get(&s).copied(),
-                        restart: true,
-                    });
+                    let source = self.source(i, s, a, None, true);
+                    let n = &mut self.nodes[i];
                     n.router.hold(s);
                     n.sources.insert(s, source);
                 }
@@ -375,18 +374,15 @@ impl World {
                 let was = n.router.table().get(shard);
                 let before = was.map(|a| a.owner);
                 n.router.apply(d).expect("epochs only grow");
+                let now = n.router.table().get(shard);
+                let source = match now {
+                    Some(a) if owner == n.id => Some(self.source(i, shard, a, was, false)),
+                    _ => None,
+                };
+                let n = &mut self.nodes[i];
                 if owner != n.id {
                     n.sources.remove(&shard);
-                } else if let Some(a) = n.router.table().get(shard) {
-                    let source = arrival::source(&Arrival {
-                        me: n.id,
-                        allocation: a,
-                        before: was,
-                        previous: self.previous.get(&(shard, a.epoch)).copied(),
-                        ready: self.ready.iter().any(|(r, e)| *r == shard && *e >= a.epoch),
-                        served: n.served.get(&shard).copied(),
-                        restart: false,
-                    });
+                } else if let Some(source) = source {
                     match source {
                         Source::Serve | Source::Unchanged => {
                             n.sources.remove(&shard);
@@ -403,6 +399,28 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Where node `i` reads shard `s`'s history from under its allocation
+    /// `a` (the product's rule), its table having held `before`.
+    fn source(
+        &self,
+        i: usize,
+        s: ShardId,
+        a: Allocation,
+        before: Option<Allocation>,
+        restart: bool,
+    ) -> Source {
+        let n = &self.nodes[i];
+        arrival::source(&Arrival {
+            me: n.id,
+            allocation: a,
+            before,
+            previous: self.previous.get(&(s, a.epoch)).copied(),
+            ready: self.ready.iter().any(|(r, e)| *r == s && *e >= a.epoch),
+            served: n.served.get(&s).copied(),
+            restart,
+        })
     }
 
     /// The coordinator on the majority: failovers of silent owners whose
