@@ -435,14 +435,6 @@ impl Faults {
     }
 }
 
-/// Why a dial failed, as the calls that waited behind it report it.
-fn dial_failure(e: &PeerError) -> String {
-    match e {
-        PeerError::Unreachable(_, why) => why.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// Outgoing connections to peers, one per address, dialed on demand.
 pub struct Peers {
     endpoint: quinn::Endpoint,
@@ -458,15 +450,6 @@ pub struct Peers {
     idle: Mutex<HashMap<usize, Vec<(quinn::SendStream, quinn::RecvStream)>>>,
     /// The fault layer.
     pub faults: Arc<Faults>,
-    /// One dial at a time per address (see [`Peers::connection`]).
-    dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<DialState>>>>,
-}
-
-/// What the last dial of an address did.
-#[derive(Default)]
-struct DialState {
-    /// When it failed, and why (none: it succeeded, or none was made).
-    failed: Option<(std::time::Instant, String)>,
 }
 
 impl Peers {
@@ -487,7 +470,6 @@ impl Peers {
             answers: FrameBudget::new(ANSWER_BUDGET),
             idle: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
-            dials: Mutex::new(HashMap::new()),
         }
     }
 
@@ -501,38 +483,6 @@ impl Peers {
         if let Some(c) = self.cached(addr) {
             return Ok(c);
         }
-        // One dial per address at a time: the calls that find no
-        // connection wait for it and share what it gives (after a heal,
-        // a hundred calls each dialing at once made a starved peer miss
-        // every handshake's deadline). A call that waited behind a dial
-        // that failed fails with it rather than dialing again.
-        let gate = self
-            .dials
-            .lock()
-            .map_err(|_| PeerError::Unreachable(addr, "dial state poisoned".into()))?
-            .entry(addr)
-            .or_default()
-            .clone();
-        let waited_from = std::time::Instant::now();
-        let mut state = gate.lock().await;
-        if let Some(c) = self.cached(addr) {
-            return Ok(c);
-        }
-        if let Some((at, why)) = &state.failed
-            && *at >= waited_from
-        {
-            return Err(PeerError::Unreachable(addr, why.clone()));
-        }
-        let dialed = self.dial(addr).await;
-        state.failed = match &dialed {
-            Ok(_) => None,
-            Err(e) => Some((std::time::Instant::now(), dial_failure(e))),
-        };
-        dialed
-    }
-
-    /// Dials `addr` and checks that its certificate names a node.
-    async fn dial(&self, addr: SocketAddr) -> Result<quinn::Connection, PeerError> {
         let connecting = self
             .endpoint
             .connect_with(self.config.clone(), addr, NODE_NAME)
