@@ -1062,15 +1062,23 @@ async fn answer(inner: &Arc<Inner>, req: PeerRequest, peer: u64) -> PeerResponse
             from,
         } => {
             let key = EntityKey::new(entity_type.clone(), entity_id.clone());
-            match read_chunk(&inner.local_journal, &key, from, i64::MAX as u64).await {
-                Ok(events) => PeerResponse::Entity(EntityHistory {
+            // The entity's timers come with every chunk (a read-back merges
+            // them: a receiver's record of the sends it applied is written
+            // with the events it applied them with).
+            let read = async {
+                let events = read_chunk(&inner.local_journal, &key, from, i64::MAX as u64).await?;
+                let timers = inner.local_journal.entity_timers(&key).await?;
+                Ok::<_, cairn_store::JournalError>((events, timers))
+            };
+            match read.await {
+                Ok((events, timers)) => PeerResponse::Entity(EntityHistory {
                     entity_type,
                     entity_id,
                     events: events
                         .into_iter()
                         .map(|e| (e.seq, e.timestamp_ms, e.version, e.payload))
                         .collect(),
-                    timers: Vec::new(),
+                    timers: timer_tuples(Some(timers)),
                 }),
                 Err(e) => failed(PeerFailure::Storage(e.to_string())),
             }
@@ -1281,7 +1289,7 @@ fn timer_tuples(t: Option<Vec<TimerRecord>>) -> Vec<(u64, u64, Vec<u8>)> {
 /// but not there fired there, or was never acknowledged); from a copy as
 /// long, what it adds (a timer, a tombstone over an armed timer, a larger
 /// mark).
-async fn import_timers(
+pub(crate) async fn import_timers(
     inner: &Arc<Inner>,
     key: EntityKey,
     fetched: Vec<(u64, u64, Vec<u8>)>,

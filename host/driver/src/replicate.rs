@@ -1232,8 +1232,13 @@ async fn resync(
         let addr = inner
             .addr_of(r)
             .ok_or_else(|| err(format!("no address for replica {r}")))?;
+        let before = local.highest_seq(key).await?;
         // Chunk by chunk: each is imported before the next is asked for.
         let mut from = start;
+        // The replica's timers (from its first answer) and its newest
+        // event at or after `start` (0: none).
+        let mut source: Option<Vec<(u64, u64, Vec<u8>)>> = None;
+        let mut newest = 0;
         loop {
             let req = PeerRequest::FetchEntity {
                 entity_type: key.entity_type.clone(),
@@ -1241,16 +1246,36 @@ async fn resync(
                 from,
             };
             match inner.peers.call(addr, &req, HISTORY_CALL).await {
-                Ok(PeerResponse::Entity(h)) => {
+                Ok(PeerResponse::Entity(mut h)) => {
+                    if source.is_none() {
+                        source = Some(std::mem::take(&mut h.timers));
+                    }
                     let Some(last) = h.events.last().map(|e| e.0) else {
                         break;
                     };
                     from = last + 1;
+                    newest = last;
                     super::handoff::import(inner, h, false).await.map_err(err)?;
                 }
                 Ok(other) => return Err(err(format!("replica {r}: {other:?}"))),
                 Err(e) => return Err(err(format!("replica {r} unreachable: {e}"))),
             }
+        }
+        // The timers written with the events imported (a receiver's record
+        // of the sends it applied) come with them, as a shard fetch merges
+        // them (`cairn_cluster::replication::timer_merge`).
+        if let Some(source) = source {
+            let here = local.entity_timers(key).await?;
+            let local_at = Position::of(here.iter().map(|t| (t.timer_id, &t.command[..])));
+            let source_at = Position::of(source.iter().map(|t| (t.0, &t.2[..])));
+            let merge = cairn_cluster::replication::timer_merge(
+                (before, local_at),
+                (newest, source_at),
+                false,
+            );
+            super::handoff::import_timers(inner, key.clone(), source, &here, merge)
+                .await
+                .map_err(err)?;
         }
     }
     let have = local.highest_seq(key).await?;
