@@ -537,6 +537,16 @@ impl World {
                 // acknowledged); a failover merges the old owner's replicas'
                 // copies, a read-back every member's; all must be readable.
                 let runs = |n: NodeId| self.nodes[(n.0 - 1) as usize].runs(step);
+                // The members of `set` that answer, then this node.
+                let answering = |set: &[NodeId]| -> Vec<usize> {
+                    let mut v: Vec<usize> = set
+                        .iter()
+                        .filter(|r| **r != me && runs(**r))
+                        .map(|r| (r.0 - 1) as usize)
+                        .collect();
+                    v.push(i);
+                    v
+                };
                 let (sources, authoritative): (Vec<usize>, bool) = match source {
                     Source::Previous(p) if runs(p.owner) => (vec![(p.owner.0 - 1) as usize], true),
                     Source::Previous(p) => {
@@ -552,27 +562,11 @@ impl World {
                         if !may_promote(set, &policies, &|m| m == me || runs(m)) {
                             continue;
                         }
-                        let mut v: Vec<usize> = set
-                            .iter()
-                            .filter(|r| **r != me && runs(**r))
-                            .map(|r| (r.0 - 1) as usize)
-                            .collect();
-                        v.push(i);
-                        (v, false)
+                        (answering(set), false)
                     }
                     // A read-back, as the product: its own copy and those of
                     // the members of its committed set that answer.
-                    _ => {
-                        let mut v: Vec<usize> = a
-                            .replicas
-                            .as_slice()
-                            .iter()
-                            .filter(|r| **r != me && runs(**r))
-                            .map(|r| (r.0 - 1) as usize)
-                            .collect();
-                        v.push(i);
-                        (v, false)
-                    }
+                    _ => (answering(a.replicas.as_slice()), false),
                 };
                 let mut histories = BTreeMap::new();
                 for e in (0..ENTITIES).filter(|e| shard(*e) == s) {
